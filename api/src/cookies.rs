@@ -1,0 +1,186 @@
+//! Reading Stickyfarm's cookies from a client and writing them back.
+//!
+//! Splitting the `Cookie` header is the `cookie` crate's job; the values of our own cookies are
+//! then parsed strictly. A malformed value never fails the request: it is treated as absent and
+//! reported in [`ClientCookies::errors`], so the sidecar answers with a fresh session instead of
+//! a 500.
+
+use cookie::{Cookie, SameSite};
+
+use crate::{ContractError, Generation, InstanceId, SessionId, UnitName, cookie_names};
+
+/// Stickyfarm's cookies as sent by a client, each parsed into its type.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientCookies {
+    /// The session id, when present and well-formed.
+    pub session: Option<SessionId>,
+    /// The instance id of the unit that last served the client.
+    pub instance: Option<InstanceId>,
+    /// The newest session generation the client has seen.
+    pub generation: Option<Generation>,
+    /// The gateway's routing cookie.
+    pub unit: Option<UnitName>,
+    /// What was malformed: those cookies are treated as absent.
+    pub errors: Vec<ContractError>,
+}
+
+/// Longest `Cookie` header value we look into; longer ones are refused as a whole.
+pub const MAX_COOKIE_HEADER_LEN: usize = 8 * 1024;
+
+/// Parses Stickyfarm's cookies out of the `Cookie` header values of one request.
+///
+/// When a cookie appears more than once (for example set once for `/` and once for a unit
+/// path), the first occurrence wins, as RFC 6265 orders more specific paths first.
+pub fn parse_client_cookies<'a>(header_values: impl IntoIterator<Item = &'a [u8]>) -> ClientCookies {
+    let mut out = ClientCookies::default();
+    let (mut seen_session, mut seen_instance, mut seen_generation, mut seen_unit) = (false, false, false, false);
+    for raw in header_values {
+        if raw.len() > MAX_COOKIE_HEADER_LEN {
+            out.errors
+                .push(ContractError::MalformedCookieHeader("longer than 8 KiB"));
+            continue;
+        }
+        let Ok(text) = std::str::from_utf8(raw) else {
+            out.errors
+                .push(ContractError::MalformedCookieHeader("not UTF-8"));
+            continue;
+        };
+        for cookie in Cookie::split_parse(text) {
+            let Ok(cookie) = cookie else {
+                out.errors
+                    .push(ContractError::MalformedCookieHeader("unparseable cookie pair"));
+                continue;
+            };
+            let value = cookie.value();
+            match cookie.name() {
+                cookie_names::SESSION if !seen_session => {
+                    seen_session = true;
+                    store(&mut out.session, value.parse(), &mut out.errors);
+                }
+                cookie_names::INSTANCE if !seen_instance => {
+                    seen_instance = true;
+                    store(&mut out.instance, value.parse(), &mut out.errors);
+                }
+                cookie_names::GENERATION if !seen_generation => {
+                    seen_generation = true;
+                    store(&mut out.generation, value.parse(), &mut out.errors);
+                }
+                cookie_names::UNIT if !seen_unit => {
+                    seen_unit = true;
+                    store(&mut out.unit, value.parse(), &mut out.errors);
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+fn store<T>(slot: &mut Option<T>, parsed: Result<T, ContractError>, errors: &mut Vec<ContractError>) {
+    match parsed {
+        Ok(v) => *slot = Some(v),
+        Err(e) => errors.push(e),
+    }
+}
+
+/// A `Set-Cookie` for one of Stickyfarm's cookies: always `HttpOnly`, `SameSite=Lax`, `Path=/`.
+///
+/// No `Max-Age`: the cookies live as long as the browser session, and PostgreSQL decides when a
+/// session has expired (idle and absolute timeouts).
+#[derive(Debug, Clone)]
+pub struct SetCookie<'a> {
+    /// Cookie name, one of [`cookie_names`].
+    pub name: &'static str,
+    /// Already-valid value (the `Display` form of one of this crate's types).
+    pub value: String,
+    /// Adds `Secure` (set it whenever clients reach the farm over HTTPS).
+    pub secure: bool,
+    /// Adds `Domain=`; needed with host-style unit addresses so every unit sees the cookies.
+    pub domain: Option<&'a str>,
+}
+
+impl SetCookie<'_> {
+    /// The header value.
+    pub fn to_header_value(&self) -> String {
+        let mut b = Cookie::build((self.name, self.value.as_str()))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(self.secure);
+        if let Some(d) = self.domain {
+            b = b.domain(d);
+        }
+        b.build().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_our_cookies_and_ignores_others() {
+        let sid = SessionId::generate();
+        let iid = InstanceId::random();
+        let header = format!("theme=dark; sf_session={sid}; sf_instance={iid}; sf_gen=7; sf_unit=web-1");
+        let c = parse_client_cookies([header.as_bytes()]);
+        assert_eq!(c.session, Some(sid));
+        assert_eq!(c.instance, Some(iid));
+        assert_eq!(c.generation, Some(Generation(7)));
+        assert_eq!(c.unit, Some("web-1".parse().unwrap()));
+        assert!(c.errors.is_empty());
+    }
+
+    #[test]
+    fn malformed_values_are_absent_and_reported() {
+        let c = parse_client_cookies([b"sf_session=../../etc; sf_instance=x; sf_gen=-3; sf_unit=A_B".as_slice()]);
+        assert_eq!(c.session, None);
+        assert_eq!(c.instance, None);
+        assert_eq!(c.generation, None);
+        assert_eq!(c.unit, None);
+        assert_eq!(c.errors.len(), 4);
+    }
+
+    #[test]
+    fn first_occurrence_wins_and_headers_combine() {
+        let a = SessionId::generate();
+        let b = SessionId::generate();
+        let h1 = format!("sf_session={a}");
+        let h2 = format!("sf_session={b}; sf_gen=3");
+        let c = parse_client_cookies([h1.as_bytes(), h2.as_bytes()]);
+        assert_eq!(c.session, Some(a));
+        assert_eq!(c.generation, Some(Generation(3)));
+    }
+
+    #[test]
+    fn garbage_headers_do_not_panic() {
+        let long = vec![b'a'; MAX_COOKIE_HEADER_LEN + 1];
+        for raw in [&b"\xff\xfe"[..], b";;;", b"=", b"sf_session", &long] {
+            let c = parse_client_cookies([raw]);
+            assert_eq!(c.session, None);
+        }
+    }
+
+    #[test]
+    fn set_cookie_has_the_security_attributes() {
+        let v = SetCookie {
+            name: cookie_names::SESSION,
+            value: "abc".into(),
+            secure: true,
+            domain: Some("shop.example"),
+        }
+        .to_header_value();
+        for part in ["sf_session=abc", "HttpOnly", "SameSite=Lax", "Secure", "Path=/", "Domain=shop.example"] {
+            assert!(v.contains(part), "{v} lacks {part}");
+        }
+        let plain = SetCookie {
+            name: cookie_names::INSTANCE,
+            value: "x".into(),
+            secure: false,
+            domain: None,
+        }
+        .to_header_value();
+        assert!(!plain.contains("Secure"));
+        assert!(plain.contains("HttpOnly"));
+    }
+}

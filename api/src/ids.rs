@@ -1,0 +1,343 @@
+use std::fmt;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use uuid::Uuid;
+
+use crate::ContractError;
+
+/// A session id: 128 bits from the operating system's CSPRNG, written as 22 characters of
+/// unpadded base64url (safe in cookies, URLs and headers).
+///
+/// Ids are only ever minted by [`SessionId::generate`]; a client-chosen id is never adopted
+/// (the sidecar creates a new session when Postgres does not know the presented one). The
+/// all-zero id is reserved for internal probes and never parses.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; 16]);
+
+impl SessionId {
+    /// Length of the text form.
+    pub const TEXT_LEN: usize = 22;
+    /// The reserved all-zero id, used by health probes of the cache; never a real session.
+    pub const PROBE: SessionId = SessionId([0; 16]);
+
+    /// Mints a new id from the operating system's CSPRNG.
+    ///
+    /// # Panics
+    /// When the operating system has no entropy source, which no supported platform lacks.
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        getrandom::fill(&mut bytes).expect("the OS random source failed; cannot mint session ids");
+        SessionId(bytes)
+    }
+
+    /// The raw 128 bits.
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// The id as a UUID value: how it is stored in PostgreSQL (a 16-byte `uuid` column).
+    pub fn as_uuid(&self) -> Uuid {
+        Uuid::from_bytes(self.0)
+    }
+
+    /// Builds an id from the 16 bytes stored in PostgreSQL.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        SessionId(uuid.into_bytes())
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = ContractError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != Self::TEXT_LEN {
+            return Err(ContractError::MalformedSessionId("wrong length"));
+        }
+        // The decoder rejects non-canonical trailing bits, so every id has exactly one text form.
+        let mut bytes = [0u8; 16];
+        let n = URL_SAFE_NO_PAD
+            .decode_slice(s.as_bytes(), &mut bytes)
+            .map_err(|_| ContractError::MalformedSessionId("not canonical base64url"))?;
+        if n != 16 {
+            return Err(ContractError::MalformedSessionId("wrong length"));
+        }
+        if bytes == [0; 16] {
+            return Err(ContractError::MalformedSessionId("reserved id"));
+        }
+        Ok(SessionId(bytes))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; Self::TEXT_LEN];
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(self.0, &mut buf)
+            .expect("22 bytes hold 16 bytes of base64");
+        f.write_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    // A session id is a bearer credential: debug output shows only a prefix.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.to_string();
+        write!(f, "SessionId({}…)", &text[..6])
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.collect_str(self)
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for SessionId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            Ok(SessionId(<[u8; 16]>::deserialize(d)?))
+        }
+    }
+}
+
+/// The id of one server instance: the pod UID from the downward API.
+///
+/// Kubernetes gives every pod a new UID, so the id changes whenever a unit's pod is replaced
+/// (the patent's server instance ID). Outside Kubernetes (`farmctl up`) each start of a unit
+/// gets a fresh random UUID, which has the same effect. A sidecar restart inside the same pod
+/// keeps the id; that is safe because the sidecar never recovers its disk tier across restarts
+/// (see the sidecar's cache module).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct InstanceId(Uuid);
+
+impl InstanceId {
+    /// Length of the text form.
+    pub const TEXT_LEN: usize = 36;
+
+    /// A fresh random instance id, for a unit that runs outside Kubernetes.
+    pub fn random() -> Self {
+        InstanceId(Uuid::new_v4())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl FromStr for InstanceId {
+    type Err = ContractError;
+
+    /// Accepts exactly the hyphenated form Kubernetes uses for UIDs (36 characters).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.len() != Self::TEXT_LEN {
+            return Err(ContractError::MalformedInstanceId);
+        }
+        let uuid = Uuid::try_parse(s).map_err(|_| ContractError::MalformedInstanceId)?;
+        if uuid.is_nil() {
+            return Err(ContractError::MalformedInstanceId);
+        }
+        Ok(InstanceId(uuid))
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl TryFrom<String> for InstanceId {
+    type Error = ContractError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<InstanceId> for String {
+    fn from(id: InstanceId) -> String {
+        id.to_string()
+    }
+}
+
+/// The generation of a session: a counter in PostgreSQL that grows by one with every committed
+/// change to any of the session's tables.
+///
+/// Clients carry the newest generation they were served ([`crate::cookie_names::GENERATION`]);
+/// a unit whose cached copy is older must reload before serving. This closes the patent's gap
+/// of a unit that was only marked down and still holds an old copy.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize)]
+pub struct Generation(pub u64);
+
+impl FromStr for Generation {
+    type Err = ContractError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_decimal(s)
+            .map(Generation)
+            .ok_or(ContractError::MalformedGeneration)
+    }
+}
+
+impl fmt::Display for Generation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// Parses a canonical decimal `u64`: digits only, no sign, no leading zeros, fits in an `i64`
+/// (PostgreSQL's `bigint`).
+pub(crate) fn parse_decimal(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 19 || !b.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if b.len() > 1 && b[0] == b'0' {
+        return None;
+    }
+    let v: u64 = s.parse().ok()?;
+    (v <= i64::MAX as u64).then_some(v)
+}
+
+/// The name of one application state table of a session (`cart`, `login`, `wishlist`, …).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TableName(String);
+
+impl TableName {
+    /// Longest accepted name.
+    pub const MAX_LEN: usize = 64;
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for TableName {
+    type Err = ContractError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let ok = !s.is_empty()
+            && s.len() <= Self::MAX_LEN
+            && s
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+        if ok {
+            Ok(TableName(s.to_owned()))
+        } else {
+            Err(ContractError::MalformedTableName)
+        }
+    }
+}
+
+impl fmt::Display for TableName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for TableName {
+    type Error = ContractError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<TableName> for String {
+    fn from(t: TableName) -> String {
+        t.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_round_trip_and_are_unique() {
+        let a = SessionId::generate();
+        let b = SessionId::generate();
+        assert_ne!(a, b);
+        let text = a.to_string();
+        assert_eq!(text.len(), SessionId::TEXT_LEN);
+        assert!(
+            text.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+        );
+        assert_eq!(text.parse::<SessionId>().unwrap(), a);
+    }
+
+    #[test]
+    fn session_id_parsing_is_strict() {
+        let good = SessionId::generate().to_string();
+        for bad in [
+            "",
+            "short",
+            &format!("{good}A"),
+            &good[..21],
+            "AAAAAAAAAAAAAAAAAAAAA+",    // '+' is not base64url
+            "AAAAAAAAAAAAAAAAAAAAA=",    // padding
+            "AAAAAAAAAAAAAAAAAAAAAB",    // non-canonical trailing bits
+            "AAAAAAAAAAAAAAAAAAAAAA",    // reserved probe id
+            "ÄAAAAAAAAAAAAAAAAAAAA",     // non-ASCII with the right byte length
+            "AAAAAAAAAAA AAAAAAAAAA",    // space
+        ] {
+            assert!(bad.parse::<SessionId>().is_err(), "{bad:?} must not parse");
+        }
+    }
+
+    #[test]
+    fn session_id_debug_hides_the_credential() {
+        let id = SessionId::generate();
+        let dbg = format!("{id:?}");
+        assert!(!dbg.contains(&id.to_string()));
+    }
+
+    #[test]
+    fn instance_ids_are_pod_uids() {
+        let uid = "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b";
+        let id: InstanceId = uid.parse().unwrap();
+        assert_eq!(id.to_string(), uid);
+        // Upper case is accepted and normalised.
+        assert_eq!(uid.to_uppercase().parse::<InstanceId>().unwrap(), id);
+        for bad in [
+            "",
+            "3f2b8c1e9a4d4e6f8b7a1c2d3e4f5a6b",
+            "{3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6b}",
+            "00000000-0000-0000-0000-000000000000",
+            "3f2b8c1e-9a4d-4e6f-8b7a-1c2d3e4f5a6g",
+        ] {
+            assert!(bad.parse::<InstanceId>().is_err(), "{bad:?}");
+        }
+        assert_ne!(InstanceId::random(), InstanceId::random());
+    }
+
+    #[test]
+    fn generations_are_canonical_decimals() {
+        assert_eq!("0".parse::<Generation>().unwrap(), Generation(0));
+        assert_eq!("42".parse::<Generation>().unwrap(), Generation(42));
+        for bad in ["", "-1", "+1", "01", "1e3", "9223372036854775808", " 1"] {
+            assert!(bad.parse::<Generation>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn table_names() {
+        assert!("cart".parse::<TableName>().is_ok());
+        assert!("wish_list-2".parse::<TableName>().is_ok());
+        for bad in ["", "Cart", "a/b", "..", &"x".repeat(65)] {
+            assert!(bad.parse::<TableName>().is_err(), "{bad:?}");
+        }
+    }
+}

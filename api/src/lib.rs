@@ -1,0 +1,78 @@
+//! The Stickyfarm wire contract.
+//!
+//! Everything that two Stickyfarm components (or a component and a client) must agree on lives
+//! here: cookie and header names, the session-id and instance-id formats, unit names and unit
+//! addressing, the health answer and the session snapshot handed to the app. The crate does no
+//! I/O. Every value that can come from a client is parsed strictly into a typed value or a
+//! [`ContractError`]; nothing downstream ever sees a raw client string.
+
+mod cookies;
+mod error;
+mod ids;
+mod snapshot;
+mod unit;
+
+pub use cookies::{ClientCookies, SetCookie, parse_client_cookies};
+pub use error::ContractError;
+pub use ids::{Generation, InstanceId, SessionId, TableName};
+pub use snapshot::{SessionSnapshot, TableSnapshot};
+pub use unit::{UnitBaseUrl, UnitName, UnitPath, parse_unit_host, parse_unit_path};
+
+/// Cookie names set by Stickyfarm. All are `HttpOnly` and `SameSite=Lax`.
+pub mod cookie_names {
+    /// The session id ([`crate::SessionId`]), set by the sidecar.
+    pub const SESSION: &str = "sf_session";
+    /// The instance id ([`crate::InstanceId`]) of the unit that last served the client, set by
+    /// the sidecar. A unit that sees another instance id flushes what it cached for the session.
+    pub const INSTANCE: &str = "sf_instance";
+    /// The newest session generation ([`crate::Generation`]) the client has seen. A unit whose
+    /// cached copy is older reloads it from PostgreSQL before serving.
+    pub const GENERATION: &str = "sf_gen";
+    /// The routing cookie ([`crate::UnitName`]), set by the gateway for clients that drop the
+    /// unit links.
+    pub const UNIT: &str = "sf_unit";
+}
+
+/// Header names on requests the sidecar forwards to the app, and on responses.
+///
+/// The sidecar removes every incoming header that starts with [`headers::PREFIX`] before it adds
+/// its own, so a client can never inject a session id or a unit address into the app.
+pub mod headers {
+    /// Every Stickyfarm header starts with this prefix (lower case, as HTTP/2 requires).
+    pub const PREFIX: &str = "x-stickyfarm-";
+    /// The session id of the request (sidecar → app).
+    pub const SESSION: &str = "x-stickyfarm-session";
+    /// The name of the unit that serves the request (sidecar → app).
+    pub const UNIT: &str = "x-stickyfarm-unit";
+    /// The unit's external base URL, without a trailing slash (gateway → sidecar → app). The app
+    /// builds its links from it so the client's next requests reach the same unit.
+    pub const UNIT_URL: &str = "x-stickyfarm-unit-url";
+    /// The instance id of the serving sidecar (sidecar → app, and on health answers).
+    pub const INSTANCE: &str = "x-stickyfarm-instance";
+    /// The session generation the forwarded snapshot reflects (sidecar → app).
+    pub const GENERATION: &str = "x-stickyfarm-generation";
+    /// The whole session state as base64url (no padding) of the JSON [`crate::SessionSnapshot`],
+    /// attached when it fits the sidecar's size limit, so the app needs no round trip to read it.
+    pub const SNAPSHOT: &str = "x-stickyfarm-snapshot";
+    /// The version of one session table, on session-API responses (alongside `ETag`).
+    pub const TABLE_VERSION: &str = "x-stickyfarm-version";
+}
+
+/// Paths reserved by Stickyfarm on a unit's public port.
+pub mod paths {
+    /// The health check the gateway probes (the patent's test URL, FIG. 6).
+    pub const HEALTH: &str = "/_stickyfarm/health";
+    /// Prefix of gateway unit addresses: `/_unit/<unit>/…`.
+    pub const UNIT_PREFIX: &str = "/_unit/";
+}
+
+/// The fixed first line of a healthy answer of [`paths::HEALTH`].
+pub const HEALTHY_ANSWER: &str = "stickyfarm-sidecar healthy";
+
+/// The body a healthy sidecar returns on [`paths::HEALTH`] (status 200).
+///
+/// It names the unit and the instance id, so a gateway whose expected answer includes the
+/// instance id notices a replaced pod.
+pub fn healthy_answer(unit: &UnitName, instance: &InstanceId) -> String {
+    format!("{HEALTHY_ANSWER}\nunit: {unit}\ninstance: {instance}\n")
+}
