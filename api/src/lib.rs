@@ -8,12 +8,14 @@
 
 mod cookies;
 mod error;
+mod hop;
 mod ids;
 mod snapshot;
 mod unit;
 
 pub use cookies::{ClientCookies, SetCookie, parse_client_cookies};
 pub use error::ContractError;
+pub use hop::{remove_hop_by_hop, remove_stickyfarm_headers};
 pub use ids::{Generation, InstanceId, SessionId, TableName};
 pub use snapshot::{SessionSnapshot, TableSnapshot};
 pub use unit::{UnitBaseUrl, UnitName, UnitPath, parse_unit_host, parse_unit_path};

@@ -1,1 +1,278 @@
+//! The Stickyfarm sidecar as a library: the session tier ([`tier`]) and the HTTP shells around
+//! it ([`front`] for clients, [`session_api`] for the app). `main.rs` only parses flags and
+//! waits for a signal; tests drive [`Sidecar::start`] directly or run the binary.
 
+pub mod cache;
+pub mod config;
+pub mod front;
+pub mod metrics;
+pub mod session_api;
+pub mod store;
+pub mod tier;
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use sqlx::postgres::PgConnectOptions;
+use stickyfarm_api::{InstanceId, UnitBaseUrl};
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CacheOptions, SessionCache};
+use crate::config::Config;
+use crate::front::Front;
+use crate::metrics::Metrics;
+use crate::store::{Expiry, Store, StoreOptions};
+use crate::tier::{SessionTier, TierOptions, background};
+
+/// The sidecar could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// `--database-url` is not a PostgreSQL URL (the URL itself is not repeated: it may hold a
+    /// password).
+    #[error("--database-url / DATABASE_URL is not a valid PostgreSQL URL: {0}")]
+    DatabaseUrl(String),
+    /// `--app-url` has no host and port.
+    #[error("--app-url must be http://HOST:PORT of the app, got {0}")]
+    AppUrl(String),
+    /// The cache could not be opened.
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}; is another process using it?")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Shutdown was requested before the schema could be applied.
+    #[error("stopped before PostgreSQL became reachable")]
+    Cancelled,
+}
+
+/// A running sidecar.
+pub struct Sidecar {
+    /// The public (client-facing) address actually bound.
+    pub public_addr: SocketAddr,
+    /// The session API's TCP address actually bound.
+    pub api_addr: SocketAddr,
+    /// The admin (metrics) address actually bound.
+    pub admin_addr: SocketAddr,
+    /// The instance id this sidecar uses.
+    pub instance: InstanceId,
+    /// The session tier, for in-process use and tests.
+    pub tier: Arc<SessionTier>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+    grace: Duration,
+}
+
+impl Sidecar {
+    /// Connects, applies the schema (waiting for PostgreSQL if it is not up yet), binds every
+    /// listener and starts serving.
+    pub async fn start(config: Config) -> Result<Sidecar, StartError> {
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let connect = PgConnectOptions::from_str(&config.database_url)
+            .map_err(|e| StartError::DatabaseUrl(e.to_string()))?
+            .application_name("stickyfarm-sidecar");
+        let store = Store::connect_lazy(
+            connect,
+            &StoreOptions {
+                max_connections: config.db_max_connections,
+                acquire_timeout: config.db_acquire_timeout,
+                expiry: Expiry {
+                    idle: config.idle_timeout,
+                    absolute: config.absolute_timeout,
+                },
+            },
+            metrics.clone(),
+        );
+        migrate_when_reachable(&store, &stop).await?;
+
+        let cache = SessionCache::open(&CacheOptions {
+            memory_bytes: config.cache_memory.as_u64() as usize,
+            disk: config
+                .cache_disk_dir
+                .clone()
+                .map(|d| (d, config.cache_disk_size.as_u64() as usize)),
+        })
+        .await?;
+        let instance = config.pod_uid.unwrap_or_else(|| {
+            let id = InstanceId::random();
+            tracing::warn!(instance = %id, "no POD_UID given: using a random instance id (outside Kubernetes)");
+            id
+        });
+        let tier = Arc::new(SessionTier::new(
+            cache,
+            store,
+            metrics.clone(),
+            TierOptions {
+                instance,
+                unit: config.unit.to_string(),
+                idle_timeout: config.idle_timeout,
+                touch_interval: config.touch_interval(),
+            },
+        ));
+
+        let app = config
+            .app_url
+            .authority()
+            .cloned()
+            .ok_or_else(|| StartError::AppUrl(config.app_url.to_string()))?;
+        let default_unit_url = config.unit_base_url.clone().unwrap_or_else(|| {
+            config
+                .unit
+                .path_prefix()
+                .parse::<UnitBaseUrl>()
+                .expect("a unit path is a valid base URL")
+        });
+        let front = Arc::new(Front {
+            tier: tier.clone(),
+            unit: config.unit.clone(),
+            default_unit_url,
+            trust_gateway_headers: config.trust_gateway_headers,
+            app,
+            app_timeout: config.app_timeout,
+            cookie_secure: config.cookie_secure,
+            cookie_domain: config.cookie_domain.clone(),
+            snapshot_max: config.snapshot_max.as_u64() as usize,
+            client: Front::app_client(),
+        });
+
+        let mut tasks = JoinSet::new();
+        let public = bind(config.listen).await?;
+        let api = bind(config.api_listen).await?;
+        let admin = bind(config.admin_listen).await?;
+        let (public_addr, api_addr, admin_addr) = (
+            local(&public, config.listen)?,
+            local(&api, config.api_listen)?,
+            local(&admin, config.admin_listen)?,
+        );
+
+        serve(&mut tasks, public, front::router(front), &stop);
+        let api_router = session_api::router(tier.clone(), config.max_table_size.as_u64() as usize);
+        if let Some(path) = &config.api_socket {
+            // A socket left by a previous run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            let uds = tokio::net::UnixListener::bind(path).map_err(|source| StartError::Bind {
+                addr: path.display().to_string(),
+                source,
+            })?;
+            let (router, stop) = (api_router.clone(), stop.clone());
+            tasks.spawn(async move {
+                let r = axum::serve(uds, router)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "session API (Unix socket) failed");
+                }
+            });
+        }
+        serve(&mut tasks, api, api_router, &stop);
+        let admin_router = Router::new()
+            .route(
+                "/metrics",
+                get({
+                    let m = metrics.clone();
+                    move || async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            m.encode(),
+                        )
+                    }
+                }),
+            )
+            .route("/livez", get(|| async { "ok\n" }));
+        serve(&mut tasks, admin, admin_router, &stop);
+
+        tasks.spawn(background::touch_loop(tier.clone(), config.touch_interval(), stop.clone()));
+        tasks.spawn(background::sweep_loop(tier.clone(), config.sweep_interval, stop.clone()));
+        if config.listen_invalidations {
+            tasks.spawn(background::invalidation_loop(tier.clone(), stop.clone()));
+        }
+        tracing::info!(
+            %public_addr, %api_addr, %admin_addr, unit = %config.unit, %instance,
+            "stickyfarm sidecar serving"
+        );
+        Ok(Sidecar {
+            public_addr,
+            api_addr,
+            admin_addr,
+            instance,
+            tier,
+            stop,
+            tasks,
+            grace: config.shutdown_grace,
+        })
+    }
+
+    /// Stops accepting, lets in-flight requests finish (bounded by the shutdown grace),
+    /// records pending touches and closes the cache.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        let drained = tokio::time::timeout(self.grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("in-flight requests did not finish within the shutdown grace; stopping anyway");
+            self.tasks.abort_all();
+        }
+        self.tier.cache().close().await;
+        self.tier.store().pool().close().await;
+        tracing::info!("stickyfarm sidecar stopped");
+    }
+}
+
+async fn migrate_when_reachable(store: &Store, stop: &CancellationToken) -> Result<(), StartError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match store.migrate().await {
+            Ok(()) => return Ok(()),
+            Err(e) => tracing::warn!(error = %e, "cannot apply the session schema yet; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.cancelled() => return Err(StartError::Cancelled),
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+fn local(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|source| StartError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+fn serve(tasks: &mut JoinSet<()>, listener: TcpListener, router: Router, stop: &CancellationToken) {
+    let stop = stop.clone();
+    tasks.spawn(async move {
+        let addr = listener.local_addr().ok();
+        let r = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, ?addr, "listener failed");
+        }
+    });
+}

@@ -1,0 +1,145 @@
+//! Command-line flags and environment variables of `stickyfarm-sidecar`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{ArgAction, Parser, ValueEnum};
+use stickyfarm_api::{InstanceId, UnitBaseUrl, UnitName};
+
+/// The Stickyfarm sidecar: fronts the app in a commerce pod, owns the session cookies and the
+/// instance-id check, caches session state (foyer) and writes it through to PostgreSQL.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "stickyfarm-sidecar", version, about, long_about = None)]
+pub struct Config {
+    /// Public address: every client request to the pod arrives here and is forwarded to the app.
+    /// The gateway's health check is `/_stickyfarm/health` on this address.
+    #[arg(long, env = "STICKYFARM_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// The app inside the pod (HTTP, usually on localhost).
+    #[arg(long, env = "STICKYFARM_APP_URL", default_value = "http://127.0.0.1:3000")]
+    pub app_url: http::Uri,
+
+    /// How long the app may take to answer one request before the client gets 504.
+    #[arg(long, env = "STICKYFARM_APP_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub app_timeout: Duration,
+
+    /// Session-state API for the app (TCP). Keep it on localhost: it is never exposed outside
+    /// the pod.
+    #[arg(long, env = "STICKYFARM_API_LISTEN", default_value = "127.0.0.1:7070")]
+    pub api_listen: SocketAddr,
+
+    /// Also serve the session-state API on this Unix socket (a volume shared with the app).
+    #[arg(long, env = "STICKYFARM_API_SOCKET")]
+    pub api_socket: Option<PathBuf>,
+
+    /// Admin address: `/metrics` (Prometheus) and `/livez`.
+    #[arg(long, env = "STICKYFARM_ADMIN_LISTEN", default_value = "0.0.0.0:9464")]
+    pub admin_listen: SocketAddr,
+
+    /// PostgreSQL connection URL. Pass it through the environment from a Secret; it is never
+    /// logged.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+
+    /// Largest number of PostgreSQL connections.
+    #[arg(long, env = "STICKYFARM_DB_MAX_CONNECTIONS", default_value_t = 16)]
+    pub db_max_connections: u32,
+
+    /// How long a request waits for a PostgreSQL connection before answering 503.
+    #[arg(long, env = "STICKYFARM_DB_ACQUIRE_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub db_acquire_timeout: Duration,
+
+    /// This unit's name (a DNS label). In Kubernetes the pod name (downward API `POD_NAME`).
+    #[arg(long, env = "POD_NAME")]
+    pub unit: UnitName,
+
+    /// The pod UID (downward API `POD_UID`): this unit's instance id. Without it (outside
+    /// Kubernetes) a random id is used, which changes on every start, like a new pod.
+    #[arg(long, env = "POD_UID")]
+    pub pod_uid: Option<InstanceId>,
+
+    /// The unit's external base URL, used when the gateway does not send one. Defaults to the
+    /// gateway's path-style address `/_unit/<unit>`.
+    #[arg(long, env = "STICKYFARM_UNIT_BASE_URL")]
+    pub unit_base_url: Option<UnitBaseUrl>,
+
+    /// Take the unit base URL from the gateway's `x-stickyfarm-unit-url` header. Safe when only
+    /// the gateway can reach the pod (the operator's NetworkPolicy); set false otherwise.
+    #[arg(long, env = "STICKYFARM_TRUST_GATEWAY_HEADERS", default_value_t = true, action = ArgAction::Set)]
+    pub trust_gateway_headers: bool,
+
+    /// Mark the cookies `Secure` (whenever clients use HTTPS).
+    #[arg(long, env = "STICKYFARM_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// `Domain=` of the cookies; set it to the farm host with host-style unit addresses.
+    #[arg(long, env = "STICKYFARM_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
+
+    /// Memory tier capacity (bytes of cached session state, e.g. `64MiB`).
+    #[arg(long, env = "STICKYFARM_CACHE_MEMORY", default_value = "64MiB")]
+    pub cache_memory: ByteSize,
+
+    /// Folder of the optional disk tier. It is emptied at every start: PostgreSQL is the truth.
+    #[arg(long, env = "STICKYFARM_CACHE_DISK_DIR")]
+    pub cache_disk_dir: Option<PathBuf>,
+
+    /// Disk tier capacity.
+    #[arg(long, env = "STICKYFARM_CACHE_DISK_SIZE", default_value = "256MiB")]
+    pub cache_disk_size: ByteSize,
+
+    /// A session unused for this long expires (in the cache and in PostgreSQL).
+    #[arg(long, env = "STICKYFARM_IDLE_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A session older than this expires, however active.
+    #[arg(long, env = "STICKYFARM_ABSOLUTE_TIMEOUT", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub absolute_timeout: Duration,
+
+    /// How often expired sessions are deleted from PostgreSQL (one sidecar at a time does it).
+    #[arg(long, env = "STICKYFARM_SWEEP_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub sweep_interval: Duration,
+
+    /// Largest session snapshot attached to forwarded requests (`x-stickyfarm-snapshot`,
+    /// base64url); larger sessions are read through the API. 0 disables the snapshot.
+    #[arg(long, env = "STICKYFARM_SNAPSHOT_MAX", default_value = "16KiB")]
+    pub snapshot_max: ByteSize,
+
+    /// Largest JSON document the app may write to one table.
+    #[arg(long, env = "STICKYFARM_MAX_TABLE_SIZE", default_value = "1MiB")]
+    pub max_table_size: ByteSize,
+
+    /// Listen for other units' committed changes (PostgreSQL LISTEN/NOTIFY). Turn off only
+    /// behind a pooler that cannot LISTEN (PgBouncer in transaction mode); the generation
+    /// cookie and conditional writes still prevent stale writes.
+    #[arg(long, env = "STICKYFARM_LISTEN_INVALIDATIONS", default_value_t = true, action = ArgAction::Set)]
+    pub listen_invalidations: bool,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// How often `last_seen` is refreshed for sessions in use: often enough that an active
+    /// session never looks idle to the sweep.
+    pub fn touch_interval(&self) -> Duration {
+        (self.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}

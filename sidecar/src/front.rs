@@ -1,0 +1,224 @@
+//! The public side of the pod: every client request passes through here on its way to the app
+//! (DESIGN.md request flow, steps 2–3 and 6), and the gateway's health check is answered here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use stickyfarm_api::{
+    ClientCookies, Generation, SessionId, SetCookie, UnitBaseUrl, UnitName, cookie_names, headers, parse_client_cookies,
+    paths, remove_hop_by_hop, remove_stickyfarm_headers,
+};
+
+use crate::cache::CachedSession;
+use crate::tier::SessionTier;
+
+/// What the front needs to serve.
+pub struct Front {
+    /// The session tier.
+    pub tier: Arc<SessionTier>,
+    /// This unit's name.
+    pub unit: UnitName,
+    /// Base URL used when the gateway sends none.
+    pub default_unit_url: UnitBaseUrl,
+    /// Accept `x-stickyfarm-unit-url` from the gateway.
+    pub trust_gateway_headers: bool,
+    /// The app: scheme and authority.
+    pub app: http::uri::Authority,
+    /// Per-request timeout towards the app.
+    pub app_timeout: Duration,
+    /// Cookie attributes.
+    pub cookie_secure: bool,
+    /// Cookie `Domain=`.
+    pub cookie_domain: Option<String>,
+    /// Largest snapshot header in bytes.
+    pub snapshot_max: usize,
+    /// Pooled HTTP/1.1 connections to the app.
+    pub client: Client<HttpConnector, Body>,
+}
+
+impl Front {
+    /// A pooled client for the app.
+    pub fn app_client() -> Client<HttpConnector, Body> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector)
+    }
+}
+
+/// The public router: the health check and the proxy to the app.
+pub fn router(front: Arc<Front>) -> Router {
+    Router::new()
+        .route(paths::HEALTH, get(health))
+        .fallback(forward)
+        .with_state(front)
+}
+
+fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut r = (status, msg.into()).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+/// Forwards one client request to the app with its session attached.
+async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
+    if req.uri().path().starts_with("/_stickyfarm/") {
+        return plain(StatusCode::NOT_FOUND, "unknown Stickyfarm path\n");
+    }
+    let cookies = parse_client_cookies(req.headers().get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
+    let resolved = match front.tier.resolve(&cookies).await {
+        Ok(r) => r,
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, "cannot resolve the session: PostgreSQL unavailable");
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session store unavailable; retry shortly\n",
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot resolve the session");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "session error\n");
+        }
+    };
+    let id = resolved.id;
+
+    let (mut parts, body) = req.into_parts();
+    let unit_url = front
+        .trust_gateway_headers
+        .then(|| parts.headers.get(headers::UNIT_URL))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<UnitBaseUrl>().ok())
+        .unwrap_or_else(|| front.default_unit_url.clone());
+    remove_hop_by_hop(&mut parts.headers);
+    remove_stickyfarm_headers(&mut parts.headers);
+    let h = &mut parts.headers;
+    h.insert(headers::SESSION, value(&id.to_string()));
+    h.insert(headers::UNIT, value(front.unit.as_str()));
+    h.insert(headers::UNIT_URL, value(unit_url.as_str()));
+    h.insert(headers::INSTANCE, value(&front.tier.instance().to_string()));
+    h.insert(headers::GENERATION, value(&resolved.session.generation.to_string()));
+    if front.snapshot_max > 0
+        && let Some(snap) = resolved.session.snapshot_header(id, front.snapshot_max)
+    {
+        h.insert(headers::SNAPSHOT, value(snap));
+    }
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = match http::Uri::builder()
+        .scheme("http")
+        .authority(front.app.clone())
+        .path_and_query(path_and_query)
+        .build()
+    {
+        Ok(u) => u,
+        Err(_) => return plain(StatusCode::BAD_REQUEST, "malformed request target\n"),
+    };
+    parts.version = http::Version::HTTP_11;
+    let outbound = Request::from_parts(parts, body);
+    let served_generation = resolved.session.generation;
+    drop(resolved.session);
+
+    let response = match tokio::time::timeout(front.app_timeout, front.client.request(outbound)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the app did not answer");
+            return plain(StatusCode::BAD_GATEWAY, "the app did not answer\n");
+        }
+        Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "the app did not answer in time\n"),
+    };
+    let (mut parts, body) = response.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+
+    // The app may have written during the request: hand out the newest generation this unit
+    // knows, so the client can prove it to any unit it reaches next.
+    let generation = match front.tier.cache().get(&id).await {
+        Some(e) => e.generation.max(served_generation),
+        None => served_generation,
+    };
+    set_cookies(&front, &cookies, id, Generation(generation), &mut parts.headers);
+    Response::from_parts(parts, Body::new(body))
+}
+
+fn value(s: &str) -> HeaderValue {
+    // Every value here is one of our validated types: visible ASCII only.
+    HeaderValue::from_str(s).expect("Stickyfarm header values are visible ASCII")
+}
+
+fn set_cookies(front: &Front, sent: &ClientCookies, id: SessionId, generation: Generation, out: &mut http::HeaderMap) {
+    let instance = front.tier.instance();
+    let mut set = |name: &'static str, v: String| {
+        let c = SetCookie {
+            name,
+            value: v,
+            secure: front.cookie_secure,
+            domain: front.cookie_domain.as_deref(),
+        };
+        out.append(header::SET_COOKIE, value(&c.to_header_value()));
+    };
+    if sent.session != Some(id) {
+        set(cookie_names::SESSION, id.to_string());
+    }
+    if sent.instance != Some(instance) {
+        set(cookie_names::INSTANCE, instance.to_string());
+    }
+    if sent.generation != Some(generation) {
+        set(cookie_names::GENERATION, generation.to_string());
+    }
+}
+
+/// The gateway's test URL (FIG. 6): answers the fixed healthy text only when the app accepts
+/// connections, PostgreSQL answers and the cache stores and returns an entry.
+async fn health(State(front): State<Arc<Front>>) -> Response {
+    let mut failures = Vec::new();
+    let app = front.app.as_str().to_owned();
+    let app_ok = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app)).await;
+    if !matches!(app_ok, Ok(Ok(_))) {
+        failures.push("app: not accepting connections");
+    }
+    let db_ok = tokio::time::timeout(Duration::from_secs(1), front.tier.store().ping()).await;
+    if !matches!(db_ok, Ok(Ok(()))) {
+        failures.push("database: not answering");
+    }
+    let cache = front.tier.cache();
+    cache.insert(
+        SessionId::PROBE,
+        CachedSession::new(crate::cache::unix_now(), Default::default()),
+    );
+    if cache.get(&SessionId::PROBE).await.is_none() {
+        failures.push("cache: probe entry not readable");
+    }
+    let instance = front.tier.instance();
+    let mut r = if failures.is_empty() {
+        (StatusCode::OK, stickyfarm_api::healthy_answer(&front.unit, &instance)).into_response()
+    } else {
+        tracing::warn!(?failures, "health check failed");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stickyfarm-sidecar unhealthy\n{}\n", failures.join("\n")),
+        )
+            .into_response()
+    };
+    r.headers_mut()
+        .insert(headers::INSTANCE, value(&instance.to_string()));
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}

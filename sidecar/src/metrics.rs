@@ -1,0 +1,180 @@
+//! Prometheus metrics of the sidecar (served on the admin listener at `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Why a cached session was dropped.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum FlushReason {
+    /// The client's instance cookie named another instance (the patent's instance-id check).
+    InstanceMismatch,
+    /// The client proved a newer generation than the cached copy.
+    NewerGeneration,
+    /// Another unit committed a newer generation (PostgreSQL notification).
+    Notification,
+    /// A write was refused as stale: the cached copy was behind PostgreSQL.
+    Conflict,
+    /// The cached entry was idle longer than the idle timeout.
+    Idle,
+}
+
+impl FlushReason {
+    fn as_str(self) -> &'static str {
+        match self {
+            FlushReason::InstanceMismatch => "instance_mismatch",
+            FlushReason::NewerGeneration => "newer_generation",
+            FlushReason::Notification => "notification",
+            FlushReason::Conflict => "conflict",
+            FlushReason::Idle => "idle",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpLabel {
+    op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+/// All metrics of one sidecar.
+pub struct Metrics {
+    registry: Registry,
+    cache_hits: Counter,
+    cache_misses: Counter,
+    flushes: Family<ReasonLabel, Counter>,
+    full_flushes: Counter,
+    db_queries: Family<OpLabel, Counter>,
+    db_errors: Family<OpLabel, Counter>,
+    writes: Family<OutcomeLabel, Counter>,
+    write_through_seconds: Histogram,
+    sessions_created: Counter,
+    malformed_cookies: Counter,
+    notifications: Counter,
+    listener_connected: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `stickyfarm_sidecar` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stickyfarm_sidecar");
+        let m = Metrics {
+            cache_hits: Counter::default(),
+            cache_misses: Counter::default(),
+            flushes: Family::default(),
+            full_flushes: Counter::default(),
+            db_queries: Family::default(),
+            db_errors: Family::default(),
+            writes: Family::default(),
+            // 50 µs .. ~0.8 s
+            write_through_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
+            sessions_created: Counter::default(),
+            malformed_cookies: Counter::default(),
+            notifications: Counter::default(),
+            listener_connected: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("cache_hits", "Session reads served from the cache", m.cache_hits.clone());
+        registry.register(
+            "cache_misses",
+            "Session reads that had to load from PostgreSQL",
+            m.cache_misses.clone(),
+        );
+        registry.register("flushes", "Cached sessions dropped, by reason", m.flushes.clone());
+        registry.register(
+            "full_flushes",
+            "Whole-cache flushes after the invalidation listener reconnected",
+            m.full_flushes.clone(),
+        );
+        registry.register("db_queries", "Statements sent to PostgreSQL, by operation", m.db_queries.clone());
+        registry.register("db_errors", "Failed PostgreSQL operations, by operation", m.db_errors.clone());
+        registry.register("writes", "Session table writes, by outcome", m.writes.clone());
+        registry.register(
+            "write_through_seconds",
+            "Time to commit a table write to PostgreSQL",
+            m.write_through_seconds.clone(),
+        );
+        registry.register("sessions_created", "New sessions created", m.sessions_created.clone());
+        registry.register(
+            "malformed_cookies",
+            "Requests with a malformed Stickyfarm cookie (answered with a fresh session)",
+            m.malformed_cookies.clone(),
+        );
+        registry.register(
+            "invalidation_notifications",
+            "Invalidation notifications received from PostgreSQL",
+            m.notifications.clone(),
+        );
+        registry.register(
+            "invalidation_listener_connected",
+            "1 while the PostgreSQL invalidation listener is connected",
+            m.listener_connected.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    pub(crate) fn hit(&self) {
+        self.cache_hits.inc();
+    }
+    pub(crate) fn miss(&self) {
+        self.cache_misses.inc();
+    }
+    pub(crate) fn flush(&self, reason: FlushReason) {
+        self.flushes
+            .get_or_create(&ReasonLabel { reason: reason.as_str() })
+            .inc();
+    }
+    pub(crate) fn full_flush(&self) {
+        self.full_flushes.inc();
+    }
+    pub(crate) fn db_query(&self, op: &'static str) {
+        self.db_queries.get_or_create(&OpLabel { op }).inc();
+    }
+    pub(crate) fn db_error(&self, op: &'static str) {
+        self.db_errors.get_or_create(&OpLabel { op }).inc();
+    }
+    pub(crate) fn write(&self, outcome: &'static str) {
+        self.writes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+    pub(crate) fn write_through(&self, seconds: f64) {
+        self.write_through_seconds.observe(seconds);
+    }
+    pub(crate) fn session_created(&self) {
+        self.sessions_created.inc();
+    }
+    pub(crate) fn malformed_cookie(&self) {
+        self.malformed_cookies.inc();
+    }
+    pub(crate) fn notification(&self) {
+        self.notifications.inc();
+    }
+    pub(crate) fn listener_connected(&self, up: bool) {
+        self.listener_connected.set(i64::from(up));
+    }
+}

@@ -1,0 +1,244 @@
+//! The session-state API the app calls on localhost (TCP or a Unix socket).
+//!
+//! | method | path | |
+//! |---|---|---|
+//! | GET | `/v1/sessions/{id}` | the whole session ([`stickyfarm_api::SessionSnapshot`]) |
+//! | DELETE | `/v1/sessions/{id}` | delete the session (logout) |
+//! | GET | `/v1/sessions/{id}/tables/{table}` | one table's JSON document; `ETag: "<version>"` |
+//! | PUT | `/v1/sessions/{id}/tables/{table}` | write it through; optional `If-Match` |
+//! | DELETE | `/v1/sessions/{id}/tables/{table}` | delete it; optional `If-Match` |
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use serde_json::value::RawValue;
+use stickyfarm_api::{SessionId, TableName, headers};
+
+use crate::store::StoreError;
+use crate::tier::{Precondition, SessionTier, TierError};
+
+/// The API router; `max_table_size` bounds a written document.
+pub fn router(tier: Arc<SessionTier>, max_table_size: usize) -> Router {
+    Router::new()
+        .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route(
+            "/v1/sessions/{id}/tables/{table}",
+            get(get_table).put(put_table).delete(delete_table),
+        )
+        .layer(DefaultBodyLimit::max(max_table_size))
+        .with_state(tier)
+}
+
+/// An API error: a status and a JSON body `{"error": …}` that says what to do.
+struct ApiError(StatusCode, String, Option<u64>);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({ "error": self.1 });
+        if self.0 == StatusCode::CONFLICT {
+            body["current_version"] = json!(self.2);
+        }
+        let mut r = (self.0, axum::Json(body)).into_response();
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        if let Some(v) = self.2 {
+            set_version(r.headers_mut(), v);
+        }
+        r
+    }
+}
+
+impl From<TierError> for ApiError {
+    fn from(e: TierError) -> Self {
+        match e {
+            TierError::SessionNotFound => ApiError(StatusCode::NOT_FOUND, e.to_string(), None),
+            TierError::Store(StoreError::Conflict { current }) => {
+                ApiError(StatusCode::CONFLICT, e.to_string(), current)
+            }
+            TierError::Store(StoreError::Unavailable(_)) => {
+                tracing::warn!(error = %e, "session API: PostgreSQL unavailable");
+                ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the session store is unavailable; nothing was changed; retry shortly".into(),
+                    None,
+                )
+            }
+            other => {
+                tracing::error!(error = %other, "session API failed");
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string(), None)
+            }
+        }
+    }
+}
+
+fn set_version(h: &mut HeaderMap, version: u64) {
+    h.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{version}\"")).expect("digits"),
+    );
+    h.insert(headers::TABLE_VERSION, HeaderValue::from(version));
+}
+
+fn parse_id(id: &str) -> Result<SessionId, ApiError> {
+    id.parse()
+        .map_err(|e: stickyfarm_api::ContractError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))
+}
+
+fn parse_table(t: &str) -> Result<TableName, ApiError> {
+    t.parse()
+        .map_err(|e: stickyfarm_api::ContractError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))
+}
+
+/// `If-Match`: absent → the cached copy's version; `*` → any; `"N"` or `N` → exactly N.
+fn precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
+    let mut values = h.get_all(header::IF_MATCH).iter();
+    let Some(v) = values.next() else {
+        return Ok(Precondition::CachedCopy);
+    };
+    let bad = || {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            "If-Match must be * or one strong ETag such as \"3\" (the table's version)".into(),
+            None,
+        )
+    };
+    if values.next().is_some() {
+        return Err(bad());
+    }
+    let v = v.to_str().map_err(|_| bad())?.trim();
+    if v == "*" {
+        return Ok(Precondition::Any);
+    }
+    let digits = v
+        .strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .unwrap_or(v);
+    digits
+        .parse::<stickyfarm_api::Generation>()
+        .map(|g| Precondition::Version(g.0))
+        .map_err(|_| bad())
+}
+
+async fn get_session(State(tier): State<Arc<SessionTier>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let s = tier.read(id).await?.ok_or(TierError::SessionNotFound)?;
+    let mut r = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        s.snapshot_json(id),
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(headers::GENERATION, HeaderValue::from(s.generation));
+    Ok(r)
+}
+
+async fn delete_session(State(tier): State<Arc<SessionTier>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    if tier.delete_session(id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(TierError::SessionNotFound.into())
+    }
+}
+
+async fn get_table(
+    State(tier): State<Arc<SessionTier>>,
+    Path((id, table)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let table = parse_table(&table)?;
+    let s = tier.read(id).await?.ok_or(TierError::SessionNotFound)?;
+    let Some(t) = s.tables.get(table.as_str()) else {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("the session has no table {table:?}; write it first (If-Match: \"0\" creates it)"),
+            None,
+        ));
+    };
+    let mut r = (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        t.doc.clone(),
+    )
+        .into_response();
+    set_version(r.headers_mut(), t.version);
+    r.headers_mut()
+        .insert(headers::GENERATION, HeaderValue::from(s.generation));
+    Ok(r)
+}
+
+async fn put_table(
+    State(tier): State<Arc<SessionTier>>,
+    Path((id, table)): Path<(String, String)>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let table = parse_table(&table)?;
+    let pre = precondition(&h)?;
+    let doc = std::str::from_utf8(&body)
+        .ok()
+        .filter(|s| serde_json::from_str::<&RawValue>(s).is_ok())
+        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "the body must be one JSON document".into(), None))?;
+    let done = tier.write_table(id, &table, Some(doc), pre).await?;
+    let status = if done.version == 1 {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut r = (
+        status,
+        axum::Json(json!({ "version": done.version, "generation": done.generation })),
+    )
+        .into_response();
+    set_version(r.headers_mut(), done.version);
+    r.headers_mut()
+        .insert(headers::GENERATION, HeaderValue::from(done.generation));
+    Ok(r)
+}
+
+async fn delete_table(
+    State(tier): State<Arc<SessionTier>>,
+    Path((id, table)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let table = parse_table(&table)?;
+    let pre = precondition(&h)?;
+    let done = tier.write_table(id, &table, None, pre).await?;
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    r.headers_mut()
+        .insert(headers::GENERATION, HeaderValue::from(done.generation));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_if_match(v: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in v {
+            h.append(header::IF_MATCH, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn if_match_forms() {
+        assert_eq!(precondition(&HeaderMap::new()).ok(), Some(Precondition::CachedCopy));
+        assert_eq!(precondition(&with_if_match(&["*"])).ok(), Some(Precondition::Any));
+        assert_eq!(precondition(&with_if_match(&["\"3\""])).ok(), Some(Precondition::Version(3)));
+        assert_eq!(precondition(&with_if_match(&["0"])).ok(), Some(Precondition::Version(0)));
+        for bad in [&["W/\"3\""][..], &["\"x\""], &["\"1\", \"2\""], &["1", "2"], &["-1"]] {
+            assert!(precondition(&with_if_match(bad)).is_err(), "{bad:?}");
+        }
+    }
+}

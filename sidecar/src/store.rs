@@ -1,0 +1,459 @@
+//! PostgreSQL: the truth behind every cache (the patent's database 220).
+//!
+//! Every write is one statement, so it is one round trip and one implicit transaction: the
+//! conditional table change, the session's generation bump and the invalidation notification
+//! commit together or not at all.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Row};
+use stickyfarm_api::{SessionId, TableName};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::metrics::Metrics;
+
+/// The channel on which committed changes are announced to every unit.
+pub const INVALIDATION_CHANNEL: &str = "stickyfarm_session";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A PostgreSQL operation failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// PostgreSQL could not be reached or did not answer in time. Nothing was changed.
+    #[error("PostgreSQL is unavailable ({0}); retry once the database is reachable again")]
+    Unavailable(#[source] sqlx::Error),
+    /// The write's precondition failed: the table is at another version.
+    #[error("the table changed since it was read (now at version {current:?}); re-read it and retry")]
+    Conflict {
+        /// The version PostgreSQL holds; `None` when the table does not exist.
+        current: Option<u64>,
+    },
+    /// The session does not exist (never did, expired, or was deleted).
+    #[error("the session does not exist or has expired; start a new session")]
+    SessionGone,
+    /// PostgreSQL refused the statement for another reason (a bug or a schema mismatch).
+    #[error("PostgreSQL refused the statement: {0}; check the sidecar and schema versions")]
+    Database(#[source] sqlx::Error),
+    /// Applying the schema migrations failed.
+    #[error("applying the session schema failed: {0}; check that the database user may create tables")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    fn from_sqlx(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => StoreError::SessionGone,
+            // Unique or check violations and syntax errors are our bugs, not an outage.
+            sqlx::Error::Database(db) if db.code().is_some_and(|c| !c.starts_with("08") && !c.starts_with("57")) => {
+                StoreError::Database(e)
+            }
+            _ => StoreError::Unavailable(e),
+        }
+    }
+}
+
+/// How a write is conditioned on the table's current version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteCondition {
+    /// Only if the table is at this version; `0` means the table must not exist yet.
+    Expect(u64),
+    /// Whatever the current version (`If-Match: *`).
+    Unconditional,
+}
+
+/// A committed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Committed {
+    /// The table's new version (`0` after a delete).
+    pub version: u64,
+    /// The session's new generation.
+    pub generation: u64,
+}
+
+/// One session as loaded from PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct LoadedSession {
+    /// Generation at load time.
+    pub generation: u64,
+    /// `(name, version, JSON text)` of every table.
+    pub tables: Vec<(String, u64, String)>,
+}
+
+/// Session lifetime limits, enforced by PostgreSQL.
+#[derive(Debug, Clone, Copy)]
+pub struct Expiry {
+    /// A session unused for this long is expired.
+    pub idle: Duration,
+    /// A session older than this is expired, however active.
+    pub absolute: Duration,
+}
+
+/// An invalidation announced by a unit that committed a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalidation {
+    /// The session reached this generation.
+    Generation(SessionId, u64),
+    /// The session was deleted.
+    Deleted(SessionId),
+}
+
+impl Invalidation {
+    /// Parses a notification payload (`<uuid>:<generation>` or `<uuid>:deleted`).
+    pub fn parse(payload: &str) -> Option<Self> {
+        let (id, what) = payload.split_once(':')?;
+        let id = SessionId::from_uuid(Uuid::try_parse(id).ok()?);
+        if what == "deleted" {
+            Some(Invalidation::Deleted(id))
+        } else {
+            what.parse().ok().map(|g| Invalidation::Generation(id, g))
+        }
+    }
+}
+
+/// The session store in PostgreSQL.
+#[derive(Clone)]
+pub struct Store {
+    pool: PgPool,
+    expiry: Expiry,
+    metrics: Arc<Metrics>,
+}
+
+/// Connection settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Largest number of pooled connections.
+    pub max_connections: u32,
+    /// How long a request waits for a connection before it answers 503.
+    pub acquire_timeout: Duration,
+    /// Session lifetime limits.
+    pub expiry: Expiry,
+}
+
+impl Store {
+    /// Creates the pool. Connections are opened lazily, so a sidecar starts (and serves cached
+    /// sessions, and answers 503 to writes) even while PostgreSQL is down.
+    pub fn connect_lazy(
+        options: PgConnectOptions,
+        store: &StoreOptions,
+        metrics: Arc<Metrics>,
+    ) -> Store {
+        let pool = PgPoolOptions::new()
+            .max_connections(store.max_connections)
+            .min_connections(0)
+            .acquire_timeout(store.acquire_timeout)
+            // Connections that died with an outage are noticed before use, not by a request.
+            .test_before_acquire(true)
+            .connect_lazy_with(options);
+        Store {
+            pool,
+            expiry: store.expiry,
+            metrics,
+        }
+    }
+
+    /// The pool, for the invalidation listener.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies the embedded migrations. sqlx holds a PostgreSQL advisory lock meanwhile, so many
+    /// sidecars starting at once apply them exactly once.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    fn observe<T>(&self, op: &'static str, r: Result<T, sqlx::Error>) -> Result<T, StoreError> {
+        self.metrics.db_query(op);
+        r.map_err(|e| {
+            self.metrics.db_error(op);
+            StoreError::from_sqlx(e)
+        })
+    }
+
+    /// Checks that PostgreSQL answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let r = sqlx::query("SELECT 1").execute(&self.pool).await;
+        self.observe("ping", r).map(|_| ())
+    }
+
+    /// Inserts a new, empty session.
+    pub async fn create_session(&self, id: SessionId, created_by: &str) -> Result<(), StoreError> {
+        let r = sqlx::query("INSERT INTO stickyfarm_sessions (id, created_by) VALUES ($1, $2)")
+            .bind(id.as_uuid())
+            .bind(created_by)
+            .execute(&self.pool)
+            .await;
+        self.observe("create_session", r).map(|_| ())
+    }
+
+    /// Loads a live (unexpired) session with all its tables, in one consistent snapshot.
+    pub async fn load_session(&self, id: SessionId) -> Result<Option<LoadedSession>, StoreError> {
+        let r = sqlx::query(
+            "SELECT s.generation, t.name, t.version, t.doc::text AS doc
+               FROM stickyfarm_sessions s
+               LEFT JOIN stickyfarm_session_tables t ON t.session_id = s.id
+              WHERE s.id = $1
+                AND s.last_seen > now() - make_interval(secs => $2)
+                AND s.created_at > now() - make_interval(secs => $3)",
+        )
+        .bind(id.as_uuid())
+        .bind(self.expiry.idle.as_secs_f64())
+        .bind(self.expiry.absolute.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await;
+        let rows = self.observe("load_session", r)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let generation = first.get::<i64, _>(0) as u64;
+        let mut tables = Vec::with_capacity(rows.len());
+        for row in &rows {
+            if let Some(name) = row.get::<Option<String>, _>(1) {
+                tables.push((name, row.get::<i64, _>(2) as u64, row.get::<String, _>(3)));
+            }
+        }
+        Ok(Some(LoadedSession { generation, tables }))
+    }
+
+    /// The current generation of a live session.
+    pub async fn generation(&self, id: SessionId) -> Result<Option<u64>, StoreError> {
+        let r = sqlx::query_scalar::<_, i64>("SELECT generation FROM stickyfarm_sessions WHERE id = $1")
+            .bind(id.as_uuid())
+            .fetch_optional(&self.pool)
+            .await;
+        self.observe("generation", r).map(|g| g.map(|g| g as u64))
+    }
+
+    /// Writes one table, conditionally, bumps the session generation and announces it.
+    pub async fn write_table(
+        &self,
+        id: SessionId,
+        table: &TableName,
+        doc: &str,
+        condition: WriteCondition,
+    ) -> Result<Committed, StoreError> {
+        let expected = match condition {
+            WriteCondition::Expect(v) => v as i64,
+            WriteCondition::Unconditional => 0,
+        };
+        let sql = match condition {
+            WriteCondition::Expect(0) => &*INSERT_NEW,
+            WriteCondition::Expect(_) => &*UPDATE_AT_VERSION,
+            WriteCondition::Unconditional => &*UPSERT,
+        };
+        self.run_change("write_table", sql, id, table, Some(doc), expected)
+            .await
+    }
+
+    /// Deletes one table, conditionally, bumps the session generation and announces it.
+    pub async fn delete_table(
+        &self,
+        id: SessionId,
+        table: &TableName,
+        condition: WriteCondition,
+    ) -> Result<Committed, StoreError> {
+        let sql = match condition {
+            WriteCondition::Expect(_) => &*DELETE_AT_VERSION,
+            WriteCondition::Unconditional => &*DELETE_ANY,
+        };
+        let expected = match condition {
+            WriteCondition::Expect(v) => v as i64,
+            WriteCondition::Unconditional => 0,
+        };
+        self.run_change("delete_table", sql, id, table, None, expected)
+            .await
+    }
+
+    async fn run_change(
+        &self,
+        op: &'static str,
+        sql: &'static str,
+        id: SessionId,
+        table: &TableName,
+        doc: Option<&str>,
+        expected: i64,
+    ) -> Result<Committed, StoreError> {
+        let started = Instant::now();
+        let r = sqlx::query(sql)
+            .bind(id.as_uuid())
+            .bind(table.as_str())
+            .bind(doc)
+            .bind(expected)
+            .bind(self.expiry.idle.as_secs_f64())
+            .bind(self.expiry.absolute.as_secs_f64())
+            .fetch_optional(&self.pool)
+            .await;
+        let row = self.observe(op, r)?;
+        if let Some(row) = row {
+            self.metrics.write_through(started.elapsed().as_secs_f64());
+            return Ok(Committed {
+                version: row.get::<i64, _>(0) as u64,
+                generation: row.get::<i64, _>(1) as u64,
+            });
+        }
+        // Nothing changed: find out whether the session is gone or the version moved on.
+        let r = sqlx::query(
+            "SELECT (SELECT version FROM stickyfarm_session_tables WHERE session_id = $1 AND name = $2),
+                    EXISTS (SELECT 1 FROM stickyfarm_sessions
+                             WHERE id = $1
+                               AND last_seen > now() - make_interval(secs => $3)
+                               AND created_at > now() - make_interval(secs => $4))",
+        )
+        .bind(id.as_uuid())
+        .bind(table.as_str())
+        .bind(self.expiry.idle.as_secs_f64())
+        .bind(self.expiry.absolute.as_secs_f64())
+        .fetch_one(&self.pool)
+        .await;
+        let row = self.observe("explain_refusal", r)?;
+        if !row.get::<bool, _>(1) {
+            return Err(StoreError::SessionGone);
+        }
+        Err(StoreError::Conflict {
+            current: row.get::<Option<i64>, _>(0).map(|v| v as u64),
+        })
+    }
+
+    /// Deletes a session and everything in it, and announces it. Returns whether it existed.
+    pub async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "WITH d AS (DELETE FROM stickyfarm_sessions WHERE id = $1 RETURNING id)
+             SELECT count(*) AS n, count(pg_notify($2, d.id::text || ':deleted')) FROM d",
+        )
+        .bind(id.as_uuid())
+        .bind(INVALIDATION_CHANNEL)
+        .fetch_one(&self.pool)
+        .await;
+        let row = self.observe("delete_session", r)?;
+        Ok(row.get::<i64, _>(0) > 0)
+    }
+
+    /// Marks sessions as used now (batched by the caller, so a cached read costs no query).
+    pub async fn touch(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
+        let r = sqlx::query("UPDATE stickyfarm_sessions SET last_seen = now() WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await;
+        self.observe("touch", r).map(|r| r.rows_affected())
+    }
+
+    /// Deletes expired sessions, at most `batch` at a time; returns how many were deleted.
+    ///
+    /// Only one sidecar sweeps at a time (a transaction-scoped advisory lock); the others skip.
+    pub async fn sweep_expired(&self, batch: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query(
+            "WITH lock AS (SELECT pg_try_advisory_xact_lock(7197547) AS got),
+                  doomed AS (
+                    SELECT id FROM stickyfarm_sessions
+                     WHERE (SELECT got FROM lock)
+                       AND (last_seen < now() - make_interval(secs => $1)
+                            OR created_at < now() - make_interval(secs => $2))
+                     LIMIT $3
+                     FOR UPDATE SKIP LOCKED)
+             DELETE FROM stickyfarm_sessions s USING doomed WHERE s.id = doomed.id",
+        )
+        .bind(self.expiry.idle.as_secs_f64())
+        .bind(self.expiry.absolute.as_secs_f64())
+        .bind(batch)
+        .execute(&self.pool)
+        .await;
+        self.observe("sweep", r).map(|r| r.rows_affected())
+    }
+}
+
+// Each write is one statement: `live` (the session, if unexpired), `t` (the conditional table
+// change), then `s` (generation bump) and the notification. Parameters: $1 session, $2 table,
+// $3 document, $4 expected version, $5 idle and $6 absolute timeout in seconds.
+static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
+    change_sql(
+        "INSERT INTO stickyfarm_session_tables (session_id, name, version, doc)
+         SELECT $1, $2, 1, $3::jsonb FROM live
+          WHERE $4::bigint = 0
+         ON CONFLICT (session_id, name) DO NOTHING
+         RETURNING version",
+    )
+});
+static UPDATE_AT_VERSION: LazyLock<String> = LazyLock::new(|| {
+    change_sql(
+        "UPDATE stickyfarm_session_tables
+            SET doc = $3::jsonb, version = version + 1, updated_at = now()
+          WHERE session_id = $1 AND name = $2 AND version = $4
+            AND EXISTS (SELECT 1 FROM live)
+         RETURNING version",
+    )
+});
+static UPSERT: LazyLock<String> = LazyLock::new(|| {
+    change_sql(
+        "INSERT INTO stickyfarm_session_tables (session_id, name, version, doc)
+         SELECT $1, $2, 1, $3::jsonb FROM live
+          WHERE $4::bigint IS NOT NULL
+         ON CONFLICT (session_id, name) DO UPDATE
+            SET doc = EXCLUDED.doc,
+                version = stickyfarm_session_tables.version + 1,
+                updated_at = now()
+         RETURNING version",
+    )
+});
+static DELETE_AT_VERSION: LazyLock<String> = LazyLock::new(|| {
+    change_sql(
+        "DELETE FROM stickyfarm_session_tables
+          WHERE session_id = $1 AND name = $2 AND version = $4
+            AND $3::text IS NULL AND EXISTS (SELECT 1 FROM live)
+         RETURNING 0::bigint AS version",
+    )
+});
+static DELETE_ANY: LazyLock<String> = LazyLock::new(|| {
+    change_sql(
+        "DELETE FROM stickyfarm_session_tables
+          WHERE session_id = $1 AND name = $2 AND $4::bigint IS NOT NULL
+            AND $3::text IS NULL AND EXISTS (SELECT 1 FROM live)
+         RETURNING 0::bigint AS version",
+    )
+});
+
+fn change_sql(change: &str) -> String {
+    format!("{}, t AS ({change}) {}", live_cte(), bump_and_notify())
+}
+
+/// `live`: the session row, if the session exists and has not expired (parameters $1, $5, $6).
+fn live_cte() -> &'static str {
+    "WITH live AS (
+        SELECT id FROM stickyfarm_sessions
+         WHERE id = $1
+           AND last_seen > now() - make_interval(secs => $5)
+           AND created_at > now() - make_interval(secs => $6))"
+}
+
+/// Given `t` (the changed table row, if any): bump the generation, notify, return both.
+fn bump_and_notify() -> &'static str {
+    ", s AS (UPDATE stickyfarm_sessions
+                SET generation = generation + 1, last_seen = now()
+              WHERE id = $1 AND EXISTS (SELECT 1 FROM t)
+             RETURNING id, generation)
+     SELECT t.version, s.generation,
+            pg_notify('stickyfarm_session', s.id::text || ':' || s.generation)::text AS notified
+       FROM t, s"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invalidation_payloads() {
+        let id = SessionId::generate();
+        let u = id.as_uuid();
+        assert_eq!(
+            Invalidation::parse(&format!("{u}:12")),
+            Some(Invalidation::Generation(id, 12))
+        );
+        assert_eq!(Invalidation::parse(&format!("{u}:deleted")), Some(Invalidation::Deleted(id)));
+        assert_eq!(Invalidation::parse("garbage"), None);
+        assert_eq!(Invalidation::parse(&format!("{u}:-1")), None);
+    }
+}

@@ -1,0 +1,455 @@
+//! The session tier: the cache in front of PostgreSQL, with write-through and the freshness
+//! rules. This is the library a Rust app can embed in-process; the sidecar binary is a thin
+//! HTTP shell over it.
+//!
+//! Freshness rules (DESIGN.md, "goes further than the patent"):
+//! 1. A client whose instance cookie names another instance gets the session reloaded (the
+//!    patent's instance-id check).
+//! 2. A client that proves a newer generation than the cached copy gets it reloaded.
+//! 3. Every unit listens for committed changes (PostgreSQL `NOTIFY`) and drops older copies;
+//!    after the listener lost its connection, the whole cache is dropped.
+//! 4. Every write is conditional on a version: a stale copy can never be written back.
+
+use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use stickyfarm_api::{ClientCookies, Generation, InstanceId, SessionId, TableName};
+use thiserror::Error;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CachedSession, CachedTable, Entry, SessionCache, unix_now};
+use crate::metrics::{FlushReason, Metrics};
+use crate::store::{Committed, Invalidation, Store, StoreError, WriteCondition};
+
+/// Stripes of the per-session lock. Loads, writes and invalidations of one session are
+/// serialised so a load can never re-insert a copy older than an invalidation it raced with.
+const LOCK_STRIPES: usize = 1024;
+
+/// A session-tier operation failed.
+#[derive(Debug, Error)]
+pub enum TierError {
+    /// PostgreSQL failed; see the inner error.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The session does not exist (or expired).
+    #[error("session not found or expired; the client gets a new session on its next request")]
+    SessionNotFound,
+}
+
+impl TierError {
+    /// Whether the failure is an outage (answer 503 and retry later).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, TierError::Store(StoreError::Unavailable(_)))
+    }
+}
+
+/// What the app asked the write to be conditional on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// `If-Match: "<version>"` (`0`: the table must not exist yet).
+    Version(u64),
+    /// `If-Match: *`: overwrite whatever is there.
+    Any,
+    /// No `If-Match`: conditional on the version this unit's copy holds, i.e. on what the app
+    /// could have read here. A stale copy makes the write fail instead of silently winning.
+    CachedCopy,
+}
+
+/// How a request's session was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// From the cache.
+    Cached,
+    /// Loaded from PostgreSQL (a miss, or a flush by a freshness rule).
+    Loaded,
+    /// A new session was created.
+    Created,
+}
+
+/// The session of one request.
+pub struct ResolvedSession {
+    /// The session id (new when [`Resolution::Created`]).
+    pub id: SessionId,
+    /// The cached copy.
+    pub session: Entry,
+    /// How it was found.
+    pub resolution: Resolution,
+}
+
+/// Settings of the tier.
+#[derive(Debug, Clone)]
+pub struct TierOptions {
+    /// This unit's instance id.
+    pub instance: InstanceId,
+    /// The unit name, recorded on sessions it creates.
+    pub unit: String,
+    /// Cached copies unused for longer are dropped.
+    pub idle_timeout: Duration,
+    /// How often PostgreSQL's `last_seen` is refreshed for a session in active use.
+    pub touch_interval: Duration,
+}
+
+/// The cache and write-through core.
+pub struct SessionTier {
+    cache: SessionCache,
+    store: Store,
+    metrics: Arc<Metrics>,
+    options: TierOptions,
+    locks: Box<[Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+    to_touch: StdMutex<HashSet<uuid::Uuid>>,
+}
+
+impl SessionTier {
+    /// Builds the tier.
+    pub fn new(cache: SessionCache, store: Store, metrics: Arc<Metrics>, options: TierOptions) -> Self {
+        SessionTier {
+            cache,
+            store,
+            metrics,
+            options,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: Default::default(),
+            to_touch: StdMutex::new(HashSet::new()),
+        }
+    }
+
+    /// This unit's instance id.
+    pub fn instance(&self) -> InstanceId {
+        self.options.instance
+    }
+
+    /// The store (PostgreSQL).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &SessionCache {
+        &self.cache
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn lock_for(&self, id: &SessionId) -> &Mutex<()> {
+        let mut h = self.hasher.build_hasher();
+        id.hash(&mut h);
+        &self.locks[(h.finish() as usize) % LOCK_STRIPES]
+    }
+
+    fn flush(&self, id: &SessionId, reason: FlushReason) {
+        self.cache.remove(id);
+        self.metrics.flush(reason);
+        tracing::debug!(session = ?id, ?reason, "flushed cached session");
+    }
+
+    /// Finds the session of a request from its cookies, applying the freshness rules, and
+    /// creates a new session when there is no usable one. Never adopts a client-chosen id.
+    pub async fn resolve(&self, cookies: &ClientCookies) -> Result<ResolvedSession, TierError> {
+        if !cookies.errors.is_empty() {
+            self.metrics.malformed_cookie();
+        }
+        if let Some(id) = cookies.session {
+            if cookies.instance != Some(self.options.instance) {
+                // The client was last served by another instance (or lost that cookie): what
+                // this unit cached may predate that instance's changes.
+                self.flush(&id, FlushReason::InstanceMismatch);
+            }
+            let min_generation = cookies.generation.unwrap_or_default();
+            if let Some((session, resolution)) = self.read_at_least(id, min_generation).await? {
+                return Ok(ResolvedSession {
+                    id,
+                    session,
+                    resolution,
+                });
+            }
+        }
+        let id = SessionId::generate();
+        self.store.create_session(id, &self.options.unit).await?;
+        self.metrics.session_created();
+        let session = self.cache.insert(id, CachedSession::new(0, BTreeMap::new()));
+        Ok(ResolvedSession {
+            id,
+            session,
+            resolution: Resolution::Created,
+        })
+    }
+
+    /// Reads a session: from the cache, or loaded from PostgreSQL. `None` when it does not
+    /// exist or has expired.
+    pub async fn read(&self, id: SessionId) -> Result<Option<Entry>, TierError> {
+        Ok(self
+            .read_at_least(id, Generation(0))
+            .await?
+            .map(|(e, _)| e))
+    }
+
+    async fn read_at_least(&self, id: SessionId, min: Generation) -> Result<Option<(Entry, Resolution)>, TierError> {
+        if let Some(e) = self.cached_fresh(&id, min).await {
+            self.metrics.hit();
+            return Ok(Some((e, Resolution::Cached)));
+        }
+        let _guard = self.lock_for(&id).lock().await;
+        // Another request may have loaded it while this one waited for the lock.
+        if let Some(e) = self.cached_fresh(&id, min).await {
+            self.metrics.hit();
+            return Ok(Some((e, Resolution::Cached)));
+        }
+        self.metrics.miss();
+        Ok(self.load_locked(id).await?.map(|e| (e, Resolution::Loaded)))
+    }
+
+    /// The cached copy if it is usable for a client that has seen generation `min`.
+    async fn cached_fresh(&self, id: &SessionId, min: Generation) -> Option<Entry> {
+        let e = self.cache.get(id).await?;
+        let now = unix_now();
+        if e.idle_for_longer_than(now, self.options.idle_timeout.as_secs()) {
+            self.flush(id, FlushReason::Idle);
+            return None;
+        }
+        if e.generation < min.0 {
+            self.flush(id, FlushReason::NewerGeneration);
+            return None;
+        }
+        if e.record_access(now, self.options.touch_interval.as_secs()) {
+            self.to_touch
+                .lock()
+                .expect("touch set poisoned")
+                .insert(id.as_uuid());
+        }
+        Some(e)
+    }
+
+    /// Loads from PostgreSQL into the cache. The caller holds the session's lock.
+    async fn load_locked(&self, id: SessionId) -> Result<Option<Entry>, TierError> {
+        let Some(loaded) = self.store.load_session(id).await? else {
+            self.cache.remove(&id);
+            return Ok(None);
+        };
+        let tables = loaded
+            .tables
+            .into_iter()
+            .map(|(name, version, doc)| (name, CachedTable { version, doc }))
+            .collect();
+        Ok(Some(
+            self.cache
+                .insert(id, CachedSession::new(loaded.generation, tables)),
+        ))
+    }
+
+    /// Writes one table through to PostgreSQL, then to the cache. Acknowledged (returns) only
+    /// after PostgreSQL committed. On a refusal or an outage the cache holds nothing new.
+    pub async fn write_table(
+        &self,
+        id: SessionId,
+        table: &TableName,
+        doc: Option<&str>,
+        precondition: Precondition,
+    ) -> Result<Committed, TierError> {
+        let _guard = self.lock_for(&id).lock().await;
+        let current = match self.cache.get(&id).await {
+            Some(e) => e,
+            None => self
+                .load_locked(id)
+                .await?
+                .ok_or(TierError::SessionNotFound)?,
+        };
+        let condition = match precondition {
+            Precondition::Version(v) => WriteCondition::Expect(v),
+            Precondition::Any => WriteCondition::Unconditional,
+            Precondition::CachedCopy => {
+                WriteCondition::Expect(current.tables.get(table.as_str()).map_or(0, |t| t.version))
+            }
+        };
+        let result = match doc {
+            Some(doc) => self.store.write_table(id, table, doc, condition).await,
+            None => self.store.delete_table(id, table, condition).await,
+        };
+        match result {
+            Ok(done) => {
+                self.metrics.write("committed");
+                if done.generation == current.generation + 1 {
+                    let t = doc.map(|doc| CachedTable {
+                        version: done.version,
+                        doc: doc.to_owned(),
+                    });
+                    self.cache
+                        .insert(id, current.with_table(done.generation, table.as_str(), t));
+                } else {
+                    // Another table changed elsewhere in between: this copy is behind.
+                    self.cache.remove(&id);
+                }
+                Ok(done)
+            }
+            Err(StoreError::Conflict { current: v }) => {
+                self.metrics.write("conflict");
+                self.flush(&id, FlushReason::Conflict);
+                Err(StoreError::Conflict { current: v }.into())
+            }
+            Err(StoreError::SessionGone) => {
+                self.metrics.write("session_gone");
+                self.cache.remove(&id);
+                Err(TierError::SessionNotFound)
+            }
+            Err(e) => {
+                self.metrics.write("failed");
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Deletes a session everywhere.
+    pub async fn delete_session(&self, id: SessionId) -> Result<bool, TierError> {
+        let _guard = self.lock_for(&id).lock().await;
+        let existed = self.store.delete_session(id).await?;
+        self.cache.remove(&id);
+        Ok(existed)
+    }
+
+    /// Applies an invalidation announced by some unit (this one included).
+    pub async fn invalidate(&self, inv: Invalidation) {
+        let id = match inv {
+            Invalidation::Generation(id, _) | Invalidation::Deleted(id) => id,
+        };
+        let _guard = self.lock_for(&id).lock().await;
+        let Some(e) = self.cache.get(&id).await else {
+            return;
+        };
+        let stale = match inv {
+            Invalidation::Generation(_, g) => e.generation < g,
+            Invalidation::Deleted(_) => true,
+        };
+        if stale {
+            self.flush(&id, FlushReason::Notification);
+        }
+    }
+
+    /// Drops every cached copy (after missed invalidations).
+    pub async fn flush_all(&self) {
+        self.cache.clear().await;
+        self.metrics.full_flush();
+    }
+
+    /// Refreshes `last_seen` in PostgreSQL for the sessions read since the last call.
+    pub async fn flush_touches(&self) {
+        let ids: Vec<uuid::Uuid> = std::mem::take(&mut *self.to_touch.lock().expect("touch set poisoned"))
+            .into_iter()
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.touch(&ids).await {
+            tracing::warn!(error = %e, sessions = ids.len(), "refreshing session last-seen times failed; will retry");
+            self.to_touch
+                .lock()
+                .expect("touch set poisoned")
+                .extend(ids);
+        }
+    }
+}
+
+/// Background work of the tier: touches, sweeps, invalidation listening.
+pub mod background {
+    use super::*;
+    use sqlx::postgres::PgListener;
+
+    use crate::store::INVALIDATION_CHANNEL;
+
+    /// Refreshes `last_seen` every `every`, until cancelled; then once more.
+    pub async fn touch_loop(tier: Arc<SessionTier>, every: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => tier.flush_touches().await,
+                _ = stop.cancelled() => { tier.flush_touches().await; return; }
+            }
+        }
+    }
+
+    /// Deletes expired sessions every `every`, until cancelled.
+    pub async fn sweep_loop(tier: Arc<SessionTier>, every: Duration, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            loop {
+                match tier.store.sweep_expired(1000).await {
+                    Ok(n) if n == 1000 => continue,
+                    Ok(n) => {
+                        if n > 0 {
+                            tracing::info!(deleted = n, "swept expired sessions");
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "sweeping expired sessions failed; will retry");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Listens for committed changes of other units and drops older cached copies. Whenever
+    /// the connection is lost, notifications may have been missed: once it is back, the whole
+    /// cache is dropped. While PostgreSQL is down, cached copies keep being served.
+    pub async fn invalidation_loop(tier: Arc<SessionTier>, stop: CancellationToken) {
+        let mut first = true;
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let listener = async {
+                let mut l = PgListener::connect_with(tier.store.pool()).await?;
+                l.listen(INVALIDATION_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = tokio::select! {
+                r = listener => match r {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "invalidation listener cannot connect to PostgreSQL; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = stop.cancelled() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => return,
+            };
+            backoff = Duration::from_millis(100);
+            tier.metrics.listener_connected(true);
+            if !first {
+                tracing::info!("invalidation listener reconnected; dropping every cached session");
+                tier.flush_all().await;
+            }
+            first = false;
+            loop {
+                let next = tokio::select! {
+                    n = listener.try_recv() => n,
+                    _ = stop.cancelled() => return,
+                };
+                match next {
+                    Ok(Some(n)) => {
+                        tier.metrics.notification();
+                        match Invalidation::parse(n.payload()) {
+                            Some(inv) => tier.invalidate(inv).await,
+                            None => tracing::warn!("ignoring a malformed invalidation notification"),
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        tracing::warn!("invalidation listener lost its PostgreSQL connection");
+                        tier.metrics.listener_connected(false);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
