@@ -31,9 +31,12 @@ pub const MAX_COOKIE_HEADER_LEN: usize = 8 * 1024;
 ///
 /// When a cookie appears more than once (for example set once for `/` and once for a unit
 /// path), the first occurrence wins, as RFC 6265 orders more specific paths first.
-pub fn parse_client_cookies<'a>(header_values: impl IntoIterator<Item = &'a [u8]>) -> ClientCookies {
+pub fn parse_client_cookies<'a>(
+    header_values: impl IntoIterator<Item = &'a [u8]>,
+) -> ClientCookies {
     let mut out = ClientCookies::default();
-    let (mut seen_session, mut seen_instance, mut seen_generation, mut seen_unit) = (false, false, false, false);
+    let (mut seen_session, mut seen_instance, mut seen_generation, mut seen_unit) =
+        (false, false, false, false);
     for raw in header_values {
         if raw.len() > MAX_COOKIE_HEADER_LEN {
             out.errors
@@ -47,8 +50,9 @@ pub fn parse_client_cookies<'a>(header_values: impl IntoIterator<Item = &'a [u8]
         };
         for cookie in Cookie::split_parse(text) {
             let Ok(cookie) = cookie else {
-                out.errors
-                    .push(ContractError::MalformedCookieHeader("unparseable cookie pair"));
+                out.errors.push(ContractError::MalformedCookieHeader(
+                    "unparseable cookie pair",
+                ));
                 continue;
             };
             let value = cookie.value();
@@ -76,7 +80,11 @@ pub fn parse_client_cookies<'a>(header_values: impl IntoIterator<Item = &'a [u8]
     out
 }
 
-fn store<T>(slot: &mut Option<T>, parsed: Result<T, ContractError>, errors: &mut Vec<ContractError>) {
+fn store<T>(
+    slot: &mut Option<T>,
+    parsed: Result<T, ContractError>,
+    errors: &mut Vec<ContractError>,
+) {
     match parsed {
         Ok(v) => *slot = Some(v),
         Err(e) => errors.push(e),
@@ -122,7 +130,8 @@ mod tests {
     fn parses_our_cookies_and_ignores_others() {
         let sid = SessionId::generate();
         let iid = InstanceId::random();
-        let header = format!("theme=dark; sf_session={sid}; sf_instance={iid}; sf_gen=7; sf_unit=web-1");
+        let header =
+            format!("theme=dark; sf_session={sid}; sf_instance={iid}; sf_gen=7; sf_unit=web-1");
         let c = parse_client_cookies([header.as_bytes()]);
         assert_eq!(c.session, Some(sid));
         assert_eq!(c.instance, Some(iid));
@@ -133,7 +142,9 @@ mod tests {
 
     #[test]
     fn malformed_values_are_absent_and_reported() {
-        let c = parse_client_cookies([b"sf_session=../../etc; sf_instance=x; sf_gen=-3; sf_unit=A_B".as_slice()]);
+        let c = parse_client_cookies([
+            b"sf_session=../../etc; sf_instance=x; sf_gen=-3; sf_unit=A_B".as_slice(),
+        ]);
         assert_eq!(c.session, None);
         assert_eq!(c.instance, None);
         assert_eq!(c.generation, None);
@@ -170,7 +181,14 @@ mod tests {
             domain: Some("shop.example"),
         }
         .to_header_value();
-        for part in ["sf_session=abc", "HttpOnly", "SameSite=Lax", "Secure", "Path=/", "Domain=shop.example"] {
+        for part in [
+            "sf_session=abc",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Secure",
+            "Path=/",
+            "Domain=shop.example",
+        ] {
             assert!(v.contains(part), "{v} lacks {part}");
         }
         let plain = SetCookie {

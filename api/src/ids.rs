@@ -177,7 +177,9 @@ impl From<InstanceId> for String {
 /// Clients carry the newest generation they were served ([`crate::cookie_names::GENERATION`]);
 /// a unit whose cached copy is older must reload before serving. This closes the patent's gap
 /// of a unit that was only marked down and still holds an old copy.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize,
+)]
 pub struct Generation(pub u64);
 
 impl FromStr for Generation {
@@ -230,8 +232,7 @@ impl FromStr for TableName {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
         if ok {
             Ok(TableName(s.to_owned()))
@@ -286,12 +287,12 @@ mod tests {
             "short",
             &format!("{good}A"),
             &good[..21],
-            "AAAAAAAAAAAAAAAAAAAAA+",    // '+' is not base64url
-            "AAAAAAAAAAAAAAAAAAAAA=",    // padding
-            "AAAAAAAAAAAAAAAAAAAAAB",    // non-canonical trailing bits
-            "AAAAAAAAAAAAAAAAAAAAAA",    // reserved probe id
-            "ÄAAAAAAAAAAAAAAAAAAAA",     // non-ASCII with the right byte length
-            "AAAAAAAAAAA AAAAAAAAAA",    // space
+            "AAAAAAAAAAAAAAAAAAAAA+", // '+' is not base64url
+            "AAAAAAAAAAAAAAAAAAAAA=", // padding
+            "AAAAAAAAAAAAAAAAAAAAAB", // non-canonical trailing bits
+            "AAAAAAAAAAAAAAAAAAAAAA", // reserved probe id
+            "ÄAAAAAAAAAAAAAAAAAAAA",  // non-ASCII with the right byte length
+            "AAAAAAAAAAA AAAAAAAAAA", // space
         ] {
             assert!(bad.parse::<SessionId>().is_err(), "{bad:?} must not parse");
         }

@@ -44,7 +44,9 @@ impl FromStr for UnitName {
             return Err(ContractError::MalformedUnitName("invalid character"));
         }
         if b[0] == b'-' || b[b.len() - 1] == b'-' {
-            return Err(ContractError::MalformedUnitName("must not start or end with '-'"));
+            return Err(ContractError::MalformedUnitName(
+                "must not start or end with '-'",
+            ));
         }
         Ok(UnitName(s.to_owned()))
     }
@@ -99,7 +101,9 @@ pub fn parse_unit_path(path_and_query: &str) -> Result<Option<UnitPath<'_>>, Con
     }
     let lower = path_only.to_ascii_lowercase();
     if lower.contains("%2e") || lower.contains("%2f") || lower.contains("%5c") {
-        return Err(ContractError::MalformedUnitPath("encoded dot, slash or backslash in path"));
+        return Err(ContractError::MalformedUnitPath(
+            "encoded dot, slash or backslash in path",
+        ));
     }
     if path_only.split('/').any(|seg| seg == ".." || seg == ".") {
         return Err(ContractError::MalformedUnitPath("dot segment in path"));
@@ -162,10 +166,14 @@ impl FromStr for UnitBaseUrl {
             .or_else(|| s.strip_prefix("https://"))
             // A path-only base (`/_unit/web-0`) keeps links relative to wherever the client is.
             .or_else(|| s.strip_prefix('/').map(|_| s))
-            .ok_or(ContractError::MalformedUnitUrl("must start with http://, https:// or /"))?;
+            .ok_or(ContractError::MalformedUnitUrl(
+                "must start with http://, https:// or /",
+            ))?;
         let safe = |c: u8| c.is_ascii_alphanumeric() || b"-._~/:%[]@".contains(&c);
         if !rest.bytes().all(safe) {
-            return Err(ContractError::MalformedUnitUrl("contains characters outside [A-Za-z0-9-._~/:%[]@]"));
+            return Err(ContractError::MalformedUnitUrl(
+                "contains characters outside [A-Za-z0-9-._~/:%[]@]",
+            ));
         }
         if s.starts_with("//") || rest.starts_with('/') && s.starts_with("http") {
             return Err(ContractError::MalformedUnitUrl("missing host"));
@@ -223,18 +231,33 @@ mod tests {
             assert!(parse_unit_path(bad).is_err(), "{bad}");
         }
         // Dots inside a segment are fine; only whole dot segments climb.
-        assert!(parse_unit_path("/_unit/web-1/a..b/c.html").unwrap().is_some());
+        assert!(
+            parse_unit_path("/_unit/web-1/a..b/c.html")
+                .unwrap()
+                .is_some()
+        );
         // A query may contain anything.
-        assert!(parse_unit_path("/_unit/web-1/x?next=../y").unwrap().is_some());
+        assert!(
+            parse_unit_path("/_unit/web-1/x?next=../y")
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
     fn unit_hosts() {
         assert_eq!(
-            parse_unit_host("web-2.shop.example:8080", "shop.example").unwrap().as_str(),
+            parse_unit_host("web-2.shop.example:8080", "shop.example")
+                .unwrap()
+                .as_str(),
             "web-2"
         );
-        assert_eq!(parse_unit_host("WEB-2.Shop.Example", "shop.example").unwrap().as_str(), "web-2");
+        assert_eq!(
+            parse_unit_host("WEB-2.Shop.Example", "shop.example")
+                .unwrap()
+                .as_str(),
+            "web-2"
+        );
         assert_eq!(parse_unit_host("shop.example", "shop.example"), None);
         assert_eq!(parse_unit_host("a.b.shop.example", "shop.example"), None);
         assert_eq!(parse_unit_host("web-2xshop.example", "shop.example"), None);
@@ -245,7 +268,10 @@ mod tests {
     #[test]
     fn unit_base_urls() {
         assert_eq!(
-            "http://127.0.0.1:8080/_unit/web-0/".parse::<UnitBaseUrl>().unwrap().as_str(),
+            "http://127.0.0.1:8080/_unit/web-0/"
+                .parse::<UnitBaseUrl>()
+                .unwrap()
+                .as_str(),
             "http://127.0.0.1:8080/_unit/web-0"
         );
         assert!("https://web-0.shop.example".parse::<UnitBaseUrl>().is_ok());

@@ -16,8 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use foyer::{
-    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder, HybridCacheEntry,
-    RecoverMode,
+    BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
+    HybridCacheEntry, RecoverMode,
 };
 use serde::{Deserialize, Serialize};
 use stickyfarm_api::SessionId;
@@ -109,13 +109,21 @@ impl CachedSession {
         use std::fmt::Write as _;
         // The documents are already JSON text: splice them in rather than re-parsing them.
         let mut out = String::with_capacity(64 + self.weight_of_tables());
-        let _ = write!(out, r#"{{"id":"{id}","generation":{},"tables":{{"#, self.generation);
+        let _ = write!(
+            out,
+            r#"{{"id":"{id}","generation":{},"tables":{{"#,
+            self.generation
+        );
         for (i, (name, t)) in self.tables.iter().enumerate() {
             if i > 0 {
                 out.push(',');
             }
             // Table names are [a-z0-9_-]: no escaping needed.
-            let _ = write!(out, r#""{name}":{{"version":{},"doc":{}}}"#, t.version, t.doc);
+            let _ = write!(
+                out,
+                r#""{name}":{{"version":{},"doc":{}}}"#,
+                t.version, t.doc
+            );
         }
         out.push_str("}}");
         out
@@ -124,9 +132,11 @@ impl CachedSession {
     /// The snapshot as a header value (base64url of the JSON), or `None` when it is larger
     /// than `max_len` bytes.
     pub fn snapshot_header(&self, id: SessionId, max_len: usize) -> Option<&str> {
-        let v = self
-            .snapshot
-            .get_or_init(|| URL_SAFE_NO_PAD.encode(self.snapshot_json(id)).into_boxed_str());
+        let v = self.snapshot.get_or_init(|| {
+            URL_SAFE_NO_PAD
+                .encode(self.snapshot_json(id))
+                .into_boxed_str()
+        });
         (v.len() <= max_len).then_some(&**v)
     }
 
@@ -255,8 +265,15 @@ mod tests {
     #[test]
     fn snapshot_is_valid_json_of_the_contract() {
         let id = SessionId::generate();
-        let s = session(3, &[("cart", 2, r#"{"items":[{"sku":"a","qty":2}]}"#), ("login", 1, r#""ann""#)]);
-        let snap: stickyfarm_api::SessionSnapshot = serde_json::from_str(&s.snapshot_json(id)).unwrap();
+        let s = session(
+            3,
+            &[
+                ("cart", 2, r#"{"items":[{"sku":"a","qty":2}]}"#),
+                ("login", 1, r#""ann""#),
+            ],
+        );
+        let snap: stickyfarm_api::SessionSnapshot =
+            serde_json::from_str(&s.snapshot_json(id)).unwrap();
         assert_eq!(snap.id, id);
         assert_eq!(snap.generation.0, 3);
         let cart = &snap.tables[&"cart".parse().unwrap()];
@@ -333,7 +350,10 @@ mod tests {
         cache.close().await;
         drop(cache);
         let reopened = SessionCache::open(&opts).await.unwrap();
-        assert!(reopened.get(&id).await.is_none(), "a restart must start with an empty cache");
+        assert!(
+            reopened.get(&id).await.is_none(),
+            "a restart must start with an empty cache"
+        );
         reopened.close().await;
     }
 }

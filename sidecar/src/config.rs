@@ -19,7 +19,11 @@ pub struct Config {
     pub listen: SocketAddr,
 
     /// The app inside the pod (HTTP, usually on localhost).
-    #[arg(long, env = "STICKYFARM_APP_URL", default_value = "http://127.0.0.1:3000")]
+    #[arg(
+        long,
+        env = "STICKYFARM_APP_URL",
+        default_value = "http://127.0.0.1:3000"
+    )]
     pub app_url: http::Uri,
 
     /// How long the app may take to answer one request before the client gets 504.

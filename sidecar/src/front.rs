@@ -14,8 +14,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stickyfarm_api::{
-    ClientCookies, Generation, SessionId, SetCookie, UnitBaseUrl, UnitName, cookie_names, headers, parse_client_cookies,
-    paths, remove_hop_by_hop, remove_stickyfarm_headers,
+    ClientCookies, Generation, SessionId, SetCookie, UnitBaseUrl, UnitName, cookie_names, headers,
+    parse_client_cookies, paths, remove_hop_by_hop, remove_stickyfarm_headers,
 };
 
 use crate::cache::CachedSession;
@@ -79,7 +79,12 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     if req.uri().path().starts_with("/_stickyfarm/") {
         return plain(StatusCode::NOT_FOUND, "unknown Stickyfarm path\n");
     }
-    let cookies = parse_client_cookies(req.headers().get_all(header::COOKIE).iter().map(|v| v.as_bytes()));
+    let cookies = parse_client_cookies(
+        req.headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes()),
+    );
     let resolved = match front.tier.resolve(&cookies).await {
         Ok(r) => r,
         Err(e) if e.is_unavailable() => {
@@ -111,7 +116,10 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     h.insert(headers::UNIT, value(front.unit.as_str()));
     h.insert(headers::UNIT_URL, value(unit_url.as_str()));
     h.insert(headers::INSTANCE, value(&front.tier.instance().to_string()));
-    h.insert(headers::GENERATION, value(&resolved.session.generation.to_string()));
+    h.insert(
+        headers::GENERATION,
+        value(&resolved.session.generation.to_string()),
+    );
     if front.snapshot_max > 0
         && let Some(snap) = resolved.session.snapshot_header(id, front.snapshot_max)
     {
@@ -131,21 +139,30 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
         Ok(u) => u,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "malformed request target\n"),
     };
+    let client_version = parts.version;
     parts.version = http::Version::HTTP_11;
     let outbound = Request::from_parts(parts, body);
     let served_generation = resolved.session.generation;
     drop(resolved.session);
 
-    let response = match tokio::time::timeout(front.app_timeout, front.client.request(outbound)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the app did not answer");
-            return plain(StatusCode::BAD_GATEWAY, "the app did not answer\n");
-        }
-        Err(_) => return plain(StatusCode::GATEWAY_TIMEOUT, "the app did not answer in time\n"),
-    };
+    let response =
+        match tokio::time::timeout(front.app_timeout, front.client.request(outbound)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the app did not answer");
+                return plain(StatusCode::BAD_GATEWAY, "the app did not answer\n");
+            }
+            Err(_) => {
+                return plain(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the app did not answer in time\n",
+                );
+            }
+        };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    // Answer in the client's protocol version, whatever the app spoke to us.
+    parts.version = client_version;
 
     // The app may have written during the request: hand out the newest generation this unit
     // knows, so the client can prove it to any unit it reaches next.
@@ -153,7 +170,13 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
         Some(e) => e.generation.max(served_generation),
         None => served_generation,
     };
-    set_cookies(&front, &cookies, id, Generation(generation), &mut parts.headers);
+    set_cookies(
+        &front,
+        &cookies,
+        id,
+        Generation(generation),
+        &mut parts.headers,
+    );
     Response::from_parts(parts, Body::new(body))
 }
 
@@ -162,7 +185,13 @@ fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).expect("Stickyfarm header values are visible ASCII")
 }
 
-fn set_cookies(front: &Front, sent: &ClientCookies, id: SessionId, generation: Generation, out: &mut http::HeaderMap) {
+fn set_cookies(
+    front: &Front,
+    sent: &ClientCookies,
+    id: SessionId,
+    generation: Generation,
+    out: &mut http::HeaderMap,
+) {
     let instance = front.tier.instance();
     let mut set = |name: &'static str, v: String| {
         let c = SetCookie {
@@ -189,7 +218,8 @@ fn set_cookies(front: &Front, sent: &ClientCookies, id: SessionId, generation: G
 async fn health(State(front): State<Arc<Front>>) -> Response {
     let mut failures = Vec::new();
     let app = front.app.as_str().to_owned();
-    let app_ok = tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app)).await;
+    let app_ok =
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(app)).await;
     if !matches!(app_ok, Ok(Ok(_))) {
         failures.push("app: not accepting connections");
     }
@@ -207,7 +237,11 @@ async fn health(State(front): State<Arc<Front>>) -> Response {
     }
     let instance = front.tier.instance();
     let mut r = if failures.is_empty() {
-        (StatusCode::OK, stickyfarm_api::healthy_answer(&front.unit, &instance)).into_response()
+        (
+            StatusCode::OK,
+            stickyfarm_api::healthy_answer(&front.unit, &instance),
+        )
+            .into_response()
     } else {
         tracing::warn!(?failures, "health check failed");
         (

@@ -196,8 +196,16 @@ impl Sidecar {
             .route("/livez", get(|| async { "ok\n" }));
         serve(&mut tasks, admin, admin_router, &stop);
 
-        tasks.spawn(background::touch_loop(tier.clone(), config.touch_interval(), stop.clone()));
-        tasks.spawn(background::sweep_loop(tier.clone(), config.sweep_interval, stop.clone()));
+        tasks.spawn(background::touch_loop(
+            tier.clone(),
+            config.touch_interval(),
+            stop.clone(),
+        ));
+        tasks.spawn(background::sweep_loop(
+            tier.clone(),
+            config.sweep_interval,
+            stop.clone(),
+        ));
         if config.listen_invalidations {
             tasks.spawn(background::invalidation_loop(tier.clone(), stop.clone()));
         }
@@ -226,7 +234,9 @@ impl Sidecar {
         })
         .await;
         if drained.is_err() {
-            tracing::warn!("in-flight requests did not finish within the shutdown grace; stopping anyway");
+            tracing::warn!(
+                "in-flight requests did not finish within the shutdown grace; stopping anyway"
+            );
             self.tasks.abort_all();
         }
         self.tier.cache().close().await;
@@ -251,10 +261,12 @@ async fn migrate_when_reachable(store: &Store, stop: &CancellationToken) -> Resu
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 fn local(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {

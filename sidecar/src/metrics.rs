@@ -92,27 +92,51 @@ impl Metrics {
             listener_connected: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("cache_hits", "Session reads served from the cache", m.cache_hits.clone());
+        registry.register(
+            "cache_hits",
+            "Session reads served from the cache",
+            m.cache_hits.clone(),
+        );
         registry.register(
             "cache_misses",
             "Session reads that had to load from PostgreSQL",
             m.cache_misses.clone(),
         );
-        registry.register("flushes", "Cached sessions dropped, by reason", m.flushes.clone());
+        registry.register(
+            "flushes",
+            "Cached sessions dropped, by reason",
+            m.flushes.clone(),
+        );
         registry.register(
             "full_flushes",
             "Whole-cache flushes after the invalidation listener reconnected",
             m.full_flushes.clone(),
         );
-        registry.register("db_queries", "Statements sent to PostgreSQL, by operation", m.db_queries.clone());
-        registry.register("db_errors", "Failed PostgreSQL operations, by operation", m.db_errors.clone());
-        registry.register("writes", "Session table writes, by outcome", m.writes.clone());
+        registry.register(
+            "db_queries",
+            "Statements sent to PostgreSQL, by operation",
+            m.db_queries.clone(),
+        );
+        registry.register(
+            "db_errors",
+            "Failed PostgreSQL operations, by operation",
+            m.db_errors.clone(),
+        );
+        registry.register(
+            "writes",
+            "Session table writes, by outcome",
+            m.writes.clone(),
+        );
         registry.register(
             "write_through_seconds",
             "Time to commit a table write to PostgreSQL",
             m.write_through_seconds.clone(),
         );
-        registry.register("sessions_created", "New sessions created", m.sessions_created.clone());
+        registry.register(
+            "sessions_created",
+            "New sessions created",
+            m.sessions_created.clone(),
+        );
         registry.register(
             "malformed_cookies",
             "Requests with a malformed Stickyfarm cookie (answered with a fresh session)",
@@ -147,7 +171,9 @@ impl Metrics {
     }
     pub(crate) fn flush(&self, reason: FlushReason) {
         self.flushes
-            .get_or_create(&ReasonLabel { reason: reason.as_str() })
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
             .inc();
     }
     pub(crate) fn full_flush(&self) {

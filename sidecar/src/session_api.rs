@@ -88,13 +88,15 @@ fn set_version(h: &mut HeaderMap, version: u64) {
 }
 
 fn parse_id(id: &str) -> Result<SessionId, ApiError> {
-    id.parse()
-        .map_err(|e: stickyfarm_api::ContractError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))
+    id.parse().map_err(|e: stickyfarm_api::ContractError| {
+        ApiError(StatusCode::BAD_REQUEST, e.to_string(), None)
+    })
 }
 
 fn parse_table(t: &str) -> Result<TableName, ApiError> {
-    t.parse()
-        .map_err(|e: stickyfarm_api::ContractError| ApiError(StatusCode::BAD_REQUEST, e.to_string(), None))
+    t.parse().map_err(|e: stickyfarm_api::ContractError| {
+        ApiError(StatusCode::BAD_REQUEST, e.to_string(), None)
+    })
 }
 
 /// `If-Match`: absent → the cached copy's version; `*` → any; `"N"` or `N` → exactly N.
@@ -127,11 +129,17 @@ fn precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
         .map_err(|_| bad())
 }
 
-async fn get_session(State(tier): State<Arc<SessionTier>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+async fn get_session(
+    State(tier): State<Arc<SessionTier>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let s = tier.read(id).await?.ok_or(TierError::SessionNotFound)?;
     let mut r = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         s.snapshot_json(id),
     )
         .into_response();
@@ -140,7 +148,10 @@ async fn get_session(State(tier): State<Arc<SessionTier>>, Path(id): Path<String
     Ok(r)
 }
 
-async fn delete_session(State(tier): State<Arc<SessionTier>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+async fn delete_session(
+    State(tier): State<Arc<SessionTier>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
     if tier.delete_session(id).await? {
         Ok(StatusCode::NO_CONTENT)
@@ -159,12 +170,17 @@ async fn get_table(
     let Some(t) = s.tables.get(table.as_str()) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,
-            format!("the session has no table {table:?}; write it first (If-Match: \"0\" creates it)"),
+            format!(
+                "the session has no table {table:?}; write it first (If-Match: \"0\" creates it)"
+            ),
             None,
         ));
     };
     let mut r = (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         t.doc.clone(),
     )
         .into_response();
@@ -186,7 +202,13 @@ async fn put_table(
     let doc = std::str::from_utf8(&body)
         .ok()
         .filter(|s| serde_json::from_str::<&RawValue>(s).is_ok())
-        .ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, "the body must be one JSON document".into(), None))?;
+        .ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                "the body must be one JSON document".into(),
+                None,
+            )
+        })?;
     let done = tier.write_table(id, &table, Some(doc), pre).await?;
     let status = if done.version == 1 {
         StatusCode::CREATED
@@ -233,11 +255,29 @@ mod tests {
 
     #[test]
     fn if_match_forms() {
-        assert_eq!(precondition(&HeaderMap::new()).ok(), Some(Precondition::CachedCopy));
-        assert_eq!(precondition(&with_if_match(&["*"])).ok(), Some(Precondition::Any));
-        assert_eq!(precondition(&with_if_match(&["\"3\""])).ok(), Some(Precondition::Version(3)));
-        assert_eq!(precondition(&with_if_match(&["0"])).ok(), Some(Precondition::Version(0)));
-        for bad in [&["W/\"3\""][..], &["\"x\""], &["\"1\", \"2\""], &["1", "2"], &["-1"]] {
+        assert_eq!(
+            precondition(&HeaderMap::new()).ok(),
+            Some(Precondition::CachedCopy)
+        );
+        assert_eq!(
+            precondition(&with_if_match(&["*"])).ok(),
+            Some(Precondition::Any)
+        );
+        assert_eq!(
+            precondition(&with_if_match(&["\"3\""])).ok(),
+            Some(Precondition::Version(3))
+        );
+        assert_eq!(
+            precondition(&with_if_match(&["0"])).ok(),
+            Some(Precondition::Version(0))
+        );
+        for bad in [
+            &["W/\"3\""][..],
+            &["\"x\""],
+            &["\"1\", \"2\""],
+            &["1", "2"],
+            &["-1"],
+        ] {
             assert!(precondition(&with_if_match(bad)).is_err(), "{bad:?}");
         }
     }

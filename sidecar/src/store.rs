@@ -27,7 +27,9 @@ pub enum StoreError {
     #[error("PostgreSQL is unavailable ({0}); retry once the database is reachable again")]
     Unavailable(#[source] sqlx::Error),
     /// The write's precondition failed: the table is at another version.
-    #[error("the table changed since it was read (now at version {current:?}); re-read it and retry")]
+    #[error(
+        "the table changed since it was read (now at version {current:?}); re-read it and retry"
+    )]
     Conflict {
         /// The version PostgreSQL holds; `None` when the table does not exist.
         current: Option<u64>,
@@ -39,16 +41,31 @@ pub enum StoreError {
     #[error("PostgreSQL refused the statement: {0}; check the sidecar and schema versions")]
     Database(#[source] sqlx::Error),
     /// Applying the schema migrations failed.
-    #[error("applying the session schema failed: {0}; check that the database user may create tables")]
+    #[error(
+        "applying the session schema failed: {0}; check that the database user may create tables"
+    )]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+fn describe_version(v: Option<u64>) -> String {
+    v.map_or_else(
+        || "it does not exist".to_owned(),
+        |v| format!("at version {v}"),
+    )
 }
 
 impl StoreError {
     fn from_sqlx(e: sqlx::Error) -> Self {
         match &e {
-            sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => StoreError::SessionGone,
+            sqlx::Error::Database(db) if db.code().as_deref() == Some("23503") => {
+                StoreError::SessionGone
+            }
             // Unique or check violations and syntax errors are our bugs, not an outage.
-            sqlx::Error::Database(db) if db.code().is_some_and(|c| !c.starts_with("08") && !c.starts_with("57")) => {
+            sqlx::Error::Database(db)
+                if db
+                    .code()
+                    .is_some_and(|c| !c.starts_with("08") && !c.starts_with("57")) =>
+            {
                 StoreError::Database(e)
             }
             _ => StoreError::Unavailable(e),
@@ -222,10 +239,12 @@ impl Store {
 
     /// The current generation of a live session.
     pub async fn generation(&self, id: SessionId) -> Result<Option<u64>, StoreError> {
-        let r = sqlx::query_scalar::<_, i64>("SELECT generation FROM stickyfarm_sessions WHERE id = $1")
-            .bind(id.as_uuid())
-            .fetch_optional(&self.pool)
-            .await;
+        let r = sqlx::query_scalar::<_, i64>(
+            "SELECT generation FROM stickyfarm_sessions WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&self.pool)
+        .await;
         self.observe("generation", r).map(|g| g.map(|g| g as u64))
     }
 
@@ -452,7 +471,10 @@ mod tests {
             Invalidation::parse(&format!("{u}:12")),
             Some(Invalidation::Generation(id, 12))
         );
-        assert_eq!(Invalidation::parse(&format!("{u}:deleted")), Some(Invalidation::Deleted(id)));
+        assert_eq!(
+            Invalidation::parse(&format!("{u}:deleted")),
+            Some(Invalidation::Deleted(id))
+        );
         assert_eq!(Invalidation::parse("garbage"), None);
         assert_eq!(Invalidation::parse(&format!("{u}:-1")), None);
     }

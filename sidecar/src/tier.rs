@@ -11,7 +11,7 @@
 //! 4. Every write is conditional on a version: a stale copy can never be written back.
 
 use std::collections::{BTreeMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ use crate::store::{Committed, Invalidation, Store, StoreError, WriteCondition};
 /// Stripes of the per-session lock. Loads, writes and invalidations of one session are
 /// serialised so a load can never re-insert a copy older than an invalidation it raced with.
 const LOCK_STRIPES: usize = 1024;
+
+/// Expired sessions deleted per sweep statement (the sweep repeats while batches are full).
+const SWEEP_BATCH: u64 = 1000;
 
 /// A session-tier operation failed.
 #[derive(Debug, Error)]
@@ -105,7 +108,12 @@ pub struct SessionTier {
 
 impl SessionTier {
     /// Builds the tier.
-    pub fn new(cache: SessionCache, store: Store, metrics: Arc<Metrics>, options: TierOptions) -> Self {
+    pub fn new(
+        cache: SessionCache,
+        store: Store,
+        metrics: Arc<Metrics>,
+        options: TierOptions,
+    ) -> Self {
         SessionTier {
             cache,
             store,
@@ -138,9 +146,7 @@ impl SessionTier {
     }
 
     fn lock_for(&self, id: &SessionId) -> &Mutex<()> {
-        let mut h = self.hasher.build_hasher();
-        id.hash(&mut h);
-        &self.locks[(h.finish() as usize) % LOCK_STRIPES]
+        &self.locks[(self.hasher.hash_one(id) as usize) % LOCK_STRIPES]
     }
 
     fn flush(&self, id: &SessionId, reason: FlushReason) {
@@ -173,7 +179,9 @@ impl SessionTier {
         let id = SessionId::generate();
         self.store.create_session(id, &self.options.unit).await?;
         self.metrics.session_created();
-        let session = self.cache.insert(id, CachedSession::new(0, BTreeMap::new()));
+        let session = self
+            .cache
+            .insert(id, CachedSession::new(0, BTreeMap::new()));
         Ok(ResolvedSession {
             id,
             session,
@@ -184,13 +192,14 @@ impl SessionTier {
     /// Reads a session: from the cache, or loaded from PostgreSQL. `None` when it does not
     /// exist or has expired.
     pub async fn read(&self, id: SessionId) -> Result<Option<Entry>, TierError> {
-        Ok(self
-            .read_at_least(id, Generation(0))
-            .await?
-            .map(|(e, _)| e))
+        Ok(self.read_at_least(id, Generation(0)).await?.map(|(e, _)| e))
     }
 
-    async fn read_at_least(&self, id: SessionId, min: Generation) -> Result<Option<(Entry, Resolution)>, TierError> {
+    async fn read_at_least(
+        &self,
+        id: SessionId,
+        min: Generation,
+    ) -> Result<Option<(Entry, Resolution)>, TierError> {
         if let Some(e) = self.cached_fresh(&id, min).await {
             self.metrics.hit();
             return Ok(Some((e, Resolution::Cached)));
@@ -338,9 +347,10 @@ impl SessionTier {
 
     /// Refreshes `last_seen` in PostgreSQL for the sessions read since the last call.
     pub async fn flush_touches(&self) {
-        let ids: Vec<uuid::Uuid> = std::mem::take(&mut *self.to_touch.lock().expect("touch set poisoned"))
-            .into_iter()
-            .collect();
+        let ids: Vec<uuid::Uuid> =
+            std::mem::take(&mut *self.to_touch.lock().expect("touch set poisoned"))
+                .into_iter()
+                .collect();
         if ids.is_empty() {
             return;
         }
@@ -379,8 +389,8 @@ pub mod background {
                 _ = stop.cancelled() => return,
             }
             loop {
-                match tier.store.sweep_expired(1000).await {
-                    Ok(n) if n == 1000 => continue,
+                match tier.store.sweep_expired(SWEEP_BATCH as i64).await {
+                    Ok(SWEEP_BATCH) => continue,
                     Ok(n) => {
                         if n > 0 {
                             tracing::info!(deleted = n, "swept expired sessions");
@@ -440,7 +450,9 @@ pub mod background {
                         tier.metrics.notification();
                         match Invalidation::parse(n.payload()) {
                             Some(inv) => tier.invalidate(inv).await,
-                            None => tracing::warn!("ignoring a malformed invalidation notification"),
+                            None => {
+                                tracing::warn!("ignoring a malformed invalidation notification")
+                            }
                         }
                     }
                     Ok(None) | Err(_) => {

@@ -1,0 +1,46 @@
+# Shared helpers of the scripts in this folder (sourced, not run).
+
+# Caches live outside the checkout so warm runs are quick.
+export STICKYFARM_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/stickyfarm"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$STICKYFARM_CACHE/target}"
+[ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+# Installs Debian packages that are missing (as root; otherwise says what to install).
+ensure_packages() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages: ${missing[*]} (sudo apt-get install ${missing[*]})" >&2
+    return 1
+  fi
+  echo "installing ${missing[*]} from Debian packages..." >&2
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+}
+
+# Rust 1.94+ is needed (sqlx 0.9). Debian's own rustc is older, so it comes from rustup.
+ensure_rust() {
+  if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo not found: Stickyfarm needs Rust 1.94 or newer (rustup.rs toolchain)" >&2
+    return 1
+  fi
+  local v
+  v=$(rustc --version | awk '{print $2}')
+  if [ "$(printf '%s\n1.94.0\n' "$v" | sort -V | head -n 1)" != "1.94.0" ]; then
+    echo "Rust $v is too old: Stickyfarm needs 1.94 or newer (rustup update)" >&2
+    return 1
+  fi
+  ensure_packages pkg-config gcc libc6-dev
+}
+
+# stage NAME COMMAND...: runs a command and prints how long it took.
+stage() {
+  local name=$1 start end
+  shift
+  echo "==> $name" >&2
+  start=$(date +%s)
+  "$@"
+  end=$(date +%s)
+  echo "==> $name: $((end - start)) s" >&2
+}

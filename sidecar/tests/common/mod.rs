@@ -1,0 +1,650 @@
+//! Test harness: real PostgreSQL, the real sidecar binary, real loopback sockets.
+//!
+//! Each test gets its own database on the server named by `DATABASE_URL` (scripts/postgres up
+//! prints one); every process and task a test starts is stopped when its handle drops.
+#![allow(dead_code, missing_docs)]
+
+use std::collections::BTreeMap;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+/// Where the tests' PostgreSQL is. There is no silent skip: without it the tests fail and say
+/// how to start one.
+pub fn admin_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| {
+        panic!(
+            "DATABASE_URL is not set: these tests need a real PostgreSQL. \
+             Start one with `scripts/postgres up` and export the URL it prints."
+        )
+    })
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("DATABASE_URL ends with /DBNAME");
+    format!("{base}/{db}")
+}
+
+/// A database of its own, dropped at the end of the test.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin = admin_url();
+        let name = format!("sf_test_{}", uuid::Uuid::new_v4().simple());
+        let conn = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin)
+            .await
+            .expect("connecting to DATABASE_URL");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&conn)
+            .await
+            .expect("CREATE DATABASE (the user needs CREATEDB)");
+        conn.close().await;
+        let url = with_database(&admin, &name);
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await
+            .unwrap();
+        TestDb { name, url, pool }
+    }
+
+    /// The URL of this database reached through another port (a [`PgProxy`]).
+    pub fn url_via(&self, port: u16) -> String {
+        let pg_port = pg_port(&self.url);
+        self.url
+            .replace(&format!(":{pg_port}/"), &format!(":{port}/"))
+    }
+
+    /// PostgreSQL's own address.
+    pub fn pg_addr(&self) -> SocketAddr {
+        let host_port = self
+            .url
+            .rsplit_once('@')
+            .unwrap()
+            .1
+            .split('/')
+            .next()
+            .unwrap();
+        let host_port = host_port.replace("localhost", "127.0.0.1");
+        host_port
+            .parse()
+            .expect("DATABASE_URL with a numeric host:port")
+    }
+
+    /// `(version, doc as text)` of one table, straight from PostgreSQL.
+    pub async fn table(&self, session: &str, table: &str) -> Option<(i64, serde_json::Value)> {
+        let id = session_uuid(session);
+        sqlx::query_as::<_, (i64, serde_json::Value)>(
+            "SELECT version, doc FROM stickyfarm_session_tables WHERE session_id = $1 AND name = $2",
+        )
+        .bind(id)
+        .bind(table)
+        .fetch_optional(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn session_exists(&self, session: &str) -> bool {
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM stickyfarm_sessions WHERE id = $1)",
+        )
+        .bind(session_uuid(session))
+        .fetch_one(&self.pool)
+        .await
+        .unwrap()
+    }
+
+    pub async fn session_count(&self) -> i64 {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM stickyfarm_sessions")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(conn) = PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin_url())
+                    .await
+                {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+                    )))
+                    .execute(&conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+fn pg_port(url: &str) -> u16 {
+    let host_port = url.rsplit_once('@').unwrap().1.split('/').next().unwrap();
+    host_port.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+pub fn session_uuid(session: &str) -> uuid::Uuid {
+    let id: stickyfarm_api::SessionId = session.parse().expect("a session id");
+    id.as_uuid()
+}
+
+/// A free loopback port (bound and released; good enough on a test machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The sidecar binary as a child process.
+pub struct SidecarProc {
+    pub unit: String,
+    pub instance: String,
+    pub public: SocketAddr,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub struct SidecarSpec<'a> {
+    pub unit: &'a str,
+    pub database_url: &'a str,
+    pub app: SocketAddr,
+    pub extra: Vec<String>,
+    pub instance: Option<String>,
+}
+
+impl SidecarProc {
+    pub async fn start(spec: SidecarSpec<'_>) -> SidecarProc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("sidecar.log");
+        let instance = spec
+            .instance
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let (public, api, admin) = (free_port(), free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_stickyfarm-sidecar"))
+            .args(["--listen", &format!("127.0.0.1:{public}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--app-url", &format!("http://{}", spec.app)])
+            .args(["--unit", spec.unit])
+            .args(["--pod-uid", &instance])
+            .args(&spec.extra)
+            .env("DATABASE_URL", spec.database_url)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning stickyfarm-sidecar");
+        let p = SidecarProc {
+            unit: spec.unit.to_owned(),
+            instance,
+            public: ([127, 0, 0, 1], public).into(),
+            api: ([127, 0, 0, 1], api).into(),
+            admin: ([127, 0, 0, 1], admin).into(),
+            child: Some(child),
+            log,
+            _dir: dir,
+        };
+        p.wait_listening().await;
+        p
+    }
+
+    async fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.admin).await.is_ok()
+                && TcpStream::connect(self.public).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "sidecar {} did not start in 30 s; log:\n{}",
+            self.unit,
+            self.log_text()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.public, path)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// One metric's value (sum over its label sets matching `labels`).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// SIGKILL: the process dies without any cleanup, like a crashed pod.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns whether it exited successfully within `within`.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+}
+
+impl Drop for SidecarProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of sidecar {} ---\n{}", self.unit, self.log_text());
+        }
+        self.kill();
+    }
+}
+
+/// A client that keeps cookies the way a browser does (one jar, every Set-Cookie applied), but
+/// lets a test read and change them.
+#[derive(Clone, Default)]
+pub struct Browser {
+    pub cookies: BTreeMap<String, String>,
+    client: reqwest::Client,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn set_cookies(&self) -> Vec<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Self {
+        Browser {
+            cookies: BTreeMap::new(),
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
+    }
+
+    pub async fn request(&mut self, method: reqwest::Method, url: &str) -> Page {
+        let mut req = self.client.request(method, url);
+        if !self.cookies.is_empty() {
+            let header = self
+                .cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            req = req.header("cookie", header);
+        }
+        let resp = req.send().await.expect("request failed");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        for sc in headers.get_all("set-cookie") {
+            let pair = sc.to_str().unwrap().split(';').next().unwrap();
+            let (k, v) = pair.split_once('=').unwrap();
+            self.cookies
+                .insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        let body = resp.text().await.unwrap();
+        Page {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, url: &str) -> Page {
+        self.request(reqwest::Method::GET, url).await
+    }
+
+    pub async fn post(&mut self, url: &str) -> Page {
+        self.request(reqwest::Method::POST, url).await
+    }
+}
+
+/// The test app behind the sidecars: it keeps a cart in the session API, the way a real app
+/// must (never in its own memory).
+///
+/// - `GET /echo`: the Stickyfarm headers it received, as JSON.
+/// - `GET /cart`: the cart as the app reads it through the session API.
+/// - `POST /cart/add?item=X`: read-modify-write of the cart with `If-Match`.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    alive: Arc<AtomicBool>,
+}
+
+#[derive(Clone)]
+struct AppState {
+    /// The session API of the sidecar in front of this app, set once it is known.
+    api: Arc<std::sync::Mutex<Option<SocketAddr>>>,
+    client: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn start() -> (TestApp, Arc<std::sync::Mutex<Option<SocketAddr>>>) {
+        let api = Arc::new(std::sync::Mutex::new(None));
+        let state = AppState {
+            api: api.clone(),
+            client: reqwest::Client::new(),
+        };
+        let router = Router::new()
+            .route("/echo", get(echo))
+            .route("/cart", get(cart))
+            .route("/cart/add", post(cart_add))
+            .with_state(state);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, mut rx) = watch::channel(false);
+        let alive = Arc::new(AtomicBool::new(true));
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await;
+        });
+        (TestApp { addr, stop, alive }, api)
+    }
+
+    pub fn stop(&self) {
+        self.alive.store(false, Ordering::SeqCst);
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stickyfarm_headers(h: &HeaderMap) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, v) in h {
+        if k.as_str().starts_with("x-stickyfarm-") {
+            m.insert(
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or("<binary>").into(),
+            );
+        }
+    }
+    serde_json::Value::Object(m)
+}
+
+async fn echo(h: HeaderMap) -> axum::Json<serde_json::Value> {
+    axum::Json(stickyfarm_headers(&h))
+}
+
+fn api_base(state: &AppState) -> String {
+    format!(
+        "http://{}",
+        state
+            .api
+            .lock()
+            .unwrap()
+            .expect("app's sidecar API address set")
+    )
+}
+
+async fn cart(State(state): State<AppState>, h: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let sid = h["x-stickyfarm-session"].to_str().unwrap().to_owned();
+    let r = state
+        .client
+        .get(format!(
+            "{}/v1/sessions/{sid}/tables/cart",
+            api_base(&state)
+        ))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let version = r
+        .headers()
+        .get("x-stickyfarm-version")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = r.text().await.unwrap();
+    let items: serde_json::Value = if status == 200 {
+        serde_json::from_str(&body).unwrap()
+    } else {
+        serde_json::json!([])
+    };
+    axum::Json(serde_json::json!({
+        "items": items, "version": version, "unit": h["x-stickyfarm-unit"].to_str().unwrap(),
+        "session": sid,
+    }))
+    .into_response()
+}
+
+async fn cart_add(
+    State(state): State<AppState>,
+    h: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let sid = h["x-stickyfarm-session"].to_str().unwrap().to_owned();
+    let url = format!("{}/v1/sessions/{sid}/tables/cart", api_base(&state));
+    // Optimistic concurrency: retry on 409, a bounded number of times.
+    for _ in 0..20 {
+        let r = state.client.get(&url).send().await.unwrap();
+        let (mut items, etag) = if r.status() == 200 {
+            let etag = r.headers()["etag"].to_str().unwrap().to_owned();
+            (r.json::<Vec<String>>().await.unwrap(), etag)
+        } else {
+            (Vec::new(), "\"0\"".to_owned())
+        };
+        items.push(q["item"].clone());
+        let w = state
+            .client
+            .put(&url)
+            .header("if-match", etag)
+            .json(&items)
+            .send()
+            .await
+            .unwrap();
+        match w.status().as_u16() {
+            200 | 201 => return axum::Json(serde_json::json!({ "items": items })).into_response(),
+            409 => continue,
+            s => {
+                let body = w.text().await.unwrap_or_default();
+                return (axum::http::StatusCode::from_u16(s).unwrap(), body).into_response();
+            }
+        }
+    }
+    (
+        axum::http::StatusCode::CONFLICT,
+        "gave up after 20 conflicts",
+    )
+        .into_response()
+}
+
+/// One sidecar with its own test app.
+pub struct Unit {
+    pub app: TestApp,
+    pub sidecar: SidecarProc,
+}
+
+impl Unit {
+    pub async fn start(name: &str, database_url: &str, extra: &[&str]) -> Unit {
+        Self::start_with_instance(name, database_url, extra, None).await
+    }
+
+    pub async fn start_with_instance(
+        name: &str,
+        database_url: &str,
+        extra: &[&str],
+        instance: Option<String>,
+    ) -> Unit {
+        let (app, api_slot) = TestApp::start().await;
+        let sidecar = SidecarProc::start(SidecarSpec {
+            unit: name,
+            database_url,
+            app: app.addr,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            instance,
+        })
+        .await;
+        *api_slot.lock().unwrap() = Some(sidecar.api);
+        Unit { app, sidecar }
+    }
+}
+
+/// A TCP proxy in front of PostgreSQL that a test can cut (every connection closed, new ones
+/// refused) and restore: a database that goes away and comes back, on real sockets.
+pub struct PgProxy {
+    pub port: u16,
+    up: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PgProxy {
+    pub async fn start(target: SocketAddr) -> PgProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (up, up_rx) = watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*up_rx.borrow() {
+                    drop(inbound); // refused: closed at once
+                    continue;
+                }
+                let mut rx = up_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = rx.wait_for(|up| !*up) => {} // cut: both sockets close
+                    }
+                });
+            }
+        });
+        PgProxy { port, up, task }
+    }
+
+    pub fn cut(&self) {
+        let _ = self.up.send(false);
+    }
+
+    pub fn restore(&self) {
+        let _ = self.up.send(true);
+    }
+}
+
+impl Drop for PgProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `within` passes.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {within:?} waiting for: {what}");
+}

@@ -1,0 +1,783 @@
+//! The session tier against real PostgreSQL, the real sidecar binary and real sockets.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::json;
+
+async fn put_cart(
+    client: &reqwest::Client,
+    unit: &Unit,
+    session: &str,
+    items: serde_json::Value,
+    if_match: Option<&str>,
+) -> reqwest::Response {
+    let mut req = client
+        .put(
+            unit.sidecar
+                .api_url(&format!("/v1/sessions/{session}/tables/cart")),
+        )
+        .json(&items);
+    if let Some(m) = if_match {
+        req = req.header("if-match", m);
+    }
+    req.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_session_is_persisted_and_then_served_from_the_cache() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let mut browser = Browser::new();
+
+    let first = browser.get(&a.sidecar.url("/echo")).await;
+    assert_eq!(first.status, 200);
+    let cookies = first.set_cookies();
+    for name in ["sf_session=", "sf_instance=", "sf_gen="] {
+        let c = cookies
+            .iter()
+            .find(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} cookie"));
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Lax") && c.contains("Path=/"),
+            "{c}"
+        );
+        assert!(!c.contains("Secure"), "Secure is off by default: {c}");
+    }
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    assert_eq!(
+        browser.cookie("sf_instance"),
+        Some(a.sidecar.instance.as_str())
+    );
+    let seen = first.json();
+    assert_eq!(seen["x-stickyfarm-session"], sid.as_str());
+    assert_eq!(seen["x-stickyfarm-unit"], "web-0");
+    assert_eq!(seen["x-stickyfarm-unit-url"], "/_unit/web-0");
+    assert_eq!(seen["x-stickyfarm-instance"], a.sidecar.instance.as_str());
+    // Written through at creation: the row is in PostgreSQL already.
+    assert!(db.session_exists(&sid).await);
+
+    // The app writes the cart through the session API.
+    let client = reqwest::Client::new();
+    let w = put_cart(&client, &a, &sid, json!(["apple"]), Some("\"0\"")).await;
+    assert_eq!(w.status(), 201);
+    assert_eq!(w.headers()["etag"], "\"1\"");
+    assert_eq!(db.table(&sid, "cart").await, Some((1, json!(["apple"]))));
+
+    let loads_before = a
+        .sidecar
+        .metric("stickyfarm_sidecar_db_queries_total", "op=\"load_session\"")
+        .await;
+    let hits_before = a
+        .sidecar
+        .metric("stickyfarm_sidecar_cache_hits_total", "")
+        .await;
+    for _ in 0..10 {
+        let p = browser.get(&a.sidecar.url("/cart")).await;
+        assert_eq!(p.status, 200);
+        let cart = p.json();
+        assert_eq!(cart["session"], sid.as_str());
+        assert_eq!(cart["items"], json!(["apple"]));
+        assert_eq!(cart["version"], "1");
+    }
+    // Twenty reads (proxy + API per page) and not one of them went to PostgreSQL.
+    let loads_after = a
+        .sidecar
+        .metric("stickyfarm_sidecar_db_queries_total", "op=\"load_session\"")
+        .await;
+    let hits_after = a
+        .sidecar
+        .metric("stickyfarm_sidecar_cache_hits_total", "")
+        .await;
+    assert_eq!(
+        loads_after, loads_before,
+        "a cached session must not be read from PostgreSQL"
+    );
+    assert!(
+        hits_after - hits_before >= 20.0,
+        "hits {hits_before} -> {hits_after}"
+    );
+
+    // The snapshot attached to the forwarded request carries the cart, so the app needs no
+    // round trip at all.
+    let echo = browser.get(&a.sidecar.url("/echo")).await.json();
+    let snap = echo["x-stickyfarm-snapshot"]
+        .as_str()
+        .expect("snapshot header");
+    use base64::Engine as _;
+    let snap: stickyfarm_api::SessionSnapshot = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(snap)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(snap.id.to_string(), sid);
+    assert_eq!(
+        snap.tables[&"cart".parse().unwrap()].doc.get(),
+        r#"["apple"]"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_writes_survive_a_killed_sidecar() {
+    let db = TestDb::new().await;
+    let mut a = Unit::start("web-0", &db.url, &[]).await;
+    let mut browser = Browser::new();
+    for item in ["apple", "pear", "plum"] {
+        let p = browser
+            .post(&a.sidecar.url(&format!("/cart/add?item={item}")))
+            .await;
+        assert_eq!(p.status, 200, "{}", p.body);
+    }
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    assert_eq!(
+        db.table(&sid, "cart").await,
+        Some((3, json!(["apple", "pear", "plum"])))
+    );
+
+    // The pod dies without any cleanup; a new pod (new instance id) takes the unit's place.
+    let old_instance = a.sidecar.instance.clone();
+    a.sidecar.kill();
+    let b = Unit::start("web-0", &db.url, &[]).await;
+    assert_ne!(b.sidecar.instance, old_instance);
+
+    let p = browser.get(&b.sidecar.url("/cart")).await;
+    assert_eq!(p.status, 200);
+    assert_eq!(
+        p.json()["session"],
+        sid.as_str(),
+        "the session must continue, not restart"
+    );
+    assert_eq!(p.json()["items"], json!(["apple", "pear", "plum"]));
+    // The client now carries the new instance's id.
+    assert_eq!(
+        browser.cookie("sf_instance"),
+        Some(b.sidecar.instance.as_str())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_mismatch_flushes_and_reloads() {
+    let db = TestDb::new().await;
+    // No listener: this test isolates the instance-id check.
+    let a = Unit::start("web-0", &db.url, &["--listen-invalidations", "false"]).await;
+    let mut browser = Browser::new();
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+
+    // Change the state behind the unit's back (as another unit whose notification was lost).
+    sqlx::query(
+        "UPDATE stickyfarm_session_tables SET doc = '[\"changed\"]', version = version + 1 WHERE session_id = $1;
+         ",
+    )
+    .bind(session_uuid(&sid))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    // Same instance cookie: the cached copy is served (this is what the cache is for).
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_eq!(p.json()["items"], json!(["apple"]));
+
+    // The client was last served by another instance: the unit must flush and reload.
+    let flushes_before = a
+        .sidecar
+        .metric("stickyfarm_sidecar_flushes_total", "instance_mismatch")
+        .await;
+    browser
+        .cookies
+        .insert("sf_instance".into(), uuid::Uuid::new_v4().to_string());
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_eq!(p.json()["items"], json!(["changed"]));
+    assert_eq!(p.json()["version"], "2");
+    assert_eq!(
+        browser.cookie("sf_instance"),
+        Some(a.sidecar.instance.as_str())
+    );
+    let flushes_after = a
+        .sidecar
+        .metric("stickyfarm_sidecar_flushes_total", "instance_mismatch")
+        .await;
+    assert_eq!(flushes_after, flushes_before + 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_and_malformed_cookies_get_a_fresh_session() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let client = reqwest::Client::new();
+
+    // A well-formed id that PostgreSQL never issued is not adopted.
+    let forged = stickyfarm_api::SessionId::generate().to_string();
+    let mut b = Browser::new();
+    b.cookies.insert("sf_session".into(), forged.clone());
+    let p = b.get(&a.sidecar.url("/echo")).await;
+    assert_eq!(p.status, 200);
+    let issued = b.cookie("sf_session").unwrap().to_owned();
+    assert_ne!(issued, forged);
+    assert!(!db.session_exists(&forged).await);
+    assert!(db.session_exists(&issued).await);
+
+    // Malformed values of every cookie: 200 and a fresh session, never a 500.
+    let sessions_before = db.session_count().await;
+    let bad_headers: [&[u8]; 6] = [
+        b"sf_session=../../etc/passwd; sf_instance=nope; sf_gen=-1",
+        b"sf_session=AAAAAAAAAAAAAAAAAAAAAA",
+        b"sf_session=\"quoted\"; sf_gen=99999999999999999999999",
+        b"sf_session=\xff\xfe\xfd",
+        b";;;===;",
+        b"sf_session=x",
+    ];
+    for raw in bad_headers {
+        let r = client
+            .get(a.sidecar.url("/echo"))
+            .header(
+                "cookie",
+                reqwest::header::HeaderValue::from_bytes(raw).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "cookie {:?}", String::from_utf8_lossy(raw));
+        let set: Vec<_> = r.headers().get_all("set-cookie").iter().collect();
+        assert!(
+            set.iter()
+                .any(|c| c.to_str().unwrap().starts_with("sf_session="))
+        );
+    }
+    assert_eq!(
+        db.session_count().await,
+        sessions_before + bad_headers.len() as i64
+    );
+    assert!(
+        a.sidecar
+            .metric("stickyfarm_sidecar_malformed_cookies_total", "")
+            .await
+            >= 4.0
+    );
+
+    // A client cannot inject Stickyfarm headers into the app.
+    let r = client
+        .get(a.sidecar.url("/echo"))
+        .header("x-stickyfarm-session", forged.as_str())
+        .header("x-stickyfarm-unit", "evil")
+        .header("x-stickyfarm-unit-url", "javascript:alert(1)")
+        .send()
+        .await
+        .unwrap();
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_ne!(seen["x-stickyfarm-session"], forged.as_str());
+    assert_eq!(seen["x-stickyfarm-unit"], "web-0");
+    assert_eq!(seen["x-stickyfarm-unit-url"], "/_unit/web-0");
+
+    // The API refuses malformed ids and unknown sessions with clear errors.
+    let r = client
+        .get(a.sidecar.api_url("/v1/sessions/not-an-id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("malformed session id"));
+    let r = client
+        .get(a.sidecar.api_url(&format!("/v1/sessions/{forged}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = put_cart(&client, &a, &forged, json!([1]), None).await;
+    assert_eq!(r.status(), 404);
+    assert!(!db.session_exists(&forged).await);
+    // Not JSON, and too large: refused, nothing stored.
+    let r = client
+        .put(
+            a.sidecar
+                .api_url(&format!("/v1/sessions/{issued}/tables/cart")),
+        )
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let huge = format!("\"{}\"", "x".repeat(2 * 1024 * 1024));
+    let r = client
+        .put(
+            a.sidecar
+                .api_url(&format!("/v1/sessions/{issued}/tables/cart")),
+        )
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(db.table(&issued, "cart").await, None);
+}
+
+/// The gap the patent leaves: unit A is only marked down (it keeps running with the same
+/// instance id), B serves and changes the session, then the client is back on A.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_marked_down_never_serves_or_writes_back_stale_state() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-a", &db.url, &[]).await;
+    let b = Unit::start("web-b", &db.url, &[]).await;
+    let client = reqwest::Client::new();
+    let mut browser = Browser::new();
+
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let on_a = browser.get(&a.sidecar.url("/cart")).await.json();
+    assert_eq!(on_a["items"], json!(["apple"]));
+    let a_cookies = browser.cookies.clone();
+
+    // A is marked down: the client goes to B, which serves and changes the session.
+    let p = browser.post(&b.sidecar.url("/cart/add?item=pear")).await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.json()["items"], json!(["apple", "pear"]));
+    assert_eq!(
+        db.table(&sid, "cart").await,
+        Some((2, json!(["apple", "pear"])))
+    );
+
+    // A write from A's stale copy (it read version 1) is refused, and nothing is lost.
+    let r = put_cart(&client, &a, &sid, json!(["apple", "stale"]), Some("\"1\"")).await;
+    assert_eq!(r.status(), 409);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["current_version"], 2);
+    assert_eq!(
+        db.table(&sid, "cart").await,
+        Some((2, json!(["apple", "pear"])))
+    );
+
+    // Back on A with B's cookies: A returns B's update.
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_eq!(p.json()["items"], json!(["apple", "pear"]));
+    assert_eq!(p.json()["version"], "2");
+
+    // Worst case: the client replays A's old cookies (B's answer never reached it). A has
+    // been told about B's commit through PostgreSQL and still serves the new state.
+    b.sidecar
+        .metric("stickyfarm_sidecar_invalidation_notifications_total", "")
+        .await;
+    let mut replay = Browser::new();
+    replay.cookies = a_cookies;
+    browser.post(&b.sidecar.url("/cart/add?item=plum")).await;
+    eventually(
+        Duration::from_secs(5),
+        "A receives B's invalidation",
+        || async {
+            let p = replay.clone().get(&a.sidecar.url("/cart")).await;
+            p.json()["items"] == json!(["apple", "pear", "plum"])
+        },
+    )
+    .await;
+}
+
+/// The same gap without LISTEN/NOTIFY (behind a pooler that cannot LISTEN): the generation
+/// the client carries and conditional writes still keep stale state out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_notifications_the_generation_cookie_and_conditional_writes_hold() {
+    let db = TestDb::new().await;
+    let off = ["--listen-invalidations", "false"];
+    let a = Unit::start("web-a", &db.url, &off).await;
+    let b = Unit::start("web-b", &db.url, &off).await;
+    let client = reqwest::Client::new();
+    let mut browser = Browser::new();
+
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    browser.get(&a.sidecar.url("/cart")).await; // cached on A at version 1
+    let p = browser.post(&b.sidecar.url("/cart/add?item=pear")).await;
+    assert_eq!(p.json()["items"], json!(["apple", "pear"]));
+
+    // The app on A writes without If-Match: conditional on A's copy (version 1), so refused.
+    let r = put_cart(&client, &a, &sid, json!(["overwrite"]), None).await;
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        db.table(&sid, "cart").await,
+        Some((2, json!(["apple", "pear"])))
+    );
+
+    // The refused write dropped A's copy; the client reads on A, which caches generation 2.
+    browser
+        .cookies
+        .insert("sf_instance".into(), a.sidecar.instance.clone());
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_eq!(p.json()["items"], json!(["apple", "pear"]));
+
+    // B changes the session again and the client learns the new generation from B's answer.
+    browser.post(&b.sidecar.url("/cart/add?item=plum")).await;
+    // Back on A, even with A's instance id in its cookie: the generation cookie proves a newer
+    // state than A's copy, so A reloads instead of serving its cached generation 2.
+    let gen_from_b: u64 = browser.cookie("sf_gen").unwrap().parse().unwrap();
+    browser
+        .cookies
+        .insert("sf_instance".into(), a.sidecar.instance.clone());
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_eq!(p.json()["items"], json!(["apple", "pear", "plum"]));
+    assert!(
+        a.sidecar
+            .metric("stickyfarm_sidecar_flushes_total", "newer_generation")
+            .await
+            >= 1.0
+    );
+    assert!(gen_from_b >= 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_tabs_never_overwrite_each_other() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let b = Unit::start("web-1", &db.url, &[]).await;
+    let mut browser = Browser::new();
+    browser.get(&a.sidecar.url("/echo")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+
+    // Two writes with the same precondition: exactly one wins.
+    let client = reqwest::Client::new();
+    let (r1, r2) = tokio::join!(
+        put_cart(&client, &a, &sid, json!(["tab-1"]), Some("\"0\"")),
+        put_cart(&client, &b, &sid, json!(["tab-2"]), Some("\"0\"")),
+    );
+    let mut statuses = [r1.status().as_u16(), r2.status().as_u16()];
+    statuses.sort();
+    assert_eq!(statuses, [201, 409]);
+
+    // Eight tabs, on two units, each adding items with read-modify-write: every item lands.
+    let mut tabs = Vec::new();
+    for tab in 0..8 {
+        let mut t = browser.clone();
+        let unit = if tab % 2 == 0 {
+            a.sidecar.url("")
+        } else {
+            b.sidecar.url("")
+        };
+        tabs.push(tokio::spawn(async move {
+            for i in 0..5 {
+                let p = t.post(&format!("{unit}/cart/add?item=t{tab}-{i}")).await;
+                assert_eq!(p.status, 200, "{}", p.body);
+            }
+        }));
+    }
+    for t in tabs {
+        t.await.unwrap();
+    }
+    let (version, doc) = db.table(&sid, "cart").await.unwrap();
+    let items: Vec<String> = serde_json::from_value(doc).unwrap();
+    assert_eq!(items.len(), 1 + 8 * 5, "{items:?}");
+    for tab in 0..8 {
+        for i in 0..5 {
+            assert!(items.contains(&format!("t{tab}-{i}")));
+        }
+    }
+    assert_eq!(version, 41);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_refuses_writes_serves_cached_reads_and_loses_nothing() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(db.pg_addr()).await;
+    let url = db.url_via(proxy.port);
+    let a = Unit::start("web-0", &url, &["--db-acquire-timeout", "500ms"]).await;
+    let client = reqwest::Client::new();
+    let mut browser = Browser::new();
+    for item in ["apple", "pear"] {
+        assert_eq!(
+            browser
+                .post(&a.sidecar.url(&format!("/cart/add?item={item}")))
+                .await
+                .status,
+            200
+        );
+    }
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+
+    proxy.cut();
+    // Writes: 503, never acknowledged.
+    for attempt in 0..3 {
+        let r = put_cart(&client, &a, &sid, json!(["lost"]), Some("\"2\"")).await;
+        assert_eq!(r.status(), 503, "attempt {attempt}");
+        assert_eq!(r.headers()["retry-after"], "1");
+    }
+    // Reads of the cached session still answer, through the proxy and the API.
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_eq!(p.status, 200);
+    assert_eq!(p.json()["items"], json!(["apple", "pear"]));
+    // A new client cannot get a session that would not be persisted.
+    let p = Browser::new().get(&a.sidecar.url("/echo")).await;
+    assert_eq!(p.status, 503);
+    // The health check reports the database.
+    let h = client
+        .get(a.sidecar.url("/_stickyfarm/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 503);
+    assert!(h.text().await.unwrap().contains("database"));
+
+    proxy.restore();
+    // Once the database is back, writes are accepted again (the pool reconnects).
+    eventually(
+        Duration::from_secs(15),
+        "writes accepted after the outage",
+        || async {
+            browser
+                .clone()
+                .post(&a.sidecar.url("/cart/add?item=plum"))
+                .await
+                .status
+                == 200
+        },
+    )
+    .await;
+    // Everything acknowledged is there, the refused write is not.
+    assert_eq!(
+        db.table(&sid, "cart").await,
+        Some((3, json!(["apple", "pear", "plum"])))
+    );
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_eq!(p.json()["items"], json!(["apple", "pear", "plum"]));
+    let h = client
+        .get(a.sidecar.url("/_stickyfarm/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_answer_names_unit_and_instance_and_fails_without_the_app() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-7", &db.url, &[]).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(a.sidecar.url("/_stickyfarm/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-stickyfarm-instance"],
+        a.sidecar.instance.as_str()
+    );
+    assert_eq!(
+        r.text().await.unwrap(),
+        format!(
+            "stickyfarm-sidecar healthy\nunit: web-7\ninstance: {}\n",
+            a.sidecar.instance
+        )
+    );
+    // Other reserved paths are not forwarded to the app.
+    let r = client
+        .get(a.sidecar.url("/_stickyfarm/anything"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    a.app.stop();
+    eventually(
+        Duration::from_secs(5),
+        "health fails once the app is gone",
+        || async {
+            let r = client
+                .get(a.sidecar.url("/_stickyfarm/health"))
+                .send()
+                .await
+                .unwrap();
+            r.status() == 503 && r.text().await.unwrap().contains("app")
+        },
+    )
+    .await;
+    let mut browser = Browser::new();
+    assert_eq!(browser.get(&a.sidecar.url("/echo")).await.status, 502);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_sessions_are_swept_from_postgres() {
+    let db = TestDb::new().await;
+    let a = Unit::start(
+        "web-0",
+        &db.url,
+        &["--idle-timeout", "2s", "--sweep-interval", "500ms"],
+    )
+    .await;
+    let mut browser = Browser::new();
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    assert!(db.session_exists(&sid).await);
+    eventually(
+        Duration::from_secs(10),
+        "the idle session is swept",
+        || async { !db.session_exists(&sid).await },
+    )
+    .await;
+    assert_eq!(db.table(&sid, "cart").await, None, "its tables go with it");
+    // The client's old cookie now gets a new, empty session.
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_ne!(p.json()["session"], sid.as_str());
+    assert_eq!(p.json()["items"], json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_sessions_are_kept_alive_by_cached_reads() {
+    let db = TestDb::new().await;
+    let a = Unit::start(
+        "web-0",
+        &db.url,
+        &["--idle-timeout", "3s", "--sweep-interval", "500ms"],
+    )
+    .await;
+    let mut browser = Browser::new();
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    // Keep reading (from the cache) for twice the idle timeout: the touches keep it alive.
+    for _ in 0..12 {
+        let p = browser.get(&a.sidecar.url("/cart")).await;
+        assert_eq!(p.json()["session"], sid.as_str());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(db.session_exists(&sid).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_sidecars_starting_at_once_apply_the_schema_once() {
+    let db = TestDb::new().await;
+    let (u1, u2, u3) = tokio::join!(
+        Unit::start("web-0", &db.url, &[]),
+        Unit::start("web-1", &db.url, &[]),
+        Unit::start("web-2", &db.url, &[]),
+    );
+    let client = reqwest::Client::new();
+    for u in [&u1, &u2, &u3] {
+        let r = client
+            .get(u.sidecar.url("/_stickyfarm/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(applied, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_through_a_small_cache_with_a_disk_tier_loses_nothing() {
+    let db = TestDb::new().await;
+    let disk = tempfile::tempdir().unwrap();
+    let disk_dir = disk.path().to_str().unwrap().to_owned();
+    let a = Unit::start(
+        "web-0",
+        &db.url,
+        &[
+            "--cache-memory",
+            "64KiB",
+            "--cache-disk-dir",
+            &disk_dir,
+            "--cache-disk-size",
+            "16MiB",
+        ],
+    )
+    .await;
+    let client = reqwest::Client::new();
+    // 200 sessions with 2 KiB carts: ~400 KiB through a 64 KiB memory tier.
+    let mut sessions = Vec::new();
+    for i in 0..200 {
+        let mut b = Browser::new();
+        b.get(&a.sidecar.url("/echo")).await;
+        let sid = b.cookie("sf_session").unwrap().to_owned();
+        let items: Vec<String> = (0..100).map(|j| format!("item-{i}-{j:04}")).collect();
+        let r = put_cart(&client, &a, &sid, json!(items), Some("\"0\"")).await;
+        assert_eq!(r.status(), 201);
+        sessions.push((sid, items));
+    }
+    for (sid, items) in &sessions {
+        let r = client
+            .get(
+                a.sidecar
+                    .api_url(&format!("/v1/sessions/{sid}/tables/cart")),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let got: Vec<String> = r.json().await.unwrap();
+        assert_eq!(&got, items);
+    }
+    // Every entry also matches PostgreSQL, the only place that must hold it.
+    for (sid, items) in sessions.iter().step_by(20) {
+        assert_eq!(db.table(sid, "cart").await, Some((1, json!(items))));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_api_over_a_unix_socket_and_delete() {
+    use http_body_util::{BodyExt, Empty};
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let a = Unit::start(
+        "web-0",
+        &db.url,
+        &["--api-socket", socket.to_str().unwrap()],
+    )
+    .await;
+    let mut browser = Browser::new();
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+
+    let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("/v1/sessions/{sid}"))
+        .header("host", "localhost")
+        .body(Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let snap: stickyfarm_api::SessionSnapshot = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        snap.tables[&"cart".parse().unwrap()].doc.get(),
+        r#"["apple"]"#
+    );
+
+    // Logout: the session is gone everywhere.
+    let client = reqwest::Client::new();
+    let r = client
+        .delete(a.sidecar.api_url(&format!("/v1/sessions/{sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(!db.session_exists(&sid).await);
+    let r = client
+        .get(a.sidecar.api_url(&format!("/v1/sessions/{sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_cleanly() {
+    let db = TestDb::new().await;
+    let mut a = Unit::start("web-0", &db.url, &[]).await;
+    let mut browser = Browser::new();
+    assert_eq!(browser.get(&a.sidecar.url("/echo")).await.status, 200);
+    assert!(
+        a.sidecar.terminate(Duration::from_secs(10)),
+        "exit 0 within 10 s of SIGTERM"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(a.sidecar.public)
+            .await
+            .is_err()
+    );
+}
