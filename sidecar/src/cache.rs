@@ -30,10 +30,10 @@ pub struct CachedSession {
     pub generation: u64,
     /// Tables by name.
     pub tables: BTreeMap<String, CachedTable>,
-    /// Unix seconds of the last read through this unit (drives idle expiry and touches).
+    /// Unix milliseconds of the last read through this unit (drives idle expiry).
     #[serde(skip, default = "now_atomic")]
     last_access: AtomicU64,
-    /// Unix seconds at which PostgreSQL's `last_seen` was last refreshed for this session.
+    /// Unix milliseconds at which PostgreSQL's `last_seen` was last refreshed for this session.
     #[serde(skip, default = "now_atomic")]
     last_touch: AtomicU64,
     /// The encoded snapshot header, computed at most once per copy.
@@ -54,11 +54,11 @@ fn now_atomic() -> AtomicU64 {
     AtomicU64::new(unix_now())
 }
 
-/// Seconds since the Unix epoch.
+/// Milliseconds since the Unix epoch.
 pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
 
@@ -87,8 +87,8 @@ impl CachedSession {
         next
     }
 
-    /// Records a read now. Returns `true` when PostgreSQL's `last_seen` should be refreshed
-    /// (the previous refresh is older than `touch_every` seconds).
+    /// Records a read at `now` (ms). Returns `true` when PostgreSQL's `last_seen` should be
+    /// refreshed (the previous refresh is older than `touch_every` ms).
     pub fn record_access(&self, now: u64, touch_every: u64) -> bool {
         self.last_access.store(now, Ordering::Relaxed);
         let touched = self.last_touch.load(Ordering::Relaxed);
@@ -99,9 +99,9 @@ impl CachedSession {
                 .is_ok()
     }
 
-    /// Whether the copy was unused for longer than `idle_secs`.
-    pub fn idle_for_longer_than(&self, now: u64, idle_secs: u64) -> bool {
-        now.saturating_sub(self.last_access.load(Ordering::Relaxed)) > idle_secs
+    /// Whether the copy was unused for `idle` ms or longer at `now` (ms).
+    pub fn idle_for(&self, now: u64, idle: u64) -> bool {
+        now.saturating_sub(self.last_access.load(Ordering::Relaxed)) >= idle
     }
 
     /// The whole session as the JSON [`stickyfarm_api::SessionSnapshot`].
@@ -296,11 +296,11 @@ mod tests {
     fn touches_are_rate_limited() {
         let s = session(1, &[]);
         let now = unix_now();
-        assert!(!s.record_access(now, 30));
-        assert!(s.record_access(now + 31, 30));
-        assert!(!s.record_access(now + 32, 30));
-        assert!(!s.idle_for_longer_than(now + 32, 60));
-        assert!(s.idle_for_longer_than(now + 100, 60));
+        assert!(!s.record_access(now, 30_000));
+        assert!(s.record_access(now + 31_000, 30_000));
+        assert!(!s.record_access(now + 32_000, 30_000));
+        assert!(!s.idle_for(now + 32_000, 60_000));
+        assert!(s.idle_for(now + 92_000, 60_000));
     }
 
     #[tokio::test]

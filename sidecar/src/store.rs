@@ -28,7 +28,8 @@ pub enum StoreError {
     Unavailable(#[source] sqlx::Error),
     /// The write's precondition failed: the table is at another version.
     #[error(
-        "the table changed since it was read (now at version {current:?}); re-read it and retry"
+        "the table changed since it was read (now {}); re-read it and retry",
+        describe_version(*.current)
     )]
     Conflict {
         /// The version PostgreSQL holds; `None` when the table does not exist.
@@ -342,7 +343,7 @@ impl Store {
     pub async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "WITH d AS (DELETE FROM stickyfarm_sessions WHERE id = $1 RETURNING id)
-             SELECT count(*) AS n, count(pg_notify($2, d.id::text || ':deleted')) FROM d",
+             SELECT count(pg_notify($2, d.id::text || ':deleted')::text) AS n FROM d",
         )
         .bind(id.as_uuid())
         .bind(INVALIDATION_CHANNEL)
@@ -361,11 +362,12 @@ impl Store {
         self.observe("touch", r).map(|r| r.rows_affected())
     }
 
-    /// Deletes expired sessions, at most `batch` at a time; returns how many were deleted.
+    /// Deletes expired sessions, at most `batch` at a time, and announces each deletion so no
+    /// unit keeps serving a swept session from its cache. Returns how many were deleted.
     ///
     /// Only one sidecar sweeps at a time (a transaction-scoped advisory lock); the others skip.
     pub async fn sweep_expired(&self, batch: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query(
+        let r = sqlx::query_scalar::<_, i64>(
             "WITH lock AS (SELECT pg_try_advisory_xact_lock(7197547) AS got),
                   doomed AS (
                     SELECT id FROM stickyfarm_sessions
@@ -373,15 +375,18 @@ impl Store {
                        AND (last_seen < now() - make_interval(secs => $1)
                             OR created_at < now() - make_interval(secs => $2))
                      LIMIT $3
-                     FOR UPDATE SKIP LOCKED)
-             DELETE FROM stickyfarm_sessions s USING doomed WHERE s.id = doomed.id",
+                     FOR UPDATE SKIP LOCKED),
+                  d AS (DELETE FROM stickyfarm_sessions s USING doomed WHERE s.id = doomed.id
+                        RETURNING s.id)
+             SELECT count(pg_notify($4, d.id::text || ':deleted')::text) FROM d",
         )
         .bind(self.expiry.idle.as_secs_f64())
         .bind(self.expiry.absolute.as_secs_f64())
         .bind(batch)
-        .execute(&self.pool)
+        .bind(INVALIDATION_CHANNEL)
+        .fetch_one(&self.pool)
         .await;
-        self.observe("sweep", r).map(|r| r.rows_affected())
+        self.observe("sweep", r).map(|n| n as u64)
     }
 }
 

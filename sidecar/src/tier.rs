@@ -218,7 +218,7 @@ impl SessionTier {
     async fn cached_fresh(&self, id: &SessionId, min: Generation) -> Option<Entry> {
         let e = self.cache.get(id).await?;
         let now = unix_now();
-        if e.idle_for_longer_than(now, self.options.idle_timeout.as_secs()) {
+        if e.idle_for(now, self.options.idle_timeout.as_millis() as u64) {
             self.flush(id, FlushReason::Idle);
             return None;
         }
@@ -226,7 +226,7 @@ impl SessionTier {
             self.flush(id, FlushReason::NewerGeneration);
             return None;
         }
-        if e.record_access(now, self.options.touch_interval.as_secs()) {
+        if e.record_access(now, self.options.touch_interval.as_millis() as u64) {
             self.to_touch
                 .lock()
                 .expect("touch set poisoned")
