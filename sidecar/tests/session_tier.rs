@@ -1,10 +1,8 @@
 //! The session tier against real PostgreSQL, the real sidecar binary and real sockets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use stickyfarm_testkit::*;
 use serde_json::json;
 
 async fn put_cart(

@@ -1,8 +1,8 @@
-//! Test harness: real PostgreSQL, the real sidecar binary, real loopback sockets.
+//! Test harness: real PostgreSQL, the real Stickyfarm binaries, real loopback sockets.
 //!
 //! Each test gets its own database on the server named by `DATABASE_URL` (scripts/postgres up
 //! prints one); every process and task a test starts is stopped when its handle drops.
-#![allow(dead_code, missing_docs)]
+#![allow(missing_docs)]
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -170,6 +170,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A workspace binary, next to the test executable (`target/<profile>/NAME`).
+///
+/// `cargo test --workspace` builds every binary before running any test; a test run for one
+/// package alone may not have, and then this says what to build.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (cargo build -p {name}) or run cargo test --workspace",
+        path.display()
+    );
+    path
+}
+
 /// The sidecar binary as a child process.
 pub struct SidecarProc {
     pub unit: String,
@@ -198,7 +215,7 @@ impl SidecarProc {
             .instance
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let (public, api, admin) = (free_port(), free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_stickyfarm-sidecar"))
+        let child = Command::new(binary("stickyfarm-sidecar"))
             .args(["--listen", &format!("127.0.0.1:{public}")])
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
