@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use stickyfarm_testkit::*;
 use serde_json::json;
+use stickyfarm_testkit::*;
 
 async fn put_cart(
     client: &reqwest::Client,

@@ -1,0 +1,217 @@
+//! Command-line flags and environment variables of `stickyfarm-gateway`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::balance::Policy;
+use crate::units::UnitSpec;
+
+/// The Stickyfarm gateway: the farm's load balancer. First requests go to the least busy
+/// healthy unit; requests addressed to a unit (`/_unit/<unit>/…`, `<unit>.<farm host>` or the
+/// `sf_unit` cookie) stay on it; when it fails they go to a backup, which the client keeps.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "stickyfarm-gateway", version, about, long_about = None)]
+pub struct Config {
+    /// Client-facing address (HTTP/1.1, and HTTP/2 with prior knowledge).
+    #[arg(
+        long,
+        env = "STICKYFARM_GATEWAY_LISTEN",
+        default_value = "0.0.0.0:8000"
+    )]
+    pub listen: SocketAddr,
+
+    /// Admin address: `/status` (the status table as JSON), `/metrics`, `/livez`, and
+    /// `POST /units/<unit>/{enable,drain,disable}`.
+    #[arg(
+        long,
+        env = "STICKYFARM_GATEWAY_ADMIN_LISTEN",
+        default_value = "127.0.0.1:9465"
+    )]
+    pub admin_listen: SocketAddr,
+
+    /// A unit as `NAME=HOST:PORT` (repeatable); static discovery for one machine.
+    #[arg(long = "unit", value_name = "NAME=HOST:PORT", value_parser = parse_unit_flag)]
+    pub units: Vec<UnitSpec>,
+
+    /// A YAML (or JSON) file listing units, re-read when it changes:
+    /// `units: [{name: web-0, address: "127.0.0.1:8081", admin: enabled}]`.
+    #[arg(long, env = "STICKYFARM_GATEWAY_UNITS_FILE")]
+    pub units_file: Option<PathBuf>,
+
+    /// The farm's host name, for host-style unit addresses `<unit>.<farm host>`.
+    #[arg(long, env = "STICKYFARM_FARM_HOST")]
+    pub farm_host: Option<String>,
+
+    /// Which unit address the app is given for its links.
+    #[arg(long, env = "STICKYFARM_UNIT_ADDRESSING", value_enum, default_value_t = Addressing::Path)]
+    pub unit_addressing: Addressing,
+
+    /// Scheme clients use to reach the gateway (for unit URLs): `https` behind a TLS terminator.
+    #[arg(long, env = "STICKYFARM_PUBLIC_SCHEME", value_enum, default_value_t = Scheme::Http)]
+    pub public_scheme: Scheme,
+
+    /// Load-balancing policy for new sessions and backups.
+    #[arg(long, env = "STICKYFARM_POLICY", value_enum, default_value_t = Policy::LeastInFlight)]
+    pub policy: Policy,
+
+    /// After a failover: keep the client on the backup, or send it back once its unit recovers.
+    #[arg(long, env = "STICKYFARM_FAILBACK", value_enum, default_value_t = Failback::Stay)]
+    pub failback: Failback,
+
+    /// Path of the active health check on each unit (the patent's test URL).
+    #[arg(long, env = "STICKYFARM_CHECK_PATH", default_value = stickyfarm_api::paths::HEALTH)]
+    pub check_path: String,
+
+    /// Time between checks of one unit.
+    #[arg(long, env = "STICKYFARM_CHECK_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub check_interval: Duration,
+
+    /// Random jitter of the interval, as a fraction (0.2 = ±20 %), so checks do not align.
+    #[arg(long, env = "STICKYFARM_CHECK_JITTER", default_value_t = 0.2)]
+    pub check_jitter: f64,
+
+    /// A check that takes longer fails.
+    #[arg(long, env = "STICKYFARM_CHECK_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub check_timeout: Duration,
+
+    /// Expected status of the check.
+    #[arg(long, env = "STICKYFARM_CHECK_EXPECT_STATUS", default_value_t = 200)]
+    pub check_expect_status: u16,
+
+    /// Text the check's answer must contain. An `instance: <uuid>` line in the answer is
+    /// recorded as the unit's instance id.
+    #[arg(long, env = "STICKYFARM_CHECK_EXPECT_BODY", default_value = stickyfarm_api::HEALTHY_ANSWER)]
+    pub check_expect_body: String,
+
+    /// Consecutive passed checks that bring a unit that was down back into service.
+    #[arg(long, env = "STICKYFARM_CHECK_RISE", default_value_t = 2)]
+    pub rise: u32,
+
+    /// Consecutive failed checks that take a unit out of service.
+    #[arg(long, env = "STICKYFARM_CHECK_FALL", default_value_t = 3)]
+    pub fall: u32,
+
+    /// This many 5xx answers from one unit within `--passive-window` take it out at once
+    /// (0 disables). Connect errors and resets always do.
+    #[arg(long, env = "STICKYFARM_PASSIVE_5XX_BURST", default_value_t = 10)]
+    pub passive_5xx_burst: u32,
+
+    /// Window of `--passive-5xx-burst`.
+    #[arg(long, env = "STICKYFARM_PASSIVE_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub passive_window: Duration,
+
+    /// A unit that comes (back) into service ramps its share of new sessions up over this time.
+    #[arg(long, env = "STICKYFARM_SLOW_START", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub slow_start: Duration,
+
+    /// Connecting to a unit takes at most this long.
+    #[arg(long, env = "STICKYFARM_CONNECT_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// A unit must start answering a request within this time (then 504).
+    #[arg(long, env = "STICKYFARM_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub upstream_timeout: Duration,
+
+    /// Further units tried when a request could not be delivered.
+    #[arg(long, env = "STICKYFARM_MAX_RETRIES", default_value_t = 2)]
+    pub max_retries: u32,
+
+    /// Largest request head (request line and headers); larger ones get 431. At least 8 KiB.
+    #[arg(long, env = "STICKYFARM_MAX_HEADER_SIZE", default_value = "16KiB")]
+    pub max_header_size: ByteSize,
+
+    /// Most headers in one request.
+    #[arg(long, env = "STICKYFARM_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// Largest request body; larger ones get 413.
+    #[arg(long, env = "STICKYFARM_MAX_BODY_SIZE", default_value = "10MiB")]
+    pub max_body_size: ByteSize,
+
+    /// A client must send a request's headers within this time, or the connection is closed
+    /// (slowloris protection; also the keep-alive idle limit).
+    #[arg(long, env = "STICKYFARM_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// Idle connections kept per unit.
+    #[arg(long, env = "STICKYFARM_MAX_IDLE_CONNECTIONS", default_value_t = 64)]
+    pub max_idle_connections: usize,
+
+    /// Keep the client's `X-Forwarded-For` and append to it (only behind a trusted proxy).
+    #[arg(long, env = "STICKYFARM_TRUST_FORWARDED", default_value_t = false, action = ArgAction::Set)]
+    pub trust_forwarded: bool,
+
+    /// Mark the routing cookie `Secure`.
+    #[arg(long, env = "STICKYFARM_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
+    pub cookie_secure: bool,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log format.
+    #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Unit address style handed to the app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Addressing {
+    /// `<scheme>://<gateway host>/_unit/<unit>`.
+    Path,
+    /// `<scheme>://<unit>.<farm host>` (needs `--farm-host` and wildcard DNS).
+    Host,
+}
+
+/// Public scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS (TLS terminated in front of the gateway).
+    Https,
+}
+
+impl Scheme {
+    /// As text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Where a failed-over client goes once its unit is back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Failback {
+    /// Stay on the backup (its cache holds the session now).
+    Stay,
+    /// Return to the original unit once it is in service again.
+    Return,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+fn parse_unit_flag(s: &str) -> Result<UnitSpec, String> {
+    let (name, address) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=HOST:PORT, got {s:?}"))?;
+    Ok(UnitSpec {
+        name: name.parse().map_err(|e| format!("{e}"))?,
+        address: address.to_owned(),
+        instance: None,
+        admin: Default::default(),
+    })
+}

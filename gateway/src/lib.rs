@@ -1,0 +1,262 @@
+//! The Stickyfarm gateway as a library: the farm's load balancer (the patent's main farm unit
+//! and the addresses of its subordinate units). `main.rs` only parses flags and waits for a
+//! signal; tests drive [`Gateway::start`] or run the binary.
+
+pub mod admin;
+pub mod balance;
+pub mod config;
+pub mod discovery;
+pub mod health;
+pub mod metrics;
+pub mod pool;
+pub mod proxy;
+pub mod units;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::discovery::{StaticSource, UnitSource};
+use crate::health::CheckConfig;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, ProxySettings};
+use crate::units::Farm;
+
+/// The gateway could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}; is another process using it?")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The unit list is unusable.
+    #[error(transparent)]
+    Units(#[from] discovery::UnitsFileError),
+    /// Neither `--unit` nor `--units-file` was given.
+    #[error("no units: give --unit NAME=HOST:PORT or --units-file FILE")]
+    NoUnitSource,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    /// The client-facing address actually bound.
+    pub addr: SocketAddr,
+    /// The admin address actually bound.
+    pub admin_addr: SocketAddr,
+    /// The farm (status table), for tests and embedding.
+    pub farm: Arc<Farm>,
+    stop: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Gateway {
+    /// Starts serving with units from flags and/or a units file.
+    pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        if config.units.is_empty() && config.units_file.is_none() {
+            return Err(StartError::NoUnitSource);
+        }
+        let source = StaticSource {
+            fixed: config.units.clone(),
+            file: config.units_file.clone(),
+            poll: Duration::from_secs(1),
+        };
+        // Fail fast on a bad file at start; later mistakes keep the last good list.
+        source.load()?;
+        Self::start_with_source(config, Box::new(source)).await
+    }
+
+    /// Starts serving with units from any discovery source.
+    pub async fn start_with_source(
+        config: Config,
+        source: Box<dyn UnitSource>,
+    ) -> Result<Gateway, StartError> {
+        let stop = CancellationToken::new();
+        let metrics = Arc::new(Metrics::new());
+        let farm = Arc::new(Farm::new(
+            metrics.clone(),
+            config.max_idle_connections,
+            stop.clone(),
+        ));
+        let checks = Arc::new(CheckConfig {
+            path: config.check_path.clone(),
+            interval: config.check_interval,
+            jitter: config.check_jitter.clamp(0.0, 1.0),
+            timeout: config.check_timeout,
+            expect_status: config.check_expect_status,
+            expect_body: config.check_expect_body.clone(),
+            rise: config.rise.max(1),
+            fall: config.fall.max(1),
+        });
+        let mut tasks = JoinSet::new();
+
+        // Membership: discovery publishes, the farm applies, new units get a checker.
+        let (tx, mut rx) = watch::channel(Vec::new());
+        tasks.spawn(source.run(tx, stop.clone()));
+        {
+            let (farm, stop) = (farm.clone(), stop.clone());
+            tasks.spawn(async move {
+                loop {
+                    let units = rx.borrow_and_update().clone();
+                    for unit in farm.apply(units) {
+                        tokio::spawn(health::check_loop(unit, checks.clone()));
+                    }
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { stop.cancelled().await; return },
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            });
+        }
+
+        let proxy = Arc::new(Proxy::new(
+            farm.clone(),
+            metrics.clone(),
+            ProxySettings {
+                policy: config.policy,
+                failback: config.failback,
+                farm_host: config.farm_host.clone(),
+                addressing: config.unit_addressing,
+                scheme: config.public_scheme,
+                slow_start: config.slow_start,
+                connect_timeout: config.connect_timeout,
+                upstream_timeout: config.upstream_timeout,
+                max_retries: config.max_retries,
+                max_body_size: config.max_body_size.as_u64(),
+                passive_5xx_burst: config.passive_5xx_burst,
+                passive_window: config.passive_window,
+                trust_forwarded: config.trust_forwarded,
+                cookie_secure: config.cookie_secure,
+            },
+        ));
+
+        let listener = bind(config.listen).await?;
+        let admin_listener = bind(config.admin_listen).await?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                addr: config.admin_listen,
+                source,
+            })?;
+
+        let mut server = auto::Builder::new(TokioExecutor::new());
+        server
+            .http1()
+            .timer(TokioTimer::new())
+            // hyper answers 431 to a head larger than its read buffer (8 KiB at least).
+            .max_buf_size((config.max_header_size.as_u64() as usize).max(8192))
+            .max_headers(config.max_headers)
+            // Slowloris: a client that does not finish its headers in time is disconnected.
+            .header_read_timeout(config.header_read_timeout)
+            .keep_alive(true);
+        server
+            .http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(config.max_header_size.as_u64() as u32);
+        tasks.spawn(serve(
+            listener,
+            server,
+            proxy,
+            stop.clone(),
+            config.shutdown_grace,
+        ));
+
+        let admin = admin::router(farm.clone(), metrics.clone(), config.slow_start);
+        {
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                let r = axum::serve(admin_listener, admin)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "admin listener failed");
+                }
+            });
+        }
+        tracing::info!(%addr, %admin_addr, policy = ?config.policy, "stickyfarm gateway serving");
+        Ok(Gateway {
+            addr,
+            admin_addr,
+            farm,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops accepting, finishes in-flight requests (bounded by the shutdown grace), stops.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        tracing::info!("stickyfarm gateway stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
+}
+
+async fn serve(
+    listener: TcpListener,
+    server: auto::Builder<TokioExecutor>,
+    proxy: Arc<Proxy>,
+    stop: CancellationToken,
+    grace: Duration,
+) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let service = service_fn(move |req| {
+            let proxy = proxy.clone();
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, remote).await) }
+        });
+        let conn = server
+            .serve_connection(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %remote, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within the shutdown grace");
+    }
+}

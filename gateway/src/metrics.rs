@@ -1,0 +1,189 @@
+//! Prometheus metrics of the gateway (admin port, `/metrics`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use stickyfarm_api::UnitName;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UnitLabel {
+    unit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    unit: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: &'static str,
+}
+
+/// Every gateway metric.
+pub struct Metrics {
+    registry: Registry,
+    up: Family<UnitLabel, Gauge>,
+    in_flight: Family<UnitLabel, Gauge>,
+    responses: Family<StatusLabel, Counter>,
+    state_changes: Family<UnitLabel, Counter>,
+    checks_ok: Family<UnitLabel, Counter>,
+    checks_failed: Family<UnitLabel, Counter>,
+    passive_failures: Family<UnitLabel, Counter>,
+    replacements: Family<UnitLabel, Counter>,
+    failovers: Counter,
+    retries: Counter,
+    refused: Family<KindLabel, Counter>,
+}
+
+/// One unit's metric handles, taken once so the request path never looks up a label set.
+pub struct UnitMetrics {
+    pub(crate) up: Gauge,
+    pub(crate) in_flight: Gauge,
+    pub(crate) state_changes: Counter,
+    pub(crate) checks_ok: Counter,
+    pub(crate) checks_failed: Counter,
+    pub(crate) passive_failures: Counter,
+    pub(crate) replacements: Counter,
+    responses: [Counter; 5],
+}
+
+impl UnitMetrics {
+    pub(crate) fn count_status(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.responses[class].inc();
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric under the `stickyfarm_gateway` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("stickyfarm_gateway");
+        let m = Metrics {
+            registry: Registry::default(),
+            up: Family::default(),
+            in_flight: Family::default(),
+            responses: Family::default(),
+            state_changes: Family::default(),
+            checks_ok: Family::default(),
+            checks_failed: Family::default(),
+            passive_failures: Family::default(),
+            replacements: Family::default(),
+            failovers: Counter::default(),
+            retries: Counter::default(),
+            refused: Family::default(),
+        };
+        registry.register("unit_up", "1 while the unit is in service", m.up.clone());
+        registry.register(
+            "unit_in_flight",
+            "Requests in flight per unit",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "responses",
+            "Responses per unit and status class",
+            m.responses.clone(),
+        );
+        registry.register(
+            "unit_state_changes",
+            "Unit health changes",
+            m.state_changes.clone(),
+        );
+        registry.register(
+            "health_checks_passed",
+            "Passed active checks",
+            m.checks_ok.clone(),
+        );
+        registry.register(
+            "health_checks_failed",
+            "Failed active checks",
+            m.checks_failed.clone(),
+        );
+        registry.register(
+            "passive_failures",
+            "Units taken out by failed requests (connect errors, resets, 5xx bursts)",
+            m.passive_failures.clone(),
+        );
+        registry.register(
+            "unit_replacements",
+            "Units that answered with a new instance id (a new pod)",
+            m.replacements.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Requests sent to a backup because their unit was out of service",
+            m.failovers.clone(),
+        );
+        registry.register(
+            "retries",
+            "Requests retried on a backup after a failed attempt",
+            m.retries.clone(),
+        );
+        registry.register(
+            "refused",
+            "Requests refused by the gateway, by reason",
+            m.refused.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Handles for one unit.
+    pub fn unit(&self, name: &UnitName) -> UnitMetrics {
+        let l = UnitLabel {
+            unit: name.to_string(),
+        };
+        let class = |class| StatusLabel {
+            unit: name.to_string(),
+            class,
+        };
+        UnitMetrics {
+            up: self.up.get_or_create(&l).clone(),
+            in_flight: self.in_flight.get_or_create(&l).clone(),
+            state_changes: self.state_changes.get_or_create(&l).clone(),
+            checks_ok: self.checks_ok.get_or_create(&l).clone(),
+            checks_failed: self.checks_failed.get_or_create(&l).clone(),
+            passive_failures: self.passive_failures.get_or_create(&l).clone(),
+            replacements: self.replacements.get_or_create(&l).clone(),
+            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(|c| self.responses.get_or_create(&class(c)).clone()),
+        }
+    }
+
+    /// Drops the gauges of a unit that left the farm.
+    pub fn forget_unit(&self, name: &UnitName) {
+        let l = UnitLabel {
+            unit: name.to_string(),
+        };
+        self.up.remove(&l);
+        self.in_flight.remove(&l);
+    }
+
+    pub(crate) fn failover(&self) {
+        self.failovers.inc();
+    }
+
+    pub(crate) fn retry(&self) {
+        self.retries.inc();
+    }
+
+    pub(crate) fn refused(&self, kind: &'static str) {
+        self.refused.get_or_create(&KindLabel { kind }).inc();
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

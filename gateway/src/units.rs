@@ -1,0 +1,603 @@
+//! The farm's units and their status table (the patent's Server Status Check table, FIG. 6).
+//!
+//! The request path reads the membership through an `ArcSwap` (no lock) and each unit's state
+//! through atomics; only health checks and membership changes write.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
+use stickyfarm_api::{InstanceId, UnitName};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{Metrics, UnitMetrics};
+use crate::pool::Pool;
+
+/// A unit as discovery reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnitSpec {
+    /// The unit's name: what clients carry in unit addresses and the routing cookie.
+    pub name: UnitName,
+    /// Where the unit's sidecar listens: `host:port` (a name is resolved at connect time).
+    pub address: String,
+    /// The instance id the unit must report (the pod UID), when discovery knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<InstanceId>,
+    /// Administrative state.
+    #[serde(default)]
+    pub admin: AdminState,
+}
+
+/// Administrative state of a unit, set by discovery or the admin API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    /// Serves its sessions and takes new ones.
+    #[default]
+    Enabled,
+    /// Serves the sessions it holds; gets no new ones (before removal).
+    Draining,
+    /// Gets no traffic: its clients fail over.
+    Disabled,
+}
+
+/// Health as the status checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// Not checked yet: gets no traffic.
+    Unknown,
+    /// Passing its checks.
+    Up,
+    /// Failing its checks, or taken out by a failed request.
+    Down,
+}
+
+impl Health {
+    fn from_u8(v: u8) -> Health {
+        match v {
+            1 => Health::Up,
+            2 => Health::Down,
+            _ => Health::Unknown,
+        }
+    }
+}
+
+impl AdminState {
+    fn from_u8(v: u8) -> AdminState {
+        match v {
+            1 => AdminState::Draining,
+            2 => AdminState::Disabled,
+            _ => AdminState::Enabled,
+        }
+    }
+    fn as_u8(self) -> u8 {
+        match self {
+            AdminState::Enabled => 0,
+            AdminState::Draining => 1,
+            AdminState::Disabled => 2,
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the last checks found (written by the checker, read by the status table).
+#[derive(Debug, Clone, Default)]
+pub struct CheckRecord {
+    /// Consecutive passed checks.
+    pub consecutive_ok: u32,
+    /// Consecutive failed checks.
+    pub consecutive_fail: u32,
+    /// When the last check finished (Unix ms).
+    pub last_check_ms: u64,
+    /// Latency of the last check.
+    pub last_latency: Option<Duration>,
+    /// Why the last check or request failed.
+    pub last_error: Option<String>,
+    /// The instance id the unit reported last.
+    pub instance: Option<InstanceId>,
+}
+
+/// One unit at run time.
+pub struct Unit {
+    /// As discovered.
+    pub spec: UnitSpec,
+    health: AtomicU8,
+    admin: AtomicU8,
+    /// Requests being served right now (until the response body ends).
+    pub in_flight: AtomicU64,
+    up_since_ms: AtomicU64,
+    requests: AtomicU64,
+    passive_window: Mutex<(u64, u32)>,
+    check: Mutex<CheckRecord>,
+    /// Pooled connections to the unit.
+    pub pool: Pool,
+    /// Cancelled when the unit leaves the farm (stops its checker).
+    pub removed: CancellationToken,
+    metrics: UnitMetrics,
+}
+
+impl Unit {
+    /// A new unit, not yet checked; `removed` is cancelled when it leaves the farm.
+    pub fn new(
+        spec: UnitSpec,
+        metrics: &Metrics,
+        max_idle_connections: usize,
+        removed: CancellationToken,
+    ) -> Unit {
+        let m = metrics.unit(&spec.name);
+        m.up.set(0);
+        Unit {
+            admin: AtomicU8::new(spec.admin.as_u8()),
+            health: AtomicU8::new(0),
+            in_flight: AtomicU64::new(0),
+            up_since_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            passive_window: Mutex::new((0, 0)),
+            check: Mutex::new(CheckRecord::default()),
+            pool: Pool::new(max_idle_connections),
+            removed,
+            metrics: m,
+            spec,
+        }
+    }
+
+    /// The unit's name.
+    pub fn name(&self) -> &UnitName {
+        &self.spec.name
+    }
+
+    /// Health now.
+    pub fn health(&self) -> Health {
+        Health::from_u8(self.health.load(Ordering::Acquire))
+    }
+
+    /// Administrative state now.
+    pub fn admin(&self) -> AdminState {
+        AdminState::from_u8(self.admin.load(Ordering::Acquire))
+    }
+
+    /// Sets the administrative state (admin API or discovery).
+    pub fn set_admin(&self, admin: AdminState) {
+        let old = AdminState::from_u8(self.admin.swap(admin.as_u8(), Ordering::AcqRel));
+        if old != admin {
+            tracing::info!(unit = %self.spec.name, from = ?old, to = ?admin, "unit admin state changed");
+        }
+    }
+
+    /// May get new sessions (first requests, backups).
+    pub fn takes_new_sessions(&self) -> bool {
+        self.health() == Health::Up && self.admin() == AdminState::Enabled
+    }
+
+    /// May serve the sessions it holds.
+    pub fn serves_its_sessions(&self) -> bool {
+        self.health() == Health::Up && self.admin() != AdminState::Disabled
+    }
+
+    /// Share of new sessions while ramping up after coming up (slow start): from 5 % to 1.
+    pub fn weight(&self, now_ms: u64, slow_start: Duration) -> f64 {
+        if slow_start.is_zero() {
+            return 1.0;
+        }
+        let since = self.up_since_ms.load(Ordering::Relaxed);
+        let elapsed = now_ms.saturating_sub(since) as f64;
+        (elapsed / slow_start.as_millis() as f64).clamp(0.05, 1.0)
+    }
+
+    fn set_health(&self, to: Health, reason: &str) {
+        let code = match to {
+            Health::Unknown => 0,
+            Health::Up => 1,
+            Health::Down => 2,
+        };
+        let old = Health::from_u8(self.health.swap(code, Ordering::AcqRel));
+        if old == to {
+            return;
+        }
+        if to == Health::Up {
+            self.up_since_ms.store(now_ms(), Ordering::Relaxed);
+        }
+        self.metrics.up.set(i64::from(to == Health::Up));
+        self.metrics.state_changes.inc();
+        tracing::info!(unit = %self.spec.name, from = ?old, to = ?to, reason, "unit state changed");
+    }
+
+    /// Records an active check's result and applies the rise/fall thresholds.
+    pub fn record_check(
+        &self,
+        result: Result<CheckOk, String>,
+        latency: Duration,
+        rise: u32,
+        fall: u32,
+    ) {
+        let mut c = self.check.lock().expect("check record poisoned");
+        c.last_check_ms = now_ms();
+        c.last_latency = Some(latency);
+        match result {
+            Ok(ok) => {
+                c.consecutive_ok += 1;
+                c.consecutive_fail = 0;
+                c.last_error = None;
+                let replaced = match (c.instance, ok.instance) {
+                    (Some(old), Some(new)) if old != new => Some(old),
+                    _ => None,
+                };
+                if ok.instance.is_some() {
+                    c.instance = ok.instance;
+                }
+                self.metrics.checks_ok.inc();
+                let health = self.health();
+                if let Some(old) = replaced {
+                    // A new pod answers under this unit's name: its cache is empty and its
+                    // instance id new, so clients are flushed by the sidecar; here it ramps up
+                    // again like any unit that (re)joins.
+                    tracing::info!(unit = %self.spec.name, %old, new = ?ok.instance, "unit replaced by a new instance");
+                    self.metrics.replacements.inc();
+                    if health == Health::Up {
+                        self.up_since_ms.store(now_ms(), Ordering::Relaxed);
+                    }
+                }
+                // A unit never checked before comes up on its first pass.
+                if health == Health::Unknown || (health == Health::Down && c.consecutive_ok >= rise)
+                {
+                    drop(c);
+                    self.set_health(Health::Up, "checks passed");
+                }
+            }
+            Err(why) => {
+                c.consecutive_fail += 1;
+                c.consecutive_ok = 0;
+                c.last_error = Some(why.clone());
+                self.metrics.checks_failed.inc();
+                let health = self.health();
+                if health == Health::Unknown || (health == Health::Up && c.consecutive_fail >= fall)
+                {
+                    drop(c);
+                    self.set_health(Health::Down, &why);
+                }
+            }
+        }
+    }
+
+    /// A request to the unit failed at the connection level: out of service at once (passive
+    /// check); the active checks bring it back.
+    pub fn record_connection_failure(&self, why: &str) {
+        {
+            let mut c = self.check.lock().expect("check record poisoned");
+            c.consecutive_ok = 0;
+            c.last_error = Some(why.to_owned());
+        }
+        self.metrics.passive_failures.inc();
+        self.pool.clear();
+        self.set_health(Health::Down, why);
+    }
+
+    /// A response with status `status` came back: `burst` 5xx answers within `window` take the
+    /// unit out (0 disables).
+    pub fn record_response(&self, status: u16, burst: u32, window: Duration) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count_status(status);
+        if status < 500 || burst == 0 {
+            return;
+        }
+        let now = now_ms();
+        let tripped = {
+            let mut w = self.passive_window.lock().expect("passive window poisoned");
+            if now.saturating_sub(w.0) > window.as_millis() as u64 {
+                *w = (now, 0);
+            }
+            w.1 += 1;
+            w.1 >= burst
+        };
+        if tripped {
+            self.record_connection_failure(&format!("{burst} server errors within {window:?}"));
+        }
+    }
+
+    /// Counts a request in flight; the guard counts it out when dropped.
+    pub fn begin_request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.inc();
+        InFlight(self.clone())
+    }
+
+    /// The instance id the unit must or did report.
+    pub fn instance(&self) -> Option<InstanceId> {
+        self.spec
+            .instance
+            .or_else(|| self.check.lock().expect("check record poisoned").instance)
+    }
+
+    /// This unit's row of the status table.
+    pub fn status(&self, now: u64, slow_start: Duration) -> UnitStatus {
+        let c = self.check.lock().expect("check record poisoned").clone();
+        UnitStatus {
+            name: self.spec.name.to_string(),
+            address: self.spec.address.clone(),
+            state: self.health(),
+            admin: self.admin(),
+            last_check_unix_ms: (c.last_check_ms > 0).then_some(c.last_check_ms),
+            last_latency_ms: c.last_latency.map(|d| d.as_secs_f64() * 1000.0),
+            consecutive_ok: c.consecutive_ok,
+            consecutive_fail: c.consecutive_fail,
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+            instance: c.instance.or(self.spec.instance).map(|i| i.to_string()),
+            weight: if self.health() == Health::Up {
+                self.weight(now, slow_start)
+            } else {
+                0.0
+            },
+            last_error: c.last_error,
+        }
+    }
+}
+
+/// What a passed check learned.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CheckOk {
+    /// The instance id in the answer, if it named one.
+    pub instance: Option<InstanceId>,
+}
+
+/// Counts one request out of a unit's in-flight count when dropped.
+pub struct InFlight(Arc<Unit>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.in_flight.dec();
+    }
+}
+
+/// One row of the status table (`GET /status` on the admin port).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitStatus {
+    /// Unit name.
+    pub name: String,
+    /// Sidecar address.
+    pub address: String,
+    /// Health.
+    pub state: Health,
+    /// Administrative state.
+    pub admin: AdminState,
+    /// When the last check finished.
+    pub last_check_unix_ms: Option<u64>,
+    /// Latency of the last check.
+    pub last_latency_ms: Option<f64>,
+    /// Consecutive passed checks.
+    pub consecutive_ok: u32,
+    /// Consecutive failed checks.
+    pub consecutive_fail: u32,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Requests answered since the unit joined.
+    pub requests: u64,
+    /// The instance id (pod UID) reported or expected.
+    pub instance: Option<String>,
+    /// Current share of new sessions (slow start ramps it from 0.05 to 1).
+    pub weight: f64,
+    /// Why the last check or request failed.
+    pub last_error: Option<String>,
+}
+
+/// The farm's membership: units by name (a sorted map, so every gateway replica iterates them
+/// in the same order).
+#[derive(Default)]
+pub struct Members {
+    /// Units by name.
+    pub units: BTreeMap<UnitName, Arc<Unit>>,
+}
+
+/// The farm as the gateway sees it.
+pub struct Farm {
+    members: ArcSwap<Members>,
+    metrics: Arc<Metrics>,
+    max_idle_connections: usize,
+    stop: CancellationToken,
+}
+
+impl Farm {
+    /// An empty farm; cancelling `stop` stops every unit's checker.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        max_idle_connections: usize,
+        stop: CancellationToken,
+    ) -> Farm {
+        Farm {
+            members: ArcSwap::from_pointee(Members::default()),
+            metrics,
+            max_idle_connections,
+            stop,
+        }
+    }
+
+    /// The current membership (lock-free).
+    pub fn members(&self) -> arc_swap::Guard<Arc<Members>> {
+        self.members.load()
+    }
+
+    /// Applies a membership reported by discovery. Units whose name and address are unchanged
+    /// keep their state; returns the units that are new (their checkers must start).
+    pub fn apply(&self, specs: Vec<UnitSpec>) -> Vec<Arc<Unit>> {
+        let current = self.members.load_full();
+        let mut next = BTreeMap::new();
+        let mut added = Vec::new();
+        for spec in specs {
+            match current.units.get(&spec.name) {
+                Some(u) if u.spec.address == spec.address && u.spec.instance == spec.instance => {
+                    if u.spec.admin != spec.admin {
+                        u.set_admin(spec.admin);
+                    }
+                    next.insert(spec.name.clone(), u.clone());
+                }
+                _ => {
+                    tracing::info!(unit = %spec.name, address = %spec.address, "unit joined the farm");
+                    let u = Arc::new(Unit::new(
+                        spec.clone(),
+                        &self.metrics,
+                        self.max_idle_connections,
+                        self.stop.child_token(),
+                    ));
+                    added.push(u.clone());
+                    next.insert(spec.name, u);
+                }
+            }
+        }
+        for (name, u) in &current.units {
+            let replaced = next.get(name).is_some_and(|n| !Arc::ptr_eq(n, u));
+            if !next.contains_key(name) || replaced {
+                if !replaced {
+                    tracing::info!(unit = %name, "unit left the farm");
+                    self.metrics.forget_unit(name);
+                }
+                u.removed.cancel();
+            }
+        }
+        self.members.store(Arc::new(Members { units: next }));
+        added
+    }
+
+    /// The whole status table.
+    pub fn status(&self, slow_start: Duration) -> Vec<UnitStatus> {
+        let now = now_ms();
+        self.members()
+            .units
+            .values()
+            .map(|u| u.status(now, slow_start))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(name: &str) -> Unit {
+        Unit::new(
+            UnitSpec {
+                name: name.parse().unwrap(),
+                address: "127.0.0.1:1".into(),
+                instance: None,
+                admin: AdminState::Enabled,
+            },
+            &Metrics::new(),
+            4,
+            CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn rise_and_fall_thresholds() {
+        let u = unit("web-0");
+        assert_eq!(u.health(), Health::Unknown);
+        let ok = || Ok(CheckOk::default());
+        let d = Duration::from_millis(1);
+        u.record_check(ok(), d, 2, 3);
+        assert_eq!(u.health(), Health::Up, "first pass brings a new unit up");
+        u.record_check(Err("x".into()), d, 2, 3);
+        u.record_check(Err("x".into()), d, 2, 3);
+        assert_eq!(u.health(), Health::Up);
+        u.record_check(Err("x".into()), d, 2, 3);
+        assert_eq!(u.health(), Health::Down);
+        u.record_check(ok(), d, 2, 3);
+        assert_eq!(u.health(), Health::Down);
+        u.record_check(ok(), d, 2, 3);
+        assert_eq!(u.health(), Health::Up);
+    }
+
+    #[test]
+    fn passive_failures_take_a_unit_out_at_once() {
+        let u = unit("web-0");
+        u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
+        u.record_connection_failure("connection refused");
+        assert_eq!(u.health(), Health::Down);
+    }
+
+    #[test]
+    fn a_5xx_burst_takes_a_unit_out() {
+        let u = unit("web-0");
+        u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
+        for _ in 0..4 {
+            u.record_response(503, 5, Duration::from_secs(10));
+        }
+        assert_eq!(u.health(), Health::Up);
+        u.record_response(200, 5, Duration::from_secs(10));
+        u.record_response(500, 5, Duration::from_secs(10));
+        assert_eq!(u.health(), Health::Down);
+    }
+
+    #[test]
+    fn admin_states_gate_new_and_existing_sessions() {
+        let u = unit("web-0");
+        u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
+        assert!(u.takes_new_sessions() && u.serves_its_sessions());
+        u.set_admin(AdminState::Draining);
+        assert!(!u.takes_new_sessions() && u.serves_its_sessions());
+        u.set_admin(AdminState::Disabled);
+        assert!(!u.takes_new_sessions() && !u.serves_its_sessions());
+    }
+
+    #[test]
+    fn slow_start_ramps_the_weight() {
+        let u = unit("web-0");
+        u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
+        let since = u.up_since_ms.load(Ordering::Relaxed);
+        let ramp = Duration::from_secs(10);
+        assert!((u.weight(since, ramp) - 0.05).abs() < 1e-9);
+        assert!((u.weight(since + 5_000, ramp) - 0.5).abs() < 1e-9);
+        assert_eq!(u.weight(since + 60_000, ramp), 1.0);
+        assert_eq!(u.weight(since, Duration::ZERO), 1.0);
+    }
+
+    #[test]
+    fn a_new_instance_is_recorded_as_a_replacement() {
+        let u = unit("web-0");
+        let a = InstanceId::random();
+        let b = InstanceId::random();
+        u.record_check(Ok(CheckOk { instance: Some(a) }), Duration::ZERO, 2, 3);
+        assert_eq!(u.instance(), Some(a));
+        u.record_check(Ok(CheckOk { instance: Some(b) }), Duration::ZERO, 2, 3);
+        assert_eq!(u.instance(), Some(b));
+        assert_eq!(u.metrics.replacements.get(), 1);
+    }
+
+    #[test]
+    fn membership_changes_keep_state_of_unchanged_units() {
+        let farm = Farm::new(Arc::new(Metrics::new()), 4, CancellationToken::new());
+        let spec = |n: &str, port: u16| UnitSpec {
+            name: n.parse().unwrap(),
+            address: format!("127.0.0.1:{port}"),
+            instance: None,
+            admin: AdminState::Enabled,
+        };
+        let added = farm.apply(vec![spec("a", 1), spec("b", 2)]);
+        assert_eq!(added.len(), 2);
+        let a = farm.members().units[&"a".parse().unwrap()].clone();
+        a.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
+        let added = farm.apply(vec![spec("a", 1), spec("c", 3)]);
+        assert_eq!(added.len(), 1);
+        assert!(Arc::ptr_eq(
+            &farm.members().units[&"a".parse().unwrap()],
+            &a
+        ));
+        assert_eq!(a.health(), Health::Up);
+        let b_gone = !farm.members().units.contains_key(&"b".parse().unwrap());
+        assert!(b_gone);
+        // A changed address is a new unit with fresh state.
+        let added = farm.apply(vec![spec("a", 9), spec("c", 3)]);
+        assert_eq!(added.len(), 1);
+        assert!(a.removed.is_cancelled());
+    }
+}
