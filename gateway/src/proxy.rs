@@ -419,6 +419,9 @@ impl Proxy {
         // tried once more on the same unit over a fresh connection, without using up a retry.
         let mut fresh_on_same_unit = false;
         let mut stale_retry_used = false;
+        // Whether some unit received the request and failed it (502) rather than none being
+        // reachable (503).
+        let mut reached_a_unit = false;
         let mut attempt = 0;
         loop {
             if fresh_on_same_unit {
@@ -501,6 +504,7 @@ impl Proxy {
                             }
                         }
                         None => {
+                            reached_a_unit = true;
                             let err = e.into_error();
                             if !reused {
                                 unit.record_connection_failure(&format!(
@@ -524,6 +528,12 @@ impl Proxy {
                     }
                 }
             }
+        }
+        if reached_a_unit {
+            return text_response(
+                StatusCode::BAD_GATEWAY,
+                "every unit tried failed while handling this request",
+            );
         }
         self.refuse(
             StatusCode::SERVICE_UNAVAILABLE,

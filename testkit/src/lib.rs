@@ -421,7 +421,6 @@ impl Browser {
 pub struct TestApp {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
-    alive: Arc<AtomicBool>,
 }
 
 #[derive(Clone)]
@@ -446,7 +445,6 @@ impl TestApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut rx) = watch::channel(false);
-        let alive = Arc::new(AtomicBool::new(true));
         tokio::spawn(async move {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {
@@ -454,11 +452,10 @@ impl TestApp {
                 })
                 .await;
         });
-        (TestApp { addr, stop, alive }, api)
+        (TestApp { addr, stop }, api)
     }
 
     pub fn stop(&self) {
-        self.alive.store(false, Ordering::SeqCst);
         let _ = self.stop.send(true);
     }
 }
@@ -522,7 +519,7 @@ async fn cart(State(state): State<AppState>, h: HeaderMap) -> axum::response::Re
     };
     axum::Json(serde_json::json!({
         "items": items, "version": version, "unit": h["x-stickyfarm-unit"].to_str().unwrap(),
-        "session": sid,
+        "unit_url": h["x-stickyfarm-unit-url"].to_str().unwrap(), "session": sid,
     }))
     .into_response()
 }
@@ -667,4 +664,307 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out after {within:?} waiting for: {what}");
+}
+
+/// A scriptable unit for gateway tests: answers health checks as a sidecar would (or not),
+/// echoes what it received as JSON, and aborts the connection without answering on paths
+/// starting with `/reset`. Counts requests by method.
+pub struct FakeUnit {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub healthy: Arc<AtomicBool>,
+    pub instance: Arc<std::sync::Mutex<String>>,
+    counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUnit {
+    pub async fn start(name: &str) -> FakeUnit {
+        use http_body_util::BodyExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let healthy = Arc::new(AtomicBool::new(true));
+        let instance = Arc::new(std::sync::Mutex::new(uuid::Uuid::new_v4().to_string()));
+        let counts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let (h, i, c, n) = (
+            healthy.clone(),
+            instance.clone(),
+            counts.clone(),
+            name.to_owned(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let (h, i, c, n) = (h.clone(), i.clone(), c.clone(), n.clone());
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let (h, i, c, n) = (h.clone(), i.clone(), c.clone(), n.clone());
+                        async move {
+                            let path = req.uri().path().to_owned();
+                            if path == stickyfarm_api::paths::HEALTH {
+                                let body = if h.load(Ordering::SeqCst) {
+                                    format!(
+                                        "stickyfarm-sidecar healthy\nunit: {n}\ninstance: {}\n",
+                                        i.lock().unwrap()
+                                    )
+                                } else {
+                                    "something else entirely\n".to_owned()
+                                };
+                                return Ok(hyper::Response::new(http_body_util::Full::new(
+                                    bytes::Bytes::from(body),
+                                )));
+                            }
+                            *c.lock()
+                                .unwrap()
+                                .entry(req.method().to_string())
+                                .or_default() += 1;
+                            if path.starts_with("/slow") {
+                                tokio::time::sleep(Duration::from_millis(1500)).await;
+                            }
+                            if path.starts_with("/reset") {
+                                // An error from the service makes hyper drop the connection unanswered.
+                                return Err("reset on purpose");
+                            }
+                            let headers: BTreeMap<String, String> = req
+                                .headers()
+                                .iter()
+                                .map(|(k, v)| {
+                                    (k.to_string(), v.to_str().unwrap_or("<binary>").to_owned())
+                                })
+                                .collect();
+                            let method = req.method().to_string();
+                            let pq = req
+                                .uri()
+                                .path_and_query()
+                                .map(|p| p.to_string())
+                                .unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let echo = serde_json::json!({
+                                "unit": n, "method": method, "path": pq, "headers": headers,
+                                "body_len": body.len(),
+                            });
+                            Ok(hyper::Response::new(http_body_util::Full::new(
+                                bytes::Bytes::from(echo.to_string()),
+                            )))
+                        }
+                    },
+                );
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FakeUnit {
+            name: name.to_owned(),
+            addr,
+            healthy,
+            instance,
+            counts,
+            task,
+        }
+    }
+
+    /// Requests seen with this method (health checks excluded).
+    pub fn count(&self, method: &str) -> usize {
+        self.counts
+            .lock()
+            .unwrap()
+            .get(method)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Stops accepting connections: new connects are refused.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    pub fn flag(&self) -> String {
+        format!("{}={}", self.name, self.addr)
+    }
+}
+
+impl Drop for FakeUnit {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The gateway binary as a child process.
+pub struct GatewayProc {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl GatewayProc {
+    /// Starts `stickyfarm-gateway` with `units` (`NAME=HOST:PORT`) and extra flags.
+    pub async fn start(units: &[String], extra: &[&str]) -> GatewayProc {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("gateway.log");
+        let (port, admin) = (free_port(), free_port());
+        let mut cmd = Command::new(binary("stickyfarm-gateway"));
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--check-interval", "100ms", "--check-jitter", "0"]);
+        for u in units {
+            cmd.args(["--unit", u]);
+        }
+        let child = cmd
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning stickyfarm-gateway");
+        let g = GatewayProc {
+            addr: ([127, 0, 0, 1], port).into(),
+            admin: ([127, 0, 0, 1], admin).into(),
+            child: Some(child),
+            log,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(g.admin).await.is_err()
+            || TcpStream::connect(g.addr).await.is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not start; log:\n{}",
+                g.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        g
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The status table.
+    pub async fn status(&self) -> serde_json::Value {
+        reqwest::get(format!("http://{}/status", self.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// One unit's row of the status table.
+    pub async fn unit_status(&self, unit: &str) -> serde_json::Value {
+        let s = self.status().await;
+        s["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == unit)
+            .cloned()
+            .unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Waits until `n` units are up.
+    pub async fn wait_up(&self, n: usize) {
+        eventually(
+            Duration::from_secs(15),
+            &format!("{n} units up"),
+            || async {
+                let s = self.status().await;
+                s["units"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|u| u["state"] == "up")
+                    .count()
+                    >= n
+            },
+        )
+        .await;
+    }
+
+    /// `POST /units/<unit>/<action>` on the admin port.
+    pub async fn admin(&self, unit: &str, action: &str) -> u16 {
+        reqwest::Client::new()
+            .post(format!("http://{}/units/{unit}/{action}", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l.contains(labels))
+            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl GatewayProc {
+    /// SIGTERM and wait; returns whether it exited successfully within `within`.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        false
+    }
+}
+
+impl Drop for GatewayProc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- gateway log ---\n{}", self.log_text());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Sends raw bytes over a fresh connection and returns everything the server answers before
+/// it closes or `within` passes.
+pub async fn raw_http(addr: SocketAddr, request: &[u8], within: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(within, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }

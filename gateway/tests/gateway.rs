@@ -1,0 +1,622 @@
+//! The gateway against real sidecars (and scriptable fake units) on loopback.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use stickyfarm_testkit::*;
+
+async fn three_units(db: &TestDb) -> Vec<Unit> {
+    let mut units = Vec::new();
+    for name in ["web-0", "web-1", "web-2"] {
+        units.push(Unit::start(name, &db.url, &[]).await);
+    }
+    units
+}
+
+fn flags(units: &[Unit]) -> Vec<String> {
+    units
+        .iter()
+        .map(|u| format!("{}={}", u.sidecar.unit, u.sidecar.public))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_requests_spread_and_follow_ups_stay_on_their_unit() {
+    let db = TestDb::new().await;
+    let units = three_units(&db).await;
+    let gw = GatewayProc::start(&flags(&units), &["--slow-start", "0s"]).await;
+    gw.wait_up(3).await;
+
+    // First requests: spread over every unit by the policy.
+    let mut clients = Vec::new();
+    let mut seen = BTreeMap::new();
+    for _ in 0..30 {
+        let mut b = Browser::new();
+        let p = b.get(&gw.url("/echo")).await;
+        assert_eq!(p.status, 200);
+        let unit = p.json()["x-stickyfarm-unit"].as_str().unwrap().to_owned();
+        // The app is told the unit's own address for its links, and the client gets the
+        // routing cookie.
+        assert_eq!(
+            p.json()["x-stickyfarm-unit-url"],
+            format!("http://{}/_unit/{unit}", gw.addr)
+        );
+        assert_eq!(b.cookie("sf_unit"), Some(unit.as_str()));
+        *seen.entry(unit.clone()).or_insert(0) += 1;
+        clients.push((b, unit));
+    }
+    assert_eq!(
+        seen.len(),
+        3,
+        "first requests must reach every unit: {seen:?}"
+    );
+
+    // 1000 follow-ups, by unit address and by cookie alternately: zero strays.
+    let mut strays = 0;
+    for i in 0..1000 {
+        let (b, unit) = &mut clients[i % 10];
+        let url = if i % 2 == 0 {
+            gw.url(&format!("/_unit/{unit}/echo"))
+        } else {
+            gw.url("/echo")
+        };
+        let p = b.get(&url).await;
+        assert_eq!(p.status, 200);
+        if p.json()["x-stickyfarm-unit"] != unit.as_str() {
+            strays += 1;
+        }
+    }
+    assert_eq!(strays, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_unit_loses_no_get_and_the_session_continues_on_a_backup() {
+    let db = TestDb::new().await;
+    let mut units = three_units(&db).await;
+    let gw = GatewayProc::start(&flags(&units), &[]).await;
+    gw.wait_up(3).await;
+
+    let mut b = Browser::new();
+    let first = b.get(&gw.url("/echo")).await.json();
+    let home = first["x-stickyfarm-unit"].as_str().unwrap().to_owned();
+    for item in ["apple", "pear", "plum"] {
+        let p = b
+            .post(&gw.url(&format!("/_unit/{home}/cart/add?item={item}")))
+            .await;
+        assert_eq!(p.status, 200);
+    }
+    let sid = b.cookie("sf_session").unwrap().to_owned();
+
+    // The client follows its unit's links; the unit's process dies mid-loop.
+    let mut failed = 0;
+    let mut served_by = Vec::new();
+    let mut url = gw.url(&format!("/_unit/{home}/cart"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for i in 0..150 {
+        assert!(Instant::now() < deadline, "loop took too long");
+        if i == 30 {
+            let victim = units.iter_mut().find(|u| u.sidecar.unit == home).unwrap();
+            victim.sidecar.kill();
+        }
+        let p = b.get(&url).await;
+        if p.status != 200 {
+            failed += 1;
+            continue;
+        }
+        let cart = p.json();
+        assert_eq!(cart["session"], sid.as_str(), "the session must continue");
+        assert_eq!(cart["items"], json!(["apple", "pear", "plum"]));
+        served_by.push(cart["unit"].as_str().unwrap().to_owned());
+        // Follow the links the app builds from its unit address.
+        url = format!("{}/cart", cart["unit_url"].as_str().unwrap());
+    }
+    assert_eq!(failed, 0, "no GET may fail");
+    assert!(served_by[..30].iter().all(|u| *u == home));
+    let backup = served_by.last().unwrap().clone();
+    assert_ne!(backup, home);
+    assert!(
+        served_by[31..].iter().all(|u| *u == backup),
+        "the client stays on one backup"
+    );
+    assert_eq!(b.cookie("sf_unit"), Some(backup.as_str()));
+    assert!(url.contains(&format!("/_unit/{backup}/")), "{url}");
+    let dead = gw.unit_status(&home).await;
+    assert_eq!(dead["state"], "down");
+    assert!(
+        gw.metric("stickyfarm_gateway_passive_failures_total", &home)
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_follow_rise_and_fall_thresholds() {
+    let fake = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(&[fake.flag()], &["--rise", "2", "--fall", "3"]).await;
+    gw.wait_up(1).await;
+
+    // Record every distinct row the status table shows while the answer goes wrong and back.
+    let record = |steps: &mut Vec<(String, u64, u64)>, row: &serde_json::Value| {
+        let step = (
+            row["state"].as_str().unwrap().to_owned(),
+            row["consecutive_ok"].as_u64().unwrap(),
+            row["consecutive_fail"].as_u64().unwrap(),
+        );
+        if steps.last() != Some(&step) {
+            steps.push(step);
+        }
+    };
+    let mut steps = Vec::new();
+    fake.healthy
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = gw.unit_status("web-0").await;
+        record(&mut steps, &row);
+        if row["state"] == "down" {
+            assert!(
+                row["last_error"].as_str().unwrap().contains("lacks"),
+                "{row}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never went down: {steps:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    fake.healthy
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    loop {
+        let row = gw.unit_status("web-0").await;
+        record(&mut steps, &row);
+        if row["state"] == "up" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never came back: {steps:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let s = |st: &str, ok, fail| (st.to_owned(), ok, fail);
+    let tail: Vec<_> = steps.iter().skip_while(|x| x.2 == 0).cloned().collect();
+    assert_eq!(
+        tail,
+        vec![
+            s("up", 0, 1),
+            s("up", 0, 2),
+            s("down", 0, 3),
+            s("down", 1, 0),
+            s("up", 2, 0)
+        ],
+        "every step of the status table: {steps:?}"
+    );
+    // While down, it got no traffic: requests failed over... to nothing, so 503.
+    assert!(
+        gw.metric("stickyfarm_gateway_unit_state_changes_total", "web-0")
+            .await
+            >= 3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_and_others_keep_being_served() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let gw = GatewayProc::start(
+        &[a.flag(), b.flag()],
+        &["--header-read-timeout", "1s", "--max-body-size", "1KiB"],
+    )
+    .await;
+    gw.wait_up(2).await;
+    let client = reqwest::Client::new();
+    let t = Duration::from_secs(3);
+
+    // Slowloris: a client that never finishes its headers is cut off.
+    let slow = tokio::spawn({
+        let addr = gw.addr;
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+            let started = Instant::now();
+            let mut buf = [0u8; 256];
+            loop {
+                // Trickle a header byte now and then; the server must still close.
+                if s.write_all(b"X").await.is_err() {
+                    break;
+                }
+                match tokio::time::timeout(Duration::from_millis(300), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    _ => {}
+                }
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "slowloris connection kept open"
+                );
+            }
+            started.elapsed()
+        }
+    });
+
+    // Oversized headers: 431.
+    let r = client
+        .get(gw.url("/"))
+        .header("x-big", "a".repeat(20_000))
+        .send()
+        .await;
+    match r {
+        Ok(r) => assert_eq!(r.status(), 431),
+        Err(e) => assert!(e.is_request(), "{e}"), // or the connection is closed
+    }
+    // Malformed or missing Host: 400.
+    let r = raw_http(gw.addr, b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n", t).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = raw_http(gw.addr, b"GET / HTTP/1.1\r\nHost: u@evil\r\n\r\n", t).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let r = raw_http(gw.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", t).await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // Path traversal in unit addresses: 400, and nothing reached a unit.
+    for path in [
+        "/_unit/web-0/../web-1/x",
+        "/_unit/web-0/%2e%2e/web-1/x",
+        "/_unit/web-0/a%2Fb",
+        "/_unit/../x",
+        "/_unit/Web-0/x",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n");
+        let r = raw_http(gw.addr, req.as_bytes(), t).await;
+        assert!(r.starts_with("HTTP/1.1 400"), "{path}: {r}");
+    }
+    assert_eq!(a.count("GET") + b.count("GET"), 0);
+    // Unknown unit names: 404 for a new client; a returning client (with a session) fails over.
+    let r = raw_http(
+        gw.addr,
+        b"GET /_unit/web-9/x HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+        t,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    let sid = stickyfarm_api::SessionId::generate();
+    let req = format!(
+        "GET /_unit/web-9/x HTTP/1.1\r\nHost: shop\r\nCookie: sf_session={sid}\r\nConnection: close\r\n\r\n"
+    );
+    let r = raw_http(gw.addr, req.as_bytes(), t).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // A body over the limit: 413, not forwarded.
+    let posts = a.count("POST") + b.count("POST");
+    let r = client
+        .post(gw.url("/x"))
+        .body(vec![b'x'; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(a.count("POST") + b.count("POST"), posts);
+
+    // Meanwhile everybody else is served.
+    for _ in 0..20 {
+        assert_eq!(
+            client.get(gw.url("/ok")).send().await.unwrap().status(),
+            200
+        );
+    }
+    let held = slow.await.unwrap();
+    assert!(
+        held < Duration::from_secs(5),
+        "slowloris held a connection for {held:?}"
+    );
+    assert_eq!(
+        client.get(gw.url("/ok")).send().await.unwrap().status(),
+        200
+    );
+    assert!(
+        gw.metric("stickyfarm_gateway_refused_total", "bad_unit_address")
+            .await
+            >= 5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_set_and_hop_by_hop_headers_removed() {
+    let a = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(&[a.flag()], &[]).await;
+    gw.wait_up(1).await;
+    let r = reqwest::Client::new()
+        .get(gw.url("/_unit/web-0/p?q=1"))
+        .header("connection", "x-private")
+        .header("x-private", "secret")
+        .header("x-forwarded-for", "6.6.6.6")
+        .header("x-stickyfarm-unit-url", "http://evil")
+        .send()
+        .await
+        .unwrap();
+    let echo: serde_json::Value = r.json().await.unwrap();
+    let h = &echo["headers"];
+    assert_eq!(echo["path"], "/p?q=1", "the unit prefix is stripped");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "a client's own X-Forwarded-For is not trusted"
+    );
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["host"], gw.addr.to_string());
+    assert!(
+        h["forwarded"]
+            .as_str()
+            .unwrap()
+            .starts_with("for=127.0.0.1;")
+    );
+    assert!(
+        h.get("x-private").is_none(),
+        "headers named by Connection are hop-by-hop"
+    );
+    assert_eq!(
+        h["x-stickyfarm-unit-url"],
+        format!("http://{}/_unit/web-0", gw.addr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_keeps_sessions_and_disabling_fails_them_over() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let gw = GatewayProc::start(&[a.flag(), b.flag()], &["--slow-start", "0s"]).await;
+    gw.wait_up(2).await;
+    let mut client = Browser::new();
+    client.cookies.insert("sf_unit".into(), "web-0".into());
+    assert_eq!(client.get(&gw.url("/")).await.json()["unit"], "web-0");
+
+    assert_eq!(gw.admin("web-0", "drain").await, 204);
+    for _ in 0..40 {
+        let p = Browser::new().get(&gw.url("/")).await;
+        assert_eq!(
+            p.json()["unit"],
+            "web-1",
+            "a draining unit gets no new sessions"
+        );
+    }
+    for _ in 0..10 {
+        assert_eq!(
+            client.get(&gw.url("/")).await.json()["unit"],
+            "web-0",
+            "but keeps its own"
+        );
+    }
+    assert_eq!(gw.unit_status("web-0").await["admin"], "draining");
+
+    assert_eq!(gw.admin("web-0", "disable").await, 204);
+    let p = client.get(&gw.url("/")).await;
+    assert_eq!(p.json()["unit"], "web-1");
+    assert_eq!(
+        client.cookie("sf_unit"),
+        Some("web-1"),
+        "the client is handed the backup"
+    );
+    // Stay (the default): it keeps the backup after its unit is back.
+    assert_eq!(gw.admin("web-0", "enable").await, 204);
+    assert_eq!(client.get(&gw.url("/")).await.json()["unit"], "web-1");
+    assert_eq!(gw.admin("web-9", "drain").await, 404);
+    assert_eq!(gw.admin("web-0", "explode").await, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn return_failback_sends_clients_home_once_their_unit_recovers() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let gw = GatewayProc::start(&[a.flag(), b.flag()], &["--failback", "return"]).await;
+    gw.wait_up(2).await;
+    let mut client = Browser::new();
+    client.cookies.insert("sf_unit".into(), "web-0".into());
+    client.cookies.insert(
+        "sf_session".into(),
+        stickyfarm_api::SessionId::generate().to_string(),
+    );
+    assert_eq!(gw.admin("web-0", "disable").await, 204);
+    for _ in 0..5 {
+        let p = client.get(&gw.url("/")).await;
+        assert_eq!(p.json()["unit"], "web-1");
+        // Links still name the home unit, and the cookie is not changed.
+        assert_eq!(
+            p.json()["headers"]["x-stickyfarm-unit-url"],
+            format!("http://{}/_unit/web-0", gw.addr)
+        );
+        assert!(p.set_cookies().iter().all(|c| !c.starts_with("sf_unit=")));
+    }
+    assert_eq!(gw.admin("web-0", "enable").await, 204);
+    assert_eq!(client.get(&gw.url("/")).await.json()["unit"], "web-0");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_the_method_rules() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let gw = GatewayProc::start(&[a.flag(), b.flag()], &["--rise", "1"]).await;
+    gw.wait_up(2).await;
+    let client = reqwest::Client::new();
+
+    // A POST that reached the unit, which then dropped the connection: not replayed.
+    let r = client
+        .post(gw.url("/_unit/web-0/reset"))
+        .body("order")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(a.count("POST"), 1);
+    assert_eq!(
+        b.count("POST"),
+        0,
+        "a non-idempotent request is never replayed"
+    );
+    gw.wait_up(2).await; // the passive failure took web-0 out; its checks bring it back
+
+    // A GET after the same failure is retried on a backup.
+    let r = client
+        .get(gw.url("/_unit/web-0/reset"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        502,
+        "the backup resets too: /reset is reset everywhere"
+    );
+    assert_eq!(a.count("GET"), 1);
+    assert_eq!(
+        b.count("GET"),
+        1,
+        "an idempotent request is retried on a backup"
+    );
+    gw.wait_up(2).await;
+
+    // A unit that stopped accepting connections: even a POST goes to a backup, since
+    // nothing was sent.
+    a.stop();
+    let r = client
+        .post(gw.url("/_unit/web-0/order"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let echo: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(echo["unit"], "web-1");
+    assert_eq!(echo["body_len"], 1);
+    assert_eq!(gw.unit_status("web-0").await["state"], "down");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_behind_a_unit_is_recorded_as_replaced() {
+    let a = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(&[a.flag()], &[]).await;
+    gw.wait_up(1).await;
+    let first = a.instance.lock().unwrap().clone();
+    eventually(Duration::from_secs(5), "instance recorded", || async {
+        gw.unit_status("web-0").await["instance"] == first.as_str()
+    })
+    .await;
+    let second = uuid::Uuid::new_v4().to_string();
+    *a.instance.lock().unwrap() = second.clone();
+    eventually(Duration::from_secs(5), "replacement recorded", || async {
+        gw.unit_status("web-0").await["instance"] == second.as_str()
+    })
+    .await;
+    assert_eq!(
+        gw.metric("stickyfarm_gateway_unit_replacements_total", "web-0")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_replicas_route_a_session_to_the_same_unit_and_speak_http2() {
+    let units = [
+        FakeUnit::start("web-0").await,
+        FakeUnit::start("web-1").await,
+        FakeUnit::start("web-2").await,
+    ];
+    let flags: Vec<String> = units.iter().map(FakeUnit::flag).collect();
+    let g1 = GatewayProc::start(&flags, &[]).await;
+    let g2 = GatewayProc::start(&flags, &[]).await;
+    g1.wait_up(3).await;
+    g2.wait_up(3).await;
+    for _ in 0..10 {
+        let mut b = Browser::new();
+        let home = b.get(&g1.url("/")).await.json()["unit"].clone();
+        for _ in 0..5 {
+            assert_eq!(b.get(&g2.url("/")).await.json()["unit"], home);
+            assert_eq!(b.get(&g1.url("/")).await.json()["unit"], home);
+        }
+    }
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let r = h2.get(g1.url("/_unit/web-2/x")).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    let echo: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(echo["unit"], "web-2");
+    assert_eq!(echo["headers"]["host"], g1.addr.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn units_file_changes_apply_without_a_restart() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("units.yaml");
+    std::fs::write(
+        &file,
+        format!("units:\n  - name: web-0\n    address: \"{}\"\n", a.addr),
+    )
+    .unwrap();
+    let gw = GatewayProc::start(&[], &["--units-file", file.to_str().unwrap()]).await;
+    gw.wait_up(1).await;
+    std::fs::write(
+        &file,
+        format!(
+            "units:\n  - name: web-1\n    address: \"{}\"\n  - name: web-0\n    address: \"{}\"\n    admin: draining\n",
+            b.addr, a.addr
+        ),
+    )
+    .unwrap();
+    gw.wait_up(2).await;
+    assert_eq!(gw.unit_status("web-0").await["admin"], "draining");
+    // A broken file is reported and the last good list stays.
+    std::fs::write(&file, "units: [ {name: BAD").unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(gw.status().await["units"].as_array().unwrap().len(), 2);
+    assert!(gw.log_text().contains("keeping the last good unit list"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_style_unit_addresses() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let gw = GatewayProc::start(
+        &[a.flag(), b.flag()],
+        &["--farm-host", "shop.test", "--unit-addressing", "host"],
+    )
+    .await;
+    gw.wait_up(2).await;
+    let port = gw.addr.port();
+    for unit in ["web-0", "web-1", "web-1", "web-0"] {
+        let req = format!(
+            "GET /cart HTTP/1.1\r\nHost: {unit}.shop.test:{port}\r\nConnection: close\r\n\r\n"
+        );
+        let r = raw_http(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+        let body = r.split("\r\n\r\n").nth(1).unwrap();
+        let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(echo["unit"], unit);
+        assert_eq!(echo["path"], "/cart");
+        assert_eq!(
+            echo["headers"]["x-stickyfarm-unit-url"],
+            format!("http://{unit}.shop.test:{port}")
+        );
+    }
+    // A host under the farm host that names no unit, from a new client: 404.
+    let req =
+        format!("GET / HTTP/1.1\r\nHost: web-7.shop.test:{port}\r\nConnection: close\r\n\r\n");
+    let r = raw_http(gw.addr, req.as_bytes(), Duration::from_secs(3)).await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_then_stops() {
+    let a = FakeUnit::start("web-0").await;
+    let mut gw = GatewayProc::start(&[a.flag()], &[]).await;
+    gw.wait_up(1).await;
+    let url = gw.url("/slow");
+    let slow = tokio::spawn(async move { reqwest::get(url).await.map(|r| r.status().as_u16()) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let addr = gw.addr;
+    let exited = tokio::task::spawn_blocking(move || gw.terminate(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_eq!(
+        slow.await.unwrap().unwrap(),
+        200,
+        "the in-flight request completes"
+    );
+    assert!(exited, "exit 0 after SIGTERM");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
