@@ -5,7 +5,6 @@
 #![allow(missing_docs)]
 
 use std::collections::BTreeMap;
-use std::io::Read as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -190,108 +189,36 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// The sidecar binary as a child process.
-pub struct SidecarProc {
-    pub unit: String,
-    pub instance: String,
-    pub public: SocketAddr,
-    pub api: SocketAddr,
-    pub admin: SocketAddr,
+/// A child process of a test, its stderr in a log file; killed when dropped (and its log
+/// printed when the test is failing).
+pub struct ChildProc {
+    label: String,
     child: Option<Child>,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-pub struct SidecarSpec<'a> {
-    pub unit: &'a str,
-    pub database_url: &'a str,
-    pub app: SocketAddr,
-    pub extra: Vec<String>,
-    pub instance: Option<String>,
-}
-
-impl SidecarProc {
-    pub async fn start(spec: SidecarSpec<'_>) -> SidecarProc {
+impl ChildProc {
+    /// Spawns `cmd` with stderr to a log file and stdout discarded.
+    pub fn spawn(label: &str, mut cmd: Command) -> ChildProc {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("sidecar.log");
-        let instance = spec
-            .instance
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let (public, api, admin) = (free_port(), free_port(), free_port());
-        let child = Command::new(binary("stickyfarm-sidecar"))
-            .args(["--listen", &format!("127.0.0.1:{public}")])
-            .args(["--api-listen", &format!("127.0.0.1:{api}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--app-url", &format!("http://{}", spec.app)])
-            .args(["--unit", spec.unit])
-            .args(["--pod-uid", &instance])
-            .args(&spec.extra)
-            .env("DATABASE_URL", spec.database_url)
+        let log = dir.path().join(format!("{label}.log"));
+        let child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("spawning stickyfarm-sidecar");
-        let p = SidecarProc {
-            unit: spec.unit.to_owned(),
-            instance,
-            public: ([127, 0, 0, 1], public).into(),
-            api: ([127, 0, 0, 1], api).into(),
-            admin: ([127, 0, 0, 1], admin).into(),
+            .unwrap_or_else(|e| panic!("spawning {label}: {e}"));
+        ChildProc {
+            label: label.to_owned(),
             child: Some(child),
             log,
             _dir: dir,
-        };
-        p.wait_listening().await;
-        p
-    }
-
-    async fn wait_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if TcpStream::connect(self.admin).await.is_ok()
-                && TcpStream::connect(self.public).await.is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!(
-            "sidecar {} did not start in 30 s; log:\n{}",
-            self.unit,
-            self.log_text()
-        );
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.public, path)
-    }
-
-    pub fn api_url(&self, path: &str) -> String {
-        format!("http://{}{}", self.api, path)
     }
 
     pub fn log_text(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
-        }
-        s
-    }
-
-    /// One metric's value (sum over its label sets matching `labels`).
-    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l.contains(labels))
-            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGKILL: the process dies without any cleanup, like a crashed pod.
@@ -323,12 +250,117 @@ impl SidecarProc {
     }
 }
 
-impl Drop for SidecarProc {
+impl Drop for ChildProc {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- log of sidecar {} ---\n{}", self.unit, self.log_text());
+            eprintln!("--- log of {} ---\n{}", self.label, self.log_text());
         }
         self.kill();
+    }
+}
+
+/// One metric's value from a Prometheus endpoint (summed over the label sets containing
+/// `labels`).
+pub async fn scrape_metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The sidecar binary as a child process.
+pub struct SidecarProc {
+    pub unit: String,
+    pub instance: String,
+    pub public: SocketAddr,
+    pub api: SocketAddr,
+    pub admin: SocketAddr,
+    pub process: ChildProc,
+}
+
+pub struct SidecarSpec<'a> {
+    pub unit: &'a str,
+    pub database_url: &'a str,
+    pub app: SocketAddr,
+    pub extra: Vec<String>,
+    pub instance: Option<String>,
+}
+
+impl SidecarProc {
+    pub async fn start(spec: SidecarSpec<'_>) -> SidecarProc {
+        let instance = spec
+            .instance
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let (public, api, admin) = (free_port(), free_port(), free_port());
+        let mut cmd = Command::new(binary("stickyfarm-sidecar"));
+        cmd.args(["--listen", &format!("127.0.0.1:{public}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--app-url", &format!("http://{}", spec.app)])
+            .args(["--unit", spec.unit])
+            .args(["--pod-uid", &instance])
+            .args(&spec.extra)
+            .env("DATABASE_URL", spec.database_url);
+        let p = SidecarProc {
+            unit: spec.unit.to_owned(),
+            instance,
+            public: ([127, 0, 0, 1], public).into(),
+            api: ([127, 0, 0, 1], api).into(),
+            admin: ([127, 0, 0, 1], admin).into(),
+            process: ChildProc::spawn(&format!("sidecar {}", spec.unit), cmd),
+        };
+        p.wait_listening().await;
+        p
+    }
+
+    async fn wait_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if TcpStream::connect(self.admin).await.is_ok()
+                && TcpStream::connect(self.public).await.is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "sidecar {} did not start in 30 s; log:\n{}",
+            self.unit,
+            self.log_text()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.public, path)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        scrape_metric(self.admin, name, labels).await
+    }
+
+    /// SIGKILL, like a crashed pod.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// SIGTERM and wait; whether it exited successfully within `within`.
+    pub fn terminate(&mut self, within: Duration) -> bool {
+        self.process.terminate(within)
     }
 }
 
@@ -803,16 +835,12 @@ impl Drop for FakeUnit {
 pub struct GatewayProc {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    child: Option<Child>,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+    pub process: ChildProc,
 }
 
 impl GatewayProc {
     /// Starts `stickyfarm-gateway` with `units` (`NAME=HOST:PORT`) and extra flags.
     pub async fn start(units: &[String], extra: &[&str]) -> GatewayProc {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("gateway.log");
         let (port, admin) = (free_port(), free_port());
         let mut cmd = Command::new(binary("stickyfarm-gateway"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
@@ -821,19 +849,11 @@ impl GatewayProc {
         for u in units {
             cmd.args(["--unit", u]);
         }
-        let child = cmd
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawning stickyfarm-gateway");
+        cmd.args(extra);
         let g = GatewayProc {
             addr: ([127, 0, 0, 1], port).into(),
             admin: ([127, 0, 0, 1], admin).into(),
-            child: Some(child),
-            log,
-            _dir: dir,
+            process: ChildProc::spawn("gateway", cmd),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(g.admin).await.is_err()
@@ -854,7 +874,7 @@ impl GatewayProc {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// The status table.
@@ -910,51 +930,14 @@ impl GatewayProc {
     }
 
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .filter(|l| l.starts_with(name) && l.contains(labels))
-            .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        scrape_metric(self.admin, name, labels).await
     }
 }
 
 impl GatewayProc {
-    /// SIGTERM and wait; returns whether it exited successfully within `within`.
+    /// SIGTERM and wait; whether it exited successfully within `within`.
     pub fn terminate(&mut self, within: Duration) -> bool {
-        let Some(mut c) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status();
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = c.try_wait() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = c.kill();
-        let _ = c.wait();
-        false
-    }
-}
-
-impl Drop for GatewayProc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- gateway log ---\n{}", self.log_text());
-        }
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.terminate(within)
     }
 }
 
