@@ -8,6 +8,7 @@
 
 mod cookies;
 mod error;
+pub mod farm;
 mod hop;
 mod ids;
 mod snapshot;

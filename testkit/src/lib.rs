@@ -160,13 +160,10 @@ pub fn session_uuid(session: &str) -> uuid::Uuid {
     id.as_uuid()
 }
 
-/// A free loopback port (bound and released; good enough on a test machine).
+/// A free loopback port for a child process to listen on (outside the ephemeral range, so no
+/// client connection can take it first).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    farmctl::ports::free_port([127, 0, 0, 1].into()).expect("a free loopback port")
 }
 
 /// A workspace binary, next to the test executable (`target/<profile>/NAME`).

@@ -1,0 +1,187 @@
+//! The catalog and the orders (the only thing the shop stores itself, in PostgreSQL).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use crate::state::Cart;
+
+/// One product.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Product {
+    /// Stock keeping unit.
+    pub sku: &'static str,
+    /// Name.
+    pub name: &'static str,
+    /// Price in cents.
+    pub price_cents: u64,
+    /// Description.
+    pub description: &'static str,
+}
+
+/// The catalog.
+pub const CATALOG: &[Product] = &[
+    Product {
+        sku: "apple",
+        name: "Apples (1 kg)",
+        price_cents: 349,
+        description: "Crisp orchard apples.",
+    },
+    Product {
+        sku: "bread",
+        name: "Sourdough bread",
+        price_cents: 450,
+        description: "Baked this morning.",
+    },
+    Product {
+        sku: "cheese",
+        name: "Mountain cheese (250 g)",
+        price_cents: 699,
+        description: "Aged twelve months.",
+    },
+    Product {
+        sku: "coffee",
+        name: "Coffee beans (500 g)",
+        price_cents: 1290,
+        description: "Medium roast.",
+    },
+    Product {
+        sku: "honey",
+        name: "Forest honey",
+        price_cents: 875,
+        description: "From a local beekeeper.",
+    },
+    Product {
+        sku: "tea",
+        name: "Green tea (100 g)",
+        price_cents: 590,
+        description: "First flush.",
+    },
+];
+
+/// A product by SKU.
+pub fn product(sku: &str) -> Option<&'static Product> {
+    CATALOG.iter().find(|p| p.sku == sku)
+}
+
+/// Total of a cart in cents.
+pub fn total_cents(cart: &Cart) -> u64 {
+    cart.0
+        .iter()
+        .filter_map(|(sku, qty)| product(sku).map(|p| p.price_cents * u64::from(*qty)))
+        .sum()
+}
+
+/// Creates the order tables once, even when many shops start at once.
+pub async fn prepare(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(7197548)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS webstore_orders (
+            id           bigserial PRIMARY KEY,
+            checkout_key text NOT NULL UNIQUE,
+            session_id   text NOT NULL,
+            customer     text,
+            unit         text NOT NULL,
+            total_cents  bigint NOT NULL,
+            created_at   timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE IF NOT EXISTS webstore_order_items (
+            order_id    bigint NOT NULL REFERENCES webstore_orders (id) ON DELETE CASCADE,
+            sku         text NOT NULL,
+            qty         integer NOT NULL CHECK (qty > 0),
+            price_cents bigint NOT NULL,
+            PRIMARY KEY (order_id, sku)
+        );",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// A placed order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Order {
+    /// Order number.
+    pub id: i64,
+    /// SKU → quantity.
+    pub items: BTreeMap<String, u32>,
+    /// Total in cents.
+    pub total_cents: u64,
+}
+
+/// Records an order for `cart` at `cart_version`, exactly once: a retried checkout of the same
+/// cart version finds the order it already made.
+pub async fn place_order(
+    pool: &PgPool,
+    session: &str,
+    cart: &Cart,
+    cart_version: u64,
+    customer: Option<&str>,
+    unit: &str,
+) -> Result<Order, sqlx::Error> {
+    let key = format!("{session}:{cart_version}");
+    let total = total_cents(cart);
+    let mut tx = pool.begin().await?;
+    let created: Option<i64> = sqlx::query_scalar(
+        "INSERT INTO webstore_orders (checkout_key, session_id, customer, unit, total_cents)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (checkout_key) DO NOTHING RETURNING id",
+    )
+    .bind(&key)
+    .bind(session)
+    .bind(customer)
+    .bind(unit)
+    .bind(total as i64)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let id = match created {
+        Some(id) => {
+            for (sku, qty) in &cart.0 {
+                let price = product(sku).map_or(0, |p| p.price_cents);
+                sqlx::query(
+                    "INSERT INTO webstore_order_items (order_id, sku, qty, price_cents) VALUES ($1, $2, $3, $4)",
+                )
+                .bind(id)
+                .bind(sku)
+                .bind(*qty as i32)
+                .bind(price as i64)
+                .execute(&mut *tx)
+                .await?;
+            }
+            id
+        }
+        None => {
+            sqlx::query_scalar("SELECT id FROM webstore_orders WHERE checkout_key = $1")
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await?
+        }
+    };
+    tx.commit().await?;
+    order(pool, id).await
+}
+
+/// An order by number.
+pub async fn order(pool: &PgPool, id: i64) -> Result<Order, sqlx::Error> {
+    let rows =
+        sqlx::query("SELECT sku, qty FROM webstore_order_items WHERE order_id = $1 ORDER BY sku")
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+    let items: BTreeMap<String, u32> = rows
+        .iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i32, _>(1) as u32))
+        .collect();
+    let total: i64 = sqlx::query_scalar("SELECT total_cents FROM webstore_orders WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await?;
+    Ok(Order {
+        id,
+        items,
+        total_cents: total as u64,
+    })
+}

@@ -1,0 +1,722 @@
+//! `farmctl up`: a whole farm as child processes on this machine: PostgreSQL (given, or a
+//! private throwaway cluster), one sidecar + app pair per unit, and the gateway. A control
+//! socket in the state folder takes `kill`/`restart` of a unit; Ctrl-C or SIGTERM stops
+//! everything, in order, and a crashed gateway stops the farm too.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use stickyfarm_api::UnitName;
+use stickyfarm_api::farm::{DatabaseSpec, ServerFarmManifest};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use farmctl::ports::free_port;
+use farmctl::postgres::PrivateCluster;
+
+/// What `farmctl up` was asked to do.
+pub struct UpOptions {
+    /// The manifest.
+    pub manifest: PathBuf,
+    /// PostgreSQL to use instead of a private cluster.
+    pub database_url: Option<String>,
+    /// Where the control socket, state file, logs and cache folders go.
+    pub state_dir: PathBuf,
+    /// Gateway port (default: the manifest's `spec.gateway.port`).
+    pub port: Option<u16>,
+    /// Address the gateway listens on.
+    pub address: IpAddr,
+    /// Folder of the Stickyfarm binaries (default: next to farmctl).
+    pub bin_dir: Option<PathBuf>,
+    /// No periodic status line.
+    pub quiet: bool,
+}
+
+/// What a running `farmctl up` tells other farmctl commands (`<state>/farm.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FarmState {
+    /// Process id of `farmctl up`.
+    pub pid: u32,
+    /// The farm's name.
+    pub farm: String,
+    /// Where clients go.
+    pub gateway_url: String,
+    /// The gateway's admin address (status table).
+    pub gateway_admin: String,
+    /// The units.
+    pub units: Vec<UnitState>,
+    /// The control socket.
+    pub control: PathBuf,
+    /// Data folder of the private PostgreSQL cluster, when farmctl started one.
+    pub postgres_data: Option<PathBuf>,
+    /// Process ids of the children (gateway, sidecars, apps), as last started.
+    pub pids: Vec<u32>,
+}
+
+/// One unit of a running farm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnitState {
+    /// Unit name.
+    pub name: String,
+    /// Its address through the gateway.
+    pub url: String,
+    /// Its sidecar.
+    pub sidecar: SocketAddr,
+    /// The session API of its sidecar.
+    pub session_api: SocketAddr,
+    /// The app behind the sidecar.
+    pub app: SocketAddr,
+}
+
+/// The file a running farm writes into its state folder.
+pub fn state_file(state_dir: &Path) -> PathBuf {
+    state_dir.join("farm.json")
+}
+
+/// Reads the state of the farm running from `state_dir`.
+pub fn read_state(state_dir: &Path) -> anyhow::Result<FarmState> {
+    let path = state_file(state_dir);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no farm is running from {} (no {}): start one with `farmctl up FILE.yaml`",
+            state_dir.display(),
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is damaged; stop the farm and start it again",
+            path.display()
+        )
+    })
+}
+
+/// The local binary for a container image: `stickyfarm-<last path segment>` next to farmctl.
+pub fn binary_for_image(image: &str, bin_dir: &Path) -> anyhow::Result<PathBuf> {
+    let repo = image.rsplit('/').next().unwrap_or(image);
+    let name = repo.split([':', '@']).next().unwrap_or(repo);
+    let path = bin_dir.join(format!("stickyfarm-{name}"));
+    if path.exists() {
+        Ok(path)
+    } else {
+        bail!(
+            "farmctl runs image {image:?} as the local binary {}, which does not exist: build it \
+             (cargo build --release -p stickyfarm-{name})",
+            path.display()
+        )
+    }
+}
+
+/// Ports and names of one unit.
+#[derive(Debug, Clone)]
+struct UnitPlan {
+    name: UnitName,
+    sidecar: SocketAddr,
+    api: SocketAddr,
+    admin: SocketAddr,
+    app: SocketAddr,
+}
+
+/// Everything needed to (re)start a unit's processes.
+#[derive(Clone)]
+struct Launch {
+    sidecar_bin: PathBuf,
+    app_bin: PathBuf,
+    database_url: String,
+    manifest: ServerFarmManifest,
+    logs: PathBuf,
+    cache_dir: PathBuf,
+}
+
+fn log_file(logs: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{name}.log")))
+        .with_context(|| format!("creating the log of {name}"))
+}
+
+fn spawn(mut cmd: Command, what: &str, logs: &Path, log_name: &str) -> anyhow::Result<Child> {
+    cmd.stdin(Stdio::null())
+        .stdout(log_file(logs, log_name)?)
+        .stderr(log_file(logs, log_name)?)
+        // Its own process group: a Ctrl-C in the terminal reaches farmctl only, which then
+        // stops the children in order.
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn().with_context(|| format!("starting {what}"))
+}
+
+impl Launch {
+    fn start_unit(&self, u: &UnitPlan) -> anyhow::Result<(Child, Child)> {
+        let spec = &self.manifest.spec;
+        let instance = uuid::Uuid::new_v4().to_string();
+        let mut app = Command::new(&self.app_bin);
+        app.env("WEBSTORE_LISTEN", u.app.to_string())
+            .env("PORT", u.app.port().to_string())
+            .env("STICKYFARM_API_URL", format!("http://{}", u.api))
+            .env("DATABASE_URL", &self.database_url)
+            .env("POD_NAME", u.name.as_str())
+            .env("POD_UID", &instance);
+        for e in &spec.app.env {
+            app.env(&e.name, &e.value);
+        }
+        let app = spawn(
+            app,
+            &format!("the app of {}", u.name),
+            &self.logs,
+            &format!("{}-app", u.name),
+        )?;
+        let mut sidecar = Command::new(&self.sidecar_bin);
+        sidecar
+            .args(["--listen", &u.sidecar.to_string()])
+            .args(["--api-listen", &u.api.to_string()])
+            .args(["--admin-listen", &u.admin.to_string()])
+            .args(["--app-url", &format!("http://{}", u.app)])
+            .args(["--unit", u.name.as_str()])
+            .args(["--pod-uid", &instance])
+            .args(["--cache-memory", &spec.sidecar.cache_memory.0.to_string()])
+            .args([
+                "--idle-timeout",
+                &format!("{}s", spec.session_persistence.idle_timeout.0.as_secs()),
+            ])
+            .args([
+                "--absolute-timeout",
+                &format!("{}s", spec.session_persistence.absolute_timeout.0.as_secs()),
+            ])
+            .args([
+                "--cookie-secure",
+                &spec.session_persistence.secure.to_string(),
+            ])
+            .env("DATABASE_URL", &self.database_url);
+        if let Some(disk) = &spec.sidecar.cache_disk {
+            sidecar
+                .args([
+                    "--cache-disk-dir",
+                    &self.cache_dir.join(u.name.as_str()).to_string_lossy(),
+                ])
+                .args(["--cache-disk-size", &disk.0.to_string()]);
+        }
+        let sidecar = spawn(
+            sidecar,
+            &format!("the sidecar of {}", u.name),
+            &self.logs,
+            &format!("{}-sidecar", u.name),
+        )?;
+        Ok((sidecar, app))
+    }
+}
+
+fn signal(child: &Child, sig: Signal) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), sig);
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`.
+async fn stop_child(child: &mut Child, grace: Duration) {
+    signal(child, Signal::SIGTERM);
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        let _ = child.kill().await;
+    }
+}
+
+enum UnitCmd {
+    Kill(oneshot::Sender<Result<(), String>>),
+    Restart(oneshot::Sender<Result<(), String>>),
+    Stop(oneshot::Sender<()>),
+}
+
+struct Pids(std::sync::Mutex<BTreeMap<String, u32>>);
+
+/// Runs one unit's processes: reports a crash (the unit stays down, as a dead pod would until
+/// restarted), obeys kill/restart, stops on request.
+async fn unit_supervisor(
+    plan: UnitPlan,
+    launch: Launch,
+    mut rx: mpsc::Receiver<UnitCmd>,
+    pids: std::sync::Arc<Pids>,
+) {
+    let record = |procs: &Option<(Child, Child)>| {
+        let mut p = pids.0.lock().expect("pid table poisoned");
+        p.remove(&format!("{}-sidecar", plan.name));
+        p.remove(&format!("{}-app", plan.name));
+        if let Some((s, a)) = procs {
+            if let Some(id) = s.id() {
+                p.insert(format!("{}-sidecar", plan.name), id);
+            }
+            if let Some(id) = a.id() {
+                p.insert(format!("{}-app", plan.name), id);
+            }
+        }
+    };
+    let mut procs = match launch.start_unit(&plan) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            eprintln!("farmctl: {e:#}");
+            None
+        }
+    };
+    record(&procs);
+    loop {
+        let crashed = async {
+            match procs.as_mut() {
+                Some((s, a)) => tokio::select! {
+                    st = s.wait() => ("sidecar", st.ok()),
+                    st = a.wait() => ("app", st.ok()),
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            (what, status) = crashed => {
+                eprintln!("farmctl: the {what} of {} exited ({}); the unit is down until `farmctl restart {}`",
+                    plan.name, status.map_or("unknown status".into(), |s| s.to_string()), plan.name);
+                if let Some((mut s, mut a)) = procs.take() {
+                    stop_child(&mut s, Duration::from_secs(5)).await;
+                    stop_child(&mut a, Duration::from_secs(5)).await;
+                }
+                record(&procs);
+            }
+            cmd = rx.recv() => match cmd {
+                // The pid table is updated before the command is acknowledged, so the state
+                // file written after the answer names the processes that now run.
+                Some(UnitCmd::Kill(ack)) => {
+                    let result = match procs.take() {
+                        Some((mut s, mut a)) => {
+                            // Like a crashed pod: no goodbye.
+                            let _ = s.kill().await;
+                            let _ = a.kill().await;
+                            Ok(())
+                        }
+                        None => Err(format!("{} is not running", plan.name)),
+                    };
+                    record(&procs);
+                    let _ = ack.send(result);
+                }
+                Some(UnitCmd::Restart(ack)) => {
+                    if let Some((mut s, mut a)) = procs.take() {
+                        let _ = s.kill().await;
+                        let _ = a.kill().await;
+                    }
+                    // A new pod: a new instance id.
+                    let result = launch.start_unit(&plan).map(|p| procs = Some(p)).map_err(|e| format!("{e:#}"));
+                    record(&procs);
+                    let _ = ack.send(result);
+                }
+                Some(UnitCmd::Stop(ack)) => {
+                    if let Some((mut s, mut a)) = procs.take() {
+                        // The sidecar first, so no request reaches an app that is gone.
+                        stop_child(&mut s, Duration::from_secs(10)).await;
+                        stop_child(&mut a, Duration::from_secs(10)).await;
+                    }
+                    record(&procs);
+                    let _ = ack.send(());
+                    return;
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+/// Runs the farm until Ctrl-C, SIGTERM, or a gateway crash.
+pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
+    let manifest = farmctl::manifest::load(&opts.manifest)?;
+    let bin_dir = match &opts.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow!("cannot tell where farmctl lives"))?
+            .to_path_buf(),
+    };
+    let sidecar_bin = bin_dir.join("stickyfarm-sidecar");
+    let gateway_bin = bin_dir.join("stickyfarm-gateway");
+    for b in [&sidecar_bin, &gateway_bin] {
+        if !b.exists() {
+            bail!(
+                "{} is missing: build the workspace (cargo build --release)",
+                b.display()
+            );
+        }
+    }
+    let app_bin = binary_for_image(&manifest.spec.app.image, &bin_dir)?;
+    if let Ok(state) = read_state(&opts.state_dir)
+        && Path::new(&format!("/proc/{}", state.pid)).exists()
+    {
+        bail!(
+            "a farm is already running from {} (farmctl pid {}); stop it first or use another --state-dir",
+            opts.state_dir.display(),
+            state.pid
+        );
+    }
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("creating the state folder {}", opts.state_dir.display()))?;
+    let logs = opts.state_dir.join("logs");
+    std::fs::create_dir_all(&logs)?;
+
+    // PostgreSQL: given, or a private throwaway cluster.
+    let given = opts
+        .database_url
+        .clone()
+        .or_else(|| std::env::var("DATABASE_URL").ok());
+    let (database_url, private) = match given {
+        Some(url) => (url, None),
+        None => {
+            if let DatabaseSpec {
+                external: Some(ext),
+                ..
+            } = &manifest.spec.database
+            {
+                bail!(
+                    "the farm uses an external database (Secret {}); on this machine pass its URL with --database-url",
+                    ext.secret_name
+                );
+            }
+            println!("farmctl: starting a private PostgreSQL cluster (throwaway) ...");
+            let port = free_port(IpAddr::from([127, 0, 0, 1]))?;
+            let cluster = tokio::task::spawn_blocking({
+                let dir = opts.state_dir.clone();
+                move || PrivateCluster::start(&dir, port)
+            })
+            .await??;
+            (cluster.url.clone(), Some(cluster))
+        }
+    };
+
+    let loopback = IpAddr::from([127, 0, 0, 1]);
+    let mut plans = Vec::new();
+    for name in manifest.unit_names() {
+        plans.push(UnitPlan {
+            name,
+            sidecar: (loopback, free_port(loopback)?).into(),
+            api: (loopback, free_port(loopback)?).into(),
+            admin: (loopback, free_port(loopback)?).into(),
+            app: (loopback, free_port(loopback)?).into(),
+        });
+    }
+    let launch = Launch {
+        sidecar_bin,
+        app_bin,
+        database_url: database_url.clone(),
+        manifest: manifest.clone(),
+        logs: logs.clone(),
+        cache_dir: opts.state_dir.join("cache"),
+    };
+    let pids = std::sync::Arc::new(Pids(std::sync::Mutex::new(BTreeMap::new())));
+    let mut units = BTreeMap::new();
+    for plan in &plans {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(unit_supervisor(
+            plan.clone(),
+            launch.clone(),
+            rx,
+            pids.clone(),
+        ));
+        units.insert(plan.name.to_string(), tx);
+    }
+
+    // The gateway.
+    let g = &manifest.spec.gateway;
+    let port = opts.port.unwrap_or(g.port.0);
+    let gateway_addr = SocketAddr::new(opts.address, port);
+    let gateway_admin: SocketAddr = (loopback, free_port(loopback)?).into();
+    let mut gw = Command::new(&gateway_bin);
+    gw.args(["--listen", &gateway_addr.to_string()])
+        .args(["--admin-listen", &gateway_admin.to_string()])
+        .args(["--policy", policy_flag(g.policy)])
+        .args(["--failback", failback_flag(g.failback)])
+        .args(["--check-path", &g.health_check.path])
+        .args([
+            "--check-interval",
+            &format!("{}ms", g.health_check.interval.0.as_millis()),
+        ])
+        .args([
+            "--check-timeout",
+            &format!("{}ms", g.health_check.timeout.0.as_millis()),
+        ])
+        .args(["--rise", &g.health_check.rise.to_string()])
+        .args(["--fall", &g.health_check.fall.to_string()])
+        .args([
+            "--check-expect-status",
+            &g.health_check.expect_status.to_string(),
+        ])
+        .args(["--check-expect-body", &g.health_check.expect_body])
+        .args([
+            "--cookie-secure",
+            &manifest.spec.session_persistence.secure.to_string(),
+        ]);
+    if let Some(host) = &g.farm_host {
+        gw.args(["--farm-host", host]);
+    }
+    if g.unit_addressing == stickyfarm_api::farm::UnitAddressing::Host {
+        gw.args(["--unit-addressing", "host"]);
+    }
+    for p in &plans {
+        gw.args(["--unit", &format!("{}={}", p.name, p.sidecar)]);
+    }
+    let mut gateway = spawn(gw, "the gateway", &logs, "gateway")?;
+    pids.0
+        .lock()
+        .expect("pid table poisoned")
+        .insert("gateway".into(), gateway.id().unwrap_or(0));
+
+    let control = opts.state_dir.join("farmctl.sock");
+    let _ = std::fs::remove_file(&control);
+    let listener = UnixListener::bind(&control)
+        .with_context(|| format!("creating the control socket {}", control.display()))?;
+    let shown_host = if opts.address.is_unspecified() {
+        loopback
+    } else {
+        opts.address
+    };
+    let gateway_url = format!("http://{}", SocketAddr::new(shown_host, port));
+    let mut state = FarmState {
+        pid: std::process::id(),
+        farm: manifest.metadata.name.to_string(),
+        gateway_url: gateway_url.clone(),
+        gateway_admin: gateway_admin.to_string(),
+        units: plans
+            .iter()
+            .map(|p| UnitState {
+                name: p.name.to_string(),
+                url: format!("{gateway_url}{}/", p.name.path_prefix()),
+                sidecar: p.sidecar,
+                session_api: p.api,
+                app: p.app,
+            })
+            .collect(),
+        control: control.clone(),
+        postgres_data: None,
+        pids: Vec::new(),
+    };
+    let write_state = |state: &mut FarmState| -> anyhow::Result<()> {
+        state.pids = pids
+            .0
+            .lock()
+            .expect("pid table poisoned")
+            .values()
+            .copied()
+            .collect();
+        let tmp = state_file(&opts.state_dir).with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(state)?)?;
+        std::fs::rename(&tmp, state_file(&opts.state_dir))?;
+        Ok(())
+    };
+    state.postgres_data = private.as_ref().map(|c| c.data_dir().to_path_buf());
+    write_state(&mut state)?;
+
+    println!(
+        "farmctl: farm {} starting: gateway {gateway_url}",
+        state.farm
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let admin_url = format!("http://{gateway_admin}/status");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(table) = status_table(&client, &admin_url).await
+            && table.iter().filter(|u| u.state == "up").count() == plans.len()
+        {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            eprintln!(
+                "farmctl: not every unit came up within 90 s; see the logs in {}",
+                logs.display()
+            );
+            break;
+        }
+        if let Ok(Some(status)) = gateway.try_wait() {
+            eprintln!(
+                "farmctl: the gateway exited at start ({status}); see {}",
+                logs.join("gateway.log").display()
+            );
+            shutdown(&units, &mut gateway, private).await;
+            let _ = std::fs::remove_file(state_file(&opts.state_dir));
+            bail!("the gateway did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    write_state(&mut state)?;
+    println!("farmctl: the farm is serving at {gateway_url}/");
+    for u in &state.units {
+        println!("farmctl:   unit {:<16} {}", u.name, u.url);
+    }
+    println!(
+        "farmctl: `farmctl status`, `farmctl kill UNIT`, `farmctl restart UNIT`; Ctrl-C stops the farm"
+    );
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.tick().await;
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    let result = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = term.recv() => break Ok(()),
+            status = gateway.wait() => {
+                break Err(anyhow!("the gateway exited ({}); stopping the farm; see {}",
+                    status.map_or("unknown".into(), |s| s.to_string()), logs.join("gateway.log").display()));
+            }
+            // Crashed units leave the pid table: keep the state file current.
+            _ = refresh.tick() => { let _ = write_state(&mut state); }
+            _ = tick.tick(), if !opts.quiet => {
+                if let Ok(table) = status_table(&client, &admin_url).await {
+                    let line: Vec<String> = table.iter().map(|u| format!("{} {}", u.name, u.state)).collect();
+                    println!("farmctl: {}", line.join(" · "));
+                }
+            }
+            conn = listener.accept() => {
+                if let Ok((stream, _)) = conn {
+                    let (read, mut write) = stream.into_split();
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(read);
+                    let reply = match tokio::time::timeout(Duration::from_secs(5), reader.read_line(&mut line)).await {
+                        Ok(Ok(_)) => handle_command(line.trim(), &units).await,
+                        _ => "error: no command received".to_owned(),
+                    };
+                    let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+                    let _ = write_state(&mut state);
+                }
+            }
+        }
+    };
+    println!("farmctl: stopping the farm ...");
+    shutdown(&units, &mut gateway, private).await;
+    let _ = std::fs::remove_file(&control);
+    let _ = std::fs::remove_file(state_file(&opts.state_dir));
+    println!("farmctl: stopped");
+    result
+}
+
+async fn handle_command(line: &str, units: &BTreeMap<String, mpsc::Sender<UnitCmd>>) -> String {
+    let mut words = line.split_whitespace();
+    let (verb, unit) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+    let Some(tx) = units.get(unit) else {
+        let known: Vec<&str> = units.keys().map(String::as_str).collect();
+        return format!(
+            "error: no unit {unit:?}; the units are {}",
+            known.join(", ")
+        );
+    };
+    let (ack, done) = oneshot::channel();
+    let cmd = match verb {
+        "kill" => UnitCmd::Kill(ack),
+        "restart" => UnitCmd::Restart(ack),
+        _ => return format!("error: unknown command {verb:?}; use kill or restart"),
+    };
+    if tx.send(cmd).await.is_err() {
+        return "error: the unit's supervisor is gone".into();
+    }
+    match done.await {
+        Ok(Ok(())) => "ok".into(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "error: no answer".into(),
+    }
+}
+
+async fn shutdown(
+    units: &BTreeMap<String, mpsc::Sender<UnitCmd>>,
+    gateway: &mut Child,
+    private: Option<PrivateCluster>,
+) {
+    // The gateway first (it stops taking clients and finishes what is in flight), then the
+    // units, then the database.
+    stop_child(gateway, Duration::from_secs(25)).await;
+    let mut acks = Vec::new();
+    for tx in units.values() {
+        let (ack, done) = oneshot::channel();
+        if tx.send(UnitCmd::Stop(ack)).await.is_ok() {
+            acks.push(done);
+        }
+    }
+    for done in acks {
+        let _ = done.await;
+    }
+    if let Some(cluster) = private {
+        let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
+    }
+}
+
+fn policy_flag(p: stickyfarm_api::farm::BalancingPolicy) -> &'static str {
+    use stickyfarm_api::farm::BalancingPolicy as P;
+    match p {
+        P::LeastInFlight => "least-in-flight",
+        P::RoundRobin => "round-robin",
+        P::Random => "random",
+    }
+}
+
+fn failback_flag(f: stickyfarm_api::farm::FailbackPolicy) -> &'static str {
+    match f {
+        stickyfarm_api::farm::FailbackPolicy::Stay => "stay",
+        stickyfarm_api::farm::FailbackPolicy::Return => "return",
+    }
+}
+
+/// One row of the gateway's status table, as farmctl shows it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StatusRow {
+    /// Unit.
+    pub name: String,
+    /// up/down/unknown.
+    pub state: String,
+    /// enabled/draining/disabled.
+    pub admin: String,
+    /// Requests in flight.
+    pub in_flight: u64,
+    /// Requests answered.
+    pub requests: u64,
+    /// Last check latency.
+    pub last_latency_ms: Option<f64>,
+    /// Instance id.
+    pub instance: Option<String>,
+    /// Last error.
+    pub last_error: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct StatusDoc {
+    units: Vec<StatusRow>,
+}
+
+/// Fetches the gateway's status table.
+pub async fn status_table(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<StatusRow>> {
+    let doc: StatusDoc = client
+        .get(url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(doc.units)
+}
+
+/// Sends one control command to a running farm.
+pub async fn control(state_dir: &Path, command: &str) -> anyhow::Result<String> {
+    let state = read_state(state_dir)?;
+    let stream = tokio::net::UnixStream::connect(&state.control)
+        .await
+        .with_context(|| {
+            format!(
+                "the farm from {} does not answer; is `farmctl up` still running?",
+                state_dir.display()
+            )
+        })?;
+    let (read, mut write) = stream.into_split();
+    write.write_all(format!("{command}\n").as_bytes()).await?;
+    let mut reply = String::new();
+    BufReader::new(read).read_line(&mut reply).await?;
+    Ok(reply.trim().to_owned())
+}

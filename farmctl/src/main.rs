@@ -1,0 +1,154 @@
+//! `farmctl`: run a Stickyfarm farm on this machine from a ServerFarm manifest, and look at it.
+
+mod farm;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand};
+
+/// Runs a whole Stickyfarm farm on one machine from the same ServerFarm YAML the operator takes.
+#[derive(Parser)]
+#[command(name = "farmctl", version, about)]
+struct Cli {
+    /// Folder of the running farm's state (control socket, logs, caches).
+    #[arg(
+        long,
+        global = true,
+        env = "FARMCTL_STATE_DIR",
+        default_value = ".stickyfarm"
+    )]
+    state_dir: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the farm in FILE until Ctrl-C: PostgreSQL, one sidecar + app per unit, the gateway.
+    Up {
+        /// The ServerFarm manifest.
+        file: PathBuf,
+        /// Use this PostgreSQL instead of starting a private throwaway cluster.
+        #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+        database_url: Option<String>,
+        /// Gateway port (default: spec.gateway.port).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Address the gateway listens on.
+        #[arg(long, default_value = "127.0.0.1")]
+        address: IpAddr,
+        /// Folder of the Stickyfarm binaries (default: next to farmctl).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// No status line every 5 s.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Print the gateway's status table of the running farm.
+    Status {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Kill a unit's processes at once (like a crashed pod); it stays down until restarted.
+    Kill {
+        /// Unit name, e.g. webstore-1.
+        unit: String,
+    },
+    /// Start a unit again as a new instance (like a replaced pod).
+    Restart {
+        /// Unit name.
+        unit: String,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli).await {
+        eprintln!("farmctl: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    match cli.command {
+        Cmd::Up {
+            file,
+            database_url,
+            port,
+            address,
+            bin_dir,
+            quiet,
+        } => {
+            farm::up(farm::UpOptions {
+                manifest: file,
+                database_url,
+                state_dir: cli.state_dir,
+                port,
+                address,
+                bin_dir,
+                quiet,
+            })
+            .await
+        }
+        Cmd::Status { json } => {
+            let state = farm::read_state(&cli.state_dir)?;
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(3))
+                .build()?;
+            let url = format!("http://{}/status", state.gateway_admin);
+            if json {
+                let doc: serde_json::Value = client.get(&url).send().await?.json().await?;
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+                return Ok(());
+            }
+            let rows = farm::status_table(&client, &url).await?;
+            println!("farm {} at {}", state.farm, state.gateway_url);
+            println!(
+                "{:<18} {:<8} {:<9} {:>9} {:>9} {:>10}  {:<10} LAST ERROR",
+                "UNIT", "STATE", "ADMIN", "IN-FLIGHT", "REQUESTS", "CHECK", "INSTANCE"
+            );
+            for r in rows {
+                println!(
+                    "{:<18} {:<8} {:<9} {:>9} {:>9} {:>10}  {:<10} {}",
+                    r.name,
+                    r.state,
+                    r.admin,
+                    r.in_flight,
+                    r.requests,
+                    r.last_latency_ms
+                        .map_or("-".into(), |l| format!("{l:.1} ms")),
+                    r.instance
+                        .as_deref()
+                        .map_or("-", |i| i.get(..8).unwrap_or(i)),
+                    r.last_error.unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Kill { unit } => reply(farm::control(&cli.state_dir, &format!("kill {unit}")).await?),
+        Cmd::Restart { unit } => {
+            reply(farm::control(&cli.state_dir, &format!("restart {unit}")).await?)
+        }
+    }
+}
+
+fn reply(r: String) -> anyhow::Result<()> {
+    if r == "ok" {
+        println!("ok");
+        Ok(())
+    } else {
+        bail!("{}", r.trim_start_matches("error: "))
+    }
+}

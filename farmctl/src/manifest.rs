@@ -1,0 +1,127 @@
+//! Reading a `ServerFarm` manifest: YAML via serde-saphyr into the types of `api/`, with errors
+//! that name the file, the field and the line.
+
+use std::path::Path;
+
+use stickyfarm_api::farm::ServerFarmManifest;
+use thiserror::Error;
+
+/// A manifest could not be used.
+#[derive(Debug, Error)]
+pub enum ManifestError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The document is not a valid ServerFarm.
+    #[error("{path} is not a valid ServerFarm: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong and where (field and line).
+        message: String,
+    },
+}
+
+/// Parses a manifest's text.
+pub fn parse(path: &str, text: &str) -> Result<ServerFarmManifest, ManifestError> {
+    serde_saphyr::from_str(text).map_err(|e| ManifestError::Invalid {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads and parses a manifest file.
+pub fn load(path: &Path) -> Result<ServerFarmManifest, ManifestError> {
+    let shown = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse(&shown, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "apiVersion: stickyfarm.dev/v1alpha1
+kind: ServerFarm
+metadata:
+  name: shop
+spec:
+  app:
+    image: ghcr.io/stickyfarm/webstore:0.1.0
+";
+
+    #[test]
+    fn minimal_manifest_gets_defaults() {
+        let m = parse("m.yaml", MINIMAL).unwrap();
+        assert_eq!(m.spec.replicas.0, 3);
+        assert_eq!(m.spec.app.port.0, 3000);
+        assert_eq!(m.spec.gateway.port.0, 8080);
+        assert_eq!(m.spec.session_persistence.idle_timeout.0.as_secs(), 1800);
+        assert_eq!(m.spec.sidecar.cache_memory.0, 64 << 20);
+        let names: Vec<String> = m.unit_names().iter().map(|u| u.to_string()).collect();
+        assert_eq!(names, ["shop-0", "shop-1", "shop-2"]);
+    }
+
+    #[test]
+    fn the_example_farm_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/webstore.yaml");
+        let m = load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.metadata.name.as_str(), "webstore");
+        assert_eq!(m.spec.replicas.0, 3);
+    }
+
+    #[test]
+    fn mistakes_name_the_field_and_line() {
+        let cases = [
+            (
+                MINIMAL.replace("  app:", "  replicas: 0\n  app:"),
+                "replicas",
+                6,
+            ),
+            (
+                MINIMAL.replace("    image:", "    imagee: x\n    image:"),
+                "imagee",
+                7,
+            ),
+            (
+                MINIMAL.replace(
+                    "spec:\n",
+                    "spec:\n  sessionPersistence:\n    idleTimeout: 10 minutes\n",
+                ),
+                "duration",
+                7,
+            ),
+            (
+                MINIMAL.replace("name: shop", "name: Shop_1"),
+                "farm name",
+                4,
+            ),
+            (
+                MINIMAL.replace("kind: ServerFarm", "kind: Deployment"),
+                "kind",
+                2,
+            ),
+            (
+                MINIMAL.replace("  app:", "  gateway:\n    policy: fastest\n  app:"),
+                "fastest",
+                7,
+            ),
+        ];
+        for (text, needle, line) in cases {
+            let e = parse("m.yaml", &text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+            assert!(
+                e.contains(&format!("line {line} ")),
+                "line {line} not named: {e}"
+            );
+        }
+    }
+}

@@ -1,0 +1,387 @@
+//! `farmctl up` on the example farm: real processes, real PostgreSQL, loopback only.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use stickyfarm_testkit::*;
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/webstore.yaml")
+}
+
+/// A running `farmctl up`.
+struct Farm {
+    process: ChildProc,
+    state_dir: tempfile::TempDir,
+    url: String,
+}
+
+impl Farm {
+    /// Starts the example farm; `database_url: None` makes farmctl start its own cluster.
+    async fn up(database_url: Option<&str>) -> Farm {
+        let state_dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut cmd = Command::new(binary("farmctl"));
+        cmd.arg("--state-dir")
+            .arg(state_dir.path())
+            .arg("up")
+            .arg(example())
+            .args(["--port", &port.to_string(), "--quiet"]);
+        match database_url {
+            Some(url) => {
+                cmd.args(["--database-url", url]);
+            }
+            None => {
+                cmd.env_remove("DATABASE_URL");
+            }
+        }
+        let farm = Farm {
+            process: ChildProc::spawn("farmctl", cmd),
+            state_dir,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        eventually(
+            Duration::from_secs(120),
+            "the farm serves its first page",
+            || async {
+                match client.get(format!("{}/", farm.url)).send().await {
+                    Ok(r) if r.status() == 200 => r
+                        .text()
+                        .await
+                        .unwrap_or_default()
+                        .contains("Served by unit"),
+                    _ => false,
+                }
+            },
+        )
+        .await;
+        // Every unit in service before the test starts.
+        eventually(Duration::from_secs(60), "all units up", || async {
+            farm.farmctl(&["status", "--json"])
+                .map(|out| {
+                    serde_json::from_str::<Value>(&out).unwrap()["units"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|u| u["state"] == "up")
+                })
+                .unwrap_or(false)
+        })
+        .await;
+        farm
+    }
+
+    fn state(&self) -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(self.state_dir.path().join("farm.json")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Runs another farmctl command against this farm; Err with its stderr on failure.
+    fn farmctl(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(binary("farmctl"))
+            .arg("--state-dir")
+            .arg(self.state_dir.path())
+            .args(args)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// Sends JSON to the shop through the gateway, following the unit links like a browser.
+async fn shop(b: &mut Browser, method: reqwest::Method, url: &str, body: Option<Value>) -> Page {
+    let mut req = reqwest::Client::new().request(method, url);
+    if !b.cookies.is_empty() {
+        let c: Vec<String> = b.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        req = req.header("cookie", c.join("; "));
+    }
+    if let Some(body) = body {
+        req = req.json(&body);
+    }
+    let resp = req.timeout(Duration::from_secs(20)).send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    for sc in headers.get_all("set-cookie") {
+        let pair = sc.to_str().unwrap().split(';').next().unwrap();
+        let (k, v) = pair.split_once('=').unwrap();
+        b.cookies.insert(k.to_owned(), v.to_owned());
+    }
+    let body = resp.text().await.unwrap();
+    Page {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn alive(pid: u64) -> bool {
+    // A zombie is dead already; it only waits for its parent to read its status.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z "))
+        .unwrap_or(false)
+}
+
+fn processes_naming(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(format!("{}: {cmd}", entry.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_serves_the_shop_and_stops_leaving_no_process_behind() {
+    // No database given: farmctl starts (and removes) a private PostgreSQL cluster.
+    let mut farm = Farm::up(None).await;
+    let page = Browser::new().get(&format!("{}/", farm.url)).await;
+    assert!(page.body.contains("Stickyfarm Webstore"));
+    assert!(
+        page.body.contains("/_unit/webstore-"),
+        "links point at the unit"
+    );
+    let pids_of = |state: &Value| -> Vec<u64> {
+        state["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(10),
+        "gateway + 3 × (sidecar + app) recorded",
+        || async { pids_of(&farm.state()).len() == 7 },
+    )
+    .await;
+    let state = farm.state();
+    let pids = pids_of(&state);
+    assert!(pids.iter().all(|p| alive(*p)));
+    let pg = state["postgres_data"].as_str().unwrap().to_owned();
+    assert!(
+        !processes_naming(&pg).is_empty(),
+        "the private PostgreSQL runs"
+    );
+
+    assert!(
+        farm.process.terminate(Duration::from_secs(60)),
+        "farmctl exits 0 on SIGTERM"
+    );
+    for p in &pids {
+        assert!(!alive(*p), "process {p} outlived the farm");
+    }
+    assert_eq!(
+        processes_naming(&pg),
+        Vec::<String>::new(),
+        "PostgreSQL outlived the farm"
+    );
+    assert!(!Path::new(&pg).exists(), "the throwaway cluster is removed");
+    assert!(!farm.state_dir.path().join("farm.json").exists());
+    assert!(!farm.state_dir.path().join("farmctl.sock").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shopper_keeps_the_cart_when_its_unit_is_killed_and_checkout_is_exact() {
+    let db = TestDb::new().await;
+    let farm = Farm::up(Some(&db.url)).await;
+    let mut b = Browser::new();
+    let me = shop(
+        &mut b,
+        reqwest::Method::GET,
+        &format!("{}/api/whoami", farm.url),
+        None,
+    )
+    .await
+    .json();
+    let home = me["unit"].as_str().unwrap().to_owned();
+    let base = me["unit_url"].as_str().unwrap().to_owned();
+    for (sku, qty) in [("apple", 2), ("tea", 1), ("coffee", 3)] {
+        let p = shop(
+            &mut b,
+            reqwest::Method::POST,
+            &format!("{base}/api/cart/items"),
+            Some(json!({"sku": sku, "qty": qty})),
+        )
+        .await;
+        assert_eq!(p.status, 200, "{}", p.body);
+    }
+    let session = b.cookie("sf_session").unwrap().to_owned();
+
+    farm.farmctl(&["kill", &home]).unwrap();
+    let cart = shop(
+        &mut b,
+        reqwest::Method::GET,
+        &format!("{base}/api/cart"),
+        None,
+    )
+    .await;
+    assert_eq!(cart.status, 200);
+    let cart = cart.json();
+    assert_ne!(cart["unit"], home.as_str(), "a backup serves");
+    assert_eq!(cart["session"], session.as_str());
+    assert_eq!(cart["items"], json!({"apple": 2, "tea": 1, "coffee": 3}));
+    assert_eq!(b.cookie("sf_unit"), cart["unit"].as_str());
+
+    let backup = cart["unit_url"].as_str().unwrap().to_owned();
+    let order = shop(
+        &mut b,
+        reqwest::Method::POST,
+        &format!("{backup}/api/checkout"),
+        None,
+    )
+    .await;
+    assert_eq!(order.status, 200, "{}", order.body);
+    let order = order.json();
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT i.sku, i.qty FROM webstore_order_items i JOIN webstore_orders o ON o.id = i.order_id
+          WHERE o.session_id = $1 ORDER BY i.sku",
+    )
+    .bind(&session)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows,
+        vec![("apple".into(), 2), ("coffee".into(), 3), ("tea".into(), 1)]
+    );
+    let orders: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webstore_orders WHERE session_id = $1")
+            .bind(&session)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(orders, 1);
+    assert_eq!(order["total_cents"], 2 * 349 + 590 + 3 * 1290);
+    // The cart is empty after checkout.
+    let cart = shop(
+        &mut b,
+        reqwest::Method::GET,
+        &format!("{backup}/api/cart"),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(cart["items"], json!({}));
+    // Unknown units and bad commands are refused with a clear message.
+    let e = farm.farmctl(&["kill", "webstore-9"]).unwrap_err();
+    assert!(e.contains("no unit \"webstore-9\""), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_shoppers_lose_nothing_while_a_unit_is_killed_and_restarted() {
+    let db = TestDb::new().await;
+    let farm = Farm::up(Some(&db.url)).await;
+    let skus = ["apple", "bread", "cheese", "coffee", "honey", "tea"];
+    let url = farm.url.clone();
+    let mut shoppers = Vec::new();
+    for s in 0..20u32 {
+        let url = url.clone();
+        shoppers.push(tokio::spawn(async move {
+            let mut b = Browser::new();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut base = url.clone();
+            let mut model: BTreeMap<String, u64> = BTreeMap::new();
+            // Setting a quantity is idempotent, so a failed request is simply retried; only
+            // acknowledged changes enter the model.
+            for i in 0..20u32 {
+                let sku = skus[((s + i) % 6) as usize];
+                let qty = u64::from((s * 7 + i * 3) % 5);
+                loop {
+                    assert!(Instant::now() < deadline, "shopper {s} ran out of time");
+                    let p = shop(
+                        &mut b,
+                        reqwest::Method::PUT,
+                        &format!("{base}/api/cart/items/{sku}"),
+                        Some(json!({"qty": qty})),
+                    )
+                    .await;
+                    if p.status == 200 {
+                        let cart = p.json();
+                        base = cart["unit_url"].as_str().unwrap().to_owned();
+                        if qty == 0 {
+                            model.remove(sku);
+                        } else {
+                            model.insert(sku.to_owned(), qty);
+                        }
+                        let items: BTreeMap<String, u64> =
+                            serde_json::from_value(cart["items"].clone()).unwrap();
+                        assert_eq!(items, model, "shopper {s}: the acknowledged cart");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            if model.is_empty() {
+                let p = shop(
+                    &mut b,
+                    reqwest::Method::PUT,
+                    &format!("{base}/api/cart/items/apple"),
+                    Some(json!({"qty": 1})),
+                )
+                .await;
+                assert_eq!(p.status, 200);
+                model.insert("apple".into(), 1);
+            }
+            // Check out; a retry after an unanswered attempt finds the order already made
+            // (same cart version) or an emptied cart.
+            loop {
+                assert!(Instant::now() < deadline, "shopper {s} could not check out");
+                let p = shop(
+                    &mut b,
+                    reqwest::Method::POST,
+                    &format!("{base}/api/checkout"),
+                    None,
+                )
+                .await;
+                if p.status == 200 || (p.status == 400 && p.body.contains("empty")) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            (b.cookie("sf_session").unwrap().to_owned(), model)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    farm.farmctl(&["kill", "webstore-1"]).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    farm.farmctl(&["restart", "webstore-1"]).unwrap();
+
+    for s in shoppers {
+        let (session, model) = s.await.unwrap();
+        let orders: Vec<i64> =
+            sqlx::query_scalar("SELECT id FROM webstore_orders WHERE session_id = $1")
+                .bind(&session)
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        assert_eq!(orders.len(), 1, "exactly one order for {session}");
+        let rows: Vec<(String, i32)> =
+            sqlx::query_as("SELECT sku, qty FROM webstore_order_items WHERE order_id = $1")
+                .bind(orders[0])
+                .fetch_all(&db.pool)
+                .await
+                .unwrap();
+        let ordered: BTreeMap<String, u64> = rows.into_iter().map(|(k, q)| (k, q as u64)).collect();
+        assert_eq!(
+            ordered, model,
+            "the order holds exactly the acknowledged cart"
+        );
+    }
+    let status = farm.farmctl(&["status"]).unwrap();
+    assert!(status.contains("webstore-1"), "{status}");
+}
