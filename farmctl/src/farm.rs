@@ -153,7 +153,23 @@ fn spawn(mut cmd: Command, what: &str, logs: &Path, log_name: &str) -> anyhow::R
         // stops the children in order.
         .process_group(0)
         .kill_on_drop(true);
+    die_with_parent(&mut cmd);
     cmd.spawn().with_context(|| format!("starting {what}"))
+}
+
+/// Makes the child receive SIGTERM when farmctl dies, however it dies (even SIGKILL), so no
+/// unit or gateway outlives it. (Linux ties this to the thread that spawned the child; farmctl
+/// spawns from runtime worker threads, which live as long as farmctl.)
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the child between fork and exec, where only
+    // async-signal-safe calls are allowed; it makes a single prctl(2) system call and
+    // allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
 }
 
 impl Launch {

@@ -279,6 +279,23 @@ async fn a_shopper_keeps_the_cart_when_its_unit_is_killed_and_checkout_is_exact(
     // Unknown units and bad commands are refused with a clear message.
     let e = farm.farmctl(&["kill", "webstore-9"]).unwrap_err();
     assert!(e.contains("no unit \"webstore-9\""), "{e}");
+
+    // Even if farmctl itself is SIGKILLed, its children do not outlive it.
+    let mut farm = farm;
+    let pids: Vec<u64> = farm.state()["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert!(!pids.is_empty());
+    farm.process.kill();
+    eventually(
+        Duration::from_secs(15),
+        "children die with farmctl",
+        || async { pids.iter().all(|p| !alive(*p)) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

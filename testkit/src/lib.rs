@@ -252,7 +252,8 @@ impl Drop for ChildProc {
         if std::thread::panicking() {
             eprintln!("--- log of {} ---\n{}", self.label, self.log_text());
         }
-        self.kill();
+        // SIGTERM first: a process that runs children of its own (farmctl) then stops them.
+        self.terminate(Duration::from_secs(30));
     }
 }
 
