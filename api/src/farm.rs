@@ -526,46 +526,42 @@ impl fmt::Display for FarmName {
     }
 }
 
-/// `apiVersion`, which must be [`API_VERSION`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct ApiVersion;
+/// A field whose only valid value is a constant (`apiVersion`, `kind`).
+macro_rules! constant_field {
+    ($(#[$m:meta])* $name:ident, $field:literal, $value:expr) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name;
 
-impl TryFrom<String> for ApiVersion {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        if s == API_VERSION {
-            Ok(ApiVersion)
-        } else {
-            Err(format!("apiVersion must be {API_VERSION}, got {s:?}"))
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(s: String) -> Result<Self, String> {
+                if s == $value {
+                    Ok($name)
+                } else {
+                    Err(format!("{} must be {}, got {s:?}", $field, $value))
+                }
+            }
         }
-    }
-}
 
-impl From<ApiVersion> for String {
-    fn from(_: ApiVersion) -> String {
-        API_VERSION.to_owned()
-    }
-}
-
-/// `kind`, which must be [`KIND`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct Kind;
-
-impl TryFrom<String> for Kind {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
-        if s == KIND {
-            Ok(Kind)
-        } else {
-            Err(format!("kind must be {KIND}, got {s:?}"))
+        impl From<$name> for String {
+            fn from(_: $name) -> String {
+                $value.to_owned()
+            }
         }
-    }
+    };
 }
 
-impl From<Kind> for String {
-    fn from(_: Kind) -> String {
-        KIND.to_owned()
-    }
-}
+constant_field!(
+    /// `apiVersion`, which must be [`API_VERSION`].
+    ApiVersion,
+    "apiVersion",
+    API_VERSION
+);
+constant_field!(
+    /// `kind`, which must be [`KIND`].
+    Kind,
+    "kind",
+    KIND
+);
