@@ -423,9 +423,9 @@ impl Farm {
         }
     }
 
-    /// The current membership (lock-free).
-    pub fn members(&self) -> arc_swap::Guard<Arc<Members>> {
-        self.members.load()
+    /// The current membership (lock-free; an `Arc`, so a request may keep it across awaits).
+    pub fn members(&self) -> Arc<Members> {
+        self.members.load_full()
     }
 
     /// Applies a membership reported by discovery. Units whose name and address are unchanged
