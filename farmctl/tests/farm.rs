@@ -38,27 +38,31 @@ impl Farm {
                 cmd.env_remove("DATABASE_URL");
             }
         }
-        let farm = Farm {
+        let mut farm = Farm {
             process: ChildProc::spawn("farmctl", cmd),
             state_dir,
             url: format!("http://127.0.0.1:{port}"),
         };
         let client = reqwest::Client::new();
-        eventually(
-            Duration::from_secs(120),
-            "the farm serves its first page",
-            || async {
-                match client.get(format!("{}/", farm.url)).send().await {
-                    Ok(r) if r.status() == 200 => r
-                        .text()
-                        .await
-                        .unwrap_or_default()
-                        .contains("Served by unit"),
-                    _ => false,
-                }
-            },
-        )
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            // A farmctl that gave up fails the test at once, with its reason.
+            farm.process.assert_running();
+            if let Ok(r) = client.get(format!("{}/", farm.url)).send().await
+                && r.status() == 200
+                && r.text()
+                    .await
+                    .unwrap_or_default()
+                    .contains("Served by unit")
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the farm did not serve its first page within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         // Every unit in service before the test starts.
         eventually(Duration::from_secs(60), "all units up", || async {
             farm.farmctl(&["status", "--json"])

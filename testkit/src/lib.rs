@@ -218,6 +218,20 @@ impl ChildProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Panics with the process's log if it has exited (so a test fails at once, with the
+    /// reason, instead of waiting for something that will never answer).
+    pub fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!(
+                "{} exited ({status}); its log:\n{}",
+                self.label,
+                self.log_text()
+            );
+        }
+    }
+
     /// SIGKILL: the process dies without any cleanup, like a crashed pod.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
