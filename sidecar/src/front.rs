@@ -43,9 +43,40 @@ pub struct Front {
     pub snapshot_max: usize,
     /// Pooled HTTP/1.1 connections to the app.
     pub client: Client<HttpConnector, Body>,
+    /// The unit name and instance id as header values, made once: they never change.
+    headers: (HeaderValue, HeaderValue),
 }
 
 impl Front {
+    /// A front for `unit`, serving through `tier`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        tier: Arc<SessionTier>,
+        unit: UnitName,
+        default_unit_url: UnitBaseUrl,
+        trust_gateway_headers: bool,
+        app: http::uri::Authority,
+        app_timeout: Duration,
+        cookie_secure: bool,
+        cookie_domain: Option<String>,
+        snapshot_max: usize,
+    ) -> Front {
+        let headers = (value(unit.as_str()), value(&tier.instance().to_string()));
+        Front {
+            tier,
+            unit,
+            default_unit_url,
+            trust_gateway_headers,
+            app,
+            app_timeout,
+            cookie_secure,
+            cookie_domain,
+            snapshot_max,
+            client: Self::app_client(),
+            headers,
+        }
+    }
+
     /// A pooled client for the app.
     pub fn app_client() -> Client<HttpConnector, Body> {
         let mut connector = HttpConnector::new();
@@ -113,9 +144,9 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     remove_stickyfarm_headers(&mut parts.headers);
     let h = &mut parts.headers;
     h.insert(headers::SESSION, value(&id.to_string()));
-    h.insert(headers::UNIT, value(front.unit.as_str()));
+    h.insert(headers::UNIT, front.headers.0.clone());
     h.insert(headers::UNIT_URL, value(unit_url.as_str()));
-    h.insert(headers::INSTANCE, value(&front.tier.instance().to_string()));
+    h.insert(headers::INSTANCE, front.headers.1.clone());
     h.insert(
         headers::GENERATION,
         value(&resolved.session.generation.to_string()),
@@ -251,7 +282,7 @@ async fn health(State(front): State<Arc<Front>>) -> Response {
             .into_response()
     };
     r.headers_mut()
-        .insert(headers::INSTANCE, value(&instance.to_string()));
+        .insert(headers::INSTANCE, front.headers.1.clone());
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r

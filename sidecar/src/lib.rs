@@ -134,18 +134,17 @@ impl Sidecar {
                 .parse::<UnitBaseUrl>()
                 .expect("a unit path is a valid base URL")
         });
-        let front = Arc::new(Front {
-            tier: tier.clone(),
-            unit: config.unit.clone(),
+        let front = Arc::new(Front::new(
+            tier.clone(),
+            config.unit.clone(),
             default_unit_url,
-            trust_gateway_headers: config.trust_gateway_headers,
+            config.trust_gateway_headers,
             app,
-            app_timeout: config.app_timeout,
-            cookie_secure: config.cookie_secure,
-            cookie_domain: config.cookie_domain.clone(),
-            snapshot_max: config.snapshot_max.as_u64() as usize,
-            client: Front::app_client(),
-        });
+            config.app_timeout,
+            config.cookie_secure,
+            config.cookie_domain.clone(),
+            config.snapshot_max.as_u64() as usize,
+        ));
 
         let mut tasks = JoinSet::new();
         let public = bind(config.listen).await?;
