@@ -4,10 +4,18 @@
 //! Kubernetes. Unknown fields are refused at every level, and every value is validated while it
 //! is read, so a mistake is reported with its field and line.
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, PodSecurityContext, Probe, ResourceRequirements, Toleration,
+};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::UnitName;
@@ -17,7 +25,9 @@ pub const API_VERSION: &str = "stickyfarm.dev/v1alpha1";
 /// Kind of the resource.
 pub const KIND: &str = "ServerFarm";
 
-/// A whole `ServerFarm` document.
+/// A whole `ServerFarm` document as `farmctl` reads it from a file: strict about `apiVersion`,
+/// `kind` and the metadata a farm may carry. On Kubernetes the same spec is the [`ServerFarm`]
+/// custom resource.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerFarmManifest {
@@ -41,15 +51,42 @@ pub struct Metadata {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// Labels (Kubernetes only).
-    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations (Kubernetes only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
 }
 
-/// The farm's desired state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// The farm's desired state: its units, their app and sidecar, the gateway and the database
+/// (US 7,197,547: a main load balancer, one sub-farm unit per commerce pod, a shared database).
+#[derive(CustomResource, KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "stickyfarm.dev",
+    version = "v1alpha1",
+    kind = "ServerFarm",
+    namespaced,
+    shortname = "sf",
+    category = "stickyfarm",
+    status = "ServerFarmStatus",
+    derive = "PartialEq",
+    doc = "A load-balanced server farm whose units keep each user's session in a local cache, written through to PostgreSQL.",
+    scale(
+        spec_replicas_path = ".spec.replicas",
+        status_replicas_path = ".status.replicas",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Units", type_ = "string", json_path = ".status.unitsReady", description = "Ready units / desired units"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
+    printcolumn(name = "Gateway", type_ = "string", json_path = ".status.gatewayEndpoint", description = "Where clients reach the farm"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$') && size(self.metadata.name) <= 60")
+        .message("metadata.name must be a DNS label of at most 60 characters (units are named <name>-<ordinal>)")
+        .reason(Reason::FieldValueInvalid),
+)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerFarmSpec {
-    /// Number of units (commerce pods).
+    /// Number of units (commerce pods), 1 to 64.
     #[serde(default = "default_replicas")]
     pub replicas: Replicas,
     /// The application container of every unit.
@@ -60,12 +97,15 @@ pub struct ServerFarmSpec {
     /// Session cookies and lifetimes (the shape of Gateway API's session persistence, GEP-1619).
     #[serde(default)]
     pub session_persistence: SessionPersistence,
-    /// The gateway (load balancer).
+    /// The gateway (the farm's main load balancer).
     #[serde(default)]
     pub gateway: GatewaySettings,
-    /// Where session state is kept.
+    /// Where session state is kept: a managed PostgreSQL (the default) or an external one.
     #[serde(default)]
     pub database: DatabaseSpec,
+    /// Scheduling and security settings for the unit pods.
+    #[serde(default, skip_serializing_if = "PodSettings::is_empty")]
+    pub pod: PodSettings,
 }
 
 fn default_replicas() -> Replicas {
@@ -73,43 +113,51 @@ fn default_replicas() -> Replicas {
 }
 
 /// The app container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppSpec {
     /// Container image. `farmctl` runs the local binary `stickyfarm-<last path segment>` for it.
+    #[schemars(length(min = 1))]
     pub image: String,
     /// Port the app listens on (inside the pod, behind the sidecar).
     #[serde(default = "default_app_port")]
     pub port: Port,
-    /// Environment variables.
+    /// Environment variables (`valueFrom` works on Kubernetes only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
+    /// CPU and memory requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Readiness probe of the app container (the sidecar's own readiness already checks the app
+    /// through the health endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_probe: Option<Probe>,
+    /// Liveness probe of the app container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub liveness_probe: Option<Probe>,
+    /// Startup probe of the app container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub startup_probe: Option<Probe>,
 }
 
 fn default_app_port() -> Port {
     Port(3000)
 }
 
-/// One environment variable with a literal value.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct EnvVar {
-    /// Name.
-    pub name: String,
-    /// Value.
-    pub value: String,
-}
-
 /// Sidecar settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SidecarSettings {
     /// Memory tier of the session cache, e.g. `64Mi`.
     #[serde(default = "default_cache_memory")]
     pub cache_memory: Quantity,
-    /// Optional disk tier of the session cache.
+    /// Optional disk tier of the session cache (an emptyDir of this size on Kubernetes).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_disk: Option<Quantity>,
+    /// CPU and memory of the sidecar container (default: requests of 50m CPU and the cache
+    /// size plus 64Mi of memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 fn default_cache_memory() -> Quantity {
@@ -121,13 +169,17 @@ impl Default for SidecarSettings {
         SidecarSettings {
             cache_memory: default_cache_memory(),
             cache_disk: None,
+            resources: None,
         }
     }
 }
 
 /// Session cookies and lifetimes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("duration(self.idleTimeout) <= duration(self.absoluteTimeout)")
+    .message("idleTimeout must not be longer than absoluteTimeout")
+    .reason(Reason::FieldValueInvalid))]
 pub struct SessionPersistence {
     /// A session unused this long expires.
     #[serde(default = "default_idle")]
@@ -135,7 +187,7 @@ pub struct SessionPersistence {
     /// A session older than this expires.
     #[serde(default = "default_absolute")]
     pub absolute_timeout: DurationText,
-    /// Mark the cookies `Secure`.
+    /// Mark the cookies `Secure` (serve the farm over HTTPS).
     #[serde(default)]
     pub secure: bool,
 }
@@ -159,17 +211,24 @@ impl Default for SessionPersistence {
 }
 
 /// Gateway settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.unitAddressing != 'host' || has(self.farmHost)")
+    .message("unitAddressing host needs farmHost (units are reached as <unit>.<farmHost>)")
+    .reason(Reason::FieldValueRequired))]
 pub struct GatewaySettings {
-    /// Gateway replicas (Kubernetes).
+    /// Gateway replicas (they agree on failover targets without talking to each other).
     #[serde(default = "one")]
     pub replicas: Replicas,
+    /// Type of the gateway's Service.
+    #[serde(default)]
+    pub service_type: ServiceType,
     /// Port clients use.
     #[serde(default = "default_gateway_port")]
     pub port: Port,
     /// Host name of the farm, for host-style unit addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub farm_host: Option<String>,
     /// `path` (`/_unit/<unit>/…`) or `host` (`<unit>.<farm host>`).
     #[serde(default)]
@@ -180,7 +239,7 @@ pub struct GatewaySettings {
     /// After a failover: `stay` on the backup, or `return` when the unit is back.
     #[serde(default)]
     pub failback: FailbackPolicy,
-    /// The active health check.
+    /// The active health check (the patent's Server Status Check).
     #[serde(default)]
     pub health_check: HealthCheck,
 }
@@ -197,6 +256,7 @@ impl Default for GatewaySettings {
     fn default() -> Self {
         GatewaySettings {
             replicas: one(),
+            service_type: ServiceType::default(),
             port: default_gateway_port(),
             farm_host: None,
             unit_addressing: UnitAddressing::default(),
@@ -207,8 +267,31 @@ impl Default for GatewaySettings {
     }
 }
 
+/// Type of the gateway's Service.
+#[derive(JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceType {
+    /// Reachable inside the cluster (put an Ingress or Gateway in front).
+    #[default]
+    ClusterIP,
+    /// Also on a port of every node.
+    NodePort,
+    /// Through the cloud's load balancer.
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The name Kubernetes uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
 /// Unit address style.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum UnitAddressing {
     /// `/_unit/<unit>/…`.
@@ -219,7 +302,7 @@ pub enum UnitAddressing {
 }
 
 /// Load-balancing policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BalancingPolicy {
     /// Fewest requests in flight (power of two choices).
@@ -231,8 +314,19 @@ pub enum BalancingPolicy {
     Random,
 }
 
+impl BalancingPolicy {
+    /// The gateway's `--policy` value.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            BalancingPolicy::LeastInFlight => "least-in-flight",
+            BalancingPolicy::RoundRobin => "round-robin",
+            BalancingPolicy::Random => "random",
+        }
+    }
+}
+
 /// Failback policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum FailbackPolicy {
     /// Stay on the backup.
@@ -242,12 +336,26 @@ pub enum FailbackPolicy {
     Return,
 }
 
+impl FailbackPolicy {
+    /// The gateway's `--failback` value.
+    pub fn as_flag(self) -> &'static str {
+        match self {
+            FailbackPolicy::Stay => "stay",
+            FailbackPolicy::Return => "return",
+        }
+    }
+}
+
 /// The gateway's active health check of every unit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("duration(self.timeout) <= duration(self.interval)")
+    .message("healthCheck.timeout must not be longer than healthCheck.interval")
+    .reason(Reason::FieldValueInvalid))]
 pub struct HealthCheck {
     /// Path of the test URL.
     #[serde(default = "default_check_path")]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/[^\s?#]*$"))]
     pub path: String,
     /// Time between checks.
     #[serde(default = "default_check_interval")]
@@ -255,17 +363,21 @@ pub struct HealthCheck {
     /// Timeout of one check.
     #[serde(default = "default_check_timeout")]
     pub timeout: DurationText,
-    /// Passes to come back.
+    /// Consecutive passes that bring a unit back.
     #[serde(default = "two")]
+    #[schemars(range(min = 1, max = 100))]
     pub rise: u32,
-    /// Failures to go out.
+    /// Consecutive failures that take a unit out.
     #[serde(default = "three")]
+    #[schemars(range(min = 1, max = 100))]
     pub fall: u32,
     /// Expected status.
     #[serde(default = "ok_status")]
+    #[schemars(range(min = 100, max = 599))]
     pub expect_status: u16,
     /// Text the answer must contain.
     #[serde(default = "default_expect_body")]
+    #[schemars(length(max = 1024))]
     pub expect_body: String,
 }
 
@@ -305,9 +417,13 @@ impl Default for HealthCheck {
     }
 }
 
-/// Where session state lives.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Where session state lives. At most one of `external` and `managed`; neither means managed
+/// with defaults.
+#[derive(KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("!(has(self.external) && has(self.managed))")
+    .message("database: choose external or managed, not both")
+    .reason(Reason::FieldValueForbidden))]
 pub struct DatabaseSpec {
     /// An external PostgreSQL whose URL is in a Secret (Kubernetes). `farmctl` uses
     /// `--database-url` / `DATABASE_URL` instead.
@@ -320,13 +436,15 @@ pub struct DatabaseSpec {
 }
 
 /// External database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExternalDatabase {
-    /// Secret holding the connection URL.
+    /// Secret (in the farm's namespace) holding the connection URL.
+    #[schemars(length(min = 1, max = 253))]
     pub secret_name: String,
     /// Key of the URL in the Secret.
     #[serde(default = "default_url_key")]
+    #[schemars(length(min = 1, max = 253))]
     pub key: String,
 }
 
@@ -335,18 +453,202 @@ fn default_url_key() -> String {
 }
 
 /// Managed database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(JsonSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ManagedDatabase {
-    /// Volume size, e.g. `1Gi`.
+    /// Volume size (default `1Gi`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<Quantity>,
-    /// Storage class.
+    /// Storage class (default: the cluster's default class).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<String>,
-    /// PostgreSQL image.
+    /// PostgreSQL image (default: the operator's `--postgres-image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// CPU and memory of the database container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// Scheduling and security settings of the unit pods (Kubernetes only).
+#[derive(JsonSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodSettings {
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity (the operator adds a preferred anti-affinity that spreads units over nodes when
+    /// none is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Pod security context (default: non-root, the runtime's seccomp profile).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_context: Option<PodSecurityContext>,
+    /// Extra pod annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Priority class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}
+
+impl PodSettings {
+    /// Nothing set.
+    pub fn is_empty(&self) -> bool {
+        self == &PodSettings::default()
+    }
+}
+
+/// What the operator last saw of a farm.
+#[derive(KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerFarmStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Units that exist (pods of the farm).
+    #[serde(default)]
+    pub replicas: i32,
+    /// Units whose pod is ready.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// `ready/desired`, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub units_ready: Option<String>,
+    /// Label selector of the unit pods (for the scale subresource).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Where clients reach the farm (`host:port` of the gateway Service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_endpoint: Option<String>,
+    /// One entry per unit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub units: Vec<UnitStatus>,
+    /// `Ready`, `Progressing` and `Degraded`, in the Kubernetes convention.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// One unit as the operator sees it.
+#[derive(JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitStatus {
+    /// Unit name (the pod's name).
+    pub name: String,
+    /// The pod that runs it, when it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The instance id: the pod's UID. It changes when the pod is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// The pod is ready (its sidecar's health check passes).
+    #[serde(default)]
+    pub ready: bool,
+    /// Where the gateway reaches the unit (`pod IP:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `Serving`, or `Draining` before the unit is removed.
+    pub state: UnitState,
+}
+
+/// Lifecycle of a unit.
+#[derive(JsonSchema, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UnitState {
+    /// Takes new sessions.
+    Serving,
+    /// Keeps its sessions but takes no new ones; removed when the drain period is over.
+    Draining,
+}
+
+impl UnitState {
+    /// The value of the [`labels::UNIT_STATE`] label.
+    pub fn as_label(self) -> &'static str {
+        match self {
+            UnitState::Serving => "serving",
+            UnitState::Draining => "draining",
+        }
+    }
+}
+
+/// Label keys on every object of a farm.
+pub mod labels {
+    /// The farm an object belongs to.
+    pub const FARM: &str = "stickyfarm.dev/farm";
+    /// The component: `unit`, `gateway` or `database`.
+    pub const COMPONENT: &str = "stickyfarm.dev/component";
+    /// On a unit's Service (and so on its EndpointSlices): the unit's name.
+    pub const UNIT: &str = "stickyfarm.dev/unit";
+    /// On a unit's Service: `serving` or `draining`. The gateway stops giving a draining unit
+    /// new sessions.
+    pub const UNIT_STATE: &str = "stickyfarm.dev/unit-state";
+}
+
+/// A spec that contradicts itself (the same rules the CRD's CEL validations enforce on the API
+/// server, for readers that do not go through one, like `farmctl`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// The field, as a path from `spec`.
+    pub field: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl ServerFarmSpec {
+    /// Checks the rules that span fields. Every violation is returned.
+    pub fn validate(&self) -> Result<(), Vec<SpecError>> {
+        let mut errors = Vec::new();
+        let mut fail = |field, message: &str| {
+            errors.push(SpecError {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        let sp = &self.session_persistence;
+        if sp.idle_timeout.0 > sp.absolute_timeout.0 {
+            fail(
+                "sessionPersistence",
+                "idleTimeout must not be longer than absoluteTimeout",
+            );
+        }
+        let g = &self.gateway;
+        if g.unit_addressing == UnitAddressing::Host && g.farm_host.is_none() {
+            fail(
+                "gateway",
+                "unitAddressing host needs farmHost (units are reached as <unit>.<farmHost>)",
+            );
+        }
+        let hc = &g.health_check;
+        if hc.timeout.0 > hc.interval.0 {
+            fail(
+                "gateway.healthCheck",
+                "healthCheck.timeout must not be longer than healthCheck.interval",
+            );
+        }
+        if !hc.path.starts_with('/') {
+            fail("gateway.healthCheck.path", "must start with /");
+        }
+        for (field, n) in [("gateway.healthCheck.rise", hc.rise), ("gateway.healthCheck.fall", hc.fall)] {
+            if !(1..=100).contains(&n) {
+                fail(field, "must be 1 to 100");
+            }
+        }
+        if !(100..=599).contains(&hc.expect_status) {
+            fail("gateway.healthCheck.expectStatus", "must be an HTTP status, 100 to 599");
+        }
+        if self.database.external.is_some() && self.database.managed.is_some() {
+            fail("database", "database: choose external or managed, not both");
+        }
+        if self.app.image.is_empty() {
+            fail("app.image", "must not be empty");
+        }
+        if errors.is_empty() { Ok(()) } else { Err(errors) }
+    }
 }
 
 macro_rules! text_newtype {
@@ -388,9 +690,12 @@ text_newtype!(
     DurationText(Duration),
     |s| {
         let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("invalid duration {s:?}: expected a number and a unit, like 30s or 5m"))?;
+        if digits.is_empty() || digits.len() > 9 || digits.starts_with('0') {
+            return Err(format!(
+                "invalid duration {s:?}: expected a number (1 to 999999999, no leading zero) and a unit, like 30s or 5m"
+            ));
+        }
+        let n: u64 = digits.parse().expect("nine digits fit");
         let d = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -411,9 +716,12 @@ text_newtype!(
     Quantity(u64),
     |s| {
         let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-        let n: u64 = digits
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected a number and Ki, Mi or Gi"))?;
+        if digits.is_empty() || digits.len() > 9 {
+            return Err(format!(
+                "invalid size {s:?}: expected a number of at most 9 digits and Ki, Mi or Gi"
+            ));
+        }
+        let n: u64 = digits.parse().expect("nine digits fit");
         let mult = match unit {
             "" => 1,
             "Ki" => 1 << 10,
@@ -421,7 +729,7 @@ text_newtype!(
             "Gi" => 1 << 30,
             _ => return Err(format!("invalid size {s:?}: the unit must be Ki, Mi or Gi")),
         };
-        n.checked_mul(mult).ok_or_else(|| format!("invalid size {s:?}: too large"))
+        Ok(n * mult)
     },
     |s| s
 );
@@ -467,6 +775,78 @@ impl TryFrom<u16> for Port {
 impl From<Port> for u16 {
     fn from(p: Port) -> u16 {
         p.0
+    }
+}
+
+/// Schema of a text newtype: a string matching the same rule its parser applies.
+fn text_schema(pattern: &str, example: &str, description: &str) -> Schema {
+    json_schema!({
+        "type": "string",
+        "pattern": pattern,
+        "maxLength": 16,
+        "description": description,
+        "examples": [example],
+    })
+}
+
+impl JsonSchema for DurationText {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        text_schema(
+            DURATION_PATTERN,
+            "30s",
+            "A duration: a number and ms, s, m or h.",
+        )
+    }
+}
+
+/// What [`DurationText`] accepts (also valid for CEL's `duration()`).
+pub const DURATION_PATTERN: &str = "^[1-9][0-9]{0,8}(ms|s|m|h)$";
+/// What [`Quantity`] accepts.
+pub const QUANTITY_PATTERN: &str = "^[0-9]{1,9}(Ki|Mi|Gi)?$";
+
+impl JsonSchema for Quantity {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteQuantity".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        text_schema(
+            QUANTITY_PATTERN,
+            "64Mi",
+            "A byte size: a number, optionally with Ki, Mi or Gi.",
+        )
+    }
+}
+
+impl JsonSchema for Replicas {
+    fn schema_name() -> Cow<'static, str> {
+        "Replicas".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "integer", "format": "int32", "minimum": 1, "maximum": 64})
+    }
+}
+
+impl JsonSchema for Port {
+    fn schema_name() -> Cow<'static, str> {
+        "Port".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"type": "integer", "format": "int32", "minimum": 1, "maximum": 65535})
     }
 }
 

@@ -8,6 +8,7 @@
 
 mod cookies;
 mod error;
+#[cfg(feature = "farm")]
 pub mod farm;
 mod hop;
 mod ids;

@@ -184,7 +184,8 @@ impl Launch {
             .env("POD_NAME", u.name.as_str())
             .env("POD_UID", &instance);
         for e in &spec.app.env {
-            app.env(&e.name, &e.value);
+            // `up` refuses `valueFrom` before anything starts (see `local_env_problem`).
+            app.env(&e.name, e.value.as_deref().unwrap_or_default());
         }
         let app = spawn(
             app,
@@ -366,6 +367,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     let app_bin = binary_for_image(&manifest.spec.app.image, &bin_dir)?;
+    if let Some(e) = manifest.spec.app.env.iter().find(|e| e.value_from.is_some()) {
+        bail!(
+            "app env {} uses valueFrom, which only Kubernetes resolves: give it a value for farmctl",
+            e.name
+        );
+    }
     if let Ok(state) = read_state(&opts.state_dir)
         && Path::new(&format!("/proc/{}", state.pid)).exists()
     {
@@ -449,8 +456,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let mut gw = Command::new(&gateway_bin);
     gw.args(["--listen", &gateway_addr.to_string()])
         .args(["--admin-listen", &gateway_admin.to_string()])
-        .args(["--policy", policy_flag(g.policy)])
-        .args(["--failback", failback_flag(g.failback)])
+        .args(["--policy", g.policy.as_flag()])
+        .args(["--failback", g.failback.as_flag()])
         .args(["--check-path", &g.health_check.path])
         .args([
             "--check-interval",
@@ -662,22 +669,6 @@ async fn shutdown(
     }
     if let Some(cluster) = private {
         let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
-    }
-}
-
-fn policy_flag(p: stickyfarm_api::farm::BalancingPolicy) -> &'static str {
-    use stickyfarm_api::farm::BalancingPolicy as P;
-    match p {
-        P::LeastInFlight => "least-in-flight",
-        P::RoundRobin => "round-robin",
-        P::Random => "random",
-    }
-}
-
-fn failback_flag(f: stickyfarm_api::farm::FailbackPolicy) -> &'static str {
-    match f {
-        stickyfarm_api::farm::FailbackPolicy::Stay => "stay",
-        stickyfarm_api::farm::FailbackPolicy::Return => "return",
     }
 }
 

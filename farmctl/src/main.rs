@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 
 /// Runs a whole Stickyfarm farm on one machine from the same ServerFarm YAML the operator takes.
@@ -62,6 +62,20 @@ enum Cmd {
     Restart {
         /// Unit name.
         unit: String,
+    },
+    /// Print the ServerFarm CustomResourceDefinition generated from the Rust types.
+    Crd {
+        /// Print the Helm chart's template instead (gated by `crds.enabled`, kept on uninstall).
+        #[arg(long)]
+        helm: bool,
+        /// Write both renderings into the repository at DIR instead of printing.
+        #[arg(long, value_name = "DIR", num_args = 0..=1, default_missing_value = ".")]
+        write: Option<PathBuf>,
+    },
+    /// Check a ServerFarm manifest without running it (types, defaults and cross-field rules).
+    Validate {
+        /// The ServerFarm manifest.
+        file: PathBuf,
     },
 }
 
@@ -135,6 +149,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     r.last_error.unwrap_or_default()
                 );
             }
+            Ok(())
+        }
+        Cmd::Crd { helm, write } => {
+            use farmctl::crd;
+            if let Some(root) = write {
+                for (rel, text) in [
+                    (crd::CRD_PATH, crd::crd_yaml()),
+                    (crd::CHART_TEMPLATE_PATH, crd::chart_template()),
+                ] {
+                    let path = root.join(rel);
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    println!("wrote {}", path.display());
+                }
+            } else if helm {
+                print!("{}", crd::chart_template());
+            } else {
+                print!("{}", crd::crd_yaml());
+            }
+            Ok(())
+        }
+        Cmd::Validate { file } => {
+            let m = farmctl::manifest::load(&file)?;
+            println!(
+                "{}: ServerFarm {} is valid ({} units)",
+                file.display(),
+                m.metadata.name,
+                m.spec.replicas.0
+            );
             Ok(())
         }
         Cmd::Kill { unit } => reply(farm::control(&cli.state_dir, &format!("kill {unit}")).await?),

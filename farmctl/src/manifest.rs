@@ -27,12 +27,19 @@ pub enum ManifestError {
     },
 }
 
-/// Parses a manifest's text.
+/// Parses a manifest's text and checks the rules that span fields (the CRD's CEL rules).
 pub fn parse(path: &str, text: &str) -> Result<ServerFarmManifest, ManifestError> {
-    serde_saphyr::from_str(text).map_err(|e| ManifestError::Invalid {
+    let invalid = |message: String| ManifestError::Invalid {
         path: path.to_owned(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let manifest: ServerFarmManifest =
+        serde_saphyr::from_str(text).map_err(|e| invalid(e.to_string()))?;
+    manifest.spec.validate().map_err(|errors| {
+        let list: Vec<String> = errors.iter().map(|e| format!("spec.{e}")).collect();
+        invalid(list.join("; "))
+    })?;
+    Ok(manifest)
 }
 
 /// Reads and parses a manifest file.
