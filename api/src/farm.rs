@@ -228,7 +228,10 @@ pub struct GatewaySettings {
     pub port: Port,
     /// Host name of the farm, for host-style unit addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub farm_host: Option<String>,
     /// `path` (`/_unit/<unit>/…`) or `host` (`<unit>.<farm host>`).
     #[serde(default)]
@@ -633,13 +636,19 @@ impl ServerFarmSpec {
         if !hc.path.starts_with('/') {
             fail("gateway.healthCheck.path", "must start with /");
         }
-        for (field, n) in [("gateway.healthCheck.rise", hc.rise), ("gateway.healthCheck.fall", hc.fall)] {
+        for (field, n) in [
+            ("gateway.healthCheck.rise", hc.rise),
+            ("gateway.healthCheck.fall", hc.fall),
+        ] {
             if !(1..=100).contains(&n) {
                 fail(field, "must be 1 to 100");
             }
         }
         if !(100..=599).contains(&hc.expect_status) {
-            fail("gateway.healthCheck.expectStatus", "must be an HTTP status, 100 to 599");
+            fail(
+                "gateway.healthCheck.expectStatus",
+                "must be an HTTP status, 100 to 599",
+            );
         }
         if self.database.external.is_some() && self.database.managed.is_some() {
             fail("database", "database: choose external or managed, not both");
@@ -647,7 +656,11 @@ impl ServerFarmSpec {
         if self.app.image.is_empty() {
             fail("app.image", "must not be empty");
         }
-        if errors.is_empty() { Ok(()) } else { Err(errors) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors)
+        }
     }
 }
 

@@ -68,7 +68,10 @@ mod tests {
     #[test]
     fn crd_has_the_promised_shape() {
         let crd = ServerFarm::crd();
-        assert_eq!(crd.metadata.name.as_deref(), Some("serverfarms.stickyfarm.dev"));
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("serverfarms.stickyfarm.dev")
+        );
         assert_eq!(crd.spec.scope, "Namespaced");
         assert_eq!(crd.spec.names.short_names, Some(vec!["sf".to_owned()]));
         let v = &crd.spec.versions[0];
@@ -84,11 +87,22 @@ mod tests {
         assert!(sub.status.is_some(), "status subresource");
         assert!(sub.scale.is_some(), "scale subresource");
 
-        let schema = serde_json::to_value(v.schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap();
+        let schema = serde_json::to_value(
+            v.schema
+                .as_ref()
+                .unwrap()
+                .open_api_v3_schema
+                .as_ref()
+                .unwrap(),
+        )
+        .unwrap();
         // Conditions and units merge per key under server-side apply.
         let status = &schema["properties"]["status"]["properties"];
         assert_eq!(status["conditions"]["x-kubernetes-list-type"], "map");
-        assert_eq!(status["conditions"]["x-kubernetes-list-map-keys"][0], "type");
+        assert_eq!(
+            status["conditions"]["x-kubernetes-list-map-keys"][0],
+            "type"
+        );
         assert_eq!(status["units"]["x-kubernetes-list-map-keys"][0], "name");
         // Defaults live in the schema.
         let spec = &schema["properties"]["spec"]["properties"];
@@ -96,7 +110,10 @@ mod tests {
         assert_eq!(spec["gateway"]["default"]["port"], 8080);
         // Structural: no additionalProperties next to properties, every node typed.
         let text = serde_json::to_string(&schema).unwrap();
-        assert!(!text.contains("additionalProperties\":false"), "non-structural schema");
+        assert!(
+            !text.contains("additionalProperties\":false"),
+            "non-structural schema"
+        );
         assert_untyped_free(&schema, "$");
     }
 

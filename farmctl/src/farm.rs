@@ -367,7 +367,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     let app_bin = binary_for_image(&manifest.spec.app.image, &bin_dir)?;
-    if let Some(e) = manifest.spec.app.env.iter().find(|e| e.value_from.is_some()) {
+    if let Some(e) = manifest
+        .spec
+        .app
+        .env
+        .iter()
+        .find(|e| e.value_from.is_some())
+    {
         bail!(
             "app env {} uses valueFrom, which only Kubernetes resolves: give it a value for farmctl",
             e.name

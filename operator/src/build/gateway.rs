@@ -1,0 +1,193 @@
+//! The gateway: Deployment, Service, and the identity that lets it read its farm's
+//! EndpointSlices (and nothing else).
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Container, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
+    ServiceAccount, ServiceSpec,
+};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use stickyfarm_api::farm::UnitAddressing;
+
+use super::units::{
+    field, port, restricted_container_security, restricted_pod_security, service_port, value,
+};
+use super::{FarmRef, Images, component};
+
+/// The gateway's client port inside the pod (the Service maps `spec.gateway.port` to it).
+pub const GATEWAY_PORT: i32 = 8000;
+/// The gateway's admin port: `/status`, `/metrics`, `/livez`, `/readyz`.
+pub const GATEWAY_ADMIN_PORT: i32 = 9465;
+
+pub(crate) fn service_account(f: &FarmRef) -> ServiceAccount {
+    ServiceAccount {
+        metadata: f.meta(f.gateway_name(), component::GATEWAY),
+        // The token is mounted by the Deployment's pod spec, not everywhere the account is used.
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    }
+}
+
+/// Read-only access to EndpointSlices in the farm's namespace: the gateway learns units, their
+/// pod IPs and UIDs, and which are draining from them.
+pub(crate) fn role(f: &FarmRef) -> Role {
+    Role {
+        metadata: f.meta(f.gateway_name(), component::GATEWAY),
+        rules: Some(vec![PolicyRule {
+            api_groups: Some(vec!["discovery.k8s.io".into()]),
+            resources: Some(vec!["endpointslices".into()]),
+            verbs: vec!["get".into(), "list".into(), "watch".into()],
+            ..PolicyRule::default()
+        }]),
+    }
+}
+
+pub(crate) fn role_binding(f: &FarmRef) -> RoleBinding {
+    RoleBinding {
+        metadata: f.meta(f.gateway_name(), component::GATEWAY),
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".into()),
+            kind: "Role".into(),
+            name: f.gateway_name(),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".into(),
+            name: f.gateway_name(),
+            namespace: Some(f.namespace.clone()),
+            ..Subject::default()
+        }]),
+    }
+}
+
+pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
+    let g = &f.farm.spec.gateway;
+    let hc = &g.health_check;
+    let mut env = vec![
+        value(
+            "STICKYFARM_GATEWAY_LISTEN",
+            format!("0.0.0.0:{GATEWAY_PORT}"),
+        ),
+        value(
+            "STICKYFARM_GATEWAY_ADMIN_LISTEN",
+            format!("0.0.0.0:{GATEWAY_ADMIN_PORT}"),
+        ),
+        value("STICKYFARM_DISCOVERY", "kubernetes".into()),
+        value("STICKYFARM_FARM", f.name.clone()),
+        field("STICKYFARM_NAMESPACE", "metadata.namespace"),
+        value("STICKYFARM_POLICY", g.policy.as_flag().into()),
+        value("STICKYFARM_FAILBACK", g.failback.as_flag().into()),
+        value("STICKYFARM_CHECK_PATH", hc.path.clone()),
+        value("STICKYFARM_CHECK_INTERVAL", hc.interval.to_string()),
+        value("STICKYFARM_CHECK_TIMEOUT", hc.timeout.to_string()),
+        value("STICKYFARM_CHECK_RISE", hc.rise.to_string()),
+        value("STICKYFARM_CHECK_FALL", hc.fall.to_string()),
+        value(
+            "STICKYFARM_CHECK_EXPECT_STATUS",
+            hc.expect_status.to_string(),
+        ),
+        value("STICKYFARM_CHECK_EXPECT_BODY", hc.expect_body.clone()),
+        value(
+            "STICKYFARM_COOKIE_SECURE",
+            f.farm.spec.session_persistence.secure.to_string(),
+        ),
+        value(
+            "STICKYFARM_PUBLIC_SCHEME",
+            if f.farm.spec.session_persistence.secure {
+                "https"
+            } else {
+                "http"
+            }
+            .into(),
+        ),
+        value("STICKYFARM_LOG_FORMAT", "json".into()),
+    ];
+    if g.unit_addressing == UnitAddressing::Host {
+        env.push(value("STICKYFARM_UNIT_ADDRESSING", "host".into()));
+    }
+    if let Some(host) = &g.farm_host {
+        env.push(value("STICKYFARM_FARM_HOST", host.clone()));
+    }
+    let mut pod_labels = f.labels(component::GATEWAY);
+    pod_labels.extend(f.selector(component::GATEWAY));
+    let probe = |path: &str, period| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    Deployment {
+        metadata: f.meta(f.gateway_name(), component::GATEWAY),
+        spec: DeploymentSpec {
+            replicas: Some(g.replicas.0 as i32),
+            selector: LabelSelector {
+                match_labels: Some(f.selector(component::GATEWAY)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(f.gateway_name()),
+                    automount_service_account_token: Some(true),
+                    enable_service_links: Some(false),
+                    security_context: Some(restricted_pod_security()),
+                    containers: vec![Container {
+                        name: "gateway".into(),
+                        image: Some(images.gateway.clone()),
+                        env: Some(env),
+                        ports: Some(vec![
+                            port("http", GATEWAY_PORT),
+                            port("admin", GATEWAY_ADMIN_PORT),
+                        ]),
+                        readiness_probe: Some(probe("/readyz", 5)),
+                        liveness_probe: Some(probe("/livez", 10)),
+                        resources: Some(ResourceRequirements {
+                            requests: Some(
+                                [
+                                    ("cpu".to_owned(), Quantity("100m".into())),
+                                    ("memory".to_owned(), Quantity("64Mi".into())),
+                                ]
+                                .into(),
+                            ),
+                            limits: Some([("memory".to_owned(), Quantity("256Mi".into()))].into()),
+                            ..ResourceRequirements::default()
+                        }),
+                        security_context: Some(restricted_container_security()),
+                        ..Container::default()
+                    }],
+                    termination_grace_period_seconds: Some(30),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        status: None,
+    }
+}
+
+pub(crate) fn service(f: &FarmRef) -> Service {
+    let g = &f.farm.spec.gateway;
+    Service {
+        metadata: f.meta(f.gateway_name(), component::GATEWAY),
+        spec: Some(ServiceSpec {
+            type_: Some(g.service_type.as_str().into()),
+            selector: Some(f.selector(component::GATEWAY)),
+            ports: Some(vec![service_port(
+                "http",
+                i32::from(g.port.0),
+                GATEWAY_PORT,
+            )]),
+            ..ServiceSpec::default()
+        }),
+        status: None,
+    }
+}

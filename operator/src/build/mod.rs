@@ -1,0 +1,257 @@
+//! Pure builders: given a `ServerFarm` (and what the reconciler observed), the exact objects
+//! the farm should consist of. No client, no I/O, so every object is unit-tested field by field.
+//!
+//! Names for a farm `shop`:
+//!
+//! | object | name |
+//! |---|---|
+//! | unit StatefulSet (pods `shop-0` …) | `shop` |
+//! | headless Service (pod DNS) | `shop-units` |
+//! | one Service per unit | `shop-0`, `shop-1`, … |
+//! | PodDisruptionBudget of the units | `shop-units` |
+//! | gateway Deployment, Service, ServiceAccount, Role, RoleBinding | `shop-gateway` |
+//! | managed PostgreSQL StatefulSet and Service | `shop-db` |
+//! | credentials Secret (generated once) | `shop-db` |
+//! | NetworkPolicies | `shop-units`, `shop-db`, `shop-gateway` |
+
+mod database;
+mod gateway;
+mod network;
+mod units;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::{Resource, ResourceExt};
+use stickyfarm_api::farm::{ServerFarm, UnitState, labels};
+
+pub use database::{DATABASE_NAME, DATABASE_USER, database_secret, database_url_for};
+pub use gateway::GATEWAY_ADMIN_PORT;
+pub use units::{API_PORT, METRICS_PORT, SIDECAR_PORT};
+
+/// Images the operator runs besides the user's app (from its flags / the chart's values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Images {
+    /// The Stickyfarm sidecar.
+    pub sidecar: String,
+    /// The Stickyfarm gateway.
+    pub gateway: String,
+    /// PostgreSQL for managed databases (a farm may override it).
+    pub postgres: String,
+}
+
+/// Everything the builders need besides the farm itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInput {
+    /// Images.
+    pub images: Images,
+    /// Replicas of the unit StatefulSet right now: more than `spec.replicas` while removed units
+    /// drain (see [`crate::scale::ScalePlan`]).
+    pub unit_replicas: u32,
+    /// When the drain under way started, kept on the StatefulSet (RFC 3339).
+    pub drain_since: Option<String>,
+}
+
+/// The farm's objects, as they should be.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Desired {
+    /// The commerce pods: app + sidecar.
+    pub unit_statefulset: StatefulSet,
+    /// Headless Service the StatefulSet names its pods under.
+    pub headless_service: Service,
+    /// One Service per unit, selecting its pod by name (labelled serving or draining).
+    pub unit_services: Vec<Service>,
+    /// At most one unit down at a time by voluntary disruption.
+    pub unit_pdb: PodDisruptionBudget,
+    /// The gateway's identity.
+    pub gateway_service_account: ServiceAccount,
+    /// What the gateway may read: EndpointSlices in the farm's namespace.
+    pub gateway_role: Role,
+    /// Binds the role to the gateway's identity.
+    pub gateway_role_binding: RoleBinding,
+    /// The gateway.
+    pub gateway_deployment: Deployment,
+    /// Where clients reach the farm.
+    pub gateway_service: Service,
+    /// The managed PostgreSQL, unless the farm uses an external one.
+    pub database: Option<ManagedDatabaseObjects>,
+    /// Only the gateway reaches the units, only the units reach the database.
+    pub network_policies: Vec<NetworkPolicy>,
+}
+
+/// The objects of a managed PostgreSQL.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagedDatabaseObjects {
+    /// One PostgreSQL pod with a volume.
+    pub statefulset: StatefulSet,
+    /// Its Service.
+    pub service: Service,
+}
+
+/// The farm is missing what the builders need (only possible for objects that did not come
+/// from the API server).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// No namespace.
+    #[error("ServerFarm {0} has no namespace: farms are namespaced, read them from the API")]
+    NoNamespace(String),
+    /// No UID, so no owner reference.
+    #[error("ServerFarm {0} has no uid: read it from the API before building its objects")]
+    NoUid(String),
+}
+
+/// Builds every object of the farm.
+pub fn build(farm: &ServerFarm, input: &BuildInput) -> Result<Desired, BuildError> {
+    let f = FarmRef::new(farm)?;
+    let unit_replicas = input.unit_replicas.max(farm.spec.replicas.0);
+    Ok(Desired {
+        unit_statefulset: units::statefulset(&f, input, unit_replicas),
+        headless_service: units::headless_service(&f),
+        unit_services: (0..unit_replicas)
+            .map(|ordinal| {
+                let state = if ordinal < farm.spec.replicas.0 {
+                    UnitState::Serving
+                } else {
+                    UnitState::Draining
+                };
+                units::unit_service(&f, ordinal, state)
+            })
+            .collect(),
+        unit_pdb: units::pdb(&f),
+        gateway_service_account: gateway::service_account(&f),
+        gateway_role: gateway::role(&f),
+        gateway_role_binding: gateway::role_binding(&f),
+        gateway_deployment: gateway::deployment(&f, &input.images),
+        gateway_service: gateway::service(&f),
+        database: database::managed(&f, &input.images),
+        network_policies: network::policies(&f),
+    })
+}
+
+/// The farm plus what every builder derives from it.
+pub(crate) struct FarmRef<'a> {
+    pub(crate) farm: &'a ServerFarm,
+    pub(crate) name: String,
+    pub(crate) namespace: String,
+    pub(crate) owner: OwnerReference,
+}
+
+impl<'a> FarmRef<'a> {
+    pub(crate) fn new(farm: &'a ServerFarm) -> Result<Self, BuildError> {
+        let name = farm.name_any();
+        let namespace = farm
+            .namespace()
+            .ok_or_else(|| BuildError::NoNamespace(name.clone()))?;
+        let owner = farm
+            .controller_owner_ref(&())
+            .filter(|o| !o.uid.is_empty())
+            .ok_or_else(|| BuildError::NoUid(name.clone()))?;
+        Ok(FarmRef {
+            farm,
+            name,
+            namespace,
+            owner,
+        })
+    }
+
+    /// Labels on every object of one component.
+    pub(crate) fn labels(&self, component: &str) -> BTreeMap<String, String> {
+        let mut l = self.selector(component);
+        l.insert("app.kubernetes.io/name".into(), "stickyfarm".into());
+        l.insert("app.kubernetes.io/instance".into(), self.name.clone());
+        l.insert("app.kubernetes.io/component".into(), component.into());
+        l.insert(
+            "app.kubernetes.io/managed-by".into(),
+            "stickyfarm-operator".into(),
+        );
+        l
+    }
+
+    /// The labels that select a component's pods (stable: never change them, selectors are
+    /// immutable).
+    pub(crate) fn selector(&self, component: &str) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (labels::FARM.to_owned(), self.name.clone()),
+            (labels::COMPONENT.to_owned(), component.to_owned()),
+        ])
+    }
+
+    /// Metadata of an owned object.
+    pub(crate) fn meta(&self, name: impl Into<String>, component: &str) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(self.labels(component)),
+            owner_references: Some(vec![self.owner.clone()]),
+            ..ObjectMeta::default()
+        }
+    }
+
+    pub(crate) fn gateway_name(&self) -> String {
+        format!("{}-gateway", self.name)
+    }
+    pub(crate) fn headless_name(&self) -> String {
+        format!("{}-units", self.name)
+    }
+    pub(crate) fn database_name(&self) -> String {
+        format!("{}-db", self.name)
+    }
+}
+
+/// Component label values.
+pub mod component {
+    /// Commerce pods.
+    pub const UNIT: &str = "unit";
+    /// The gateway.
+    pub const GATEWAY: &str = "gateway";
+    /// The managed database.
+    pub const DATABASE: &str = "database";
+}
+
+/// Name of the unit StatefulSet (its pods are the units `<farm>-<ordinal>`).
+pub fn unit_statefulset_name(farm: &ServerFarm) -> String {
+    farm.name_any()
+}
+
+/// Name of the generated (or, for external databases, referenced) credentials Secret and the key
+/// of the connection URL in it.
+pub fn database_secret_ref(farm: &ServerFarm) -> (String, String) {
+    match &farm.spec.database.external {
+        Some(ext) => (ext.secret_name.clone(), ext.key.clone()),
+        None => (format!("{}-db", farm.name_any()), "url".to_owned()),
+    }
+}
+
+/// Label selector (as text) of a farm's unit pods.
+pub fn unit_selector(farm: &ServerFarm) -> String {
+    format!(
+        "{}={},{}={}",
+        labels::FARM,
+        farm.name_any(),
+        labels::COMPONENT,
+        component::UNIT
+    )
+}
+
+/// Kinds and names of everything [`Desired`] holds, for logs and events.
+impl Desired {
+    /// Number of objects.
+    pub fn len(&self) -> usize {
+        8 + self.unit_services.len()
+            + self.network_policies.len()
+            + if self.database.is_some() { 2 } else { 0 }
+    }
+
+    /// Never empty; here for clippy's `len_without_is_empty`.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,73 @@
+//! The operator's command line (every flag also reads an environment variable, as the chart
+//! sets them).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, Parser, ValueEnum};
+
+/// Reconciles ServerFarm resources into units, a gateway and a database.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "stickyfarm-operator", version, about, long_about = None)]
+pub struct Config {
+    /// Image of the session sidecar injected into every unit.
+    #[arg(long, env = "STICKYFARM_SIDECAR_IMAGE", default_value = concat!("ghcr.io/stickyfarm/sidecar:", env!("CARGO_PKG_VERSION")))]
+    pub sidecar_image: String,
+    /// Image of the gateway.
+    #[arg(long, env = "STICKYFARM_GATEWAY_IMAGE", default_value = concat!("ghcr.io/stickyfarm/gateway:", env!("CARGO_PKG_VERSION")))]
+    pub gateway_image: String,
+    /// PostgreSQL image for managed databases (Debian-based official image: the pod runs as
+    /// its `postgres` user, uid 999).
+    #[arg(long, env = "STICKYFARM_POSTGRES_IMAGE", default_value = "postgres:17")]
+    pub postgres_image: String,
+    /// Watch only this namespace (default: all).
+    #[arg(long, env = "STICKYFARM_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// How long a removed unit drains before its pod is deleted.
+    #[arg(long, env = "STICKYFARM_DRAIN_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub drain_period: Duration,
+    /// How often every farm is reconciled even when nothing changed.
+    #[arg(long, env = "STICKYFARM_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub resync: Duration,
+    /// Take a Lease before reconciling, so only one replica acts at a time.
+    #[arg(long, env = "STICKYFARM_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
+    pub leader_elect: bool,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "STICKYFARM_LEASE_NAME",
+        default_value = "stickyfarm-operator"
+    )]
+    pub lease_name: String,
+    /// Namespace of the Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+    /// This replica's identity in the Lease and in Events.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// How long a Lease holds without renewal.
+    #[arg(long, env = "STICKYFARM_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub lease_duration: Duration,
+    /// `/healthz`, `/readyz` and `/metrics`.
+    #[arg(
+        long,
+        env = "STICKYFARM_OPERATOR_LISTEN",
+        default_value = "0.0.0.0:8080"
+    )]
+    pub listen: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `stickyfarm_operator=debug`.
+    #[arg(long, env = "STICKYFARM_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}

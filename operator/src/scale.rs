@@ -1,0 +1,148 @@
+//! Scaling units down without cutting sessions off: a removed unit drains first.
+//!
+//! A StatefulSet always removes its highest ordinals. When `spec.replicas` drops, the operator
+//! keeps the StatefulSet at its size, labels the extra units' Services `draining` (the gateway
+//! gives them no new sessions but keeps routing the ones they hold), and only after the drain
+//! period shrinks the StatefulSet and deletes their Services. Their remaining sessions then fail
+//! over like after a crash, reloading from PostgreSQL. The start of the drain is kept in an
+//! annotation on the StatefulSet, so an operator restart (or a new leader) continues it.
+
+use std::time::Duration;
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+/// Annotation on the unit StatefulSet: when the current drain started (RFC 3339).
+pub const DRAIN_SINCE_ANNOTATION: &str = "stickyfarm.dev/drain-since";
+
+/// What the reconciler saw of the unit StatefulSet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObservedUnits {
+    /// Its `spec.replicas`, when it exists.
+    pub replicas: Option<u32>,
+    /// Its drain annotation, when a drain is under way.
+    pub drain_since: Option<Timestamp>,
+}
+
+/// What to do about the units' count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScalePlan {
+    /// Replicas of the StatefulSet now.
+    pub unit_replicas: u32,
+    /// Units with an ordinal at or above this are draining (equal to `unit_replicas` when none).
+    pub serving: u32,
+    /// The drain under way, to keep in the annotation.
+    pub drain_since: Option<Timestamp>,
+    /// Units `serving..removed_up_to` were just removed: delete their Services.
+    pub removed_up_to: u32,
+    /// Come back when the drain period ends.
+    pub requeue_after: Option<Duration>,
+}
+
+/// Plans the unit count for `desired` replicas.
+pub fn plan(
+    desired: u32,
+    seen: ObservedUnits,
+    now: Timestamp,
+    drain_period: Duration,
+) -> ScalePlan {
+    let current = seen.replicas.unwrap_or(desired);
+    if desired >= current {
+        return ScalePlan {
+            unit_replicas: desired,
+            serving: desired,
+            drain_since: None,
+            removed_up_to: desired,
+            requeue_after: None,
+        };
+    }
+    let since = seen.drain_since.unwrap_or(now);
+    let period = SignedDuration::try_from(drain_period).unwrap_or(SignedDuration::MAX);
+    let ends = since.checked_add(period).unwrap_or(Timestamp::MAX);
+    if now >= ends {
+        ScalePlan {
+            unit_replicas: desired,
+            serving: desired,
+            drain_since: None,
+            removed_up_to: current,
+            requeue_after: None,
+        }
+    } else {
+        let left = now.duration_until(ends);
+        ScalePlan {
+            unit_replicas: current,
+            serving: desired,
+            drain_since: Some(since),
+            removed_up_to: desired,
+            requeue_after: Some(Duration::try_from(left).unwrap_or(drain_period)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PERIOD: Duration = Duration::from_secs(30);
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + secs).unwrap()
+    }
+
+    #[test]
+    fn a_new_farm_gets_its_replicas() {
+        let p = plan(3, ObservedUnits::default(), at(0), PERIOD);
+        assert_eq!(
+            (p.unit_replicas, p.serving, p.drain_since, p.requeue_after),
+            (3, 3, None, None)
+        );
+    }
+
+    #[test]
+    fn scaling_up_is_immediate_and_cancels_a_drain() {
+        let seen = ObservedUnits {
+            replicas: Some(3),
+            drain_since: Some(at(0)),
+        };
+        let p = plan(5, seen, at(1), PERIOD);
+        assert_eq!((p.unit_replicas, p.serving, p.drain_since), (5, 5, None));
+    }
+
+    #[test]
+    fn scaling_down_drains_first_then_removes() {
+        // 5 → 2: the StatefulSet stays at 5, units 2..5 drain.
+        let seen = ObservedUnits {
+            replicas: Some(5),
+            drain_since: None,
+        };
+        let p = plan(2, seen, at(0), PERIOD);
+        assert_eq!(p.unit_replicas, 5);
+        assert_eq!(p.serving, 2);
+        assert_eq!(p.drain_since, Some(at(0)));
+        assert_eq!(p.requeue_after, Some(PERIOD));
+        assert_eq!(p.removed_up_to, 2, "nothing removed yet");
+
+        // 10 s later (e.g. after an operator restart): still draining, 20 s left.
+        let seen = ObservedUnits {
+            replicas: Some(5),
+            drain_since: Some(at(0)),
+        };
+        let p = plan(2, seen, at(10), PERIOD);
+        assert_eq!((p.unit_replicas, p.drain_since), (5, Some(at(0))));
+        assert_eq!(p.requeue_after, Some(Duration::from_secs(20)));
+
+        // After the period: shrink and delete units 2, 3, 4.
+        let p = plan(2, seen, at(30), PERIOD);
+        assert_eq!((p.unit_replicas, p.serving, p.removed_up_to), (2, 2, 5));
+        assert_eq!((p.drain_since, p.requeue_after), (None, None));
+    }
+
+    #[test]
+    fn zero_drain_period_removes_at_once() {
+        let seen = ObservedUnits {
+            replicas: Some(3),
+            drain_since: None,
+        };
+        let p = plan(1, seen, at(0), Duration::ZERO);
+        assert_eq!((p.unit_replicas, p.removed_up_to), (1, 3));
+    }
+}
