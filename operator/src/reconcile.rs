@@ -171,6 +171,12 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     let reference = farm.object_ref(&());
     let farms: Api<ServerFarm> = Api::namespaced(client.clone(), &ns);
 
+    // Being deleted: the garbage collector removes what the farm owns. Applying now would
+    // re-create objects a foreground deletion is removing.
+    if farm.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+
     // Validate: the API server's CEL rules say the same, but a farm stored before a rule existed
     // must not be half-applied.
     if let Err(errors) = farm.spec.validate() {

@@ -1,0 +1,632 @@
+//! The reconciler against a mocked API server: kube's real client over a tower mock, answered
+//! by a small in-memory object store (the way kube-rs's controller-rs tests its reconciler).
+//! Each scenario asserts what ended up in the store, which requests were made, and the Action.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use kube::Client;
+use kube::client::Body;
+use kube::core::error_boundary::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use serde_json::{Value, json};
+use stickyfarm_api::farm::ServerFarm;
+use stickyfarm_operator::build::Images;
+use stickyfarm_operator::metrics::Metrics;
+use stickyfarm_operator::reconcile::{self, Context, Settings};
+
+const UID: &str = "6a0f9c1e-2b7d-4e0a-9f1c-3d5e7a9b1c2d";
+const FARM_PATH: &str = "/apis/stickyfarm.dev/v1alpha1/namespaces/prod/serverfarms/shop";
+const STS_PATH: &str = "/apis/apps/v1/namespaces/prod/statefulsets/shop";
+const SECRET_PATH: &str = "/api/v1/namespaces/prod/secrets/shop-db";
+const DRAIN: Duration = Duration::from_secs(30);
+
+/// One request the fake saw.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+/// An in-memory API server: objects by path, a request log, and paths that fail.
+#[derive(Default)]
+struct Store {
+    objects: BTreeMap<String, Value>,
+    log: Vec<Seen>,
+    failing: Vec<String>,
+}
+
+#[derive(Clone, Default)]
+struct FakeApi(Arc<Mutex<Store>>);
+
+impl FakeApi {
+    fn client(&self) -> Client {
+        let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let me = self.clone();
+        tokio::spawn(async move {
+            while let Some((request, send)) = handle.next_request().await {
+                send.send_response(me.answer(request).await);
+            }
+        });
+        Client::new(service, "prod")
+    }
+
+    fn put(&self, path: &str, object: Value) {
+        self.0.lock().unwrap().objects.insert(path.into(), object);
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        self.0.lock().unwrap().objects.get(path).cloned()
+    }
+
+    fn paths(&self) -> Vec<String> {
+        self.0.lock().unwrap().objects.keys().cloned().collect()
+    }
+
+    fn log(&self) -> Vec<Seen> {
+        self.0.lock().unwrap().log.clone()
+    }
+
+    fn writes(&self) -> Vec<Seen> {
+        self.log()
+            .into_iter()
+            .filter(|s| s.method != Method::GET)
+            .collect()
+    }
+
+    fn event_reasons(&self) -> Vec<String> {
+        self.log()
+            .iter()
+            .filter(|s| s.path.contains("/events") && s.method == Method::POST)
+            .map(|s| s.body["reason"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    fn fail(&self, path: &str) {
+        self.0.lock().unwrap().failing.push(path.into());
+    }
+
+    async fn answer(&self, request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let bytes = body.collect().await.unwrap().to_bytes();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let path = parts.uri.path().to_owned();
+        let query = parts.uri.query().unwrap_or_default().to_owned();
+        let mut store = self.0.lock().unwrap();
+        store.log.push(Seen {
+            method: parts.method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body.clone(),
+        });
+        if store.failing.iter().any(|f| path == *f) {
+            return status(StatusCode::INTERNAL_SERVER_ERROR, "etcd is unavailable");
+        }
+        match parts.method {
+            Method::GET if store.objects.contains_key(&path) => ok(&store.objects[&path]),
+            Method::GET if is_collection(&path) => {
+                let selector = query_param(&query, "labelSelector");
+                let items: Vec<Value> = store
+                    .objects
+                    .iter()
+                    .filter(|(p, _)| p.rsplit_once('/').is_some_and(|(dir, _)| dir == path))
+                    .filter(|(_, o)| matches(o, selector.as_deref()))
+                    .map(|(_, o)| o.clone())
+                    .collect();
+                ok(
+                    &json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items}),
+                )
+            }
+            Method::GET => status(StatusCode::NOT_FOUND, "not found"),
+            Method::POST => {
+                let name = body["metadata"]["name"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("generated-{}", store.log.len()));
+                let at = format!("{path}/{name}");
+                if store.objects.contains_key(&at) {
+                    return status(StatusCode::CONFLICT, "already exists");
+                }
+                store.objects.insert(at, body.clone());
+                respond(StatusCode::CREATED, &body)
+            }
+            Method::PATCH if path.ends_with("/status") => {
+                let at = path.trim_end_matches("/status").to_owned();
+                let Some(obj) = store.objects.get_mut(&at) else {
+                    return status(StatusCode::NOT_FOUND, "not found");
+                };
+                obj["status"] = body["status"].clone();
+                ok(obj)
+            }
+            Method::PATCH => {
+                assert!(
+                    query.contains("fieldManager=stickyfarm-operator"),
+                    "apply without our field manager: {path}?{query}"
+                );
+                assert!(
+                    query.contains("force=true"),
+                    "controllers apply with force: {path}?{query}"
+                );
+                // Server-side apply, simplified: the applied object replaces ours, status stays.
+                let kept_status = store
+                    .objects
+                    .get(&path)
+                    .and_then(|o| o.get("status").cloned());
+                let mut obj = body.clone();
+                if let Some(s) = kept_status {
+                    obj["status"] = s;
+                }
+                store.objects.insert(path, obj.clone());
+                ok(&obj)
+            }
+            Method::DELETE => match store.objects.remove(&path) {
+                Some(_) => ok(&json!({"apiVersion": "v1", "kind": "Status", "status": "Success"})),
+                None => status(StatusCode::NOT_FOUND, "not found"),
+            },
+            _ => status(StatusCode::METHOD_NOT_ALLOWED, "unexpected"),
+        }
+    }
+}
+
+fn is_collection(path: &str) -> bool {
+    // /api/v1/namespaces/<ns>/<plural> or /apis/<g>/<v>/namespaces/<ns>/<plural>
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    matches!(
+        (parts.first(), parts.len()),
+        (Some(&"api"), 5) | (Some(&"apis"), 6)
+    )
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == key).then(|| {
+            v.replace("%3D", "=")
+                .replace("%2C", ",")
+                .replace("%2F", "/")
+        })
+    })
+}
+
+fn matches(object: &Value, selector: Option<&str>) -> bool {
+    let Some(selector) = selector else {
+        return true;
+    };
+    let labels = &object["metadata"]["labels"];
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((k, v)) => labels[k].as_str() == Some(v),
+        None => labels.get(term).is_some(),
+    })
+}
+
+fn ok(v: &Value) -> Response<Body> {
+    respond(StatusCode::OK, v)
+}
+
+fn respond(code: StatusCode, v: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(v).unwrap()))
+        .unwrap()
+}
+
+fn status(code: StatusCode, message: &str) -> Response<Body> {
+    // The reason is what clients match on (`get_opt` maps NotFound to None).
+    let reason = match code {
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::CONFLICT => "AlreadyExists",
+        _ => "InternalError",
+    };
+    respond(
+        code,
+        &json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "message": message, "reason": reason, "code": code.as_u16()}),
+    )
+}
+
+fn farm_json(replicas: u32) -> Value {
+    json!({
+        "apiVersion": "stickyfarm.dev/v1alpha1",
+        "kind": "ServerFarm",
+        "metadata": {"name": "shop", "namespace": "prod", "uid": UID, "generation": 1},
+        "spec": {"replicas": replicas, "app": {"image": "registry.example/shop:1"}},
+    })
+}
+
+fn context(client: Client) -> Arc<Context> {
+    let recorder = Recorder::new(client.clone(), Reporter::from("stickyfarm-operator"));
+    Arc::new(Context::new(
+        client,
+        Settings {
+            images: Images {
+                sidecar: "ghcr.io/stickyfarm/sidecar:0.1.0".into(),
+                gateway: "ghcr.io/stickyfarm/gateway:0.1.0".into(),
+                postgres: "postgres:17".into(),
+            },
+            drain_period: DRAIN,
+            resync: Duration::from_secs(300),
+        },
+        recorder,
+        Arc::new(Metrics::default()),
+    ))
+}
+
+/// Reconciles the farm as stored, the way the controller hands it over.
+async fn reconcile_stored(api: &FakeApi, ctx: &Arc<Context>) -> Result<Action, reconcile::Error> {
+    let farm: ServerFarm =
+        serde_json::from_value(api.get(FARM_PATH).expect("farm stored")).unwrap();
+    reconcile::reconcile(Arc::new(DeserializeGuard(Ok(farm))), ctx.clone()).await
+}
+
+fn unit_service_path(i: u32) -> String {
+    format!("/api/v1/namespaces/prod/services/shop-{i}")
+}
+
+fn condition(farm: &Value, t: &str) -> Value {
+    farm["status"]["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == t)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {t} condition"))
+}
+
+#[tokio::test]
+async fn create_applies_every_object_once_and_generates_credentials() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(3));
+    let ctx = context(api.client());
+
+    let action = reconcile_stored(&api, &ctx).await.expect("reconcile");
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+
+    let mut want = vec![
+        "/api/v1/namespaces/prod/secrets/shop-db",
+        "/api/v1/namespaces/prod/serviceaccounts/shop-gateway",
+        "/api/v1/namespaces/prod/services/shop-0",
+        "/api/v1/namespaces/prod/services/shop-1",
+        "/api/v1/namespaces/prod/services/shop-2",
+        "/api/v1/namespaces/prod/services/shop-db",
+        "/api/v1/namespaces/prod/services/shop-gateway",
+        "/api/v1/namespaces/prod/services/shop-units",
+        "/apis/apps/v1/namespaces/prod/deployments/shop-gateway",
+        "/apis/apps/v1/namespaces/prod/statefulsets/shop",
+        "/apis/apps/v1/namespaces/prod/statefulsets/shop-db",
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/shop-db",
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/shop-gateway",
+        "/apis/networking.k8s.io/v1/namespaces/prod/networkpolicies/shop-units",
+        "/apis/policy/v1/namespaces/prod/poddisruptionbudgets/shop-units",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/prod/rolebindings/shop-gateway",
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/prod/roles/shop-gateway",
+        FARM_PATH,
+    ];
+    want.sort();
+    let got: Vec<String> = api
+        .paths()
+        .into_iter()
+        .filter(|p| !p.contains("/events/"))
+        .collect();
+    assert_eq!(got, want);
+
+    let secret = api.get(SECRET_PATH).unwrap();
+    let url = secret["stringData"]["url"].as_str().unwrap();
+    let password = secret["stringData"]["password"].as_str().unwrap();
+    assert_eq!(password.len(), 64, "32 random bytes as hex");
+    assert_eq!(
+        url,
+        format!("postgres://stickyfarm:{password}@shop-db.prod.svc:5432/stickyfarm")
+    );
+    assert!(
+        api.event_reasons()
+            .contains(&"CredentialsCreated".to_owned())
+    );
+
+    // Every write of an owned object was a server-side apply (the fake checks the field
+    // manager and force on each); the Secret is the only create.
+    let creates: Vec<String> = api
+        .writes()
+        .into_iter()
+        .filter(|s| s.method == Method::POST && !s.path.contains("/events"))
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(creates, ["/api/v1/namespaces/prod/secrets"]);
+
+    let sts = api.get(STS_PATH).unwrap();
+    assert_eq!(sts["spec"]["replicas"], 3);
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["uid"], UID);
+
+    let farm = api.get(FARM_PATH).unwrap();
+    assert_eq!(farm["status"]["observedGeneration"], 1);
+    assert_eq!(farm["status"]["unitsReady"], "0/3");
+    assert_eq!(condition(&farm, "Ready")["status"], "False");
+    assert_eq!(condition(&farm, "Progressing")["reason"], "UnitsStarting");
+    assert_eq!(condition(&farm, "Degraded")["status"], "False");
+    let status_patch = api
+        .log()
+        .into_iter()
+        .find(|s| s.path.ends_with("/status"))
+        .expect("status written");
+    assert!(
+        status_patch
+            .query
+            .contains("fieldManager=stickyfarm-operator")
+    );
+}
+
+#[tokio::test]
+async fn update_reapplies_the_change_and_never_overwrites_the_secret() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(3));
+    let ctx = context(api.client());
+    reconcile_stored(&api, &ctx).await.unwrap();
+    let secret_before = api.get(SECRET_PATH).unwrap();
+
+    let mut farm = farm_json(3);
+    farm["metadata"]["generation"] = json!(2);
+    farm["spec"]["app"]["image"] = json!("registry.example/shop:2");
+    farm["spec"]["gateway"] = json!({"policy": "round-robin"});
+    farm["status"] = api.get(FARM_PATH).unwrap()["status"].clone();
+    api.put(FARM_PATH, farm);
+    reconcile_stored(&api, &ctx).await.unwrap();
+
+    let sts = api.get(STS_PATH).unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example/shop:2"
+    );
+    let gw = api
+        .get("/apis/apps/v1/namespaces/prod/deployments/shop-gateway")
+        .unwrap();
+    let env = gw["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert!(env.contains(&json!({"name": "STICKYFARM_POLICY", "value": "round-robin"})));
+    assert_eq!(
+        api.get(SECRET_PATH).unwrap(),
+        secret_before,
+        "the Secret is never rewritten"
+    );
+    let secret_writes = api
+        .writes()
+        .into_iter()
+        .filter(|s| s.path.contains("/secrets"))
+        .count();
+    assert_eq!(secret_writes, 1, "created once, never patched");
+    assert_eq!(
+        api.get(FARM_PATH).unwrap()["status"]["observedGeneration"],
+        2
+    );
+}
+
+#[tokio::test]
+async fn scale_down_drains_then_removes_units() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(5));
+    let ctx = context(api.client());
+    reconcile_stored(&api, &ctx).await.unwrap();
+    for i in 0..5 {
+        assert!(api.get(&unit_service_path(i)).is_some());
+    }
+
+    // 5 → 2: nothing is removed yet; units 2..5 drain.
+    api.put(FARM_PATH, farm_json(2));
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(DRAIN), "back when the drain ends");
+    let sts = api.get(STS_PATH).unwrap();
+    assert_eq!(sts["spec"]["replicas"], 5, "pods stay while draining");
+    let since = sts["metadata"]["annotations"]["stickyfarm.dev/drain-since"]
+        .as_str()
+        .expect("drain start kept")
+        .to_owned();
+    for i in 0..5 {
+        let svc = api.get(&unit_service_path(i)).unwrap();
+        let state = svc["metadata"]["labels"]["stickyfarm.dev/unit-state"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            state,
+            if i < 2 { "serving" } else { "draining" },
+            "shop-{i}"
+        );
+    }
+    assert!(api.event_reasons().contains(&"DrainingUnits".to_owned()));
+    let farm = api.get(FARM_PATH).unwrap();
+    assert_eq!(condition(&farm, "Progressing")["reason"], "Draining");
+    assert_eq!(farm["status"]["units"][4]["state"], "Draining");
+
+    // A second reconcile during the drain keeps its start.
+    reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(
+        api.get(STS_PATH).unwrap()["metadata"]["annotations"]["stickyfarm.dev/drain-since"],
+        since.as_str()
+    );
+
+    // The drain period passes (the annotation is moved back, as a later reconcile would see it).
+    let mut sts = api.get(STS_PATH).unwrap();
+    sts["metadata"]["annotations"]["stickyfarm.dev/drain-since"] = json!("2020-01-01T00:00:00Z");
+    api.put(STS_PATH, sts);
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let sts = api.get(STS_PATH).unwrap();
+    assert_eq!(sts["spec"]["replicas"], 2);
+    assert!(
+        sts["metadata"]
+            .get("annotations")
+            .is_none_or(|a| a.get("stickyfarm.dev/drain-since").is_none())
+    );
+    for i in 0..5 {
+        assert_eq!(api.get(&unit_service_path(i)).is_some(), i < 2, "shop-{i}");
+    }
+    let deletes: Vec<String> = api
+        .writes()
+        .into_iter()
+        .filter(|s| s.method == Method::DELETE)
+        .map(|s| s.path)
+        .collect();
+    assert_eq!(
+        deletes,
+        [
+            unit_service_path(2),
+            unit_service_path(3),
+            unit_service_path(4)
+        ]
+    );
+    assert!(api.event_reasons().contains(&"UnitsRemoved".to_owned()));
+}
+
+#[tokio::test]
+async fn status_follows_the_pods_and_the_gateway() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(2));
+    for (i, ready) in [(0, "True"), (1, "False")] {
+        api.put(
+            &format!("/api/v1/namespaces/prod/pods/shop-{i}"),
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": format!("shop-{i}"), "namespace": "prod", "uid": format!("uid-{i}"),
+                    "labels": {"stickyfarm.dev/farm": "shop", "stickyfarm.dev/component": "unit"}},
+                "status": {"podIP": format!("10.1.0.{i}"), "conditions": [{"type": "Ready", "status": ready}]},
+            }),
+        );
+    }
+    api.put(
+        "/apis/apps/v1/namespaces/prod/deployments/shop-gateway",
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop-gateway"}, "status": {"availableReplicas": 1}}),
+    );
+    let ctx = context(api.client());
+    reconcile_stored(&api, &ctx).await.unwrap();
+    let farm = api.get(FARM_PATH).unwrap();
+    let s = &farm["status"];
+    assert_eq!(s["replicas"], 2);
+    assert_eq!(s["readyReplicas"], 1);
+    assert_eq!(s["unitsReady"], "1/2");
+    assert_eq!(s["gatewayEndpoint"], "shop-gateway.prod.svc:8080");
+    assert_eq!(
+        s["units"][0],
+        json!({"name": "shop-0", "pod": "shop-0", "instanceId": "uid-0", "ready": true, "address": "10.1.0.0:8080", "state": "Serving"})
+    );
+    assert_eq!(s["units"][1]["ready"], false);
+    assert_eq!(condition(&farm, "Ready")["reason"], "UnitsNotReady");
+
+    // The second pod becomes ready: the farm is Ready.
+    let mut pod = api.get("/api/v1/namespaces/prod/pods/shop-1").unwrap();
+    pod["status"]["conditions"][0]["status"] = json!("True");
+    api.put("/api/v1/namespaces/prod/pods/shop-1", pod);
+    reconcile_stored(&api, &ctx).await.unwrap();
+    let farm = api.get(FARM_PATH).unwrap();
+    assert_eq!(condition(&farm, "Ready")["status"], "True");
+    assert_eq!(condition(&farm, "Progressing")["status"], "False");
+}
+
+#[tokio::test]
+async fn a_deleted_farm_is_left_to_the_garbage_collector() {
+    let api = FakeApi::default();
+    let mut farm = farm_json(3);
+    farm["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
+    api.put(FARM_PATH, farm);
+    let ctx = context(api.client());
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(
+        api.writes().is_empty(),
+        "nothing re-created during deletion: {:?}",
+        api.writes()
+    );
+}
+
+#[tokio::test]
+async fn an_api_failure_marks_the_farm_degraded_and_backs_off() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(3));
+    api.fail("/apis/apps/v1/namespaces/prod/statefulsets/shop-db");
+    let ctx = context(api.client());
+    let farm: ServerFarm = serde_json::from_value(api.get(FARM_PATH).unwrap()).unwrap();
+    let guard = Arc::new(DeserializeGuard(Ok(farm)));
+    let err = reconcile::reconcile(guard.clone(), ctx.clone())
+        .await
+        .expect_err("the apply fails");
+    let text = err.to_string();
+    assert!(text.contains("apply StatefulSet prod/shop-db"), "{text}");
+    assert!(text.contains("RBAC"), "says what to check: {text}");
+    let farm = api.get(FARM_PATH).unwrap();
+    let degraded = condition(&farm, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert!(degraded["message"].as_str().unwrap().contains("shop-db"));
+    assert!(api.event_reasons().contains(&"ReconcileFailed".to_owned()));
+    // Retries back off: 1 s, 2 s, 4 s …
+    let delays: Vec<Action> = (0..3)
+        .map(|_| reconcile::error_policy(guard.clone(), &err, ctx.clone()))
+        .collect();
+    assert_eq!(
+        delays,
+        [1, 2, 4].map(|s| Action::requeue(Duration::from_secs(s)))
+    );
+    // Nothing after the failing step was applied.
+    assert!(api.get(STS_PATH).is_none());
+}
+
+#[tokio::test]
+async fn an_unparsable_farm_gets_a_warning_and_no_objects() {
+    let api = FakeApi::default();
+    let mut bad = farm_json(3);
+    bad["spec"]["replicas"] = json!(500);
+    api.put(FARM_PATH, bad.clone());
+    let ctx = context(api.client());
+    let guard: DeserializeGuard<ServerFarm> = serde_json::from_value(bad).unwrap();
+    assert!(guard.0.is_err(), "500 replicas do not parse");
+    let action = reconcile::reconcile(Arc::new(guard), ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert_eq!(api.event_reasons(), ["InvalidSpec"]);
+    let non_events: Vec<Seen> = api
+        .writes()
+        .into_iter()
+        .filter(|s| !s.path.contains("/events"))
+        .collect();
+    assert!(non_events.is_empty(), "{non_events:?}");
+}
+
+#[tokio::test]
+async fn an_external_database_without_its_secret_is_degraded_not_generated() {
+    let api = FakeApi::default();
+    let mut farm = farm_json(1);
+    farm["spec"]["database"] = json!({"external": {"secretName": "corp-pg"}});
+    api.put(FARM_PATH, farm);
+    let ctx = context(api.client());
+    reconcile_stored(&api, &ctx).await.unwrap();
+    assert!(
+        api.get("/api/v1/namespaces/prod/secrets/corp-pg").is_none(),
+        "never invented"
+    );
+    assert!(api.get(SECRET_PATH).is_none());
+    assert!(
+        api.get("/apis/apps/v1/namespaces/prod/statefulsets/shop-db")
+            .is_none()
+    );
+    let farm = api.get(FARM_PATH).unwrap();
+    let degraded = condition(&farm, "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert!(degraded["message"].as_str().unwrap().contains("corp-pg"));
+
+    // Once the Secret exists the farm is no longer degraded.
+    api.put(
+        "/api/v1/namespaces/prod/secrets/corp-pg",
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "corp-pg"}, "data": {"url": "cG9zdGdyZXM6Ly8="}}),
+    );
+    let mut farm = api.get(FARM_PATH).unwrap();
+    farm["metadata"]["generation"] = json!(1);
+    api.put(FARM_PATH, farm);
+    reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(
+        condition(&api.get(FARM_PATH).unwrap(), "Degraded")["status"],
+        "False"
+    );
+}
