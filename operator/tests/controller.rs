@@ -105,7 +105,7 @@ impl FakeApi {
             query: query.clone(),
             body: body.clone(),
         });
-        if store.failing.iter().any(|f| path == *f) {
+        if store.failing.contains(&path) {
             return status(StatusCode::INTERNAL_SERVER_ERROR, "etcd is unavailable");
         }
         match parts.method {
