@@ -2,6 +2,7 @@
 //! only operators reach (the default is loopback).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,20 +26,40 @@ struct AdminCtx {
     farm: Arc<Farm>,
     metrics: Arc<Metrics>,
     slow_start: Duration,
+    listed: Arc<AtomicBool>,
 }
 
-/// The admin router.
-pub fn router(farm: Arc<Farm>, metrics: Arc<Metrics>, slow_start: Duration) -> Router {
+/// The admin router. `listed` turns true once discovery published the unit list; `/readyz`
+/// answers 503 until then.
+pub fn router(
+    farm: Arc<Farm>,
+    metrics: Arc<Metrics>,
+    slow_start: Duration,
+    listed: Arc<AtomicBool>,
+) -> Router {
     Router::new()
         .route("/status", get(status))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
         .route("/units/{unit}/{action}", post(set_admin))
         .with_state(AdminCtx {
             farm,
             metrics,
             slow_start,
+            listed,
         })
+}
+
+async fn readyz(State(c): State<AdminCtx>) -> (StatusCode, &'static str) {
+    if c.listed.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the unit list\n",
+        )
+    }
 }
 
 async fn status(State(c): State<AdminCtx>) -> axum::Json<StatusTable> {

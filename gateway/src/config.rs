@@ -42,6 +42,19 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_GATEWAY_UNITS_FILE")]
     pub units_file: Option<PathBuf>,
 
+    /// Where units come from: `static` (`--unit`, `--units-file`) or `kubernetes` (the
+    /// EndpointSlices of the farm's unit Services; needs `--farm` and `--namespace`).
+    #[arg(long, env = "STICKYFARM_DISCOVERY", value_enum, default_value_t = Discovery::Static)]
+    pub discovery: Discovery,
+
+    /// The farm whose units to discover on Kubernetes.
+    #[arg(long, env = "STICKYFARM_FARM")]
+    pub farm: Option<String>,
+
+    /// The farm's namespace on Kubernetes.
+    #[arg(long, env = "STICKYFARM_NAMESPACE")]
+    pub namespace: Option<String>,
+
     /// The farm's host name, for host-style unit addresses `<unit>.<farm host>`.
     #[arg(long, env = "STICKYFARM_FARM_HOST")]
     pub farm_host: Option<String>,
@@ -156,6 +169,15 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Where the unit list comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Discovery {
+    /// Flags and a units file.
+    Static,
+    /// The farm's EndpointSlices.
+    Kubernetes,
 }
 
 /// Unit address style handed to the app.

@@ -7,6 +7,7 @@ pub mod balance;
 pub mod config;
 pub mod discovery;
 pub mod health;
+pub mod kubernetes;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
@@ -14,6 +15,7 @@ pub mod units;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -27,8 +29,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::config::Discovery;
 use crate::discovery::{StaticSource, UnitSource};
 use crate::health::CheckConfig;
+use crate::kubernetes::KubernetesSource;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
 use crate::units::Farm;
@@ -47,6 +51,16 @@ pub enum StartError {
     /// The unit list is unusable.
     #[error(transparent)]
     Units(#[from] discovery::UnitsFileError),
+    /// Kubernetes discovery without a farm or namespace.
+    #[error(
+        "--discovery kubernetes needs --farm and --namespace (STICKYFARM_FARM, STICKYFARM_NAMESPACE)"
+    )]
+    KubernetesTarget,
+    /// No Kubernetes client could be made.
+    #[error(
+        "cannot reach the Kubernetes API for unit discovery: {0} (in-cluster service account or KUBECONFIG)"
+    )]
+    Kubernetes(String),
     /// Neither `--unit` nor `--units-file` was given.
     #[error("no units: give --unit NAME=HOST:PORT or --units-file FILE")]
     NoUnitSource,
@@ -67,6 +81,21 @@ pub struct Gateway {
 impl Gateway {
     /// Starts serving with units from flags and/or a units file.
     pub async fn start(config: Config) -> Result<Gateway, StartError> {
+        if config.discovery == Discovery::Kubernetes {
+            let (Some(farm), Some(namespace)) = (config.farm.clone(), config.namespace.clone())
+            else {
+                return Err(StartError::KubernetesTarget);
+            };
+            let client = kube::Client::try_default()
+                .await
+                .map_err(|e| StartError::Kubernetes(e.to_string()))?;
+            let source = KubernetesSource {
+                client,
+                namespace,
+                farm,
+            };
+            return Self::start_with_source(config, Box::new(source)).await;
+        }
         if config.units.is_empty() && config.units_file.is_none() {
             return Err(StartError::NoUnitSource);
         }
@@ -105,18 +134,30 @@ impl Gateway {
         let mut tasks = JoinSet::new();
 
         // Membership: discovery publishes, the farm applies, new units get a checker.
+        // Ready once discovery has published a first complete list (`/readyz`).
         let (tx, mut rx) = watch::channel(Vec::new());
+        let listed = Arc::new(AtomicBool::new(false));
         tasks.spawn(source.run(tx, stop.clone()));
         {
-            let (farm, stop) = (farm.clone(), stop.clone());
+            let (farm, stop, listed) = (farm.clone(), stop.clone(), listed.clone());
             tasks.spawn(async move {
+                // The channel's initial empty list is not a published one; a value that has
+                // changed (seen here or by `changed()` below) is.
+                let mut published = false;
                 loop {
-                    let units = rx.borrow_and_update().clone();
+                    let units = {
+                        let seen = rx.borrow_and_update();
+                        published |= seen.has_changed();
+                        seen.clone()
+                    };
                     for unit in farm.apply(units) {
                         tokio::spawn(health::check_loop(unit, checks.clone()));
                     }
+                    if published {
+                        listed.store(true, Ordering::Relaxed);
+                    }
                     tokio::select! {
-                        changed = rx.changed() => if changed.is_err() { stop.cancelled().await; return },
+                        changed = rx.changed() => if changed.is_err() { stop.cancelled().await; return } else { published = true },
                         _ = stop.cancelled() => return,
                     }
                 }
@@ -179,7 +220,7 @@ impl Gateway {
             config.shutdown_grace,
         ));
 
-        let admin = admin::router(farm.clone(), metrics.clone(), config.slow_start);
+        let admin = admin::router(farm.clone(), metrics.clone(), config.slow_start, listed);
         {
             let stop = stop.clone();
             tasks.spawn(async move {

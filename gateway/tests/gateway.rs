@@ -620,3 +620,67 @@ async fn sigterm_finishes_in_flight_requests_then_stops() {
     assert!(exited, "exit 0 after SIGTERM");
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_unit_list_and_kubernetes_discovery_needs_its_farm() {
+    // Static discovery publishes at once: ready.
+    let unit = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(&[format!("web-0={}", unit.addr)], &[]).await;
+    let ready = reqwest::get(format!("http://{}/readyz", gw.admin))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // Kubernetes discovery without a farm: refused with the flags to give.
+    let out = std::process::Command::new(binary("stickyfarm-gateway"))
+        .args(["--discovery", "kubernetes", "--listen", "127.0.0.1:0"])
+        .env_remove("STICKYFARM_FARM")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--farm and --namespace"), "{err}");
+
+    // An API server that does not answer: the gateway serves its admin port but is not
+    // ready, and says why.
+    let dead = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: c, cluster: {{server: 'http://127.0.0.1:{dead}'}}}}]\nusers: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: c, user: u, namespace: shop}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let mut cmd = std::process::Command::new(binary("stickyfarm-gateway"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args([
+            "--discovery",
+            "kubernetes",
+            "--farm",
+            "shop",
+            "--namespace",
+            "shop",
+        ])
+        .env("KUBECONFIG", &kubeconfig);
+    let proc = ChildProc::spawn("gateway-k8s", cmd);
+    let readyz = format!("http://127.0.0.1:{admin}/readyz");
+    eventually(
+        Duration::from_secs(20),
+        "the admin port answers",
+        || async { reqwest::get(&readyz).await.is_ok() },
+    )
+    .await;
+    let answer = reqwest::get(&readyz).await.unwrap();
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.text().await.unwrap(), "waiting for the unit list\n");
+    eventually(
+        Duration::from_secs(20),
+        "the failed watch is logged",
+        || async { proc.log_text().contains("watching EndpointSlices failed") },
+    )
+    .await;
+}
