@@ -603,6 +603,17 @@ pub struct SpecError {
 }
 
 impl ServerFarmSpec {
+    /// The Secret (name, key) holding the database URL: the external one, or the credentials
+    /// the operator generates for a managed database (`<farm>-db`, key `url`). Apps reference
+    /// it in `valueFrom.secretKeyRef` to reach the same database; `farmctl` resolves exactly
+    /// this reference to its own database URL.
+    pub fn database_secret(&self, farm: &str) -> (String, String) {
+        match &self.database.external {
+            Some(ext) => (ext.secret_name.clone(), ext.key.clone()),
+            None => (format!("{farm}-db"), "url".to_owned()),
+        }
+    }
+
     /// Checks the rules that span fields. Every violation is returned.
     pub fn validate(&self) -> Result<(), Vec<SpecError>> {
         let mut errors = Vec::new();

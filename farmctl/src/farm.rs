@@ -183,10 +183,10 @@ impl Launch {
             .env("DATABASE_URL", &self.database_url)
             .env("POD_NAME", u.name.as_str())
             .env("POD_UID", &instance);
-        for e in &spec.app.env {
-            // `up` refuses `valueFrom` before anything starts (see `local_env_problem`).
-            app.env(&e.name, e.value.as_deref().unwrap_or_default());
-        }
+        // Checked before anything started, in `up`.
+        let env = farmctl::manifest::local_app_env(&self.manifest, &self.database_url)
+            .map_err(|e| anyhow!(e))?;
+        app.envs(env);
         let app = spawn(
             app,
             &format!("the app of {}", u.name),
@@ -367,18 +367,8 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         }
     }
     let app_bin = binary_for_image(&manifest.spec.app.image, &bin_dir)?;
-    if let Some(e) = manifest
-        .spec
-        .app
-        .env
-        .iter()
-        .find(|e| e.value_from.is_some())
-    {
-        bail!(
-            "app env {} uses valueFrom, which only Kubernetes resolves: give it a value for farmctl",
-            e.name
-        );
-    }
+    farmctl::manifest::local_app_env(&manifest, "")
+        .map_err(|e| anyhow!("{}: {e}", opts.manifest.display()))?;
     if let Ok(state) = read_state(&opts.state_dir)
         && Path::new(&format!("/proc/{}", state.pid)).exists()
     {

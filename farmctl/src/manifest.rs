@@ -42,6 +42,36 @@ pub fn parse(path: &str, text: &str) -> Result<ServerFarmManifest, ManifestError
     Ok(manifest)
 }
 
+/// The app's environment as `farmctl` runs it: literal values as given, and a `valueFrom`
+/// that names the farm's database Secret (see `ServerFarmSpec::database_secret`) resolved to
+/// `database_url`. Anything else only Kubernetes can resolve, so it is refused.
+pub fn local_app_env(
+    manifest: &ServerFarmManifest,
+    database_url: &str,
+) -> Result<Vec<(String, String)>, String> {
+    let (secret, key) = manifest
+        .spec
+        .database_secret(manifest.metadata.name.as_str());
+    manifest
+        .spec
+        .app
+        .env
+        .iter()
+        .map(|e| match (&e.value, &e.value_from) {
+            (_, None) => Ok((e.name.clone(), e.value.clone().unwrap_or_default())),
+            (_, Some(from)) => match &from.secret_key_ref {
+                Some(r) if r.name == secret && r.key == key => {
+                    Ok((e.name.clone(), database_url.to_owned()))
+                }
+                _ => Err(format!(
+                    "app env {} uses a valueFrom that only Kubernetes resolves; farmctl resolves only secretKeyRef {secret}/{key} (the farm's database URL): give it a value",
+                    e.name
+                )),
+            },
+        })
+        .collect()
+}
+
 /// Reads and parses a manifest file.
 pub fn load(path: &Path) -> Result<ServerFarmManifest, ManifestError> {
     let shown = path.display().to_string();
@@ -75,6 +105,59 @@ spec:
         assert_eq!(m.spec.sidecar.cache_memory.0, 64 << 20);
         let names: Vec<String> = m.unit_names().iter().map(|u| u.to_string()).collect();
         assert_eq!(names, ["shop-0", "shop-1", "shop-2"]);
+    }
+
+    #[test]
+    fn app_env_resolves_only_the_database_secret() {
+        let with_env = |env: &str| parse("m.yaml", &format!("{MINIMAL}    env:\n{env}")).unwrap();
+        let m = with_env(
+            "      - {name: MODE, value: live}\n      - name: DATABASE_URL\n        valueFrom: {secretKeyRef: {name: shop-db, key: url}}\n",
+        );
+        assert_eq!(
+            local_app_env(&m, "postgres://local/db").unwrap(),
+            [
+                ("MODE".to_owned(), "live".to_owned()),
+                ("DATABASE_URL".to_owned(), "postgres://local/db".to_owned())
+            ]
+        );
+        let m = with_env(
+            "      - name: API_KEY\n        valueFrom: {secretKeyRef: {name: other, key: k}}\n",
+        );
+        let err = local_app_env(&m, "postgres://local/db").unwrap_err();
+        assert!(
+            err.contains("API_KEY") && err.contains("shop-db/url"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cross_field_rules_are_checked() {
+        let err = parse(
+            "m.yaml",
+            &format!("{MINIMAL}  gateway:\n    unitAddressing: host\n  sessionPersistence:\n    idleTimeout: 48h\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("spec.gateway: unitAddressing host needs farmHost"),
+            "{err}"
+        );
+        assert!(
+            err.contains("spec.sessionPersistence: idleTimeout must not be longer"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_example_manifest_is_accepted() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/serverfarms");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+            n += 1;
+        }
+        assert!(n >= 3, "minimal, full, external database");
     }
 
     #[test]

@@ -221,10 +221,7 @@ pub fn unit_statefulset_name(farm: &ServerFarm) -> String {
 /// Name of the generated (or, for external databases, referenced) credentials Secret and the key
 /// of the connection URL in it.
 pub fn database_secret_ref(farm: &ServerFarm) -> (String, String) {
-    match &farm.spec.database.external {
-        Some(ext) => (ext.secret_name.clone(), ext.key.clone()),
-        None => (format!("{}-db", farm.name_any()), "url".to_owned()),
-    }
+    farm.spec.database_secret(&farm.name_any())
 }
 
 /// Label selector (as text) of a farm's unit pods.
