@@ -44,3 +44,38 @@ stage() {
   end=$(date +%s)
   echo "==> $name: $((end - start)) s" >&2
 }
+
+# Go builds helm (and, later, the control plane) from the Go module proxy. /usr/local/go is
+# where the official toolchain lands; Debian's golang-go is the fallback. GOTOOLCHAIN=auto lets
+# an older go fetch the toolchain a module needs, from the same proxy.
+ensure_go() {
+  [ -x /usr/local/go/bin/go ] && export PATH="/usr/local/go/bin:$PATH"
+  command -v go >/dev/null 2>&1 || ensure_packages golang-go
+  export GOTOOLCHAIN="${GOTOOLCHAIN:-auto}"
+  export GOMODCACHE="${GOMODCACHE:-$STICKYFARM_CACHE/go/mod}"
+  export GOCACHE="${GOCACHE:-$STICKYFARM_CACHE/go/build}"
+}
+
+# Helm, built once from helm.sh/helm/v3 with `go install` and kept in a versioned folder.
+HELM_VERSION=v3.22.0
+export HELM="$STICKYFARM_CACHE/tools/helm-$HELM_VERSION/helm"
+ensure_helm() {
+  [ -x "$HELM" ] && return 0
+  ensure_go
+  echo "building helm $HELM_VERSION from the Go module proxy (once; a few minutes)..." >&2
+  GOBIN="$(dirname "$HELM")" go install -trimpath "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+}
+
+# helm lint and helm template of the chart, with the value combinations users pick.
+check_chart() {
+  local k=(--kube-version 1.37.0)
+  "$HELM" lint charts/stickyfarm "${k[@]}"
+  "$HELM" lint charts/stickyfarm "${k[@]}" --set crds.enabled=false,watchNamespace=shop,replicaCount=2
+  "$HELM" template sf charts/stickyfarm "${k[@]}" --namespace stickyfarm-system >/dev/null
+  "$HELM" template sf charts/stickyfarm "${k[@]}" --set metrics.enabled=false,networkPolicy.enabled=false,leaderElection.enabled=false >/dev/null
+  # Two operators without leader election must be refused.
+  if "$HELM" template sf charts/stickyfarm "${k[@]}" --set leaderElection.enabled=false,replicaCount=2 >/dev/null 2>&1; then
+    echo "the chart accepted two replicas without leader election" >&2
+    return 1
+  fi
+}

@@ -1,0 +1,39 @@
+{{/* Name of the release's objects. */}}
+{{- define "stickyfarm.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Labels on every object. */}}
+{{- define "stickyfarm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{/* Labels that select the operator's pods (never change: selectors are immutable). */}}
+{{- define "stickyfarm.selectorLabels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "stickyfarm.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "stickyfarm.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* registry/name:tag of one of the Stickyfarm images. */}}
+{{- define "stickyfarm.image" -}}
+{{- $ctx := index . 0 -}}
+{{- $name := index . 1 -}}
+{{- printf "%s/%s:%s" $ctx.Values.image.registry $name (default $ctx.Chart.AppVersion $ctx.Values.image.tag) -}}
+{{- end -}}

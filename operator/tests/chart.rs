@@ -1,0 +1,227 @@
+//! The Helm chart as rendered by `helm template`: the CRD it installs is the generated one,
+//! its RBAC covers exactly what the reconciler does, and the operator runs locked down.
+//!
+//! Needs helm: `scripts/test` builds it from Go modules and sets `HELM`. Without it these
+//! tests say so loudly and do not check anything.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kube::CustomResourceExt;
+use serde_json::Value;
+use stickyfarm_api::farm::ServerFarm;
+
+fn helm() -> Option<PathBuf> {
+    let path = std::env::var_os("HELM").map(PathBuf::from).or_else(|| {
+        let cache = std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+        Some(cache.join("stickyfarm/tools/helm-v3.22.0/helm"))
+    })?;
+    path.exists().then_some(path)
+}
+
+fn render(set: &[&str]) -> Option<Vec<Value>> {
+    let Some(helm) = helm() else {
+        eprintln!(
+            "\n*** SKIPPED: helm not found. Run scripts/test (it builds helm) or set HELM=/path/to/helm. ***\n"
+        );
+        return None;
+    };
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/stickyfarm");
+    let mut cmd = Command::new(helm);
+    cmd.args(["template", "sf"]).arg(&chart).args([
+        "--namespace",
+        "stickyfarm-system",
+        "--kube-version",
+        "1.37.0",
+    ]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("helm runs");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("helm renders YAML");
+    Some(docs.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| {
+            d["kind"] == kind
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with(name_suffix))
+        })
+        .unwrap_or_else(|| panic!("no {kind} *{name_suffix} rendered"))
+}
+
+fn verbs(rules: &Value, group: &str, resource: &str) -> Vec<String> {
+    let mut out: Vec<String> = rules
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            r["apiGroups"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|g| g == group)
+                && r["resources"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|x| x == resource)
+        })
+        .flat_map(|r| {
+            r["verbs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_owned())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn the_chart_installs_the_generated_crd_and_keeps_it() {
+    let Some(docs) = render(&[]) else { return };
+    let crd = find(
+        &docs,
+        "CustomResourceDefinition",
+        "serverfarms.stickyfarm.dev",
+    );
+    assert_eq!(
+        crd["metadata"]["annotations"]["helm.sh/resource-policy"],
+        "keep"
+    );
+    let generated = serde_json::to_value(ServerFarm::crd()).unwrap();
+    assert_eq!(
+        crd["spec"], generated["spec"],
+        "the chart's CRD is the one generated from the types"
+    );
+    let Some(docs) = render(&["crds.enabled=false"]) else {
+        return;
+    };
+    assert!(docs.iter().all(|d| d["kind"] != "CustomResourceDefinition"));
+}
+
+#[test]
+fn rbac_grants_what_the_reconciler_does_and_nothing_more() {
+    let Some(docs) = render(&[]) else { return };
+    let role = find(&docs, "ClusterRole", "stickyfarm");
+    let rules = &role["rules"];
+    let text = rules.to_string();
+    assert!(!text.contains("\"*\""), "no wildcards: {text}");
+    // Applied with server-side apply: create + patch. Watched kinds also get/list/watch.
+    for (group, resource, want) in [
+        (
+            "stickyfarm.dev",
+            "serverfarms",
+            &["get", "list", "watch"][..],
+        ),
+        ("stickyfarm.dev", "serverfarms/status", &["get", "patch"]),
+        (
+            "apps",
+            "statefulsets",
+            &["create", "get", "list", "patch", "watch"],
+        ),
+        (
+            "apps",
+            "deployments",
+            &["create", "get", "list", "patch", "watch"],
+        ),
+        (
+            "",
+            "services",
+            &["create", "delete", "get", "list", "patch", "watch"],
+        ),
+        ("", "pods", &["get", "list", "watch"]),
+        ("", "secrets", &["create", "get"]),
+        ("", "serviceaccounts", &["create", "patch"]),
+        ("rbac.authorization.k8s.io", "roles", &["create", "patch"]),
+        (
+            "rbac.authorization.k8s.io",
+            "rolebindings",
+            &["create", "patch"],
+        ),
+        (
+            "discovery.k8s.io",
+            "endpointslices",
+            &["get", "list", "watch"],
+        ),
+        ("networking.k8s.io", "networkpolicies", &["create", "patch"]),
+        ("policy", "poddisruptionbudgets", &["create", "patch"]),
+        ("events.k8s.io", "events", &["create", "patch"]),
+    ] {
+        assert_eq!(verbs(rules, group, resource), want, "{group}/{resource}");
+    }
+    assert_eq!(rules.as_array().unwrap().len(), 12, "no other rules");
+    let binding = find(&docs, "ClusterRoleBinding", "stickyfarm");
+    assert_eq!(binding["subjects"][0]["name"], "sf-stickyfarm");
+    assert_eq!(binding["subjects"][0]["namespace"], "stickyfarm-system");
+    let leases = find(&docs, "Role", "leader-election");
+    assert_eq!(leases["metadata"]["namespace"], "stickyfarm-system");
+    assert_eq!(
+        verbs(&leases["rules"], "coordination.k8s.io", "leases"),
+        ["create", "get", "patch", "update"]
+    );
+
+    // One watched namespace: a Role there instead of a ClusterRole.
+    let Some(docs) = render(&["watchNamespace=shop"]) else {
+        return;
+    };
+    assert!(docs.iter().all(|d| d["kind"] != "ClusterRole"));
+    let role = find(&docs, "Role", "sf-stickyfarm");
+    assert_eq!(role["metadata"]["namespace"], "shop");
+}
+
+#[test]
+fn the_operator_runs_locked_down_with_the_images_of_its_version() {
+    let Some(docs) = render(&[]) else { return };
+    let dep = find(&docs, "Deployment", "stickyfarm");
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "sf-stickyfarm");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let c = &pod["containers"][0];
+    assert_eq!(c["image"], "ghcr.io/stickyfarm/operator:0.1.0");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("no env {name}"))
+            .clone()
+    };
+    assert_eq!(
+        env("STICKYFARM_SIDECAR_IMAGE")["value"],
+        "ghcr.io/stickyfarm/sidecar:0.1.0"
+    );
+    assert_eq!(
+        env("STICKYFARM_GATEWAY_IMAGE")["value"],
+        "ghcr.io/stickyfarm/gateway:0.1.0"
+    );
+    assert_eq!(env("STICKYFARM_LEADER_ELECT")["value"], "true");
+    assert_eq!(
+        env("POD_NAMESPACE")["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    let np = find(&docs, "NetworkPolicy", "stickyfarm");
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["stickyfarm.dev/scrape"],
+        "true"
+    );
+}
