@@ -27,11 +27,87 @@ pub struct ClientCookies {
 /// Longest `Cookie` header value we look into; longer ones are refused as a whole.
 pub const MAX_COOKIE_HEADER_LEN: usize = 8 * 1024;
 
-/// Parses Stickyfarm's cookies out of the `Cookie` header values of one request.
+/// The name of the session cookie (GEP-1619's `sessionName`): an RFC 6265 token of 1 to 64
+/// characters that is none of Stickyfarm's other cookie names. [`cookie_names::SESSION`] by
+/// default.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionCookieName(String);
+
+/// What [`SessionCookieName`] accepts (RFC 6265 token characters).
+pub const SESSION_COOKIE_NAME_PATTERN: &str = "^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,64}$";
+
+impl SessionCookieName {
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for SessionCookieName {
+    fn default() -> Self {
+        SessionCookieName(cookie_names::SESSION.to_owned())
+    }
+}
+
+impl std::str::FromStr for SessionCookieName {
+    type Err = ContractError;
+    fn from_str(s: &str) -> Result<Self, ContractError> {
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+.^_`|~-".contains(c);
+        if s.is_empty() || s.len() > 64 || !s.chars().all(token) {
+            return Err(ContractError::MalformedCookieName(
+                "expected 1-64 characters of letters, digits and !#$%&'*+.^_`|~-",
+            ));
+        }
+        if [
+            cookie_names::INSTANCE,
+            cookie_names::GENERATION,
+            cookie_names::UNIT,
+        ]
+        .contains(&s)
+        {
+            return Err(ContractError::MalformedCookieName(
+                "sf_instance, sf_gen and sf_unit are Stickyfarm's other cookies",
+            ));
+        }
+        Ok(SessionCookieName(s.to_owned()))
+    }
+}
+
+impl TryFrom<String> for SessionCookieName {
+    type Error = ContractError;
+    fn try_from(s: String) -> Result<Self, ContractError> {
+        s.parse()
+    }
+}
+
+impl From<SessionCookieName> for String {
+    fn from(n: SessionCookieName) -> String {
+        n.0
+    }
+}
+
+impl std::fmt::Display for SessionCookieName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Parses Stickyfarm's cookies out of the `Cookie` header values of one request, with the
+/// default session cookie name.
+pub fn parse_client_cookies<'a>(
+    header_values: impl IntoIterator<Item = &'a [u8]>,
+) -> ClientCookies {
+    parse_client_cookies_named(&SessionCookieName::default(), header_values)
+}
+
+/// Parses Stickyfarm's cookies out of the `Cookie` header values of one request, the session
+/// id from the cookie named `session`.
 ///
 /// When a cookie appears more than once (for example set once for `/` and once for a unit
 /// path), the first occurrence wins, as RFC 6265 orders more specific paths first.
-pub fn parse_client_cookies<'a>(
+pub fn parse_client_cookies_named<'a>(
+    session: &SessionCookieName,
     header_values: impl IntoIterator<Item = &'a [u8]>,
 ) -> ClientCookies {
     let mut out = ClientCookies::default();
@@ -57,7 +133,7 @@ pub fn parse_client_cookies<'a>(
             };
             let value = cookie.value();
             match cookie.name() {
-                cookie_names::SESSION if !seen_session => {
+                name if name == session.as_str() && !seen_session => {
                     seen_session = true;
                     store(&mut out.session, value.parse(), &mut out.errors);
                 }
@@ -97,8 +173,8 @@ fn store<T>(
 /// session has expired (idle and absolute timeouts).
 #[derive(Debug, Clone)]
 pub struct SetCookie<'a> {
-    /// Cookie name, one of [`cookie_names`].
-    pub name: &'static str,
+    /// Cookie name: one of [`cookie_names`], or the configured [`SessionCookieName`].
+    pub name: &'a str,
     /// Already-valid value (the `Display` form of one of this crate's types).
     pub value: String,
     /// Adds `Secure` (set it whenever clients reach the farm over HTTPS).
@@ -170,6 +246,28 @@ mod tests {
             let c = parse_client_cookies([raw]);
             assert_eq!(c.session, None);
         }
+    }
+
+    #[test]
+    fn a_configured_session_cookie_name_is_the_only_one_read() {
+        let sid = SessionId::generate();
+        let other = SessionId::generate();
+        let name: SessionCookieName = "shop_sid".parse().unwrap();
+        let header = format!("sf_session={other}; shop_sid={sid}");
+        let c = parse_client_cookies_named(&name, [header.as_bytes()]);
+        assert_eq!(c.session, Some(sid));
+        for bad in [
+            "",
+            "a b",
+            "sf_unit",
+            "sf_gen",
+            "sf_instance",
+            "x;y",
+            &"a".repeat(65),
+        ] {
+            assert!(bad.parse::<SessionCookieName>().is_err(), "{bad:?}");
+        }
+        assert_eq!(SessionCookieName::default().as_str(), "sf_session");
     }
 
     #[test]

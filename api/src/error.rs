@@ -29,6 +29,9 @@ pub enum ContractError {
     /// A unit base URL must be an absolute http(s) URL made of safe characters.
     #[error("malformed unit base URL: {0}")]
     MalformedUnitUrl(&'static str),
+    /// A configured session cookie name is not usable.
+    #[error("invalid session cookie name: {0}")]
+    MalformedCookieName(&'static str),
     /// The `Cookie` header was not valid.
     #[error("malformed Cookie header: {0}")]
     MalformedCookieHeader(&'static str),

@@ -18,7 +18,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
-use crate::UnitName;
+use crate::{SESSION_COOKIE_NAME_PATTERN, SessionCookieName, UnitName};
 
 /// API group and version of the resource.
 pub const API_VERSION: &str = "stickyfarm.dev/v1alpha1";
@@ -181,6 +181,12 @@ impl Default for SidecarSettings {
     .message("idleTimeout must not be longer than absoluteTimeout")
     .reason(Reason::FieldValueInvalid))]
 pub struct SessionPersistence {
+    /// Name of the session cookie.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("!(self in ['sf_instance', 'sf_gen', 'sf_unit'])")
+        .message("sessionName must not be one of Stickyfarm's other cookies (sf_instance, sf_gen, sf_unit)")
+        .reason(Reason::FieldValueInvalid))]
+    pub session_name: SessionCookieName,
     /// A session unused this long expires.
     #[serde(default = "default_idle")]
     pub idle_timeout: DurationText,
@@ -203,6 +209,7 @@ fn default_absolute() -> DurationText {
 impl Default for SessionPersistence {
     fn default() -> Self {
         SessionPersistence {
+            session_name: SessionCookieName::default(),
             idle_timeout: default_idle(),
             absolute_timeout: default_absolute(),
             secure: false,
@@ -847,6 +854,23 @@ impl JsonSchema for Quantity {
             "64Mi",
             "A byte size: a number, optionally with Ki, Mi or Gi.",
         )
+    }
+}
+
+impl JsonSchema for SessionCookieName {
+    fn schema_name() -> Cow<'static, str> {
+        "CookieName".into()
+    }
+    fn inline_schema() -> bool {
+        true
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": SESSION_COOKIE_NAME_PATTERN,
+            "maxLength": 64,
+            "description": "A cookie name (RFC 6265 token).",
+        })
     }
 }
 

@@ -15,7 +15,10 @@ mod ids;
 mod snapshot;
 mod unit;
 
-pub use cookies::{ClientCookies, SetCookie, parse_client_cookies};
+pub use cookies::{
+    ClientCookies, SESSION_COOKIE_NAME_PATTERN, SessionCookieName, SetCookie, parse_client_cookies,
+    parse_client_cookies_named,
+};
 pub use error::ContractError;
 pub use hop::{remove_hop_by_hop, remove_stickyfarm_headers};
 pub use ids::{Generation, InstanceId, SessionId, TableName};

@@ -214,6 +214,10 @@ impl Launch {
                 "--cookie-secure",
                 &spec.session_persistence.secure.to_string(),
             ])
+            .args([
+                "--session-cookie",
+                spec.session_persistence.session_name.as_str(),
+            ])
             .env("DATABASE_URL", &self.database_url);
         if let Some(disk) = &spec.sidecar.cache_disk {
             sidecar

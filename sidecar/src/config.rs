@@ -75,6 +75,10 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_TRUST_GATEWAY_HEADERS", default_value_t = true, action = ArgAction::Set)]
     pub trust_gateway_headers: bool,
 
+    /// Name of the session cookie (the farm's `sessionPersistence.sessionName`).
+    #[arg(long, env = "STICKYFARM_SESSION_COOKIE", default_value = stickyfarm_api::cookie_names::SESSION)]
+    pub session_cookie: stickyfarm_api::SessionCookieName,
+
     /// Mark the cookies `Secure` (whenever clients use HTTPS).
     #[arg(long, env = "STICKYFARM_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
     pub cookie_secure: bool,

@@ -14,8 +14,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stickyfarm_api::{
-    ClientCookies, Generation, SessionId, SetCookie, UnitBaseUrl, UnitName, cookie_names, headers,
-    parse_client_cookies, paths, remove_hop_by_hop, remove_stickyfarm_headers,
+    ClientCookies, Generation, SessionCookieName, SessionId, SetCookie, UnitBaseUrl, UnitName,
+    cookie_names, headers, parse_client_cookies_named, paths, remove_hop_by_hop,
+    remove_stickyfarm_headers,
 };
 
 use crate::cache::CachedSession;
@@ -35,16 +36,25 @@ pub struct Front {
     pub app: http::uri::Authority,
     /// Per-request timeout towards the app.
     pub app_timeout: Duration,
-    /// Cookie attributes.
-    pub cookie_secure: bool,
-    /// Cookie `Domain=`.
-    pub cookie_domain: Option<String>,
+    /// The session cookie's name and every cookie's attributes.
+    pub cookies: CookieSettings,
     /// Largest snapshot header in bytes.
     pub snapshot_max: usize,
     /// Pooled HTTP/1.1 connections to the app.
     pub client: Client<HttpConnector, Body>,
     /// The unit name and instance id as header values, made once: they never change.
     headers: (HeaderValue, HeaderValue),
+}
+
+/// How the sidecar names and marks its cookies.
+#[derive(Debug, Clone, Default)]
+pub struct CookieSettings {
+    /// Name of the session cookie (GEP-1619's `sessionName`).
+    pub session_name: SessionCookieName,
+    /// Add `Secure` (clients use HTTPS).
+    pub secure: bool,
+    /// `Domain=` (host-style unit addresses).
+    pub domain: Option<String>,
 }
 
 impl Front {
@@ -57,8 +67,7 @@ impl Front {
         trust_gateway_headers: bool,
         app: http::uri::Authority,
         app_timeout: Duration,
-        cookie_secure: bool,
-        cookie_domain: Option<String>,
+        cookies: CookieSettings,
         snapshot_max: usize,
     ) -> Front {
         let headers = (value(unit.as_str()), value(&tier.instance().to_string()));
@@ -69,8 +78,7 @@ impl Front {
             trust_gateway_headers,
             app,
             app_timeout,
-            cookie_secure,
-            cookie_domain,
+            cookies,
             snapshot_max,
             client: Self::app_client(),
             headers,
@@ -110,7 +118,8 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     if req.uri().path().starts_with("/_stickyfarm/") {
         return plain(StatusCode::NOT_FOUND, "unknown Stickyfarm path\n");
     }
-    let cookies = parse_client_cookies(
+    let cookies = parse_client_cookies_named(
+        &front.cookies.session_name,
         req.headers()
             .get_all(header::COOKIE)
             .iter()
@@ -224,17 +233,17 @@ fn set_cookies(
     out: &mut http::HeaderMap,
 ) {
     let instance = front.tier.instance();
-    let mut set = |name: &'static str, v: String| {
+    let mut set = |name: &str, v: String| {
         let c = SetCookie {
             name,
             value: v,
-            secure: front.cookie_secure,
-            domain: front.cookie_domain.as_deref(),
+            secure: front.cookies.secure,
+            domain: front.cookies.domain.as_deref(),
         };
         out.append(header::SET_COOKIE, value(&c.to_header_value()));
     };
     if sent.session != Some(id) {
-        set(cookie_names::SESSION, id.to_string());
+        set(front.cookies.session_name.as_str(), id.to_string());
     }
     if sent.instance != Some(instance) {
         set(cookie_names::INSTANCE, instance.to_string());

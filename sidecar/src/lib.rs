@@ -141,8 +141,11 @@ impl Sidecar {
             config.trust_gateway_headers,
             app,
             config.app_timeout,
-            config.cookie_secure,
-            config.cookie_domain.clone(),
+            front::CookieSettings {
+                session_name: config.session_cookie.clone(),
+                secure: config.cookie_secure,
+                domain: config.cookie_domain.clone(),
+            },
             config.snapshot_max.as_u64() as usize,
         ));
 

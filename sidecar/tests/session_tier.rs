@@ -779,3 +779,61 @@ async fn sigterm_shuts_down_cleanly() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_session_cookie_name_is_set_and_the_default_one_ignored() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &["--session-cookie", "shop_sid"]).await;
+    let mut browser = Browser::new();
+    let first = browser.get(&a.sidecar.url("/echo")).await;
+    assert_eq!(first.status, 200);
+    let cookies = first.set_cookies();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("shop_sid=") && c.contains("HttpOnly")),
+        "{cookies:?}"
+    );
+    assert!(
+        cookies.iter().all(|c| !c.starts_with("sf_session=")),
+        "{cookies:?}"
+    );
+    let sid = browser.cookie("shop_sid").unwrap().to_owned();
+    assert_eq!(first.json()["x-stickyfarm-session"], sid.as_str());
+    // The same browser keeps its session under the configured name.
+    let again = browser.get(&a.sidecar.url("/echo")).await.json();
+    assert_eq!(again["x-stickyfarm-session"], sid.as_str());
+    // A client that sends the default name is not recognised: it gets a new session.
+    let other = browser_with_cookie(&a, &format!("sf_session={sid}")).await;
+    assert_ne!(other, sid);
+    assert!(db.session_exists(&other).await);
+
+    // A name that collides with Stickyfarm's other cookies is refused at start.
+    let out = std::process::Command::new(binary("stickyfarm-sidecar"))
+        .args([
+            "--session-cookie",
+            "sf_unit",
+            "--database-url",
+            &db.url,
+            "--unit",
+            "web-9",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sf_unit"));
+}
+
+/// The session a request with only `cookie` is served under.
+async fn browser_with_cookie(unit: &Unit, cookie: &str) -> String {
+    let echo: serde_json::Value = reqwest::Client::new()
+        .get(unit.sidecar.url("/echo"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    echo["x-stickyfarm-session"].as_str().unwrap().to_owned()
+}

@@ -292,6 +292,7 @@ fn unit_statefulset_runs_app_and_sidecar_with_defaults() {
     assert_eq!(env_value(sc, "STICKYFARM_IDLE_TIMEOUT"), "30m");
     assert_eq!(env_value(sc, "STICKYFARM_ABSOLUTE_TIMEOUT"), "24h");
     assert_eq!(env_value(sc, "STICKYFARM_COOKIE_SECURE"), "false");
+    assert_eq!(env_value(sc, "STICKYFARM_SESSION_COOKIE"), "sf_session");
     assert!(
         sc.env
             .iter()
@@ -358,7 +359,7 @@ sidecar:
   cacheMemory: 256Mi
   cacheDisk: 2Gi
   resources: {limits: {memory: 1Gi}}
-sessionPersistence: {idleTimeout: 10m, absoluteTimeout: 8h, secure: true}
+sessionPersistence: {sessionName: shop_sid, idleTimeout: 10m, absoluteTimeout: 8h, secure: true}
 pod:
   nodeSelector: {pool: shop}
   tolerations: [{key: dedicated, operator: Equal, value: shop, effect: NoSchedule}]
@@ -450,6 +451,7 @@ pod:
     assert_eq!(env_value(sc, "STICKYFARM_IDLE_TIMEOUT"), "10m");
     assert_eq!(env_value(sc, "STICKYFARM_ABSOLUTE_TIMEOUT"), "8h");
     assert_eq!(env_value(sc, "STICKYFARM_COOKIE_SECURE"), "true");
+    assert_eq!(env_value(sc, "STICKYFARM_SESSION_COOKIE"), "shop_sid");
     assert_eq!(
         sc.resources.as_ref().unwrap().limits.as_ref().unwrap()["memory"].0,
         "1Gi"

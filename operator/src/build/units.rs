@@ -159,6 +159,7 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
             "STICKYFARM_ABSOLUTE_TIMEOUT",
             sp.absolute_timeout.to_string(),
         ),
+        value("STICKYFARM_SESSION_COOKIE", sp.session_name.to_string()),
         value("STICKYFARM_COOKIE_SECURE", sp.secure.to_string()),
         value("STICKYFARM_LOG_FORMAT", "json".into()),
     ];
