@@ -265,3 +265,60 @@ fn router(health: Health) -> Router {
         )
         .with_state(health)
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(h: &Health, path: &str) -> (StatusCode, String) {
+        let r = router(h.clone())
+            .oneshot(Request::get(path).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_readiness_and_metrics() {
+        let h = Health {
+            ready: Arc::default(),
+            leading: Arc::default(),
+            metrics: Arc::new(Metrics::default()),
+        };
+        assert_eq!(get(&h, "/healthz").await, (StatusCode::OK, "ok\n".into()));
+        assert_eq!(get(&h, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+        h.ready.store(true, Ordering::Relaxed);
+        assert_eq!(
+            get(&h, "/readyz").await,
+            (StatusCode::OK, "ready: standing by\n".into())
+        );
+        h.leading.store(true, Ordering::Relaxed);
+        assert_eq!(
+            get(&h, "/readyz").await,
+            (StatusCode::OK, "ready: leading\n".into())
+        );
+
+        h.metrics
+            .observe(std::time::Duration::from_millis(20), true);
+        h.metrics
+            .observe(std::time::Duration::from_millis(20), false);
+        h.metrics.leader.set(1);
+        let (status, text) = get(&h, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        for line in [
+            "stickyfarm_operator_reconciles_total{result=\"ok\"} 1",
+            "stickyfarm_operator_reconciles_total{result=\"error\"} 1",
+            "stickyfarm_operator_reconcile_duration_seconds_count 2",
+            "stickyfarm_operator_leader 1",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+    }
+}
