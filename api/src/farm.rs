@@ -585,18 +585,7 @@ impl UnitState {
     }
 }
 
-/// Label keys on every object of a farm.
-pub mod labels {
-    /// The farm an object belongs to.
-    pub const FARM: &str = "stickyfarm.dev/farm";
-    /// The component: `unit`, `gateway` or `database`.
-    pub const COMPONENT: &str = "stickyfarm.dev/component";
-    /// On a unit's Service (and so on its EndpointSlices): the unit's name.
-    pub const UNIT: &str = "stickyfarm.dev/unit";
-    /// On a unit's Service: `serving` or `draining`. The gateway stops giving a draining unit
-    /// new sessions.
-    pub const UNIT_STATE: &str = "stickyfarm.dev/unit-state";
-}
+pub use crate::labels;
 
 /// A spec that contradicts itself (the same rules the CRD's CEL validations enforce on the API
 /// server, for readers that do not go through one, like `farmctl`).

@@ -65,6 +65,19 @@ pub mod headers {
     pub const TABLE_VERSION: &str = "x-stickyfarm-version";
 }
 
+/// Label keys the operator puts on a farm's objects; the gateway finds units by them.
+pub mod labels {
+    /// The farm an object belongs to.
+    pub const FARM: &str = "stickyfarm.dev/farm";
+    /// The component: `unit`, `gateway` or `database`.
+    pub const COMPONENT: &str = "stickyfarm.dev/component";
+    /// On a unit's Service (and so on its EndpointSlices): the unit's name.
+    pub const UNIT: &str = "stickyfarm.dev/unit";
+    /// On a unit's Service: `serving` or `draining`. The gateway stops giving a draining unit
+    /// new sessions.
+    pub const UNIT_STATE: &str = "stickyfarm.dev/unit-state";
+}
+
 /// Paths reserved by Stickyfarm on a unit's public port.
 pub mod paths {
     /// The health check the gateway probes (the patent's test URL, FIG. 6).

@@ -15,23 +15,12 @@ use futures::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client};
-use stickyfarm_api::{InstanceId, UnitName};
+use stickyfarm_api::{InstanceId, UnitName, labels};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::discovery::UnitSource;
 use crate::units::{AdminState, UnitSpec};
-
-/// Label keys the operator puts on unit Services (mirrored in `stickyfarm_api::farm::labels`,
-/// which the gateway does not depend on to stay free of the CRD types).
-pub mod labels {
-    /// The farm.
-    pub const FARM: &str = "stickyfarm.dev/farm";
-    /// The unit's name.
-    pub const UNIT: &str = "stickyfarm.dev/unit";
-    /// `serving` or `draining`.
-    pub const UNIT_STATE: &str = "stickyfarm.dev/unit-state";
-}
 
 /// The name of the unit Service port the gateway connects to.
 pub const UNIT_PORT_NAME: &str = "http";
