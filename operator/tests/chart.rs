@@ -4,6 +4,7 @@
 //! Needs helm: `scripts/test` builds it from Go modules and sets `HELM`. Without it these
 //! tests say so loudly and do not check anything.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -23,7 +24,9 @@ fn helm() -> Option<PathBuf> {
 
 fn render(set: &[&str]) -> Option<Vec<Value>> {
     let Some(helm) = helm() else {
-        eprintln!(
+        // Straight to the file descriptor: libtest captures only the print macros.
+        let _ = writeln!(
+            std::io::stderr(),
             "\n*** SKIPPED: helm not found. Run scripts/test (it builds helm) or set HELM=/path/to/helm. ***\n"
         );
         return None;

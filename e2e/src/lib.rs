@@ -1,0 +1,212 @@
+//! The harness of the end-to-end tests: a cluster from `STICKYFARM_E2E_KUBECONFIG`, the chart
+//! installed with helm, the operator run in-process as the chart's ServiceAccount, and waiting.
+//!
+//! The tests run only when `STICKYFARM_E2E_KUBECONFIG` names a kubeconfig (a dedicated variable,
+//! so a developer's `KUBECONFIG` never gets test farms by accident). `scripts/test` sets it to
+//! the local control plane of `e2e/cluster/up`. Without it every test prints a loud SKIPPED line.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use clap::Parser as _;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+use serde_json::json;
+use tokio::sync::OnceCell;
+use tokio_util::sync::CancellationToken;
+
+/// Namespace the chart is installed into.
+pub const RELEASE_NAMESPACE: &str = "stickyfarm-system";
+/// Helm release name (so the chart's objects are all named `stickyfarm`).
+pub const RELEASE: &str = "stickyfarm";
+/// The chart's ServiceAccount, as which the operator runs.
+pub const OPERATOR_ACCOUNT: &str = "stickyfarm";
+
+/// The kubeconfig the tests use, or `None` (and a loud message) when none is configured.
+pub fn kubeconfig() -> Option<PathBuf> {
+    match std::env::var_os("STICKYFARM_E2E_KUBECONFIG") {
+        Some(p) if !p.is_empty() => Some(PathBuf::from(p)),
+        _ => {
+            let message = "no cluster. Set STICKYFARM_E2E_KUBECONFIG (scripts/test starts e2e/cluster/up and sets it)";
+            if std::env::var_os("STICKYFARM_E2E_REQUIRED").is_some() {
+                panic!("STICKYFARM_E2E_REQUIRED is set but there is {message}");
+            }
+            // Straight to the file descriptor: libtest captures only the print macros, and a
+            // skip must be seen.
+            let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {message}. ***\n");
+            None
+        }
+    }
+}
+
+async fn config(path: &Path, impersonate: Option<(&str, &str)>) -> anyhow::Result<Config> {
+    let file =
+        Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut config = Config::from_custom_kubeconfig(file, &KubeConfigOptions::default()).await?;
+    if let Some((namespace, account)) = impersonate {
+        config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{account}"));
+        config.auth_info.impersonate_groups = Some(vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{namespace}"),
+            "system:authenticated".into(),
+        ]);
+    }
+    Ok(config)
+}
+
+/// An admin client.
+pub async fn admin(path: &Path) -> anyhow::Result<Client> {
+    Ok(Client::try_from(config(path, None).await?)?)
+}
+
+/// A client that acts as the chart's ServiceAccount: what the operator may do in a cluster is
+/// exactly what the chart's RBAC grants.
+pub async fn as_operator(path: &Path) -> anyhow::Result<Client> {
+    Ok(Client::try_from(
+        config(path, Some((RELEASE_NAMESPACE, OPERATOR_ACCOUNT))).await?,
+    )?)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// helm: `HELM`, or the one `scripts/lib.sh` builds.
+pub fn helm() -> anyhow::Result<PathBuf> {
+    if let Some(h) = std::env::var_os("HELM") {
+        return Ok(h.into());
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .context("no HOME")?;
+    let h = cache.join("stickyfarm/tools/helm-v3.22.0/helm");
+    if h.exists() {
+        Ok(h)
+    } else {
+        bail!("helm not found: run scripts/test once (it builds helm) or set HELM")
+    }
+}
+
+static INSTALLED: OnceCell<()> = OnceCell::const_new();
+
+/// Installs (or upgrades) the chart once per test run, the way README says.
+pub async fn install_chart(kubeconfig: &Path) -> anyhow::Result<()> {
+    INSTALLED
+        .get_or_try_init(|| async {
+            let out = Command::new(helm()?)
+                .args(["upgrade", "--install", RELEASE])
+                .arg(repo().join("charts/stickyfarm"))
+                .args(["--namespace", RELEASE_NAMESPACE, "--create-namespace"])
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .context("running helm")?;
+            if !out.status.success() {
+                bail!(
+                    "helm install failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            Ok(())
+        })
+        .await
+        .map(|_| ())
+}
+
+/// A fresh namespace for one test (deleted first if a previous run left it).
+pub async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    if api.get_opt(name).await?.is_some() {
+        let _ = api.delete(name, &DeleteParams::default()).await;
+        eventually(
+            Duration::from_secs(60),
+            &format!("namespace {name} gone"),
+            || async { Ok(api.get_opt(name).await?.is_none()) },
+        )
+        .await?;
+    }
+    api.patch(
+        name,
+        &PatchParams::apply("stickyfarm-e2e"),
+        &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The operator, in-process, acting as the chart's ServiceAccount; stops when dropped.
+pub struct Operator {
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Operator {
+    /// Starts the operator with the given extra flags (e.g. `--watch-namespace`).
+    pub async fn start(kubeconfig: &Path, flags: &[&str]) -> anyhow::Result<Operator> {
+        let client = as_operator(kubeconfig).await?;
+        let mut args = vec![
+            "stickyfarm-operator",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-namespace",
+            RELEASE_NAMESPACE,
+            "--drain-period",
+            "3s",
+        ];
+        args.extend_from_slice(flags);
+        let config = stickyfarm_operator::config::Config::try_parse_from(args)?;
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(stickyfarm_operator::controller::run(
+            config,
+            client,
+            stop.clone(),
+        ));
+        Ok(Operator {
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// Stops it and returns how it ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Polls `check` every 250 ms until it is true or `within` passes; errors in `check` are retried
+/// and the last one is reported.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    match last {
+        Some(e) => bail!("timed out after {within:?} waiting for {what}; last error: {e:#}"),
+        None => bail!("timed out after {within:?} waiting for {what}"),
+    }
+}

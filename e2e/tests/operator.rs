@@ -1,0 +1,543 @@
+//! The chart and the operator against a real API server: the CRD, server-side apply, RBAC (the
+//! operator acts as the chart's ServiceAccount), owner references and garbage collection are
+//! the API server's and the controller manager's, not a mock's. No node runs pods here: pod
+//! readiness is simulated by patching pod status.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+use stickyfarm_api::farm::ServerFarm;
+use stickyfarm_e2e::*;
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn example(rel: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(rel);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+/// `kubectl apply -f` of a farm, as its user would.
+async fn apply_farm(client: &Client, ns: &str, farm: &Value) -> anyhow::Result<ServerFarm> {
+    let api: Api<ServerFarm> = Api::namespaced(client.clone(), ns);
+    let name = farm["metadata"]["name"].as_str().unwrap().to_owned();
+    Ok(api
+        .patch(
+            &name,
+            &PatchParams::apply("kubectl-e2e").force(),
+            &Patch::Apply(farm),
+        )
+        .await?)
+}
+
+async fn names<K>(client: &Client, ns: &str, selector: &str) -> anyhow::Result<BTreeSet<String>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    Ok(api
+        .list(&ListParams::default().labels(selector))
+        .await?
+        .items
+        .iter()
+        .map(|o| o.name_any())
+        .collect())
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+async fn farm_status(client: &Client, ns: &str, name: &str) -> anyhow::Result<Value> {
+    let api: Api<ServerFarm> = Api::namespaced(client.clone(), ns);
+    let farm = api.get(name).await?;
+    Ok(serde_json::to_value(&farm)?["status"].clone())
+}
+
+fn condition(status: &Value, t: &str) -> Option<Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == t)
+        .cloned()
+}
+
+/// Marks a pod Ready, as a kubelet would.
+async fn make_ready(client: &Client, ns: &str, pod: &str) -> anyhow::Result<()> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let status = json!({"status": {
+        "phase": "Running",
+        "podIP": "10.244.0.10",
+        "podIPs": [{"ip": "10.244.0.10"}],
+        "conditions": [
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
+            {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+            {"type": "Ready", "status": "True", "lastTransitionTime": now},
+        ],
+    }});
+    pods.patch_status(pod, &PatchParams::default(), &Patch::Merge(&status))
+        .await?;
+    Ok(())
+}
+
+struct Cluster {
+    kubeconfig: PathBuf,
+    admin: Client,
+}
+
+async fn cluster() -> Option<Cluster> {
+    let kubeconfig = kubeconfig()?;
+    let admin = admin(&kubeconfig).await.expect("the cluster is reachable");
+    install_chart(&kubeconfig)
+        .await
+        .expect("helm installs the chart");
+    Some(Cluster { kubeconfig, admin })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_an_established_crd_and_least_privilege_rbac() -> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(c.admin.clone());
+    eventually(WAIT, "the ServerFarm CRD is Established", || async {
+        let crd = crds.get("serverfarms.stickyfarm.dev").await?;
+        Ok(crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True"))
+    })
+    .await?;
+    let crd = crds.get("serverfarms.stickyfarm.dev").await?;
+    assert_eq!(crd.annotations()["helm.sh/resource-policy"], "keep");
+    let roles: Api<ClusterRole> = Api::all(c.admin.clone());
+    let role = roles.get(RELEASE).await?;
+    assert_eq!(role.rules.as_ref().map(Vec::len), Some(12));
+    let sas: Api<ServiceAccount> = Api::namespaced(c.admin.clone(), RELEASE_NAMESPACE);
+    assert!(sas.get_opt(OPERATOR_ACCOUNT).await?.is_some());
+    // The operator's identity (impersonated, as the operator runs in these tests) has exactly
+    // the chart's rights: reading one Secret is allowed, listing Secrets or touching
+    // Deployments outside what it reconciles is not.
+    let operator = as_operator(&c.kubeconfig).await?;
+    let forbidden = |e: kube::Error| matches!(e, kube::Error::Api(ref s) if s.code == 403);
+    let secrets: Api<Secret> = Api::all(operator.clone());
+    let err = secrets
+        .list(&ListParams::default())
+        .await
+        .expect_err("listing Secrets is not granted");
+    assert!(forbidden(err), "listing Secrets must be Forbidden");
+    let their_deployments: Api<Deployment> = Api::namespaced(operator.clone(), RELEASE_NAMESPACE);
+    let err = their_deployments
+        .delete(RELEASE, &DeleteParams::default())
+        .await
+        .expect_err("deleting Deployments is not granted");
+    assert!(forbidden(err), "deleting a Deployment must be Forbidden");
+    let deployments: Api<Deployment> = Api::namespaced(c.admin.clone(), RELEASE_NAMESPACE);
+    let op = deployments.get(RELEASE).await?;
+    assert_eq!(
+        op.spec
+            .template
+            .spec
+            .unwrap()
+            .service_account_name
+            .as_deref(),
+        Some(OPERATOR_ACCOUNT)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_serverfarms_are_refused_by_the_api_server() -> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    namespace(&c.admin, "e2e-invalid").await?;
+    let api: Api<ServerFarm> = Api::namespaced(c.admin.clone(), "e2e-invalid");
+    let app = json!({"image": "x"});
+    let cases = [
+        ("shop", json!({"replicas": 0, "app": app}), "spec.replicas"),
+        (
+            "shop",
+            json!({"app": app, "gateway": {"policy": "fastest"}}),
+            "fastest",
+        ),
+        (
+            "shop",
+            json!({"app": app, "sessionPersistence": {"idleTimeout": "5 minutes"}}),
+            "idleTimeout",
+        ),
+        (
+            "shop",
+            json!({"app": app, "gateway": {"unitAddressing": "host"}}),
+            "unitAddressing host needs farmHost",
+        ),
+        (
+            "shop",
+            json!({"app": app, "database": {"external": {"secretName": "pg"}, "managed": {}}}),
+            "choose external or managed",
+        ),
+        (
+            "shop",
+            json!({"app": app, "gateway": {"healthCheck": {"interval": "1s", "timeout": "5s"}}}),
+            "timeout must not be longer",
+        ),
+        (
+            "shop",
+            json!({"app": app, "sessionPersistence": {"sessionName": "sf_unit"}}),
+            "sessionName must not be one of",
+        ),
+        ("shop.eu", json!({"app": app}), "DNS label"),
+    ];
+    for (name, spec, expected) in cases {
+        let raw = json!({
+            "apiVersion": "stickyfarm.dev/v1alpha1", "kind": "ServerFarm",
+            "metadata": {"name": name}, "spec": spec,
+        });
+        let err = api
+            .patch(
+                name,
+                &PatchParams::apply("kubectl-e2e"),
+                &Patch::Apply(&raw),
+            )
+            .await
+            .expect_err(&format!("{spec} must be refused"));
+        let text = err.to_string();
+        assert!(
+            text.contains(expected),
+            "refusing {spec}: expected {expected:?} in {text}"
+        );
+        assert!(text.contains("422") || text.contains("Invalid"), "{text}");
+    }
+    Ok(())
+}
+
+/// Every example farm, reconciled by the operator acting as the chart's ServiceAccount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_becomes_its_objects_and_pods() -> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    for (file, ns) in [
+        ("serverfarms/minimal.yaml", "e2e-minimal"),
+        ("serverfarms/full.yaml", "e2e-full"),
+        ("serverfarms/external-database.yaml", "e2e-external"),
+        ("webstore.yaml", "e2e-webstore"),
+    ] {
+        namespace(&c.admin, ns).await?;
+        let farm = example(file);
+        let name = farm["metadata"]["name"].as_str().unwrap().to_owned();
+        let replicas = farm["spec"]["replicas"].as_u64().unwrap_or(3) as usize;
+        if file.contains("external") {
+            let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
+            secrets
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({
+                        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-pg"},
+                        "stringData": {"url": "postgres://u:p@pg.example:5432/sessions"},
+                    }))?,
+                )
+                .await?;
+        }
+        if file.contains("full") {
+            // The full example names a priority class; the Priority admission plugin needs it.
+            let pcs: Api<k8s_openapi::api::scheduling::v1::PriorityClass> =
+                Api::all(c.admin.clone());
+            let _ = pcs
+                .patch(
+                    "commerce-critical",
+                    &PatchParams::apply("e2e"),
+                    &Patch::Apply(json!({
+                        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                        "metadata": {"name": "commerce-critical"}, "value": 1000,
+                    })),
+                )
+                .await?;
+        }
+        let op = Operator::start(
+            &c.kubeconfig,
+            &["--watch-namespace", ns, "--leader-elect", "false"],
+        )
+        .await?;
+        apply_farm(&c.admin, ns, &farm).await?;
+
+        let farm_label = format!("stickyfarm.dev/farm={name}");
+        let units: BTreeSet<String> = (0..replicas).map(|i| format!("{name}-{i}")).collect();
+        let managed = !file.contains("external");
+        eventually(WAIT, &format!("{file}: every object applied"), || async {
+            let services = names::<Service>(&c.admin, ns, &farm_label).await?;
+            let mut want = units.clone();
+            want.extend([format!("{name}-units"), format!("{name}-gateway")]);
+            if managed {
+                want.insert(format!("{name}-db"));
+            }
+            Ok(services == want
+                && names::<StatefulSet>(&c.admin, ns, &farm_label).await?.len()
+                    == 1 + usize::from(managed)
+                && names::<Deployment>(&c.admin, ns, &farm_label).await?
+                    == set(&[&format!("{name}-gateway")])
+                && names::<NetworkPolicy>(&c.admin, ns, &farm_label)
+                    .await?
+                    .len()
+                    == 2 + usize::from(managed)
+                && names::<PodDisruptionBudget>(&c.admin, ns, &farm_label)
+                    .await?
+                    .len()
+                    == 1
+                && names::<ServiceAccount>(&c.admin, ns, &farm_label)
+                    .await?
+                    .len()
+                    == 1
+                && names::<Role>(&c.admin, ns, &farm_label).await?.len() == 1
+                && names::<RoleBinding>(&c.admin, ns, &farm_label).await?.len() == 1)
+        })
+        .await?;
+        // Applied server-side by the operator's one field manager.
+        let sts: Api<StatefulSet> = Api::namespaced(c.admin.clone(), ns);
+        let managers: Vec<(String, String)> = sts
+            .get(&name)
+            .await?
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| {
+                (
+                    m.manager.unwrap_or_default(),
+                    m.operation.unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert!(
+            managers.contains(&("stickyfarm-operator".into(), "Apply".into())),
+            "{managers:?}"
+        );
+        if managed {
+            let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
+            let secret = secrets.get(&format!("{name}-db")).await?;
+            let data = secret.data.unwrap_or_default();
+            let url = String::from_utf8(data["url"].0.clone())?;
+            assert!(url.starts_with("postgres://stickyfarm:"), "{url}");
+            assert!(
+                url.ends_with(&format!("@{name}-db.{ns}.svc:5432/stickyfarm")),
+                "{url}"
+            );
+            assert_eq!(
+                secret.metadata.owner_references.unwrap()[0].kind,
+                "ServerFarm"
+            );
+        }
+        // The StatefulSet controller creates the unit pods; the status lists them with their
+        // UIDs as instance ids.
+        eventually(
+            WAIT,
+            &format!("{file}: unit pods in the status"),
+            || async {
+                let pods: Api<Pod> = Api::namespaced(c.admin.clone(), ns);
+                let unit_pods = pods
+                    .list(
+                        &ListParams::default()
+                            .labels(&format!("{farm_label},stickyfarm.dev/component=unit")),
+                    )
+                    .await?
+                    .items;
+                if unit_pods.len() != replicas {
+                    return Ok(false);
+                }
+                let status = farm_status(&c.admin, ns, &name).await?;
+                Ok(unit_pods.iter().all(|p| {
+                    status["units"].as_array().is_some_and(|us| {
+                        us.iter().any(|u| {
+                            u["pod"] == p.name_any()
+                                && u["instanceId"].as_str() == p.metadata.uid.as_deref()
+                        })
+                    })
+                }))
+            },
+        )
+        .await?;
+        let status = farm_status(&c.admin, ns, &name).await?;
+        assert_eq!(status["unitsReady"], format!("0/{replicas}"));
+        assert_eq!(condition(&status, "Ready").unwrap()["status"], "False");
+        assert_eq!(
+            condition(&status, "Degraded").unwrap()["status"],
+            "False",
+            "{status:#}"
+        );
+        op.stop().await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    let ns = "e2e-scale";
+    namespace(&c.admin, ns).await?;
+    let identity = "e2e-operator-0";
+    let op = Operator::start(
+        &c.kubeconfig,
+        &[
+            "--watch-namespace",
+            ns,
+            "--identity",
+            identity,
+            "--lease-name",
+            "stickyfarm-e2e",
+        ],
+    )
+    .await?;
+    // The operator leads through a Lease in the release namespace (its Role allows exactly that).
+    let leases: Api<Lease> = Api::namespaced(c.admin.clone(), RELEASE_NAMESPACE);
+    eventually(WAIT, "the operator holds the lease", || async {
+        let lease = leases.get_opt("stickyfarm-e2e").await?;
+        Ok(lease
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity)
+            .as_deref()
+            == Some(identity))
+    })
+    .await?;
+
+    let mut farm = example("serverfarms/minimal.yaml");
+    farm["spec"]["replicas"] = json!(3);
+    apply_farm(&c.admin, ns, &farm).await?;
+    let unit_services = |n: usize| {
+        (0..n)
+            .map(|i| format!("shop-{i}"))
+            .collect::<BTreeSet<String>>()
+    };
+    let unit_label = "stickyfarm.dev/farm=shop,stickyfarm.dev/unit";
+    eventually(WAIT, "3 unit Services", || async {
+        Ok(names::<Service>(&c.admin, ns, unit_label).await? == unit_services(3))
+    })
+    .await?;
+
+    // Readiness: every unit pod and the gateway pod become Ready (as kubelets would report).
+    let pods: Api<Pod> = Api::namespaced(c.admin.clone(), ns);
+    eventually(WAIT, "the farm becomes Ready once its pods are", || async {
+        for p in pods
+            .list(&ListParams::default().labels("stickyfarm.dev/farm=shop"))
+            .await?
+            .items
+        {
+            if p.metadata.labels.as_ref().is_some_and(|l| {
+                l.get("stickyfarm.dev/component")
+                    .is_some_and(|c| c != "database")
+            }) && !stickyfarm_operator::status::pod_ready(&p)
+            {
+                make_ready(&c.admin, ns, &p.name_any()).await?;
+            }
+        }
+        let status = farm_status(&c.admin, ns, "shop").await?;
+        Ok(
+            condition(&status, "Ready").is_some_and(|r| r["status"] == "True")
+                && status["unitsReady"] == "3/3",
+        )
+    })
+    .await?;
+
+    // The generated Secret survives later reconciles untouched.
+    let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
+    let secret_before = secrets.get("shop-db").await?;
+
+    // 3 → 5: two more units.
+    farm["spec"]["replicas"] = json!(5);
+    apply_farm(&c.admin, ns, &farm).await?;
+    eventually(WAIT, "5 unit Services", || async {
+        Ok(names::<Service>(&c.admin, ns, unit_label).await? == unit_services(5))
+    })
+    .await?;
+    let sts: Api<StatefulSet> = Api::namespaced(c.admin.clone(), ns);
+    assert_eq!(sts.get("shop").await?.spec.replicas, Some(5));
+
+    // 5 → 2: units 2..5 drain (labelled), then go.
+    farm["spec"]["replicas"] = json!(2);
+    apply_farm(&c.admin, ns, &farm).await?;
+    eventually(WAIT, "units 2, 3, 4 draining", || async {
+        let draining = names::<Service>(
+            &c.admin,
+            ns,
+            "stickyfarm.dev/farm=shop,stickyfarm.dev/unit-state=draining",
+        )
+        .await?;
+        Ok(draining == set(&["shop-2", "shop-3", "shop-4"]))
+    })
+    .await?;
+    let status = farm_status(&c.admin, ns, "shop").await?;
+    assert_eq!(
+        condition(&status, "Progressing").unwrap()["reason"],
+        "Draining"
+    );
+    eventually(WAIT, "units 2, 3, 4 removed after the drain", || async {
+        Ok(
+            names::<Service>(&c.admin, ns, unit_label).await? == unit_services(2)
+                && sts.get("shop").await?.spec.replicas == Some(2),
+        )
+    })
+    .await?;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.admin.clone(), ns);
+    let reasons: BTreeSet<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    for r in ["CredentialsCreated", "DrainingUnits", "UnitsRemoved"] {
+        assert!(reasons.contains(r), "no {r} Event in {reasons:?}");
+    }
+    let secret_after = secrets.get("shop-db").await?;
+    assert_eq!(
+        secret_after.data, secret_before.data,
+        "the credentials were never rewritten"
+    );
+    assert_eq!(
+        secret_after.metadata.resource_version,
+        secret_before.metadata.resource_version
+    );
+
+    // Deleting the farm: the garbage collector removes everything it owned.
+    let farms: Api<ServerFarm> = Api::namespaced(c.admin.clone(), ns);
+    farms.delete("shop", &DeleteParams::default()).await?;
+    eventually(WAIT, "everything the farm owned is gone", || async {
+        Ok(names::<Service>(&c.admin, ns, "stickyfarm.dev/farm=shop")
+            .await?
+            .is_empty()
+            && names::<StatefulSet>(&c.admin, ns, "stickyfarm.dev/farm=shop")
+                .await?
+                .is_empty()
+            && names::<Deployment>(&c.admin, ns, "stickyfarm.dev/farm=shop")
+                .await?
+                .is_empty()
+            && names::<NetworkPolicy>(&c.admin, ns, "stickyfarm.dev/farm=shop")
+                .await?
+                .is_empty()
+            && secrets.get_opt("shop-db").await?.is_none())
+    })
+    .await?;
+    op.stop().await?;
+    Ok(())
+}
