@@ -56,14 +56,16 @@ ensure_go() {
   export GOCACHE="${GOCACHE:-$STICKYFARM_CACHE/go/build}"
 }
 
-# Helm, built once from helm.sh/helm/v3 with `go install` and kept in a versioned folder.
-HELM_VERSION=v3.22.0
+# Helm, built once from helm.sh/helm/v3 at the version e2e/cluster/go.mod pins (go.sum checks
+# it), kept in a versioned folder.
+_scripts_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+HELM_VERSION=$(awk '$1 == "helm.sh/helm/v3" { print $2; exit }' "$_scripts_dir/../e2e/cluster/go.mod")
 export HELM="$STICKYFARM_CACHE/tools/helm-$HELM_VERSION/helm"
 ensure_helm() {
   [ -x "$HELM" ] && return 0
   ensure_go
   echo "building helm $HELM_VERSION from the Go module proxy (once; a few minutes)..." >&2
-  GOBIN="$(dirname "$HELM")" go install -trimpath "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  (cd "$_scripts_dir/../e2e/cluster" && go build -trimpath -o "$HELM" helm.sh/helm/v3/cmd/helm)
 }
 
 # helm lint and helm template of the chart, with the value combinations users pick.
