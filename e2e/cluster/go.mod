@@ -1,6 +1,9 @@
 // The Kubernetes control plane for Stickyfarm's tests, built from the Go module proxy:
 // kube-apiserver, kube-controller-manager and kube-scheduler from k8s.io/kubernetes, etcd from
 // go.etcd.io/etcd/server/v3, helm from helm.sh/helm/v3. See build.sh.
+//
+// etcd is v3.7: k8s.io/kubernetes v1.37 itself requires go.etcd.io/etcd/server/v3 v3.7.0, so
+// one module cannot build an older etcd next to it (and 1.37 is tested against 3.7).
 module stickyfarm.dev/e2e/cluster
 
 go 1.26.0
