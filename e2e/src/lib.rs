@@ -155,8 +155,9 @@ impl Operator {
             "127.0.0.1:0",
             "--lease-namespace",
             RELEASE_NAMESPACE,
+            // Long enough for the tests to watch a drain, short enough to wait for its end.
             "--drain-period",
-            "3s",
+            "10s",
         ];
         args.extend_from_slice(flags);
         let config = stickyfarm_operator::config::Config::try_parse_from(args)?;
@@ -209,4 +210,85 @@ where
         Some(e) => bail!("timed out after {within:?} waiting for {what}; last error: {e:#}"),
         None => bail!("timed out after {within:?} waiting for {what}"),
     }
+}
+
+/// The gateway binary with Kubernetes discovery, acting as a farm's gateway ServiceAccount
+/// (`<farm>-gateway`, whose Role the operator made); stopped when dropped.
+pub struct Gateway {
+    child: std::process::Child,
+    admin: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts `stickyfarm-gateway --discovery kubernetes` for `farm` in `namespace`.
+    pub async fn start(kubeconfig: &Path, namespace: &str, farm: &str) -> anyhow::Result<Gateway> {
+        // A kubeconfig that impersonates the gateway's ServiceAccount.
+        let mut file = Kubeconfig::read_from(kubeconfig)?;
+        for user in &mut file.auth_infos {
+            if let Some(info) = user.auth_info.as_mut() {
+                info.impersonate =
+                    Some(format!("system:serviceaccount:{namespace}:{farm}-gateway"));
+                info.impersonate_groups = Some(vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{namespace}"),
+                    "system:authenticated".into(),
+                ]);
+            }
+        }
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("gateway.kubeconfig");
+        std::fs::write(&path, serde_json::to_string(&file)?)?;
+        let (port, admin) = (free_port()?, free_port()?);
+        let child = Command::new(stickyfarm_testkit::binary("stickyfarm-gateway"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args([
+                "--discovery",
+                "kubernetes",
+                "--farm",
+                farm,
+                "--namespace",
+                namespace,
+            ])
+            .env("KUBECONFIG", &path)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("gateway.log"))?)
+            .spawn()
+            .context("starting stickyfarm-gateway (cargo build --workspace --bins first)")?;
+        Ok(Gateway {
+            child,
+            admin: ([127, 0, 0, 1], admin).into(),
+            _dir: dir,
+        })
+    }
+
+    /// The rows of the gateway's status table.
+    pub async fn units(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut io = tokio::net::TcpStream::connect(self.admin).await?;
+        io.write_all(b"GET /status HTTP/1.0\r\nHost: gateway\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        io.read_to_string(&mut text).await?;
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let table: serde_json::Value = serde_json::from_str(body).context("the status table")?;
+        Ok(table["units"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }

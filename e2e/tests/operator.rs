@@ -78,14 +78,18 @@ fn condition(status: &Value, t: &str) -> Option<Value> {
         .cloned()
 }
 
-/// Marks a pod Ready, as a kubelet would.
+/// Marks a pod Ready with an IP of its own, as a kubelet would.
 async fn make_ready(client: &Client, ns: &str, pod: &str) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
     let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    let n = pod
+        .bytes()
+        .fold(7u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)));
+    let ip = format!("10.244.{}.{}", (n >> 8) % 250 + 1, n % 250 + 1);
     let status = json!({"status": {
         "phase": "Running",
-        "podIP": "10.244.0.10",
-        "podIPs": [{"ip": "10.244.0.10"}],
+        "podIP": ip,
+        "podIPs": [{"ip": ip}],
         "conditions": [
             {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
             {"type": "Initialized", "status": "True", "lastTransitionTime": now},
@@ -459,6 +463,33 @@ async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::
     })
     .await?;
 
+    // The gateway, with the farm's own ServiceAccount, finds the units in the EndpointSlices
+    // of their Services: pod IPs, pod UIDs as instance ids.
+    let gateway = Gateway::start(&c.kubeconfig, ns, "shop").await?;
+    let uid0 = pods.get("shop-0").await?.metadata.uid.unwrap_or_default();
+    let uid2 = pods.get("shop-2").await?.metadata.uid.unwrap_or_default();
+    eventually(
+        WAIT,
+        "the gateway lists the 3 units from EndpointSlices",
+        || async {
+            let units = gateway.units().await?;
+            Ok(units.len() == 3
+                && units.iter().all(|u| {
+                    u["admin"] == "enabled"
+                        && u["address"]
+                            .as_str()
+                            .is_some_and(|a| a.starts_with("10.244.") && a.ends_with(":8080"))
+                })
+                && units
+                    .iter()
+                    .any(|u| u["name"] == "shop-0" && u["instance"] == uid0.as_str())
+                && units
+                    .iter()
+                    .any(|u| u["name"] == "shop-2" && u["instance"] == uid2.as_str()))
+        },
+    )
+    .await?;
+
     // The generated Secret survives later reconciles untouched.
     let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
     let secret_before = secrets.get("shop-db").await?;
@@ -473,6 +504,19 @@ async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::
     let sts: Api<StatefulSet> = Api::namespaced(c.admin.clone(), ns);
     assert_eq!(sts.get("shop").await?.spec.replicas, Some(5));
 
+    // The new units' pods report ready too, so the gateway sees all five.
+    eventually(WAIT, "units 3 and 4 ready", || async {
+        for name in ["shop-3", "shop-4"] {
+            match pods.get_opt(name).await? {
+                Some(p) if stickyfarm_operator::status::pod_ready(&p) => {}
+                Some(_) => make_ready(&c.admin, ns, name).await?,
+                None => return Ok(false),
+            }
+        }
+        Ok(gateway.units().await?.len() == 5)
+    })
+    .await?;
+
     // 5 → 2: units 2..5 drain (labelled), then go.
     farm["spec"]["replicas"] = json!(2);
     apply_farm(&c.admin, ns, &farm).await?;
@@ -486,11 +530,23 @@ async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::
         Ok(draining == set(&["shop-2", "shop-3", "shop-4"]))
     })
     .await?;
-    let status = farm_status(&c.admin, ns, "shop").await?;
-    assert_eq!(
-        condition(&status, "Progressing").unwrap()["reason"],
-        "Draining"
-    );
+    eventually(WAIT, "the farm reports Progressing: Draining", || async {
+        let status = farm_status(&c.admin, ns, "shop").await?;
+        Ok(condition(&status, "Progressing").is_some_and(|p| p["reason"] == "Draining"))
+    })
+    .await?;
+    // The gateway sees the draining label through the EndpointSlices (copied from the Services).
+    eventually(WAIT, "the gateway drains units 2, 3, 4", || async {
+        let draining: BTreeSet<String> = gateway
+            .units()
+            .await?
+            .iter()
+            .filter(|u| u["admin"] == "draining")
+            .map(|u| u["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        Ok(draining == set(&["shop-2", "shop-3", "shop-4"]))
+    })
+    .await?;
     eventually(WAIT, "units 2, 3, 4 removed after the drain", || async {
         Ok(
             names::<Service>(&c.admin, ns, unit_label).await? == unit_services(2)
@@ -498,6 +554,17 @@ async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::
         )
     })
     .await?;
+    eventually(WAIT, "the gateway drops the removed units", || async {
+        let names: BTreeSet<String> = gateway
+            .units()
+            .await?
+            .iter()
+            .map(|u| u["name"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        Ok(names == set(&["shop-0", "shop-1"]))
+    })
+    .await?;
+    drop(gateway);
     let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.admin.clone(), ns);
     let reasons: BTreeSet<String> = events
         .list(&ListParams::default())
