@@ -262,7 +262,10 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     if plan.drain_since.is_some() && seen.drain_since.is_none() {
         let msg = format!(
             "scaling {before} → {} units: units {}..{} drain for {:?} before removal",
-            farm.spec.replicas.0, plan.serving, plan.unit_replicas, ctx.settings.drain_period
+            farm.spec.replicas.0,
+            farm.spec.replicas.0,
+            plan.unit_replicas,
+            ctx.settings.drain_period
         );
         publish(
             ctx,

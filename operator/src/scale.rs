@@ -28,12 +28,8 @@ pub struct ObservedUnits {
 pub struct ScalePlan {
     /// Replicas of the StatefulSet now.
     pub unit_replicas: u32,
-    /// Units with an ordinal at or above this are draining (equal to `unit_replicas` when none).
-    pub serving: u32,
     /// The drain under way, to keep in the annotation.
     pub drain_since: Option<Timestamp>,
-    /// Units `serving..removed_up_to` were just removed: delete their Services.
-    pub removed_up_to: u32,
     /// Come back when the drain period ends.
     pub requeue_after: Option<Duration>,
 }
@@ -49,9 +45,7 @@ pub fn plan(
     if desired >= current {
         return ScalePlan {
             unit_replicas: desired,
-            serving: desired,
             drain_since: None,
-            removed_up_to: desired,
             requeue_after: None,
         };
     }
@@ -61,18 +55,14 @@ pub fn plan(
     if now >= ends {
         ScalePlan {
             unit_replicas: desired,
-            serving: desired,
             drain_since: None,
-            removed_up_to: current,
             requeue_after: None,
         }
     } else {
         let left = now.duration_until(ends);
         ScalePlan {
             unit_replicas: current,
-            serving: desired,
             drain_since: Some(since),
-            removed_up_to: desired,
             requeue_after: Some(Duration::try_from(left).unwrap_or(drain_period)),
         }
     }
@@ -92,8 +82,8 @@ mod tests {
     fn a_new_farm_gets_its_replicas() {
         let p = plan(3, ObservedUnits::default(), at(0), PERIOD);
         assert_eq!(
-            (p.unit_replicas, p.serving, p.drain_since, p.requeue_after),
-            (3, 3, None, None)
+            (p.unit_replicas, p.drain_since, p.requeue_after),
+            (3, None, None)
         );
     }
 
@@ -104,7 +94,7 @@ mod tests {
             drain_since: Some(at(0)),
         };
         let p = plan(5, seen, at(1), PERIOD);
-        assert_eq!((p.unit_replicas, p.serving, p.drain_since), (5, 5, None));
+        assert_eq!((p.unit_replicas, p.drain_since), (5, None));
     }
 
     #[test]
@@ -116,10 +106,8 @@ mod tests {
         };
         let p = plan(2, seen, at(0), PERIOD);
         assert_eq!(p.unit_replicas, 5);
-        assert_eq!(p.serving, 2);
         assert_eq!(p.drain_since, Some(at(0)));
         assert_eq!(p.requeue_after, Some(PERIOD));
-        assert_eq!(p.removed_up_to, 2, "nothing removed yet");
 
         // 10 s later (e.g. after an operator restart): still draining, 20 s left.
         let seen = ObservedUnits {
@@ -132,7 +120,7 @@ mod tests {
 
         // After the period: shrink and delete units 2, 3, 4.
         let p = plan(2, seen, at(30), PERIOD);
-        assert_eq!((p.unit_replicas, p.serving, p.removed_up_to), (2, 2, 5));
+        assert_eq!(p.unit_replicas, 2, "units 2, 3, 4 go");
         assert_eq!((p.drain_since, p.requeue_after), (None, None));
     }
 
@@ -143,6 +131,6 @@ mod tests {
             drain_since: None,
         };
         let p = plan(1, seen, at(0), Duration::ZERO);
-        assert_eq!((p.unit_replicas, p.removed_up_to), (1, 3));
+        assert_eq!((p.unit_replicas, p.drain_since), (1, None));
     }
 }
