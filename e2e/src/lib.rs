@@ -265,17 +265,12 @@ impl Gateway {
 
     /// The rows of the gateway's status table.
     pub async fn units(&self) -> anyhow::Result<Vec<serde_json::Value>> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let mut io = tokio::net::TcpStream::connect(self.admin).await?;
-        io.write_all(b"GET /status HTTP/1.0\r\nHost: gateway\r\n\r\n")
-            .await?;
-        let mut text = String::new();
-        io.read_to_string(&mut text).await?;
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        let table: serde_json::Value = serde_json::from_str(body).context("the status table")?;
+        let table: serde_json::Value = reqwest::get(format!("http://{}/status", self.admin))
+            .await?
+            .error_for_status()?
+            .json()
+            .await
+            .context("the status table")?;
         Ok(table["units"].as_array().cloned().unwrap_or_default())
     }
 }
