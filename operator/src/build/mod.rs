@@ -235,20 +235,5 @@ pub fn unit_selector(farm: &ServerFarm) -> String {
     )
 }
 
-/// Kinds and names of everything [`Desired`] holds, for logs and events.
-impl Desired {
-    /// Number of objects.
-    pub fn len(&self) -> usize {
-        8 + self.unit_services.len()
-            + self.network_policies.len()
-            + if self.database.is_some() { 2 } else { 0 }
-    }
-
-    /// Never empty; here for clippy's `len_without_is_empty`.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests;
