@@ -99,6 +99,12 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_CACHE_DISK_SIZE", default_value = "256MiB")]
     pub cache_disk_size: ByteSize,
 
+    /// Serve session reads from the cache. `false` loads every read from PostgreSQL (writes
+    /// are written through either way): the baseline the benchmarks compare the cache with,
+    /// and a way to rule the cache out when diagnosing.
+    #[arg(long, env = "STICKYFARM_CACHE_READS", default_value_t = true, action = ArgAction::Set)]
+    pub cache_reads: bool,
+
     /// A session unused for this long expires (in the cache and in PostgreSQL).
     #[arg(long, env = "STICKYFARM_IDLE_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,

@@ -119,6 +119,7 @@ impl Sidecar {
                 unit: config.unit.to_string(),
                 idle_timeout: config.idle_timeout,
                 touch_interval: config.touch_interval(),
+                cache_reads: config.cache_reads,
             },
         ));
 

@@ -93,6 +93,9 @@ pub struct TierOptions {
     pub idle_timeout: Duration,
     /// How often PostgreSQL's `last_seen` is refreshed for a session in active use.
     pub touch_interval: Duration,
+    /// Serve reads from the cache. Off, every read loads from PostgreSQL (a baseline for
+    /// benchmarks, and a way to rule the cache out when diagnosing).
+    pub cache_reads: bool,
 }
 
 /// The cache and write-through core.
@@ -216,6 +219,9 @@ impl SessionTier {
 
     /// The cached copy if it is usable for a client that has seen generation `min`.
     async fn cached_fresh(&self, id: &SessionId, min: Generation) -> Option<Entry> {
+        if !self.options.cache_reads {
+            return None;
+        }
         let e = self.cache.get(id).await?;
         let now = unix_now();
         if e.idle_for(now, self.options.idle_timeout.as_millis() as u64) {

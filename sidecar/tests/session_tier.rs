@@ -837,3 +837,51 @@ async fn browser_with_cookie(unit: &Unit, cookie: &str) -> String {
         .unwrap();
     echo["x-stickyfarm-session"].as_str().unwrap().to_owned()
 }
+
+/// `--cache-reads false` (the benchmarks' baseline): every read is loaded from PostgreSQL, so
+/// a change made in PostgreSQL behind the sidecar's back is served at once, and the cache never
+/// answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_cache_reads_off_every_read_comes_from_postgres() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &["--cache-reads", "false"]).await;
+    let mut browser = Browser::new();
+    assert_eq!(browser.get(&a.sidecar.url("/echo")).await.status, 200);
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let w = put_cart(&client, &a, &sid, json!(["apple"]), None).await;
+    assert_eq!(w.status(), 201);
+
+    let loads = || {
+        a.sidecar
+            .metric("stickyfarm_sidecar_db_queries_total", "op=\"load_session\"")
+    };
+    let loads_before = loads().await;
+    for _ in 0..5 {
+        let p = browser.get(&a.sidecar.url("/cart")).await;
+        assert_eq!(p.status, 200);
+        assert_eq!(p.json()["items"], json!(["apple"]));
+    }
+    // Each page is read twice (the forwarded request and the app's API call).
+    assert!(
+        loads().await - loads_before >= 10.0,
+        "every read must load from PostgreSQL"
+    );
+    assert_eq!(
+        a.sidecar
+            .metric("stickyfarm_sidecar_cache_hits_total", "")
+            .await,
+        0.0
+    );
+
+    // Changed in PostgreSQL directly (no notification): served on the next read.
+    sqlx::query(
+        "UPDATE stickyfarm_session_tables SET doc = '[\"pear\"]'::jsonb WHERE session_id = $1",
+    )
+    .bind(session_uuid(&sid))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let p = browser.get(&a.sidecar.url("/cart")).await;
+    assert_eq!(p.json()["items"], json!(["pear"]));
+}
