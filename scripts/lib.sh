@@ -81,3 +81,15 @@ check_chart() {
     return 1
   fi
 }
+
+# oha (load at a fixed rate for the benchmarks), built once from crates.io at a pinned version
+# with its own lock file.
+OHA_VERSION=1.16.0
+export OHA="$STICKYFARM_CACHE/tools/oha-$OHA_VERSION/bin/oha"
+ensure_oha() {
+  [ -x "$OHA" ] && return 0
+  echo "building oha $OHA_VERSION from crates.io (once; a few minutes)..." >&2
+  # Its own temporary target folder (removed afterwards), not the workspace's.
+  env -u CARGO_TARGET_DIR cargo install oha --version "$OHA_VERSION" --locked --quiet \
+    --root "$STICKYFARM_CACHE/tools/oha-$OHA_VERSION"
+}

@@ -1,0 +1,381 @@
+//! What every scenario shares: the programs, CPU placement, the load generators, run lengths,
+//! and helpers that start the processes under test.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::load::{Oha, Wrk};
+use crate::procs::{Cpus, Placement, Proc, free_addr};
+
+/// Settings of `stickyfarm-bench run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// A few seconds per scenario, one run each: proves every scenario produces numbers (CI).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Runs of each configuration (alternating); default 5, 1 with `--smoke`.
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Length of one load run; default 10 s, 1 s with `--smoke`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Folder of the Stickyfarm binaries (`stickyfarm-gateway`, `stickyfarm-sidecar`).
+    #[arg(long)]
+    pub bin_dir: PathBuf,
+    /// The oha binary.
+    #[arg(long, default_value = "oha")]
+    pub oha: PathBuf,
+    /// The checkout's `bench/` folder (peer configs, Lua script, results).
+    #[arg(long, default_value = "bench")]
+    pub bench_dir: PathBuf,
+    /// Where the report and plots go; default `<bench-dir>/results`.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Sessions of the scale scenario; default 10 000, 200 with `--smoke`.
+    #[arg(long)]
+    pub scale_sessions: Option<usize>,
+    /// Only these scenarios (overhead, sessions, failover, scale); default all.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+/// The shared context of a benchmark run.
+pub struct Bench {
+    /// Settings as given.
+    pub args: RunArgs,
+    /// Runs per configuration.
+    pub runs: usize,
+    /// Length of one load run.
+    pub duration: Duration,
+    /// CPU placement.
+    pub placement: Placement,
+    /// wrk at fixed concurrency.
+    pub wrk: Wrk,
+    /// oha at a fixed rate.
+    pub oha: Oha,
+    /// Logs and scratch files of this run.
+    pub work: PathBuf,
+    /// This program (the backends and shoppers are its subcommands).
+    pub me: PathBuf,
+}
+
+impl Bench {
+    /// Prepares a run in a scratch folder `work`.
+    pub fn new(args: RunArgs, work: PathBuf) -> anyhow::Result<Bench> {
+        let placement = Placement::for_this_machine();
+        let runs = args.runs.unwrap_or(if args.smoke { 1 } else { 5 });
+        let duration = args.duration.unwrap_or(if args.smoke {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(10)
+        });
+        let connections = 32;
+        Ok(Bench {
+            wrk: Wrk {
+                program: "wrk".into(),
+                script: args.bench_dir.join("lua/sessions.lua"),
+                cpus: placement.load,
+                connections,
+                duration,
+            },
+            oha: Oha {
+                program: args.oha.clone(),
+                cpus: placement.load,
+                connections,
+                duration,
+            },
+            me: std::env::current_exe().context("finding this program")?,
+            runs,
+            duration,
+            placement,
+            work,
+            args,
+        })
+    }
+
+    /// A Stickyfarm binary.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.args.bin_dir.join(name)
+    }
+
+    /// Log folder for a scenario.
+    pub fn logs(&self, scenario: &str) -> anyhow::Result<PathBuf> {
+        let d = self.work.join(scenario);
+        std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        Ok(d)
+    }
+
+    /// Starts a backend (`serve`); `session_api` makes it the app of a sidecar.
+    pub fn backend(
+        &self,
+        name: &str,
+        session_api: Option<SocketAddr>,
+        cpus: Cpus,
+        logs: &Path,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let addr = free_addr()?;
+        let mut args = vec![
+            "serve".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--name".into(),
+            name.into(),
+        ];
+        if let Some(api) = session_api {
+            args.extend(["--session-api".into(), format!("http://{api}")]);
+        }
+        let mut p = Proc::start(
+            &format!("backend-{name}"),
+            &self.me,
+            &args,
+            &[("TOKIO_WORKER_THREADS", "1".into())],
+            cpus,
+            logs,
+        )?;
+        p.wait_listening(addr)?;
+        Ok((p, addr))
+    }
+
+    /// Starts a unit: the app and its sidecar; returns both and the sidecar's public address.
+    pub fn unit(
+        &self,
+        name: &str,
+        database_url: &str,
+        extra: &[&str],
+        cpus: Cpus,
+        logs: &Path,
+    ) -> anyhow::Result<Unit> {
+        let api = free_addr()?;
+        let (app, app_addr) = self.backend(name, Some(api), cpus, logs)?;
+        let (public, admin) = (free_addr()?, free_addr()?);
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            public.to_string(),
+            "--api-listen".into(),
+            api.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--app-url".into(),
+            format!("http://{app_addr}"),
+            "--unit".into(),
+            name.into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut sidecar = Proc::start(
+            &format!("sidecar-{name}"),
+            &self.bin("stickyfarm-sidecar"),
+            &args,
+            &[
+                ("DATABASE_URL", database_url.to_owned()),
+                ("TOKIO_WORKER_THREADS", "1".into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+            cpus,
+            logs,
+        )?;
+        sidecar.wait_listening(public)?;
+        Ok(Unit {
+            name: name.to_owned(),
+            public,
+            sidecar,
+            app,
+        })
+    }
+
+    /// Starts the Stickyfarm gateway over `units` (name, address) with one worker thread, and
+    /// waits until its checks have every unit in service.
+    pub async fn gateway(
+        &self,
+        units: &[(String, SocketAddr)],
+        extra: &[&str],
+        cpus: Cpus,
+        logs: &Path,
+        label: &str,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let (listen, admin) = (free_addr()?, free_addr()?);
+        let mut args: Vec<String> = vec![
+            "--listen".into(),
+            listen.to_string(),
+            "--admin-listen".into(),
+            admin.to_string(),
+            "--slow-start".into(),
+            "0s".into(),
+        ];
+        for (name, addr) in units {
+            args.extend(["--unit".into(), format!("{name}={addr}")]);
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = Proc::start(
+            label,
+            &self.bin("stickyfarm-gateway"),
+            &args,
+            &[
+                ("TOKIO_WORKER_THREADS", "1".into()),
+                ("RUST_LOG", "warn".into()),
+            ],
+            cpus,
+            logs,
+        )?;
+        p.wait_listening(listen)?;
+        wait_units_up(&mut p, admin, units.len()).await?;
+        Ok((p, listen))
+    }
+
+    /// Starts HAProxy with `bench/peers/haproxy.cfg` over `units`.
+    pub fn haproxy(
+        &self,
+        units: &[(String, SocketAddr)],
+        check_interval: &str,
+        cpus: Cpus,
+        logs: &Path,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let listen = free_addr()?;
+        let servers: Vec<String> = units
+            .iter()
+            .map(|(n, a)| format!("    server {n} {a} check cookie {n}"))
+            .collect();
+        let cfg = self.peer_config(
+            "haproxy.cfg",
+            &[
+                ("@LISTEN@", listen.to_string()),
+                ("@CHECK_INTERVAL@", check_interval.to_owned()),
+                ("    @SERVERS@", servers.join("\n")),
+            ],
+            logs,
+        )?;
+        let args = vec!["-db".into(), "-f".into(), cfg.display().to_string()];
+        let mut p = Proc::start("haproxy", Path::new("haproxy"), &args, &[], cpus, logs)?;
+        p.wait_listening(listen)?;
+        Ok((p, listen))
+    }
+
+    /// Starts nginx with `bench/peers/nginx.conf` over `units`.
+    pub fn nginx(
+        &self,
+        units: &[(String, SocketAddr)],
+        cpus: Cpus,
+        logs: &Path,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let listen = free_addr()?;
+        let prefix = logs.join("nginx");
+        std::fs::create_dir_all(&prefix)?;
+        let servers: Vec<String> = units
+            .iter()
+            .map(|(_, a)| format!("        server {a} max_fails=1 fail_timeout=2s;"))
+            .collect();
+        let cfg = self.peer_config(
+            "nginx.conf",
+            &[
+                ("@LISTEN@", listen.to_string()),
+                ("@PREFIX@", prefix.display().to_string()),
+                ("        @SERVERS@", servers.join("\n")),
+            ],
+            logs,
+        )?;
+        let args = vec![
+            "-p".into(),
+            prefix.display().to_string(),
+            "-c".into(),
+            cfg.display().to_string(),
+            "-e".into(),
+            prefix.join("error.log").display().to_string(),
+        ];
+        let mut p = Proc::start("nginx", Path::new("nginx"), &args, &[], cpus, logs)?;
+        p.wait_listening(listen)?;
+        Ok((p, listen))
+    }
+
+    /// A checked-in peer config with its placeholders filled in, written to the log folder.
+    fn peer_config(
+        &self,
+        name: &str,
+        fill: &[(&str, String)],
+        logs: &Path,
+    ) -> anyhow::Result<PathBuf> {
+        let src = self.args.bench_dir.join("peers").join(name);
+        let mut text = std::fs::read_to_string(&src)
+            .with_context(|| format!("reading the peer config {}", src.display()))?;
+        for (k, v) in fill {
+            if !text.contains(k) {
+                bail!("{} has no placeholder {k}", src.display());
+            }
+            text = text.replace(k, v);
+        }
+        let out = logs.join(name);
+        std::fs::write(&out, text)?;
+        Ok(out)
+    }
+}
+
+/// A unit of the farm: the app and its sidecar.
+pub struct Unit {
+    /// Unit name.
+    pub name: String,
+    /// The sidecar's public address (what the proxies forward to).
+    pub public: SocketAddr,
+    /// The sidecar.
+    pub sidecar: Proc,
+    /// The app.
+    pub app: Proc,
+}
+
+impl Unit {
+    /// Kills both processes at once, as when a pod's node dies.
+    pub fn kill(&mut self) {
+        self.sidecar.kill_now();
+        self.app.kill_now();
+    }
+}
+
+/// Retries `GET url` (with `cookie`) until it answers 200 from `unit` (any unit when `None`),
+/// so a proxy's checks have found its backends before anything is measured.
+pub async fn wait_routed(url: &str, cookie: &str, unit: Option<&str>) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match client.get(url).header("cookie", cookie).send().await {
+            Ok(r) => {
+                let answered = r
+                    .headers()
+                    .get(crate::serve::UNIT_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                if r.status() == 200 && unit.is_none_or(|u| u == answered) {
+                    return Ok(());
+                }
+                last = format!("{} from {answered:?}", r.status());
+            }
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url} with cookie {cookie:?} was not answered by {unit:?} within 30 s (last: {last})")
+}
+
+/// Polls the gateway's status table until `n` units are up.
+async fn wait_units_up(p: &mut Proc, admin: SocketAddr, n: usize) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        p.check_running()?;
+        if let Ok(r) = client.get(format!("http://{admin}/status")).send().await
+            && let Ok(table) = r.json::<serde_json::Value>().await
+        {
+            let up = table["units"]
+                .as_array()
+                .map_or(0, |u| u.iter().filter(|u| u["state"] == "up").count());
+            if up == n {
+                return Ok(());
+            }
+            last = format!("{up} of {n} units up");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("the gateway did not have its units in service within 60 s ({last})")
+}

@@ -1,0 +1,156 @@
+//! Scenario 3, failover under load: sticky shoppers (a separate process, reading their cart
+//! and writing it every fifth request) on three units; one unit is killed (app and sidecar,
+//! SIGKILL). Through the Stickyfarm gateway and, for comparison, HAProxy with the same check
+//! interval and thresholds in front of the same units.
+
+use std::io::BufRead as _;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use crate::bench::Bench;
+use crate::procs::Proc;
+use crate::shoppers::{Answer, Failover, analyze_failover};
+
+/// The unit that is killed.
+const KILLED: &str = "u0";
+
+/// The proxies compared.
+pub const PROXIES: [&str; 2] = ["Stickyfarm gateway", "HAProxy"];
+
+/// Results: per proxy, one [`Failover`] per run, and the answers of the last run (for the plot)
+/// with the kill time.
+pub struct Failovers {
+    /// `runs[p]`: proxy `p`'s runs.
+    pub runs: Vec<Vec<Failover>>,
+    /// `last[p]`: the answers of proxy `p`'s last run and when the unit was killed.
+    pub last: Vec<(Vec<Answer>, u64)>,
+    /// Shoppers per run.
+    pub shoppers: u32,
+    /// Their request interval.
+    pub interval: Duration,
+}
+
+/// Runs the scenario against PostgreSQL at `database_url`.
+pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Failovers> {
+    let shoppers = if b.args.smoke { 6 } else { 30 };
+    let interval = Duration::from_millis(20);
+    let (warm, total) = if b.args.smoke {
+        (Duration::from_secs(1), Duration::from_secs(3))
+    } else {
+        (Duration::from_secs(3), Duration::from_secs(10))
+    };
+    let mut runs = vec![Vec::new(), Vec::new()];
+    let mut last = vec![(Vec::new(), 0), (Vec::new(), 0)];
+    for round in 0..b.runs {
+        for (p, proxy) in PROXIES.iter().enumerate() {
+            eprintln!("  failover, {proxy}: round {}/{}", round + 1, b.runs);
+            let logs = b.logs(&format!("failover-{p}-{round}"))?;
+            let (f, answers, kill_ms) =
+                one_run(b, database_url, p, shoppers, interval, warm, total, &logs).await?;
+            runs[p].push(f);
+            last[p] = (answers, kill_ms);
+        }
+    }
+    Ok(Failovers {
+        runs,
+        last,
+        shoppers,
+        interval,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_run(
+    b: &Bench,
+    database_url: &str,
+    proxy: usize,
+    shoppers: u32,
+    interval: Duration,
+    warm: Duration,
+    total: Duration,
+    logs: &std::path::Path,
+) -> anyhow::Result<(Failover, Vec<Answer>, u64)> {
+    let cpu = b.placement.proxy;
+    let mut units = Vec::new();
+    for i in 0..3 {
+        units.push(b.unit(&format!("u{i}"), database_url, &[], cpu, logs)?);
+    }
+    let members: Vec<(String, std::net::SocketAddr)> =
+        units.iter().map(|u| (u.name.clone(), u.public)).collect();
+    let (_proxy_proc, addr) = match proxy {
+        0 => {
+            b.gateway(
+                &members,
+                &[
+                    "--check-interval",
+                    "500ms",
+                    "--check-timeout",
+                    "250ms",
+                    "--fall",
+                    "3",
+                    "--rise",
+                    "2",
+                ],
+                cpu,
+                logs,
+                "gateway",
+            )
+            .await?
+        }
+        _ => b.haproxy(&members, "500ms", cpu, logs)?,
+    };
+    crate::bench::wait_routed(
+        &format!("http://{addr}{}", stickyfarm_api::paths::HEALTH),
+        "",
+        None,
+    )
+    .await?;
+    let out = logs.join("answers.jsonl");
+    let args: Vec<String> = vec![
+        "shoppers".into(),
+        "--target".into(),
+        format!("http://{addr}"),
+        "--sessions".into(),
+        shoppers.to_string(),
+        "--interval".into(),
+        humantime::format_duration(interval).to_string(),
+        "--duration".into(),
+        humantime::format_duration(total).to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    let mut load = Proc::start("shoppers", &b.me, &args, &[], b.placement.load, logs)?;
+    wait_for_line(&mut load, &logs.join("shoppers.log"), "steady")?;
+    tokio::time::sleep(warm).await;
+    let kill_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    units[0].kill();
+    // The shoppers stop on their own after `total`.
+    load.wait_exit(total + Duration::from_secs(30))?;
+    let answers: Vec<Answer> = std::io::BufReader::new(
+        std::fs::File::open(&out).with_context(|| format!("opening {}", out.display()))?,
+    )
+    .lines()
+    .map(|l| Ok(serde_json::from_str(&l?)?))
+    .collect::<anyhow::Result<_>>()?;
+    let f = analyze_failover(&answers, KILLED, kill_ms);
+    Ok((f, answers, kill_ms))
+}
+
+fn wait_for_line(p: &mut Proc, log: &std::path::Path, line: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == line)
+        {
+            return Ok(());
+        }
+        p.check_running()?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{} did not print {line:?} within 60 s", p.label)
+}

@@ -1,0 +1,145 @@
+//! `stickyfarm-bench`: the Stickyfarm benchmarks. `bench/run` builds everything and calls
+//! `stickyfarm-bench run`; `serve` (the shared backends) and `shoppers` (the failover load) are
+//! the processes it starts.
+
+mod bench;
+mod failover;
+mod load;
+mod overhead;
+mod plot;
+mod procs;
+mod report;
+mod scale;
+mod serve;
+mod sessions;
+mod shoppers;
+mod stats;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// Benchmarks of Stickyfarm against HAProxy and nginx, of the cache against PostgreSQL, of
+/// failover under load and of scale.
+#[derive(Debug, Parser)]
+#[command(name = "stickyfarm-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Runs the scenarios and writes the report and plots.
+    Run {
+        #[command(flatten)]
+        args: bench::RunArgs,
+        /// Also replace the table in this README (between the bench markers).
+        #[arg(long)]
+        readme: Option<std::path::PathBuf>,
+    },
+    /// A backend: `/hello` (a 1 KiB page), the health answer, and with `--session-api` the
+    /// app of a unit (`GET`/`PUT /state`).
+    Serve {
+        /// Address to listen on.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Its name (answered in `x-bench-unit`).
+        #[arg(long)]
+        name: String,
+        /// The sidecar's session API, e.g. `http://127.0.0.1:7070`.
+        #[arg(long)]
+        session_api: Option<String>,
+    },
+    /// Sticky shoppers against a farm, recording every answer (the failover load).
+    Shoppers(shoppers::ShopperArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Cmd::Serve {
+            listen,
+            name,
+            session_api,
+        } => rt.block_on(serve::serve(listen, name, session_api)),
+        Cmd::Shoppers(args) => rt.block_on(shoppers::run_shoppers(args)),
+        Cmd::Run { args, readme } => rt.block_on(run(args, readme)),
+    }
+}
+
+async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+    for scenario in &args.only {
+        if !["overhead", "sessions", "failover", "scale"].contains(&scenario.as_str()) {
+            bail!("unknown scenario {scenario:?}: use overhead, sessions, failover or scale");
+        }
+    }
+    if !plot::fonts_present() {
+        bail!("the DejaVu fonts are missing: install the Debian package fonts-dejavu-core");
+    }
+    let only = args.only.clone();
+    let wants = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
+    let scratch = std::env::temp_dir().join(format!("stickyfarm-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.bench_dir.join("results"));
+    let date = humantime::format_rfc3339(std::time::SystemTime::now()).to_string()[..10].to_owned();
+    let b = bench::Bench::new(args, scratch.clone())?;
+    eprintln!(
+        "benchmarks: {} runs of {} s per configuration; logs in {}",
+        b.runs,
+        b.duration.as_secs(),
+        scratch.display()
+    );
+
+    let mut results = report::Results::default();
+    let timed =
+        |name: &str, start: Instant| eprintln!("==> {name}: {} s", start.elapsed().as_secs());
+    if wants("overhead") {
+        let t = Instant::now();
+        eprintln!("==> 1. proxy overhead");
+        results.overhead = Some(overhead::run(&b).await?);
+        timed("proxy overhead", t);
+    }
+    if wants("sessions") || wants("failover") || wants("scale") {
+        let pg_port = procs::free_port()?;
+        let pg = farmctl::postgres::PrivateCluster::start(&scratch, pg_port)
+            .context("starting a private PostgreSQL for the benchmarks")?;
+        if wants("sessions") {
+            let t = Instant::now();
+            eprintln!("==> 2. session state: cache vs PostgreSQL");
+            results.sessions = Some(sessions::run(&b, &pg.url).await?);
+            timed("session state", t);
+        }
+        if wants("failover") {
+            let t = Instant::now();
+            eprintln!("==> 3. failover under load");
+            results.failover = Some(failover::run(&b, &pg.url).await?);
+            timed("failover", t);
+        }
+        if wants("scale") {
+            let t = Instant::now();
+            eprintln!("==> 4. scale");
+            results.scale = Some(scale::run(&b, &pg.url).await?);
+            timed("scale", t);
+        }
+        pg.stop();
+    }
+    results.check_complete()?;
+    let (path, table) = report::write(&b, &results, &out, &date)?;
+    eprintln!("report: {}", path.display());
+    if let Some(readme) = readme {
+        report::update_readme(&readme, &table, &path.display().to_string())?;
+        eprintln!("README table updated: {}", readme.display());
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}

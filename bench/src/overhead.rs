@@ -1,0 +1,167 @@
+//! Scenario 1, proxy overhead: the same four backends directly, through the Stickyfarm gateway
+//! (sticky by unit address and by cookie), through HAProxy and through nginx; at fixed
+//! concurrency (wrk) and at a fixed rate below saturation (oha).
+
+use std::net::SocketAddr;
+
+use crate::bench::{Bench, wait_routed};
+use crate::procs::Proc;
+use crate::stats::{Rounds, Sample, cpu_per_10k};
+
+/// Backends behind every proxy.
+const BACKENDS: usize = 4;
+
+/// Results of the scenario.
+pub struct Overhead {
+    /// Fixed concurrency.
+    pub closed: Rounds,
+    /// Fixed rate.
+    pub open: Rounds,
+    /// The fixed rate, requests per second.
+    pub rate: u32,
+}
+
+/// One way to reach the backends.
+struct Config {
+    name: &'static str,
+    url: String,
+    /// `Cookie` lines, one per simulated client (the wrk script rotates through them).
+    cookies: Vec<String>,
+    /// The proxy process, whose CPU time is measured (none when going direct).
+    proxy: Option<usize>,
+}
+
+/// Runs the scenario.
+pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
+    let logs = b.logs("overhead")?;
+    let mut backends: Vec<(String, SocketAddr)> = Vec::new();
+    let mut procs: Vec<Proc> = Vec::new();
+    for i in 0..BACKENDS {
+        let name = format!("b{i}");
+        let (p, addr) = b.backend(&name, None, b.placement.load, &logs)?;
+        procs.push(p);
+        backends.push((name, addr));
+    }
+    let cpu = b.placement.proxy;
+    let (gateway, gw) = b
+        .gateway(
+            &backends,
+            &["--check-interval", "1s"],
+            cpu,
+            &logs,
+            "gateway",
+        )
+        .await?;
+    let (haproxy, ha) = b.haproxy(&backends, "1s", cpu, &logs)?;
+    let (nginx, ng) = b.nginx(&backends, cpu, &logs)?;
+    let proxies = [gateway, haproxy, nginx];
+
+    let clients = 64;
+    let configs = vec![
+        Config {
+            name: "direct to a backend",
+            url: format!("http://{}/hello", backends[0].1),
+            cookies: vec!["none=1".into()],
+            proxy: None,
+        },
+        Config {
+            name: "gateway, unit address",
+            url: format!("http://{gw}/_unit/b0/hello"),
+            // The routing cookie the gateway sets, kept as a browser keeps it.
+            cookies: vec!["sf_unit=b0".into()],
+            proxy: Some(0),
+        },
+        Config {
+            name: "gateway, routing cookie",
+            url: format!("http://{gw}/hello"),
+            cookies: (0..clients)
+                .map(|i| format!("sf_unit=b{}", i % BACKENDS))
+                .collect(),
+            proxy: Some(0),
+        },
+        Config {
+            name: "HAProxy, cookie insert",
+            url: format!("http://{ha}/hello"),
+            cookies: (0..clients)
+                .map(|i| format!("SERVERID=b{}", i % BACKENDS))
+                .collect(),
+            proxy: Some(1),
+        },
+        Config {
+            name: "nginx, cookie hash",
+            url: format!("http://{ng}/hello"),
+            cookies: (0..clients)
+                .map(|i| format!("sf_session=client-{i:04}"))
+                .collect(),
+            proxy: Some(2),
+        },
+    ];
+    // Every proxy must have found its backends, and stick as told, before anything counts.
+    wait_routed(&configs[1].url, "", Some("b0")).await?;
+    wait_routed(&configs[2].url, "sf_unit=b1", Some("b1")).await?;
+    wait_routed(&configs[3].url, "SERVERID=b2", Some("b2")).await?;
+    wait_routed(&configs[4].url, "sf_session=client-0000", None).await?;
+
+    let mut files = Vec::new();
+    for (i, c) in configs.iter().enumerate() {
+        let f = logs.join(format!("cookies-{i}.txt"));
+        std::fs::write(&f, c.cookies.join("\n") + "\n")?;
+        files.push(f);
+    }
+    let names = configs.iter().map(|c| c.name);
+    let mut closed = Rounds::new(names.clone());
+    for round in 0..b.runs {
+        eprintln!(
+            "  overhead, fixed concurrency: round {}/{}",
+            round + 1,
+            b.runs
+        );
+        let mut samples = Vec::new();
+        for (c, file) in configs.iter().zip(&files) {
+            let proxy = c.proxy.map(|p| &proxies[p]);
+            let before = proxy.map(Proc::cpu_seconds);
+            let load = b.wrk.run(&c.url, file, "GET", None)?;
+            let cpu = proxy
+                .zip(before)
+                .and_then(|(p, before)| cpu_per_10k(before, p.cpu_seconds(), load.requests));
+            samples.push(Sample {
+                load,
+                cpu_per_10k: cpu,
+            });
+        }
+        closed.rounds.push(samples);
+    }
+
+    // A rate every configuration sustains: a third of the slowest one's throughput.
+    let slowest = closed
+        .summarize(None)
+        .iter()
+        .map(|s| s.rps.median)
+        .fold(f64::INFINITY, f64::min);
+    let rate = ((slowest / 3.0 / 100.0).floor() * 100.0).max(100.0) as u32;
+    let mut open = Rounds::new(names);
+    for round in 0..b.runs {
+        eprintln!(
+            "  overhead, {rate} requests/s: round {}/{}",
+            round + 1,
+            b.runs
+        );
+        let mut samples = Vec::new();
+        for c in &configs {
+            let proxy = c.proxy.map(|p| &proxies[p]);
+            let before = proxy.map(Proc::cpu_seconds);
+            let load = b.oha.run_at_rate(&c.url, &c.cookies[0], rate)?;
+            let cpu = proxy
+                .zip(before)
+                .and_then(|(p, before)| cpu_per_10k(before, p.cpu_seconds(), load.requests));
+            samples.push(Sample {
+                load,
+                cpu_per_10k: cpu,
+            });
+        }
+        open.rounds.push(samples);
+    }
+    drop(proxies);
+    drop(procs);
+    Ok(Overhead { closed, open, rate })
+}

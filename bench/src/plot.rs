@@ -1,0 +1,239 @@
+//! PNG plots of a run: drawn as SVG with plotters, rasterised with resvg (DejaVu fonts from
+//! Debian's fonts-dejavu-core).
+
+use std::path::Path;
+
+use anyhow::{Context as _, anyhow};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::shoppers::Answer;
+use crate::stats::Spread;
+
+/// Where Debian keeps the DejaVu fonts.
+const FONTS: &str = "/usr/share/fonts/truetype/dejavu";
+
+const PALETTE: [RGBColor; 4] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+];
+
+/// One series of a bar chart: a name and a value (median, min, max) per category.
+pub struct Bars {
+    /// Legend entry.
+    pub name: String,
+    /// One per category; `None` draws nothing.
+    pub values: Vec<Option<Spread>>,
+}
+
+/// A bar chart panel.
+pub struct Panel {
+    /// Caption.
+    pub title: String,
+    /// Y axis description.
+    pub y_desc: String,
+    /// Category names along the x axis.
+    pub categories: Vec<String>,
+    /// Series, drawn side by side within each category.
+    pub series: Vec<Bars>,
+}
+
+type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("drawing the plot: {e}")
+}
+
+/// Draws panels stacked vertically into a PNG.
+pub fn bar_panels(path: &Path, panels: &[Panel]) -> anyhow::Result<()> {
+    let (w, h) = (1200u32, 380 * panels.len() as u32);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        for (panel, area) in panels.iter().zip(root.split_evenly((panels.len(), 1))) {
+            draw_bars(&area, panel)?;
+        }
+        root.present().map_err(err)?;
+    }
+    write_png(&svg, path)
+}
+
+fn draw_bars(area: &Area<'_>, p: &Panel) -> anyhow::Result<()> {
+    let n = p.categories.len();
+    let top = p
+        .series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten().map(|v| v.max))
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.15;
+    let mut chart = ChartBuilder::on(area)
+        .caption(&p.title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)
+        .map_err(err)?;
+    let cats = p.categories.clone();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(2 * n + 1)
+        .x_label_formatter(&|x| {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
+                cats[i as usize].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(&p.y_desc)
+        .y_label_formatter(&|v| {
+            if top >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.1}")
+            }
+        })
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    let k = p.series.len().max(1) as f64;
+    let width = 0.8 / k;
+    for (si, s) in p.series.iter().enumerate() {
+        let color = PALETTE[si % PALETTE.len()];
+        let x0 = |c: usize| c as f64 - 0.4 + si as f64 * width;
+        let values: Vec<(usize, Spread)> = s
+            .values
+            .iter()
+            .enumerate()
+            .filter_map(|(c, v)| v.filter(|v| v.median.is_finite()).map(|v| (c, v)))
+            .collect();
+        chart
+            .draw_series(values.iter().map(|&(c, v)| {
+                Rectangle::new(
+                    [(x0(c) + 0.01, 0.0), (x0(c) + width - 0.01, v.median)],
+                    color.filled(),
+                )
+            }))
+            .map_err(err)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 12, y + 6)], color.filled()));
+        // Whiskers: min to max of the runs.
+        chart
+            .draw_series(values.iter().map(|&(c, v)| {
+                let xc = x0(c) + width / 2.0;
+                PathElement::new(vec![(xc, v.min), (xc, v.max)], BLACK.stroke_width(2))
+            }))
+            .map_err(err)?;
+    }
+    if p.series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Latency of every shopper request around the kill, one panel per proxy; failed requests red.
+pub fn failover_timeline(path: &Path, runs: &[(&str, &[Answer], u64)]) -> anyhow::Result<()> {
+    let (w, h) = (1200u32, 340 * runs.len() as u32);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let max_ms = runs
+            .iter()
+            .flat_map(|(_, a, _)| a.iter().map(|a| a.latency_us as f64 / 1000.0))
+            .fold(1.0f64, f64::max)
+            * 1.5;
+        for (&(name, answers, kill_ms), area) in runs.iter().zip(root.split_evenly((runs.len(), 1)))
+        {
+            let t = |a: &Answer| (a.sent_ms as f64 - kill_ms as f64) / 1000.0;
+            let (t0, t1) = answers
+                .iter()
+                .map(t)
+                .fold((0.0f64, 0.0f64), |(lo, hi), x| (lo.min(x), hi.max(x)));
+            let mut chart = ChartBuilder::on(&area)
+                .caption(
+                    format!("{name}: latency of each request; unit killed at 0 s; failures in red"),
+                    ("sans-serif", 18),
+                )
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(80)
+                .build_cartesian_2d(t0..t1.max(t0 + 1.0), (0.05f64..max_ms).log_scale())
+                .map_err(err)?;
+            chart
+                .configure_mesh()
+                .x_desc("seconds since the kill")
+                .y_desc("latency, ms (log)")
+                .label_style(("sans-serif", 14))
+                .draw()
+                .map_err(err)?;
+            let ok = |a: &&Answer| (200..300).contains(&a.status);
+            chart
+                .draw_series(answers.iter().filter(ok).map(|a| {
+                    Circle::new(
+                        (t(a), (a.latency_us as f64 / 1000.0).max(0.05)),
+                        2,
+                        PALETTE[0].filled(),
+                    )
+                }))
+                .map_err(err)?;
+            chart
+                .draw_series(answers.iter().filter(|a| !ok(a)).map(|a| {
+                    Circle::new(
+                        (t(a), (a.latency_us as f64 / 1000.0).max(0.05)),
+                        4,
+                        RED.filled(),
+                    )
+                }))
+                .map_err(err)?;
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(0.0, 0.05), (0.0, max_ms)],
+                    BLACK.stroke_width(1),
+                )))
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    write_png(&svg, path)
+}
+
+fn write_png(svg: &str, path: &Path) -> anyhow::Result<()> {
+    let mut opt = resvg::usvg::Options::default();
+    {
+        let db = opt.fontdb_mut();
+        db.load_fonts_dir(FONTS);
+        db.set_sans_serif_family("DejaVu Sans");
+    }
+    let tree = resvg::usvg::Tree::from_str(svg, &opt).context("reading the drawn SVG")?;
+    let size = tree.size().to_int_size();
+    let mut pixmap = resvg::tiny_skia::Pixmap::new(size.width(), size.height())
+        .context("allocating the image")?;
+    pixmap.fill(resvg::tiny_skia::Color::WHITE);
+    resvg::render(
+        &tree,
+        resvg::tiny_skia::Transform::default(),
+        &mut pixmap.as_mut(),
+    );
+    pixmap
+        .save_png(path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Whether the fonts the plots need are there.
+pub fn fonts_present() -> bool {
+    Path::new(FONTS).join("DejaVuSans.ttf").exists()
+}

@@ -1,0 +1,580 @@
+//! The report: `bench/results/<date>.md` with the machine, the settings and a table per
+//! scenario, plus the plots; optionally the README's "Performance" table.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::bench::Bench;
+use crate::failover::{Failovers, PROXIES};
+use crate::overhead::Overhead;
+use crate::plot::{Bars, Panel, bar_panels, failover_timeline};
+use crate::scale::Scale;
+use crate::sessions::Group;
+use crate::shoppers::Failover;
+use crate::stats::{Spread, Summary};
+
+/// What a run measured; a scenario left out with `--only` is `None`.
+#[derive(Default)]
+pub struct Results {
+    /// Scenario 1.
+    pub overhead: Option<Overhead>,
+    /// Scenario 2.
+    pub sessions: Option<Vec<Group>>,
+    /// Scenario 3.
+    pub failover: Option<Failovers>,
+    /// Scenario 4.
+    pub scale: Option<Scale>,
+}
+
+impl Results {
+    /// Fails unless every scenario that ran produced finite numbers for every configuration
+    /// (what the smoke run in CI checks; no timing is judged).
+    pub fn check_complete(&self) -> anyhow::Result<()> {
+        let mut missing = Vec::new();
+        let check = |missing: &mut Vec<String>, what: String, s: &[Summary]| {
+            for x in s {
+                if x.requests == 0 || !x.rps.median.is_finite() || !x.p99.median.is_finite() {
+                    missing.push(format!("{what}: {}", x.config));
+                }
+            }
+        };
+        if let Some(o) = &self.overhead {
+            check(&mut missing, "overhead".into(), &o.closed.summarize(None));
+            check(
+                &mut missing,
+                "overhead at a fixed rate".into(),
+                &o.open.summarize(None),
+            );
+        }
+        for g in self.sessions.iter().flatten() {
+            check(
+                &mut missing,
+                format!("sessions, {}", g.title),
+                &g.rounds.summarize(None),
+            );
+        }
+        if let Some(f) = &self.failover {
+            for (p, runs) in f.runs.iter().enumerate() {
+                if runs.is_empty() || runs.iter().any(|r| r.requests == 0 || r.affected == 0) {
+                    missing.push(format!(
+                        "failover: {} (no requests or no affected session)",
+                        PROXIES[p]
+                    ));
+                }
+            }
+        }
+        if let Some(s) = &self.scale {
+            check(&mut missing, "scale".into(), &s.rounds.summarize(None));
+            if s.bytes_per_session.iter().any(|b| !b.is_finite()) {
+                missing.push("scale: memory per session".into());
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            bail!("scenarios without numbers: {}", missing.join("; "))
+        }
+    }
+}
+
+fn ms(us: f64) -> String {
+    let v = us / 1000.0;
+    if !v.is_finite() {
+        "–".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn spread(s: &Spread, f: impl Fn(f64) -> String) -> String {
+    if s.min == s.max {
+        f(s.median)
+    } else {
+        format!("{} ({}–{})", f(s.median), f(s.min), f(s.max))
+    }
+}
+
+fn num(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn ratio(r: &Option<Spread>) -> String {
+    r.as_ref()
+        .map_or("—".into(), |r| spread(r, |v| format!("{v:.2}×")))
+}
+
+fn cpu(c: &Option<Spread>) -> String {
+    c.as_ref()
+        .map_or("—".into(), |c| spread(c, |v| format!("{v:.2}")))
+}
+
+/// The fixed-concurrency table (req/s, ratio, latency, CPU, failures).
+fn load_table(out: &mut String, rows: &[Summary], ratio_to: &str, cpu_of: &str) {
+    let _ = writeln!(
+        out,
+        "| configuration | requests/s | req/s vs {ratio_to} | p50 ms | p99 ms | p99 vs {ratio_to} | p99.9 ms | {cpu_of} CPU s per 10k requests | failed / requests |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for s in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            s.config,
+            spread(&s.rps, num),
+            ratio(&s.rps_ratio),
+            spread(&s.p50, ms),
+            spread(&s.p99, ms),
+            ratio(&s.p99_ratio),
+            spread(&s.p999, ms),
+            cpu(&s.cpu_per_10k),
+            s.errors,
+            s.requests
+        );
+    }
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown CPU")
+        .trim()
+        .to_owned();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{model}, {cpus} CPUs, {mem_gib:.0} GiB, Linux {}",
+        kernel.trim()
+    )
+}
+
+/// First line a command prints (stdout or stderr), for versions.
+fn first_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .unwrap_or_else(|| format!("{program}: not found"))
+}
+
+/// Writes the report and plots into `out_dir` as `<date>.md` and `<date>-*.png`; returns the
+/// report's path and the README table.
+pub fn write(
+    b: &Bench,
+    r: &Results,
+    out_dir: &Path,
+    date: &str,
+) -> anyhow::Result<(std::path::PathBuf, String)> {
+    std::fs::create_dir_all(out_dir)?;
+    let mut md = String::new();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let pin = match (b.placement.proxy, b.placement.load) {
+        (Some(p), Some(l)) => format!(
+            "the proxy (or sidecar) under test on CPU {p}; the load generator and the shared backends on CPU {l}"
+        ),
+        _ => "no pinning (one CPU)".into(),
+    };
+    let _ = writeln!(
+        md,
+        "# Stickyfarm benchmarks, {date}{}\n",
+        if b.args.smoke {
+            " (smoke run: numbers are not meaningful)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        md,
+        "Made by `bench/run`{} at commit `{commit}`.\n\n\
+         - Machine: {}\n\
+         - Peers and tools: {}; nginx {}; {}; {}\n\
+         - Each figure: median of {} runs (min–max in brackets), configurations run alternately; ratios are taken within a run, then their median.\n\
+         - Load: wrk, one thread, {} connections, {} s per run; oha for fixed rates (latency measured from when each request was due).\n\
+         - CPU: {pin}. Every proxy has one worker (gateway `TOKIO_WORKER_THREADS=1`, HAProxy `nbthread 1`, nginx `worker_processes 1`). CPU seconds are user + system time of the measured process (and its children) from `/proc`.\n",
+        if b.args.smoke { " --smoke" } else { "" },
+        machine(),
+        first_line("haproxy", &["-v"]),
+        first_line("nginx", &["-v"]).trim_start_matches("nginx version: nginx/"),
+        first_line("wrk", &["-v"]),
+        first_line(&b.oha.program.display().to_string(), &["--version"]),
+        b.runs,
+        b.wrk.connections,
+        b.duration.as_secs(),
+    );
+    let mut readme = String::new();
+    let stamp = |p: &str| format!("{date}-{p}.png");
+
+    if let Some(o) = &r.overhead {
+        let closed = o.closed.summarize(Some(1));
+        let open = o.open.summarize(Some(1));
+        let _ = writeln!(
+            md,
+            "## 1. Proxy overhead\n\nFour identical backends (a 1 KiB page). Clients' cookies spread over them (the unit-address case names one unit). Ratios are against the gateway with a unit address.\n\n### Fixed concurrency\n"
+        );
+        load_table(&mut md, &closed, "gateway", "proxy");
+        let _ = writeln!(
+            md,
+            "\n### Fixed rate: {} requests/s (a third of the slowest configuration's throughput)\n",
+            o.rate
+        );
+        load_table(&mut md, &open, "gateway", "proxy");
+        let _ = writeln!(md, "\n![proxy overhead]({})\n", stamp("overhead"));
+        let cats: Vec<String> = closed.iter().map(|s| s.config.clone()).collect();
+        let lat = |rows: &[Summary]| {
+            vec![
+                Bars {
+                    name: "p50".into(),
+                    values: rows.iter().map(|s| Some(s.p50)).collect(),
+                },
+                Bars {
+                    name: "p99".into(),
+                    values: rows.iter().map(|s| Some(s.p99)).collect(),
+                },
+                Bars {
+                    name: "p99.9".into(),
+                    values: rows.iter().map(|s| Some(s.p999)).collect(),
+                },
+            ]
+        };
+        let in_ms = |bars: Vec<Bars>| -> Vec<Bars> {
+            bars.into_iter()
+                .map(|b| Bars {
+                    name: b.name,
+                    values: b
+                        .values
+                        .into_iter()
+                        .map(|v| {
+                            v.map(|s| Spread {
+                                median: s.median / 1000.0,
+                                min: s.min / 1000.0,
+                                max: s.max / 1000.0,
+                            })
+                        })
+                        .collect(),
+                })
+                .collect()
+        };
+        bar_panels(
+            &out_dir.join(stamp("overhead")),
+            &[
+                Panel {
+                    title: format!(
+                        "Throughput at {} connections (median, whiskers min–max)",
+                        b.wrk.connections
+                    ),
+                    y_desc: "requests/s".into(),
+                    categories: cats.clone(),
+                    series: vec![Bars {
+                        name: "requests/s".into(),
+                        values: closed.iter().map(|s| Some(s.rps)).collect(),
+                    }],
+                },
+                Panel {
+                    title: format!("Latency at {} connections", b.wrk.connections),
+                    y_desc: "ms".into(),
+                    categories: cats.clone(),
+                    series: in_ms(lat(&closed)),
+                },
+                Panel {
+                    title: format!("Latency at {} requests/s", o.rate),
+                    y_desc: "ms".into(),
+                    categories: cats,
+                    series: in_ms(lat(&open)),
+                },
+                Panel {
+                    title: "Proxy CPU seconds per 10k requests (fixed concurrency)".into(),
+                    y_desc: "CPU s".into(),
+                    categories: closed.iter().map(|s| s.config.clone()).collect(),
+                    series: vec![Bars {
+                        name: "CPU".into(),
+                        values: closed.iter().map(|s| s.cpu_per_10k).collect(),
+                    }],
+                },
+            ],
+        )?;
+        let _ = writeln!(
+            readme,
+            "| proxy (fixed concurrency, {} connections) | requests/s | p50 ms | p99 ms | p99 ms at {} req/s | proxy CPU s / 10k req |",
+            b.wrk.connections, o.rate
+        );
+        let _ = writeln!(readme, "|---|---:|---:|---:|---:|---:|");
+        for (c, f) in closed.iter().zip(&open) {
+            let _ = writeln!(
+                readme,
+                "| {} | {} | {} | {} | {} | {} |",
+                c.config,
+                num(c.rps.median),
+                ms(c.p50.median),
+                ms(c.p99.median),
+                ms(f.p99.median),
+                c.cpu_per_10k
+                    .map_or("—".into(), |v| format!("{:.2}", v.median))
+            );
+        }
+    }
+
+    if let Some(groups) = &r.sessions {
+        let _ = writeln!(
+            md,
+            "## 2. Session state through the sidecar: cache vs PostgreSQL\n\nOne unit (app + sidecar) with the cache, one with `--cache-reads false` (every read loaded from PostgreSQL), the same PostgreSQL, wrk rotating over the units' sessions. A read is the app taking the cart (from the attached snapshot up to 16 KiB, else one session-API call); a write is written through to PostgreSQL before the answer. A Redis-backed store was not measured (Stickyfarm has none).\n"
+        );
+        let mut cats = Vec::new();
+        let (mut rps_c, mut rps_n, mut p99_c, mut p99_n) = (vec![], vec![], vec![], vec![]);
+        let _ = writeln!(
+            readme,
+            "\n| session state (sidecar) | cache: requests/s | p99 ms | cache off (PostgreSQL): requests/s | p99 ms |"
+        );
+        let _ = writeln!(readme, "|---|---:|---:|---:|---:|");
+        for g in groups {
+            let s = g.rounds.summarize(Some(0));
+            let _ = writeln!(md, "### {}\n", g.title);
+            load_table(&mut md, &s, "cache", "sidecar");
+            let _ = writeln!(md);
+            cats.push(g.title.clone());
+            rps_c.push(Some(s[0].rps));
+            rps_n.push(Some(s[1].rps));
+            let m = |x: Spread| Spread {
+                median: x.median / 1000.0,
+                min: x.min / 1000.0,
+                max: x.max / 1000.0,
+            };
+            p99_c.push(Some(m(s[0].p99)));
+            p99_n.push(Some(m(s[1].p99)));
+            let _ = writeln!(
+                readme,
+                "| {} | {} | {} | {} | {} |",
+                g.title,
+                num(s[0].rps.median),
+                ms(s[0].p99.median),
+                num(s[1].rps.median),
+                ms(s[1].p99.median)
+            );
+        }
+        let _ = writeln!(md, "![sessions]({})\n", stamp("sessions"));
+        bar_panels(
+            &out_dir.join(stamp("sessions")),
+            &[
+                Panel {
+                    title: "Requests/s through the sidecar".into(),
+                    y_desc: "requests/s".into(),
+                    categories: cats.clone(),
+                    series: vec![
+                        Bars {
+                            name: "cache".into(),
+                            values: rps_c,
+                        },
+                        Bars {
+                            name: "no cache (PostgreSQL)".into(),
+                            values: rps_n,
+                        },
+                    ],
+                },
+                Panel {
+                    title: "p99 latency".into(),
+                    y_desc: "ms".into(),
+                    categories: cats,
+                    series: vec![
+                        Bars {
+                            name: "cache".into(),
+                            values: p99_c,
+                        },
+                        Bars {
+                            name: "no cache (PostgreSQL)".into(),
+                            values: p99_n,
+                        },
+                    ],
+                },
+            ],
+        )?;
+    }
+
+    if let Some(f) = &r.failover {
+        let _ = writeln!(
+            md,
+            "## 3. Failover under load\n\n{} shoppers, one request each every {} ms (every fifth a 1 KiB cart write), on three units; after a warm-up unit `u0` (app and sidecar) is killed with SIGKILL. Checks every 500 ms, 3 failures take a unit out, 2 passes bring it back, a connection error takes it out at once — the same on both. Recovery: from the kill until the last session that `u0` served was answered by another unit.\n",
+            f.shoppers,
+            f.interval.as_millis()
+        );
+        let _ = writeln!(
+            md,
+            "| proxy | failed reads | failed writes | requests | sessions on the killed unit | recovery ms | p99 ms before | p99 ms in the 2 s after | slowest ms after |"
+        );
+        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            readme,
+            "\n| failover (one of three units killed under load) | failed reads | failed writes | recovery ms | slowest request ms |"
+        );
+        let _ = writeln!(readme, "|---|---:|---:|---:|---:|");
+        for (p, runs) in f.runs.iter().enumerate() {
+            let sum = |g: fn(&Failover) -> u64| runs.iter().map(g).sum::<u64>();
+            let sp = |g: fn(&Failover) -> f64| Spread::of(runs.iter().map(g));
+            let show = |s: Option<Spread>, us: bool| {
+                s.map_or("never".into(), |s| {
+                    spread(&s, |v| if us { ms(v) } else { format!("{v:.0}") })
+                })
+            };
+            let never = runs.iter().filter(|r| r.recovery_ms.is_none()).count();
+            let recovery = sp(|r| r.recovery_ms.map_or(f64::NAN, |v| v as f64));
+            let rec_text = format!(
+                "{}{}",
+                show(recovery, false),
+                if never > 0 {
+                    format!(" ({never} runs never)")
+                } else {
+                    String::new()
+                }
+            );
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                PROXIES[p],
+                sum(|r| r.failed_reads),
+                sum(|r| r.failed_writes),
+                sum(|r| r.requests),
+                show(sp(|r| r.affected as f64), false),
+                rec_text,
+                show(sp(|r| r.p99_before_us as f64), true),
+                show(sp(|r| r.p99_after_us as f64), true),
+                show(sp(|r| r.max_after_us as f64), true),
+            );
+            let _ = writeln!(
+                readme,
+                "| {} | {} | {} | {} | {} |",
+                PROXIES[p],
+                sum(|r| r.failed_reads),
+                sum(|r| r.failed_writes),
+                recovery.map_or("never".into(), |s| format!("{:.0}", s.median)),
+                sp(|r| r.max_after_us as f64).map_or("–".into(), |s| ms(s.median)),
+            );
+        }
+        let _ = writeln!(
+            md,
+            "\nFailed counts are totals over all runs.\n\n![failover]({})\n",
+            stamp("failover")
+        );
+        let timeline: Vec<(&str, &[crate::shoppers::Answer], u64)> = f
+            .last
+            .iter()
+            .enumerate()
+            .map(|(p, (a, k))| (PROXIES[p], a.as_slice(), *k))
+            .collect();
+        failover_timeline(&out_dir.join(stamp("failover")), &timeline)?;
+    }
+
+    if let Some(s) = &r.scale {
+        let rows = s.rounds.summarize(Some(0));
+        let _ = writeln!(
+            md,
+            "## 4. Scale\n\nFarms of 2, 4 and 8 units behind one gateway, all on the CPU under test, {} sessions each (1 KiB carts) opened through the gateway; wrk reads them all in turn. Memory: growth of the sidecars' resident memory while the sessions were opened, per session.\n",
+            s.sessions
+        );
+        load_table(&mut md, &rows, "2 units", "gateway");
+        let _ = writeln!(
+            md,
+            "\n| farm | sidecar memory per cached session |\n|---|---:|"
+        );
+        let _ = writeln!(
+            readme,
+            "\n| scale ({} sessions) | requests/s | p99 ms | memory per cached session |",
+            s.sessions
+        );
+        let _ = writeln!(readme, "|---|---:|---:|---:|");
+        for (row, bytes) in rows.iter().zip(&s.bytes_per_session) {
+            let _ = writeln!(md, "| {} | {:.1} KiB |", row.config, bytes / 1024.0);
+            let _ = writeln!(
+                readme,
+                "| {} | {} | {} | {:.1} KiB |",
+                row.config,
+                num(row.rps.median),
+                ms(row.p99.median),
+                bytes / 1024.0
+            );
+        }
+        let _ = writeln!(md, "\n![scale]({})\n", stamp("scale"));
+        bar_panels(
+            &out_dir.join(stamp("scale")),
+            &[
+                Panel {
+                    title: format!("Reads of {} sessions through the gateway", s.sessions),
+                    y_desc: "requests/s".into(),
+                    categories: rows.iter().map(|r| r.config.clone()).collect(),
+                    series: vec![Bars {
+                        name: "requests/s".into(),
+                        values: rows.iter().map(|r| Some(r.rps)).collect(),
+                    }],
+                },
+                Panel {
+                    title: "Sidecar memory per cached session".into(),
+                    y_desc: "KiB".into(),
+                    categories: rows.iter().map(|r| r.config.clone()).collect(),
+                    series: vec![Bars {
+                        name: "KiB".into(),
+                        values: s
+                            .bytes_per_session
+                            .iter()
+                            .map(|b| Spread::of([b / 1024.0]))
+                            .collect(),
+                    }],
+                },
+            ],
+        )?;
+    }
+    let path = out_dir.join(format!("{date}.md"));
+    std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
+    Ok((path, readme))
+}
+
+/// Replaces the README's table between `<!-- bench:begin -->` and `<!-- bench:end -->`.
+pub fn update_readme(readme: &Path, table: &str, report: &str) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(readme).with_context(|| format!("reading {}", readme.display()))?;
+    let (begin, end) = ("<!-- bench:begin -->", "<!-- bench:end -->");
+    let (Some(b), Some(e)) = (text.find(begin), text.find(end)) else {
+        bail!("{} has no {begin} … {end} markers", readme.display());
+    };
+    let new = format!(
+        "{}{begin}\nFrom `{report}`:\n\n{table}\n{}",
+        &text[..b],
+        &text[e..]
+    );
+    std::fs::write(readme, new).with_context(|| format!("writing {}", readme.display()))
+}

@@ -1,0 +1,107 @@
+//! Scenario 4, scale: farms of 2, 4 and 8 units behind a gateway, each with the same number of
+//! sessions (10 000 by default, 1 KiB carts), read through the gateway by wrk rotating over
+//! every session; and the sidecars' memory per cached session.
+
+use std::net::SocketAddr;
+
+use crate::bench::{Bench, Unit};
+use crate::procs::Proc;
+use crate::shoppers::{cart_of_size, open_sessions};
+use crate::stats::{Rounds, Sample, cpu_per_10k};
+
+/// Farm sizes.
+pub const FARMS: [usize; 3] = [2, 4, 8];
+
+/// Results of the scenario.
+pub struct Scale {
+    /// Configurations "2 units", "4 units", "8 units".
+    pub rounds: Rounds,
+    /// Per farm: sidecars' resident memory added per cached session, bytes.
+    pub bytes_per_session: Vec<f64>,
+    /// Sessions per farm.
+    pub sessions: usize,
+}
+
+struct Farm {
+    units: Vec<Unit>,
+    gateway: Proc,
+    addr: SocketAddr,
+    cookies: std::path::PathBuf,
+}
+
+/// Runs the scenario against PostgreSQL at `database_url`.
+pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
+    let sessions = b
+        .args
+        .scale_sessions
+        .unwrap_or(if b.args.smoke { 200 } else { 10_000 });
+    let cart = cart_of_size(1024);
+    let cpu = b.placement.proxy;
+    let mut farms = Vec::new();
+    let mut bytes_per_session = Vec::new();
+    for n in FARMS {
+        eprintln!("  scale: {n} units, opening {sessions} sessions");
+        let logs = b.logs(&format!("scale-{n}"))?;
+        let mut units = Vec::new();
+        for i in 0..n {
+            // 14 sidecars share one PostgreSQL (100 connections): 4 each, as a farm of many
+            // pods sizes its pools.
+            units.push(b.unit(
+                &format!("s{n}-{i}"),
+                database_url,
+                &["--db-max-connections", "4"],
+                cpu,
+                &logs,
+            )?);
+        }
+        let members: Vec<(String, SocketAddr)> =
+            units.iter().map(|u| (u.name.clone(), u.public)).collect();
+        let (gateway, addr) = b
+            .gateway(&members, &["--check-interval", "1s"], cpu, &logs, "gateway")
+            .await?;
+        crate::bench::wait_routed(
+            &format!("http://{addr}{}", stickyfarm_api::paths::HEALTH),
+            "",
+            None,
+        )
+        .await?;
+        let rss = |units: &[Unit]| units.iter().map(|u| u.sidecar.rss_bytes()).sum::<u64>();
+        let before = rss(&units);
+        let cookies = logs.join("cookies.txt");
+        open_sessions(&format!("http://{addr}"), sessions, &cart, 32, &cookies).await?;
+        let after = rss(&units);
+        bytes_per_session.push(after.saturating_sub(before) as f64 / sessions as f64);
+        farms.push(Farm {
+            units,
+            gateway,
+            addr,
+            cookies,
+        });
+    }
+    let mut rounds = Rounds::new(FARMS.iter().map(|n| format!("{n} units")));
+    for round in 0..b.runs {
+        eprintln!("  scale: round {}/{}", round + 1, b.runs);
+        let mut samples = Vec::new();
+        for f in &farms {
+            let before = f.gateway.cpu_seconds();
+            let load = b
+                .wrk
+                .run(&format!("http://{}/state", f.addr), &f.cookies, "GET", None)?;
+            samples.push(Sample {
+                load,
+                cpu_per_10k: cpu_per_10k(before, f.gateway.cpu_seconds(), load.requests),
+            });
+        }
+        rounds.rounds.push(samples);
+    }
+    for f in &mut farms {
+        for u in &mut f.units {
+            u.sidecar.check_running()?;
+        }
+    }
+    Ok(Scale {
+        rounds,
+        bytes_per_session,
+        sessions,
+    })
+}

@@ -1,0 +1,138 @@
+//! The backends every configuration shares (`stickyfarm-bench serve`): a plain web server for
+//! the proxy comparison, and, behind a sidecar, an app that reads and writes session state the
+//! way a shop reads and writes its cart.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use stickyfarm_api::{SessionSnapshot, headers, paths};
+
+/// The header that names the backend that answered.
+pub const UNIT_HEADER: &str = "x-bench-unit";
+
+/// The table the app keeps its state in.
+const TABLE: &str = "cart";
+
+struct App {
+    name: HeaderValue,
+    page: Bytes,
+    session_api: Option<String>,
+    client: reqwest::Client,
+}
+
+/// Serves until the process is stopped.
+pub async fn serve(
+    listen: SocketAddr,
+    name: String,
+    session_api: Option<String>,
+) -> anyhow::Result<()> {
+    let app = Arc::new(App {
+        name: HeaderValue::from_str(&name).context("the backend name must be a header value")?,
+        // A small page, the same for every backend and proxy.
+        page: Bytes::from(format!("hello from {name}\n{}\n", "x".repeat(1000))),
+        session_api,
+        client: reqwest::Client::new(),
+    });
+    let router = Router::new()
+        .route(paths::HEALTH, get(health))
+        .route("/hello", get(hello))
+        .route("/state", get(read_state).put(write_state))
+        .with_state(app);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    axum::serve(listener, router).await?;
+    Ok(())
+}
+
+fn answer(app: &App, status: StatusCode, body: impl Into<Bytes>) -> Response {
+    let mut r = (status, body.into()).into_response();
+    r.headers_mut().insert(UNIT_HEADER, app.name.clone());
+    r
+}
+
+async fn health(State(app): State<Arc<App>>) -> Response {
+    // The gateway's default check expects the sidecar's answer; HAProxy only the status.
+    answer(&app, StatusCode::OK, stickyfarm_api::HEALTHY_ANSWER)
+}
+
+async fn hello(State(app): State<Arc<App>>) -> Response {
+    answer(&app, StatusCode::OK, app.page.clone())
+}
+
+fn session_of(h: &HeaderMap) -> Option<&str> {
+    h.get(headers::SESSION)?.to_str().ok()
+}
+
+/// Reads the cart: from the snapshot the sidecar attached when it is small enough, otherwise
+/// with one call to the session API (as the webstore does).
+async fn read_state(State(app): State<Arc<App>>, h: HeaderMap) -> Response {
+    let Some(session) = session_of(&h) else {
+        return answer(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "no session: run behind the sidecar",
+        );
+    };
+    if let Some(snap) = h.get(headers::SNAPSHOT).and_then(|v| {
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(v.as_bytes())
+            .ok()?;
+        serde_json::from_slice::<SessionSnapshot>(&json).ok()
+    }) {
+        let len = snap
+            .tables
+            .iter()
+            .find(|(n, _)| n.as_str() == TABLE)
+            .map_or(0, |(_, t)| t.doc.get().len());
+        return answer(&app, StatusCode::OK, format!("{len} bytes (snapshot)\n"));
+    }
+    let Some(api) = &app.session_api else {
+        return answer(&app, StatusCode::INTERNAL_SERVER_ERROR, "no --session-api");
+    };
+    match app
+        .client
+        .get(format!("{api}/v1/sessions/{session}/tables/{TABLE}"))
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() || r.status() == StatusCode::NOT_FOUND => {
+            let len = r.bytes().await.map_or(0, |b| b.len());
+            answer(&app, StatusCode::OK, format!("{len} bytes (api)\n"))
+        }
+        Ok(r) => answer(&app, r.status(), "session API refused the read\n"),
+        Err(e) => answer(&app, StatusCode::BAD_GATEWAY, format!("session API: {e}\n")),
+    }
+}
+
+/// Writes the request body as the cart, through the session API (written through to
+/// PostgreSQL before the API answers).
+async fn write_state(State(app): State<Arc<App>>, h: HeaderMap, body: Bytes) -> Response {
+    let (Some(session), Some(api)) = (session_of(&h), &app.session_api) else {
+        return answer(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "no session or no --session-api",
+        );
+    };
+    match app
+        .client
+        .put(format!("{api}/v1/sessions/{session}/tables/{TABLE}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(r) if r.status().is_success() => answer(&app, StatusCode::OK, "written\n"),
+        Ok(r) => answer(&app, r.status(), "session API refused the write\n"),
+        Err(e) => answer(&app, StatusCode::BAD_GATEWAY, format!("session API: {e}\n")),
+    }
+}

@@ -1,0 +1,99 @@
+//! Scenario 2, session reads and writes through the sidecar: the cache against the same
+//! request with the cache off (`--cache-reads false`: every read from PostgreSQL), for carts of
+//! 1 KiB and 64 KiB (hundreds of line items, the patent's background case).
+//!
+//! A read is `GET /state`: the app takes the cart from the snapshot the sidecar attaches (up to
+//! 16 KiB) or with one call to the session API. A write is `PUT /state`: the app writes the cart
+//! through the API, which answers once PostgreSQL has it.
+
+use crate::bench::Bench;
+use crate::shoppers::{cart_of_size, open_sessions};
+use crate::stats::{Rounds, Sample, cpu_per_10k};
+
+/// Cart sizes.
+pub const SIZES: [(usize, &str); 2] = [(1024, "1 KiB"), (64 * 1024, "64 KiB")];
+
+/// One group: the same request with the cache on and off.
+pub struct Group {
+    /// e.g. "read, 64 KiB cart".
+    pub title: String,
+    /// Configurations "cache" and "no cache".
+    pub rounds: Rounds,
+}
+
+/// Runs the scenario against PostgreSQL at `database_url`.
+pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
+    let logs = b.logs("sessions")?;
+    let cpu = b.placement.proxy;
+    let cached = b.unit("cached", database_url, &[], cpu, &logs)?;
+    let uncached = b.unit(
+        "uncached",
+        database_url,
+        &["--cache-reads", "false"],
+        cpu,
+        &logs,
+    )?;
+    let units = [&cached, &uncached];
+    let sessions = if b.args.smoke { 16 } else { 256 };
+
+    struct Setup {
+        title: String,
+        method: &'static str,
+        body: Option<std::path::PathBuf>,
+        cookies: [std::path::PathBuf; 2],
+    }
+    let mut setups = Vec::new();
+    for (size, label) in SIZES {
+        let cart = cart_of_size(size);
+        let body = logs.join(format!("cart-{size}.json"));
+        std::fs::write(&body, &cart)?;
+        let mut cookies = Vec::new();
+        for u in units {
+            let f = logs.join(format!("cookies-{}-{size}.txt", u.name));
+            open_sessions(&format!("http://{}", u.public), sessions, &cart, 16, &f).await?;
+            cookies.push(f);
+        }
+        let cookies: [std::path::PathBuf; 2] = cookies.try_into().expect("two units");
+        setups.push(Setup {
+            title: format!("read, {label} cart"),
+            method: "GET",
+            body: None,
+            cookies: cookies.clone(),
+        });
+        setups.push(Setup {
+            title: format!("write, {label} cart"),
+            method: "PUT",
+            body: Some(body),
+            cookies,
+        });
+    }
+
+    let mut groups: Vec<Group> = setups
+        .iter()
+        .map(|s| Group {
+            title: s.title.clone(),
+            rounds: Rounds::new(["cache", "no cache (PostgreSQL)"]),
+        })
+        .collect();
+    for round in 0..b.runs {
+        eprintln!("  sessions: round {}/{}", round + 1, b.runs);
+        for (s, g) in setups.iter().zip(&mut groups) {
+            let mut samples = Vec::new();
+            for (u, cookies) in units.iter().zip(&s.cookies) {
+                let before = u.sidecar.cpu_seconds();
+                let load = b.wrk.run(
+                    &format!("http://{}/state", u.public),
+                    cookies,
+                    s.method,
+                    s.body.as_deref(),
+                )?;
+                samples.push(Sample {
+                    load,
+                    cpu_per_10k: cpu_per_10k(before, u.sidecar.cpu_seconds(), load.requests),
+                });
+            }
+            g.rounds.rounds.push(samples);
+        }
+    }
+    Ok(groups)
+}

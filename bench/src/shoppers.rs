@@ -1,0 +1,396 @@
+//! Shoppers: clients that open sessions and keep their cookies, as browsers do. The driver uses
+//! them to prepare sessions for wrk; `stickyfarm-bench shoppers` (a separate process) is the
+//! steady load of the failover scenario, recording every answer for [`analyze_failover`].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, bail};
+use futures::StreamExt as _;
+use serde::{Deserialize, Serialize};
+
+use crate::serve::UNIT_HEADER;
+
+/// A client's cookies, updated from every answer's `Set-Cookie`.
+#[derive(Debug, Clone, Default)]
+pub struct Jar(BTreeMap<String, String>);
+
+impl Jar {
+    /// Takes the cookies an answer sets (a cookie with `Max-Age=0` is removed).
+    pub fn update(&mut self, headers: &reqwest::header::HeaderMap) {
+        for v in headers.get_all(reqwest::header::SET_COOKIE) {
+            let Ok(v) = v.to_str() else { continue };
+            let pair = v.split(';').next().unwrap_or_default();
+            let Some((name, value)) = pair.split_once('=') else {
+                continue;
+            };
+            if v.to_ascii_lowercase().contains("max-age=0") {
+                self.0.remove(name.trim());
+            } else {
+                self.0
+                    .insert(name.trim().to_owned(), value.trim().to_owned());
+            }
+        }
+    }
+
+    /// The `Cookie` header value.
+    pub fn header(&self) -> String {
+        self.0
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+}
+
+/// A JSON cart of about `bytes` bytes: line items, as a shop keeps them.
+pub fn cart_of_size(bytes: usize) -> String {
+    let mut cart = String::from(r#"{"items":["#);
+    let mut i = 0;
+    while cart.len() + 2 < bytes {
+        if i > 0 {
+            cart.push(',');
+        }
+        cart.push_str(&format!(
+            r#"{{"sku":"sku-{i:05}","qty":{},"price_cents":{}}}"#,
+            i % 5 + 1,
+            199 + i
+        ));
+        i += 1;
+    }
+    cart.push_str("]}");
+    cart
+}
+
+async fn send(
+    client: &reqwest::Client,
+    jar: &mut Jar,
+    method: reqwest::Method,
+    url: &str,
+    body: Option<&str>,
+) -> Result<(u16, String), reqwest::Error> {
+    let mut req = client.request(method, url);
+    let cookie = jar.header();
+    if !cookie.is_empty() {
+        req = req.header(reqwest::header::COOKIE, cookie);
+    }
+    if let Some(b) = body {
+        req = req
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(b.to_owned());
+    }
+    let r = req.send().await?;
+    jar.update(r.headers());
+    let unit = r
+        .headers()
+        .get(UNIT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let status = r.status().as_u16();
+    r.bytes().await?;
+    Ok((status, unit))
+}
+
+/// Opens a session at `base` (`GET /state`), writes `state` as its cart (`PUT /state`) and
+/// returns its cookies.
+pub async fn open_session(
+    client: &reqwest::Client,
+    base: &str,
+    state: &str,
+) -> anyhow::Result<Jar> {
+    let mut jar = Jar::default();
+    let url = format!("{base}/state");
+    let (s, _) = send(client, &mut jar, reqwest::Method::GET, &url, None).await?;
+    if s != 200 {
+        bail!("opening a session at {url} answered {s}");
+    }
+    let (s, _) = send(client, &mut jar, reqwest::Method::PUT, &url, Some(state)).await?;
+    if s != 200 {
+        bail!("writing the first cart at {url} answered {s}");
+    }
+    Ok(jar)
+}
+
+/// Opens `n` sessions, `concurrency` at a time, and writes their `Cookie` lines to `file`
+/// (the input of `sessions.lua`).
+pub async fn open_sessions(
+    base: &str,
+    n: usize,
+    state: &str,
+    concurrency: usize,
+    file: &Path,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let jars: Vec<anyhow::Result<Jar>> = futures::stream::iter(0..n)
+        .map(|_| open_session(&client, base, state))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let mut lines = String::new();
+    for j in jars {
+        lines.push_str(&j?.header());
+        lines.push('\n');
+    }
+    std::fs::write(file, lines).with_context(|| format!("writing {}", file.display()))
+}
+
+/// One answer a shopper got.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Answer {
+    /// When the request was sent, ms since the Unix epoch.
+    pub sent_ms: u64,
+    /// How long it took, µs.
+    pub latency_us: u64,
+    /// Which shopper.
+    pub session: u32,
+    /// A write (`PUT`), or a read.
+    pub write: bool,
+    /// HTTP status; 0 when no answer came (connection refused, reset, timeout).
+    pub status: u16,
+    /// The unit that answered.
+    pub unit: String,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Settings of the shoppers process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ShopperArgs {
+    /// The farm's address (gateway or peer proxy), e.g. `http://127.0.0.1:8000`.
+    #[arg(long)]
+    pub target: String,
+    /// Shoppers (one session each).
+    #[arg(long, default_value_t = 30)]
+    pub sessions: u32,
+    /// Time between one shopper's requests.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// How long the steady load lasts once every session is open.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Every this-many-th request is a write.
+    #[arg(long, default_value_t = 5)]
+    pub write_every: u32,
+    /// The answers, one JSON object per line.
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+}
+
+/// Runs the shoppers: opens every session, prints `steady` once the load is on, records every
+/// answer and writes them to `--out`.
+pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let cart = cart_of_size(1024);
+    let mut jars = Vec::new();
+    for _ in 0..args.sessions {
+        jars.push(open_session(&client, &args.target, &cart).await?);
+    }
+    println!("steady");
+    let deadline = Instant::now() + args.duration;
+    let url = format!("{}/state", args.target);
+    let tasks = jars.into_iter().enumerate().map(|(i, mut jar)| {
+        let (client, url, cart) = (client.clone(), url.clone(), cart.clone());
+        let (interval, write_every) = (args.interval, args.write_every.max(1));
+        tokio::spawn(async move {
+            let mut answers = Vec::new();
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n = 0u32;
+            while Instant::now() < deadline {
+                tick.tick().await;
+                n += 1;
+                let write = n.is_multiple_of(write_every);
+                let (method, body) = if write {
+                    (reqwest::Method::PUT, Some(cart.as_str()))
+                } else {
+                    (reqwest::Method::GET, None)
+                };
+                let sent_ms = unix_ms();
+                let start = Instant::now();
+                let (status, unit) = send(&client, &mut jar, method, &url, body)
+                    .await
+                    .unwrap_or((0, String::new()));
+                answers.push(Answer {
+                    sent_ms,
+                    latency_us: start.elapsed().as_micros() as u64,
+                    session: i as u32,
+                    write,
+                    status,
+                    unit,
+                });
+            }
+            answers
+        })
+    });
+    let mut out = String::new();
+    for t in futures::future::join_all(tasks).await {
+        for a in t? {
+            out.push_str(&serde_json::to_string(&a)?);
+            out.push('\n');
+        }
+    }
+    std::fs::write(&args.out, out).with_context(|| format!("writing {}", args.out.display()))
+}
+
+/// What a failover cost, from the shoppers' answers.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Failover {
+    /// Requests in all.
+    pub requests: u64,
+    /// Reads that failed (no answer or not 2xx).
+    pub failed_reads: u64,
+    /// Writes that failed.
+    pub failed_writes: u64,
+    /// Sessions the killed unit was serving.
+    pub affected: u64,
+    /// From the kill until the last affected session was answered by another unit, ms; `None`
+    /// when some never were.
+    pub recovery_ms: Option<u64>,
+    /// p99 latency in the second before the kill, µs.
+    pub p99_before_us: u64,
+    /// p99 latency of requests sent in the 2 s after the kill, µs.
+    pub p99_after_us: u64,
+    /// The slowest request sent in the 2 s after the kill, µs.
+    pub max_after_us: u64,
+}
+
+fn p99(mut v: Vec<u64>) -> u64 {
+    if v.is_empty() {
+        return 0;
+    }
+    v.sort_unstable();
+    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Analyses the answers of a run in which `killed` was killed at `kill_ms`.
+pub fn analyze_failover(answers: &[Answer], killed: &str, kill_ms: u64) -> Failover {
+    let ok = |a: &Answer| (200..300).contains(&a.status);
+    let mut last_before: BTreeMap<u32, &Answer> = BTreeMap::new();
+    for a in answers.iter().filter(|a| a.sent_ms < kill_ms && ok(a)) {
+        let e = last_before.entry(a.session).or_insert(a);
+        if a.sent_ms >= e.sent_ms {
+            *e = a;
+        }
+    }
+    let affected: Vec<u32> = last_before
+        .values()
+        .filter(|a| a.unit == killed)
+        .map(|a| a.session)
+        .collect();
+    let mut recovery = Some(0u64);
+    for s in &affected {
+        let served_again = answers
+            .iter()
+            .filter(|a| a.session == *s && ok(a) && a.unit != killed && a.sent_ms >= kill_ms)
+            .map(|a| a.sent_ms + a.latency_us / 1000 - kill_ms)
+            .min();
+        recovery = match (recovery, served_again) {
+            (Some(r), Some(t)) => Some(r.max(t)),
+            _ => None,
+        };
+    }
+    let window = |from: u64, to: u64| {
+        answers
+            .iter()
+            .filter(move |a| a.sent_ms >= from && a.sent_ms < to)
+            .map(|a| a.latency_us)
+    };
+    Failover {
+        requests: answers.len() as u64,
+        failed_reads: answers.iter().filter(|a| !a.write && !ok(a)).count() as u64,
+        failed_writes: answers.iter().filter(|a| a.write && !ok(a)).count() as u64,
+        affected: affected.len() as u64,
+        recovery_ms: if affected.is_empty() { None } else { recovery },
+        p99_before_us: p99(window(kill_ms.saturating_sub(1000), kill_ms).collect()),
+        p99_after_us: p99(window(kill_ms, kill_ms + 2000).collect()),
+        max_after_us: window(kill_ms, kill_ms + 2000).max().unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(
+        sent_ms: u64,
+        session: u32,
+        write: bool,
+        status: u16,
+        unit: &str,
+        latency_us: u64,
+    ) -> Answer {
+        Answer {
+            sent_ms,
+            latency_us,
+            session,
+            write,
+            status,
+            unit: unit.to_owned(),
+        }
+    }
+
+    #[test]
+    fn failover_counts_failures_affected_sessions_and_recovery() {
+        let answers = vec![
+            a(900, 0, false, 200, "u0", 500),
+            a(950, 1, false, 200, "u1", 400),
+            // The kill at 1000: session 0 fails once, then a backup serves it at 1250 + 3 ms.
+            a(1010, 0, false, 0, "", 1_000),
+            a(1020, 0, true, 502, "", 2_000),
+            a(1250, 0, false, 200, "u2", 3_000),
+            a(1300, 1, false, 200, "u1", 300),
+        ];
+        let f = analyze_failover(&answers, "u0", 1000);
+        assert_eq!(f.requests, 6);
+        assert_eq!((f.failed_reads, f.failed_writes), (1, 1));
+        assert_eq!(f.affected, 1);
+        assert_eq!(f.recovery_ms, Some(253));
+        assert_eq!(f.p99_before_us, 500);
+        assert_eq!(f.max_after_us, 3_000);
+    }
+
+    #[test]
+    fn a_session_never_served_again_has_no_recovery_time() {
+        let answers = vec![
+            a(900, 0, false, 200, "u0", 500),
+            a(1100, 0, false, 0, "", 5_000_000),
+        ];
+        assert_eq!(analyze_failover(&answers, "u0", 1000).recovery_ms, None);
+        // Nobody on the killed unit: nothing to recover.
+        assert_eq!(analyze_failover(&answers, "u9", 1000).affected, 0);
+    }
+
+    #[test]
+    fn jar_keeps_set_and_drops_expired_cookies() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.append(
+            "set-cookie",
+            "sf_session=abc; Path=/; HttpOnly".parse().unwrap(),
+        );
+        h.append("set-cookie", "sf_unit=u0; Path=/".parse().unwrap());
+        let mut jar = Jar::default();
+        jar.update(&h);
+        assert_eq!(jar.header(), "sf_session=abc; sf_unit=u0");
+        let mut h = reqwest::header::HeaderMap::new();
+        h.append("set-cookie", "sf_unit=; Max-Age=0".parse().unwrap());
+        jar.update(&h);
+        assert_eq!(jar.header(), "sf_session=abc");
+    }
+
+    #[test]
+    fn carts_have_the_asked_size() {
+        for size in [1024, 64 * 1024] {
+            let c = cart_of_size(size);
+            assert!(c.len() >= size && c.len() < size + 100, "{}", c.len());
+            serde_json::from_str::<serde_json::Value>(&c).unwrap();
+        }
+    }
+}
