@@ -70,7 +70,8 @@ fn draw_bars(area: &Area<'_>, p: &Panel) -> anyhow::Result<()> {
         .filter(|v| v.is_finite())
         .fold(0.0f64, f64::max)
         .max(1e-9)
-        * 1.15;
+        // Headroom for the legend.
+        * if p.series.len() > 1 { 1.4 } else { 1.15 };
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, ("sans-serif", 20))
         .margin(12)
