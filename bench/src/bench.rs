@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::load::{Oha, Wrk};
+use crate::load::{LoadResult, Oha, Wrk};
 use crate::procs::{Cpus, Placement, Proc, free_addr};
+use crate::stats::{Sample, cpu_per_10k};
 
 /// Settings of `stickyfarm-bench run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -378,4 +379,21 @@ async fn wait_units_up(p: &mut Proc, admin: SocketAddr, n: usize) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("the gateway did not have its units in service within 60 s ({last})")
+}
+
+/// Runs one load and reads the CPU time `measured` (the proxy or sidecar under test, if any)
+/// spent on it.
+pub fn measure(
+    measured: Option<&Proc>,
+    load: impl FnOnce() -> anyhow::Result<LoadResult>,
+) -> anyhow::Result<Sample> {
+    let before = measured.map(Proc::cpu_seconds);
+    let load = load()?;
+    let cpu = measured
+        .zip(before)
+        .and_then(|(p, before)| cpu_per_10k(before, p.cpu_seconds(), load.requests));
+    Ok(Sample {
+        load,
+        cpu_per_10k: cpu,
+    })
 }

@@ -4,9 +4,9 @@
 
 use std::net::SocketAddr;
 
-use crate::bench::{Bench, wait_routed};
+use crate::bench::{Bench, measure, wait_routed};
 use crate::procs::Proc;
-use crate::stats::{Rounds, Sample, cpu_per_10k};
+use crate::stats::Rounds;
 
 /// Backends behind every proxy.
 const BACKENDS: usize = 4;
@@ -56,7 +56,8 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
     let (nginx, ng) = b.nginx(&backends, cpu, &logs)?;
     let proxies = [gateway, haproxy, nginx];
 
-    let clients = 64;
+    // 64 clients, each with its own cookie (the wrk script rotates through them).
+    let clients = |cookie: fn(usize) -> String| (0..64).map(cookie).collect::<Vec<_>>();
     let configs = vec![
         Config {
             name: "direct to a backend",
@@ -74,25 +75,19 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
         Config {
             name: "gateway, routing cookie",
             url: format!("http://{gw}/hello"),
-            cookies: (0..clients)
-                .map(|i| format!("sf_unit=b{}", i % BACKENDS))
-                .collect(),
+            cookies: clients(|i| format!("sf_unit=b{}", i % BACKENDS)),
             proxy: Some(0),
         },
         Config {
             name: "HAProxy, cookie insert",
             url: format!("http://{ha}/hello"),
-            cookies: (0..clients)
-                .map(|i| format!("SERVERID=b{}", i % BACKENDS))
-                .collect(),
+            cookies: clients(|i| format!("SERVERID=b{}", i % BACKENDS)),
             proxy: Some(1),
         },
         Config {
             name: "nginx, cookie hash",
             url: format!("http://{ng}/hello"),
-            cookies: (0..clients)
-                .map(|i| format!("sf_session=client-{i:04}"))
-                .collect(),
+            cookies: clients(|i| format!("sf_session=client-{i:04}")),
             proxy: Some(2),
         },
     ];
@@ -119,15 +114,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
         let mut samples = Vec::new();
         for (c, file) in configs.iter().zip(&files) {
             let proxy = c.proxy.map(|p| &proxies[p]);
-            let before = proxy.map(Proc::cpu_seconds);
-            let load = b.wrk.run(&c.url, file, "GET", None)?;
-            let cpu = proxy
-                .zip(before)
-                .and_then(|(p, before)| cpu_per_10k(before, p.cpu_seconds(), load.requests));
-            samples.push(Sample {
-                load,
-                cpu_per_10k: cpu,
-            });
+            samples.push(measure(proxy, || b.wrk.run(&c.url, file, "GET", None))?);
         }
         closed.rounds.push(samples);
     }
@@ -149,15 +136,9 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
         let mut samples = Vec::new();
         for c in &configs {
             let proxy = c.proxy.map(|p| &proxies[p]);
-            let before = proxy.map(Proc::cpu_seconds);
-            let load = b.oha.run_at_rate(&c.url, &c.cookies[0], rate)?;
-            let cpu = proxy
-                .zip(before)
-                .and_then(|(p, before)| cpu_per_10k(before, p.cpu_seconds(), load.requests));
-            samples.push(Sample {
-                load,
-                cpu_per_10k: cpu,
-            });
+            samples.push(measure(proxy, || {
+                b.oha.run_at_rate(&c.url, &c.cookies[0], rate)
+            })?);
         }
         open.rounds.push(samples);
     }

@@ -4,10 +4,10 @@
 
 use std::net::SocketAddr;
 
-use crate::bench::{Bench, Unit};
+use crate::bench::{Bench, Unit, measure};
 use crate::procs::Proc;
 use crate::shoppers::{cart_of_size, open_sessions};
-use crate::stats::{Rounds, Sample, cpu_per_10k};
+use crate::stats::Rounds;
 
 /// Farm sizes.
 pub const FARMS: [usize; 3] = [2, 4, 8];
@@ -83,14 +83,10 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
         eprintln!("  scale: round {}/{}", round + 1, b.runs);
         let mut samples = Vec::new();
         for f in &farms {
-            let before = f.gateway.cpu_seconds();
-            let load = b
-                .wrk
-                .run(&format!("http://{}/state", f.addr), &f.cookies, "GET", None)?;
-            samples.push(Sample {
-                load,
-                cpu_per_10k: cpu_per_10k(before, f.gateway.cpu_seconds(), load.requests),
-            });
+            samples.push(measure(Some(&f.gateway), || {
+                b.wrk
+                    .run(&format!("http://{}/state", f.addr), &f.cookies, "GET", None)
+            })?);
         }
         rounds.rounds.push(samples);
     }

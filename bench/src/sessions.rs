@@ -6,9 +6,9 @@
 //! 16 KiB) or with one call to the session API. A write is `PUT /state`: the app writes the cart
 //! through the API, which answers once PostgreSQL has it.
 
-use crate::bench::Bench;
+use crate::bench::{Bench, measure};
 use crate::shoppers::{cart_of_size, open_sessions};
-use crate::stats::{Rounds, Sample, cpu_per_10k};
+use crate::stats::Rounds;
 
 /// Cart sizes.
 pub const SIZES: [(usize, &str); 2] = [(1024, "1 KiB"), (64 * 1024, "64 KiB")];
@@ -80,17 +80,14 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
         for (s, g) in setups.iter().zip(&mut groups) {
             let mut samples = Vec::new();
             for (u, cookies) in units.iter().zip(&s.cookies) {
-                let before = u.sidecar.cpu_seconds();
-                let load = b.wrk.run(
-                    &format!("http://{}/state", u.public),
-                    cookies,
-                    s.method,
-                    s.body.as_deref(),
-                )?;
-                samples.push(Sample {
-                    load,
-                    cpu_per_10k: cpu_per_10k(before, u.sidecar.cpu_seconds(), load.requests),
-                });
+                samples.push(measure(Some(&u.sidecar), || {
+                    b.wrk.run(
+                        &format!("http://{}/state", u.public),
+                        cookies,
+                        s.method,
+                        s.body.as_deref(),
+                    )
+                })?);
             }
             g.rounds.rounds.push(samples);
         }
