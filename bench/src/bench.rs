@@ -248,7 +248,14 @@ impl Bench {
             logs,
         )?;
         let args = vec!["-db".into(), "-f".into(), cfg.display().to_string()];
-        let mut p = Proc::start("haproxy", Path::new("haproxy"), &args, &[], cpus, logs)?;
+        let mut p = Proc::start(
+            "haproxy",
+            &system_program("haproxy"),
+            &args,
+            &[],
+            cpus,
+            logs,
+        )?;
         p.wait_listening(listen)?;
         Ok((p, listen))
     }
@@ -284,7 +291,7 @@ impl Bench {
             "-e".into(),
             prefix.join("error.log").display().to_string(),
         ];
-        let mut p = Proc::start("nginx", Path::new("nginx"), &args, &[], cpus, logs)?;
+        let mut p = Proc::start("nginx", &system_program("nginx"), &args, &[], cpus, logs)?;
         p.wait_listening(listen)?;
         Ok((p, listen))
     }
@@ -396,4 +403,14 @@ pub fn measure(
         load,
         cpu_per_10k: cpu,
     })
+}
+
+/// A daemon from Debian's packages: in `/usr/sbin`, which is not on an ordinary user's PATH.
+pub fn system_program(name: &str) -> PathBuf {
+    let sbin = Path::new("/usr/sbin").join(name);
+    if sbin.exists() {
+        sbin
+    } else {
+        PathBuf::from(name)
+    }
 }

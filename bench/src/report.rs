@@ -7,7 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::bench::Bench;
+use crate::bench::{Bench, system_program};
 use crate::failover::{Failovers, PROXIES};
 use crate::overhead::Overhead;
 use crate::plot::{Bars, Panel, bar_panels, failover_timeline};
@@ -232,8 +232,9 @@ pub fn write(
          - CPU: {pin}. Every proxy has one worker (gateway `TOKIO_WORKER_THREADS=1`, HAProxy `nbthread 1`, nginx `worker_processes 1`). CPU seconds are user + system time of the measured process (and its children) from `/proc`.\n",
         if b.args.smoke { " --smoke" } else { "" },
         machine(),
-        first_line("haproxy", &["-v"]),
-        first_line("nginx", &["-v"]).trim_start_matches("nginx version: nginx/"),
+        first_line(&system_program("haproxy").display().to_string(), &["-v"]),
+        first_line(&system_program("nginx").display().to_string(), &["-v"])
+            .trim_start_matches("nginx version: nginx/"),
         first_line("wrk", &["-v"]),
         first_line(&b.oha.program.display().to_string(), &["--version"]),
         b.runs,
