@@ -501,8 +501,12 @@ async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::
         Ok(names::<Service>(&c.admin, ns, unit_label).await? == unit_services(5))
     })
     .await?;
+    // The unit Services are applied before the StatefulSet in the same reconcile: wait for it.
     let sts: Api<StatefulSet> = Api::namespaced(c.admin.clone(), ns);
-    assert_eq!(sts.get("shop").await?.spec.replicas, Some(5));
+    eventually(WAIT, "the StatefulSet at 5 replicas", || async {
+        Ok(sts.get("shop").await?.spec.replicas == Some(5))
+    })
+    .await?;
 
     // The new units' pods report ready too, so the gateway sees all five.
     eventually(WAIT, "units 3 and 4 ready", || async {
