@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the test control plane from the Go module proxy (versions pinned in go.mod/go.sum):
-# kube-apiserver, kube-controller-manager, kube-scheduler (k8s.io/kubernetes) and etcd
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubectl (k8s.io/kubernetes) and etcd
 # (go.etcd.io/etcd/server/v3). Binaries land in a versioned folder under the cache dir, so a
 # second run rebuilds nothing. Prints that folder on stdout.
 set -euo pipefail
@@ -45,4 +45,5 @@ build etcd go.etcd.io/etcd/server/v3
 build kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver
 build kube-controller-manager k8s.io/kubernetes/cmd/kube-controller-manager
 build kube-scheduler k8s.io/kubernetes/cmd/kube-scheduler
+build kubectl k8s.io/kubernetes/cmd/kubectl
 echo "$out"
