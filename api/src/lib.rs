@@ -63,6 +63,10 @@ pub mod headers {
     pub const SNAPSHOT: &str = "x-stickyfarm-snapshot";
     /// The version of one session table, on session-API responses (alongside `ETag`).
     pub const TABLE_VERSION: &str = "x-stickyfarm-version";
+    /// On a sidecar's 503 when its app refused the connection (sidecar → gateway): the request
+    /// never reached the app, so the gateway may try it on another unit. Seen when the app
+    /// stops first while its pod terminates.
+    pub const UNIT_UNAVAILABLE: &str = "x-stickyfarm-unit-unavailable";
 }
 
 /// Label keys the operator puts on a farm's objects; the gateway finds units by them.

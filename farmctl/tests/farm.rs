@@ -104,28 +104,7 @@ impl Farm {
 
 /// Sends JSON to the shop through the gateway, following the unit links like a browser.
 async fn shop(b: &mut Browser, method: reqwest::Method, url: &str, body: Option<Value>) -> Page {
-    let mut req = reqwest::Client::new().request(method, url);
-    if !b.cookies.is_empty() {
-        let c: Vec<String> = b.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        req = req.header("cookie", c.join("; "));
-    }
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let resp = req.timeout(Duration::from_secs(20)).send().await.unwrap();
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    for sc in headers.get_all("set-cookie") {
-        let pair = sc.to_str().unwrap().split(';').next().unwrap();
-        let (k, v) = pair.split_once('=').unwrap();
-        b.cookies.insert(k.to_owned(), v.to_owned());
-    }
-    let body = resp.text().await.unwrap();
-    Page {
-        status,
-        headers,
-        body,
-    }
+    b.send(method, url, body.as_ref()).await
 }
 
 fn alive(pid: u64) -> bool {

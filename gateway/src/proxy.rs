@@ -6,8 +6,10 @@
 //!    `sf_unit` routing cookie), or, for a first request, balance over the units that take new
 //!    sessions;
 //! 3. if the unit is out of service, fail over to a backup;
-//! 4. forward; a request that was never sent is retried on a backup whatever its method, an
-//!    idempotent request without a body also after a reset, anything else is not replayed;
+//! 4. forward; a request that was never sent is retried on a backup whatever its method (also
+//!    one without a body that a sidecar answered with `x-stickyfarm-unit-unavailable`: its app
+//!    never saw it), an idempotent request without a body also after a reset, anything else is
+//!    not replayed;
 //! 5. answer with the serving unit's address (for the app's links) and the routing cookie.
 
 use std::net::{IpAddr, SocketAddr};
@@ -156,7 +158,7 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 
-/// The head of a request, kept to replay an idempotent request without a body.
+/// The head of a request without a body, kept to replay it.
 struct Replay {
     method: Method,
     uri: Uri,
@@ -402,7 +404,8 @@ impl Proxy {
         )) {
             h.insert(FORWARDED, v);
         }
-        let replay = (is_idempotent(&parts.method) && body_empty).then(|| Replay {
+        let idempotent = is_idempotent(&parts.method);
+        let replay = body_empty.then(|| Replay {
             method: parts.method.clone(),
             uri: uri.clone(),
             headers: parts.headers.clone(),
@@ -475,6 +478,20 @@ impl Proxy {
                 }
             };
             match result {
+                Ok(resp) if resp.headers().contains_key(headers::UNIT_UNAVAILABLE) => {
+                    // The unit's app refused the sidecar's connection: the request never reached
+                    // it, so any method may go to a backup (when we still hold the request).
+                    unit.record_connection_failure("the unit's app is not accepting connections");
+                    match &replay {
+                        Some(r) => outbound = r.request(),
+                        None => {
+                            return text_response(
+                                StatusCode::SERVICE_UNAVAILABLE,
+                                "the unit's app is not accepting connections; the request did not reach it and may be retried",
+                            );
+                        }
+                    }
+                }
                 Ok(resp) => {
                     unit.record_response(
                         resp.status().as_u16(),
@@ -511,7 +528,7 @@ impl Proxy {
                                     "failed during a request: {err}"
                                 ));
                             }
-                            match &replay {
+                            match replay.as_ref().filter(|_| idempotent) {
                                 Some(r) => {
                                     outbound = r.request();
                                     fresh_on_same_unit = reused && !stale_retry_used;

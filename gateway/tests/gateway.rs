@@ -684,3 +684,55 @@ async fn readiness_follows_the_unit_list_and_kubernetes_discovery_needs_its_farm
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_whose_app_is_gone_fails_over_what_never_reached_the_app() {
+    // What a terminating pod looks like for a moment: the app stopped, its sidecar still runs.
+    // Health checks are made rare so that the requests, not a check, find the dead apps.
+    let db = TestDb::new().await;
+    let units = three_units(&db).await;
+    let gw = GatewayProc::start(&flags(&units), &["--check-interval", "60s"]).await;
+    gw.wait_up(3).await;
+    let mut b = Browser::new();
+    let home = b.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let p = b
+        .post(&gw.url(&format!("/_unit/{home}/cart/add?item=fig")))
+        .await;
+    assert_eq!(p.status, 200);
+    let victim = units.iter().find(|u| u.sidecar.unit == home).unwrap();
+    victim.app.stop();
+
+    // The sidecar says so itself, with the marker the gateway acts on.
+    let direct = reqwest::get(victim.sidecar.url("/echo")).await.unwrap();
+    assert_eq!(direct.status(), 503);
+    assert_eq!(direct.headers()["x-stickyfarm-unit-unavailable"], "app");
+
+    // A GET is replayed on a backup, with the session intact, and the unit is taken out.
+    let cart = b.get(&gw.url(&format!("/_unit/{home}/cart"))).await;
+    assert_eq!(cart.status, 200, "{}", cart.body);
+    let cart = cart.json();
+    assert_ne!(cart["unit"], home.as_str(), "a backup answered");
+    assert_eq!(cart["items"], json!(["fig"]));
+    assert_eq!(gw.unit_status(&home).await["state"], "down");
+
+    // A request with a body is not held by the gateway, so it cannot be replayed: a clear 503
+    // that says it did not reach the app, never a silent loss.
+    let other = units
+        .iter()
+        .find(|u| u.sidecar.unit != home && Some(u.sidecar.unit.as_str()) != cart["unit"].as_str())
+        .unwrap();
+    other.app.stop();
+    let resp = reqwest::Client::new()
+        .post(gw.url(&format!("/_unit/{}/cart/add?item=plum", other.sidecar.unit)))
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("did not reach it"), "{body}");
+    assert_eq!(gw.unit_status(&other.sidecar.unit).await["state"], "down");
+}

@@ -188,6 +188,17 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     let response =
         match tokio::time::timeout(front.app_timeout, front.client.request(outbound)).await {
             Ok(Ok(r)) => r,
+            Ok(Err(e)) if e.is_connect() => {
+                // Nothing reached the app: the gateway may send the request to another unit.
+                tracing::warn!(error = %e, "the app refused the connection");
+                let mut r = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the app is not accepting connections on this unit\n",
+                );
+                r.headers_mut()
+                    .insert(headers::UNIT_UNAVAILABLE, HeaderValue::from_static("app"));
+                return r;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the app did not answer");
                 return plain(StatusCode::BAD_GATEWAY, "the app did not answer\n");

@@ -420,7 +420,20 @@ impl Browser {
     }
 
     pub async fn request(&mut self, method: reqwest::Method, url: &str) -> Page {
+        self.send(method, url, None).await
+    }
+
+    /// A request with this browser's cookies and an optional JSON body; keeps what it sets.
+    pub async fn send(
+        &mut self,
+        method: reqwest::Method,
+        url: &str,
+        json: Option<&serde_json::Value>,
+    ) -> Page {
         let mut req = self.client.request(method, url);
+        if let Some(body) = json {
+            req = req.json(body);
+        }
         if !self.cookies.is_empty() {
             let header = self
                 .cookies
@@ -857,7 +870,11 @@ impl GatewayProc {
         let mut cmd = Command::new(binary("stickyfarm-gateway"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--check-interval", "100ms", "--check-jitter", "0"]);
+            .args(["--check-jitter", "0"]);
+        // Quick checks unless the test chose its own interval.
+        if !extra.contains(&"--check-interval") {
+            cmd.args(["--check-interval", "100ms"]);
+        }
         for u in units {
             cmd.args(["--unit", u]);
         }
