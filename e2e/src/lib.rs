@@ -287,3 +287,129 @@ fn free_port() -> anyhow::Result<u16> {
         .local_addr()?
         .port())
 }
+
+/// Whether the cluster runs pods (`STICKYFARM_E2E_PODS=1`: a podlet beside the local control
+/// plane, or kind). The end-to-end suite needs them; without it the suite says SKIPPED loudly.
+pub fn pods_run() -> bool {
+    if std::env::var_os("STICKYFARM_E2E_PODS").is_some_and(|v| v == "1") {
+        return true;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: this cluster runs no pods. Set STICKYFARM_E2E_PODS=1 on a cluster with nodes (e2e/cluster/up --podlet, or e2e/kind) ***\n"
+    );
+    false
+}
+
+/// kubectl: `KUBECTL`, or `kubectl` on PATH.
+pub fn kubectl_program() -> PathBuf {
+    std::env::var_os("KUBECTL").map_or_else(|| PathBuf::from("kubectl"), PathBuf::from)
+}
+
+/// Runs `program args` against the test cluster; its stdout, or an error with its stderr.
+pub fn run_tool(program: &Path, args: &[&str], kubeconfig: &Path) -> anyhow::Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .current_dir(repo())
+        .output()
+        .with_context(|| format!("running {}", program.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} {} failed ({}): {}",
+            program.display(),
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `kubectl args`.
+pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    run_tool(&kubectl_program(), args, kubeconfig)
+}
+
+/// `helm args`.
+pub fn helm_run(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    run_tool(&helm()?, args, kubeconfig)
+}
+
+/// A pod's port as this machine reaches it: the pod's IP where pods are on a network of this
+/// machine (the podlet's bridge), else a `kubectl port-forward` (kind), stopped when dropped.
+pub struct Reach {
+    /// Where to connect.
+    pub addr: std::net::SocketAddr,
+    forward: Option<std::process::Child>,
+}
+
+impl Reach {
+    /// `port` of `pod` in `namespace`.
+    pub async fn pod(
+        kubeconfig: &Path,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> anyhow::Result<Reach> {
+        if std::env::var_os("STICKYFARM_E2E_PORT_FORWARD").is_none() {
+            let ip = kubectl(
+                kubeconfig,
+                &[
+                    "get",
+                    "pod",
+                    "-n",
+                    namespace,
+                    pod,
+                    "-o",
+                    "jsonpath={.status.podIP}",
+                ],
+            )?;
+            let ip: std::net::IpAddr = ip
+                .trim()
+                .parse()
+                .with_context(|| format!("pod {pod} has no IP yet"))?;
+            return Ok(Reach {
+                addr: (ip, port).into(),
+                forward: None,
+            });
+        }
+        let mut child = Command::new(kubectl_program())
+            .args([
+                "port-forward",
+                "-n",
+                namespace,
+                &format!("pod/{pod}"),
+                &format!(":{port}"),
+            ])
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting kubectl port-forward")?;
+        // "Forwarding from 127.0.0.1:43567 -> 8000"
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().context("no stdout")?),
+            &mut line,
+        )?;
+        let local = line
+            .split_whitespace()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("kubectl port-forward said {line:?}"))?;
+        Ok(Reach {
+            addr: local,
+            forward: Some(child),
+        })
+    }
+}
+
+impl Drop for Reach {
+    fn drop(&mut self) {
+        if let Some(c) = self.forward.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

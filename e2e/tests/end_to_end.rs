@@ -1,0 +1,746 @@
+//! The user's path, end to end, on a cluster that runs pods (the local control plane with the
+//! podlet, or kind): install the chart with helm, apply `examples/webstore.yaml` with kubectl,
+//! shop through the gateway, lose a unit's pod, scale, lose the database's pod, upgrade the
+//! chart, delete the farm. Every step asserts what a user would check: who answered, what the
+//! cart holds, what PostgreSQL stored, which objects exist.
+//!
+//! README's "Install on Kubernetes" is the same sequence of commands.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service};
+use kube::api::ListParams;
+use kube::{Api, Client};
+use reqwest::Method;
+use serde_json::{Value, json};
+use stickyfarm_api::farm::ServerFarm;
+use stickyfarm_e2e::{
+    Reach, admin, eventually, helm_run, kubeconfig, kubectl, namespace, pods_run,
+};
+use stickyfarm_testkit::{Browser, session_uuid};
+
+const NS: &str = "shop";
+const FARM: &str = "webstore";
+const RELEASE_NS: &str = "stickyfarm-system";
+const GATEWAY_PORT: u16 = 8000;
+const GATEWAY_ADMIN_PORT: u16 = 9465;
+const SIDECAR_METRICS_PORT: u16 = 9464;
+const POSTGRES_PORT: u16 = 5432;
+
+/// Progress on the terminal (libtest captures only the print macros).
+fn step(what: &str) {
+    let _ = writeln!(std::io::stderr(), "==> {what}");
+}
+
+fn selector(component: &str) -> String {
+    format!("stickyfarm.dev/farm={FARM},stickyfarm.dev/component={component}")
+}
+
+/// `(uid, ready)` of a pod, `None` when it does not exist.
+async fn pod_state(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> anyhow::Result<Option<(String, bool)>> {
+    let pod = Api::<Pod>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?;
+    Ok(pod
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let ready = p
+                .status
+                .and_then(|s| s.conditions)
+                .into_iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            (p.metadata.uid.unwrap_or_default(), ready)
+        }))
+}
+
+async fn pod_names(client: &Client, ns: &str, selector: &str) -> anyhow::Result<Vec<String>> {
+    let pods = Api::<Pod>::namespaced(client.clone(), ns)
+        .list(&ListParams::default().labels(selector))
+        .await?;
+    let mut names: Vec<String> = pods
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The gateway's status table: unit → (state, admin state, instance).
+async fn gateway_units(admin: &Reach) -> anyhow::Result<Vec<(String, String, String, String)>> {
+    let table: Value = reqwest::get(format!("http://{}/status", admin.addr))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(table["units"]
+        .as_array()
+        .context("no units in the gateway's status")?
+        .iter()
+        .map(|u| {
+            let s = |k: &str| u[k].as_str().unwrap_or_default().to_owned();
+            (s("name"), s("state"), s("admin"), s("instance"))
+        })
+        .collect())
+}
+
+async fn metric(addr: std::net::SocketAddr, name: &str, labels: &str) -> anyhow::Result<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let wanted = format!("{name}{{{labels}}} ");
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(&wanted))
+        .map_or(0.0, |v| v.trim().parse().unwrap_or(0.0)))
+}
+
+/// The farm's database, reached from this machine with the generated Secret's credentials.
+async fn farm_database(kc: &Path, client: &Client) -> anyhow::Result<(sqlx::PgPool, Reach)> {
+    let secret = Api::<Secret>::namespaced(client.clone(), NS)
+        .get(&format!("{FARM}-db"))
+        .await?;
+    let url = secret
+        .data
+        .and_then(|d| {
+            d.get("url")
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        })
+        .context("the database Secret has no url")?;
+    // postgres://user:password@webstore-db.shop.svc:5432/db → the pod as this machine reaches it.
+    let (head, tail) = url
+        .rsplit_once('@')
+        .context("a database URL without credentials")?;
+    let db = tail.split_once('/').map_or("", |(_, d)| d);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let attempt = async {
+            let reach = Reach::pod(kc, NS, &format!("{FARM}-db-0"), POSTGRES_PORT).await?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(5))
+                .connect(&format!("{head}@{}/{db}", reach.addr))
+                .await?;
+            anyhow::Ok((pool, reach))
+        };
+        match attempt.await {
+            Ok(r) => return Ok(r),
+            Err(e) if Instant::now() > deadline => {
+                return Err(e.context("connecting to the farm's PostgreSQL"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// The cart as PostgreSQL stores it for a session.
+async fn stored_cart(pool: &sqlx::PgPool, session: &str) -> anyhow::Result<Value> {
+    let doc: Option<Value> = sqlx::query_scalar(
+        "SELECT doc FROM stickyfarm_session_tables WHERE session_id = $1 AND name = 'cart'",
+    )
+    .bind(session_uuid(session))
+    .fetch_optional(pool)
+    .await?;
+    doc.context("no cart stored for the session")
+}
+
+/// Items of a cart document (`{"lines": …}` or `{"items": …}` shapes both count).
+fn items_of(doc: &Value) -> Value {
+    doc.get("items").cloned().unwrap_or_else(|| doc.clone())
+}
+
+async fn get_json(b: &mut Browser, url: &str) -> anyhow::Result<Value> {
+    let p = b.send(Method::GET, url, None).await;
+    ensure!(p.status == 200, "GET {url}: {} {}", p.status, p.body);
+    Ok(p.json())
+}
+
+async fn add_to_cart(b: &mut Browser, base: &str, sku: &str, qty: u32) -> anyhow::Result<Value> {
+    let url = format!("{base}/api/cart/items");
+    let p = b
+        .send(Method::POST, &url, Some(&json!({"sku": sku, "qty": qty})))
+        .await;
+    ensure!(p.status == 200, "POST {url}: {} {}", p.status, p.body);
+    Ok(p.json())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrades()
+-> anyhow::Result<()> {
+    let Some(kc) = kubeconfig() else {
+        return Ok(());
+    };
+    if !pods_run() {
+        return Ok(());
+    }
+    let kc = kc.as_path();
+    let client = admin(kc).await?;
+
+    step("helm install: the operator runs in a pod as its ServiceAccount");
+    helm_run(
+        kc,
+        &[
+            "upgrade",
+            "--install",
+            "stickyfarm",
+            "charts/stickyfarm",
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    )?;
+    let operators = pod_names(&client, RELEASE_NS, "app.kubernetes.io/name=stickyfarm").await?;
+    ensure!(
+        operators.len() == 1,
+        "one operator pod, found {operators:?}"
+    );
+    let (operator_uid, ready) = pod_state(&client, RELEASE_NS, &operators[0])
+        .await?
+        .context("operator pod")?;
+    ensure!(ready, "helm --wait returned with the operator not Ready");
+
+    step("kubectl apply -f examples/webstore.yaml; kubectl wait for the farm to be Ready");
+    namespace(&client, NS).await?;
+    kubectl(kc, &["apply", "-n", NS, "-f", "examples/webstore.yaml"])?;
+    kubectl(
+        kc,
+        &[
+            "wait",
+            "-n",
+            NS,
+            &format!("serverfarm/{FARM}"),
+            "--for=condition=Ready",
+            "--timeout=240s",
+        ],
+    )?;
+    let farms: Api<ServerFarm> = Api::namespaced(client.clone(), NS);
+    let status = farms
+        .get(FARM)
+        .await?
+        .status
+        .context("the farm has a status")?;
+    ensure!(
+        status.ready_replicas == 3,
+        "3 ready units, status says {}",
+        status.ready_replicas
+    );
+    for u in &status.units {
+        let (uid, ready) = pod_state(&client, NS, &u.name)
+            .await?
+            .with_context(|| format!("pod {}", u.name))?;
+        ensure!(ready, "unit {} is Ready", u.name);
+        ensure!(
+            u.instance_id.as_deref() == Some(uid.as_str()),
+            "unit {}'s instance id is its pod's UID",
+            u.name
+        );
+    }
+    let gateway_pod = pod_names(&client, NS, &selector("gateway"))
+        .await?
+        .pop()
+        .context("a gateway pod")?;
+    let gateway = Reach::pod(kc, NS, &gateway_pod, GATEWAY_PORT).await?;
+    let gw_admin = Reach::pod(kc, NS, &gateway_pod, GATEWAY_ADMIN_PORT).await?;
+    let url = |path: &str| format!("http://{}{path}", gateway.addr);
+    eventually(
+        Duration::from_secs(60),
+        "the gateway sees 3 units up",
+        || async {
+            Ok(gateway_units(&gw_admin)
+                .await?
+                .iter()
+                .filter(|u| u.1 == "up")
+                .count()
+                == 3)
+        },
+    )
+    .await?;
+
+    step("shop through the gateway: the catalog, a unit link, the cart");
+    let mut b = Browser::new();
+    let page = b.send(Method::GET, &url("/"), None).await;
+    ensure!(
+        page.status == 200 && page.body.contains("Served by unit"),
+        "the catalog page: {} {}",
+        page.status,
+        page.body
+    );
+    let home = b
+        .cookie("sf_unit")
+        .context("the gateway pins the client to a unit")?
+        .to_owned();
+    let cookies = page.set_cookies().join("\n");
+    ensure!(
+        cookies.contains("sf_session=") && cookies.contains("HttpOnly"),
+        "session cookie is HttpOnly: {cookies}"
+    );
+    let me = get_json(&mut b, &url(&format!("/_unit/{home}/api/whoami"))).await?;
+    ensure!(
+        me["unit"] == home.as_str(),
+        "the unit link reaches {home}: {me}"
+    );
+    let home_base = me["unit_url"].as_str().context("unit_url")?.to_owned();
+    add_to_cart(&mut b, &home_base, "apple", 2).await?;
+    let cart = add_to_cart(&mut b, &home_base, "tea", 1).await?;
+    ensure!(
+        cart["unit"] == home.as_str() && cart["items"] == json!({"apple": 2, "tea": 1}),
+        "{cart}"
+    );
+    let session = b.cookie("sf_session").context("session cookie")?.to_owned();
+    let (pool, _db) = farm_database(kc, &client).await?;
+    let stored = stored_cart(&pool, &session).await?;
+    ensure!(
+        items_of(&stored) == json!({"apple": 2, "tea": 1}),
+        "written through to PostgreSQL: {stored}"
+    );
+    pool.close().await;
+
+    step(&format!(
+        "{home} only marked down in the gateway: a backup serves; back on {home}, its stale cache is flushed"
+    ));
+    let home_metrics = Reach::pod(kc, NS, &home, SIDECAR_METRICS_PORT).await?;
+    let flushes = |m: std::net::SocketAddr| {
+        metric(
+            m,
+            "stickyfarm_sidecar_flushes_total",
+            "reason=\"instance_mismatch\"",
+        )
+    };
+    let admin_action = |unit: &str, action: &str| {
+        let url = format!("http://{}/units/{unit}/{action}", gw_admin.addr);
+        async move {
+            reqwest::Client::new()
+                .post(&url)
+                .send()
+                .await?
+                .error_for_status()
+                .map(|_| ())
+        }
+    };
+    admin_action(&home, "disable").await?;
+    let cart = get_json(&mut b, &url("/api/cart")).await?;
+    ensure!(
+        cart["unit"] != home.as_str(),
+        "a backup answers while {home} is marked down: {cart}"
+    );
+    ensure!(
+        cart["items"] == json!({"apple": 2, "tea": 1}),
+        "the backup reloads the cart from PostgreSQL: {cart}"
+    );
+    let backup = cart["unit"].as_str().context("unit")?.to_owned();
+    ensure!(
+        b.cookie("sf_unit") == Some(backup.as_str()),
+        "the client now stays on {backup}"
+    );
+    let backup_base = cart["unit_url"].as_str().context("unit_url")?.to_owned();
+    let cart = add_to_cart(&mut b, &backup_base, "coffee", 3).await?;
+    ensure!(
+        cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
+        "{cart}"
+    );
+    admin_action(&home, "enable").await?;
+    let before = flushes(home_metrics.addr).await?;
+    let cart = get_json(&mut b, &format!("{home_base}/api/cart")).await?;
+    ensure!(
+        cart["unit"] == home.as_str(),
+        "the unit link leads back to {home}: {cart}"
+    );
+    ensure!(
+        cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
+        "{home} serves what the backup wrote, not its stale copy: {cart}"
+    );
+    ensure!(
+        flushes(home_metrics.addr).await? > before,
+        "{home}'s sidecar flushed on the instance mismatch"
+    );
+    drop(home_metrics);
+
+    step(&format!(
+        "kubectl delete pod {home}: every request is answered with the cart while the StatefulSet replaces it"
+    ));
+    let (old_uid, _) = pod_state(&client, NS, &home).await?.context("home pod")?;
+    kubectl(kc, &["delete", "pod", "-n", NS, &home, "--wait=false"])?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut answered_by = std::collections::BTreeSet::new();
+    let mut new_uid = None;
+    for _ in 0..1200 {
+        ensure!(
+            Instant::now() < deadline,
+            "{home} was not replaced within 2 minutes (answers from {answered_by:?})"
+        );
+        let cart = get_json(&mut b, &format!("{home_base}/api/cart")).await?;
+        ensure!(
+            cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
+            "the cart survives: {cart}"
+        );
+        let instance = b.cookie("sf_instance").unwrap_or_default().to_owned();
+        answered_by.insert((
+            cart["unit"].as_str().unwrap_or_default().to_owned(),
+            instance.clone(),
+        ));
+        if let Some((uid, true)) = pod_state(&client, NS, &home).await?
+            && uid != old_uid
+            && cart["unit"] == home.as_str()
+            && instance == uid
+        {
+            new_uid = Some(uid);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let new_uid = new_uid.context("the unit's new instance never answered")?;
+    ensure!(
+        answered_by.iter().any(|(_, i)| i != &old_uid),
+        "requests moved off the deleted instance: {answered_by:?}"
+    );
+    eventually(
+        Duration::from_secs(60),
+        "the gateway sees the new instance up",
+        || async {
+            Ok(gateway_units(&gw_admin)
+                .await?
+                .iter()
+                .any(|u| u.0 == home && u.1 == "up" && u.3 == new_uid))
+        },
+    )
+    .await?;
+    let metrics = Reach::pod(kc, NS, &home, SIDECAR_METRICS_PORT).await?;
+    let before = flushes(metrics.addr).await?;
+    // A client still carrying the old instance's cookies, led back to the unit.
+    let mut stale = Browser::new();
+    stale.cookies.insert("sf_session".into(), session.clone());
+    stale.cookies.insert("sf_instance".into(), old_uid.clone());
+    stale.cookies.insert("sf_unit".into(), home.clone());
+    let cart = get_json(&mut stale, &url(&format!("/_unit/{home}/api/cart"))).await?;
+    ensure!(cart["unit"] == home.as_str(), "{cart}");
+    ensure!(
+        cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
+        "the new instance reads the stored cart: {cart}"
+    );
+    ensure!(
+        flushes(metrics.addr).await? > before,
+        "the new instance counted the mismatch with the old instance's cookie"
+    );
+    ensure!(
+        stale.cookie("sf_instance") == Some(new_uid.as_str()),
+        "the client now names the new instance"
+    );
+
+    step("kubectl scale --replicas=5, then 2: removed units drain before they go");
+    kubectl(
+        kc,
+        &[
+            "scale",
+            "-n",
+            NS,
+            &format!("serverfarm/{FARM}"),
+            "--replicas=5",
+        ],
+    )?;
+    eventually(
+        Duration::from_secs(180),
+        "5 units up in the gateway",
+        || async {
+            Ok(gateway_units(&gw_admin)
+                .await?
+                .iter()
+                .filter(|u| u.1 == "up")
+                .count()
+                == 5)
+        },
+    )
+    .await?;
+    let mut late = Browser::new();
+    let me = get_json(&mut late, &url(&format!("/_unit/{FARM}-4/api/whoami"))).await?;
+    ensure!(me["unit"] == format!("{FARM}-4"), "{me}");
+    add_to_cart(
+        &mut late,
+        me["unit_url"].as_str().context("unit_url")?,
+        "bread",
+        1,
+    )
+    .await?;
+    kubectl(
+        kc,
+        &[
+            "scale",
+            "-n",
+            NS,
+            &format!("serverfarm/{FARM}"),
+            "--replicas=2",
+        ],
+    )?;
+    let removed = [
+        format!("{FARM}-2"),
+        format!("{FARM}-3"),
+        format!("{FARM}-4"),
+    ];
+    eventually(
+        Duration::from_secs(60),
+        "the removed units drain",
+        || async {
+            let units = gateway_units(&gw_admin).await?;
+            Ok(removed
+                .iter()
+                .all(|r| units.iter().any(|u| &u.0 == r && u.2 == "draining")))
+        },
+    )
+    .await?;
+    let cart = get_json(&mut late, &url("/api/cart")).await?;
+    ensure!(
+        cart["unit"] == format!("{FARM}-4") && cart["items"] == json!({"bread": 1}),
+        "a draining unit keeps its sessions: {cart}"
+    );
+    for _ in 0..6 {
+        let me = get_json(&mut Browser::new(), &url("/api/whoami")).await?;
+        let unit = me["unit"].as_str().unwrap_or_default();
+        ensure!(
+            unit == format!("{FARM}-0") || unit == format!("{FARM}-1"),
+            "new sessions avoid draining units, got {unit}"
+        );
+    }
+    eventually(
+        Duration::from_secs(150),
+        "the drained units' pods are gone",
+        || async {
+            Ok(pod_names(&client, NS, &selector("unit")).await?
+                == [format!("{FARM}-0"), format!("{FARM}-1")])
+        },
+    )
+    .await?;
+    let cart = get_json(&mut late, &url("/api/cart")).await?;
+    ensure!(
+        cart["items"] == json!({"bread": 1}),
+        "the drained session fails over with its cart: {cart}"
+    );
+    let cart = get_json(&mut b, &url("/api/cart")).await?;
+    ensure!(
+        cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
+        "{cart}"
+    );
+    let base = cart["unit_url"].as_str().context("unit_url")?.to_owned();
+
+    step(&format!(
+        "kubectl delete pod {FARM}-db-0: writes answer 503, then recover, nothing lost"
+    ));
+    let (old_db_uid, _) = pod_state(&client, NS, &format!("{FARM}-db-0"))
+        .await?
+        .context("database pod")?;
+    kubectl(
+        kc,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            NS,
+            &format!("{FARM}-db-0"),
+            "--wait=false",
+        ],
+    )?;
+    let (mut accepted, mut refused, mut recovered) = (0u32, 0u32, false);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    for _ in 0..2000 {
+        if Instant::now() > deadline {
+            break;
+        }
+        let p = b
+            .send(
+                Method::POST,
+                &format!("{base}/api/cart/items"),
+                Some(&json!({"sku": "honey", "qty": 1})),
+            )
+            .await;
+        match p.status {
+            200 => {
+                accepted += 1;
+                if refused > 0 {
+                    recovered = true;
+                    break;
+                }
+            }
+            503 => refused += 1,
+            other => bail!(
+                "a write during the database outage answered {other}: {}",
+                p.body
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ensure!(
+        refused > 0,
+        "no write was refused while the database pod was replaced ({accepted} accepted)"
+    );
+    ensure!(
+        recovered,
+        "writes did not recover within 3 minutes ({refused} refused)"
+    );
+    let cart = get_json(&mut b, &url("/api/cart")).await?;
+    ensure!(
+        cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3, "honey": accepted}),
+        "every accepted write and no refused one: {cart}"
+    );
+    let (db_uid, _) = pod_state(&client, NS, &format!("{FARM}-db-0"))
+        .await?
+        .context("database pod")?;
+    ensure!(db_uid != old_db_uid, "the database pod was replaced");
+    let (pool, _db) = farm_database(kc, &client).await?;
+    let stored = stored_cart(&pool, &session).await?;
+    ensure!(
+        items_of(&stored) == cart["items"],
+        "PostgreSQL holds the same cart: {stored}"
+    );
+    let late_session = late.cookie("sf_session").context("session")?.to_owned();
+    ensure!(
+        items_of(&stored_cart(&pool, &late_session).await?) == json!({"bread": 1}),
+        "older sessions survived on the volume"
+    );
+    pool.close().await;
+
+    step("helm upgrade: a new operator pod takes over and reconciles");
+    helm_run(
+        kc,
+        &[
+            "upgrade",
+            "stickyfarm",
+            "charts/stickyfarm",
+            "--namespace",
+            RELEASE_NS,
+            "--reuse-values",
+            "--set",
+            "logLevel=debug",
+            "--wait",
+            "--timeout",
+            "3m",
+        ],
+    )?;
+    let history = helm_run(
+        kc,
+        &[
+            "history",
+            "stickyfarm",
+            "--namespace",
+            RELEASE_NS,
+            "-o",
+            "json",
+        ],
+    )?;
+    let revisions: Vec<Value> = serde_json::from_str(&history)?;
+    ensure!(
+        revisions.last().and_then(|r| r["status"].as_str()) == Some("deployed")
+            && revisions.len() >= 2,
+        "{history}"
+    );
+    eventually(Duration::from_secs(120), "one new operator pod, Ready", || async {
+        let pods = pod_names(&client, RELEASE_NS, "app.kubernetes.io/name=stickyfarm").await?;
+        Ok(pods.len() == 1 && matches!(pod_state(&client, RELEASE_NS, &pods[0]).await?, Some((uid, true)) if uid != operator_uid))
+    })
+    .await?;
+    kubectl(
+        kc,
+        &[
+            "scale",
+            "-n",
+            NS,
+            &format!("serverfarm/{FARM}"),
+            "--replicas=3",
+        ],
+    )?;
+    eventually(
+        Duration::from_secs(120),
+        "the new operator scales to 3",
+        || async {
+            Ok(gateway_units(&gw_admin)
+                .await?
+                .iter()
+                .filter(|u| u.1 == "up")
+                .count()
+                == 3)
+        },
+    )
+    .await?;
+    let cart = get_json(&mut b, &url("/api/cart")).await?;
+    ensure!(
+        cart["items"]["coffee"] == 3,
+        "the farm served through the upgrade: {cart}"
+    );
+
+    step("kubectl delete serverfarm: everything of the farm is collected");
+    drop((gateway, gw_admin, metrics));
+    kubectl(
+        kc,
+        &[
+            "delete",
+            "serverfarm",
+            "-n",
+            NS,
+            FARM,
+            "--wait=true",
+            "--timeout=120s",
+        ],
+    )?;
+    let farm_selector = format!("stickyfarm.dev/farm={FARM}");
+    eventually(
+        Duration::from_secs(180),
+        "the farm's pods, StatefulSets, Services, Secrets, claims and volumes gone",
+        || async {
+            let lp = ListParams::default().labels(&farm_selector);
+            let pods = Api::<Pod>::namespaced(client.clone(), NS)
+                .list(&ListParams::default())
+                .await?
+                .items
+                .len();
+            let sets = Api::<StatefulSet>::namespaced(client.clone(), NS)
+                .list(&lp)
+                .await?
+                .items
+                .len();
+            let services = Api::<Service>::namespaced(client.clone(), NS)
+                .list(&lp)
+                .await?
+                .items
+                .len();
+            let secrets = Api::<Secret>::namespaced(client.clone(), NS)
+                .list(&lp)
+                .await?
+                .items
+                .len();
+            let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
+                .list(&ListParams::default())
+                .await?
+                .items
+                .len();
+            let volumes = Api::<PersistentVolume>::all(client.clone())
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .filter(|v| {
+                    v.spec
+                        .as_ref()
+                        .and_then(|s| s.claim_ref.as_ref())
+                        .and_then(|c| c.namespace.as_deref())
+                        == Some(NS)
+                })
+                .count();
+            Ok(pods + sets + services + secrets + claims + volumes == 0)
+        },
+    )
+    .await?;
+    kubectl(kc, &["delete", "namespace", NS, "--wait=false"])?;
+    Ok(())
+}
