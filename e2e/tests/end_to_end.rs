@@ -18,9 +18,7 @@ use kube::{Api, Client};
 use reqwest::Method;
 use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
-use stickyfarm_e2e::{
-    Reach, admin, eventually, helm_run, kubeconfig, kubectl, namespace, pods_run,
-};
+use stickyfarm_e2e::{Reach, admin, eventually, helm_run, kubeconfig, kubectl, pods_run};
 use stickyfarm_testkit::{Browser, session_uuid};
 
 const NS: &str = "shop";
@@ -189,6 +187,19 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     let client = admin(kc).await?;
 
     step("helm install: the operator runs in a pod as its ServiceAccount");
+    // From scratch, as a user starts: a release an earlier run left goes first (the CRD stays,
+    // the chart keeps it on uninstall).
+    helm_run(
+        kc,
+        &[
+            "uninstall",
+            "stickyfarm",
+            "--namespace",
+            RELEASE_NS,
+            "--ignore-not-found",
+            "--wait",
+        ],
+    )?;
     helm_run(
         kc,
         &[
@@ -200,8 +211,6 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
             RELEASE_NS,
             "--create-namespace",
             "--wait",
-            "--timeout",
-            "3m",
         ],
     )?;
     let operators = pod_names(&client, RELEASE_NS, "app.kubernetes.io/name=stickyfarm").await?;
@@ -215,7 +224,19 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     ensure!(ready, "helm --wait returned with the operator not Ready");
 
     step("kubectl apply -f examples/webstore.yaml; kubectl wait for the farm to be Ready");
-    namespace(&client, NS).await?;
+    // A namespace of the suite's own, emptied first if an earlier run left it.
+    kubectl(
+        kc,
+        &[
+            "delete",
+            "namespace",
+            NS,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=180s",
+        ],
+    )?;
+    kubectl(kc, &["create", "namespace", NS])?;
     kubectl(kc, &["apply", "-n", NS, "-f", "examples/webstore.yaml"])?;
     kubectl(
         kc,
@@ -228,6 +249,13 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
             "--timeout=240s",
         ],
     )?;
+    let listed = kubectl(kc, &["get", "-n", NS, "serverfarms"])?;
+    ensure!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(FARM) && l.contains("3/3")),
+        "kubectl get serverfarms shows the farm with 3/3 units:\n{listed}"
+    );
     let farms: Api<ServerFarm> = Api::namespaced(client.clone(), NS);
     let status = farms
         .get(FARM)
