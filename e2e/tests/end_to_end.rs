@@ -92,6 +92,49 @@ async fn gateway_units(admin: &Reach) -> anyhow::Result<Vec<(String, String, Str
         .collect())
 }
 
+/// `kubectl scale -n shop serverfarm/webstore --replicas=N`.
+fn scale(kc: &Path, replicas: u32) -> anyhow::Result<String> {
+    kubectl(
+        kc,
+        &[
+            "scale",
+            "-n",
+            NS,
+            &format!("serverfarm/{FARM}"),
+            &format!("--replicas={replicas}"),
+        ],
+    )
+}
+
+/// How many objects of a kind in the suite's namespace match `lp`.
+async fn count<K>(client: &Client, lp: &ListParams) -> anyhow::Result<usize>
+where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    Ok(Api::<K>::namespaced(client.clone(), NS)
+        .list(lp)
+        .await?
+        .items
+        .len())
+}
+
+/// Waits until the gateway counts `n` units up.
+async fn units_up(admin: &Reach, n: usize, within: Duration) -> anyhow::Result<()> {
+    eventually(within, &format!("{n} units up in the gateway"), || async {
+        Ok(gateway_units(admin)
+            .await?
+            .iter()
+            .filter(|u| u.1 == "up")
+            .count()
+            == n)
+    })
+    .await
+}
+
 async fn metric(addr: std::net::SocketAddr, name: &str, labels: &str) -> anyhow::Result<f64> {
     let text = reqwest::get(format!("http://{addr}/metrics"))
         .await?
@@ -285,19 +328,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     let gateway = Reach::pod(kc, NS, &gateway_pod, GATEWAY_PORT).await?;
     let gw_admin = Reach::pod(kc, NS, &gateway_pod, GATEWAY_ADMIN_PORT).await?;
     let url = |path: &str| format!("http://{}{path}", gateway.addr);
-    eventually(
-        Duration::from_secs(60),
-        "the gateway sees 3 units up",
-        || async {
-            Ok(gateway_units(&gw_admin)
-                .await?
-                .iter()
-                .filter(|u| u.1 == "up")
-                .count()
-                == 3)
-        },
-    )
-    .await?;
+    units_up(&gw_admin, 3, Duration::from_secs(60)).await?;
 
     step("shop through the gateway: the catalog, a unit link, the cart");
     let mut b = Browser::new();
@@ -470,29 +501,8 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     );
 
     step("kubectl scale --replicas=5, then 2: removed units drain before they go");
-    kubectl(
-        kc,
-        &[
-            "scale",
-            "-n",
-            NS,
-            &format!("serverfarm/{FARM}"),
-            "--replicas=5",
-        ],
-    )?;
-    eventually(
-        Duration::from_secs(180),
-        "5 units up in the gateway",
-        || async {
-            Ok(gateway_units(&gw_admin)
-                .await?
-                .iter()
-                .filter(|u| u.1 == "up")
-                .count()
-                == 5)
-        },
-    )
-    .await?;
+    scale(kc, 5)?;
+    units_up(&gw_admin, 5, Duration::from_secs(180)).await?;
     let mut late = Browser::new();
     let me = get_json(&mut late, &url(&format!("/_unit/{FARM}-4/api/whoami"))).await?;
     ensure!(me["unit"] == format!("{FARM}-4"), "{me}");
@@ -503,16 +513,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         1,
     )
     .await?;
-    kubectl(
-        kc,
-        &[
-            "scale",
-            "-n",
-            NS,
-            &format!("serverfarm/{FARM}"),
-            "--replicas=2",
-        ],
-    )?;
+    scale(kc, 2)?;
     let removed = [
         format!("{FARM}-2"),
         format!("{FARM}-3"),
@@ -678,29 +679,8 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         Ok(pods.len() == 1 && matches!(pod_state(&client, RELEASE_NS, &pods[0]).await?, Some((uid, true)) if uid != operator_uid))
     })
     .await?;
-    kubectl(
-        kc,
-        &[
-            "scale",
-            "-n",
-            NS,
-            &format!("serverfarm/{FARM}"),
-            "--replicas=3",
-        ],
-    )?;
-    eventually(
-        Duration::from_secs(120),
-        "the new operator scales to 3",
-        || async {
-            Ok(gateway_units(&gw_admin)
-                .await?
-                .iter()
-                .filter(|u| u.1 == "up")
-                .count()
-                == 3)
-        },
-    )
-    .await?;
+    scale(kc, 3)?;
+    units_up(&gw_admin, 3, Duration::from_secs(120)).await?;
     let cart = get_json(&mut b, &url("/api/cart")).await?;
     ensure!(
         cart["items"]["coffee"] == 3,
@@ -727,31 +707,12 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         "the farm's pods, StatefulSets, Services, Secrets, claims and volumes gone",
         || async {
             let lp = ListParams::default().labels(&farm_selector);
-            let pods = Api::<Pod>::namespaced(client.clone(), NS)
-                .list(&ListParams::default())
-                .await?
-                .items
-                .len();
-            let sets = Api::<StatefulSet>::namespaced(client.clone(), NS)
-                .list(&lp)
-                .await?
-                .items
-                .len();
-            let services = Api::<Service>::namespaced(client.clone(), NS)
-                .list(&lp)
-                .await?
-                .items
-                .len();
-            let secrets = Api::<Secret>::namespaced(client.clone(), NS)
-                .list(&lp)
-                .await?
-                .items
-                .len();
-            let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
-                .list(&ListParams::default())
-                .await?
-                .items
-                .len();
+            let all = ListParams::default();
+            let pods = count::<Pod>(&client, &all).await?;
+            let sets = count::<StatefulSet>(&client, &lp).await?;
+            let services = count::<Service>(&client, &lp).await?;
+            let secrets = count::<Secret>(&client, &lp).await?;
+            let claims = count::<PersistentVolumeClaim>(&client, &all).await?;
             let volumes = Api::<PersistentVolume>::all(client.clone())
                 .list(&ListParams::default())
                 .await?

@@ -200,6 +200,38 @@ async fn pods_get_their_env_volumes_probes_restarts_and_identity() -> anyhow::Re
         .await?;
     }
 
+    // The grace period of the deletion holds, not the pod's default of 30 s: a container that
+    // ignores SIGTERM is killed after 2 s and the pod object goes.
+    create(&client, json!({
+        "metadata": {"name": "stubborn"},
+        "spec": {"containers": [{"name": "main", "image": "postgres:17",
+                                 "command": shell("trap '' TERM; while true; do sleep 1; done")}]}
+    })).await?;
+    eventually(Duration::from_secs(30), "stubborn running", || async {
+        Ok(container_status(&get(&client, "stubborn").await?)
+            .and_then(|c| c.state?.running)
+            .is_some())
+    })
+    .await?;
+    let dp = DeleteParams {
+        grace_period_seconds: Some(2),
+        ..DeleteParams::default()
+    };
+    Api::<Pod>::namespaced(client.clone(), NS)
+        .delete("stubborn", &dp)
+        .await?;
+    eventually(
+        Duration::from_secs(12),
+        "stubborn killed after its 2 s grace period",
+        || async {
+            Ok(Api::<Pod>::namespaced(client.clone(), NS)
+                .get_opt("stubborn")
+                .await?
+                .is_none())
+        },
+    )
+    .await?;
+
     // Graceful deletion ends with the pod object gone (the podlet's final delete).
     Api::<Pod>::namespaced(client.clone(), NS)
         .delete("wired", &DeleteParams::default())

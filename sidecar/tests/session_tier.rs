@@ -587,8 +587,12 @@ async fn health_answer_names_unit_and_instance_and_fails_without_the_app() {
         },
     )
     .await;
+    // A request finds the app gone before anything reached it: 503 with the marker that lets
+    // the gateway send it to another unit.
     let mut browser = Browser::new();
-    assert_eq!(browser.get(&a.sidecar.url("/echo")).await.status, 502);
+    let page = browser.get(&a.sidecar.url("/echo")).await;
+    assert_eq!(page.status, 503, "{}", page.body);
+    assert_eq!(page.headers["x-stickyfarm-unit-unavailable"], "app");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -144,6 +144,22 @@ pub fn expand(text: &str, vars: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// One key of a Secret or ConfigMap; `None` when it or its object is missing and optional.
+fn key_of(
+    data: Option<&BTreeMap<String, String>>,
+    kind: &str,
+    name: &str,
+    key: &str,
+    optional: bool,
+) -> Result<Option<String>, String> {
+    match data.map(|d| d.get(key)) {
+        Some(Some(v)) => Ok(Some(v.clone())),
+        _ if optional => Ok(None),
+        Some(None) => Err(format!("couldn't find key {key} in {kind} {name}")),
+        None => Err(format!("{} {name:?} not found", kind.to_lowercase())),
+    }
+}
+
 /// The container's environment, in order. `api` is the API server's `host:port` for pods.
 pub async fn resolve(
     pod: &Pod,
@@ -193,37 +209,11 @@ pub async fn resolve(
             if let Some(f) = &from.field_ref {
                 Some(field(pod, &f.field_path)?)
             } else if let Some(s) = &from.secret_key_ref {
-                let optional = s.optional == Some(true);
-                match sources.secret(&s.name).await? {
-                    Some(d) => match d.get(&s.key) {
-                        Some(v) => Some(v.clone()),
-                        None if optional => None,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in Secret {}",
-                                s.key, s.name
-                            ));
-                        }
-                    },
-                    None if optional => None,
-                    None => return Err(format!("secret {:?} not found", s.name)),
-                }
+                let data = sources.secret(&s.name).await?;
+                key_of(data, "Secret", &s.name, &s.key, s.optional == Some(true))?
             } else if let Some(c) = &from.config_map_key_ref {
-                let optional = c.optional == Some(true);
-                match sources.config_map(&c.name).await? {
-                    Some(d) => match d.get(&c.key) {
-                        Some(v) => Some(v.clone()),
-                        None if optional => None,
-                        None => {
-                            return Err(format!(
-                                "couldn't find key {} in ConfigMap {}",
-                                c.key, c.name
-                            ));
-                        }
-                    },
-                    None if optional => None,
-                    None => return Err(format!("configmap {:?} not found", c.name)),
-                }
+                let data = sources.config_map(&c.name).await?;
+                key_of(data, "ConfigMap", &c.name, &c.key, c.optional == Some(true))?
             } else {
                 return Err(format!(
                     "env {}: resourceFieldRef and fileKeyRef are not supported by the podlet",

@@ -198,6 +198,8 @@ pub async fn run(
 
     let mut network: Option<PodNetwork> = None;
     let containers_stop = CancellationToken::new();
+    // Set before `containers_stop` fires: how long the containers get after the stop signal.
+    let stop_grace = Arc::new(Mutex::new(Duration::from_secs(30)));
     let mut tasks = Vec::new();
     let grace = tokio::select! {
         g = &mut terminating => g,
@@ -250,6 +252,7 @@ pub async fn run(
                     logs: logs.clone(),
                     view: view.clone(),
                     changed: changed.clone(),
+                    stop_grace: stop_grace.clone(),
                 };
                 tasks.push(tokio::spawn(run.supervise(containers_stop.clone())));
             }
@@ -265,14 +268,11 @@ pub async fn run(
             .max(0) as u64,
     );
     tracing::info!(pod = %format!("{ns}/{name}"), grace = ?grace, "stopping pod");
-    STOP_GRACE
-        .scope(grace, async {
-            containers_stop.cancel();
-            for t in tasks {
-                let _ = t.await;
-            }
-        })
-        .await;
+    *stop_grace.lock().expect("grace") = grace;
+    containers_stop.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
     stop_status.cancel();
     let _ = reporter.await;
     if let Some(net) = &network {
@@ -298,11 +298,6 @@ pub async fn run(
         }
     }
     tracing::info!(pod = %format!("{ns}/{name}"), %uid, "pod stopped");
-}
-
-tokio::task_local! {
-    /// The grace period of the current termination.
-    static STOP_GRACE: Duration;
 }
 
 fn set_waiting(view: &Mutex<PodView>, changed: &Notify, reason: &str, message: &str) {
@@ -370,6 +365,7 @@ struct ContainerRun {
     logs: PathBuf,
     view: Arc<Mutex<PodView>>,
     changed: Arc<Notify>,
+    stop_grace: Arc<Mutex<Duration>>,
 }
 
 impl ContainerRun {
@@ -486,7 +482,7 @@ impl ContainerRun {
                     (code, "Error".to_owned(), false)
                 }
                 _ = stop.cancelled() => {
-                    let grace = STOP_GRACE.try_with(|g| *g).unwrap_or(Duration::from_secs(30));
+                    let grace = *self.stop_grace.lock().expect("grace");
                     let (code, reason) = terminate(&mut child, launch.stop_signal, grace).await;
                     (code, reason, true)
                 }

@@ -67,6 +67,21 @@ fn select(
     }
 }
 
+/// The files of a Secret or ConfigMap; none when it is missing and optional.
+fn files_of(
+    data: Option<&BTreeMap<String, String>>,
+    items: Option<&Vec<KeyToPath>>,
+    kind: &str,
+    name: &str,
+    optional: bool,
+) -> Result<Files, String> {
+    match data {
+        Some(d) => select(d, items, &format!("{kind} {name}")),
+        None if optional => Ok(Files::new()),
+        None => Err(format!("{} {name:?} not found", kind.to_lowercase())),
+    }
+}
+
 fn downward(pod: &Pod, items: &[DownwardAPIVolumeFile]) -> Result<Files, String> {
     items
         .iter()
@@ -167,27 +182,26 @@ pub async fn prepare(
             dir
         } else if let Some(s) = &v.secret {
             let name = s.secret_name.clone().unwrap_or_default();
-            match sources.secret(&name).await? {
-                Some(d) => write_files(
-                    &dir,
-                    &select(d, s.items.as_ref(), &format!("Secret {name}"))?,
-                    s.default_mode.unwrap_or(0o644),
-                )?,
-                None if s.optional == Some(true) => write_files(&dir, &BTreeMap::new(), 0o644)?,
-                None => return Err(format!("secret {name:?} not found")),
-            }
+            let data = sources.secret(&name).await?;
+            let files = files_of(
+                data,
+                s.items.as_ref(),
+                "Secret",
+                &name,
+                s.optional == Some(true),
+            )?;
+            write_files(&dir, &files, s.default_mode.unwrap_or(0o644))?;
             dir
         } else if let Some(c) = &v.config_map {
-            let name = c.name.clone();
-            match sources.config_map(&name).await? {
-                Some(d) => write_files(
-                    &dir,
-                    &select(d, c.items.as_ref(), &format!("ConfigMap {name}"))?,
-                    c.default_mode.unwrap_or(0o644),
-                )?,
-                None if c.optional == Some(true) => write_files(&dir, &BTreeMap::new(), 0o644)?,
-                None => return Err(format!("configmap {name:?} not found")),
-            }
+            let data = sources.config_map(&c.name).await?;
+            let files = files_of(
+                data,
+                c.items.as_ref(),
+                "ConfigMap",
+                &c.name,
+                c.optional == Some(true),
+            )?;
+            write_files(&dir, &files, c.default_mode.unwrap_or(0o644))?;
             dir
         } else if let Some(d) = &v.downward_api {
             write_files(
@@ -204,23 +218,23 @@ pub async fn prepare(
                         token(client, pod, t.audience.as_deref(), t.expiration_seconds).await?;
                     files.insert(t.path.clone(), (token.into_bytes(), None));
                 } else if let Some(c) = &s.config_map {
-                    let name = c.name.clone();
-                    match sources.config_map(&name).await? {
-                        Some(d) => {
-                            files.extend(select(d, c.items.as_ref(), &format!("ConfigMap {name}"))?)
-                        }
-                        None if c.optional == Some(true) => {}
-                        None => return Err(format!("configmap {name:?} not found")),
-                    }
+                    let data = sources.config_map(&c.name).await?;
+                    files.extend(files_of(
+                        data,
+                        c.items.as_ref(),
+                        "ConfigMap",
+                        &c.name,
+                        c.optional == Some(true),
+                    )?);
                 } else if let Some(sec) = &s.secret {
-                    let name = sec.name.clone();
-                    match sources.secret(&name).await? {
-                        Some(d) => {
-                            files.extend(select(d, sec.items.as_ref(), &format!("Secret {name}"))?)
-                        }
-                        None if sec.optional == Some(true) => {}
-                        None => return Err(format!("secret {name:?} not found")),
-                    }
+                    let data = sources.secret(&sec.name).await?;
+                    files.extend(files_of(
+                        data,
+                        sec.items.as_ref(),
+                        "Secret",
+                        &sec.name,
+                        sec.optional == Some(true),
+                    )?);
                 } else if let Some(d) = &s.downward_api {
                     files.extend(downward(pod, d.items.as_deref().unwrap_or_default())?);
                 } else {
