@@ -28,9 +28,6 @@ pub struct Settings {
     pub node_name: String,
     /// Pod folders, volumes, logs.
     pub state_dir: PathBuf,
-    /// Where the image table's binaries are (hard-linked into the state folder, since
-    /// non-root containers may not reach a build folder under /root).
-    pub bin_dir: PathBuf,
     /// The bridge's name.
     pub bridge: String,
     /// The bridge's address; pods get the others of its /24.

@@ -132,7 +132,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let settings = Settings {
         node_name: args.node_name,
         state_dir: args.state_dir,
-        bin_dir: args.bin_dir,
         bridge: args.bridge,
         bridge_ip: args.bridge_ip,
         api_port: args.api_port,

@@ -158,10 +158,6 @@ pub async fn run(
             .iter()
             .map(|c| ContainerView::new(&c.name, c.image.as_deref().unwrap_or_default()))
             .collect(),
-        restart_policy: spec
-            .restart_policy
-            .clone()
-            .unwrap_or_else(|| "Always".into()),
         sandbox_ready: false,
     }));
     let changed = Arc::new(Notify::new());

@@ -77,8 +77,6 @@ pub struct PodView {
     pub start_time: Timestamp,
     /// The containers, in spec order.
     pub containers: Vec<ContainerView>,
-    /// The pod's restart policy.
-    pub restart_policy: String,
     /// Whether the pod's volumes and network are ready.
     pub sandbox_ready: bool,
 }
@@ -205,7 +203,6 @@ mod tests {
             pod_ip: Some(Ipv4Addr::new(10, 244, 0, 7)),
             start_time: Timestamp::UNIX_EPOCH,
             containers,
-            restart_policy: "Always".into(),
             sandbox_ready: true,
         }
     }

@@ -1,6 +1,6 @@
 //! Watches the pods bound to the node and keeps one worker per pod.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::StreamExt as _;
@@ -35,7 +35,8 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.settings.node_name));
     let mut events = watcher(api, config).default_backoff().boxed();
     let mut workers: HashMap<String, Worker> = HashMap::new();
-    let mut seen_in_relist: Vec<String> = Vec::new();
+    // UIDs listed by the current (re)list; a worker whose pod is not among them lost its pod.
+    let mut seen_in_relist: HashSet<String> = HashSet::new();
     loop {
         let event = tokio::select! {
             e = events.next() => e,
@@ -43,12 +44,13 @@ pub async fn run(ctx: Arc<Ctx>, shutdown: CancellationToken) {
         };
         workers.retain(|_, w| !w.task.is_finished());
         let pods = match event {
-            Some(Ok(Event::Apply(p) | Event::InitApply(p))) => {
+            Some(Ok(Event::InitApply(p))) => {
                 if let Some(uid) = p.metadata.uid.clone() {
-                    seen_in_relist.push(uid);
+                    seen_in_relist.insert(uid);
                 }
                 vec![p]
             }
+            Some(Ok(Event::Apply(p))) => vec![p],
             Some(Ok(Event::Delete(p))) => {
                 if let Some(w) = p.metadata.uid.as_ref().and_then(|u| workers.get(u)) {
                     w.gone.cancel();
