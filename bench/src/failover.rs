@@ -1,6 +1,7 @@
 //! Scenario 3, failover under load: sticky shoppers (a separate process, reading their cart
-//! and writing it every fifth request) on three units; one unit is killed (app and sidecar,
-//! SIGKILL). Through the Stickyfarm gateway and, for comparison, HAProxy with the same check
+//! and writing it every fifth request) on three units; the unit holding the most sessions is
+//! killed (app and sidecar, SIGKILL). Choosing it by placement, not by name, keeps a run from
+//! having nothing to fail over when the proxy happened to place no session on a fixed unit. Through the Stickyfarm gateway and, for comparison, HAProxy with the same check
 //! interval and thresholds in front of the same units.
 
 use std::io::BufRead as _;
@@ -10,10 +11,7 @@ use anyhow::{Context as _, bail};
 
 use crate::bench::Bench;
 use crate::procs::Proc;
-use crate::shoppers::{Answer, Failover, analyze_failover};
-
-/// The unit that is killed.
-const KILLED: &str = "u0";
+use crate::shoppers::{Answer, Failover, analyze_failover, busiest_unit};
 
 /// The proxies compared.
 pub const PROXIES: [&str; 2] = ["Stickyfarm gateway", "HAProxy"];
@@ -121,12 +119,23 @@ async fn one_run(
         out.display().to_string(),
     ];
     let mut load = Proc::start("shoppers", &b.me, &args, &[], b.placement.load, logs)?;
-    wait_for_line(&mut load, &logs.join("shoppers.log"), "steady")?;
+    let shoppers_log = logs.join("shoppers.log");
+    wait_for_line(&mut load, &shoppers_log, "steady")?;
+    let placements = std::fs::read_to_string(&shoppers_log)
+        .with_context(|| format!("reading {}", shoppers_log.display()))?;
+    let killed = busiest_unit(&placements)
+        .and_then(|name| units.iter().position(|u| u.name == name))
+        .with_context(|| {
+            format!(
+                "the shoppers' sessions name none of the units (see {})",
+                shoppers_log.display()
+            )
+        })?;
     tokio::time::sleep(warm).await;
     let kill_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
-    units[0].kill();
+    units[killed].kill();
     // The shoppers stop on their own after `total`.
     load.wait_exit(total + Duration::from_secs(30))?;
     let answers: Vec<Answer> = std::io::BufReader::new(
@@ -135,7 +144,7 @@ async fn one_run(
     .lines()
     .map(|l| Ok(serde_json::from_str(&l?)?))
     .collect::<anyhow::Result<_>>()?;
-    let f = analyze_failover(&answers, KILLED, kill_ms);
+    let f = analyze_failover(&answers, &units[killed].name, kill_ms);
     Ok((f, answers, kill_ms))
 }
 

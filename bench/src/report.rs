@@ -431,7 +431,7 @@ pub fn write(
     if let Some(f) = &r.failover {
         let _ = writeln!(
             md,
-            "## 3. Failover under load\n\n{} shoppers, one request each every {} ms (every fifth a 1 KiB cart write), on three units; after a warm-up unit `u0` (app and sidecar) is killed with SIGKILL. Checks every 500 ms, 3 failures take a unit out, 2 passes bring it back, a connection error takes it out at once — the same on both. Recovery: from the kill until the last session that `u0` served was answered by another unit.\n",
+            "## 3. Failover under load\n\n{} shoppers, one request each every {} ms (every fifth a 1 KiB cart write), on three units; after a warm-up the unit holding the most sessions (app and sidecar) is killed with SIGKILL. Checks every 500 ms, 3 failures take a unit out, 2 passes bring it back, a connection error takes it out at once — the same on both. Recovery: from the kill until the last session that the killed unit served was answered by another unit.\n",
             f.shoppers,
             f.interval.as_millis()
         );

@@ -94,23 +94,23 @@ async fn send(
 }
 
 /// Opens a session at `base` (`GET /state`), writes `state` as its cart (`PUT /state`) and
-/// returns its cookies.
+/// returns its cookies and the unit that stored the cart.
 pub async fn open_session(
     client: &reqwest::Client,
     base: &str,
     state: &str,
-) -> anyhow::Result<Jar> {
+) -> anyhow::Result<(Jar, String)> {
     let mut jar = Jar::default();
     let url = format!("{base}/state");
     let (s, _) = send(client, &mut jar, reqwest::Method::GET, &url, None).await?;
     if s != 200 {
         bail!("opening a session at {url} answered {s}");
     }
-    let (s, _) = send(client, &mut jar, reqwest::Method::PUT, &url, Some(state)).await?;
+    let (s, unit) = send(client, &mut jar, reqwest::Method::PUT, &url, Some(state)).await?;
     if s != 200 {
         bail!("writing the first cart at {url} answered {s}");
     }
-    Ok(jar)
+    Ok((jar, unit))
 }
 
 /// Opens `n` sessions, `concurrency` at a time, and writes their `Cookie` lines to `file`
@@ -123,14 +123,14 @@ pub async fn open_sessions(
     file: &Path,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let jars: Vec<anyhow::Result<Jar>> = futures::stream::iter(0..n)
+    let jars: Vec<anyhow::Result<(Jar, String)>> = futures::stream::iter(0..n)
         .map(|_| open_session(&client, base, state))
         .buffer_unordered(concurrency)
         .collect()
         .await;
     let mut lines = String::new();
     for j in jars {
-        lines.push_str(&j?.header());
+        lines.push_str(&j?.0.header());
         lines.push('\n');
     }
     std::fs::write(file, lines).with_context(|| format!("writing {}", file.display()))
@@ -182,16 +182,18 @@ pub struct ShopperArgs {
     pub out: std::path::PathBuf,
 }
 
-/// Runs the shoppers: opens every session, prints `steady` once the load is on, records every
-/// answer and writes them to `--out`.
+/// Runs the shoppers: opens every session, prints `session N on UNIT` for each and `steady`
+/// once the load is on, records every answer and writes them to `--out`.
 pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
     let cart = cart_of_size(1024);
     let mut jars = Vec::new();
-    for _ in 0..args.sessions {
-        jars.push(open_session(&client, &args.target, &cart).await?);
+    for i in 0..args.sessions {
+        let (jar, unit) = open_session(&client, &args.target, &cart).await?;
+        println!("{}", placement_line(i, &unit));
+        jars.push(jar);
     }
     println!("steady");
     let deadline = Instant::now() + args.duration;
@@ -238,6 +240,33 @@ pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
         }
     }
     std::fs::write(&args.out, out).with_context(|| format!("writing {}", args.out.display()))
+}
+
+/// The line the shoppers print for where session `i` was placed.
+fn placement_line(i: u32, unit: &str) -> String {
+    format!("session {i} on {unit}")
+}
+
+/// The unit holding the most sessions, by the shoppers' placement lines (ties go to the first
+/// name); `None` when no line names a unit. The failover scenario kills this unit, so the
+/// run always has sessions to fail over however the proxy placed them.
+pub fn busiest_unit(shoppers_log: &str) -> Option<String> {
+    let mut sessions: BTreeMap<&str, usize> = BTreeMap::new();
+    for line in shoppers_log.lines() {
+        let Some(rest) = line.strip_prefix("session ") else {
+            continue;
+        };
+        if let Some((_, unit)) = rest.split_once(" on ")
+            && !unit.is_empty()
+        {
+            *sessions.entry(unit).or_default() += 1;
+        }
+    }
+    let most = *sessions.values().max()?;
+    sessions
+        .into_iter()
+        .find(|&(_, n)| n == most)
+        .map(|(u, _)| u.to_owned())
 }
 
 /// What a failover cost, from the shoppers' answers.
@@ -335,6 +364,28 @@ mod tests {
             status,
             unit: unit.to_owned(),
         }
+    }
+
+    #[test]
+    fn the_busiest_unit_is_read_from_the_placement_lines() {
+        let log = [
+            placement_line(0, "u1"),
+            placement_line(1, "u2"),
+            placement_line(2, "u2"),
+            placement_line(3, "u1"),
+            placement_line(4, "u2"),
+            "steady".into(),
+        ]
+        .join("\n");
+        assert_eq!(busiest_unit(&log).as_deref(), Some("u2"));
+        // A tie goes to the first name, so the choice is reproducible.
+        assert_eq!(
+            busiest_unit("session 0 on u2\nsession 1 on u1\n").as_deref(),
+            Some("u1")
+        );
+        // A session answered without a unit header names no unit.
+        assert_eq!(busiest_unit("session 0 on \nsteady\n"), None);
+        assert_eq!(busiest_unit(""), None);
     }
 
     #[test]
