@@ -581,6 +581,9 @@ async fn cart(State(state): State<AppState>, h: HeaderMap) -> axum::response::Re
     .into_response()
 }
 
+/// Conflicts the test app's read-modify-write tolerates before it gives up with 409.
+const MAX_CONFLICTS: u32 = 50;
+
 async fn cart_add(
     State(state): State<AppState>,
     h: HeaderMap,
@@ -589,8 +592,15 @@ async fn cart_add(
     use axum::response::IntoResponse;
     let sid = h["x-stickyfarm-session"].to_str().unwrap().to_owned();
     let url = format!("{}/v1/sessions/{sid}/tables/cart", api_base(&state));
-    // Optimistic concurrency: retry on 409, a bounded number of times.
-    for _ in 0..20 {
+    // Optimistic concurrency: retry on 409, a bounded number of times, after a random pause
+    // that grows with each conflict, so tabs racing for the same cart take turns instead of
+    // colliding in lockstep (what any real app's retry loop does).
+    for attempt in 0..MAX_CONFLICTS {
+        if attempt > 0 {
+            let ceiling_ms = 2u64 << attempt.min(5);
+            let pause = rand::random_range(0..=ceiling_ms);
+            tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+        }
         let r = state.client.get(&url).send().await.unwrap();
         let (mut items, etag) = if r.status() == 200 {
             let etag = r.headers()["etag"].to_str().unwrap().to_owned();
@@ -618,7 +628,7 @@ async fn cart_add(
     }
     (
         axum::http::StatusCode::CONFLICT,
-        "gave up after 20 conflicts",
+        format!("gave up after {MAX_CONFLICTS} conflicts"),
     )
         .into_response()
 }
