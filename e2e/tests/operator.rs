@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
@@ -136,7 +136,7 @@ async fn the_chart_installs_an_established_crd_and_least_privilege_rbac() -> any
     assert_eq!(crd.annotations()["helm.sh/resource-policy"], "keep");
     let roles: Api<ClusterRole> = Api::all(c.admin.clone());
     let role = roles.get(RELEASE).await?;
-    assert_eq!(role.rules.as_ref().map(Vec::len), Some(12));
+    assert_eq!(role.rules.as_ref().map(Vec::len), Some(13));
     let sas: Api<ServiceAccount> = Api::namespaced(c.admin.clone(), RELEASE_NAMESPACE);
     assert!(sas.get_opt(OPERATOR_ACCOUNT).await?.is_some());
     // The operator's identity (impersonated, as the operator runs in these tests) has exactly
@@ -339,17 +339,16 @@ async fn every_example_becomes_its_objects_and_pods() -> anyhow::Result<()> {
         if managed {
             let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
             let secret = secrets.get(&format!("{name}-db")).await?;
-            let data = secret.data.unwrap_or_default();
+            let data = secret.data.clone().unwrap_or_default();
             let url = String::from_utf8(data["url"].0.clone())?;
             assert!(url.starts_with("postgres://stickyfarm:"), "{url}");
             assert!(
                 url.ends_with(&format!("@{name}-db.{ns}.svc:5432/stickyfarm")),
                 "{url}"
             );
-            assert_eq!(
-                secret.metadata.owner_references.unwrap()[0].kind,
-                "ServerFarm"
-            );
+            // Not owned: the garbage collector can never take the database's password.
+            assert_eq!(secret.metadata.owner_references, None);
+            assert_eq!(secret.labels()["stickyfarm.dev/farm"], name);
         }
         // The StatefulSet controller creates the unit pods; the status lists them with their
         // UIDs as instance ids.
@@ -608,6 +607,129 @@ async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::
                 .is_empty()
             && secrets.get_opt("shop-db").await?.is_none())
     })
+    .await?;
+    op.stop().await?;
+    Ok(())
+}
+
+/// The managed database's password outlives whatever deletes the farm's objects: its Secret and
+/// volume claim have no owner reference (the garbage collector cannot take them); a Secret that
+/// is gone anyway is not replaced by a new password while the database exists (the farm is
+/// Degraded and says how to restore it); deleting the farm deletes both, behind a finalizer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_credentials_are_never_regenerated_and_go_only_with_the_farm() -> anyhow::Result<()>
+{
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    let ns = "e2e-credentials";
+    namespace(&c.admin, ns).await?;
+    let op = Operator::start(
+        &c.kubeconfig,
+        &["--watch-namespace", ns, "--leader-elect", "false"],
+    )
+    .await?;
+    let farm = example("serverfarms/minimal.yaml");
+    apply_farm(&c.admin, ns, &farm).await?;
+    let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.admin.clone(), ns);
+    let farms: Api<ServerFarm> = Api::namespaced(c.admin.clone(), ns);
+    // The StatefulSet controller makes the database's claim (no node binds it here).
+    eventually(
+        WAIT,
+        "the credentials and the database's claim exist",
+        || async {
+            Ok(secrets.get_opt("shop-db").await?.is_some()
+                && claims.get_opt("data-shop-db-0").await?.is_some())
+        },
+    )
+    .await?;
+    let original = secrets.get("shop-db").await?;
+    assert_eq!(original.metadata.owner_references, None, "not collectable");
+    let claim = claims.get("data-shop-db-0").await?;
+    assert!(
+        claim
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty(),
+        "the claim is retained: nobody owns it"
+    );
+    assert_eq!(
+        farms.get("shop").await?.finalizers(),
+        ["stickyfarm.dev/database"]
+    );
+
+    // The Secret deleted while the database exists (as the garbage collector did to owned
+    // credentials): no new password, a Degraded farm and a Warning that says what to do.
+    secrets.delete("shop-db", &DeleteParams::default()).await?;
+    eventually(
+        WAIT,
+        "the farm is Degraded: credentials missing",
+        || async {
+            let status = farm_status(&c.admin, ns, "shop").await?;
+            Ok(condition(&status, "Degraded").is_some_and(|d| {
+                d["status"] == "True" && d["reason"] == "DatabaseCredentialsMissing"
+            }))
+        },
+    )
+    .await?;
+    // Another reconcile (a change to the farm) still makes no password.
+    let mut touched = farm.clone();
+    touched["spec"]["replicas"] = json!(2);
+    apply_farm(&c.admin, ns, &touched).await?;
+    let sts: Api<StatefulSet> = Api::namespaced(c.admin.clone(), ns);
+    eventually(WAIT, "the farm is still reconciled: 2 units", || async {
+        Ok(sts.get("shop").await?.spec.replicas == Some(2))
+    })
+    .await?;
+    assert!(
+        secrets.get_opt("shop-db").await?.is_none(),
+        "never regenerated"
+    );
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.admin.clone(), ns);
+    let warning = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("DatabaseCredentialsMissing"))
+        .expect("a Warning Event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .is_some_and(|n| n.contains("Restore the Secret")),
+        "{warning:?}"
+    );
+
+    // Restored from a backup: the farm recovers with the password the database has.
+    let mut restored = original.clone();
+    restored.metadata = kube::api::ObjectMeta {
+        name: Some("shop-db".into()),
+        labels: original.metadata.labels.clone(),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &restored).await?;
+    eventually(WAIT, "the farm is no longer Degraded", || async {
+        let status = farm_status(&c.admin, ns, "shop").await?;
+        Ok(condition(&status, "Degraded").is_some_and(|d| d["status"] == "False"))
+    })
+    .await?;
+    assert_eq!(secrets.get("shop-db").await?.data, original.data);
+
+    // Deleting the farm takes the credentials and the claim too, then the farm goes.
+    farms.delete("shop", &DeleteParams::default()).await?;
+    eventually(
+        WAIT,
+        "the farm, its credentials and its claim are gone",
+        || async {
+            Ok(farms.get_opt("shop").await?.is_none()
+                && secrets.get_opt("shop-db").await?.is_none()
+                && claims.get_opt("data-shop-db-0").await?.is_none())
+        },
+    )
     .await?;
     op.stop().await?;
     Ok(())

@@ -20,8 +20,27 @@ pub struct Observed<'a> {
     pub gateway: Option<&'a Deployment>,
     /// The gateway Service as the API server has it.
     pub gateway_service: Option<&'a Service>,
-    /// Why the last reconcile failed, if it did.
-    pub error: Option<String>,
+    /// Why the farm cannot run as declared although the reconcile went through, if so.
+    pub problem: Option<Problem>,
+}
+
+/// What keeps a farm from running as declared: the `Degraded` condition's reason and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// A CamelCase reason (the condition's `reason`, and the Event's).
+    pub reason: &'static str,
+    /// What is wrong and what to do about it.
+    pub message: String,
+}
+
+impl Problem {
+    /// A problem with the given reason and message.
+    pub fn new(reason: &'static str, message: impl Into<String>) -> Self {
+        Problem {
+            reason,
+            message: message.into(),
+        }
+    }
 }
 
 /// Condition types.
@@ -133,8 +152,8 @@ pub fn compute(
     } else {
         ("False", "Stable", "all units are in place".to_owned())
     };
-    let (degraded_status, degraded_reason, degraded_message) = match &seen.error {
-        Some(e) => ("True", "ReconcileFailed", e.clone()),
+    let (degraded_status, degraded_reason, degraded_message) = match &seen.problem {
+        Some(p) => ("True", p.reason, p.message.clone()),
         None => (
             "False",
             "Reconciled",
@@ -353,7 +372,7 @@ mod tests {
                 pods: &pods,
                 unit_replicas: 1,
                 gateway: None,
-                error: Some("boom".into()),
+                problem: Some(Problem::new("ReconcileFailed", "boom")),
                 ..Observed::default()
             },
             None,
@@ -361,7 +380,10 @@ mod tests {
         );
         assert_eq!(find(&s, "Ready").reason, "GatewayUnavailable");
         let d = find(&s, "Degraded");
-        assert_eq!((d.status.as_str(), d.message.as_str()), ("True", "boom"));
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str(), d.message.as_str()),
+            ("True", "ReconcileFailed", "boom")
+        );
     }
 
     #[test]

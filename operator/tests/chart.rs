@@ -128,7 +128,7 @@ fn rbac_grants_what_the_reconciler_does_and_nothing_more() {
         (
             "stickyfarm.dev",
             "serverfarms",
-            &["get", "list", "watch"][..],
+            &["get", "list", "patch", "watch"][..],
         ),
         ("stickyfarm.dev", "serverfarms/status", &["get", "patch"]),
         (
@@ -147,7 +147,9 @@ fn rbac_grants_what_the_reconciler_does_and_nothing_more() {
             &["create", "delete", "get", "list", "patch", "watch"],
         ),
         ("", "pods", &["get", "list", "watch"]),
-        ("", "secrets", &["create", "get"]),
+        // The managed database's credentials and claim are unowned: deleted by the operator.
+        ("", "secrets", &["create", "delete", "get", "patch"]),
+        ("", "persistentvolumeclaims", &["delete", "get"]),
         ("", "serviceaccounts", &["create", "patch"]),
         ("rbac.authorization.k8s.io", "roles", &["create", "patch"]),
         (
@@ -166,7 +168,7 @@ fn rbac_grants_what_the_reconciler_does_and_nothing_more() {
     ] {
         assert_eq!(verbs(rules, group, resource), want, "{group}/{resource}");
     }
-    assert_eq!(rules.as_array().unwrap().len(), 12, "no other rules");
+    assert_eq!(rules.as_array().unwrap().len(), 13, "no other rules");
     let binding = find(&docs, "ClusterRoleBinding", "stickyfarm");
     assert_eq!(binding["subjects"][0]["name"], "sf-stickyfarm");
     assert_eq!(binding["subjects"][0]["namespace"], "stickyfarm-system");

@@ -144,6 +144,46 @@ impl FakeApi {
                 obj["status"] = body["status"].clone();
                 ok(obj)
             }
+            Method::PATCH if content_type(&parts.headers) == "application/json-patch+json" => {
+                let Some(obj) = store.objects.get_mut(&path) else {
+                    return status(StatusCode::NOT_FOUND, "not found");
+                };
+                // The API server's JSON patch (evanphx/json-patch) passes a test for null at a
+                // missing path, as kube-runtime's finalizer helper relies on; json-patch fails it.
+                let ops: Vec<Value> = body
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|op| {
+                        let pointer = op["path"].as_str().unwrap_or_default();
+                        !(op["op"] == "test"
+                            && op["value"].is_null()
+                            && obj.pointer(pointer).is_none())
+                    })
+                    .cloned()
+                    .collect();
+                let patch: json_patch::Patch = serde_json::from_value(Value::Array(ops)).unwrap();
+                // All or nothing, as the API server applies it.
+                let mut patched = obj.clone();
+                if let Err(e) = json_patch::patch(&mut patched, &patch) {
+                    return status(StatusCode::UNPROCESSABLE_ENTITY, &e.to_string());
+                }
+                *obj = patched;
+                ok(obj)
+            }
+            Method::PATCH if content_type(&parts.headers) == "application/merge-patch+json" => {
+                let Some(obj) = store.objects.get_mut(&path) else {
+                    return status(StatusCode::NOT_FOUND, "not found");
+                };
+                // The resourceVersion in a merge patch is a precondition.
+                let expected = &body["metadata"]["resourceVersion"];
+                let stored = &obj["metadata"]["resourceVersion"];
+                if !expected.is_null() && !stored.is_null() && expected != stored {
+                    return status(StatusCode::CONFLICT, "the object has been modified");
+                }
+                merge(obj, &body);
+                ok(obj)
+            }
             Method::PATCH => {
                 assert!(
                     query.contains("fieldManager=stickyfarm-operator"),
@@ -170,6 +210,32 @@ impl FakeApi {
                 None => status(StatusCode::NOT_FOUND, "not found"),
             },
             _ => status(StatusCode::METHOD_NOT_ALLOWED, "unexpected"),
+        }
+    }
+}
+
+fn content_type(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// RFC 7386 JSON merge patch: objects merge, `null` removes, anything else replaces.
+fn merge(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let object = target.as_object_mut().expect("an object");
+    for (key, value) in fields {
+        if value.is_null() {
+            object.remove(key);
+        } else {
+            merge(object.entry(key.clone()).or_insert(Value::Null), value);
         }
     }
 }
@@ -222,6 +288,7 @@ fn status(code: StatusCode, message: &str) -> Response<Body> {
     let reason = match code {
         StatusCode::NOT_FOUND => "NotFound",
         StatusCode::CONFLICT => "AlreadyExists",
+        StatusCode::UNPROCESSABLE_ENTITY => "Invalid",
         _ => "InternalError",
     };
     respond(
@@ -327,6 +394,24 @@ async fn create_applies_every_object_once_and_generates_credentials() {
         api.event_reasons()
             .contains(&"CredentialsCreated".to_owned())
     );
+    // The credentials are out of the garbage collector's reach; the finalizer (set before the
+    // Secret was made) lets the operator delete them with the farm.
+    assert_eq!(secret["metadata"]["ownerReferences"], Value::Null);
+    assert_eq!(
+        api.get(FARM_PATH).unwrap()["metadata"]["finalizers"],
+        json!(["stickyfarm.dev/database"])
+    );
+    let finalizer_write = api
+        .writes()
+        .iter()
+        .position(|s| s.path == FARM_PATH)
+        .expect("the finalizer was added");
+    let secret_write = api
+        .writes()
+        .iter()
+        .position(|s| s.path.ends_with("/secrets"))
+        .expect("the Secret was created");
+    assert!(finalizer_write < secret_write, "finalizer first");
 
     // Every write of an owned object was a server-side apply (the fake checks the field
     // manager and force on each); the Secret is the only create.
@@ -543,11 +628,166 @@ async fn a_deleted_farm_is_left_to_the_garbage_collector() {
     );
 }
 
+fn database_object(kind: &str, name: &str, farm: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": kind,
+        "metadata": {
+            "name": name, "namespace": "prod", "uid": format!("uid-of-{name}"),
+            "labels": {"stickyfarm.dev/farm": farm, "stickyfarm.dev/component": "database"},
+        },
+    })
+}
+
+const CLAIM_PATH: &str = "/api/v1/namespaces/prod/persistentvolumeclaims/data-shop-db-0";
+
+#[tokio::test]
+async fn a_deleted_farm_deletes_its_database_credentials_and_claim_then_lets_go() {
+    let api = FakeApi::default();
+    let mut farm = farm_json(3);
+    farm["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
+    farm["metadata"]["finalizers"] = json!(["example.com/other", "stickyfarm.dev/database"]);
+    farm["metadata"]["resourceVersion"] = json!("7");
+    api.put(FARM_PATH, farm);
+    api.put(SECRET_PATH, database_object("Secret", "shop-db", "shop"));
+    api.put(
+        CLAIM_PATH,
+        database_object("PersistentVolumeClaim", "data-shop-db-0", "shop"),
+    );
+    let ctx = context(api.client());
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(api.get(SECRET_PATH).is_none(), "credentials deleted");
+    assert!(api.get(CLAIM_PATH).is_none(), "claim deleted");
+    let deletes: Vec<Seen> = api
+        .writes()
+        .into_iter()
+        .filter(|s| s.method == Method::DELETE)
+        .collect();
+    assert_eq!(deletes.len(), 2);
+    for d in &deletes {
+        let uid = d.body["preconditions"]["uid"].as_str().unwrap_or_default();
+        assert!(
+            uid.starts_with("uid-of-"),
+            "deleted with its UID as precondition: {d:?}"
+        );
+    }
+    assert_eq!(
+        api.get(FARM_PATH).unwrap()["metadata"]["finalizers"],
+        json!(["example.com/other"]),
+        "only our finalizer is released"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_farm_never_deletes_a_secret_that_is_not_its_database() {
+    let api = FakeApi::default();
+    let mut farm = farm_json(3);
+    farm["metadata"]["deletionTimestamp"] = json!("2026-11-27T10:00:00Z");
+    farm["metadata"]["finalizers"] = json!(["stickyfarm.dev/database"]);
+    api.put(FARM_PATH, farm);
+    // A Secret of the same name that someone else made (no farm labels).
+    api.put(
+        SECRET_PATH,
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-db", "namespace": "prod"}}),
+    );
+    let ctx = context(api.client());
+    reconcile_stored(&api, &ctx).await.unwrap();
+    assert!(api.get(SECRET_PATH).is_some(), "not ours: kept");
+    assert_eq!(
+        api.get(FARM_PATH).unwrap()["metadata"]["finalizers"],
+        json!([])
+    );
+}
+
+#[tokio::test]
+async fn lost_credentials_of_an_initialised_database_are_never_regenerated() {
+    for (evidence, object) in [
+        (
+            CLAIM_PATH,
+            database_object("PersistentVolumeClaim", "data-shop-db-0", "shop"),
+        ),
+        (
+            "/apis/apps/v1/namespaces/prod/statefulsets/shop-db",
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "shop-db", "namespace": "prod"}}),
+        ),
+    ] {
+        let api = FakeApi::default();
+        api.put(FARM_PATH, farm_json(3));
+        api.put(evidence, object);
+        let ctx = context(api.client());
+        let action = reconcile_stored(&api, &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(reconcile::SECRET_RECHECK));
+        assert!(
+            api.get(SECRET_PATH).is_none(),
+            "{evidence}: no new password"
+        );
+        let farm = api.get(FARM_PATH).unwrap();
+        let degraded = condition(&farm, "Degraded");
+        assert_eq!(degraded["status"], "True");
+        assert_eq!(degraded["reason"], "DatabaseCredentialsMissing");
+        let message = degraded["message"].as_str().unwrap();
+        assert!(message.contains("prod/shop-db"), "{message}");
+        assert!(message.contains("Restore the Secret"), "{message}");
+        // Everything else is still applied: the farm keeps running.
+        assert!(api.get(STS_PATH).is_some());
+        assert!(
+            api.get("/apis/apps/v1/namespaces/prod/deployments/shop-gateway")
+                .is_some()
+        );
+        assert_eq!(api.event_reasons(), ["DatabaseCredentialsMissing"]);
+
+        // One Event, not one per reconcile.
+        reconcile_stored(&api, &ctx).await.unwrap();
+        assert_eq!(api.event_reasons(), ["DatabaseCredentialsMissing"]);
+
+        // The Secret restored: the farm recovers, still without a new password.
+        api.put(SECRET_PATH, database_object("Secret", "shop-db", "shop"));
+        let action = reconcile_stored(&api, &ctx).await.unwrap();
+        assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+        let farm = api.get(FARM_PATH).unwrap();
+        assert_eq!(condition(&farm, "Degraded")["status"], "False");
+        assert_eq!(
+            api.get(SECRET_PATH).unwrap(),
+            database_object("Secret", "shop-db", "shop")
+        );
+    }
+}
+
+#[tokio::test]
+async fn credentials_owned_by_the_farm_are_disowned_and_kept() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(3));
+    let mut secret = database_object("Secret", "shop-db", "shop");
+    secret["metadata"]["resourceVersion"] = json!("41");
+    secret["metadata"]["ownerReferences"] = json!([
+        {"apiVersion": "stickyfarm.dev/v1alpha1", "kind": "ServerFarm", "name": "shop", "uid": UID, "controller": true},
+        {"apiVersion": "v1", "kind": "ConfigMap", "name": "keep-me", "uid": "other"},
+    ]);
+    secret["data"] = json!({"password": "c2VjcmV0"});
+    api.put(SECRET_PATH, secret);
+    let ctx = context(api.client());
+    reconcile_stored(&api, &ctx).await.unwrap();
+    let secret = api.get(SECRET_PATH).unwrap();
+    assert_eq!(
+        secret["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "v1", "kind": "ConfigMap", "name": "keep-me", "uid": "other"}])
+    );
+    assert_eq!(
+        secret["data"],
+        json!({"password": "c2VjcmV0"}),
+        "data untouched"
+    );
+    assert!(
+        !api.event_reasons()
+            .contains(&"CredentialsCreated".to_owned())
+    );
+}
+
 #[tokio::test]
 async fn an_api_failure_marks_the_farm_degraded_and_backs_off() {
     let api = FakeApi::default();
     api.put(FARM_PATH, farm_json(3));
-    api.fail("/apis/apps/v1/namespaces/prod/statefulsets/shop-db");
+    api.fail("/apis/policy/v1/namespaces/prod/poddisruptionbudgets/shop-units");
     let ctx = context(api.client());
     let farm: ServerFarm = serde_json::from_value(api.get(FARM_PATH).unwrap()).unwrap();
     let guard = Arc::new(DeserializeGuard(Ok(farm)));
@@ -555,12 +795,16 @@ async fn an_api_failure_marks_the_farm_degraded_and_backs_off() {
         .await
         .expect_err("the apply fails");
     let text = err.to_string();
-    assert!(text.contains("apply StatefulSet prod/shop-db"), "{text}");
+    assert!(
+        text.contains("apply PodDisruptionBudget prod/shop-units"),
+        "{text}"
+    );
     assert!(text.contains("RBAC"), "says what to check: {text}");
     let farm = api.get(FARM_PATH).unwrap();
     let degraded = condition(&farm, "Degraded");
     assert_eq!(degraded["status"], "True");
-    assert!(degraded["message"].as_str().unwrap().contains("shop-db"));
+    assert_eq!(degraded["reason"], "ReconcileFailed");
+    assert!(degraded["message"].as_str().unwrap().contains("shop-units"));
     assert!(api.event_reasons().contains(&"ReconcileFailed".to_owned()));
     // Retries back off: 1 s, 2 s, 4 s …
     let delays: Vec<Action> = (0..3)
@@ -601,7 +845,12 @@ async fn an_external_database_without_its_secret_is_degraded_not_generated() {
     farm["spec"]["database"] = json!({"external": {"secretName": "corp-pg"}});
     api.put(FARM_PATH, farm);
     let ctx = context(api.client());
-    reconcile_stored(&api, &ctx).await.unwrap();
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(
+        action,
+        Action::requeue(reconcile::SECRET_RECHECK),
+        "Secrets are not watched: look again soon"
+    );
     assert!(
         api.get("/api/v1/namespaces/prod/secrets/corp-pg").is_none(),
         "never invented"

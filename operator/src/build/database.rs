@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use kube::ResourceExt;
 use stickyfarm_api::farm::ServerFarm;
 
 use super::units::{port, restricted_container_security, service_port, value};
@@ -24,6 +25,8 @@ pub const DATABASE_NAME: &str = "stickyfarm";
 pub const DATABASE_USER: &str = "stickyfarm";
 /// PostgreSQL's port.
 pub const POSTGRES_PORT: i32 = 5432;
+/// The volume claim template of the database's data (claims are `data-<farm>-db-0`).
+const DATA_VOLUME: &str = "data";
 /// UID of the `postgres` user in the official image.
 const POSTGRES_UID: i64 = 999;
 
@@ -72,10 +75,12 @@ pub(crate) fn managed(f: &FarmRef, images: &Images) -> Option<super::ManagedData
                 match_labels: Some(f.selector(component::DATABASE)),
                 ..LabelSelector::default()
             },
-            // Deleting the farm deletes its session data; scaling never happens.
+            // The claim holds the sessions: it is never owned by the StatefulSet, so the garbage
+            // collector cannot take it with a StatefulSet it collects. The operator deletes it
+            // when the farm itself is deleted (the finalizer `DATABASE_FINALIZER`).
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
-                    when_deleted: Some("Delete".into()),
+                    when_deleted: Some("Retain".into()),
                     when_scaled: Some("Retain".into()),
                 },
             ),
@@ -116,7 +121,7 @@ pub(crate) fn managed(f: &FarmRef, images: &Images) -> Option<super::ManagedData
                         }),
                         resources: m.resources.clone(),
                         volume_mounts: Some(vec![VolumeMount {
-                            name: "data".into(),
+                            name: DATA_VOLUME.into(),
                             mount_path: "/var/lib/postgresql/data".into(),
                             ..VolumeMount::default()
                         }]),
@@ -132,7 +137,7 @@ pub(crate) fn managed(f: &FarmRef, images: &Images) -> Option<super::ManagedData
             },
             volume_claim_templates: Some(vec![PersistentVolumeClaim {
                 metadata: ObjectMeta {
-                    name: Some("data".into()),
+                    name: Some(DATA_VOLUME.into()),
                     labels: Some(f.selector(component::DATABASE)),
                     ..ObjectMeta::default()
                 },
@@ -173,6 +178,17 @@ pub(crate) fn managed(f: &FarmRef, images: &Images) -> Option<super::ManagedData
     })
 }
 
+/// The volume claim of a farm's managed database (the StatefulSet controller names it
+/// `<template>-<statefulset>-<ordinal>`).
+pub fn database_claim_name(farm: &ServerFarm) -> String {
+    format!("{DATA_VOLUME}-{}-0", database_statefulset_name(farm))
+}
+
+/// The StatefulSet (and Service, and Secret) of a farm's managed database.
+pub fn database_statefulset_name(farm: &ServerFarm) -> String {
+    format!("{}-db", farm.name_any())
+}
+
 /// The connection URL of a farm's managed database.
 pub fn database_url_for(farm_name: &str, namespace: &str, password: &str) -> String {
     format!(
@@ -180,13 +196,25 @@ pub fn database_url_for(farm_name: &str, namespace: &str, password: &str) -> Str
     )
 }
 
+/// Keeps a farm with a managed database until the operator has deleted the database's
+/// credentials Secret and volume claim, which carry no owner reference.
+pub const DATABASE_FINALIZER: &str = "stickyfarm.dev/database";
+
 /// The credentials Secret of a managed database, with the given password (the reconciler
 /// generates it, and creates the Secret only when none exists, so it is never overwritten).
+///
+/// It has no owner reference, unlike every other object of the farm: PostgreSQL keeps the
+/// password it was initialised with, so this Secret must outlive anything that deletes what the
+/// farm owns — above all the garbage collector, which deletes every dependent of a farm it
+/// believes absent. Labelled with the farm; deleted by the operator with the farm
+/// ([`DATABASE_FINALIZER`]), like Helm's `resource-policy: keep` plus an explicit delete.
 pub fn database_secret(farm: &ServerFarm, password: &str) -> Result<Secret, BuildError> {
     let f = FarmRef::new(farm)?;
     let url = database_url_for(&f.name, &f.namespace, password);
+    let mut metadata = f.meta(f.database_name(), component::DATABASE);
+    metadata.owner_references = None;
     Ok(Secret {
-        metadata: f.meta(f.database_name(), component::DATABASE),
+        metadata,
         string_data: Some(BTreeMap::from([
             ("username".into(), DATABASE_USER.into()),
             ("password".into(), password.into()),

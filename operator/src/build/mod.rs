@@ -30,7 +30,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::{Resource, ResourceExt};
 use stickyfarm_api::farm::{ServerFarm, UnitState, labels};
 
-pub use database::{DATABASE_NAME, DATABASE_USER, database_secret, database_url_for};
+pub use database::{
+    DATABASE_FINALIZER, DATABASE_NAME, DATABASE_USER, database_claim_name, database_secret,
+    database_statefulset_name, database_url_for,
+};
 pub use gateway::GATEWAY_ADMIN_PORT;
 pub use units::{API_PORT, METRICS_PORT, SIDECAR_PORT};
 
@@ -199,7 +202,7 @@ impl<'a> FarmRef<'a> {
         format!("{}-units", self.name)
     }
     pub(crate) fn database_name(&self) -> String {
-        format!("{}-db", self.name)
+        database_statefulset_name(self.farm)
     }
 }
 

@@ -675,7 +675,14 @@ fn managed_database_with_defaults_and_with_settings() {
         .persistent_volume_claim_retention_policy
         .as_ref()
         .unwrap();
-    assert_eq!(retention.when_deleted.as_deref(), Some("Delete"));
+    assert_eq!(
+        (
+            retention.when_deleted.as_deref(),
+            retention.when_scaled.as_deref()
+        ),
+        (Some("Retain"), Some("Retain")),
+        "the claim is never owned by the StatefulSet: the operator deletes it with the farm"
+    );
     let pod = sts.spec.template.spec.as_ref().unwrap();
     assert_eq!(
         pod.security_context.as_ref().unwrap().run_as_user,
@@ -776,7 +783,13 @@ fn an_external_database_replaces_the_managed_one() {
 fn generated_credentials_secret() {
     let s = database_secret(&farm(MINIMAL), "0123abcd").unwrap();
     assert_eq!(s.metadata.name.as_deref(), Some("shop-db"));
-    assert_eq!(s.metadata.owner_references.as_ref().unwrap()[0].uid, UID);
+    assert_eq!(
+        s.metadata.owner_references, None,
+        "no owner: the garbage collector never deletes the credentials"
+    );
+    let labels = s.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["stickyfarm.dev/farm"], "shop");
+    assert_eq!(labels["stickyfarm.dev/component"], "database");
     assert_eq!(s.immutable, Some(true));
     let data = s.string_data.unwrap();
     assert_eq!(data["username"], "stickyfarm");
