@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -21,6 +21,7 @@ use thiserror::Error;
 use tracing::Instrument;
 
 use crate::build::{self, BuildInput, Images};
+use crate::credentials;
 use crate::metrics::Metrics;
 use crate::scale::{self, DRAIN_SINCE_ANNOTATION, ObservedUnits};
 use crate::status::{self, Observed, Problem};
@@ -53,7 +54,7 @@ pub enum Error {
     Random(String),
 }
 
-fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+pub(crate) fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
     let action = action.into();
     move |source| Error::Kube { action, source }
 }
@@ -178,7 +179,7 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     // what it keeps out of the collector's reach. Applying now would re-create objects a
     // foreground deletion is removing.
     if farm.metadata.deletion_timestamp.is_some() {
-        delete_database_state(farm, ctx).await?;
+        credentials::delete_database_state(farm, ctx).await?;
         return Ok(Action::await_change());
     }
 
@@ -233,9 +234,9 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     // The finalizer before the unowned database state exists, then the credentials: pods
     // reference them.
     if farm.spec.database.external.is_none() {
-        set_database_finalizer(&farms, farm, true).await?;
+        credentials::set_database_finalizer(&farms, farm, true).await?;
     }
-    let secret_problem = ensure_database_secret(farm, ctx, &reference).await?;
+    let secret_problem = credentials::ensure_database_secret(farm, ctx, &reference).await?;
 
     // Build and apply.
     let desired = build::build(
@@ -326,293 +327,13 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
 
     // The operator does not watch Secrets (it may not list them): a farm waiting for one to be
     // restored or created looks again soon rather than at the next resync.
-    let wake = secret_problem.map(|_| SECRET_RECHECK);
+    let wake = secret_problem.map(|_| credentials::SECRET_RECHECK);
     Ok(Action::requeue(
         [plan.requeue_after, wake]
             .into_iter()
             .flatten()
             .fold(ctx.settings.resync, Duration::min),
     ))
-}
-
-/// How soon a farm whose database Secret is missing is reconciled again.
-pub const SECRET_RECHECK: Duration = Duration::from_secs(10);
-
-/// Creates the managed database's credentials once; a Secret that exists is never touched, so
-/// a password is never rotated under a running database. A missing Secret gets a new password
-/// only for a database that holds no data yet: PostgreSQL keeps the password it was initialised
-/// with, so a new one would lock the units out. For an external database, reports a missing
-/// Secret.
-async fn ensure_database_secret(
-    farm: &ServerFarm,
-    ctx: &Context,
-    reference: &ObjectReference,
-) -> Result<Option<Problem>, Error> {
-    let ns = farm.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let (secret_name, key) = build::database_secret_ref(farm);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_err(format!("read Secret {ns}/{secret_name}")))?;
-    if farm.spec.database.external.is_some() {
-        let has_key = existing
-            .as_ref()
-            .is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(&key)));
-        return Ok((!has_key).then(|| {
-            Problem::new(
-                "DatabaseSecretMissing",
-                format!("the external database Secret {secret_name} with key {key} does not exist: create it with the PostgreSQL URL"),
-            )
-        }));
-    }
-    if let Some(existing) = existing {
-        disown_secret(&secrets, farm, &existing).await?;
-        return Ok(None);
-    }
-    if let Some(data) = database_data(farm, ctx).await? {
-        let problem = credentials_lost(&ns, &secret_name, &data);
-        // One Event when the farm becomes degraded for this reason, not one per reconcile.
-        if !degraded_for(farm, problem.reason) {
-            publish(
-                ctx,
-                reference,
-                EventType::Warning,
-                problem.reason,
-                "CreateSecret",
-                problem.message.clone(),
-            )
-            .await;
-        }
-        return Ok(Some(problem));
-    }
-    let password = generate_password()?;
-    let secret = build::database_secret(farm, &password)?;
-    match secrets
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &secret,
-        )
-        .await
-    {
-        Ok(_) => {
-            publish(
-                ctx,
-                reference,
-                EventType::Normal,
-                "CredentialsCreated",
-                "CreateSecret",
-                format!("generated the database credentials in Secret {secret_name}"),
-            )
-            .await;
-            Ok(None)
-        }
-        // Another reconcile (or operator) made it first: theirs stands.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-        Err(e) => Err(kube_err(format!("create Secret {ns}/{secret_name}"))(e)),
-    }
-}
-
-/// What shows that the managed database was initialised (and so holds its password): its
-/// volume claim or its StatefulSet. `None` for a database that was never created.
-async fn database_data(farm: &ServerFarm, ctx: &Context) -> Result<Option<String>, Error> {
-    let ns = farm.namespace().unwrap_or_default();
-    let claim = build::database_claim_name(farm);
-    let claims: Api<PersistentVolumeClaim> = Api::namespaced(ctx.client.clone(), &ns);
-    if claims
-        .get_opt(&claim)
-        .await
-        .map_err(kube_err(format!("read PersistentVolumeClaim {ns}/{claim}")))?
-        .is_some()
-    {
-        return Ok(Some(format!("PersistentVolumeClaim {claim}")));
-    }
-    let statefulset = build::database_statefulset_name(farm);
-    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
-    Ok(statefulsets
-        .get_opt(&statefulset)
-        .await
-        .map_err(kube_err(format!("read StatefulSet {ns}/{statefulset}")))?
-        .map(|_| format!("StatefulSet {statefulset}")))
-}
-
-/// Earlier versions made the credentials Secret owned by the farm, so the garbage collector
-/// could delete it: drop that owner reference (metadata stays writable on an immutable Secret).
-async fn disown_secret(
-    secrets: &Api<Secret>,
-    farm: &ServerFarm,
-    secret: &Secret,
-) -> Result<(), Error> {
-    let uid = farm.metadata.uid.as_deref().unwrap_or_default();
-    let owned = secret
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.kind == stickyfarm_api::farm::KIND);
-    if !owned {
-        return Ok(());
-    }
-    let keep: Vec<_> = secret
-        .owner_references()
-        .iter()
-        .filter(|o| o.uid != uid)
-        .cloned()
-        .collect();
-    let name = secret.name_any();
-    let patch = serde_json::json!({"metadata": {
-        "ownerReferences": keep,
-        // Only the version that was read: a concurrent change makes this a conflict, retried.
-        "resourceVersion": secret.resource_version(),
-    }});
-    secrets
-        .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .map_err(kube_err(format!(
-            "remove the farm's owner reference from Secret {}/{name}",
-            secret.namespace().unwrap_or_default()
-        )))?;
-    tracing::info!(secret = %name, "the database credentials are no longer owned by the farm");
-    Ok(())
-}
-
-/// Adds or removes [`build::DATABASE_FINALIZER`] (a no-op when it is already so). A JSON patch
-/// that first tests the finalizer list as read: it never drops another controller's finalizer,
-/// and fails only when that list changed meanwhile (the retry reads it again).
-async fn set_database_finalizer(
-    farms: &Api<ServerFarm>,
-    farm: &ServerFarm,
-    present: bool,
-) -> Result<(), Error> {
-    let finalizers = farm.finalizers();
-    if finalizers.iter().any(|f| f == build::DATABASE_FINALIZER) == present {
-        return Ok(());
-    }
-    let mut wanted: Vec<String> = finalizers
-        .iter()
-        .filter(|f| *f != build::DATABASE_FINALIZER)
-        .cloned()
-        .collect();
-    if present {
-        wanted.push(build::DATABASE_FINALIZER.to_owned());
-    }
-    let read = farm
-        .metadata
-        .finalizers
-        .as_ref()
-        .map_or(serde_json::Value::Null, |f| serde_json::json!(f));
-    let patch = serde_json::json!([
-        {"op": "test", "path": "/metadata/finalizers", "value": read},
-        {"op": "add", "path": "/metadata/finalizers", "value": wanted},
-    ]);
-    let name = farm.name_any();
-    let action = format!(
-        "{} the finalizer {} on ServerFarm {name}",
-        if present { "add" } else { "remove" },
-        build::DATABASE_FINALIZER
-    );
-    let patch = serde_json::from_value(patch).map_err(|e| Error::Patch(action.clone(), e))?;
-    farms
-        .patch(&name, &PatchParams::default(), &Patch::Json::<()>(patch))
-        .await
-        .map_err(kube_err(action))?;
-    Ok(())
-}
-
-/// The farm is being deleted: delete its managed database's credentials and volume claim (the
-/// state kept out of the garbage collector's reach), then release the farm. Only objects
-/// labelled as this farm's database are deleted, each with its UID as precondition.
-async fn delete_database_state(farm: &ServerFarm, ctx: &Context) -> Result<(), Error> {
-    if !farm
-        .finalizers()
-        .iter()
-        .any(|f| f == build::DATABASE_FINALIZER)
-    {
-        return Ok(());
-    }
-    let ns = farm.namespace().unwrap_or_default();
-    let (secret, _) = build::database_secret_ref(farm);
-    delete_database_object::<Secret>(ctx, farm, &secret).await?;
-    delete_database_object::<PersistentVolumeClaim>(ctx, farm, &build::database_claim_name(farm))
-        .await?;
-    let farms: Api<ServerFarm> = Api::namespaced(ctx.client.clone(), &ns);
-    set_database_finalizer(&farms, farm, false).await
-}
-
-async fn delete_database_object<K>(
-    ctx: &Context,
-    farm: &ServerFarm,
-    name: &str,
-) -> Result<(), Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + DeserializeOwned,
-{
-    let ns = farm.namespace().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let what = format!("{} {ns}/{name}", K::kind(&()));
-    let Some(object) = api
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("read {what}")))?
-    else {
-        return Ok(());
-    };
-    let labels = object.labels();
-    let ours = labels.get(labels::FARM).map(String::as_str) == Some(farm.name_any().as_str())
-        && labels.get(labels::COMPONENT).map(String::as_str) == Some(build::component::DATABASE);
-    if !ours {
-        tracing::warn!(object = %what, "not deleting: it is not labelled as this farm's database");
-        return Ok(());
-    }
-    let params = DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: object.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => {
-            tracing::info!(object = %what, "deleted with the farm");
-            Ok(())
-        }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(kube_err(format!("delete {what}"))(e)),
-    }
-}
-
-/// The managed database's Secret is gone but the database exists: say what to restore.
-fn credentials_lost(ns: &str, secret: &str, evidence: &str) -> Problem {
-    Problem::new(
-        "DatabaseCredentialsMissing",
-        format!(
-            "Secret {ns}/{secret} with the managed database's credentials is gone, but the database \
-             was already initialised with them ({evidence}): the operator will not generate a new \
-             password, which would lock the units out. Restore the Secret (keys username, password, \
-             database, url) from a backup (kubectl apply -n {ns} -f {secret}.yaml); the farm \
-             recovers at the next reconcile"
-        ),
-    )
-}
-
-/// The farm's `Degraded` condition is already true for this reason.
-fn degraded_for(farm: &ServerFarm, reason: &str) -> bool {
-    farm.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == status::condition::DEGRADED && c.status == "True" && c.reason == reason
-        })
-    })
-}
-
-/// 32 random bytes as 64 hex digits: safe in a URL without escaping.
-fn generate_password() -> Result<String, Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Deletes unit Services of this farm that are no longer desired. Returns their names.
@@ -722,7 +443,7 @@ async fn patch_status(
 }
 
 /// Publishes an Event; a failure to publish is logged, never fails the reconcile.
-async fn publish(
+pub(crate) async fn publish(
     ctx: &Context,
     reference: &ObjectReference,
     type_: EventType,

@@ -16,6 +16,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
 use stickyfarm_operator::build::Images;
+use stickyfarm_operator::credentials;
 use stickyfarm_operator::metrics::Metrics;
 use stickyfarm_operator::reconcile::{self, Context, Settings};
 
@@ -716,7 +717,7 @@ async fn lost_credentials_of_an_initialised_database_are_never_regenerated() {
         api.put(evidence, object);
         let ctx = context(api.client());
         let action = reconcile_stored(&api, &ctx).await.unwrap();
-        assert_eq!(action, Action::requeue(reconcile::SECRET_RECHECK));
+        assert_eq!(action, Action::requeue(credentials::SECRET_RECHECK));
         assert!(
             api.get(SECRET_PATH).is_none(),
             "{evidence}: no new password"
@@ -848,7 +849,7 @@ async fn an_external_database_without_its_secret_is_degraded_not_generated() {
     let action = reconcile_stored(&api, &ctx).await.unwrap();
     assert_eq!(
         action,
-        Action::requeue(reconcile::SECRET_RECHECK),
+        Action::requeue(credentials::SECRET_RECHECK),
         "Secrets are not watched: look again soon"
     );
     assert!(
