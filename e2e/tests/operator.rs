@@ -392,6 +392,55 @@ async fn every_example_becomes_its_objects_and_pods() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// UIDs of the farm `shop`'s objects that outlive scaling to 2 units (kind/name → UID).
+async fn lasting_uids(
+    client: &Client,
+    ns: &str,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    async fn uids<K>(
+        client: &Client,
+        ns: &str,
+        names: &[&str],
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) -> anyhow::Result<()>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(client.clone(), ns);
+        for name in names {
+            let uid = api.get(name).await?.uid().unwrap_or_default();
+            out.insert(format!("{}/{name}", K::kind(&())), uid);
+        }
+        Ok(())
+    }
+    let mut out = std::collections::BTreeMap::new();
+    uids::<Secret>(client, ns, &["shop-db"], &mut out).await?;
+    uids::<StatefulSet>(client, ns, &["shop", "shop-db"], &mut out).await?;
+    uids::<Deployment>(client, ns, &["shop-gateway"], &mut out).await?;
+    uids::<Service>(
+        client,
+        ns,
+        &["shop-0", "shop-1", "shop-units", "shop-gateway", "shop-db"],
+        &mut out,
+    )
+    .await?;
+    uids::<ServiceAccount>(client, ns, &["shop-gateway"], &mut out).await?;
+    uids::<Role>(client, ns, &["shop-gateway"], &mut out).await?;
+    uids::<RoleBinding>(client, ns, &["shop-gateway"], &mut out).await?;
+    uids::<NetworkPolicy>(
+        client,
+        ns,
+        &["shop-units", "shop-gateway", "shop-db"],
+        &mut out,
+    )
+    .await?;
+    uids::<PodDisruptionBudget>(client, ns, &["shop-units"], &mut out).await?;
+    Ok(out)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::Result<()> {
     let Some(c) = cluster().await else {
@@ -489,9 +538,12 @@ async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::
     )
     .await?;
 
-    // The generated Secret survives later reconciles untouched.
+    // The generated Secret survives later reconciles untouched, and so does every object that
+    // scaling does not remove: a changed UID means something deleted it while the farm existed
+    // (a failed run's audit log, printed by scripts/test, says who).
     let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
     let secret_before = secrets.get("shop-db").await?;
+    let lasting_before = lasting_uids(&c.admin, ns).await?;
 
     // 3 → 5: two more units.
     farm["spec"]["replicas"] = json!(5);
@@ -587,6 +639,16 @@ async fn scaling_readiness_secret_and_deletion_with_a_leader_lease() -> anyhow::
     assert_eq!(
         secret_after.metadata.resource_version,
         secret_before.metadata.resource_version
+    );
+    let lasting_after = lasting_uids(&c.admin, ns).await?;
+    let replaced: Vec<&String> = lasting_before
+        .iter()
+        .filter(|(name, uid)| lasting_after.get(*name) != Some(uid))
+        .map(|(name, _)| name)
+        .collect();
+    assert!(
+        replaced.is_empty(),
+        "deleted and made again while the farm existed: {replaced:?}"
     );
 
     // Deleting the farm: the garbage collector removes everything it owned.
