@@ -108,15 +108,6 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_CHECK_FALL", default_value_t = 3)]
     pub fall: u32,
 
-    /// This many 5xx answers from one unit within `--passive-window` take it out at once
-    /// (0 disables). Connect errors and resets always do.
-    #[arg(long, env = "STICKYFARM_PASSIVE_5XX_BURST", default_value_t = 10)]
-    pub passive_5xx_burst: u32,
-
-    /// Window of `--passive-5xx-burst`.
-    #[arg(long, env = "STICKYFARM_PASSIVE_WINDOW", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub passive_window: Duration,
-
     /// A unit that comes (back) into service ramps its share of new sessions up over this time.
     #[arg(long, env = "STICKYFARM_SLOW_START", default_value = "30s", value_parser = humantime::parse_duration)]
     pub slow_start: Duration,

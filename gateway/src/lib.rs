@@ -178,8 +178,6 @@ impl Gateway {
                 upstream_timeout: config.upstream_timeout,
                 max_retries: config.max_retries,
                 max_body_size: config.max_body_size.as_u64(),
-                passive_5xx_burst: config.passive_5xx_burst,
-                passive_window: config.passive_window,
                 trust_forwarded: config.trust_forwarded,
                 cookie_secure: config.cookie_secure,
             },

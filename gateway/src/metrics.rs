@@ -110,7 +110,7 @@ impl Metrics {
         );
         registry.register(
             "passive_failures",
-            "Units taken out by failed requests (connect errors, resets, 5xx bursts)",
+            "Units taken out by failed requests (connect errors, resets, the sidecar's unit-unavailable signal)",
             m.passive_failures.clone(),
         );
         registry.register(

@@ -62,10 +62,6 @@ pub struct ProxySettings {
     pub max_retries: u32,
     /// Largest request body.
     pub max_body_size: u64,
-    /// 5xx burst that takes a unit out (0: off).
-    pub passive_5xx_burst: u32,
-    /// Window of the burst.
-    pub passive_window: Duration,
     /// Keep and append to the client's `X-Forwarded-For`.
     pub trust_forwarded: bool,
     /// `Secure` on the routing cookie.
@@ -493,11 +489,9 @@ impl Proxy {
                     }
                 }
                 Ok(resp) => {
-                    unit.record_response(
-                        resp.status().as_u16(),
-                        self.s.passive_5xx_burst,
-                        self.s.passive_window,
-                    );
+                    // Any status the app chose, 5xx included, is an answer: only what proves
+                    // the unit broken takes it out (a client can make an app answer 500).
+                    unit.record_response(resp.status().as_u16());
                     return self.respond(
                         resp,
                         unit.clone(),
@@ -570,6 +564,8 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let (mut parts, body) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        // A signal between sidecar and gateway, never the client's to see.
+        parts.headers.remove(headers::UNIT_UNAVAILABLE);
         if cookie_unit != Some(link) {
             let c = SetCookie {
                 name: cookie_names::UNIT,

@@ -118,7 +118,6 @@ pub struct Unit {
     pub in_flight: AtomicU64,
     up_since_ms: AtomicU64,
     requests: AtomicU64,
-    passive_window: Mutex<(u64, u32)>,
     check: Mutex<CheckRecord>,
     /// Pooled connections to the unit.
     pub pool: Pool,
@@ -143,7 +142,6 @@ impl Unit {
             in_flight: AtomicU64::new(0),
             up_since_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
-            passive_window: Mutex::new((0, 0)),
             check: Mutex::new(CheckRecord::default()),
             pool: Pool::new(max_idle_connections),
             removed,
@@ -283,26 +281,12 @@ impl Unit {
         self.set_health(Health::Down, why);
     }
 
-    /// A response with status `status` came back: `burst` 5xx answers within `window` take the
-    /// unit out (0 disables).
-    pub fn record_response(&self, status: u16, burst: u32, window: Duration) {
+    /// The unit answered with `status`. Counted, never judged: the app's own 5xx answers say
+    /// nothing about the unit's health (any client can provoke one), so only connection
+    /// failures and the sidecar's unit-unavailable signal take a unit out passively.
+    pub fn record_response(&self, status: u16) {
         self.requests.fetch_add(1, Ordering::Relaxed);
         self.metrics.count_status(status);
-        if status < 500 || burst == 0 {
-            return;
-        }
-        let now = now_ms();
-        let tripped = {
-            let mut w = self.passive_window.lock().expect("passive window poisoned");
-            if now.saturating_sub(w.0) > window.as_millis() as u64 {
-                *w = (now, 0);
-            }
-            w.1 += 1;
-            w.1 >= burst
-        };
-        if tripped {
-            self.record_connection_failure(&format!("{burst} server errors within {window:?}"));
-        }
     }
 
     /// Counts a request in flight; the guard counts it out when dropped.
@@ -526,16 +510,15 @@ mod tests {
     }
 
     #[test]
-    fn a_5xx_burst_takes_a_unit_out() {
+    fn the_apps_server_errors_never_take_a_unit_out() {
         let u = unit("web-0");
         u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
-        for _ in 0..4 {
-            u.record_response(503, 5, Duration::from_secs(10));
+        for _ in 0..1000 {
+            u.record_response(500);
+            u.record_response(503);
         }
         assert_eq!(u.health(), Health::Up);
-        u.record_response(200, 5, Duration::from_secs(10));
-        u.record_response(500, 5, Duration::from_secs(10));
-        assert_eq!(u.health(), Health::Down);
+        assert_eq!(u.status(now_ms(), Duration::ZERO).requests, 2000);
     }
 
     #[test]

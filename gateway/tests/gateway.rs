@@ -685,6 +685,63 @@ async fn readiness_follows_the_unit_list_and_kubernetes_discovery_needs_its_farm
     .await;
 }
 
+/// An attacker who finds requests the app answers with 5xx (or an app that forges the
+/// sidecar's unit-unavailable signal) takes no unit out: only connection failures and the
+/// sidecar's own signal do. Checks are made rare, so only passive detection could act.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_5xx_and_forged_signals_eject_no_unit() {
+    let db = TestDb::new().await;
+    let units = three_units(&db).await;
+    let gw = GatewayProc::start(&flags(&units), &["--check-interval", "60s"]).await;
+    gw.wait_up(3).await;
+    let mut shopper = Browser::new();
+    let home = shopper.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        shopper
+            .post(&gw.url(&format!("/_unit/{home}/cart/add?item=fig")))
+            .await
+            .status,
+        200
+    );
+
+    // A bounded burst: 40 cookieless requests (spread over every unit) and 40 aimed at one
+    // unit, all answered 500 by the app, then 20 forged unit-unavailable answers on that unit.
+    let client = reqwest::Client::new();
+    for i in 0..80 {
+        let path = if i % 2 == 0 {
+            "/fail".to_owned()
+        } else {
+            format!("/_unit/{home}/fail")
+        };
+        let r = client.get(gw.url(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 500, "the app's answer reaches the client");
+    }
+    for _ in 0..20 {
+        let r = client
+            .get(gw.url(&format!("/_unit/{home}/forged-unavailable")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(
+            !r.headers().contains_key("x-stickyfarm-unit-unavailable"),
+            "the signal never reaches a client"
+        );
+    }
+    for u in &units {
+        let status = gw.unit_status(&u.sidecar.unit).await;
+        assert_eq!(status["state"], "up", "{status}");
+    }
+    // Honest traffic goes on where it was.
+    let cart = shopper.get(&gw.url(&format!("/_unit/{home}/cart"))).await;
+    assert_eq!(cart.status, 200, "{}", cart.body);
+    assert_eq!(cart.json()["unit"], home.as_str());
+    assert_eq!(cart.json()["items"], json!(["fig"]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_unit_whose_app_is_gone_fails_over_what_never_reached_the_app() {
     // What a terminating pod looks like for a moment: the app stopped, its sidecar still runs.

@@ -212,6 +212,9 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
         };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    // The unit-unavailable signal is the sidecar's alone: the gateway takes the unit out on it,
+    // so an app (or a client that makes the app echo headers) must not be able to send it.
+    parts.headers.remove(headers::UNIT_UNAVAILABLE);
     // Answer in the client's protocol version, whatever the app spoke to us.
     parts.version = client_version;
 

@@ -595,6 +595,36 @@ async fn health_answer_names_unit_and_instance_and_fails_without_the_app() {
     assert_eq!(page.headers["x-stickyfarm-unit-unavailable"], "app");
 }
 
+/// The unit-unavailable signal takes a unit out at the gateway, so only the sidecar may send
+/// it: an app that sets it (or echoes a client's header) has it removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_cannot_send_the_unit_unavailable_signal() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-8", &db.url, &[]).await;
+    let mut browser = Browser::new();
+    let page = browser.get(&a.sidecar.url("/forged-unavailable")).await;
+    assert_eq!(page.status, 503, "the app's own answer stands");
+    assert!(page.body.contains("the app says"), "{}", page.body);
+    assert!(
+        !page.headers.contains_key("x-stickyfarm-unit-unavailable"),
+        "{:?}",
+        page.headers
+    );
+    // The sidecar still speaks for itself when the app is really gone.
+    a.app.stop();
+    eventually(
+        Duration::from_secs(5),
+        "the sidecar's own signal",
+        || async {
+            let page = Browser::new().get(&a.sidecar.url("/echo")).await;
+            page.headers
+                .get("x-stickyfarm-unit-unavailable")
+                .is_some_and(|v| v == "app")
+        },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_sessions_are_swept_from_postgres() {
     let db = TestDb::new().await;

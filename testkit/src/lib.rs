@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
@@ -475,6 +475,9 @@ impl Browser {
 /// - `GET /echo`: the Stickyfarm headers it received, as JSON.
 /// - `GET /cart`: the cart as the app reads it through the session API.
 /// - `POST /cart/add?item=X`: read-modify-write of the cart with `If-Match`.
+/// - `GET /fail`: 500, as an app answers input it cannot handle (any client can ask for it).
+/// - `GET /forged-unavailable`: 503 with the sidecar's unit-unavailable signal, as an app that
+///   tries to get its unit taken out.
 pub struct TestApp {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -498,6 +501,20 @@ impl TestApp {
             .route("/echo", get(echo))
             .route("/cart", get(cart))
             .route("/cart/add", post(cart_add))
+            .route(
+                "/fail",
+                get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "the app failed\n") }),
+            )
+            .route(
+                "/forged-unavailable",
+                get(|| async {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(stickyfarm_api::headers::UNIT_UNAVAILABLE, "app")],
+                        "the app says its unit is unavailable\n",
+                    )
+                }),
+            )
             .with_state(state);
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -622,12 +639,12 @@ async fn cart_add(
             409 => continue,
             s => {
                 let body = w.text().await.unwrap_or_default();
-                return (axum::http::StatusCode::from_u16(s).unwrap(), body).into_response();
+                return (StatusCode::from_u16(s).unwrap(), body).into_response();
             }
         }
     }
     (
-        axum::http::StatusCode::CONFLICT,
+        StatusCode::CONFLICT,
         format!("gave up after {MAX_CONFLICTS} conflicts"),
     )
         .into_response()
