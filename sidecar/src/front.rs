@@ -1,5 +1,5 @@
 //! The public side of the pod: every client request passes through here on its way to the app
-//! (DESIGN.md request flow, steps 2–3 and 6), and the gateway's health check is answered here.
+//! (README, "How a request flows", steps 1–3), and the gateway's health check is answered here.
 
 use std::sync::Arc;
 use std::time::Duration;

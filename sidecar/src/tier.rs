@@ -2,7 +2,7 @@
 //! rules. This is the library a Rust app can embed in-process; the sidecar binary is a thin
 //! HTTP shell over it.
 //!
-//! Freshness rules (DESIGN.md, "goes further than the patent"):
+//! Freshness rules (where Stickyfarm goes further than the patent; README, "How a request flows"):
 //! 1. A client whose instance cookie names another instance gets the session reloaded (the
 //!    patent's instance-id check).
 //! 2. A client that proves a newer generation than the cached copy gets it reloaded.
