@@ -3,7 +3,7 @@
 //! the API server's and the controller manager's, not a mock's. No node runs pods here: pod
 //! readiness is simulated by patching pod status.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -43,7 +43,12 @@ async fn apply_farm(client: &Client, ns: &str, farm: &Value) -> anyhow::Result<S
         .await?)
 }
 
-async fn names<K>(client: &Client, ns: &str, selector: &str) -> anyhow::Result<BTreeSet<String>>
+/// Name → UID of the objects of one kind that match `selector`.
+async fn uids<K>(
+    client: &Client,
+    ns: &str,
+    selector: &str,
+) -> anyhow::Result<BTreeMap<String, String>>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -56,8 +61,18 @@ where
         .await?
         .items
         .iter()
-        .map(|o| o.name_any())
+        .map(|o| (o.name_any(), o.uid().unwrap_or_default()))
         .collect())
+}
+
+async fn names<K>(client: &Client, ns: &str, selector: &str) -> anyhow::Result<BTreeSet<String>>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(uids::<K>(client, ns, selector).await?.into_keys().collect())
 }
 
 fn set(names: &[&str]) -> BTreeSet<String> {
@@ -393,51 +408,45 @@ async fn every_example_becomes_its_objects_and_pods() -> anyhow::Result<()> {
 }
 
 /// UIDs of the farm `shop`'s objects that outlive scaling to 2 units (kind/name → UID).
-async fn lasting_uids(
-    client: &Client,
-    ns: &str,
-) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    async fn uids<K>(
-        client: &Client,
-        ns: &str,
-        names: &[&str],
-        out: &mut std::collections::BTreeMap<String, String>,
-    ) -> anyhow::Result<()>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
-        let api: Api<K> = Api::namespaced(client.clone(), ns);
-        for name in names {
-            let uid = api.get(name).await?.uid().unwrap_or_default();
-            out.insert(format!("{}/{name}", K::kind(&())), uid);
-        }
-        Ok(())
-    }
-    let mut out = std::collections::BTreeMap::new();
-    uids::<Secret>(client, ns, &["shop-db"], &mut out).await?;
-    uids::<StatefulSet>(client, ns, &["shop", "shop-db"], &mut out).await?;
-    uids::<Deployment>(client, ns, &["shop-gateway"], &mut out).await?;
-    uids::<Service>(
-        client,
-        ns,
-        &["shop-0", "shop-1", "shop-units", "shop-gateway", "shop-db"],
-        &mut out,
-    )
-    .await?;
-    uids::<ServiceAccount>(client, ns, &["shop-gateway"], &mut out).await?;
-    uids::<Role>(client, ns, &["shop-gateway"], &mut out).await?;
-    uids::<RoleBinding>(client, ns, &["shop-gateway"], &mut out).await?;
-    uids::<NetworkPolicy>(
-        client,
-        ns,
-        &["shop-units", "shop-gateway", "shop-db"],
-        &mut out,
-    )
-    .await?;
-    uids::<PodDisruptionBudget>(client, ns, &["shop-units"], &mut out).await?;
+async fn lasting_uids(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    const FARM: &str = "stickyfarm.dev/farm=shop";
+    let kinds = [
+        ("Secret", uids::<Secret>(client, ns, FARM).await?),
+        ("StatefulSet", uids::<StatefulSet>(client, ns, FARM).await?),
+        ("Deployment", uids::<Deployment>(client, ns, FARM).await?),
+        ("Service", uids::<Service>(client, ns, FARM).await?),
+        (
+            "ServiceAccount",
+            uids::<ServiceAccount>(client, ns, FARM).await?,
+        ),
+        ("Role", uids::<Role>(client, ns, FARM).await?),
+        ("RoleBinding", uids::<RoleBinding>(client, ns, FARM).await?),
+        (
+            "NetworkPolicy",
+            uids::<NetworkPolicy>(client, ns, FARM).await?,
+        ),
+        (
+            "PodDisruptionBudget",
+            uids::<PodDisruptionBudget>(client, ns, FARM).await?,
+        ),
+    ];
+    let out: BTreeMap<String, String> = kinds
+        .into_iter()
+        .flat_map(|(kind, found)| {
+            found
+                .into_iter()
+                .map(move |(n, u)| (format!("{kind}/{n}"), u))
+        })
+        // Units 2, 3, 4 go with the scale-down to 2.
+        .filter(|(key, _)| {
+            !["Service/shop-2", "Service/shop-3", "Service/shop-4"].contains(&key.as_str())
+        })
+        .collect();
+    // Every kind is there: an object missing its farm label would silently escape the check.
+    anyhow::ensure!(
+        out.len() == 16,
+        "expected the farm's 16 lasting objects, found {out:?}"
+    );
     Ok(out)
 }
 
