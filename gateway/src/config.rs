@@ -120,6 +120,26 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_UPSTREAM_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
 
+    /// Passive ejection never takes out more than this share (percent) of the units: the rest
+    /// keep serving whatever requests suggest. At least one unit may be ejected; 0 turns
+    /// passive ejection off (active checks still apply).
+    #[arg(long, env = "STICKYFARM_MAX_EJECTION_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_ejection_percent: u8,
+
+    /// A passively ejected unit stays out at least this long, the n-th ejection in a row n
+    /// times as long; then its active checks bring it back.
+    #[arg(long, env = "STICKYFARM_EJECTION_TIME", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub ejection_time: Duration,
+
+    /// The longest passive ejection.
+    #[arg(long, env = "STICKYFARM_MAX_EJECTION_TIME", default_value = "300s", value_parser = humantime::parse_duration)]
+    pub max_ejection_time: Duration,
+
+    /// Requests in a row that get no answer within --upstream-timeout count as one passive
+    /// failure of their unit.
+    #[arg(long, env = "STICKYFARM_TIMEOUTS_TO_EJECT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub timeouts_to_eject: u32,
+
     /// Further units tried when a request could not be delivered.
     #[arg(long, env = "STICKYFARM_MAX_RETRIES", default_value_t = 2)]
     pub max_retries: u32,

@@ -35,7 +35,7 @@ use crate::health::CheckConfig;
 use crate::kubernetes::KubernetesSource;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::units::Farm;
+use crate::units::{EjectionPolicy, Farm};
 
 /// The gateway could not start.
 #[derive(Debug, Error)]
@@ -119,6 +119,12 @@ impl Gateway {
         let farm = Arc::new(Farm::new(
             metrics.clone(),
             config.max_idle_connections,
+            EjectionPolicy {
+                max_percent: config.max_ejection_percent,
+                base_time: config.ejection_time,
+                max_time: config.max_ejection_time.max(config.ejection_time),
+                timeouts: config.timeouts_to_eject,
+            },
             stop.clone(),
         ));
         let checks = Arc::new(CheckConfig {

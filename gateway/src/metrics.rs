@@ -33,7 +33,9 @@ pub struct Metrics {
     checks_ok: Family<UnitLabel, Counter>,
     checks_failed: Family<UnitLabel, Counter>,
     passive_failures: Family<UnitLabel, Counter>,
+    ejections: Family<UnitLabel, Counter>,
     replacements: Family<UnitLabel, Counter>,
+    pub(crate) ejections_refused: Counter,
     failovers: Counter,
     retries: Counter,
     refused: Family<KindLabel, Counter>,
@@ -47,6 +49,7 @@ pub struct UnitMetrics {
     pub(crate) checks_ok: Counter,
     pub(crate) checks_failed: Counter,
     pub(crate) passive_failures: Counter,
+    pub(crate) ejections: Counter,
     pub(crate) replacements: Counter,
     responses: [Counter; 5],
 }
@@ -77,7 +80,9 @@ impl Metrics {
             checks_ok: Family::default(),
             checks_failed: Family::default(),
             passive_failures: Family::default(),
+            ejections: Family::default(),
             replacements: Family::default(),
+            ejections_refused: Counter::default(),
             failovers: Counter::default(),
             retries: Counter::default(),
             refused: Family::default(),
@@ -110,8 +115,18 @@ impl Metrics {
         );
         registry.register(
             "passive_failures",
-            "Units taken out by failed requests (connect errors, resets, the sidecar's unit-unavailable signal)",
+            "Failed requests that prove a unit broken (connect errors, resets, repeated timeouts, the sidecar's unit-unavailable signal)",
             m.passive_failures.clone(),
+        );
+        registry.register(
+            "ejections",
+            "Units taken out of service by passive failures",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "ejections_refused",
+            "Passive failures that took no unit out because --max-ejection-percent of the units were already out",
+            m.ejections_refused.clone(),
         );
         registry.register(
             "unit_replacements",
@@ -152,6 +167,7 @@ impl Metrics {
             checks_ok: self.checks_ok.get_or_create(&l).clone(),
             checks_failed: self.checks_failed.get_or_create(&l).clone(),
             passive_failures: self.passive_failures.get_or_create(&l).clone(),
+            ejections: self.ejections.get_or_create(&l).clone(),
             replacements: self.replacements.get_or_create(&l).clone(),
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| self.responses.get_or_create(&class(c)).clone()),
@@ -169,6 +185,10 @@ impl Metrics {
 
     pub(crate) fn failover(&self) {
         self.failovers.inc();
+    }
+
+    pub(crate) fn ejection_refused(&self) {
+        self.ejections_refused.inc();
     }
 
     pub(crate) fn retry(&self) {

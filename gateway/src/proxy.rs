@@ -455,7 +455,7 @@ impl Proxy {
                 Ok(c) => c,
                 Err(e) => {
                     // Nothing was sent: safe to try a backup whatever the method.
-                    unit.record_connection_failure(&e.to_string());
+                    self.farm.record_passive_failure(&unit, &e.to_string());
                     continue;
                 }
             };
@@ -467,6 +467,9 @@ impl Proxy {
                 Ok(r) => r,
                 Err(_) => {
                     tracing::warn!(unit = %unit.name(), "unit did not answer in time");
+                    // The request may be at work in the app: never replayed. Timeouts in a row
+                    // count as a passive failure (within the ejection cap).
+                    self.farm.record_timeout(&unit, self.s.upstream_timeout);
                     return text_response(
                         StatusCode::GATEWAY_TIMEOUT,
                         "the unit did not answer in time",
@@ -477,7 +480,10 @@ impl Proxy {
                 Ok(resp) if resp.headers().contains_key(headers::UNIT_UNAVAILABLE) => {
                     // The unit's app refused the sidecar's connection: the request never reached
                     // it, so any method may go to a backup (when we still hold the request).
-                    unit.record_connection_failure("the unit's app is not accepting connections");
+                    self.farm.record_passive_failure(
+                        &unit,
+                        "the unit's app is not accepting connections",
+                    );
                     match &replay {
                         Some(r) => outbound = r.request(),
                         None => {
@@ -511,16 +517,18 @@ impl Proxy {
                             if reused && !stale_retry_used {
                                 fresh_on_same_unit = true;
                             } else {
-                                unit.record_connection_failure(&e.into_error().to_string());
+                                self.farm
+                                    .record_passive_failure(&unit, &e.into_error().to_string());
                             }
                         }
                         None => {
                             reached_a_unit = true;
                             let err = e.into_error();
                             if !reused {
-                                unit.record_connection_failure(&format!(
-                                    "failed during a request: {err}"
-                                ));
+                                self.farm.record_passive_failure(
+                                    &unit,
+                                    &format!("failed during a request: {err}"),
+                                );
                             }
                             match replay.as_ref().filter(|_| idempotent) {
                                 Some(r) => {

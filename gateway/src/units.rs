@@ -4,7 +4,7 @@
 //! through atomics; only health checks and membership changes write.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -108,6 +108,63 @@ pub struct CheckRecord {
     pub instance: Option<InstanceId>,
 }
 
+/// Passive ejection (outlier detection, as Envoy calls it): how far requests that prove a unit
+/// broken may take units out of service. Clients can provoke some of those signals (a slow
+/// request times out), so passive detection alone never empties the farm: at most
+/// `max_percent` of the units are out at once, and a unit ejected again soon after coming back
+/// stays out longer each time. Only active checks bring an ejected unit back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EjectionPolicy {
+    /// Share of the units (0–100) that may be out of service when passive detection ejects
+    /// another; at least one unit may always be ejected, 0 turns passive ejection off.
+    pub max_percent: u8,
+    /// How long the first ejection lasts at least; the n-th in a row lasts n times as long.
+    pub base_time: Duration,
+    /// The longest ejection; a unit that served this long since it came back starts over.
+    pub max_time: Duration,
+    /// Consecutive timeouts that count as one passive failure (any answer resets the count).
+    pub timeouts: u32,
+}
+
+impl Default for EjectionPolicy {
+    fn default() -> Self {
+        EjectionPolicy {
+            max_percent: 50,
+            base_time: Duration::from_secs(5),
+            max_time: Duration::from_secs(300),
+            timeouts: 5,
+        }
+    }
+}
+
+impl EjectionPolicy {
+    /// How many of `units` may be out of service at once for passive ejection to take one more.
+    pub fn cap(&self, units: usize) -> usize {
+        if self.max_percent == 0 {
+            return 0;
+        }
+        (units * usize::from(self.max_percent.min(100)) / 100).max(1)
+    }
+
+    /// How long the `n`-th ejection in a row lasts (n ≥ 1).
+    pub fn ejection_time(&self, n: u32) -> Duration {
+        self.base_time.saturating_mul(n.max(1)).min(self.max_time)
+    }
+}
+
+/// What a passive failure did to its unit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ejection {
+    /// Taken out for at least this long.
+    Ejected(Duration),
+    /// Already out of service.
+    AlreadyOut,
+    /// Kept in service: the cap of units out was reached.
+    CapReached,
+    /// Counted, not (yet) a reason to eject (a timeout below the threshold).
+    Counted,
+}
+
 /// One unit at run time.
 pub struct Unit {
     /// As discovered.
@@ -118,6 +175,11 @@ pub struct Unit {
     pub in_flight: AtomicU64,
     up_since_ms: AtomicU64,
     requests: AtomicU64,
+    /// A passively ejected unit stays out until then (Unix ms), whatever its checks say.
+    ejected_until_ms: AtomicU64,
+    /// Ejections in a row (the multiplier of the ejection time).
+    ejections: AtomicU32,
+    consecutive_timeouts: AtomicU32,
     check: Mutex<CheckRecord>,
     /// Pooled connections to the unit.
     pub pool: Pool,
@@ -142,6 +204,9 @@ impl Unit {
             in_flight: AtomicU64::new(0),
             up_since_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            ejections: AtomicU32::new(0),
+            consecutive_timeouts: AtomicU32::new(0),
             check: Mutex::new(CheckRecord::default()),
             pool: Pool::new(max_idle_connections),
             removed,
@@ -193,7 +258,7 @@ impl Unit {
         (elapsed / slow_start.as_millis() as f64).clamp(0.05, 1.0)
     }
 
-    fn set_health(&self, to: Health, reason: &str) {
+    fn set_health(&self, now: u64, to: Health, reason: &str) {
         let code = match to {
             Health::Unknown => 0,
             Health::Up => 1,
@@ -204,7 +269,7 @@ impl Unit {
             return;
         }
         if to == Health::Up {
-            self.up_since_ms.store(now_ms(), Ordering::Relaxed);
+            self.up_since_ms.store(now, Ordering::Relaxed);
         }
         self.metrics.up.set(i64::from(to == Health::Up));
         self.metrics.state_changes.inc();
@@ -219,8 +284,20 @@ impl Unit {
         rise: u32,
         fall: u32,
     ) {
+        self.record_check_at(now_ms(), result, latency, rise, fall);
+    }
+
+    /// [`Unit::record_check`] at a given time (Unix ms).
+    pub fn record_check_at(
+        &self,
+        now: u64,
+        result: Result<CheckOk, String>,
+        latency: Duration,
+        rise: u32,
+        fall: u32,
+    ) {
         let mut c = self.check.lock().expect("check record poisoned");
-        c.last_check_ms = now_ms();
+        c.last_check_ms = now;
         c.last_latency = Some(latency);
         match result {
             Ok(ok) => {
@@ -243,14 +320,17 @@ impl Unit {
                     tracing::info!(unit = %self.spec.name, %old, new = ?ok.instance, "unit replaced by a new instance");
                     self.metrics.replacements.inc();
                     if health == Health::Up {
-                        self.up_since_ms.store(now_ms(), Ordering::Relaxed);
+                        self.up_since_ms.store(now, Ordering::Relaxed);
                     }
                 }
-                // A unit never checked before comes up on its first pass.
-                if health == Health::Unknown || (health == Health::Down && c.consecutive_ok >= rise)
+                // A unit never checked before comes up on its first pass; an ejected one not
+                // before its ejection time is over.
+                let ejected = now < self.ejected_until_ms.load(Ordering::Acquire);
+                if health == Health::Unknown
+                    || (health == Health::Down && c.consecutive_ok >= rise && !ejected)
                 {
                     drop(c);
-                    self.set_health(Health::Up, "checks passed");
+                    self.set_health(now, Health::Up, "checks passed");
                 }
             }
             Err(why) => {
@@ -262,15 +342,16 @@ impl Unit {
                 if health == Health::Unknown || (health == Health::Up && c.consecutive_fail >= fall)
                 {
                     drop(c);
-                    self.set_health(Health::Down, &why);
+                    self.set_health(now, Health::Down, &why);
                 }
             }
         }
     }
 
-    /// A request to the unit failed at the connection level: out of service at once (passive
-    /// check); the active checks bring it back.
-    pub fn record_connection_failure(&self, why: &str) {
+    /// A request proved the unit broken (connection refused or reset, the sidecar's
+    /// unit-unavailable signal): counted and its pooled connections dropped. Whether it is
+    /// taken out is the farm's decision ([`Farm::record_passive_failure`]).
+    fn note_passive_failure(&self, why: &str) {
         {
             let mut c = self.check.lock().expect("check record poisoned");
             c.consecutive_ok = 0;
@@ -278,14 +359,41 @@ impl Unit {
         }
         self.metrics.passive_failures.inc();
         self.pool.clear();
-        self.set_health(Health::Down, why);
+    }
+
+    /// Takes the unit out for the ejection time its record calls for; returns that time.
+    fn eject(&self, now: u64, policy: &EjectionPolicy, why: &str) -> Duration {
+        // Back in service long enough: a new ejection starts the multiplier over.
+        let served_since_return = now.saturating_sub(self.up_since_ms.load(Ordering::Relaxed));
+        let n = if served_since_return >= policy.max_time.as_millis() as u64 {
+            self.ejections.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.ejections.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        let time = policy.ejection_time(n);
+        self.ejected_until_ms
+            .store(now + time.as_millis() as u64, Ordering::Release);
+        {
+            let mut c = self.check.lock().expect("check record poisoned");
+            c.consecutive_ok = 0;
+        }
+        self.metrics.ejections.inc();
+        self.set_health(now, Health::Down, why);
+        time
+    }
+
+    /// A request timed out; returns the timeouts in a row (an answer resets the count).
+    fn count_timeout(&self) -> u32 {
+        self.consecutive_timeouts.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The unit answered with `status`. Counted, never judged: the app's own 5xx answers say
     /// nothing about the unit's health (any client can provoke one), so only connection
-    /// failures and the sidecar's unit-unavailable signal take a unit out passively.
+    /// failures, repeated timeouts and the sidecar's unit-unavailable signal take a unit out.
     pub fn record_response(&self, status: u16) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.consecutive_timeouts.store(0, Ordering::Relaxed);
         self.metrics.count_status(status);
     }
 
@@ -318,6 +426,9 @@ impl Unit {
             in_flight: self.in_flight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             instance: c.instance.or(self.spec.instance).map(|i| i.to_string()),
+            ejected_until_unix_ms: Some(self.ejected_until_ms.load(Ordering::Acquire))
+                .filter(|until| *until > now),
+            ejections: self.ejections.load(Ordering::Relaxed),
             weight: if self.health() == Health::Up {
                 self.weight(now, slow_start)
             } else {
@@ -370,6 +481,12 @@ pub struct UnitStatus {
     pub requests: u64,
     /// The instance id (pod UID) reported or expected.
     pub instance: Option<String>,
+    /// Until when a passive ejection keeps the unit out (while it does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejected_until_unix_ms: Option<u64>,
+    /// Passive ejections in a row (each lasts longer than the one before).
+    #[serde(default)]
+    pub ejections: u32,
     /// Current share of new sessions (slow start ramps it from 0.05 to 1).
     pub weight: f64,
     /// Why the last check or request failed.
@@ -389,6 +506,9 @@ pub struct Farm {
     members: ArcSwap<Members>,
     metrics: Arc<Metrics>,
     max_idle_connections: usize,
+    ejection: EjectionPolicy,
+    /// Serialises ejection decisions, so concurrent failures cannot together pass the cap.
+    ejecting: Mutex<()>,
     stop: CancellationToken,
 }
 
@@ -397,14 +517,60 @@ impl Farm {
     pub fn new(
         metrics: Arc<Metrics>,
         max_idle_connections: usize,
+        ejection: EjectionPolicy,
         stop: CancellationToken,
     ) -> Farm {
         Farm {
             members: ArcSwap::from_pointee(Members::default()),
             metrics,
             max_idle_connections,
+            ejection,
+            ejecting: Mutex::new(()),
             stop,
         }
+    }
+
+    /// A request proved `unit` broken: it is taken out unless it is out already or the cap of
+    /// units out of service is reached (then it keeps serving; its active checks decide).
+    pub fn record_passive_failure(&self, unit: &Unit, why: &str) -> Ejection {
+        self.record_passive_failure_at(now_ms(), unit, why)
+    }
+
+    /// [`Farm::record_passive_failure`] at a given time (Unix ms).
+    pub fn record_passive_failure_at(&self, now: u64, unit: &Unit, why: &str) -> Ejection {
+        unit.note_passive_failure(why);
+        let _deciding = self.ejecting.lock().expect("ejection lock poisoned");
+        if unit.health() == Health::Down {
+            return Ejection::AlreadyOut;
+        }
+        let members = self.members();
+        let out = members
+            .units
+            .values()
+            .filter(|u| u.health() == Health::Down)
+            .count();
+        if out >= self.ejection.cap(members.units.len()) {
+            self.metrics.ejection_refused();
+            tracing::debug!(unit = %unit.name(), out, why, "not ejecting: --max-ejection-percent of the units are out already");
+            return Ejection::CapReached;
+        }
+        Ejection::Ejected(unit.eject(now, &self.ejection, why))
+    }
+
+    /// A request to `unit` got no answer in time: enough of those in a row count as a passive
+    /// failure (a slow answer alone may be the app's work, not a broken unit).
+    pub fn record_timeout(&self, unit: &Unit, after: Duration) -> Ejection {
+        if unit.count_timeout() < self.ejection.timeouts.max(1) {
+            return Ejection::Counted;
+        }
+        unit.consecutive_timeouts.store(0, Ordering::Relaxed);
+        self.record_passive_failure(
+            unit,
+            &format!(
+                "{} requests in a row got no answer within {after:?}",
+                self.ejection.timeouts.max(1)
+            ),
+        )
     }
 
     /// The current membership (lock-free; an `Arc`, so a request may keep it across awaits).
@@ -501,11 +667,177 @@ mod tests {
         assert_eq!(u.health(), Health::Up);
     }
 
+    /// A farm of `n` units `web-0`…, all up.
+    fn farm_of(n: usize, policy: EjectionPolicy) -> Farm {
+        let farm = Farm::new(
+            Arc::new(Metrics::new()),
+            4,
+            policy,
+            CancellationToken::new(),
+        );
+        farm.apply(
+            (0..n)
+                .map(|i| UnitSpec {
+                    name: format!("web-{i}").parse().unwrap(),
+                    address: format!("127.0.0.1:{}", i + 1),
+                    instance: None,
+                    admin: AdminState::Enabled,
+                })
+                .collect(),
+        );
+        for u in farm.members().units.values() {
+            u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
+        }
+        farm
+    }
+
+    fn member(farm: &Farm, name: &str) -> Arc<Unit> {
+        farm.members().units[&name.parse().unwrap()].clone()
+    }
+
     #[test]
     fn passive_failures_take_a_unit_out_at_once() {
-        let u = unit("web-0");
-        u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
-        u.record_connection_failure("connection refused");
+        let farm = farm_of(3, EjectionPolicy::default());
+        let u = member(&farm, "web-0");
+        let e = farm.record_passive_failure(&u, "connection refused");
+        assert_eq!(e, Ejection::Ejected(Duration::from_secs(5)));
+        assert_eq!(u.health(), Health::Down);
+        assert_eq!(
+            farm.record_passive_failure(&u, "connection refused"),
+            Ejection::AlreadyOut
+        );
+    }
+
+    #[test]
+    fn the_cap_is_a_share_of_the_units_and_at_least_one() {
+        let p = |max_percent| EjectionPolicy {
+            max_percent,
+            ..EjectionPolicy::default()
+        };
+        assert_eq!(p(50).cap(1), 1);
+        assert_eq!(p(50).cap(3), 1);
+        assert_eq!(p(50).cap(4), 2);
+        assert_eq!(p(50).cap(9), 4);
+        assert_eq!(p(100).cap(3), 3);
+        assert_eq!(p(250).cap(3), 3, "more than 100 % is 100 %");
+        assert_eq!(p(0).cap(3), 0, "0 turns passive ejection off");
+    }
+
+    #[test]
+    fn passive_failures_never_take_out_more_than_the_cap() {
+        let farm = farm_of(4, EjectionPolicy::default());
+        let results: Vec<Ejection> = (0..4)
+            .map(|i| farm.record_passive_failure(&member(&farm, &format!("web-{i}")), "reset"))
+            .collect();
+        assert!(matches!(results[0], Ejection::Ejected(_)));
+        assert!(matches!(results[1], Ejection::Ejected(_)));
+        assert_eq!(results[2..], [Ejection::CapReached, Ejection::CapReached]);
+        let up = farm
+            .members()
+            .units
+            .values()
+            .filter(|u| u.health() == Health::Up)
+            .count();
+        assert_eq!(up, 2, "half the farm keeps serving");
+        assert_eq!(farm.metrics.ejections_refused.get(), 2);
+        // Units out because their active checks fail count towards the cap too.
+        let farm = farm_of(4, EjectionPolicy::default());
+        for _ in 0..3 {
+            member(&farm, "web-0").record_check(Err("down".into()), Duration::ZERO, 2, 3);
+        }
+        assert!(matches!(
+            farm.record_passive_failure(&member(&farm, "web-1"), "reset"),
+            Ejection::Ejected(_)
+        ));
+        assert_eq!(
+            farm.record_passive_failure(&member(&farm, "web-2"), "reset"),
+            Ejection::CapReached
+        );
+    }
+
+    #[test]
+    fn an_ejected_unit_returns_by_its_checks_after_a_growing_ejection_time() {
+        let policy = EjectionPolicy {
+            base_time: Duration::from_secs(10),
+            max_time: Duration::from_secs(25),
+            ..EjectionPolicy::default()
+        };
+        let farm = farm_of(2, policy);
+        let u = member(&farm, "web-0");
+        let t0 = now_ms();
+        let ok = || Ok(CheckOk::default());
+        let back_after = |start: u64| -> u64 {
+            // Checks pass every second from `start`: when does the unit come back?
+            (1..=60)
+                .map(|s| start + s * 1000)
+                .find(|&t| {
+                    u.record_check_at(t, ok(), Duration::ZERO, 2, 3);
+                    u.health() == Health::Up
+                })
+                .expect("comes back within a minute")
+                - start
+        };
+        assert_eq!(
+            farm.record_passive_failure_at(t0, &u, "reset"),
+            Ejection::Ejected(Duration::from_secs(10))
+        );
+        assert_eq!(
+            back_after(t0),
+            10_000,
+            "passing checks wait out the ejection"
+        );
+        let t1 = t0 + 11_000;
+        assert_eq!(
+            farm.record_passive_failure_at(t1, &u, "reset"),
+            Ejection::Ejected(Duration::from_secs(20)),
+            "ejected again soon after returning: twice as long"
+        );
+        assert_eq!(back_after(t1), 20_000);
+        let t2 = t1 + 21_000;
+        assert_eq!(
+            farm.record_passive_failure_at(t2, &u, "reset"),
+            Ejection::Ejected(Duration::from_secs(25)),
+            "never longer than the maximum"
+        );
+        back_after(t2);
+        // The status table shows the ejection record.
+        assert_eq!(u.status(t2 + 1, Duration::ZERO).ejections, 3);
+        // Failing checks keep it out past the ejection time; passing ones alone bring it back.
+        let t3 = t2 + 25_000 + 400_000;
+        assert!(
+            matches!(
+                farm.record_passive_failure_at(t3, &u, "reset"),
+                Ejection::Ejected(d) if d == Duration::from_secs(10)
+            ),
+            "long in service since: the multiplier starts over"
+        );
+        u.record_check_at(t3 + 30_000, Err("refused".into()), Duration::ZERO, 2, 3);
+        u.record_check_at(t3 + 31_000, ok(), Duration::ZERO, 2, 3);
+        assert_eq!(
+            u.health(),
+            Health::Down,
+            "one pass is below the rise threshold"
+        );
+        u.record_check_at(t3 + 32_000, ok(), Duration::ZERO, 2, 3);
+        assert_eq!(u.health(), Health::Up);
+    }
+
+    #[test]
+    fn only_timeouts_in_a_row_count_as_a_passive_failure() {
+        let farm = farm_of(2, EjectionPolicy::default());
+        let u = member(&farm, "web-0");
+        let after = Duration::from_secs(60);
+        for _ in 0..4 {
+            assert_eq!(farm.record_timeout(&u, after), Ejection::Counted);
+        }
+        u.record_response(200);
+        for _ in 0..4 {
+            assert_eq!(farm.record_timeout(&u, after), Ejection::Counted);
+        }
+        assert!(matches!(
+            farm.record_timeout(&u, after),
+            Ejection::Ejected(_)
+        ));
         assert_eq!(u.health(), Health::Down);
     }
 
@@ -558,7 +890,12 @@ mod tests {
 
     #[test]
     fn membership_changes_keep_state_of_unchanged_units() {
-        let farm = Farm::new(Arc::new(Metrics::new()), 4, CancellationToken::new());
+        let farm = Farm::new(
+            Arc::new(Metrics::new()),
+            4,
+            EjectionPolicy::default(),
+            CancellationToken::new(),
+        );
         let spec = |n: &str, port: u16| UnitSpec {
             name: n.parse().unwrap(),
             address: format!("127.0.0.1:{port}"),

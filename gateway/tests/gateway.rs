@@ -427,7 +427,12 @@ async fn return_failback_sends_clients_home_once_their_unit_recovers() {
 async fn retries_follow_the_method_rules() {
     let a = FakeUnit::start("web-0").await;
     let b = FakeUnit::start("web-1").await;
-    let gw = GatewayProc::start(&[a.flag(), b.flag()], &["--rise", "1"]).await;
+    // Short ejections: this test is about which requests are replayed, not how long units stay out.
+    let gw = GatewayProc::start(
+        &[a.flag(), b.flag()],
+        &["--rise", "1", "--ejection-time", "1s"],
+    )
+    .await;
     gw.wait_up(2).await;
     let client = reqwest::Client::new();
 
@@ -791,5 +796,85 @@ async fn a_unit_whose_app_is_gone_fails_over_what_never_reached_the_app() {
     assert_eq!(resp.status(), 503);
     let body = resp.text().await.unwrap();
     assert!(body.contains("did not reach it"), "{body}");
-    assert_eq!(gw.unit_status(&other.sidecar.unit).await["state"], "down");
+    // One of three units is out already: the ejection cap (50 %, at least one) keeps the
+    // second in service; its active checks, not requests, take it out.
+    assert_eq!(gw.unit_status(&other.sidecar.unit).await["state"], "up");
+    assert_eq!(
+        gw.metric("stickyfarm_gateway_ejections_refused_total", "")
+            .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_eject_units_but_never_more_than_the_cap() {
+    // An attacker who found a slow page makes every unit time out in turn. Timeouts in a row
+    // are passive failures, but passive detection stops at half the farm and the rest serve.
+    let fakes = [
+        FakeUnit::start("web-0").await,
+        FakeUnit::start("web-1").await,
+        FakeUnit::start("web-2").await,
+        FakeUnit::start("web-3").await,
+    ];
+    let flags: Vec<String> = fakes.iter().map(FakeUnit::flag).collect();
+    let gw = GatewayProc::start(
+        &flags,
+        &[
+            "--upstream-timeout",
+            "300ms",
+            "--timeouts-to-eject",
+            "2",
+            "--ejection-time",
+            "60s",
+            "--max-retries",
+            "0",
+        ],
+    )
+    .await;
+    gw.wait_up(4).await;
+    let client = reqwest::Client::new();
+    for unit in ["web-0", "web-1", "web-2", "web-3"] {
+        for _ in 0..2 {
+            let r = client
+                .get(gw.url(&format!("/_unit/{unit}/slow")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 504);
+        }
+    }
+    let states: BTreeMap<String, String> = gw.status().await["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            (
+                u["name"].as_str().unwrap().to_owned(),
+                u["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let down = states.values().filter(|s| *s == "down").count();
+    assert_eq!(down, 2, "at most half the units are ejected: {states:?}");
+    assert_eq!(states["web-0"], "down", "the first timeouts eject");
+    let ejected = gw.unit_status("web-0").await;
+    assert_eq!(ejected["ejections"], 1);
+    assert!(
+        ejected["ejected_until_unix_ms"].as_u64().is_some(),
+        "{ejected}"
+    );
+    assert!(
+        gw.metric("stickyfarm_gateway_ejections_refused_total", "")
+            .await
+            >= 1.0
+    );
+
+    // Honest shoppers are served by the units still in service.
+    for _ in 0..20 {
+        let r = client.get(gw.url("/")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let echo: serde_json::Value = r.json().await.unwrap();
+        let unit = echo["unit"].as_str().unwrap();
+        assert_eq!(states[unit], "up", "{unit} answered");
+    }
 }
