@@ -385,3 +385,87 @@ async fn twenty_shoppers_lose_nothing_while_a_unit_is_killed_and_restarted() {
     let status = farm.farmctl(&["status"]).unwrap();
     assert!(status.contains("webstore-1"), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
+    let db = TestDb::new().await;
+    let farm = Farm::up(Some(&db.url)).await;
+    let mut attacker = Browser::new();
+    let me = shop(
+        &mut attacker,
+        reqwest::Method::GET,
+        &format!("{}/api/whoami", farm.url),
+        None,
+    )
+    .await
+    .json();
+    let base = me["unit_url"].as_str().unwrap().to_owned();
+    let post = reqwest::Method::POST;
+    let put = reqwest::Method::PUT;
+    let items = format!("{base}/api/cart/items");
+    let tea = format!("{base}/api/cart/items/tea");
+    let p = shop(
+        &mut attacker,
+        post.clone(),
+        &items,
+        Some(json!({"sku": "tea", "qty": 1})),
+    )
+    .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+
+    // 1 + u32::MAX once wrapped to a line of 0 that made every checkout of the cart fail in
+    // the database (503), and a burst of those ejected units.
+    let crafted = [
+        (post.clone(), &items, json!({"sku": "tea", "qty": u32::MAX})),
+        (put.clone(), &tea, json!({"qty": u32::MAX})),
+        (put.clone(), &tea, json!({"qty": 100})),
+        (put.clone(), &tea, json!({"qty": -1})),
+        (post.clone(), &items, json!({"sku": "tea", "qty": 1e12})),
+    ];
+    for round in 0..12 {
+        for (method, url, body) in &crafted {
+            let p = shop(&mut attacker, method.clone(), url, Some(body.clone())).await;
+            assert!(
+                (400..500).contains(&p.status),
+                "{method} {body}: {} {}",
+                p.status,
+                p.body
+            );
+            if round == 0 && body["qty"] == json!(u32::MAX) {
+                assert_eq!(p.status, 422);
+                assert!(p.body.contains("limit of 99"), "{}", p.body);
+            }
+        }
+    }
+    let cart = shop(
+        &mut attacker,
+        reqwest::Method::GET,
+        &format!("{base}/api/cart"),
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(
+        cart["items"],
+        json!({"tea": 1}),
+        "refused input changed nothing"
+    );
+
+    // No unit left service, and the cart checks out with what was accepted.
+    let status: Value =
+        serde_json::from_str(&farm.farmctl(&["status", "--json"]).unwrap()).unwrap();
+    for u in status["units"].as_array().unwrap() {
+        assert_eq!(u["state"], "up", "{u}");
+    }
+    let order = shop(&mut attacker, post, &format!("{base}/api/checkout"), None).await;
+    assert_eq!(order.status, 200, "{}", order.body);
+    let rows: Vec<(String, i32)> = sqlx::query_as(
+        "SELECT i.sku, i.qty FROM webstore_order_items i JOIN webstore_orders o ON o.id = i.order_id
+          WHERE o.id = $1",
+    )
+    .bind(order.json()["id"].as_i64().unwrap())
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![("tea".into(), 1)]);
+}

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::shop::{CATALOG, product, total_cents};
+use crate::shop::{CATALOG, MAX_QTY, check_cart, product, total_cents};
 use crate::state::{CART, Cart, LOGIN, Login, SessionApi, StateError, Visit};
 
 /// Shared state of the shop.
@@ -76,6 +76,20 @@ impl From<StateError> for ShopError {
 
 impl From<sqlx::Error> for ShopError {
     fn from(e: sqlx::Error) -> Self {
+        // A constraint the order broke is about what the client sent: its answer says which,
+        // and it is never a reason to take the unit out of service.
+        if let Some(db) = e.as_database_error()
+            && !matches!(db.kind(), sqlx::error::ErrorKind::Other)
+        {
+            tracing::info!(error = %db, "an order broke a database constraint");
+            return ShopError(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!(
+                    "the order was refused: {}",
+                    db.constraint().unwrap_or("a database constraint")
+                ),
+            );
+        }
         tracing::warn!(error = %e, "order database failed");
         ShopError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -91,8 +105,16 @@ fn bad_sku(sku: &str) -> ShopError {
     )
 }
 
-/// Largest quantity of one product in a cart.
-const MAX_QTY: u32 = 99;
+/// A quantity a client asked for: at most [`MAX_QTY`] (0 removes a line where that is allowed).
+fn quantity(qty: u32) -> Result<u32, ShopError> {
+    if qty > MAX_QTY {
+        return Err(ShopError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("quantity {qty} is over the limit of {MAX_QTY} per product"),
+        ));
+    }
+    Ok(qty)
+}
 
 fn money(cents: u64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
@@ -220,9 +242,10 @@ async fn change_cart(
     Ok(shop.sessions.update::<Cart, _>(v, CART, change).await?)
 }
 
+/// Adds to a line; the line never goes past [`MAX_QTY`] whatever the cart held before.
 fn add(cart: &mut Cart, sku: &str, qty: u32) {
     let line = cart.0.entry(sku.to_owned()).or_default();
-    *line = (*line + qty).min(MAX_QTY);
+    *line = line.saturating_add(qty).min(MAX_QTY);
 }
 
 fn set(cart: &mut Cart, sku: &str, qty: u32) {
@@ -239,7 +262,8 @@ async fn cart_add_form(
     Form(f): Form<LineForm>,
 ) -> Result<Redirect, ShopError> {
     let v = Visit::from_headers(&h)?;
-    change_cart(&shop, &v, &f.sku, |c| add(c, &f.sku, f.qty.max(1))).await?;
+    let qty = quantity(f.qty)?.max(1);
+    change_cart(&shop, &v, &f.sku, |c| add(c, &f.sku, qty)).await?;
     Ok(Redirect::to(&format!("{}/cart", v.base)))
 }
 
@@ -249,7 +273,8 @@ async fn cart_set_form(
     Form(f): Form<LineForm>,
 ) -> Result<Redirect, ShopError> {
     let v = Visit::from_headers(&h)?;
-    change_cart(&shop, &v, &f.sku, |c| set(c, &f.sku, f.qty)).await?;
+    let qty = quantity(f.qty)?;
+    change_cart(&shop, &v, &f.sku, |c| set(c, &f.sku, qty)).await?;
     Ok(Redirect::to(&format!("{}/cart", v.base)))
 }
 
@@ -289,12 +314,9 @@ async fn logout_form(State(shop): State<Arc<Shop>>, h: HeaderMap) -> Result<Redi
 /// meanwhile. Retrying the same checkout returns the same order.
 async fn checkout(shop: &Shop, v: &Visit) -> Result<shop::Order, ShopError> {
     let (cart, version) = shop.sessions.read::<Cart>(v, CART).await?;
-    if cart.0.is_empty() {
-        return Err(ShopError(
-            StatusCode::BAD_REQUEST,
-            "the cart is empty".into(),
-        ));
-    }
+    // A cart the shop cannot order (empty, or lines no current page could have made) is the
+    // client's to fix: 4xx with the reason, never a database error.
+    check_cart(&cart).map_err(|why| ShopError(StatusCode::BAD_REQUEST, why))?;
     let (login, _) = shop.sessions.read::<Login>(v, LOGIN).await?;
     let customer = (!login.name.is_empty()).then_some(login.name.as_str());
     let order = shop::place_order(&shop.db, &v.session, &cart, version, customer, &v.unit).await?;
@@ -365,7 +387,8 @@ async fn api_add(
     Json(l): Json<AddLine>,
 ) -> Result<Json<serde_json::Value>, ShopError> {
     let v = Visit::from_headers(&h)?;
-    let (cart, version) = change_cart(&shop, &v, &l.sku, |c| add(c, &l.sku, l.qty.max(1))).await?;
+    let qty = quantity(l.qty)?.max(1);
+    let (cart, version) = change_cart(&shop, &v, &l.sku, |c| add(c, &l.sku, qty)).await?;
     Ok(cart_json(&v, &cart, version))
 }
 
@@ -382,7 +405,8 @@ async fn api_set(
     Json(q): Json<SetQty>,
 ) -> Result<Json<serde_json::Value>, ShopError> {
     let v = Visit::from_headers(&h)?;
-    let (cart, version) = change_cart(&shop, &v, &sku, |c| set(c, &sku, q.qty)).await?;
+    let qty = quantity(q.qty)?;
+    let (cart, version) = change_cart(&shop, &v, &sku, |c| set(c, &sku, qty)).await?;
     Ok(cart_json(&v, &cart, version))
 }
 
@@ -402,4 +426,53 @@ async fn api_checkout(
 ) -> Result<Json<shop::Order>, ShopError> {
     let v = Visit::from_headers(&h)?;
     Ok(Json(checkout(&shop, &v).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_are_bounded_and_never_wrap() {
+        let mut cart = Cart::default();
+        add(&mut cart, "tea", 1);
+        add(&mut cart, "tea", MAX_QTY);
+        assert_eq!(cart.0["tea"], MAX_QTY);
+        cart.0.insert("tea".into(), u32::MAX);
+        add(&mut cart, "tea", u32::MAX);
+        assert_eq!(cart.0["tea"], MAX_QTY, "a saturated line, not a wrapped 0");
+        set(&mut cart, "tea", 0);
+        assert!(!cart.0.contains_key("tea"));
+        assert!(quantity(MAX_QTY).is_ok());
+        let refused = quantity(u32::MAX).err().unwrap();
+        assert_eq!(refused.0, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(refused.1.contains("limit of 99"), "{}", refused.1);
+    }
+
+    #[test]
+    fn only_carts_a_shopper_could_make_are_ordered() {
+        let cart =
+            |lines: &[(&str, u32)]| Cart(lines.iter().map(|(s, q)| (s.to_string(), *q)).collect());
+        assert!(check_cart(&cart(&[("tea", 2), ("apple", MAX_QTY)])).is_ok());
+        assert_eq!(check_cart(&cart(&[])).unwrap_err(), "the cart is empty");
+        assert!(
+            check_cart(&cart(&[("tea", 0)]))
+                .unwrap_err()
+                .contains("between 1 and 99")
+        );
+        assert!(
+            check_cart(&cart(&[("tea", 100)]))
+                .unwrap_err()
+                .contains("between 1 and 99")
+        );
+        assert!(
+            check_cart(&cart(&[("caviar", 1)]))
+                .unwrap_err()
+                .contains("caviar")
+        );
+        assert_eq!(
+            total_cents(&cart(&[("coffee", u32::MAX)])),
+            1290 * u64::from(u32::MAX)
+        );
+    }
 }

@@ -60,6 +60,27 @@ pub const CATALOG: &[Product] = &[
     },
 ];
 
+/// Largest quantity of one product in a cart.
+pub const MAX_QTY: u32 = 99;
+
+/// Why a cart cannot be ordered.
+pub fn check_cart(cart: &Cart) -> Result<(), String> {
+    if cart.0.is_empty() {
+        return Err("the cart is empty".into());
+    }
+    for (sku, qty) in &cart.0 {
+        if product(sku).is_none() {
+            return Err(format!("no product {sku:?} in the catalog"));
+        }
+        if !(1..=MAX_QTY).contains(qty) {
+            return Err(format!(
+                "{qty} × {sku}: a quantity must be between 1 and {MAX_QTY}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A product by SKU.
 pub fn product(sku: &str) -> Option<&'static Product> {
     CATALOG.iter().find(|p| p.sku == sku)
@@ -69,8 +90,10 @@ pub fn product(sku: &str) -> Option<&'static Product> {
 pub fn total_cents(cart: &Cart) -> u64 {
     cart.0
         .iter()
-        .filter_map(|(sku, qty)| product(sku).map(|p| p.price_cents * u64::from(*qty)))
-        .sum()
+        .filter_map(|(sku, qty)| {
+            product(sku).map(|p| p.price_cents.saturating_mul(u64::from(*qty)))
+        })
+        .fold(0, u64::saturating_add)
 }
 
 /// Creates the order tables once, even when many shops start at once.
@@ -114,7 +137,7 @@ pub struct Order {
 }
 
 /// Records an order for `cart` at `cart_version`, exactly once: a retried checkout of the same
-/// cart version finds the order it already made.
+/// cart version finds the order it already made. The cart must pass [`check_cart`].
 pub async fn place_order(
     pool: &PgPool,
     session: &str,
