@@ -8,12 +8,14 @@ use uuid::Uuid;
 
 use crate::ContractError;
 
-/// A session id: 128 bits from the operating system's CSPRNG, written as 22 characters of
-/// unpadded base64url (safe in cookies, URLs and headers).
+/// A session id: 128 bits, written as 22 characters of unpadded base64url (safe in cookies,
+/// URLs and headers).
 ///
-/// Ids are only ever minted by [`SessionId::generate`]; a client-chosen id is never adopted
-/// (the sidecar creates a new session when Postgres does not know the presented one). The
-/// all-zero id is reserved for internal probes and never parses.
+/// The sidecar mints the ids it hands to clients (random bits and a keyed tag only it can
+/// verify, see `sidecar/src/issued.rs`); a client-chosen id is never adopted (the sidecar issues
+/// a new one when PostgreSQL does not know the presented one and it did not issue it).
+/// [`SessionId::generate`] makes a fully random id (tests, tools). The all-zero id is reserved
+/// for internal probes and never parses.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SessionId([u8; 16]);
 

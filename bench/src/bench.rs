@@ -204,6 +204,10 @@ impl Bench {
             admin.to_string(),
             "--slow-start".into(),
             "0s".into(),
+            // Load generators send cookieless requests from one address as fast as they can:
+            // the per-address new-session limit would measure itself, not the proxy.
+            "--new-session-rate".into(),
+            "0".into(),
         ];
         for (name, addr) in units {
             args.extend(["--unit".into(), format!("{name}={addr}")]);

@@ -140,6 +140,16 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_TIMEOUTS_TO_EJECT", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub timeouts_to_eject: u32,
 
+    /// New sessions (requests without a session cookie) one client address may start per
+    /// second (an IPv6 client by its /64; behind a proxy set --trust-forwarded so the address
+    /// is the client's, not the proxy's); more get 429. 0 turns the limit off.
+    #[arg(long, env = "STICKYFARM_NEW_SESSION_RATE", default_value_t = 50)]
+    pub new_session_rate: u32,
+
+    /// New sessions one client address may start at once (a first page and its assets).
+    #[arg(long, env = "STICKYFARM_NEW_SESSION_BURST", default_value_t = 200)]
+    pub new_session_burst: u32,
+
     /// Further units tried when a request could not be delivered.
     #[arg(long, env = "STICKYFARM_MAX_RETRIES", default_value_t = 2)]
     pub max_retries: u32,

@@ -11,6 +11,7 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod ratelimit;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -186,6 +187,8 @@ impl Gateway {
                 max_body_size: config.max_body_size.as_u64(),
                 trust_forwarded: config.trust_forwarded,
                 cookie_secure: config.cookie_secure,
+                new_session_rate: config.new_session_rate,
+                new_session_burst: config.new_session_burst,
             },
         ));
 

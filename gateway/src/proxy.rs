@@ -34,6 +34,7 @@ use crate::balance::{self, Candidate, Policy};
 use crate::config::{Addressing, Failback, Scheme};
 use crate::metrics::Metrics;
 use crate::pool::{Sender, UpstreamBody};
+use crate::ratelimit::NewSessionLimit;
 use crate::units::{Farm, InFlight, Members, Unit, now_ms};
 
 /// The body type of every answer the gateway gives.
@@ -66,12 +67,18 @@ pub struct ProxySettings {
     pub trust_forwarded: bool,
     /// `Secure` on the routing cookie.
     pub cookie_secure: bool,
+    /// New sessions (requests without a session cookie) per client address and second; 0: no
+    /// limit.
+    pub new_session_rate: u32,
+    /// New sessions a client address may start at once.
+    pub new_session_burst: u32,
 }
 
 /// The proxy.
 pub struct Proxy {
     farm: Arc<Farm>,
     metrics: Arc<Metrics>,
+    new_sessions: Option<NewSessionLimit>,
     s: ProxySettings,
     turn: AtomicUsize,
 }
@@ -85,6 +92,27 @@ pub enum Addressed {
     Path(UnitName, String),
     /// `<unit>.<farm host>`.
     Host(UnitName),
+}
+
+/// The client's address: the peer's, or with `trust_forwarded` the last hop of
+/// `X-Forwarded-For` (what the trusted proxy in front of the gateway saw).
+pub fn client_address(
+    remote: SocketAddr,
+    headers: &http::HeaderMap,
+    trust_forwarded: bool,
+) -> IpAddr {
+    if trust_forwarded
+        && let Some(ip) = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .next_back()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+    {
+        return ip;
+    }
+    remote.ip()
 }
 
 /// Reads the unit address of a request. `Err` is a client error to refuse.
@@ -183,6 +211,7 @@ impl Proxy {
         Proxy {
             farm,
             metrics,
+            new_sessions: NewSessionLimit::new(s.new_session_rate, s.new_session_burst),
             s,
             turn: AtomicUsize::new(0),
         }
@@ -282,6 +311,22 @@ impl Proxy {
                 .iter()
                 .map(|v| v.as_bytes()),
         );
+        if cookies.session.is_none()
+            && let Some(limit) = &self.new_sessions
+            && !limit.admit(
+                client_address(remote, req.headers(), self.s.trust_forwarded),
+                std::time::Instant::now(),
+            )
+        {
+            let mut r = self.refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                "new_session_rate",
+                "too many new sessions from this address; retry shortly",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return r;
+        }
         let (wanted, explicit, forward_path) = match address {
             Addressed::Path(u, rest) => (Some(u), true, rest),
             Addressed::Host(u) => (Some(u), true, pq),

@@ -878,3 +878,135 @@ async fn timeouts_eject_units_but_never_more_than_the_cap() {
         assert_eq!(states[unit], "up", "{unit} answered");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookieless_requests_store_nothing_until_a_shopper_writes() {
+    // A crawler or a flood of cookieless requests once inserted a session row each.
+    let db = TestDb::new().await;
+    let units = three_units(&db).await;
+    // From one address: the new-session limit (its own test) is off here.
+    let gw = GatewayProc::start(&flags(&units), &["--new-session-rate", "0"]).await;
+    gw.wait_up(3).await;
+    let mut cache_before = 0.0;
+    for u in &units {
+        cache_before += u
+            .sidecar
+            .metric("stickyfarm_sidecar_cache_memory_bytes", "")
+            .await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut flood = Vec::new();
+    for _ in 0..4 {
+        let url = gw.url("/echo");
+        flood.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for _ in 0..1250 {
+                assert!(Instant::now() < deadline, "the flood took too long");
+                let r = client.get(&url).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                assert!(
+                    r.headers()
+                        .get_all("set-cookie")
+                        .iter()
+                        .any(|c| c.to_str().unwrap().starts_with("sf_session=")),
+                    "each still gets a session cookie"
+                );
+            }
+        }));
+    }
+    for f in flood {
+        f.await.unwrap();
+    }
+    assert_eq!(db.session_count().await, 0, "5,000 requests, no row");
+    let (mut issued, mut created, mut cache_after) = (0.0, 0.0, 0.0);
+    for u in &units {
+        issued += u
+            .sidecar
+            .metric("stickyfarm_sidecar_sessions_issued_total", "")
+            .await;
+        created += u
+            .sidecar
+            .metric("stickyfarm_sidecar_sessions_created_total", "")
+            .await;
+        cache_after += u
+            .sidecar
+            .metric("stickyfarm_sidecar_cache_memory_bytes", "")
+            .await;
+    }
+    assert!(issued >= 5000.0, "{issued}");
+    assert_eq!(created, 0.0);
+    assert_eq!(cache_after, cache_before, "and no cache entry");
+
+    // A shopper's first cart write stores exactly one session, under the id it was given.
+    let mut shopper = Browser::new();
+    let home = shopper.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let sid = shopper.cookie("sf_session").unwrap().to_owned();
+    let p = shopper
+        .post(&gw.url(&format!("/_unit/{home}/cart/add?item=fig")))
+        .await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(db.session_count().await, 1);
+    assert!(db.session_exists(&sid).await);
+    assert_eq!(db.table(&sid, "cart").await, Some((1, json!(["fig"]))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_mint_sessions_while_shoppers_go_on() {
+    let a = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(
+        &[a.flag()],
+        &["--new-session-rate", "5", "--new-session-burst", "10"],
+    )
+    .await;
+    gw.wait_up(1).await;
+    let from = |ip: [u8; 4]| {
+        reqwest::Client::builder()
+            .local_address(std::net::IpAddr::from(ip))
+            .build()
+            .unwrap()
+    };
+    // A shopper (127.0.0.3) with a session before the flood starts.
+    let shopper = from([127, 0, 0, 3]);
+    let session = stickyfarm_api::SessionId::generate().to_string();
+    let cookie = format!("sf_session={session}; sf_unit=web-0");
+
+    // The attacker (127.0.0.2): 200 cookieless requests as fast as it can.
+    let attacker = from([127, 0, 0, 2]);
+    let mut codes = BTreeMap::<u16, usize>::new();
+    for _ in 0..200 {
+        let r = attacker.get(gw.url("/")).send().await.unwrap();
+        if r.status() == 429 {
+            assert_eq!(r.headers()["retry-after"], "1");
+        }
+        *codes.entry(r.status().as_u16()).or_default() += 1;
+        // The shopper's requests carry a session: never limited.
+        let s = shopper
+            .get(gw.url("/cart"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(s.status(), 200);
+    }
+    let served = codes.get(&200).copied().unwrap_or(0);
+    assert!(
+        (10..40).contains(&served),
+        "the burst and a few refills are served, the rest refused: {codes:?}"
+    );
+    assert_eq!(
+        served + codes.get(&429).copied().unwrap_or(0),
+        200,
+        "{codes:?}"
+    );
+    // Another address starts its session at once.
+    let newcomer = from([127, 0, 0, 4]).get(gw.url("/")).send().await.unwrap();
+    assert_eq!(newcomer.status(), 200);
+    assert!(
+        gw.metric("stickyfarm_gateway_refused_total", "new_session_rate")
+            .await
+            >= 160.0
+    );
+}

@@ -221,6 +221,11 @@ impl SessionCache {
         self.inner.insert(id, session)
     }
 
+    /// Weight of the copies held in memory (bytes, as the weigher counts them).
+    pub fn memory_usage(&self) -> usize {
+        self.inner.memory().usage()
+    }
+
     /// Drops a copy.
     pub fn remove(&self, id: &SessionId) {
         self.inner.remove(id);

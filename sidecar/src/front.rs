@@ -156,15 +156,23 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     h.insert(headers::UNIT, front.headers.0.clone());
     h.insert(headers::UNIT_URL, value(unit_url.as_str()));
     h.insert(headers::INSTANCE, front.headers.1.clone());
-    h.insert(
-        headers::GENERATION,
-        value(&resolved.session.generation.to_string()),
-    );
+    // A session without state (just issued, or pending its first write) is generation 0 with
+    // no tables: the app sees it exactly like an empty stored one.
+    let empty;
+    let session: &CachedSession = match &resolved.session {
+        Some(e) => e,
+        None => {
+            empty = CachedSession::new(0, Default::default());
+            &empty
+        }
+    };
+    h.insert(headers::GENERATION, value(&session.generation.to_string()));
     if front.snapshot_max > 0
-        && let Some(snap) = resolved.session.snapshot_header(id, front.snapshot_max)
+        && let Some(snap) = session.snapshot_header(id, front.snapshot_max)
     {
         h.insert(headers::SNAPSHOT, value(snap));
     }
+    let served_generation = session.generation;
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -182,8 +190,7 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     let client_version = parts.version;
     parts.version = http::Version::HTTP_11;
     let outbound = Request::from_parts(parts, body);
-    let served_generation = resolved.session.generation;
-    drop(resolved.session);
+    drop(resolved);
 
     let response =
         match tokio::time::timeout(front.app_timeout, front.client.request(outbound)).await {

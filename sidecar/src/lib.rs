@@ -5,6 +5,7 @@
 pub mod cache;
 pub mod config;
 pub mod front;
+pub mod issued;
 pub mod metrics;
 pub mod session_api;
 pub mod store;
@@ -185,7 +186,9 @@ impl Sidecar {
                 "/metrics",
                 get({
                     let m = metrics.clone();
+                    let t = tier.clone();
                     move || async move {
+                        m.set_cache_memory(t.cache().memory_usage());
                         (
                             [(
                                 axum::http::header::CONTENT_TYPE,

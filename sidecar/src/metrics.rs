@@ -61,6 +61,8 @@ pub struct Metrics {
     writes: Family<OutcomeLabel, Counter>,
     write_through_seconds: Histogram,
     sessions_created: Counter,
+    sessions_issued: Counter,
+    cache_memory_bytes: Gauge,
     malformed_cookies: Counter,
     notifications: Counter,
     listener_connected: Gauge,
@@ -87,6 +89,8 @@ impl Metrics {
             // 50 µs .. ~0.8 s
             write_through_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
             sessions_created: Counter::default(),
+            sessions_issued: Counter::default(),
+            cache_memory_bytes: Gauge::default(),
             malformed_cookies: Counter::default(),
             notifications: Counter::default(),
             listener_connected: Gauge::default(),
@@ -134,8 +138,18 @@ impl Metrics {
         );
         registry.register(
             "sessions_created",
-            "New sessions created",
+            "Sessions created in PostgreSQL (on the app's first write to a new session id)",
             m.sessions_created.clone(),
+        );
+        registry.register(
+            "sessions_issued",
+            "New session ids handed to clients (no row or cache entry until the app writes state)",
+            m.sessions_issued.clone(),
+        );
+        registry.register(
+            "cache_memory_bytes",
+            "Weight of the cached sessions held in memory",
+            m.cache_memory_bytes.clone(),
         );
         registry.register(
             "malformed_cookies",
@@ -190,6 +204,13 @@ impl Metrics {
     }
     pub(crate) fn write_through(&self, seconds: f64) {
         self.write_through_seconds.observe(seconds);
+    }
+    /// Records the cache's memory use (read at each scrape).
+    pub fn set_cache_memory(&self, bytes: usize) {
+        self.cache_memory_bytes.set(bytes as i64);
+    }
+    pub(crate) fn session_issued(&self) {
+        self.sessions_issued.inc();
     }
     pub(crate) fn session_created(&self) {
         self.sessions_created.inc();

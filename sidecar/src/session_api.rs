@@ -20,6 +20,7 @@ use serde_json::json;
 use serde_json::value::RawValue;
 use stickyfarm_api::{SessionId, TableName, headers};
 
+use crate::cache::{CachedSession, Entry};
 use crate::store::StoreError;
 use crate::tier::{Precondition, SessionTier, TierError};
 
@@ -134,7 +135,7 @@ async fn get_session(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let s = tier.read(id).await?.ok_or(TierError::SessionNotFound)?;
+    let s = read_or_pending(&tier, id).await?;
     let mut r = (
         [(
             header::CONTENT_TYPE,
@@ -146,6 +147,34 @@ async fn get_session(
     r.headers_mut()
         .insert(headers::GENERATION, HeaderValue::from(s.generation));
     Ok(r)
+}
+
+/// A session as the API shows it: stored, or issued here without state yet (empty).
+enum SessionView {
+    Stored(Entry),
+    Empty(CachedSession),
+}
+
+impl std::ops::Deref for SessionView {
+    type Target = CachedSession;
+    fn deref(&self) -> &CachedSession {
+        match self {
+            SessionView::Stored(e) => e,
+            SessionView::Empty(s) => s,
+        }
+    }
+}
+
+/// The session's state; a session issued here that has no state yet reads as empty.
+async fn read_or_pending(tier: &SessionTier, id: SessionId) -> Result<SessionView, TierError> {
+    match tier.read(id).await? {
+        Some(e) => Ok(SessionView::Stored(e)),
+        None if tier.pending(&id) => Ok(SessionView::Empty(CachedSession::new(
+            0,
+            Default::default(),
+        ))),
+        None => Err(TierError::SessionNotFound),
+    }
 }
 
 async fn delete_session(
@@ -166,7 +195,7 @@ async fn get_table(
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let table = parse_table(&table)?;
-    let s = tier.read(id).await?.ok_or(TierError::SessionNotFound)?;
+    let s = read_or_pending(&tier, id).await?;
     let Some(t) = s.tables.get(table.as_str()) else {
         return Err(ApiError(
             StatusCode::NOT_FOUND,

@@ -199,14 +199,22 @@ impl Store {
         self.observe("ping", r).map(|_| ())
     }
 
-    /// Inserts a new, empty session.
-    pub async fn create_session(&self, id: SessionId, created_by: &str) -> Result<(), StoreError> {
-        let r = sqlx::query("INSERT INTO stickyfarm_sessions (id, created_by) VALUES ($1, $2)")
-            .bind(id.as_uuid())
-            .bind(created_by)
-            .execute(&self.pool)
-            .await;
-        self.observe("create_session", r).map(|_| ())
+    /// Inserts a new, empty session; `false` when a row with this id exists already (live or
+    /// expired: the caller decides).
+    pub async fn create_session(
+        &self,
+        id: SessionId,
+        created_by: &str,
+    ) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "INSERT INTO stickyfarm_sessions (id, created_by) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(id.as_uuid())
+        .bind(created_by)
+        .execute(&self.pool)
+        .await;
+        self.observe("create_session", r)
+            .map(|r| r.rows_affected() == 1)
     }
 
     /// Loads a live (unexpired) session with all its tables, in one consistent snapshot.

@@ -21,8 +21,13 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CachedSession, CachedTable, Entry, SessionCache, unix_now};
+use crate::issued::IssuedIds;
 use crate::metrics::{FlushReason, Metrics};
 use crate::store::{Committed, Invalidation, Store, StoreError, WriteCondition};
+
+fn unix_seconds() -> u64 {
+    unix_now() / 1000
+}
 
 /// Stripes of the per-session lock. Loads, writes and invalidations of one session are
 /// serialised so a load can never re-insert a copy older than an invalidation it raced with.
@@ -68,16 +73,18 @@ pub enum Resolution {
     Cached,
     /// Loaded from PostgreSQL (a miss, or a flush by a freshness rule).
     Loaded,
-    /// A new session was created.
+    /// A new session id was issued (nothing stored until the app writes state).
     Created,
+    /// A session id issued here earlier that has no state yet.
+    Pending,
 }
 
 /// The session of one request.
 pub struct ResolvedSession {
     /// The session id (new when [`Resolution::Created`]).
     pub id: SessionId,
-    /// The cached copy.
-    pub session: Entry,
+    /// The cached copy; `None` for a session without state (created or pending).
+    pub session: Option<Entry>,
     /// How it was found.
     pub resolution: Resolution,
 }
@@ -107,6 +114,8 @@ pub struct SessionTier {
     locks: Box<[Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
     to_touch: StdMutex<HashSet<uuid::Uuid>>,
+    /// Ids issued here, pending their first write for the idle timeout.
+    issued: IssuedIds,
 }
 
 impl SessionTier {
@@ -121,6 +130,7 @@ impl SessionTier {
             cache,
             store,
             metrics,
+            issued: IssuedIds::new(options.idle_timeout),
             options,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
@@ -159,7 +169,8 @@ impl SessionTier {
     }
 
     /// Finds the session of a request from its cookies, applying the freshness rules, and
-    /// creates a new session when there is no usable one. Never adopts a client-chosen id.
+    /// issues a new session id when there is no usable one. Never adopts a client-chosen id.
+    /// A new id costs nothing (no row, no cache entry) until the app writes state to it.
     pub async fn resolve(&self, cookies: &ClientCookies) -> Result<ResolvedSession, TierError> {
         if !cookies.errors.is_empty() {
             self.metrics.malformed_cookie();
@@ -174,22 +185,30 @@ impl SessionTier {
             if let Some((session, resolution)) = self.read_at_least(id, min_generation).await? {
                 return Ok(ResolvedSession {
                     id,
-                    session,
+                    session: Some(session),
                     resolution,
                 });
             }
+            if self.pending(&id) {
+                return Ok(ResolvedSession {
+                    id,
+                    session: None,
+                    resolution: Resolution::Pending,
+                });
+            }
         }
-        let id = SessionId::generate();
-        self.store.create_session(id, &self.options.unit).await?;
-        self.metrics.session_created();
-        let session = self
-            .cache
-            .insert(id, CachedSession::new(0, BTreeMap::new()));
+        let id = self.issued.issue(unix_seconds());
+        self.metrics.session_issued();
         Ok(ResolvedSession {
             id,
-            session,
+            session: None,
             resolution: Resolution::Created,
         })
+    }
+
+    /// Whether `id` was issued here and may still get its first write (it has no state).
+    pub fn pending(&self, id: &SessionId) -> bool {
+        self.issued.pending(id, unix_seconds())
     }
 
     /// Reads a session: from the cache, or loaded from PostgreSQL. `None` when it does not
@@ -258,6 +277,30 @@ impl SessionTier {
         ))
     }
 
+    /// The first write to a pending id creates its session (the caller holds its lock). Any
+    /// other id that PostgreSQL does not know is not found: a client-chosen, expired or
+    /// deleted id never gets a session by a write.
+    async fn create_locked(&self, id: SessionId) -> Result<Entry, TierError> {
+        if !self.pending(&id) {
+            return Err(TierError::SessionNotFound);
+        }
+        if !self.store.create_session(id, &self.options.unit).await? {
+            // Its row exists: made meanwhile (then it loads), or expired and not swept yet (then
+            // the id is spent and never pending again).
+            return match self.load_locked(id).await? {
+                Some(e) => Ok(e),
+                None => {
+                    self.issued.forget(&id, unix_seconds());
+                    Err(TierError::SessionNotFound)
+                }
+            };
+        }
+        self.metrics.session_created();
+        Ok(self
+            .cache
+            .insert(id, CachedSession::new(0, BTreeMap::new())))
+    }
+
     /// Writes one table through to PostgreSQL, then to the cache. Acknowledged (returns) only
     /// after PostgreSQL committed. On a refusal or an outage the cache holds nothing new.
     pub async fn write_table(
@@ -270,10 +313,10 @@ impl SessionTier {
         let _guard = self.lock_for(&id).lock().await;
         let current = match self.cache.get(&id).await {
             Some(e) => e,
-            None => self
-                .load_locked(id)
-                .await?
-                .ok_or(TierError::SessionNotFound)?,
+            None => match self.load_locked(id).await? {
+                Some(e) => e,
+                None => self.create_locked(id).await?,
+            },
         };
         let condition = match precondition {
             Precondition::Version(v) => WriteCondition::Expect(v),
@@ -324,13 +367,19 @@ impl SessionTier {
         let _guard = self.lock_for(&id).lock().await;
         let existed = self.store.delete_session(id).await?;
         self.cache.remove(&id);
+        self.issued.forget(&id, unix_seconds());
         Ok(existed)
     }
 
     /// Applies an invalidation announced by some unit (this one included).
     pub async fn invalidate(&self, inv: Invalidation) {
         let id = match inv {
-            Invalidation::Generation(id, _) | Invalidation::Deleted(id) => id,
+            Invalidation::Generation(id, _) => id,
+            Invalidation::Deleted(id) => {
+                // Deleted anywhere (logout, expiry): a late write here must not bring it back.
+                self.issued.forget(&id, unix_seconds());
+                id
+            }
         };
         let _guard = self.lock_for(&id).lock().await;
         let Some(e) = self.cache.get(&id).await else {

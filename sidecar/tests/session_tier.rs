@@ -25,7 +25,7 @@ async fn put_cart(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn new_session_is_persisted_and_then_served_from_the_cache() {
+async fn a_new_session_is_stored_on_its_first_write_and_then_served_from_the_cache() {
     let db = TestDb::new().await;
     let a = Unit::start("web-0", &db.url, &[]).await;
     let mut browser = Browser::new();
@@ -54,13 +54,22 @@ async fn new_session_is_persisted_and_then_served_from_the_cache() {
     assert_eq!(seen["x-stickyfarm-unit"], "web-0");
     assert_eq!(seen["x-stickyfarm-unit-url"], "/_unit/web-0");
     assert_eq!(seen["x-stickyfarm-instance"], a.sidecar.instance.as_str());
-    // Written through at creation: the row is in PostgreSQL already.
-    assert!(db.session_exists(&sid).await);
+    // Nothing is stored for a session without state; the next request keeps the same id.
+    assert!(!db.session_exists(&sid).await);
+    let again = browser.get(&a.sidecar.url("/echo")).await;
+    assert_eq!(again.json()["x-stickyfarm-session"], sid.as_str());
+    assert!(
+        again
+            .set_cookies()
+            .iter()
+            .all(|c| !c.starts_with("sf_session="))
+    );
 
-    // The app writes the cart through the session API.
+    // The app writes the cart through the session API: the first write stores the session.
     let client = reqwest::Client::new();
     let w = put_cart(&client, &a, &sid, json!(["apple"]), Some("\"0\"")).await;
     assert_eq!(w.status(), 201);
+    assert!(db.session_exists(&sid).await);
     assert_eq!(w.headers()["etag"], "\"1\"");
     assert_eq!(db.table(&sid, "cart").await, Some((1, json!(["apple"]))));
 
@@ -216,7 +225,7 @@ async fn forged_and_malformed_cookies_get_a_fresh_session() {
     let issued = b.cookie("sf_session").unwrap().to_owned();
     assert_ne!(issued, forged);
     assert!(!db.session_exists(&forged).await);
-    assert!(db.session_exists(&issued).await);
+    assert!(!db.session_exists(&issued).await, "no row before state");
 
     // Malformed values of every cookie: 200 and a fresh session, never a 500.
     let sessions_before = db.session_count().await;
@@ -247,7 +256,8 @@ async fn forged_and_malformed_cookies_get_a_fresh_session() {
     }
     assert_eq!(
         db.session_count().await,
-        sessions_before + bad_headers.len() as i64
+        sessions_before,
+        "fresh sessions store nothing until the app writes"
     );
     assert!(
         a.sidecar
@@ -284,9 +294,26 @@ async fn forged_and_malformed_cookies_get_a_fresh_session() {
         .await
         .unwrap();
     assert_eq!(r.status(), 404);
+    // Session fixation: an app write to an id the client chose never creates that session,
+    // nor does a write to an id another unit issued; the id issued here does.
     let r = put_cart(&client, &a, &forged, json!([1]), None).await;
     assert_eq!(r.status(), 404);
     assert!(!db.session_exists(&forged).await);
+    let b_unit = Unit::start("web-1", &db.url, &[]).await;
+    let r = put_cart(&client, &b_unit, &issued, json!([1]), None).await;
+    assert_eq!(r.status(), 404, "web-1 did not issue it");
+    assert!(!db.session_exists(&issued).await);
+    let r = client
+        .put(
+            a.sidecar
+                .api_url(&format!("/v1/sessions/{issued}/tables/prefs")),
+        )
+        .json(&json!({"lang": "en"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert!(db.session_exists(&issued).await);
     // Not JSON, and too large: refused, nothing stored.
     let r = client
         .put(
@@ -430,9 +457,20 @@ async fn parallel_tabs_never_overwrite_each_other() {
     let mut browser = Browser::new();
     browser.get(&a.sidecar.url("/echo")).await;
     let sid = browser.cookie("sf_session").unwrap().to_owned();
+    // The unit that issued the id stores it on a first write (here: another table).
+    let client = reqwest::Client::new();
+    let r = client
+        .put(
+            a.sidecar
+                .api_url(&format!("/v1/sessions/{sid}/tables/prefs")),
+        )
+        .json(&json!({"lang": "en"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
 
     // Two writes with the same precondition: exactly one wins.
-    let client = reqwest::Client::new();
     let (r1, r2) = tokio::join!(
         put_cart(&client, &a, &sid, json!(["tab-1"]), Some("\"0\"")),
         put_cart(&client, &b, &sid, json!(["tab-2"]), Some("\"0\"")),
@@ -501,9 +539,16 @@ async fn database_outage_refuses_writes_serves_cached_reads_and_loses_nothing() 
     let p = browser.get(&a.sidecar.url("/cart")).await;
     assert_eq!(p.status, 200);
     assert_eq!(p.json()["items"], json!(["apple", "pear"]));
-    // A new client cannot get a session that would not be persisted.
+    // A new client is served (its session has no state to store yet), but its first write
+    // is refused like any other: nothing is acknowledged that is not in PostgreSQL.
     let p = Browser::new().get(&a.sidecar.url("/echo")).await;
-    assert_eq!(p.status, 503);
+    assert_eq!(p.status, 200);
+    let newcomer = p.json()["x-stickyfarm-session"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = put_cart(&client, &a, &newcomer, json!(["x"]), Some("\"0\"")).await;
+    assert_eq!(r.status(), 503);
     // The health check reports the database.
     let h = client
         .get(a.sidecar.url("/_stickyfarm/health"))
@@ -645,10 +690,17 @@ async fn expired_sessions_are_swept_from_postgres() {
     )
     .await;
     assert_eq!(db.table(&sid, "cart").await, None, "its tables go with it");
-    // The client's old cookie now gets a new, empty session.
-    let p = browser.get(&a.sidecar.url("/cart")).await;
-    assert_ne!(p.json()["session"], sid.as_str());
-    assert_eq!(p.json()["items"], json!([]));
+    // The client's old cookie now gets a new, empty session (once the unit heard of the sweep;
+    // its id is never honoured again).
+    eventually(
+        Duration::from_secs(10),
+        "the swept id is replaced",
+        || async {
+            let p = browser.clone().get(&a.sidecar.url("/cart")).await;
+            p.json()["session"] != sid.as_str() && p.json()["items"] == json!([])
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -840,7 +892,6 @@ async fn a_configured_session_cookie_name_is_set_and_the_default_one_ignored() {
     // A client that sends the default name is not recognised: it gets a new session.
     let other = browser_with_cookie(&a, &format!("sf_session={sid}")).await;
     assert_ne!(other, sid);
-    assert!(db.session_exists(&other).await);
 
     // A name that collides with Stickyfarm's other cookies is refused at start.
     let out = std::process::Command::new(binary("stickyfarm-sidecar"))
