@@ -240,6 +240,15 @@ pub struct GatewaySettings {
         regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     )]
     pub farm_host: Option<String>,
+    /// The host (and port, when not the scheme's default) clients reach the farm by, e.g.
+    /// `shop.example.com`. Unit links are built from it and never from a client's `Host`
+    /// header; without it path-style unit links are relative (`/_unit/<unit>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 259),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(:[0-9]{1,5})?$")
+    )]
+    pub public_host: Option<String>,
     /// `path` (`/_unit/<unit>/…`) or `host` (`<unit>.<farm host>`).
     #[serde(default)]
     pub unit_addressing: UnitAddressing,
@@ -269,6 +278,7 @@ impl Default for GatewaySettings {
             service_type: ServiceType::default(),
             port: default_gateway_port(),
             farm_host: None,
+            public_host: None,
             unit_addressing: UnitAddressing::default(),
             policy: BalancingPolicy::default(),
             failback: FailbackPolicy::default(),

@@ -328,6 +328,16 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     let gateway = Reach::pod(kc, NS, &gateway_pod, GATEWAY_PORT).await?;
     let gw_admin = Reach::pod(kc, NS, &gateway_pod, GATEWAY_ADMIN_PORT).await?;
     let url = |path: &str| format!("http://{}{path}", gateway.addr);
+    // Without spec.gateway.publicHost the unit links are relative: resolved against the
+    // address this test reaches the gateway by, as a browser would.
+    let link = |unit_url: &Value| -> anyhow::Result<String> {
+        let u = unit_url.as_str().context("unit_url")?;
+        Ok(if u.starts_with('/') {
+            url(u)
+        } else {
+            u.to_owned()
+        })
+    };
     units_up(&gw_admin, 3, Duration::from_secs(60)).await?;
 
     step("shop through the gateway: the catalog, a unit link, the cart");
@@ -353,7 +363,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         me["unit"] == home.as_str(),
         "the unit link reaches {home}: {me}"
     );
-    let home_base = me["unit_url"].as_str().context("unit_url")?.to_owned();
+    let home_base = link(&me["unit_url"])?;
     add_to_cart(&mut b, &home_base, "apple", 2).await?;
     let cart = add_to_cart(&mut b, &home_base, "tea", 1).await?;
     ensure!(
@@ -406,7 +416,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         b.cookie("sf_unit") == Some(backup.as_str()),
         "the client now stays on {backup}"
     );
-    let backup_base = cart["unit_url"].as_str().context("unit_url")?.to_owned();
+    let backup_base = link(&cart["unit_url"])?;
     let cart = add_to_cart(&mut b, &backup_base, "coffee", 3).await?;
     ensure!(
         cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
@@ -506,13 +516,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     let mut late = Browser::new();
     let me = get_json(&mut late, &url(&format!("/_unit/{FARM}-4/api/whoami"))).await?;
     ensure!(me["unit"] == format!("{FARM}-4"), "{me}");
-    add_to_cart(
-        &mut late,
-        me["unit_url"].as_str().context("unit_url")?,
-        "bread",
-        1,
-    )
-    .await?;
+    add_to_cart(&mut late, &link(&me["unit_url"])?, "bread", 1).await?;
     scale(kc, 2)?;
     let removed = [
         format!("{FARM}-2"),
@@ -562,7 +566,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
         "{cart}"
     );
-    let base = cart["unit_url"].as_str().context("unit_url")?.to_owned();
+    let base = link(&cart["unit_url"])?;
 
     step(&format!(
         "kubectl delete pod {FARM}-db-0: writes answer 503, then recover, nothing lost"

@@ -35,10 +35,41 @@ pub struct UpOptions {
     pub port: Option<u16>,
     /// Address the gateway listens on.
     pub address: IpAddr,
+    /// The URL clients reach the farm by (default: the gateway's address over http).
+    pub public_url: Option<reqwest::Url>,
     /// Folder of the Stickyfarm binaries (default: next to farmctl).
     pub bin_dir: Option<PathBuf>,
     /// No periodic status line.
     pub quiet: bool,
+}
+
+/// The scheme and `host[:port]` unit links are built from: `--public-url`, or the gateway's
+/// own address over http.
+fn public_link_base(
+    public_url: Option<&reqwest::Url>,
+    gateway: SocketAddr,
+) -> anyhow::Result<(&'static str, String)> {
+    let Some(url) = public_url else {
+        return Ok(("http", gateway.to_string()));
+    };
+    let scheme = match url.scheme() {
+        "http" => "http",
+        "https" => "https",
+        other => bail!("--public-url must be http or https, not {other}"),
+    };
+    let host = url
+        .host_str()
+        .with_context(|| format!("--public-url {url} names no host"))?;
+    if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
+        bail!("--public-url is scheme://host[:port] only, without a path or user: got {url}");
+    }
+    Ok((
+        scheme,
+        match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_owned(),
+        },
+    ))
 }
 
 /// What a running `farmctl up` tells other farmctl commands (`<state>/farm.json`).
@@ -453,6 +484,13 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let port = opts.port.unwrap_or(g.port.0);
     let gateway_addr = SocketAddr::new(opts.address, port);
     let gateway_admin: SocketAddr = (loopback, free_port(loopback)?).into();
+    let shown_host = if opts.address.is_unspecified() {
+        loopback
+    } else {
+        opts.address
+    };
+    let (public_scheme, public_host) =
+        public_link_base(opts.public_url.as_ref(), SocketAddr::new(shown_host, port))?;
     let mut gw = Command::new(&gateway_bin);
     gw.args(["--listen", &gateway_addr.to_string()])
         .args(["--admin-listen", &gateway_admin.to_string()])
@@ -477,7 +515,9 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         .args([
             "--cookie-secure",
             &manifest.spec.session_persistence.secure.to_string(),
-        ]);
+        ])
+        .args(["--public-scheme", public_scheme])
+        .args(["--public-host", &public_host]);
     if let Some(host) = &g.farm_host {
         gw.args(["--farm-host", host]);
     }
@@ -497,11 +537,6 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&control);
     let listener = UnixListener::bind(&control)
         .with_context(|| format!("creating the control socket {}", control.display()))?;
-    let shown_host = if opts.address.is_unspecified() {
-        loopback
-    } else {
-        opts.address
-    };
     let gateway_url = format!("http://{}", SocketAddr::new(shown_host, port));
     let mut state = FarmState {
         pid: std::process::id(),
@@ -726,4 +761,34 @@ pub async fn control(state_dir: &Path, command: &str) -> anyhow::Result<String> 
     let mut reply = String::new();
     BufReader::new(read).read_line(&mut reply).await?;
     Ok(reply.trim().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_follow_the_public_url_or_the_gateway_address() {
+        let gw: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let url = |u: &str| reqwest::Url::parse(u).unwrap();
+        assert_eq!(
+            public_link_base(None, gw).unwrap(),
+            ("http", "127.0.0.1:8080".to_owned())
+        );
+        assert_eq!(
+            public_link_base(Some(&url("https://shop.example:8443")), gw).unwrap(),
+            ("https", "shop.example:8443".to_owned())
+        );
+        assert_eq!(
+            public_link_base(Some(&url("https://shop.example/")), gw).unwrap(),
+            ("https", "shop.example".to_owned())
+        );
+        for bad in [
+            "ftp://shop.example",
+            "https://shop.example/shop",
+            "https://u@shop.example",
+        ] {
+            assert!(public_link_base(Some(&url(bad)), gw).is_err(), "{bad}");
+        }
+    }
 }

@@ -40,6 +40,12 @@ enum Cmd {
         /// Address the gateway listens on.
         #[arg(long, default_value = "127.0.0.1")]
         address: IpAddr,
+        /// The URL clients use to reach the farm (e.g. `https://shop.example:8443` behind a
+        /// TLS terminator): unit links are built from it, never from a client's Host header.
+        /// Default: the gateway's own address over http (the manifest's `publicHost` names
+        /// the production host, which farmctl does not serve).
+        #[arg(long, value_name = "URL")]
+        public_url: Option<reqwest::Url>,
         /// Folder of the Stickyfarm binaries (default: next to farmctl).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -102,6 +108,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             database_url,
             port,
             address,
+            public_url,
             bin_dir,
             quiet,
         } => {
@@ -111,6 +118,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 state_dir: cli.state_dir,
                 port,
                 address,
+                public_url,
                 bin_dir,
                 quiet,
             })

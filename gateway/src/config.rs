@@ -63,6 +63,13 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_UNIT_ADDRESSING", value_enum, default_value_t = Addressing::Path)]
     pub unit_addressing: Addressing,
 
+    /// Hosts (`host[:port]`) clients reach the farm by, repeatable or comma-separated; the
+    /// first is canonical. Unit URLs name the request's host only when it is one of these,
+    /// otherwise the first, so a forged `Host` header cannot poison other clients' links.
+    /// Without any, path-style unit URLs are relative (`/_unit/<unit>`).
+    #[arg(long = "public-host", env = "STICKYFARM_PUBLIC_HOST", value_delimiter = ',', value_parser = parse_public_host)]
+    pub public_hosts: Vec<String>,
+
     /// Scheme clients use to reach the gateway (for unit URLs): `https` behind a TLS terminator.
     #[arg(long, env = "STICKYFARM_PUBLIC_SCHEME", value_enum, default_value_t = Scheme::Http)]
     pub public_scheme: Scheme,
@@ -245,6 +252,16 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+fn parse_public_host(s: &str) -> Result<String, String> {
+    let authority: http::uri::Authority = s
+        .parse()
+        .map_err(|_| format!("expected host[:port], got {s:?}"))?;
+    if s.contains('@') || authority.host().is_empty() {
+        return Err(format!("expected host[:port], got {s:?}"));
+    }
+    Ok(s.to_ascii_lowercase())
 }
 
 fn parse_unit_flag(s: &str) -> Result<UnitSpec, String> {

@@ -180,6 +180,7 @@ impl Gateway {
                 farm_host: config.farm_host.clone(),
                 addressing: config.unit_addressing,
                 scheme: config.public_scheme,
+                public_hosts: config.public_hosts.clone(),
                 slow_start: config.slow_start,
                 connect_timeout: config.connect_timeout,
                 upstream_timeout: config.upstream_timeout,

@@ -53,6 +53,11 @@ pub struct ProxySettings {
     pub addressing: Addressing,
     /// Scheme of unit URLs.
     pub scheme: Scheme,
+    /// The hosts (`host[:port]`) clients reach the farm by; the first is the canonical one.
+    /// Links name the request's host only when it is one of these, otherwise the first: a
+    /// client's `Host` header never decides where other clients' links point. Empty: links
+    /// are relative (`/_unit/<unit>`), which work under any host.
+    pub public_hosts: Vec<String>,
     /// Ramp-up time.
     pub slow_start: Duration,
     /// Connect timeout.
@@ -134,6 +139,31 @@ pub fn addressed(
         Ok(None) => Ok(farm_host
             .and_then(|fh| parse_unit_host(host, fh))
             .map_or(Addressed::None, Addressed::Host)),
+    }
+}
+
+/// The unit's external base URL, as the app must use it in links. Built from configuration
+/// only: the request's host is used when it is one of the public hosts, never otherwise.
+pub fn unit_url(s: &ProxySettings, unit: &UnitName, request_host: &str) -> String {
+    let scheme = s.scheme.as_str();
+    let public = s
+        .public_hosts
+        .iter()
+        .find(|h| h.eq_ignore_ascii_case(request_host))
+        .or(s.public_hosts.first());
+    match (s.addressing, &s.farm_host) {
+        (Addressing::Host, Some(farm_host)) => {
+            // The port clients use is the public host's (a client's Host cannot move it).
+            let port = public
+                .and_then(|h| h.rsplit_once(':'))
+                .filter(|(_, p)| !p.is_empty() && p.bytes().all(|c| c.is_ascii_digit()))
+                .map_or(String::new(), |(_, p)| format!(":{p}"));
+            format!("{scheme}://{unit}.{farm_host}{port}")
+        }
+        _ => match public {
+            Some(host) => format!("{scheme}://{host}{}", unit.path_prefix()),
+            None => unit.path_prefix(),
+        },
     }
 }
 
@@ -256,21 +286,6 @@ impl Proxy {
             .collect();
         let i = balance::pick(self.s.policy, &candidates, &mut rand::rng(), &self.turn)?;
         Some(eligible[i].clone())
-    }
-
-    /// The unit's external base URL, as the app must use it in links.
-    fn unit_url(&self, unit: &UnitName, host: &str) -> String {
-        let scheme = self.s.scheme.as_str();
-        match (self.s.addressing, &self.s.farm_host) {
-            (Addressing::Host, Some(farm_host)) => {
-                let port = host
-                    .rsplit_once(':')
-                    .filter(|(_, p)| p.bytes().all(|c| c.is_ascii_digit()))
-                    .map_or(String::new(), |(_, p)| format!(":{p}"));
-                format!("{scheme}://{unit}.{farm_host}{port}")
-            }
-            _ => format!("{scheme}://{host}{}", unit.path_prefix()),
-        }
     }
 
     /// Handles one client request.
@@ -488,7 +503,7 @@ impl Proxy {
                 (Some(h), true) => h.clone(),
                 _ => unit.name().clone(),
             };
-            if let Ok(v) = HeaderValue::from_str(&self.unit_url(&link, &host)) {
+            if let Ok(v) = HeaderValue::from_str(&unit_url(&self.s, &link, &host)) {
                 outbound.headers_mut().insert(headers::UNIT_URL, v);
             }
             let in_flight = unit.begin_request();
@@ -719,6 +734,66 @@ mod tests {
         );
         assert!(addressed("/_unit/web-1/../web-2/x", "shop", None).is_err());
         assert!(addressed("/_unit/BAD/x", "shop", None).is_err());
+    }
+
+    fn settings(public_hosts: &[&str], addressing: Addressing) -> ProxySettings {
+        ProxySettings {
+            policy: Policy::LeastInFlight,
+            failback: Failback::Stay,
+            farm_host: Some("shop.example".into()),
+            addressing,
+            scheme: Scheme::Https,
+            public_hosts: public_hosts.iter().map(|h| h.to_string()).collect(),
+            slow_start: Duration::ZERO,
+            connect_timeout: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(1),
+            max_retries: 0,
+            max_body_size: 1024,
+            trust_forwarded: false,
+            cookie_secure: true,
+            new_session_rate: 0,
+            new_session_burst: 0,
+        }
+    }
+
+    #[test]
+    fn links_come_from_configuration_never_from_a_clients_host() {
+        let web0: UnitName = "web-0".parse().unwrap();
+        let s = settings(&["shop.example", "www.shop.example:8443"], Addressing::Path);
+        assert_eq!(
+            unit_url(&s, &web0, "www.shop.example:8443"),
+            "https://www.shop.example:8443/_unit/web-0",
+            "a public host keeps its own links"
+        );
+        assert_eq!(
+            unit_url(&s, &web0, "SHOP.example"),
+            "https://shop.example/_unit/web-0"
+        );
+        for poisoned in [
+            "evil.example",
+            "shop.example.evil.example",
+            "shop.example:1",
+        ] {
+            assert_eq!(
+                unit_url(&s, &web0, poisoned),
+                "https://shop.example/_unit/web-0",
+                "{poisoned}"
+            );
+        }
+        // Nothing configured: relative links, right under whatever host the client used.
+        let s = settings(&[], Addressing::Path);
+        assert_eq!(unit_url(&s, &web0, "evil.example"), "/_unit/web-0");
+        // Host-style: the farm host, and the port of the public host, never the client's.
+        let s = settings(&["shop.example:8443"], Addressing::Host);
+        assert_eq!(
+            unit_url(&s, &web0, "shop.example:6666"),
+            "https://web-0.shop.example:8443"
+        );
+        let s = settings(&[], Addressing::Host);
+        assert_eq!(
+            unit_url(&s, &web0, "shop.example:6666"),
+            "https://web-0.shop.example"
+        );
     }
 
     #[test]

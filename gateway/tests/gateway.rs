@@ -1010,3 +1010,56 @@ async fn one_address_cannot_mint_sessions_while_shoppers_go_on() {
             >= 160.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_host_cannot_poison_the_links_the_app_builds() {
+    let a = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(
+        &[a.flag()],
+        &["--public-host", "shop.example,www.shop.example:8443"],
+    )
+    .await;
+    gw.wait_up(1).await;
+    let unit_url = |host: &'static str| {
+        let url = gw.url("/");
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .header("host", host)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let echo: serde_json::Value = r.json().await.unwrap();
+            echo["headers"]["x-stickyfarm-unit-url"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    assert_eq!(
+        unit_url("www.shop.example:8443").await,
+        "http://www.shop.example:8443/_unit/web-0",
+        "each public host keeps its own links"
+    );
+    for forged in ["evil.example", "shop.example.evil.example", "127.0.0.1:1"] {
+        assert_eq!(
+            unit_url(forged).await,
+            "http://shop.example/_unit/web-0",
+            "Host: {forged} gets the configured links"
+        );
+    }
+    // A malformed public host is refused at start, with the flag named.
+    let out = std::process::Command::new(binary("stickyfarm-gateway"))
+        .args([
+            "--public-host",
+            "user@evil.example",
+            "--unit",
+            "web-0=127.0.0.1:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--public-host"), "{err}");
+}

@@ -902,6 +902,10 @@ impl GatewayProc {
         if !extra.contains(&"--check-interval") {
             cmd.args(["--check-interval", "100ms"]);
         }
+        // Clients reach it as 127.0.0.1:<port>, as a deployment would name its public host.
+        if !extra.contains(&"--public-host") {
+            cmd.args(["--public-host", &format!("127.0.0.1:{port}")]);
+        }
         for u in units {
             cmd.args(["--unit", u]);
         }

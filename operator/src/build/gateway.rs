@@ -110,6 +110,9 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
     if let Some(host) = &g.farm_host {
         env.push(value("STICKYFARM_FARM_HOST", host.clone()));
     }
+    if let Some(host) = &g.public_host {
+        env.push(value("STICKYFARM_PUBLIC_HOST", host.clone()));
+    }
     let mut pod_labels = f.labels(component::GATEWAY);
     pod_labels.extend(f.selector(component::GATEWAY));
     let probe = |path: &str, period| Probe {

@@ -580,12 +580,14 @@ fn gateway_follows_the_spec_and_may_only_read_endpointslices() {
         env_value(gw, "STICKYFARM_CHECK_EXPECT_BODY"),
         "stickyfarm-sidecar healthy"
     );
-    assert!(
-        gw.env
-            .iter()
-            .flatten()
-            .all(|e| e.name != "STICKYFARM_UNIT_ADDRESSING" && e.name != "STICKYFARM_FARM_HOST")
-    );
+    assert!(gw.env.iter().flatten().all(|e| {
+        ![
+            "STICKYFARM_UNIT_ADDRESSING",
+            "STICKYFARM_FARM_HOST",
+            "STICKYFARM_PUBLIC_HOST",
+        ]
+        .contains(&e.name.as_str())
+    }));
     assert_eq!(
         gw.readiness_probe
             .as_ref()
@@ -638,7 +640,7 @@ fn gateway_follows_the_spec_and_may_only_read_endpointslices() {
 #[test]
 fn gateway_options_reach_its_environment() {
     let d = desired(
-        "app:\n  image: x\ngateway:\n  replicas: 2\n  serviceType: LoadBalancer\n  port: 443\n  farmHost: shop.example.com\n  unitAddressing: host\n  policy: round-robin\n  failback: return\n  healthCheck: {path: /healthz, interval: 5s, timeout: 2s, rise: 3, fall: 4, expectStatus: 204, expectBody: ''}\n",
+        "app:\n  image: x\ngateway:\n  replicas: 2\n  serviceType: LoadBalancer\n  port: 443\n  farmHost: shop.example.com\n  publicHost: shop.example.com:8443\n  unitAddressing: host\n  policy: round-robin\n  failback: return\n  healthCheck: {path: /healthz, interval: 5s, timeout: 2s, rise: 3, fall: 4, expectStatus: 204, expectBody: ''}\n",
     );
     let dep = &d.gateway_deployment;
     assert_eq!(dep.spec.replicas, Some(2));
@@ -646,6 +648,7 @@ fn gateway_options_reach_its_environment() {
     for (name, want) in [
         ("STICKYFARM_UNIT_ADDRESSING", "host"),
         ("STICKYFARM_FARM_HOST", "shop.example.com"),
+        ("STICKYFARM_PUBLIC_HOST", "shop.example.com:8443"),
         ("STICKYFARM_POLICY", "round-robin"),
         ("STICKYFARM_FAILBACK", "return"),
         ("STICKYFARM_CHECK_PATH", "/healthz"),
