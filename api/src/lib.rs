@@ -88,6 +88,60 @@ pub mod paths {
     pub const HEALTH: &str = "/_stickyfarm/health";
     /// Prefix of gateway unit addresses: `/_unit/<unit>/…`.
     pub const UNIT_PREFIX: &str = "/_unit/";
+    /// First segment of Stickyfarm's own paths on a unit (the health check): never reachable
+    /// through the gateway's public port.
+    pub const INTERNAL_SEGMENT: &str = "_stickyfarm";
+
+    /// Whether `path` is one of Stickyfarm's own (`/_stickyfarm/…`), however its first segment
+    /// is spelled: percent-encoded or in another case, so no spelling slips past a check that a
+    /// server behind it might still route.
+    pub fn is_internal(path: &str) -> bool {
+        let first = path
+            .trim_start_matches('/')
+            .split(['/', '?'])
+            .next()
+            .unwrap_or("");
+        let mut decoded = Vec::with_capacity(first.len());
+        let bytes = first.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            let hex = |b: u8| (b as char).to_digit(16);
+            match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
+                (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
+                    decoded.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                    i += 3;
+                }
+                (b, _, _) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+        }
+        decoded.eq_ignore_ascii_case(INTERNAL_SEGMENT.as_bytes())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn internal_paths_in_every_spelling() {
+            for p in [
+                "/_stickyfarm/health",
+                "/_stickyfarm",
+                "//_stickyfarm/health",
+                "/%5fstickyfarm/health",
+                "/%5Fstickyfarm/x?y",
+                "/_STICKYFARM/health",
+                "/%5f%73tickyfarm/health",
+            ] {
+                assert!(is_internal(p), "{p}");
+            }
+            for p in ["/", "/_stickyfarmx/health", "/shop/_stickyfarm/health", "/%zz", "/cart?_stickyfarm"] {
+                assert!(!is_internal(p), "{p}");
+            }
+        }
+    }
 }
 
 /// The fixed first line of a healthy answer of [`paths::HEALTH`].

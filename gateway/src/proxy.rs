@@ -26,7 +26,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use stickyfarm_api::{
-    SetCookie, UnitName, cookie_names, headers, parse_client_cookies, parse_unit_host,
+    SetCookie, UnitName, cookie_names, headers, parse_client_cookies, parse_unit_host, paths,
     parse_unit_path, remove_hop_by_hop, remove_stickyfarm_headers,
 };
 
@@ -347,6 +347,11 @@ impl Proxy {
             Addressed::Host(u) => (Some(u), true, pq),
             Addressed::None => (cookies.unit.clone(), false, pq),
         };
+        // The units' own paths (the health check: unit names, pod UIDs, a database ping per
+        // call) are for the gateway's checks on the unit's port, never for clients.
+        if paths::is_internal(&forward_path) {
+            return self.refuse(StatusCode::NOT_FOUND, "internal_path", "not found");
+        }
         // Sessions are keyed by their id; clients without one by their address.
         let key: Vec<u8> = match cookies.session {
             Some(id) => id.as_bytes().to_vec(),

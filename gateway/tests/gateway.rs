@@ -1063,3 +1063,32 @@ async fn a_forged_host_cannot_poison_the_links_the_app_builds() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--public-host"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_units_health_check_is_not_reachable_through_the_gateway() {
+    let db = TestDb::new().await;
+    let unit = Unit::start("web-0", &db.url, &[]).await;
+    let gw = GatewayProc::start(&flags(std::slice::from_ref(&unit)), &[]).await;
+    gw.wait_up(1).await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/_stickyfarm/health",
+        "/_unit/web-0/_stickyfarm/health",
+        "/%5fstickyfarm/health",
+        "/_unit/web-0/%5Fstickyfarm/health",
+        "/_STICKYFARM/health",
+    ] {
+        let r = client.get(gw.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("instance"), "{path}: {body}");
+    }
+    assert!(
+        gw.metric("stickyfarm_gateway_refused_total", "internal_path")
+            .await
+            >= 5.0
+    );
+    // The gateway's own checks reach it on the unit's port, and shoppers are served.
+    assert_eq!(gw.unit_status("web-0").await["state"], "up");
+    assert_eq!(client.get(gw.url("/echo")).send().await.unwrap().status(), 200);
+}

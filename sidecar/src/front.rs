@@ -115,7 +115,7 @@ fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
 
 /// Forwards one client request to the app with its session attached.
 async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
-    if req.uri().path().starts_with("/_stickyfarm/") {
+    if paths::is_internal(req.uri().path()) {
         return plain(StatusCode::NOT_FOUND, "unknown Stickyfarm path\n");
     }
     let cookies = parse_client_cookies_named(
