@@ -137,7 +137,13 @@ pub mod paths {
             ] {
                 assert!(is_internal(p), "{p}");
             }
-            for p in ["/", "/_stickyfarmx/health", "/shop/_stickyfarm/health", "/%zz", "/cart?_stickyfarm"] {
+            for p in [
+                "/",
+                "/_stickyfarmx/health",
+                "/shop/_stickyfarm/health",
+                "/%zz",
+                "/cart?_stickyfarm",
+            ] {
                 assert!(!is_internal(p), "{p}");
             }
         }

@@ -26,8 +26,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use stickyfarm_api::{
-    SetCookie, UnitName, cookie_names, headers, parse_client_cookies, parse_unit_host, paths,
-    parse_unit_path, remove_hop_by_hop, remove_stickyfarm_headers,
+    SetCookie, UnitName, cookie_names, headers, parse_client_cookies, parse_unit_host,
+    parse_unit_path, paths, remove_hop_by_hop, remove_stickyfarm_headers,
 };
 
 use crate::balance::{self, Candidate, Policy};

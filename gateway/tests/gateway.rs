@@ -1090,5 +1090,8 @@ async fn the_units_health_check_is_not_reachable_through_the_gateway() {
     );
     // The gateway's own checks reach it on the unit's port, and shoppers are served.
     assert_eq!(gw.unit_status("web-0").await["state"], "up");
-    assert_eq!(client.get(gw.url("/echo")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        client.get(gw.url("/echo")).send().await.unwrap().status(),
+        200
+    );
 }

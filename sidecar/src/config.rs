@@ -126,6 +126,14 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_MAX_TABLE_SIZE", default_value = "1MiB")]
     pub max_table_size: ByteSize,
 
+    /// Most tables one session may hold (a new table beyond that is refused with 422).
+    #[arg(long, env = "STICKYFARM_MAX_TABLES", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_tables: u32,
+
+    /// Deepest nesting of arrays and objects in a written document (deeper: 422).
+    #[arg(long, env = "STICKYFARM_MAX_JSON_DEPTH", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=128))]
+    pub max_json_depth: u32,
+
     /// Listen for other units' committed changes (PostgreSQL LISTEN/NOTIFY). Turn off only
     /// behind a pooler that cannot LISTEN (PgBouncer in transaction mode); the generation
     /// cookie and conditional writes still prevent stale writes.

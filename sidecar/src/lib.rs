@@ -121,6 +121,7 @@ impl Sidecar {
                 idle_timeout: config.idle_timeout,
                 touch_interval: config.touch_interval(),
                 cache_reads: config.cache_reads,
+                max_tables: config.max_tables as usize,
             },
         ));
 
@@ -162,7 +163,13 @@ impl Sidecar {
         );
 
         serve(&mut tasks, public, front::router(front), &stop);
-        let api_router = session_api::router(tier.clone(), config.max_table_size.as_u64() as usize);
+        let api_router = session_api::router(
+            tier.clone(),
+            session_api::Limits {
+                max_table_size: config.max_table_size.as_u64() as usize,
+                max_json_depth: config.max_json_depth as usize,
+            },
+        );
         if let Some(path) = &config.api_socket {
             // A socket left by a previous run would make bind fail.
             let _ = std::fs::remove_file(path);

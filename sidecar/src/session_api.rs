@@ -24,16 +24,64 @@ use crate::cache::{CachedSession, Entry};
 use crate::store::StoreError;
 use crate::tier::{Precondition, SessionTier, TierError};
 
-/// The API router; `max_table_size` bounds a written document.
-pub fn router(tier: Arc<SessionTier>, max_table_size: usize) -> Router {
+/// Bounds on what the app may write.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest document (bytes).
+    pub max_table_size: usize,
+    /// Deepest nesting of arrays and objects.
+    pub max_json_depth: usize,
+}
+
+#[derive(Clone)]
+struct ApiState {
+    tier: Arc<SessionTier>,
+    limits: Limits,
+}
+
+impl axum::extract::FromRef<ApiState> for Arc<SessionTier> {
+    fn from_ref(s: &ApiState) -> Self {
+        s.tier.clone()
+    }
+}
+
+/// The API router.
+pub fn router(tier: Arc<SessionTier>, limits: Limits) -> Router {
     Router::new()
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
         .route(
             "/v1/sessions/{id}/tables/{table}",
             get(get_table).put(put_table).delete(delete_table),
         )
-        .layer(DefaultBodyLimit::max(max_table_size))
-        .with_state(tier)
+        .layer(DefaultBodyLimit::max(limits.max_table_size))
+        .with_state(ApiState { tier, limits })
+}
+
+/// How deep arrays and objects nest in a JSON text (strings skipped). Bounded so a document
+/// cannot make anything that walks it later (the app, PostgreSQL's jsonb) recurse without end.
+fn json_depth(doc: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in doc.bytes() {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// An API error: a status and a JSON body `{"error": …}` that says what to do.
@@ -61,6 +109,9 @@ impl From<TierError> for ApiError {
     fn from(e: TierError) -> Self {
         match e {
             TierError::SessionNotFound => ApiError(StatusCode::NOT_FOUND, e.to_string(), None),
+            TierError::TooManyTables { .. } => {
+                ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), None)
+            }
             TierError::Store(StoreError::Conflict { current }) => {
                 ApiError(StatusCode::CONFLICT, e.to_string(), current)
             }
@@ -220,11 +271,12 @@ async fn get_table(
 }
 
 async fn put_table(
-    State(tier): State<Arc<SessionTier>>,
+    State(api): State<ApiState>,
     Path((id, table)): Path<(String, String)>,
     h: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let tier = api.tier;
     let id = parse_id(&id)?;
     let table = parse_table(&table)?;
     let pre = precondition(&h)?;
@@ -238,6 +290,17 @@ async fn put_table(
                 None,
             )
         })?;
+    let depth = json_depth(doc);
+    if depth > api.limits.max_json_depth {
+        return Err(ApiError(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "the document nests {depth} levels deep; at most {} are allowed (--max-json-depth)",
+                api.limits.max_json_depth
+            ),
+            None,
+        ));
+    }
     let done = tier.write_table(id, &table, Some(doc), pre).await?;
     let status = if done.version == 1 {
         StatusCode::CREATED
@@ -280,6 +343,17 @@ mod tests {
             h.append(header::IF_MATCH, v.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn json_depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":[]}]}"#), 4);
+        assert_eq!(json_depth(r#"["[[[[", "\\\"{{{"]"#), 1);
+        assert_eq!(
+            json_depth(&format!("{}{}", "[".repeat(100), "]".repeat(100))),
+            100
+        );
     }
 
     #[test]

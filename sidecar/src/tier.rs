@@ -45,6 +45,14 @@ pub enum TierError {
     /// The session does not exist (or expired).
     #[error("session not found or expired; the client gets a new session on its next request")]
     SessionNotFound,
+    /// A new table would pass the limit of tables per session.
+    #[error(
+        "the session holds {limit} tables, the most allowed (--max-tables); delete one or keep fewer, larger tables"
+    )]
+    TooManyTables {
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl TierError {
@@ -103,6 +111,8 @@ pub struct TierOptions {
     /// Serve reads from the cache. Off, every read loads from PostgreSQL (a baseline for
     /// benchmarks, and a way to rule the cache out when diagnosing).
     pub cache_reads: bool,
+    /// Most tables one session may hold.
+    pub max_tables: usize,
 }
 
 /// The cache and write-through core.
@@ -318,6 +328,14 @@ impl SessionTier {
                 None => self.create_locked(id).await?,
             },
         };
+        if doc.is_some()
+            && !current.tables.contains_key(table.as_str())
+            && current.tables.len() >= self.options.max_tables
+        {
+            return Err(TierError::TooManyTables {
+                limit: self.options.max_tables,
+            });
+        }
         let condition = match precondition {
             Precondition::Version(v) => WriteCondition::Expect(v),
             Precondition::Any => WriteCondition::Unconditional,

@@ -970,3 +970,68 @@ async fn with_cache_reads_off_every_read_comes_from_postgres() {
     let p = browser.get(&a.sidecar.url("/cart")).await;
     assert_eq!(p.json()["items"], json!(["pear"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_holds_bounded_tables_and_documents_of_bounded_depth() {
+    let db = TestDb::new().await;
+    let a = Unit::start(
+        "web-0",
+        &db.url,
+        &["--max-tables", "3", "--max-json-depth", "8"],
+    )
+    .await;
+    let mut browser = Browser::new();
+    browser.get(&a.sidecar.url("/echo")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let put = |table: &str, body: String| {
+        client
+            .put(
+                a.sidecar
+                    .api_url(&format!("/v1/sessions/{sid}/tables/{table}")),
+            )
+            .header("if-match", "*")
+            .body(body)
+            .send()
+    };
+    for t in ["t1", "t2", "t3"] {
+        assert_eq!(put(t, "1".into()).await.unwrap().status(), 201);
+    }
+    let r = put("t4", "1".into()).await.unwrap();
+    assert_eq!(r.status(), 422);
+    let why = r.text().await.unwrap();
+    assert!(
+        why.contains("3 tables") && why.contains("--max-tables"),
+        "{why}"
+    );
+    // Rewriting an existing table is fine; deleting one makes room.
+    assert_eq!(put("t3", "2".into()).await.unwrap().status(), 200);
+    let d = client
+        .delete(a.sidecar.api_url(&format!("/v1/sessions/{sid}/tables/t1")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(d.status(), 204);
+    assert_eq!(put("t4", "1".into()).await.unwrap().status(), 201);
+
+    // Depth: 8 levels are stored, 9 refused with the limit named, nothing written.
+    let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+    assert_eq!(put("t4", nested(8)).await.unwrap().status(), 200);
+    let r = put("t4", nested(9)).await.unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.text().await.unwrap().contains("at most 8"));
+    let r = put("t4", nested(100_000)).await.unwrap();
+    assert_eq!(r.status(), 422, "no stack overflow either");
+    let stored = db.table(&sid, "t4").await.unwrap();
+    assert_eq!(
+        stored.1,
+        serde_json::from_str::<serde_json::Value>(&nested(8)).unwrap()
+    );
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM stickyfarm_session_tables t JOIN stickyfarm_sessions s ON s.id = t.session_id",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, 3);
+}
