@@ -413,7 +413,9 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             state.pid
         );
     }
-    std::fs::create_dir_all(&opts.state_dir)
+    // The control socket (kill, restart) and the logs are the farm's: nobody else may use or
+    // read them.
+    farmctl::postgres::private_dir(&opts.state_dir)
         .with_context(|| format!("creating the state folder {}", opts.state_dir.display()))?;
     let logs = opts.state_dir.join("logs");
     std::fs::create_dir_all(&logs)?;

@@ -99,7 +99,7 @@ impl PrivateCluster {
             "farmctl-postgres-{}",
             uuid::Uuid::new_v4().simple()
         ));
-        std::fs::create_dir_all(&data).map_err(|e| PostgresError::Step {
+        private_dir(&data).map_err(|e| PostgresError::Step {
             step: "creating the data folder",
             detail: e.to_string(),
         })?;
@@ -110,7 +110,7 @@ impl PrivateCluster {
         })?;
         let password: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         let pwfile = data.join("pwfile");
-        std::fs::write(&pwfile, &password).map_err(|e| PostgresError::Step {
+        write_private(&pwfile, password.as_bytes()).map_err(|e| PostgresError::Step {
             step: "writing the password file",
             detail: e.to_string(),
         })?;
@@ -196,5 +196,50 @@ impl Drop for PrivateCluster {
         if self.data.exists() {
             self.stop();
         }
+    }
+}
+
+/// Creates `dir` (and its parents) and makes it readable by its owner only (0700), also when
+/// it existed.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Writes a secret into a new file readable by its owner only (0600).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
+#[cfg(test)]
+mod private_tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn secrets_and_their_folders_are_the_owners_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        private_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "an existing folder is tightened too");
+        let secret = dir.join("pwfile");
+        write_private(&secret, b"s3cret").unwrap();
+        assert_eq!(mode(&secret), 0o600);
+        assert!(
+            write_private(&secret, b"x").is_err(),
+            "never over an existing file"
+        );
     }
 }

@@ -159,6 +159,16 @@ async fn up_serves_the_shop_and_stops_leaving_no_process_behind() {
         !processes_naming(&pg).is_empty(),
         "the private PostgreSQL runs"
     );
+    // Only farmctl's user reaches its control socket, logs and the database's files.
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [farm.state_dir.path(), Path::new(&pg)] {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}: {mode:o}", dir.display());
+    }
+    assert!(
+        !Path::new(&pg).join("pwfile").exists(),
+        "the password file is gone once the cluster is initialised"
+    );
 
     assert!(
         farm.process.terminate(Duration::from_secs(60)),
