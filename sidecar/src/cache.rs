@@ -36,9 +36,22 @@ pub struct CachedSession {
     /// Unix milliseconds at which PostgreSQL's `last_seen` was last refreshed for this session.
     #[serde(skip, default = "now_atomic")]
     last_touch: AtomicU64,
-    /// The encoded snapshot header, computed at most once per copy.
+    /// Unix milliseconds at which the session passes its absolute lifetime.
+    #[serde(default = "never")]
+    expires_at: u64,
+    /// The encoded snapshot header, computed at most once per copy, and kept only when it is
+    /// small enough to be attached (`None`: too large).
     #[serde(skip)]
-    snapshot: OnceLock<Box<str>>,
+    snapshot: OnceLock<Option<Box<str>>>,
+}
+
+/// Length of the unpadded base64 text of `n` bytes.
+fn base64_len(n: usize) -> usize {
+    n.div_ceil(3) * 4
+}
+
+fn never() -> u64 {
+    u64::MAX
 }
 
 /// One cached table.
@@ -70,8 +83,20 @@ impl CachedSession {
             tables,
             last_access: now_atomic(),
             last_touch: now_atomic(),
+            expires_at: never(),
             snapshot: OnceLock::new(),
         }
+    }
+
+    /// The same copy, expiring at `expires_at` (Unix ms).
+    pub fn expiring_at(mut self, expires_at: u64) -> Self {
+        self.expires_at = expires_at;
+        self
+    }
+
+    /// Whether the session passed its absolute lifetime at `now` (ms).
+    pub fn expired(&self, now: u64) -> bool {
+        now >= self.expires_at
     }
 
     /// A copy of this session with one table replaced (or removed, with `None`).
@@ -81,7 +106,7 @@ impl CachedSession {
             Some(t) => tables.insert(name.to_owned(), t),
             None => tables.remove(name),
         };
-        let next = CachedSession::new(generation, tables);
+        let next = CachedSession::new(generation, tables).expiring_at(self.expires_at);
         next.last_touch
             .store(self.last_touch.load(Ordering::Relaxed), Ordering::Relaxed);
         next
@@ -132,12 +157,15 @@ impl CachedSession {
     /// The snapshot as a header value (base64url of the JSON), or `None` when it is larger
     /// than `max_len` bytes.
     pub fn snapshot_header(&self, id: SessionId, max_len: usize) -> Option<&str> {
-        let v = self.snapshot.get_or_init(|| {
-            URL_SAFE_NO_PAD
-                .encode(self.snapshot_json(id))
-                .into_boxed_str()
-        });
-        (v.len() <= max_len).then_some(&**v)
+        self.snapshot
+            .get_or_init(|| {
+                let json = self.snapshot_json(id);
+                // Never encode (and keep) a snapshot that will not be attached.
+                (base64_len(json.len()) <= max_len)
+                    .then(|| URL_SAFE_NO_PAD.encode(json).into_boxed_str())
+            })
+            .as_deref()
+            .filter(|v| v.len() <= max_len)
     }
 
     fn weight_of_tables(&self) -> usize {
@@ -147,10 +175,18 @@ impl CachedSession {
             .sum()
     }
 
-    /// Approximate bytes this copy occupies, for the cache's byte capacity.
-    pub fn weight(&self) -> usize {
+    /// Approximate bytes this copy occupies, for the cache's byte capacity: the tables, and
+    /// the snapshot header it will hold once a request attaches it (when it fits `snapshot_max`).
+    pub fn weight(&self, snapshot_max: usize) -> usize {
         // Struct, key and map overhead, plus the text itself.
-        128 + self.weight_of_tables()
+        let tables = self.weight_of_tables();
+        let snapshot = base64_len(64 + tables);
+        128 + tables
+            + if snapshot <= snapshot_max {
+                snapshot
+            } else {
+                0
+            }
     }
 }
 
@@ -169,6 +205,8 @@ pub struct CacheOptions {
     pub memory_bytes: usize,
     /// Optional disk tier: folder and capacity in bytes.
     pub disk: Option<(PathBuf, usize)>,
+    /// Largest snapshot header attached to requests (counted in an entry's weight).
+    pub snapshot_max: usize,
 }
 
 /// An entry handed out by the cache.
@@ -187,7 +225,10 @@ impl SessionCache {
             .with_name("stickyfarm-sessions")
             .memory(options.memory_bytes)
             // foyer counts entries unless told how much each weighs.
-            .with_weighter(|_: &SessionId, v: &CachedSession| v.weight())
+            .with_weighter({
+                let snapshot_max = options.snapshot_max;
+                move |_: &SessionId, v: &CachedSession| v.weight(snapshot_max)
+            })
             .storage();
         let inner = match &options.disk {
             Some((dir, bytes)) => {
@@ -294,7 +335,27 @@ mod tests {
     fn weight_grows_with_content() {
         let small = session(1, &[("cart", 1, "{}")]);
         let big = session(1, &[("cart", 1, &format!("\"{}\"", "x".repeat(65536)))]);
-        assert!(big.weight() >= small.weight() + 65536);
+        assert!(big.weight(0) >= small.weight(0) + 65536);
+    }
+
+    #[test]
+    fn the_snapshot_is_weighed_and_kept_only_when_it_fits() {
+        let id = SessionId::generate();
+        let doc = format!("\"{}\"", "x".repeat(3000));
+        let s = session(1, &[("cart", 1, &doc)]);
+        // Counted when it will be attached: about 4/3 of the JSON, on top of the tables.
+        let fits = s.weight(16 * 1024);
+        assert!(fits >= s.weight(0) + 4000, "{fits} vs {}", s.weight(0));
+        let attached = s.snapshot_header(id, 16 * 1024).unwrap().len();
+        assert!(
+            fits >= s.weight(0) + attached,
+            "the estimate covers the real header"
+        );
+        // Too large for the header: not counted, not encoded, not kept.
+        let s = session(1, &[("cart", 1, &doc)]);
+        assert_eq!(s.weight(1024), s.weight(0));
+        assert!(s.snapshot_header(id, 1024).is_none());
+        assert!(s.snapshot.get().is_some_and(Option::is_none));
     }
 
     #[test]
@@ -313,6 +374,7 @@ mod tests {
         let cache = SessionCache::open(&CacheOptions {
             memory_bytes: 1024 * 1024,
             disk: None,
+            snapshot_max: 16 * 1024,
         })
         .await
         .unwrap();
@@ -337,6 +399,7 @@ mod tests {
         let opts = CacheOptions {
             memory_bytes: 64 * 1024,
             disk: Some((dir.path().to_path_buf(), 16 * 1024 * 1024)),
+            snapshot_max: 16 * 1024,
         };
         let cache = SessionCache::open(&opts).await.unwrap();
         let id = SessionId::generate();

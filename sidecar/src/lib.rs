@@ -104,6 +104,7 @@ impl Sidecar {
                 .cache_disk_dir
                 .clone()
                 .map(|d| (d, config.cache_disk_size.as_u64() as usize)),
+            snapshot_max: config.snapshot_max.as_u64() as usize,
         })
         .await?;
         let instance = config.pod_uid.unwrap_or_else(|| {

@@ -20,6 +20,11 @@ pub enum FlushReason {
     Conflict,
     /// The cached entry was idle longer than the idle timeout.
     Idle,
+    /// The session passed its absolute lifetime (the cache checks it itself).
+    Expired,
+    /// PostgreSQL no longer has the session (deleted elsewhere: noticed by the touches, even
+    /// without a notification).
+    Gone,
 }
 
 impl FlushReason {
@@ -30,6 +35,8 @@ impl FlushReason {
             FlushReason::Notification => "notification",
             FlushReason::Conflict => "conflict",
             FlushReason::Idle => "idle",
+            FlushReason::Expired => "expired",
+            FlushReason::Gone => "gone",
         }
     }
 }

@@ -99,6 +99,10 @@ pub struct LoadedSession {
     pub generation: u64,
     /// `(name, version, JSON text)` of every table.
     pub tables: Vec<(String, u64, String)>,
+    /// When the session passes its absolute lifetime (Unix ms).
+    pub expires_at_ms: u64,
+    /// Not expired (idle or absolute); an expired session is never served.
+    pub live: bool,
 }
 
 /// Session lifetime limits, enforced by PostgreSQL.
@@ -217,15 +221,17 @@ impl Store {
             .map(|r| r.rows_affected() == 1)
     }
 
-    /// Loads a live (unexpired) session with all its tables, in one consistent snapshot.
+    /// Loads a session with all its tables, in one consistent snapshot; `live` is false when it
+    /// exists but expired (not swept yet): its id is spent.
     pub async fn load_session(&self, id: SessionId) -> Result<Option<LoadedSession>, StoreError> {
         let r = sqlx::query(
-            "SELECT s.generation, t.name, t.version, t.doc::text AS doc
+            "SELECT s.generation, t.name, t.version, t.doc::text AS doc,
+                    (extract(epoch FROM s.created_at + make_interval(secs => $3)) * 1000)::bigint,
+                    s.last_seen > now() - make_interval(secs => $2)
+                      AND s.created_at > now() - make_interval(secs => $3) AS live
                FROM stickyfarm_sessions s
                LEFT JOIN stickyfarm_session_tables t ON t.session_id = s.id
-              WHERE s.id = $1
-                AND s.last_seen > now() - make_interval(secs => $2)
-                AND s.created_at > now() - make_interval(secs => $3)",
+              WHERE s.id = $1",
         )
         .bind(id.as_uuid())
         .bind(self.expiry.idle.as_secs_f64())
@@ -237,13 +243,20 @@ impl Store {
             return Ok(None);
         };
         let generation = first.get::<i64, _>(0) as u64;
+        let expires_at_ms = first.get::<i64, _>(4).max(0) as u64;
+        let live = first.get::<bool, _>(5);
         let mut tables = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows.iter().filter(|_| live) {
             if let Some(name) = row.get::<Option<String>, _>(1) {
                 tables.push((name, row.get::<i64, _>(2) as u64, row.get::<String, _>(3)));
             }
         }
-        Ok(Some(LoadedSession { generation, tables }))
+        Ok(Some(LoadedSession {
+            generation,
+            tables,
+            expires_at_ms,
+            live,
+        }))
     }
 
     /// The current generation of a live session.
@@ -362,12 +375,21 @@ impl Store {
     }
 
     /// Marks sessions as used now (batched by the caller, so a cached read costs no query).
-    pub async fn touch(&self, ids: &[Uuid]) -> Result<u64, StoreError> {
-        let r = sqlx::query("UPDATE stickyfarm_sessions SET last_seen = now() WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&self.pool)
-            .await;
-        self.observe("touch", r).map(|r| r.rows_affected())
+    /// Returns the ids that still exist: the others were deleted (a logout on another unit, a
+    /// sweep), which the caller learns here even when a notification was missed.
+    pub async fn touch(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
+        let r = sqlx::query_scalar::<_, Uuid>(
+            "UPDATE stickyfarm_sessions SET last_seen = now() WHERE id = ANY($1) RETURNING id",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await;
+        self.observe("touch", r)
+    }
+
+    /// How long sessions live.
+    pub fn expiry(&self) -> Expiry {
+        self.expiry
     }
 
     /// Deletes expired sessions, at most `batch` at a time, and announces each deletion so no

@@ -257,6 +257,13 @@ impl SessionTier {
             self.flush(id, FlushReason::Idle);
             return None;
         }
+        // Past its absolute lifetime the copy goes, whether or not the sweep's notification
+        // arrived: PostgreSQL then refuses to load it, and the client gets a new session.
+        if e.expired(now) {
+            self.flush(id, FlushReason::Expired);
+            self.issued.forget(id, now / 1000);
+            return None;
+        }
         if e.generation < min.0 {
             self.flush(id, FlushReason::NewerGeneration);
             return None;
@@ -272,19 +279,26 @@ impl SessionTier {
 
     /// Loads from PostgreSQL into the cache. The caller holds the session's lock.
     async fn load_locked(&self, id: SessionId) -> Result<Option<Entry>, TierError> {
-        let Some(loaded) = self.store.load_session(id).await? else {
-            self.cache.remove(&id);
-            return Ok(None);
+        let loaded = match self.store.load_session(id).await? {
+            Some(l) if l.live => l,
+            expired => {
+                self.cache.remove(&id);
+                if expired.is_some() {
+                    // It existed: its id never becomes a new (pending) session.
+                    self.issued.forget(&id, unix_seconds());
+                }
+                return Ok(None);
+            }
         };
         let tables = loaded
             .tables
             .into_iter()
             .map(|(name, version, doc)| (name, CachedTable { version, doc }))
             .collect();
-        Ok(Some(
-            self.cache
-                .insert(id, CachedSession::new(loaded.generation, tables)),
-        ))
+        Ok(Some(self.cache.insert(
+            id,
+            CachedSession::new(loaded.generation, tables).expiring_at(loaded.expires_at_ms),
+        )))
     }
 
     /// The first write to a pending id creates its session (the caller holds its lock). Any
@@ -306,9 +320,11 @@ impl SessionTier {
             };
         }
         self.metrics.session_created();
-        Ok(self
-            .cache
-            .insert(id, CachedSession::new(0, BTreeMap::new())))
+        let lifetime = self.store.expiry().absolute.as_millis() as u64;
+        Ok(self.cache.insert(
+            id,
+            CachedSession::new(0, BTreeMap::new()).expiring_at(unix_now().saturating_add(lifetime)),
+        ))
     }
 
     /// Writes one table through to PostgreSQL, then to the cache. Acknowledged (returns) only
@@ -427,12 +443,24 @@ impl SessionTier {
         if ids.is_empty() {
             return;
         }
-        if let Err(e) = self.store.touch(&ids).await {
-            tracing::warn!(error = %e, sessions = ids.len(), "refreshing session last-seen times failed; will retry");
-            self.to_touch
-                .lock()
-                .expect("touch set poisoned")
-                .extend(ids);
+        match self.store.touch(&ids).await {
+            Ok(alive) => {
+                // Deleted elsewhere: gone from here too, notification or not.
+                let alive: HashSet<uuid::Uuid> = alive.into_iter().collect();
+                for id in ids.iter().filter(|id| !alive.contains(id)) {
+                    let id = SessionId::from_uuid(*id);
+                    let _guard = self.lock_for(&id).lock().await;
+                    self.flush(&id, FlushReason::Gone);
+                    self.issued.forget(&id, unix_seconds());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, sessions = ids.len(), "refreshing session last-seen times failed; will retry");
+                self.to_touch
+                    .lock()
+                    .expect("touch set poisoned")
+                    .extend(ids);
+            }
         }
     }
 }

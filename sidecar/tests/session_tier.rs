@@ -1035,3 +1035,77 @@ async fn a_session_holds_bounded_tables_and_documents_of_bounded_depth() {
     .unwrap();
     assert_eq!(tables, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_ends_sessions_itself_without_notifications() {
+    // No notifications and no sweep here: what the cache enforces on its own.
+    let db = TestDb::new().await;
+    let quiet = [
+        "--listen-invalidations",
+        "false",
+        "--sweep-interval",
+        "1h",
+        "--idle-timeout",
+        "4s",
+    ];
+    let mut args = quiet.to_vec();
+    args.extend(["--absolute-timeout", "3s"]);
+    let a = Unit::start("web-0", &db.url, &args).await;
+
+    // Absolute lifetime: a session read from the cache all along still ends on time.
+    let mut browser = Browser::new();
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the session outlived its absolute timeout"
+        );
+        let p = browser.get(&a.sidecar.url("/cart")).await;
+        if p.json()["session"] != sid.as_str() {
+            assert_eq!(p.json()["items"], json!([]), "the new session starts empty");
+            break;
+        }
+        assert_eq!(p.json()["items"], json!(["apple"]));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        a.sidecar
+            .metric("stickyfarm_sidecar_flushes_total", "expired")
+            .await
+            >= 1.0
+    );
+
+    // Logout on another unit: this one drops its copy at its next touch, notification or not.
+    let b = Unit::start("web-1", &db.url, &quiet).await;
+    let c = Unit::start("web-2", &db.url, &quiet).await;
+    let mut shopper = Browser::new();
+    shopper.post(&b.sidecar.url("/cart/add?item=pear")).await;
+    let sid = shopper.cookie("sf_session").unwrap().to_owned();
+    // c caches it (the client moves there, as after a failover).
+    let p = shopper.get(&c.sidecar.url("/cart")).await;
+    assert_eq!(p.json()["session"], sid.as_str());
+    assert_eq!(p.json()["items"], json!(["pear"]));
+    let r = reqwest::Client::new()
+        .delete(b.sidecar.api_url(&format!("/v1/sessions/{sid}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    eventually(
+        Duration::from_secs(10),
+        "the other unit stops serving the logged-out session",
+        || async {
+            let p = shopper.clone().get(&c.sidecar.url("/cart")).await;
+            p.json()["session"] != sid.as_str()
+        },
+    )
+    .await;
+    assert!(
+        c.sidecar
+            .metric("stickyfarm_sidecar_flushes_total", "gone")
+            .await
+            >= 1.0
+    );
+}
