@@ -22,6 +22,9 @@ pub struct ClientCookies {
     pub unit: Option<UnitName>,
     /// What was malformed: those cookies are treated as absent.
     pub errors: Vec<ContractError>,
+    /// The request carried two different session ids (cookie tossing: a sibling subdomain
+    /// or an injected response planting its own): neither is used.
+    pub conflicting_sessions: bool,
 }
 
 /// Longest `Cookie` header value we look into; longer ones are refused as a whole.
@@ -104,15 +107,17 @@ pub fn parse_client_cookies<'a>(
 /// Parses Stickyfarm's cookies out of the `Cookie` header values of one request, the session
 /// id from the cookie named `session`.
 ///
-/// When a cookie appears more than once (for example set once for `/` and once for a unit
-/// path), the first occurrence wins, as RFC 6265 orders more specific paths first.
+/// When one of the other cookies appears more than once, the first occurrence wins, as RFC 6265
+/// orders more specific paths first. Two *different* session ids are treated as none: Stickyfarm
+/// sets one session cookie for `/`, so a second one was planted by someone else (cookie
+/// tossing), and choosing either could hand the client the attacker's session.
 pub fn parse_client_cookies_named<'a>(
     session: &SessionCookieName,
     header_values: impl IntoIterator<Item = &'a [u8]>,
 ) -> ClientCookies {
     let mut out = ClientCookies::default();
-    let (mut seen_session, mut seen_instance, mut seen_generation, mut seen_unit) =
-        (false, false, false, false);
+    let (mut seen_instance, mut seen_generation, mut seen_unit) = (false, false, false);
+    let mut sessions: Vec<String> = Vec::new();
     for raw in header_values {
         if raw.len() > MAX_COOKIE_HEADER_LEN {
             out.errors
@@ -133,9 +138,8 @@ pub fn parse_client_cookies_named<'a>(
             };
             let value = cookie.value();
             match cookie.name() {
-                name if name == session.as_str() && !seen_session => {
-                    seen_session = true;
-                    store(&mut out.session, value.parse(), &mut out.errors);
+                name if name == session.as_str() && !sessions.iter().any(|s| s == value) => {
+                    sessions.push(value.to_owned());
                 }
                 cookie_names::INSTANCE if !seen_instance => {
                     seen_instance = true;
@@ -152,6 +156,11 @@ pub fn parse_client_cookies_named<'a>(
                 _ => {}
             }
         }
+    }
+    match sessions.as_slice() {
+        [] => {}
+        [one] => store(&mut out.session, one.parse(), &mut out.errors),
+        _ => out.conflicting_sessions = true,
     }
     out
 }
@@ -229,14 +238,23 @@ mod tests {
     }
 
     #[test]
-    fn first_occurrence_wins_and_headers_combine() {
+    fn headers_combine_and_two_session_ids_are_none() {
         let a = SessionId::generate();
         let b = SessionId::generate();
-        let h1 = format!("sf_session={a}");
+        let h1 = format!("sf_session={a}; sf_gen=5");
         let h2 = format!("sf_session={b}; sf_gen=3");
         let c = parse_client_cookies([h1.as_bytes(), h2.as_bytes()]);
+        assert_eq!(c.session, None, "a tossed cookie: neither id is used");
+        assert!(c.conflicting_sessions);
+        assert_eq!(c.generation, Some(Generation(5)), "first occurrence wins");
+        // The same id twice is not a conflict.
+        let h = format!("sf_session={a}; sf_session={a}");
+        let c = parse_client_cookies([h.as_bytes()]);
         assert_eq!(c.session, Some(a));
-        assert_eq!(c.generation, Some(Generation(3)));
+        assert!(!c.conflicting_sessions);
+        // A malformed second value conflicts too (the attacker's cookie need not parse).
+        let h = format!("sf_session={a}; sf_session=junk");
+        assert_eq!(parse_client_cookies([h.as_bytes()]).session, None);
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl SessionTier {
     /// issues a new session id when there is no usable one. Never adopts a client-chosen id.
     /// A new id costs nothing (no row, no cache entry) until the app writes state to it.
     pub async fn resolve(&self, cookies: &ClientCookies) -> Result<ResolvedSession, TierError> {
-        if !cookies.errors.is_empty() {
+        if !cookies.errors.is_empty() || cookies.conflicting_sessions {
             self.metrics.malformed_cookie();
         }
         if let Some(id) = cookies.session {

@@ -266,6 +266,31 @@ async fn forged_and_malformed_cookies_get_a_fresh_session() {
             >= 4.0
     );
 
+    // Cookie tossing: an attacker plants its own session cookie next to the victim's (from a
+    // sibling subdomain, say). Two session ids: neither is used, the client gets a fresh one.
+    let mut attacker = Browser::new();
+    attacker.post(&a.sidecar.url("/cart/add?item=bait")).await;
+    let planted = attacker.cookie("sf_session").unwrap().to_owned();
+    let mut victim = Browser::new();
+    victim.post(&a.sidecar.url("/cart/add?item=mine")).await;
+    let own = victim.cookie("sf_session").unwrap().to_owned();
+    for order in [
+        format!("sf_session={planted}; sf_session={own}"),
+        format!("sf_session={own}; sf_session={planted}"),
+    ] {
+        let r = client
+            .get(a.sidecar.url("/cart"))
+            .header("cookie", order.as_str())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let cart: serde_json::Value = r.json().await.unwrap();
+        assert_ne!(cart["session"], planted.as_str(), "{order}");
+        assert_ne!(cart["session"], own.as_str(), "{order}");
+        assert_eq!(cart["items"], json!([]));
+    }
+
     // A client cannot inject Stickyfarm headers into the app.
     let r = client
         .get(a.sidecar.url("/echo"))
