@@ -461,6 +461,24 @@ async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
         "refused input changed nothing"
     );
 
+    // Signing in rotates the session id (OWASP): the cart moves to the new id, the old id is
+    // dead, and the order is placed under the new one.
+    let before = attacker.cookie("sf_session").unwrap().to_owned();
+    let p = attacker
+        .post_form(&format!("{base}/login"), &[("name", "Ann")])
+        .await;
+    assert!(p.status < 400, "{} {}", p.status, p.body);
+    let after = attacker.cookie("sf_session").unwrap().to_owned();
+    assert_ne!(after, before, "a new session id on sign-in");
+    let gone: bool = sqlx::query_scalar(
+        "SELECT NOT EXISTS (SELECT 1 FROM stickyfarm_sessions WHERE id = $1::uuid)",
+    )
+    .bind(uuid_of(&before))
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(gone, "the old id has no session any more");
+
     // No unit left service, and the cart checks out with what was accepted.
     let status: Value =
         serde_json::from_str(&farm.farmctl(&["status", "--json"]).unwrap()).unwrap();
@@ -469,13 +487,28 @@ async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
     }
     let order = shop(&mut attacker, post, &format!("{base}/api/checkout"), None).await;
     assert_eq!(order.status, 200, "{}", order.body);
+    let order_id = order.json()["id"].as_i64().unwrap();
     let rows: Vec<(String, i32)> = sqlx::query_as(
         "SELECT i.sku, i.qty FROM webstore_order_items i JOIN webstore_orders o ON o.id = i.order_id
           WHERE o.id = $1",
     )
-    .bind(order.json()["id"].as_i64().unwrap())
+    .bind(order_id)
     .fetch_all(&db.pool)
     .await
     .unwrap();
     assert_eq!(rows, vec![("tea".into(), 1)]);
+    let (customer, session): (Option<String>, String) =
+        sqlx::query_as("SELECT customer, session_id FROM webstore_orders WHERE id = $1")
+            .bind(order_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(customer.as_deref(), Some("Ann"));
+    assert_eq!(session, after);
+}
+
+/// A session id's UUID text (the form PostgreSQL stores).
+fn uuid_of(session: &str) -> String {
+    let id: stickyfarm_api::SessionId = session.parse().unwrap();
+    id.as_uuid().to_string()
 }

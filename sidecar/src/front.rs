@@ -225,6 +225,8 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     // Answer in the client's protocol version, whatever the app spoke to us.
     parts.version = client_version;
 
+    // The app may have rotated the session (sign-in, sign-out): the client gets the new id.
+    let id = front.tier.rotated(&id).unwrap_or(id);
     // The app may have written during the request: hand out the newest generation this unit
     // knows, so the client can prove it to any unit it reaches next.
     let generation = match front.tier.cache().get(&id).await {

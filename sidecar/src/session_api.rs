@@ -15,7 +15,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use serde_json::value::RawValue;
 use stickyfarm_api::{SessionId, TableName, headers};
@@ -49,6 +49,7 @@ impl axum::extract::FromRef<ApiState> for Arc<SessionTier> {
 pub fn router(tier: Arc<SessionTier>, limits: Limits) -> Router {
     Router::new()
         .route("/v1/sessions/{id}", get(get_session).delete(delete_session))
+        .route("/v1/sessions/{id}/rotate", post(rotate_session))
         .route(
             "/v1/sessions/{id}/tables/{table}",
             get(get_table).put(put_table).delete(delete_table),
@@ -226,6 +227,22 @@ async fn read_or_pending(tier: &SessionTier, id: SessionId) -> Result<SessionVie
         ))),
         None => Err(TierError::SessionNotFound),
     }
+}
+
+/// `POST /v1/sessions/{id}/rotate`: the session's state under a new id; the old id is dead.
+/// The client's cookie is reissued on the answer to the request during which the app rotated.
+async fn rotate_session(
+    State(tier): State<Arc<SessionTier>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let new = tier.rotate(id).await?;
+    let mut r = axum::Json(json!({ "id": new.to_string() })).into_response();
+    r.headers_mut().insert(
+        headers::SESSION,
+        HeaderValue::from_str(&new.to_string()).expect("session ids are visible ASCII"),
+    );
+    Ok(r)
 }
 
 async fn delete_session(

@@ -360,6 +360,61 @@ impl Store {
         })
     }
 
+    /// Moves a live session to a new id (OWASP's id rotation on sign-in and sign-out): the new
+    /// session keeps the tables, versions, generation and creation time (rotation never
+    /// extends the absolute lifetime); the old id is deleted and announced like a logout, in
+    /// one transaction. `false` when the old session is gone or expired.
+    pub async fn rotate_session(
+        &self,
+        old: SessionId,
+        new: SessionId,
+        created_by: &str,
+    ) -> Result<bool, StoreError> {
+        let r: Result<bool, sqlx::Error> = async {
+            let mut tx = self.pool.begin().await?;
+            let moved = sqlx::query(
+                "INSERT INTO stickyfarm_sessions (id, generation, created_at, last_seen, created_by)
+                 SELECT $2, generation, created_at, now(), $3 FROM stickyfarm_sessions
+                  WHERE id = $1
+                    AND last_seen > now() - make_interval(secs => $4)
+                    AND created_at > now() - make_interval(secs => $5)
+                 FOR UPDATE",
+            )
+            .bind(old.as_uuid())
+            .bind(new.as_uuid())
+            .bind(created_by)
+            .bind(self.expiry.idle.as_secs_f64())
+            .bind(self.expiry.absolute.as_secs_f64())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if moved == 0 {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO stickyfarm_session_tables (session_id, name, version, doc, updated_at)
+                 SELECT $2, name, version, doc, updated_at FROM stickyfarm_session_tables
+                  WHERE session_id = $1",
+            )
+            .bind(old.as_uuid())
+            .bind(new.as_uuid())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "WITH d AS (DELETE FROM stickyfarm_sessions WHERE id = $1 RETURNING id)
+                 SELECT count(pg_notify($2, d.id::text || ':deleted')::text) FROM d",
+            )
+            .bind(old.as_uuid())
+            .bind(INVALIDATION_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(true)
+        }
+        .await;
+        self.observe("rotate_session", r)
+    }
+
     /// Deletes a session and everything in it, and announces it. Returns whether it existed.
     pub async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
         let r = sqlx::query(

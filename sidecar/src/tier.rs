@@ -10,7 +10,7 @@
 //!    after the listener lost its connection, the whole cache is dropped.
 //! 4. Every write is conditional on a version: a stale copy can never be written back.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -28,6 +28,12 @@ use crate::store::{Committed, Invalidation, Store, StoreError, WriteCondition};
 fn unix_seconds() -> u64 {
     unix_now() / 1000
 }
+
+/// How long a rotation is remembered for the answers of requests that were in flight.
+const ROTATION_MEMORY: Duration = Duration::from_secs(60);
+
+/// Rotations remembered at most.
+const MAX_ROTATIONS: usize = 100_000;
 
 /// Stripes of the per-session lock. Loads, writes and invalidations of one session are
 /// serialised so a load can never re-insert a copy older than an invalidation it raced with.
@@ -126,6 +132,9 @@ pub struct SessionTier {
     to_touch: StdMutex<HashSet<uuid::Uuid>>,
     /// Ids issued here, pending their first write for the idle timeout.
     issued: IssuedIds,
+    /// Sessions rotated lately: old id → (new id, when). The front hands the client the new
+    /// cookie on the answer to the request during which the app rotated.
+    rotations: StdMutex<HashMap<SessionId, (SessionId, u64)>>,
 }
 
 impl SessionTier {
@@ -141,6 +150,7 @@ impl SessionTier {
             store,
             metrics,
             issued: IssuedIds::new(options.idle_timeout),
+            rotations: StdMutex::new(HashMap::new()),
             options,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
@@ -394,6 +404,47 @@ impl SessionTier {
                 Err(e.into())
             }
         }
+    }
+
+    /// Gives a session a new id (on sign-in and sign-out, so an id learnt before cannot ride
+    /// the new privileges): the state moves to a new id issued here, the old id is dead on
+    /// every unit. A session without state just gets a new id.
+    pub async fn rotate(&self, old: SessionId) -> Result<SessionId, TierError> {
+        let now = unix_seconds();
+        let new = self.issued.issue(now);
+        {
+            let _guard = self.lock_for(&old).lock().await;
+            let stored = self
+                .store
+                .rotate_session(old, new, &self.options.unit)
+                .await?;
+            if !stored && !self.pending(&old) {
+                return Err(TierError::SessionNotFound);
+            }
+            self.cache.remove(&old);
+            self.issued.forget(&old, now);
+            if stored {
+                self.metrics.session_created();
+            }
+        }
+        let mut rotations = self.rotations.lock().expect("rotations poisoned");
+        if rotations.len() >= MAX_ROTATIONS {
+            rotations.retain(|_, (_, at)| now.saturating_sub(*at) < ROTATION_MEMORY.as_secs());
+        }
+        if rotations.len() < MAX_ROTATIONS {
+            rotations.insert(old, (new, now));
+        }
+        Ok(new)
+    }
+
+    /// The id `id` was rotated to lately, if it was (the front then reissues the cookie).
+    pub fn rotated(&self, id: &SessionId) -> Option<SessionId> {
+        let now = unix_seconds();
+        let rotations = self.rotations.lock().expect("rotations poisoned");
+        rotations
+            .get(id)
+            .filter(|(_, at)| now.saturating_sub(*at) < ROTATION_MEMORY.as_secs())
+            .map(|(new, _)| *new)
     }
 
     /// Deletes a session everywhere.

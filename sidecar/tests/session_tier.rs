@@ -1134,3 +1134,66 @@ async fn the_cache_ends_sessions_itself_without_notifications() {
             >= 1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_rotates_the_session_id_and_the_old_one_is_dead_everywhere() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let b = Unit::start("web-1", &db.url, &[]).await;
+    let mut browser = Browser::new();
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let old = browser.cookie("sf_session").unwrap().to_owned();
+    // Another unit has the session cached (a failover, or a second tab through it).
+    let mut thief = Browser::new();
+    thief.cookies.insert("sf_session".into(), old.clone());
+    assert_eq!(
+        thief.get(&b.sidecar.url("/cart")).await.json()["session"],
+        old.as_str()
+    );
+
+    // The app rotates during a request: the answer carries the new cookie.
+    let p = browser.post(&a.sidecar.url("/sign-in")).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    let new = p.json()["id"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    assert_eq!(browser.cookie("sf_session"), Some(new.as_str()));
+    // The state moved, with its versions; the old row is gone.
+    assert!(!db.session_exists(&old).await);
+    assert_eq!(db.table(&new, "cart").await, Some((1, json!(["apple"]))));
+    let cart = browser.get(&a.sidecar.url("/cart")).await.json();
+    assert_eq!(cart["session"], new.as_str());
+    assert_eq!(cart["items"], json!(["apple"]));
+
+    // Whoever kept the old id (an attacker who planted or saw it before sign-in) gets nothing,
+    // on the unit that rotated and on the one that had it cached.
+    for unit in [&a, &b] {
+        let mut t = thief.clone();
+        eventually(Duration::from_secs(10), "the old id is dead", || async {
+            let p = t.clone().get(&unit.sidecar.url("/cart")).await.json();
+            p["session"] != old.as_str() && p["items"] == json!([])
+        })
+        .await;
+        t.cookies.insert("sf_session".into(), old.clone());
+        let r = t.post(&unit.sidecar.url("/sign-in")).await;
+        assert_eq!(r.status, 200, "a fresh session can sign in");
+        assert_ne!(r.json()["id"], new.as_str());
+    }
+    let client = reqwest::Client::new();
+    let r = client
+        .post(a.sidecar.api_url(&format!("/v1/sessions/{old}/rotate")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "a dead id cannot be rotated back to life");
+    let r = client
+        .put(
+            a.sidecar
+                .api_url(&format!("/v1/sessions/{old}/tables/cart")),
+        )
+        .json(&json!(["x"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "nor written");
+    assert!(!db.session_exists(&old).await);
+}

@@ -434,6 +434,31 @@ impl Browser {
         if let Some(body) = json {
             req = req.json(body);
         }
+        self.finish(req).await
+    }
+
+    /// A form POST (`application/x-www-form-urlencoded`), as a page's `<form>` sends it. The
+    /// answer (typically a redirect) is returned as it is, not followed, so the cookies it sets
+    /// are kept as a browser keeps them before it follows.
+    pub async fn post_form(&mut self, url: &str, fields: &[(&str, &str)]) -> Page {
+        let body: String = fields
+            .iter()
+            .map(|(k, v)| format!("{}={}", form_escape(k), form_escape(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let no_redirects = reqwest::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let req = no_redirects
+            .post(url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        self.finish(req).await
+    }
+
+    async fn finish(&mut self, mut req: reqwest::RequestBuilder) -> Page {
         if !self.cookies.is_empty() {
             let header = self
                 .cookies
@@ -469,6 +494,19 @@ impl Browser {
     }
 }
 
+/// `application/x-www-form-urlencoded` escaping of one key or value.
+fn form_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The test app behind the sidecars: it keeps a cart in the session API, the way a real app
 /// must (never in its own memory).
 ///
@@ -501,6 +539,7 @@ impl TestApp {
             .route("/echo", get(echo))
             .route("/cart", get(cart))
             .route("/cart/add", post(cart_add))
+            .route("/sign-in", post(sign_in))
             .route(
                 "/fail",
                 get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "the app failed\n") }),
@@ -600,6 +639,20 @@ async fn cart(State(state): State<AppState>, h: HeaderMap) -> axum::response::Re
 
 /// Conflicts the test app's read-modify-write tolerates before it gives up with 409.
 const MAX_CONFLICTS: u32 = 50;
+
+/// Rotates the session id (as an app does on sign-in) and answers the new one.
+async fn sign_in(State(state): State<AppState>, h: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let sid = h["x-stickyfarm-session"].to_str().unwrap().to_owned();
+    let r = state
+        .client
+        .post(format!("{}/v1/sessions/{sid}/rotate", api_base(&state)))
+        .send()
+        .await
+        .unwrap();
+    let status = StatusCode::from_u16(r.status().as_u16()).unwrap();
+    (status, r.text().await.unwrap()).into_response()
+}
 
 async fn cart_add(
     State(state): State<AppState>,

@@ -288,7 +288,7 @@ async fn login_form(
     h: HeaderMap,
     Form(f): Form<LoginForm>,
 ) -> Result<Redirect, ShopError> {
-    let v = Visit::from_headers(&h)?;
+    let mut v = Visit::from_headers(&h)?;
     let name: String = f.name.trim().chars().take(40).collect();
     if name.is_empty() {
         return Err(ShopError(
@@ -296,6 +296,8 @@ async fn login_form(
             "a name is needed to sign in".into(),
         ));
     }
+    // A new id for the signed-in session: one planted or seen before sign-in is worthless.
+    shop.sessions.rotate(&mut v).await?;
     shop.sessions
         .update::<Login, _>(&v, LOGIN, |l| l.name = name.clone())
         .await?;
@@ -303,7 +305,8 @@ async fn login_form(
 }
 
 async fn logout_form(State(shop): State<Arc<Shop>>, h: HeaderMap) -> Result<Redirect, ShopError> {
-    let v = Visit::from_headers(&h)?;
+    let mut v = Visit::from_headers(&h)?;
+    shop.sessions.rotate(&mut v).await?;
     shop.sessions
         .update::<Login, _>(&v, LOGIN, |l| l.name.clear())
         .await?;

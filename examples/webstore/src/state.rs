@@ -199,6 +199,32 @@ impl SessionApi {
         Err(StateError::Contended)
     }
 
+    /// Gives the session a new id (on sign-in and sign-out, as OWASP asks): the state moves
+    /// with it, the old id is dead, and the sidecar sets the new cookie on this request's
+    /// answer. `v` names the new id afterwards.
+    pub async fn rotate(&self, v: &mut Visit) -> Result<(), StateError> {
+        let r = self
+            .http
+            .post(format!("{}/v1/sessions/{}/rotate", self.base, v.session))
+            .send()
+            .await
+            .map_err(|e| StateError::Api(e.to_string()))?;
+        match r.status().as_u16() {
+            200 => {
+                #[derive(Deserialize)]
+                struct Rotated {
+                    id: String,
+                }
+                let rotated: Rotated =
+                    r.json().await.map_err(|e| StateError::Api(e.to_string()))?;
+                v.session = rotated.id;
+                Ok(())
+            }
+            503 => Err(StateError::Unavailable),
+            s => Err(StateError::Api(format!("rotating the session: status {s}"))),
+        }
+    }
+
     /// Replaces a table only if it is still at `version`; `false` when it moved on.
     pub async fn replace_if<T: Serialize>(
         &self,
