@@ -695,9 +695,19 @@ async fn database_credentials_are_never_regenerated_and_go_only_with_the_farm() 
     };
     let ns = "e2e-credentials";
     namespace(&c.admin, ns).await?;
+    // The operator may not watch Secrets (its ClusterRole never lists them): it sees a deleted
+    // one at its next reconcile, at most --resync later. A short resync makes that prompt here
+    // instead of waiting for some other event to wake it.
     let op = Operator::start(
         &c.kubeconfig,
-        &["--watch-namespace", ns, "--leader-elect", "false"],
+        &[
+            "--watch-namespace",
+            ns,
+            "--leader-elect",
+            "false",
+            "--resync",
+            "5s",
+        ],
     )
     .await?;
     let farm = example("serverfarms/minimal.yaml");
