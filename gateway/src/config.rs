@@ -157,6 +157,12 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_NEW_SESSION_BURST", default_value_t = 200)]
     pub new_session_burst: u32,
 
+    /// An idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose body is at most
+    /// this large is read in full before it is forwarded, so it can be replayed on a backup
+    /// when its unit dies before answering; larger ones stream and answer 502 instead.
+    #[arg(long, env = "STICKYFARM_REPLAY_BODY_MAX", default_value = "64KiB")]
+    pub replay_body_max: ByteSize,
+
     /// Further units tried when a request could not be delivered.
     #[arg(long, env = "STICKYFARM_MAX_RETRIES", default_value_t = 2)]
     pub max_retries: u32,

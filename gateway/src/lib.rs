@@ -186,6 +186,7 @@ impl Gateway {
                 upstream_timeout: config.upstream_timeout,
                 max_retries: config.max_retries,
                 max_body_size: config.max_body_size.as_u64(),
+                replay_body_max: config.replay_body_max.as_u64(),
                 trust_forwarded: config.trust_forwarded,
                 cookie_secure: config.cookie_secure,
                 new_session_rate: config.new_session_rate,

@@ -7,10 +7,13 @@
 //!    sessions;
 //! 3. if the unit is out of service, fail over to a backup;
 //! 4. forward; a request that was never sent is retried on a backup whatever its method (also
-//!    one without a body that a sidecar answered with `x-stickyfarm-unit-unavailable`: its app
-//!    never saw it), an idempotent request without a body also after a reset, anything else is
-//!    not replayed;
-//! 5. answer with the serving unit's address (for the app's links) and the routing cookie.
+//!    one the gateway still holds that a sidecar answered with `x-stickyfarm-unit-unavailable`:
+//!    its app never saw it), an idempotent one (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; bodies up
+//!    to `--replay-body-max` are held for this) also after a reset, anything else is not
+//!    replayed;
+//! 5. answer with the serving unit's address (for the app's links) and the routing cookie; an
+//!    answer of the gateway's own to a request whose body it did not read closes the
+//!    connection.
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -68,6 +71,8 @@ pub struct ProxySettings {
     pub max_retries: u32,
     /// Largest request body.
     pub max_body_size: u64,
+    /// Largest body held in memory so an idempotent request can be replayed on a backup.
+    pub replay_body_max: u64,
     /// Keep and append to the client's `X-Forwarded-For`.
     pub trust_forwarded: bool,
     /// `Secure` on the routing cookie.
@@ -185,6 +190,10 @@ pub fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> {
     Ok(text.to_owned())
 }
 
+/// Marks an answer the gateway made itself (not a unit's).
+#[derive(Debug, Clone, Copy)]
+struct GatewayAnswer;
+
 fn text_response(status: StatusCode, msg: &str) -> Response<ResponseBody> {
     let mut r = Response::new(
         Full::new(Bytes::from(format!("{msg}\n")))
@@ -192,6 +201,7 @@ fn text_response(status: StatusCode, msg: &str) -> Response<ResponseBody> {
             .boxed(),
     );
     *r.status_mut() = status;
+    r.extensions_mut().insert(GatewayAnswer);
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -203,8 +213,12 @@ fn text_response(status: StatusCode, msg: &str) -> Response<ResponseBody> {
     r
 }
 
+/// RFC 9110's idempotent methods: replaying one that may have reached the app is safe.
 fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -217,16 +231,21 @@ struct Replay {
     method: Method,
     uri: Uri,
     headers: http::HeaderMap,
+    body: Bytes,
 }
 
 impl Replay {
     fn request(&self) -> Request<UpstreamBody> {
-        let mut r = Request::new(empty_body());
+        let mut r = Request::new(full_body(self.body.clone()));
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();
         r
     }
+}
+
+fn full_body(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 fn empty_body() -> UpstreamBody {
@@ -288,8 +307,67 @@ impl Proxy {
         Some(eligible[i].clone())
     }
 
+    /// The body towards the unit, and a copy of it when the request may be replayed on a
+    /// backup: every request without a body, and an idempotent one whose declared length is at
+    /// most `--replay-body-max` (read in full first). Anything else streams and is never
+    /// replayed once sent.
+    async fn hold_for_replay(
+        &self,
+        body: Incoming,
+        body_empty: bool,
+        idempotent: bool,
+        headers: &http::HeaderMap,
+    ) -> Result<(UpstreamBody, Option<Bytes>), Response<ResponseBody>> {
+        if body_empty {
+            return Ok((empty_body(), Some(Bytes::new())));
+        }
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match declared {
+            Some(len) if idempotent && len <= self.s.replay_body_max => {
+                let bytes = Limited::new(body, len as usize)
+                    .collect()
+                    .await
+                    .map_err(|_| {
+                        self.refuse(
+                            StatusCode::BAD_REQUEST,
+                            "body_unreadable",
+                            "the request body ended early or was longer than its Content-Length",
+                        )
+                    })?
+                    .to_bytes();
+                Ok((full_body(bytes.clone()), Some(bytes)))
+            }
+            _ => Ok((
+                Limited::new(body, self.s.max_body_size as usize)
+                    .map_err(|e| e as Box<dyn std::error::Error + Send + Sync>)
+                    .boxed(),
+                None,
+            )),
+        }
+    }
+
     /// Handles one client request.
     pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<ResponseBody> {
+        // An answer of the gateway's own (a refusal, an error) to an HTTP/1 request whose body
+        // it did not read closes the connection: otherwise the unread body would be taken for
+        // the client's next request on it, which then fails.
+        let unread_body = req.version() < http::Version::HTTP_2 && !req.body().is_end_stream();
+        let mut resp = self.handle_request(req, remote).await;
+        if unread_body && resp.extensions().get::<GatewayAnswer>().is_some() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    async fn handle_request(
         self: Arc<Self>,
         req: Request<Incoming>,
         remote: SocketAddr,
@@ -466,15 +544,20 @@ impl Proxy {
             h.insert(FORWARDED, v);
         }
         let idempotent = is_idempotent(&parts.method);
-        let replay = body_empty.then(|| Replay {
+        let (upstream_body, held) = match self
+            .hold_for_replay(body, body_empty, idempotent, &parts.headers)
+            .await
+        {
+            Ok(b) => b,
+            Err(refusal) => return refusal,
+        };
+        let replay = held.map(|body| Replay {
             method: parts.method.clone(),
             uri: uri.clone(),
             headers: parts.headers.clone(),
+            body,
         });
-        let limited: UpstreamBody = Limited::new(body, self.s.max_body_size as usize)
-            .map_err(|e| e as Box<dyn std::error::Error + Send + Sync>)
-            .boxed();
-        let mut outbound = Request::new(limited);
+        let mut outbound = Request::new(upstream_body);
         *outbound.method_mut() = parts.method;
         *outbound.uri_mut() = uri;
         *outbound.headers_mut() = parts.headers;
@@ -754,6 +837,7 @@ mod tests {
             upstream_timeout: Duration::from_secs(1),
             max_retries: 0,
             max_body_size: 1024,
+            replay_body_max: 1024,
             trust_forwarded: false,
             cookie_secure: true,
             new_session_rate: 0,

@@ -1095,3 +1095,97 @@ async fn the_units_health_check_is_not_reachable_through_the_gateway() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotent_writes_are_replayed_when_their_unit_dies_and_others_are_not() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let gw = GatewayProc::start(
+        &[a.flag(), b.flag()],
+        &[
+            "--rise",
+            "1",
+            "--ejection-time",
+            "1s",
+            "--replay-body-max",
+            "1KiB",
+        ],
+    )
+    .await;
+    gw.wait_up(2).await;
+    let client = reqwest::Client::new();
+    // web-0 dies in the middle of each request (it reset the connection after reading it).
+    for (method, body_len) in [(reqwest::Method::PUT, 300), (reqwest::Method::DELETE, 20)] {
+        let r = client
+            .request(
+                method.clone(),
+                gw.url("/_unit/web-0/reset-on/web-0/cart/items/tea"),
+            )
+            .body("x".repeat(body_len))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{method} is replayed on the backup");
+        let echo: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(echo["unit"], "web-1");
+        assert_eq!(echo["method"], method.as_str());
+        assert_eq!(echo["body_len"], body_len, "the same body, in full");
+        assert_eq!(a.count(method.as_str()), 1);
+        assert_eq!(b.count(method.as_str()), 1);
+        gw.wait_up(2).await;
+    }
+    // Not idempotent: never replayed, a clear 502.
+    let r = client
+        .post(gw.url("/_unit/web-0/reset-on/web-0/checkout"))
+        .body("order")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(b.count("POST"), 0);
+    gw.wait_up(2).await;
+    // Idempotent but over --replay-body-max: streamed, so not replayed either.
+    let r = client
+        .put(gw.url("/_unit/web-0/reset-on/web-0/upload"))
+        .body("x".repeat(4096))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502);
+    assert_eq!(b.count("PUT"), 1, "only the small PUT reached the backup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_with_a_body_leaves_the_connection_usable() {
+    let a = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(&[a.flag()], &["--max-body-size", "1KiB"]).await;
+    gw.wait_up(1).await;
+    // One client, one keep-alive connection at a time: each refusal is followed by a request
+    // that must be answered, not fail on what was left of the refused body.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        let refused = match i % 2 {
+            // No such unit for a client without a session: refused before the body is read.
+            0 => client
+                .post(gw.url("/_unit/nobody/cart"))
+                .body(vec![b'x'; 64 * 1024 + i])
+                .send()
+                .await
+                .unwrap(),
+            // A malformed unit address.
+            _ => client
+                .put(gw.url("/_unit/Not_A_Unit/cart"))
+                .body(vec![b'y'; 8192 + i])
+                .send()
+                .await
+                .unwrap(),
+        };
+        assert!(refused.status().is_client_error(), "{}", refused.status());
+        assert_eq!(refused.headers()["connection"], "close");
+        let next = client.get(gw.url("/echo")).send().await.unwrap();
+        assert_eq!(next.status(), 200, "round {i}");
+    }
+}

@@ -805,7 +805,7 @@ where
 
 /// A scriptable unit for gateway tests: answers health checks as a sidecar would (or not),
 /// echoes what it received as JSON, and aborts the connection without answering on paths
-/// starting with `/reset`. Counts requests by method.
+/// starting with `/reset` (`/reset-on/<unit>/…`: only on that unit). Counts requests by method.
 pub struct FakeUnit {
     pub name: String,
     pub addr: SocketAddr,
@@ -860,7 +860,13 @@ impl FakeUnit {
                             if path.starts_with("/slow") {
                                 tokio::time::sleep(Duration::from_millis(1500)).await;
                             }
-                            if path.starts_with("/reset") {
+                            // `/reset-on/<unit>/…`: only that unit resets (a unit dying mid-request
+                            // while its backups are fine).
+                            if let Some(rest) = path.strip_prefix("/reset-on/") {
+                                if rest.split('/').next() == Some(n.as_str()) {
+                                    return Err("reset on purpose");
+                                }
+                            } else if path.starts_with("/reset") {
                                 // An error from the service makes hyper drop the connection unanswered.
                                 return Err("reset on purpose");
                             }
