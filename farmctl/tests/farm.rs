@@ -485,9 +485,44 @@ async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
     for u in status["units"].as_array().unwrap() {
         assert_eq!(u["state"], "up", "{u}");
     }
-    let order = shop(&mut attacker, post, &format!("{base}/api/checkout"), None).await;
-    assert_eq!(order.status, 200, "{}", order.body);
-    let order_id = order.json()["id"].as_i64().unwrap();
+    // Checkout with an Idempotency-Key, then the same again as a client whose first answer was
+    // lost would: the same order, not "the cart is empty", and one order row.
+    let cookie = attacker
+        .cookies
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let checkout = || {
+        reqwest::Client::new()
+            .post(format!("{base}/api/checkout"))
+            .header("cookie", &cookie)
+            .header("idempotency-key", "order-7f3a")
+            .send()
+    };
+    let first = checkout().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let order_id = first.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let again = checkout().await.unwrap();
+    assert_eq!(
+        again.status(),
+        200,
+        "a retried checkout is answered, not refused"
+    );
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], order_id);
+    let p = shop(&mut attacker, post, &format!("{base}/api/checkout"), None).await;
+    assert!(
+        p.status == 400 && p.body.contains("empty"),
+        "without the key: {}",
+        p.body
+    );
+    let orders: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webstore_orders WHERE session_id = $1")
+            .bind(&after)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(orders, 1);
     let rows: Vec<(String, i32)> = sqlx::query_as(
         "SELECT i.sku, i.qty FROM webstore_order_items i JOIN webstore_orders o ON o.id = i.order_id
           WHERE o.id = $1",

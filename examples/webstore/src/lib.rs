@@ -313,16 +313,49 @@ async fn logout_form(State(shop): State<Arc<Shop>>, h: HeaderMap) -> Result<Redi
     Ok(Redirect::to(&format!("{}/", v.base)))
 }
 
+/// The client's `Idempotency-Key`: 1 to 64 visible ASCII characters, or a 400.
+fn idempotency_key(h: &HeaderMap) -> Result<Option<String>, ShopError> {
+    let Some(v) = h.get("idempotency-key") else {
+        return Ok(None);
+    };
+    v.to_str()
+        .ok()
+        .filter(|k| (1..=64).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()))
+        .map(|k| Some(k.to_owned()))
+        .ok_or_else(|| {
+            ShopError(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 64 visible ASCII characters".into(),
+            )
+        })
+}
+
 /// Places the order for the cart as it is now, then empties the cart if nobody changed it
-/// meanwhile. Retrying the same checkout returns the same order.
-async fn checkout(shop: &Shop, v: &Visit) -> Result<shop::Order, ShopError> {
+/// meanwhile. Retrying the same checkout returns the same order: with an `Idempotency-Key`
+/// even after the first attempt emptied the cart (its answer was lost on the way).
+async fn checkout(shop: &Shop, v: &Visit, key: Option<&str>) -> Result<shop::Order, ShopError> {
+    if let Some(k) = key
+        && let Some(order) =
+            shop::order_by_key(&shop.db, &shop::checkout_key(&v.session, Some(k), 0)).await?
+    {
+        return Ok(order);
+    }
     let (cart, version) = shop.sessions.read::<Cart>(v, CART).await?;
     // A cart the shop cannot order (empty, or lines no current page could have made) is the
     // client's to fix: 4xx with the reason, never a database error.
     check_cart(&cart).map_err(|why| ShopError(StatusCode::BAD_REQUEST, why))?;
     let (login, _) = shop.sessions.read::<Login>(v, LOGIN).await?;
     let customer = (!login.name.is_empty()).then_some(login.name.as_str());
-    let order = shop::place_order(&shop.db, &v.session, &cart, version, customer, &v.unit).await?;
+    let checkout_key = shop::checkout_key(&v.session, key, version);
+    let order = shop::place_order(
+        &shop.db,
+        &checkout_key,
+        &v.session,
+        &cart,
+        customer,
+        &v.unit,
+    )
+    .await?;
     shop.sessions
         .replace_if(v, CART, &Cart::default(), version)
         .await?;
@@ -334,7 +367,7 @@ async fn checkout_form(
     h: HeaderMap,
 ) -> Result<Html<String>, ShopError> {
     let v = Visit::from_headers(&h)?;
-    let order = checkout(&shop, &v).await?;
+    let order = checkout(&shop, &v, idempotency_key(&h)?.as_deref()).await?;
     let (login, _) = shop.sessions.read::<Login>(&v, LOGIN).await?;
     let lines: String = order
         .items
@@ -428,7 +461,9 @@ async fn api_checkout(
     h: HeaderMap,
 ) -> Result<Json<shop::Order>, ShopError> {
     let v = Visit::from_headers(&h)?;
-    Ok(Json(checkout(&shop, &v).await?))
+    Ok(Json(
+        checkout(&shop, &v, idempotency_key(&h)?.as_deref()).await?,
+    ))
 }
 
 #[cfg(test)]

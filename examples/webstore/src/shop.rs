@@ -136,24 +136,45 @@ pub struct Order {
     pub total_cents: u64,
 }
 
-/// Records an order for `cart` at `cart_version`, exactly once: a retried checkout of the same
-/// cart version finds the order it already made. The cart must pass [`check_cart`].
+/// What makes a checkout happen once: the client's `Idempotency-Key` when it sent one (scoped
+/// to its session), otherwise the cart version it checked out.
+pub fn checkout_key(session: &str, idempotency_key: Option<&str>, cart_version: u64) -> String {
+    match idempotency_key {
+        Some(k) => format!("{session}:key:{k}"),
+        None => format!("{session}:{cart_version}"),
+    }
+}
+
+/// The order a checkout key already made, if any.
+pub async fn order_by_key(pool: &PgPool, key: &str) -> Result<Option<Order>, sqlx::Error> {
+    let id: Option<i64> =
+        sqlx::query_scalar("SELECT id FROM webstore_orders WHERE checkout_key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?;
+    match id {
+        Some(id) => Ok(Some(order(pool, id).await?)),
+        None => Ok(None),
+    }
+}
+
+/// Records an order for `cart` under `key`, exactly once: a retried checkout with the same key
+/// finds the order it already made. The cart must pass [`check_cart`].
 pub async fn place_order(
     pool: &PgPool,
+    key: &str,
     session: &str,
     cart: &Cart,
-    cart_version: u64,
     customer: Option<&str>,
     unit: &str,
 ) -> Result<Order, sqlx::Error> {
-    let key = format!("{session}:{cart_version}");
     let total = total_cents(cart);
     let mut tx = pool.begin().await?;
     let created: Option<i64> = sqlx::query_scalar(
         "INSERT INTO webstore_orders (checkout_key, session_id, customer, unit, total_cents)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (checkout_key) DO NOTHING RETURNING id",
     )
-    .bind(&key)
+    .bind(key)
     .bind(session)
     .bind(customer)
     .bind(unit)
@@ -178,7 +199,7 @@ pub async fn place_order(
         }
         None => {
             sqlx::query_scalar("SELECT id FROM webstore_orders WHERE checkout_key = $1")
-                .bind(&key)
+                .bind(key)
                 .fetch_one(&mut *tx)
                 .await?
         }
