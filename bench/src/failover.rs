@@ -99,7 +99,8 @@ async fn one_run(
         _ => b.haproxy(&members, "500ms", cpu, logs)?,
     };
     crate::bench::wait_routed(
-        &format!("http://{addr}{}", stickyfarm_api::paths::HEALTH),
+        // An app page: the units' own health path is not reachable through the gateway.
+        &format!("http://{addr}/hello"),
         "",
         None,
     )

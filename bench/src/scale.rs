@@ -63,7 +63,8 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
             .gateway(&members, &["--check-interval", "1s"], cpu, &logs, "gateway")
             .await?;
         crate::bench::wait_routed(
-            &format!("http://{addr}{}", stickyfarm_api::paths::HEALTH),
+            // An app page: the units' own health path is not reachable through the gateway.
+            &format!("http://{addr}/hello"),
             "",
             None,
         )
