@@ -80,8 +80,19 @@ impl UnitSource for KubernetesSource {
     }
 }
 
-/// The membership described by a farm's EndpointSlices (pure). A unit whose pod has no address
-/// yet is left out; a terminating pod or a unit labelled `draining` drains.
+/// Whether the EndpointSlice controller made `slice` for the unit Service `unit` (the operator
+/// names each unit's Service after the unit): the slice is controlled by that Service. Labels
+/// alone prove nothing: whoever can write an EndpointSlice in the namespace could label one to
+/// send a unit's clients elsewhere.
+fn made_for_unit_service(slice: &EndpointSlice, unit: &str) -> bool {
+    slice.metadata.owner_references.iter().flatten().any(|o| {
+        o.controller == Some(true) && o.api_version == "v1" && o.kind == "Service" && o.name == unit
+    })
+}
+
+/// The membership described by a farm's EndpointSlices (pure). Only slices controlled by the
+/// unit's own Service count. A unit whose pod has no address yet is left out; a terminating
+/// pod or a unit labelled `draining` drains.
 pub fn units_from_slices(slices: &[Arc<EndpointSlice>]) -> Vec<UnitSpec> {
     let mut units: BTreeMap<String, (UnitSpec, bool)> = BTreeMap::new();
     for slice in slices {
@@ -93,6 +104,11 @@ pub fn units_from_slices(slices: &[Arc<EndpointSlice>]) -> Vec<UnitSpec> {
             tracing::warn!(unit = %name, "ignoring an EndpointSlice with an invalid unit name");
             continue;
         };
+        if !made_for_unit_service(slice, name) {
+            tracing::warn!(unit = %name, slice = ?slice.metadata.name,
+                "ignoring an EndpointSlice its unit's Service does not control");
+            continue;
+        }
         let Some(port) = slice.ports.iter().flatten().find_map(|p| {
             (p.name.as_deref() == Some(UNIT_PORT_NAME))
                 .then_some(p.port)
@@ -142,7 +158,7 @@ pub fn units_from_slices(slices: &[Arc<EndpointSlice>]) -> Vec<UnitSpec> {
 mod tests {
     use k8s_openapi::api::core::v1::ObjectReference;
     use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     use super::*;
 
@@ -158,6 +174,7 @@ mod tests {
                     (labels::UNIT.to_owned(), unit.to_owned()),
                     (labels::UNIT_STATE.to_owned(), state.to_owned()),
                 ])),
+                owner_references: Some(vec![service_owner(unit)]),
                 ..ObjectMeta::default()
             },
             address_type: "IPv4".into(),
@@ -168,6 +185,18 @@ mod tests {
                 ..EndpointPort::default()
             }]),
         })
+    }
+
+    /// What the EndpointSlice controller sets on the slices of Service `name`.
+    fn service_owner(name: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: "v1".into(),
+            kind: "Service".into(),
+            name: name.into(),
+            uid: "5a0c1f4e-0000-4000-8000-000000000001".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
     }
 
     fn endpoint(ip: &str, uid: &str, terminating: bool) -> Endpoint {
@@ -264,5 +293,46 @@ mod tests {
         assert_eq!(units.len(), 1);
         assert_eq!(units[0].address, "[fd00::5]:8080");
         assert_eq!(units[0].instance, None, "an unparsable uid is not trusted");
+    }
+
+    #[test]
+    fn only_slices_their_units_service_controls_are_trusted() {
+        let good = slice(
+            "shop-0",
+            "serving",
+            vec![endpoint("10.0.0.1", UID_A, false)],
+        );
+        let forge = |owner: Option<OwnerReference>| {
+            let mut s = (*slice(
+                "shop-0",
+                "serving",
+                vec![endpoint("203.0.113.66", UID_B, false)],
+            ))
+            .clone();
+            s.metadata.owner_references = owner.map(|o| vec![o]);
+            Arc::new(s)
+        };
+        let not_controller = OwnerReference {
+            controller: None,
+            ..service_owner("shop-0")
+        };
+        let other_service = service_owner("shop-1");
+        let not_a_service = OwnerReference {
+            kind: "Pod".into(),
+            ..service_owner("shop-0")
+        };
+        for forged in [
+            forge(None),
+            forge(Some(not_controller)),
+            forge(Some(other_service)),
+            forge(Some(not_a_service)),
+        ] {
+            let units = units_from_slices(std::slice::from_ref(&forged));
+            assert!(units.is_empty(), "{:?}", forged.metadata.owner_references);
+            // Next to the real slice, the forged endpoint never becomes the unit.
+            let units = units_from_slices(&[forged, good.clone()]);
+            assert_eq!(units.len(), 1);
+            assert_eq!(units[0].address, "10.0.0.1:8080");
+        }
     }
 }
