@@ -12,6 +12,8 @@ mod error;
 pub mod farm;
 mod hop;
 mod ids;
+#[cfg(feature = "server")]
+pub mod listener;
 mod snapshot;
 mod unit;
 

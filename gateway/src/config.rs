@@ -196,6 +196,14 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
     pub cookie_secure: bool,
 
+    /// Open client connections at most (per listener); more wait until one ends.
+    #[arg(long, env = "STICKYFARM_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+
+    /// Concurrent HTTP/2 streams per client connection.
+    #[arg(long, env = "STICKYFARM_HTTP2_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub http2_max_streams: u32,
+
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -20,9 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use stickyfarm_api::listener;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -207,40 +206,38 @@ impl Gateway {
                 source,
             })?;
 
-        let mut server = auto::Builder::new(TokioExecutor::new());
-        server
-            .http1()
-            .timer(TokioTimer::new())
-            // hyper answers 431 to a head larger than its read buffer (8 KiB at least).
-            .max_buf_size((config.max_header_size.as_u64() as usize).max(8192))
-            .max_headers(config.max_headers)
-            // Slowloris: a client that does not finish its headers in time is disconnected.
-            .header_read_timeout(config.header_read_timeout)
-            .keep_alive(true);
-        server
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(config.max_header_size.as_u64() as u32);
-        tasks.spawn(serve(
+        let limits = listener::Limits {
+            max_connections: config.max_connections,
+            max_header_size: config.max_header_size.as_u64() as usize,
+            max_headers: config.max_headers,
+            header_read_timeout: config.header_read_timeout,
+            max_concurrent_streams: config.http2_max_streams,
+        };
+        tasks.spawn(listener::serve(
             listener,
-            server,
-            proxy,
+            limits,
+            move |remote| {
+                let proxy = proxy.clone();
+                service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move {
+                        Ok::<_, std::convert::Infallible>(proxy.handle(req, remote).await)
+                    }
+                })
+            },
             stop.clone(),
             config.shutdown_grace,
         ));
 
         let admin = admin::router(farm.clone(), metrics.clone(), config.slow_start, listed);
-        {
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                let r = axum::serve(admin_listener, admin)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "admin listener failed");
-                }
-            });
-        }
+        // The admin port gets the same limits (it is reachable by scrapers).
+        tasks.spawn(listener::serve(
+            admin_listener,
+            limits,
+            move |_| TowerToHyperService::new(admin.clone()),
+            stop.clone(),
+            Duration::from_secs(1),
+        ));
         tracing::info!(%addr, %admin_addr, policy = ?config.policy, "stickyfarm gateway serving");
         Ok(Gateway {
             addr,
@@ -263,50 +260,4 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })
-}
-
-async fn serve(
-    listener: TcpListener,
-    server: auto::Builder<TokioExecutor>,
-    proxy: Arc<Proxy>,
-    stop: CancellationToken,
-    grace: Duration,
-) {
-    let graceful = GracefulShutdown::new();
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, remote).await) }
-        });
-        let conn = server
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, %remote, "client connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("in-flight requests did not finish within the shutdown grace");
-    }
 }

@@ -1189,3 +1189,92 @@ async fn a_refused_request_with_a_body_leaves_the_connection_usable() {
         assert_eq!(next.status(), 200, "round {i}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_and_oversized_heads_are_cut_off_while_shoppers_are_served() {
+    let a = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(&[a.flag()], &["--header-read-timeout", "3s"]).await;
+    gw.wait_up(1).await;
+    let client = reqwest::Client::new();
+    // A returning shopper (a session cookie), so the new-session limit plays no part.
+    let cookie = format!(
+        "sf_session={}; sf_unit=web-0",
+        stickyfarm_api::SessionId::generate()
+    );
+    let timed_gets = |n: usize| {
+        let (client, url, cookie) = (client.clone(), gw.url("/echo"), cookie.clone());
+        async move {
+            let mut samples = Vec::with_capacity(n);
+            for _ in 0..n {
+                let started = Instant::now();
+                let r = client
+                    .get(&url)
+                    .header("cookie", &cookie)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "an honest request is served");
+                r.bytes().await.unwrap();
+                samples.push(started.elapsed());
+            }
+            samples
+        }
+    };
+    let quiet = p99_ms(&mut timed_gets(200).await);
+
+    // 500 slowloris connections for at most 30 s, and a shopper meanwhile.
+    let attack = tokio::spawn(slowloris(gw.addr, 500, Duration::from_secs(30)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let under_attack = p99_ms(&mut timed_gets(200).await);
+    let cut = attack.await.unwrap();
+    eprintln!(
+        "shopper p99: quiet {quiet:.2} ms, under 500 slowloris connections {under_attack:.2} ms"
+    );
+    assert_eq!(
+        cut, 500,
+        "every slowloris connection is cut off by the header deadline"
+    );
+
+    // Oversized heads: 431 on the public port and on the admin port.
+    let big = format!(
+        "GET /echo HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(64 * 1024)
+    );
+    for addr in [gw.addr, gw.admin] {
+        let answer = raw_http(addr, big.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{addr}: {answer:.80}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_connection_cap_new_clients_wait_for_a_slot() {
+    let a = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(
+        &[a.flag()],
+        &["--max-connections", "20", "--header-read-timeout", "2s"],
+    )
+    .await;
+    gw.wait_up(1).await;
+    // 40 idle connections: 20 get a slot, 20 wait in the accept queue.
+    let hold = tokio::spawn(slowloris(gw.addr, 40, Duration::from_secs(20)));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A shopper is served once slots free up (the header deadline ends the idle ones).
+    let started = Instant::now();
+    let r = reqwest::Client::new()
+        .get(gw.url("/echo"))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1000),
+        "the shopper waited for a slot: the cap holds ({:?})",
+        started.elapsed()
+    );
+    assert_eq!(
+        hold.await.unwrap(),
+        40,
+        "every held connection is cut off in the end"
+    );
+}

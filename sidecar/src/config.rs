@@ -140,6 +140,19 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_LISTEN_INVALIDATIONS", default_value_t = true, action = ArgAction::Set)]
     pub listen_invalidations: bool,
 
+    /// Open connections per listener at most; more wait until one ends.
+    #[arg(long, env = "STICKYFARM_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+
+    /// Largest request head (request line and headers); larger ones get 431. At least 8 KiB.
+    #[arg(long, env = "STICKYFARM_MAX_HEADER_SIZE", default_value = "16KiB")]
+    pub max_header_size: ByteSize,
+
+    /// A client must send a request head within this, also between keep-alive requests
+    /// (slowloris); the gateway's pooled connections simply reconnect after it.
+    #[arg(long, env = "STICKYFARM_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// How long shutdown waits for in-flight requests.
     #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

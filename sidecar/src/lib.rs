@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::get;
+use hyper_util::service::TowerToHyperService;
 use sqlx::postgres::PgConnectOptions;
+use stickyfarm_api::listener;
 use stickyfarm_api::{InstanceId, UnitBaseUrl};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -163,7 +165,21 @@ impl Sidecar {
             local(&admin, config.admin_listen)?,
         );
 
-        serve(&mut tasks, public, front::router(front), &stop);
+        let limits = listener::Limits {
+            max_connections: config.max_connections,
+            max_header_size: config.max_header_size.as_u64() as usize,
+            header_read_timeout: config.header_read_timeout,
+            ..listener::Limits::default()
+        };
+        let grace = config.shutdown_grace;
+        serve(
+            &mut tasks,
+            public,
+            front::router(front),
+            limits,
+            &stop,
+            grace,
+        );
         let api_router = session_api::router(
             tier.clone(),
             session_api::Limits {
@@ -188,7 +204,7 @@ impl Sidecar {
                 }
             });
         }
-        serve(&mut tasks, api, api_router, &stop);
+        serve(&mut tasks, api, api_router, limits, &stop, grace);
         let admin_router = Router::new()
             .route(
                 "/metrics",
@@ -208,7 +224,7 @@ impl Sidecar {
                 }),
             )
             .route("/livez", get(|| async { "ok\n" }));
-        serve(&mut tasks, admin, admin_router, &stop);
+        serve(&mut tasks, admin, admin_router, limits, &stop, grace);
 
         tasks.spawn(background::touch_loop(
             tier.clone(),
@@ -290,15 +306,20 @@ fn local(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
     })
 }
 
-fn serve(tasks: &mut JoinSet<()>, listener: TcpListener, router: Router, stop: &CancellationToken) {
-    let stop = stop.clone();
-    tasks.spawn(async move {
-        let addr = listener.local_addr().ok();
-        let r = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, ?addr, "listener failed");
-        }
-    });
+/// Serves `router` on `listener` with the port limits until `stop`.
+fn serve(
+    tasks: &mut JoinSet<()>,
+    listener: TcpListener,
+    router: Router,
+    limits: listener::Limits,
+    stop: &CancellationToken,
+    grace: Duration,
+) {
+    tasks.spawn(listener::serve(
+        listener,
+        limits,
+        move |_| TowerToHyperService::new(router.clone()),
+        stop.clone(),
+        grace,
+    ));
 }

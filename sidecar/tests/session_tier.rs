@@ -1197,3 +1197,22 @@ async fn sign_in_rotates_the_session_id_and_the_old_one_is_dead_everywhere() {
     assert_eq!(r.status(), 404, "nor written");
     assert!(!db.session_exists(&old).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sidecar_listener_cuts_off_slow_and_oversized_heads() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &["--header-read-timeout", "2s"]).await;
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "b".repeat(64 * 1024)
+    );
+    for addr in [a.sidecar.public, a.sidecar.api, a.sidecar.admin] {
+        let answer = raw_http(addr, big.as_bytes(), Duration::from_secs(5)).await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{addr}: {answer:.80}");
+        let cut = slowloris(addr, 50, Duration::from_secs(15)).await;
+        assert_eq!(cut, 50, "{addr}: slow heads are cut off");
+    }
+    // And it still serves.
+    let p = Browser::new().get(&a.sidecar.url("/echo")).await;
+    assert_eq!(p.status, 200);
+}

@@ -1070,3 +1070,49 @@ pub async fn raw_http(addr: SocketAddr, request: &[u8], within: Duration) -> Str
     let _ = tokio::time::timeout(within, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// `n` slowloris clients on `addr`: each sends a request line and then one header byte every
+/// 500 ms, never finishing its head, for at most `bound`. Returns how many the server cut off
+/// (closed) within the bound; every connection is closed when this returns.
+pub async fn slowloris(addr: SocketAddr, n: usize, bound: Duration) -> usize {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + bound;
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        clients.spawn(async move {
+            let Ok(mut s) = TcpStream::connect(addr).await else {
+                return false;
+            };
+            if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .await
+                .is_err()
+            {
+                return true;
+            }
+            let mut buf = [0u8; 512];
+            while Instant::now() < deadline {
+                if s.write_all(b"a").await.is_err() {
+                    return true;
+                }
+                match tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return true,
+                    // A 408 or similar before closing: keep reading until the close.
+                    Ok(Ok(_)) | Err(_) => {}
+                }
+            }
+            false
+        });
+    }
+    let mut cut = 0;
+    while let Some(r) = clients.join_next().await {
+        cut += usize::from(r.unwrap_or(false));
+    }
+    cut
+}
+
+/// Milliseconds of the 99th percentile of `samples` (sorted in place).
+pub fn p99_ms(samples: &mut [Duration]) -> f64 {
+    samples.sort();
+    let i = ((samples.len() as f64) * 0.99).ceil() as usize;
+    samples[i.saturating_sub(1).min(samples.len() - 1)].as_secs_f64() * 1000.0
+}

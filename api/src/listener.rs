@@ -1,0 +1,134 @@
+//! Serving a TCP listener with the limits every Stickyfarm port applies (feature `server`): a
+//! cap on open connections, header size and count (431), a deadline for a request head and for
+//! keep-alive idleness (slowloris), HTTP/2 stream limits (including hyper's defence against
+//! rapid reset), and a graceful stop that finishes in-flight requests within a grace period.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::Service;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+/// Limits of one listener.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Open connections at most; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); larger ones get 431. At least 8 KiB.
+    pub max_header_size: usize,
+    /// Most headers in one request.
+    pub max_headers: usize,
+    /// A client must send a request head within this, also between keep-alive requests.
+    pub header_read_timeout: Duration,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+            max_header_size: 16 * 1024,
+            max_headers: 100,
+            header_read_timeout: Duration::from_secs(10),
+            max_concurrent_streams: 100,
+        }
+    }
+}
+
+/// The HTTP/1.1 and HTTP/2 server with `limits` applied.
+pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut server = auto::Builder::new(TokioExecutor::new());
+    server
+        .http1()
+        .timer(TokioTimer::new())
+        // hyper answers 431 to a head larger than its read buffer (8 KiB at least).
+        .max_buf_size(limits.max_header_size.max(8192))
+        .max_headers(limits.max_headers)
+        // Slowloris: a client that does not finish its head in time is disconnected; the same
+        // deadline ends idle keep-alive connections.
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    server
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_header_size as u32)
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // Rapid reset (CVE-2023-44487): a client that keeps opening and cancelling streams is
+        // sent GOAWAY once this many resets wait to be accepted.
+        .max_pending_accept_reset_streams(Some(20))
+        // Idle HTTP/2 connections are pinged; one that does not answer is closed.
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    server
+}
+
+/// Serves `listener` until `stop`, then lets in-flight requests finish for up to `grace`.
+/// `service(remote)` makes the service of one connection.
+pub async fn serve<F, S, B>(
+    listener: TcpListener,
+    limits: Limits,
+    service: F,
+    stop: CancellationToken,
+    grace: Duration,
+) where
+    F: Fn(SocketAddr) -> S,
+    S: Service<hyper::Request<Incoming>, Response = hyper::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let server = builder(&limits);
+    let graceful = GracefulShutdown::new();
+    let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    loop {
+        // At the cap, stop accepting (new clients wait in the kernel's queue, as HAProxy's
+        // maxconn does) until a connection ends; the deadlines above keep that from lasting.
+        let permit = tokio::select! {
+            p = open.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.cancelled() => break,
+        };
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = server
+            .serve_connection(TokioIo::new(stream), service(remote))
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %remote, "client connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish within the shutdown grace");
+    }
+}
