@@ -23,6 +23,11 @@ fn helm() -> Option<PathBuf> {
 }
 
 fn render(set: &[&str]) -> Option<Vec<Value>> {
+    render_result(set).map(|r| r.unwrap_or_else(|e| panic!("helm template failed: {e}")))
+}
+
+/// `helm template` with `--set`s: the documents, or helm's error text.
+fn render_result(set: &[&str]) -> Option<Result<Vec<Value>, String>> {
     let Some(helm) = helm() else {
         // Straight to the file descriptor: libtest captures only the print macros.
         let _ = writeln!(
@@ -43,14 +48,12 @@ fn render(set: &[&str]) -> Option<Vec<Value>> {
         cmd.args(["--set", s]);
     }
     let out = cmd.output().expect("helm runs");
-    assert!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
+    }
     let text = String::from_utf8(out.stdout).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("helm renders YAML");
-    Some(docs.into_iter().filter(|d| !d.is_null()).collect())
+    Some(Ok(docs.into_iter().filter(|d| !d.is_null()).collect()))
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
@@ -228,5 +231,42 @@ fn the_operator_runs_locked_down_with_the_images_of_its_version() {
     assert_eq!(
         np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["stickyfarm.dev/scrape"],
         "true"
+    );
+}
+
+#[test]
+fn images_can_be_pinned_by_digest_and_a_malformed_digest_is_refused() {
+    let digest = format!("sha256:{}", "ab12".repeat(16));
+    let operator = format!("image.digests.operator={digest}");
+    let sidecar = format!("image.digests.sidecar={digest}");
+    let Some(docs) = render(&[&operator, &sidecar]) else {
+        return;
+    };
+    let c = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], format!("ghcr.io/stickyfarm/operator@{digest}"));
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(
+        env("STICKYFARM_SIDECAR_IMAGE"),
+        format!("ghcr.io/stickyfarm/sidecar@{digest}")
+    );
+    assert_eq!(
+        env("STICKYFARM_GATEWAY_IMAGE"),
+        "ghcr.io/stickyfarm/gateway:0.1.0",
+        "unpinned images keep their tag"
+    );
+    let err = render_result(&["image.digests.gateway=latest"])
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.contains("image.digests.gateway must be sha256:"),
+        "{err}"
     );
 }

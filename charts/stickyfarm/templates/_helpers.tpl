@@ -31,9 +31,19 @@ app.kubernetes.io/component: operator
 {{- end -}}
 {{- end -}}
 
-{{/* registry/name:tag of one of the Stickyfarm images. */}}
+{{/* registry/name@digest of one of the Stickyfarm images when image.digests pins it,
+     registry/name:tag otherwise. Called with (list . "sidecar"). */}}
 {{- define "stickyfarm.image" -}}
 {{- $ctx := index . 0 -}}
-{{- $name := index . 1 -}}
+{{- $key := index . 1 -}}
+{{- $name := index $ctx.Values.image $key -}}
+{{- $digest := default "" (index (default dict $ctx.Values.image.digests) $key) -}}
+{{- if $digest -}}
+{{- if not (regexMatch "^sha256:[a-f0-9]{64}$" $digest) -}}
+{{- fail (printf "image.digests.%s must be sha256:<64 lowercase hex digits>, got %q" $key $digest) -}}
+{{- end -}}
+{{- printf "%s/%s@%s" $ctx.Values.image.registry $name $digest -}}
+{{- else -}}
 {{- printf "%s/%s:%s" $ctx.Values.image.registry $name (default $ctx.Chart.AppVersion $ctx.Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
