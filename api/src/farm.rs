@@ -193,9 +193,15 @@ pub struct SessionPersistence {
     /// A session older than this expires.
     #[serde(default = "default_absolute")]
     pub absolute_timeout: DurationText,
-    /// Mark the cookies `Secure` (serve the farm over HTTPS).
-    #[serde(default)]
+    /// Mark the cookies `Secure` and build unit links with `https` (on by default: serve the
+    /// farm over HTTPS, e.g. behind an Ingress that terminates TLS). Set false only for a farm
+    /// reached over plain HTTP.
+    #[serde(default = "yes")]
     pub secure: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_idle() -> DurationText {
@@ -212,7 +218,7 @@ impl Default for SessionPersistence {
             session_name: SessionCookieName::default(),
             idle_timeout: default_idle(),
             absolute_timeout: default_absolute(),
-            secure: false,
+            secure: yes(),
         }
     }
 }

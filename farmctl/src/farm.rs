@@ -383,7 +383,19 @@ async fn unit_supervisor(
 
 /// Runs the farm until Ctrl-C, SIGTERM, or a gateway crash.
 pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
-    let manifest = farmctl::manifest::load(&opts.manifest)?;
+    let mut manifest = farmctl::manifest::load(&opts.manifest)?;
+    // Browsers drop Secure cookies from plain-HTTP answers: a farm served over http runs with
+    // them off, and says so.
+    let over_https = opts
+        .public_url
+        .as_ref()
+        .is_some_and(|u| u.scheme() == "https");
+    if manifest.spec.session_persistence.secure && !over_https {
+        manifest.spec.session_persistence.secure = false;
+        println!(
+            "farmctl: serving over plain HTTP, so cookies are not Secure (spec.sessionPersistence.secure applies with --public-url https://…)"
+        );
+    }
     let bin_dir = match &opts.bin_dir {
         Some(d) => d.clone(),
         None => std::env::current_exe()?

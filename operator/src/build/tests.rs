@@ -290,7 +290,11 @@ fn unit_statefulset_runs_app_and_sidecar_with_defaults() {
     );
     assert_eq!(env_value(sc, "STICKYFARM_IDLE_TIMEOUT"), "30m");
     assert_eq!(env_value(sc, "STICKYFARM_ABSOLUTE_TIMEOUT"), "24h");
-    assert_eq!(env_value(sc, "STICKYFARM_COOKIE_SECURE"), "false");
+    assert_eq!(
+        env_value(sc, "STICKYFARM_COOKIE_SECURE"),
+        "true",
+        "Secure cookies unless the farm says it is served over plain HTTP"
+    );
     assert_eq!(env_value(sc, "STICKYFARM_SESSION_COOKIE"), "sf_session");
     assert!(
         sc.env
