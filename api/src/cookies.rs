@@ -117,7 +117,8 @@ pub fn parse_client_cookies_named<'a>(
 ) -> ClientCookies {
     let mut out = ClientCookies::default();
     let (mut seen_instance, mut seen_generation, mut seen_unit) = (false, false, false);
-    let mut sessions: Vec<String> = Vec::new();
+    // Borrowed from the header text: no copy per request on the hot path.
+    let mut sessions: Vec<&str> = Vec::new();
     for raw in header_values {
         if raw.len() > MAX_COOKIE_HEADER_LEN {
             out.errors
@@ -138,8 +139,12 @@ pub fn parse_client_cookies_named<'a>(
             };
             let value = cookie.value();
             match cookie.name() {
-                name if name == session.as_str() && !sessions.iter().any(|s| s == value) => {
-                    sessions.push(value.to_owned());
+                name if name == session.as_str() => {
+                    // The same text as `value()`, with the header's lifetime.
+                    let value = cookie.value_raw().unwrap_or(MALFORMED);
+                    if !sessions.contains(&value) {
+                        sessions.push(value);
+                    }
                 }
                 cookie_names::INSTANCE if !seen_instance => {
                     seen_instance = true;
@@ -164,6 +169,9 @@ pub fn parse_client_cookies_named<'a>(
     }
     out
 }
+
+/// Stands for a session value the cookie crate could not hand back (never a valid id).
+const MALFORMED: &str = "\u{0}";
 
 fn store<T>(
     slot: &mut Option<T>,
