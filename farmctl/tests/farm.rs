@@ -501,7 +501,7 @@ async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
             .send()
     };
     let first = checkout().await.unwrap();
-    assert_eq!(first.status(), 200);
+    assert_eq!(first.status(), 200, "{:?}", first.text().await);
     let order_id = first.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
     let again = checkout().await.unwrap();
     assert_eq!(

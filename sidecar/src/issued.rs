@@ -23,9 +23,9 @@ use stickyfarm_api::SessionId;
 
 type Tag = Hmac<Sha256>;
 
-/// Deleted pending-capable ids remembered at most (each is a real session that was deleted
-/// within the window; only app writes create those, so this bound is never reached honestly).
-const MAX_DELETED: usize = 100_000;
+/// Ids remembered at most in each of the sets below. Only app writes create sessions, so this
+/// is not reached honestly; if it is, the sets answer conservatively (see their uses).
+const MAX_REMEMBERED: usize = 100_000;
 
 /// Mints and recognises this instance's session ids.
 pub struct IssuedIds {
@@ -33,6 +33,8 @@ pub struct IssuedIds {
     window: Duration,
     /// Ids issued here that were deleted, with their issue hour (pruned after the window).
     deleted: Mutex<HashMap<SessionId, u16>>,
+    /// Ids issued here that got a session row (a first write, a rotation), likewise.
+    created: Mutex<HashMap<SessionId, u16>>,
 }
 
 impl IssuedIds {
@@ -44,6 +46,7 @@ impl IssuedIds {
             key,
             window,
             deleted: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashMap::new()),
         }
     }
 
@@ -82,26 +85,48 @@ impl IssuedIds {
     }
 
     /// Whether `id` is a session this instance issued that may still get its first write.
+    /// With the deleted set full, nothing is (a deletion might not have been remembered).
     pub fn pending(&self, id: &SessionId, now: u64) -> bool {
-        self.issue_hour(id).is_some_and(|at| self.fresh(at, now))
-            && !self
-                .deleted
-                .lock()
-                .expect("deleted ids poisoned")
-                .contains_key(id)
+        self.issue_hour(id).is_some_and(|at| self.fresh(at, now)) && {
+            let deleted = self.deleted.lock().expect("deleted ids poisoned");
+            deleted.len() < MAX_REMEMBERED && !deleted.contains_key(id)
+        }
+    }
+
+    /// Whether `id` is pending and certainly has no session row: this process made every row
+    /// an id it issued can have, and remembers them, so the database need not be asked. With
+    /// the created set full, `false` (ask the database).
+    pub fn never_written(&self, id: &SessionId, now: u64) -> bool {
+        self.pending(id, now) && {
+            let created = self.created.lock().expect("created ids poisoned");
+            created.len() < MAX_REMEMBERED && !created.contains_key(id)
+        }
     }
 
     /// `id` was deleted (logout, expiry, another unit's delete): it never becomes pending again.
     pub fn forget(&self, id: &SessionId, now: u64) {
+        self.remember(&self.deleted, id, now);
+    }
+
+    /// `id` got a session row here (its first write, or a rotation to it).
+    pub fn mark_created(&self, id: &SessionId, now: u64) {
+        self.remember(&self.created, id, now);
+    }
+
+    fn remember(&self, set: &Mutex<HashMap<SessionId, u16>>, id: &SessionId, now: u64) {
         let Some(at) = self.issue_hour(id).filter(|at| self.fresh(*at, now)) else {
             return;
         };
-        let mut deleted = self.deleted.lock().expect("deleted ids poisoned");
-        if deleted.len() >= MAX_DELETED {
-            deleted.retain(|_, issued| self.fresh(*issued, now));
+        let mut set = set.lock().expect("id set poisoned");
+        if set.len() >= MAX_REMEMBERED {
+            set.retain(|_, issued| self.fresh(*issued, now));
         }
-        if deleted.len() < MAX_DELETED {
-            deleted.insert(*id, at);
+        if set.len() < MAX_REMEMBERED {
+            set.insert(*id, at);
+        } else {
+            tracing::warn!(
+                "over {MAX_REMEMBERED} sessions made or deleted within the pending window; new ids now wait for the database"
+            );
         }
     }
 }
@@ -155,6 +180,21 @@ mod tests {
         // Forgetting what was not issued here remembers nothing.
         ids.forget(&SessionId::generate(), now);
         assert_eq!(ids.deleted.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn only_ids_never_written_skip_the_database() {
+        let ids = IssuedIds::new(Duration::from_secs(1800));
+        let now = 1_900_000_000;
+        let id = ids.issue(now);
+        assert!(ids.never_written(&id, now));
+        ids.mark_created(&id, now);
+        assert!(ids.pending(&id, now), "still its issuer's");
+        assert!(
+            !ids.never_written(&id, now),
+            "it has a row now: ask the database"
+        );
+        assert!(!ids.never_written(&SessionId::generate(), now));
     }
 
     #[test]

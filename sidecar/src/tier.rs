@@ -196,6 +196,15 @@ impl SessionTier {
             self.metrics.malformed_cookie();
         }
         if let Some(id) = cookies.session {
+            // An id issued here that never got state has no row: no query for it (a visitor
+            // browsing without a cart costs the database nothing).
+            if self.issued.never_written(&id, unix_seconds()) {
+                return Ok(ResolvedSession {
+                    id,
+                    session: None,
+                    resolution: Resolution::Pending,
+                });
+            }
             if cookies.instance != Some(self.options.instance) {
                 // The client was last served by another instance (or lost that cookie): what
                 // this unit cached may predate that instance's changes.
@@ -318,6 +327,9 @@ impl SessionTier {
         if !self.pending(&id) {
             return Err(TierError::SessionNotFound);
         }
+        // Remembered before the row exists: a concurrent request then asks the database rather
+        // than take the session for one without state.
+        self.issued.mark_created(&id, unix_seconds());
         if !self.store.create_session(id, &self.options.unit).await? {
             // Its row exists: made meanwhile (then it loads), or expired and not swept yet (then
             // the id is spent and never pending again).
@@ -414,6 +426,8 @@ impl SessionTier {
         let new = self.issued.issue(now);
         {
             let _guard = self.lock_for(&old).lock().await;
+            // Remembered before its row exists, like a first write (see `create_locked`).
+            self.issued.mark_created(&new, now);
             let stored = self
                 .store
                 .rotate_session(old, new, &self.options.unit)

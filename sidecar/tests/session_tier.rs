@@ -54,15 +54,28 @@ async fn a_new_session_is_stored_on_its_first_write_and_then_served_from_the_cac
     assert_eq!(seen["x-stickyfarm-unit"], "web-0");
     assert_eq!(seen["x-stickyfarm-unit-url"], "/_unit/web-0");
     assert_eq!(seen["x-stickyfarm-instance"], a.sidecar.instance.as_str());
-    // Nothing is stored for a session without state; the next request keeps the same id.
+    // Nothing is stored for a session without state; the next requests keep the same id and
+    // do not ask PostgreSQL (the unit knows it never wrote that session).
     assert!(!db.session_exists(&sid).await);
-    let again = browser.get(&a.sidecar.url("/echo")).await;
-    assert_eq!(again.json()["x-stickyfarm-session"], sid.as_str());
-    assert!(
-        again
-            .set_cookies()
-            .iter()
-            .all(|c| !c.starts_with("sf_session="))
+    let loads = || {
+        a.sidecar
+            .metric("stickyfarm_sidecar_db_queries_total", "op=\"load_session\"")
+    };
+    let loads_before_browsing = loads().await;
+    for _ in 0..5 {
+        let again = browser.get(&a.sidecar.url("/echo")).await;
+        assert_eq!(again.json()["x-stickyfarm-session"], sid.as_str());
+        assert!(
+            again
+                .set_cookies()
+                .iter()
+                .all(|c| !c.starts_with("sf_session="))
+        );
+    }
+    assert_eq!(
+        loads().await,
+        loads_before_browsing,
+        "browsing without state costs no query"
     );
 
     // The app writes the cart through the session API: the first write stores the session.
@@ -1163,6 +1176,10 @@ async fn sign_in_rotates_the_session_id_and_the_old_one_is_dead_everywhere() {
     let cart = browser.get(&a.sidecar.url("/cart")).await.json();
     assert_eq!(cart["session"], new.as_str());
     assert_eq!(cart["items"], json!(["apple"]));
+    // The app is handed the stored session under the new id (its generation, not an empty one).
+    let seen = browser.get(&a.sidecar.url("/echo")).await.json();
+    assert_eq!(seen["x-stickyfarm-session"], new.as_str());
+    assert_eq!(seen["x-stickyfarm-generation"], "1");
 
     // Whoever kept the old id (an attacker who planted or saw it before sign-in) gets nothing,
     // on the unit that rotated and on the one that had it cached.
