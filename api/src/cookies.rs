@@ -117,8 +117,9 @@ pub fn parse_client_cookies_named<'a>(
 ) -> ClientCookies {
     let mut out = ClientCookies::default();
     let (mut seen_instance, mut seen_generation, mut seen_unit) = (false, false, false);
-    // Borrowed from the header text: no copy per request on the hot path.
-    let mut sessions: Vec<&str> = Vec::new();
+    // The first session value, borrowed from the header text (no copy on the hot path), and
+    // whether a different one followed.
+    let mut first_session: Option<&str> = None;
     for raw in header_values {
         if raw.len() > MAX_COOKIE_HEADER_LEN {
             out.errors
@@ -142,8 +143,10 @@ pub fn parse_client_cookies_named<'a>(
                 name if name == session.as_str() => {
                     // The same text as `value()`, with the header's lifetime.
                     let value = cookie.value_raw().unwrap_or(MALFORMED);
-                    if !sessions.contains(&value) {
-                        sessions.push(value);
+                    match first_session {
+                        None => first_session = Some(value),
+                        Some(first) if first != value => out.conflicting_sessions = true,
+                        Some(_) => {}
                     }
                 }
                 cookie_names::INSTANCE if !seen_instance => {
@@ -162,10 +165,8 @@ pub fn parse_client_cookies_named<'a>(
             }
         }
     }
-    match sessions.as_slice() {
-        [] => {}
-        [one] => store(&mut out.session, one.parse(), &mut out.errors),
-        _ => out.conflicting_sessions = true,
+    if let Some(value) = first_session.filter(|_| !out.conflicting_sessions) {
+        store(&mut out.session, value.parse(), &mut out.errors);
     }
     out
 }

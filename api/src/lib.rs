@@ -103,23 +103,31 @@ pub mod paths {
             .split(['/', '?'])
             .next()
             .unwrap_or("");
-        let mut decoded = Vec::with_capacity(first.len());
+        // Decoded on the fly and compared as it goes: no allocation on the request path.
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
         let bytes = first.as_bytes();
+        let mut want = INTERNAL_SEGMENT.bytes();
         let mut i = 0;
         while i < bytes.len() {
-            let hex = |b: u8| (b as char).to_digit(16);
-            match (bytes[i], bytes.get(i + 1), bytes.get(i + 2)) {
-                (b'%', Some(&h), Some(&l)) if hex(h).is_some() && hex(l).is_some() => {
-                    decoded.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+            let decoded = match (
+                bytes[i],
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(h), Some(l)) => {
                     i += 3;
+                    h * 16 + l
                 }
                 (b, _, _) => {
-                    decoded.push(b);
                     i += 1;
+                    b
                 }
+            };
+            if want.next() != Some(decoded.to_ascii_lowercase()) {
+                return false;
             }
         }
-        decoded.eq_ignore_ascii_case(INTERNAL_SEGMENT.as_bytes())
+        want.next().is_none()
     }
 
     #[cfg(test)]

@@ -487,12 +487,7 @@ async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
     }
     // Checkout with an Idempotency-Key, then the same again as a client whose first answer was
     // lost would: the same order, not "the cart is empty", and one order row.
-    let cookie = attacker
-        .cookies
-        .iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join("; ");
+    let cookie = attacker.cookie_header();
     let checkout = || {
         reqwest::Client::new()
             .post(format!("{base}/api/checkout"))

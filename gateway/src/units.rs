@@ -393,7 +393,10 @@ impl Unit {
     /// failures, repeated timeouts and the sidecar's unit-unavailable signal take a unit out.
     pub fn record_response(&self, status: u16) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.consecutive_timeouts.store(0, Ordering::Relaxed);
+        // Read first: a store on every response would bounce the cache line between cores.
+        if self.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
+            self.consecutive_timeouts.store(0, Ordering::Relaxed);
+        }
         self.metrics.count_status(status);
     }
 

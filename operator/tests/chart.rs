@@ -56,6 +56,17 @@ fn render_result(set: &[&str]) -> Option<Result<Vec<Value>, String>> {
     Some(Ok(docs.into_iter().filter(|d| !d.is_null()).collect()))
 }
 
+/// A container's environment variable `name`, as rendered.
+fn container_env(c: &Value, name: &str) -> Value {
+    c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == name)
+        .unwrap_or_else(|| panic!("no env {name}"))
+        .clone()
+}
+
 fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
     docs.iter()
         .find(|d| {
@@ -203,15 +214,7 @@ fn the_operator_runs_locked_down_with_the_images_of_its_version() {
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
-    let env = |name: &str| {
-        c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .unwrap_or_else(|| panic!("no env {name}"))
-            .clone()
-    };
+    let env = |name: &str| container_env(c, name);
     assert_eq!(
         env("STICKYFARM_SIDECAR_IMAGE")["value"],
         "ghcr.io/stickyfarm/sidecar:0.1.0"
@@ -244,15 +247,7 @@ fn images_can_be_pinned_by_digest_and_a_malformed_digest_is_refused() {
     };
     let c = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(c["image"], format!("ghcr.io/stickyfarm/operator@{digest}"));
-    let env = |name: &str| {
-        c["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == name)
-            .unwrap()["value"]
-            .clone()
-    };
+    let env = |name: &str| container_env(c, name)["value"].clone();
     assert_eq!(
         env("STICKYFARM_SIDECAR_IMAGE"),
         format!("ghcr.io/stickyfarm/sidecar@{digest}")

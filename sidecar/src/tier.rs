@@ -196,15 +196,6 @@ impl SessionTier {
             self.metrics.malformed_cookie();
         }
         if let Some(id) = cookies.session {
-            // An id issued here that never got state has no row: no query for it (a visitor
-            // browsing without a cart costs the database nothing).
-            if self.issued.never_written(&id, unix_seconds()) {
-                return Ok(ResolvedSession {
-                    id,
-                    session: None,
-                    resolution: Resolution::Pending,
-                });
-            }
             if cookies.instance != Some(self.options.instance) {
                 // The client was last served by another instance (or lost that cookie): what
                 // this unit cached may predate that instance's changes.
@@ -254,6 +245,12 @@ impl SessionTier {
         if let Some(e) = self.cached_fresh(&id, min).await {
             self.metrics.hit();
             return Ok(Some((e, Resolution::Cached)));
+        }
+        // Not cached: an id issued here that never got state has no row, so no query for it (a
+        // visitor browsing without a cart costs the database nothing). Checked only on a miss:
+        // the tag and the id sets stay off the cache-hit path.
+        if self.issued.never_written(&id, unix_seconds()) {
+            return Ok(None);
         }
         let _guard = self.lock_for(&id).lock().await;
         // Another request may have loaded it while this one waited for the lock.

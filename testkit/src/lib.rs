@@ -419,6 +419,15 @@ impl Browser {
         self.cookies.get(name).map(String::as_str)
     }
 
+    /// The `Cookie` header this browser sends.
+    pub fn cookie_header(&self) -> String {
+        self.cookies
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub async fn request(&mut self, method: reqwest::Method, url: &str) -> Page {
         self.send(method, url, None).await
     }
@@ -460,13 +469,7 @@ impl Browser {
 
     async fn finish(&mut self, mut req: reqwest::RequestBuilder) -> Page {
         if !self.cookies.is_empty() {
-            let header = self
-                .cookies
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join("; ");
-            req = req.header("cookie", header);
+            req = req.header("cookie", self.cookie_header());
         }
         let resp = req.send().await.expect("request failed");
         let status = resp.status().as_u16();
