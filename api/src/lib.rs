@@ -15,6 +15,7 @@ mod ids;
 #[cfg(feature = "server")]
 pub mod listener;
 mod snapshot;
+pub mod token;
 mod unit;
 
 pub use cookies::{
@@ -69,6 +70,10 @@ pub mod headers {
     /// never reached the app, so the gateway may try it on another unit. Seen when the app
     /// stops first while its pod terminates.
     pub const UNIT_UNAVAILABLE: &str = "x-stickyfarm-unit-unavailable";
+    /// The farm's gateway token ([`crate::token`]) on every request the gateway forwards
+    /// (gateway → sidecar). A sidecar trusts the gateway's other headers (the unit base URL)
+    /// only when it carries the token the sidecar was given; it never reaches the app.
+    pub const GATEWAY_TOKEN: &str = "x-stickyfarm-gateway-token";
 }
 
 /// Label keys the operator puts on a farm's objects; the gateway finds units by them.

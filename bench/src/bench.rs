@@ -61,6 +61,9 @@ pub struct Bench {
     pub work: PathBuf,
     /// This program (the backends and shoppers are its subcommands).
     pub me: PathBuf,
+    /// The farm's gateway token, as a deployment has it: the gateway sends it on every request
+    /// and the sidecars check it, so the figures include that cost.
+    pub gateway_token: PathBuf,
 }
 
 impl Bench {
@@ -89,6 +92,15 @@ impl Bench {
                 duration,
             },
             me: std::env::current_exe().context("finding this program")?,
+            gateway_token: {
+                std::fs::create_dir_all(&work)
+                    .with_context(|| format!("creating {}", work.display()))?;
+                let path = work.join("gateway-token");
+                let token = stickyfarm_api::token::Token::generate()?;
+                std::fs::write(&path, token.expose())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                path
+            },
             runs,
             duration,
             placement,
@@ -163,6 +175,8 @@ impl Bench {
             format!("http://{app_addr}"),
             "--unit".into(),
             name.into(),
+            "--gateway-token-file".into(),
+            self.gateway_token.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut sidecar = Proc::start(
@@ -208,6 +222,8 @@ impl Bench {
             // the per-address new-session limit would measure itself, not the proxy.
             "--new-session-rate".into(),
             "0".into(),
+            "--gateway-token-file".into(),
+            self.gateway_token.display().to_string(),
         ];
         for (name, addr) in units {
             args.extend(["--unit".into(), format!("{name}={addr}")]);

@@ -26,6 +26,7 @@ const FARM: &str = "webstore";
 const RELEASE_NS: &str = "stickyfarm-system";
 const GATEWAY_PORT: u16 = 8000;
 const GATEWAY_ADMIN_PORT: u16 = 9465;
+const GATEWAY_CONTROL_PORT: u16 = 9466;
 const SIDECAR_METRICS_PORT: u16 = 9464;
 const POSTGRES_PORT: u16 = 5432;
 
@@ -390,18 +391,44 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
             "reason=\"instance_mismatch\"",
         )
     };
-    let admin_action = |unit: &str, action: &str| {
-        let url = format!("http://{}/units/{unit}/{action}", gw_admin.addr);
+    // Unit actions: the gateway's control port with the admin token from the farm's Secret,
+    // as an administrator would (kubectl port-forward plus the token).
+    let gw_control = Reach::pod(kc, NS, &gateway_pod, GATEWAY_CONTROL_PORT).await?;
+    let tokens = Api::<Secret>::namespaced(client.clone(), NS)
+        .get(&format!("{FARM}-gateway-tokens"))
+        .await?;
+    let admin_token = String::from_utf8(
+        tokens
+            .data
+            .as_ref()
+            .and_then(|d| d.get("admin-token"))
+            .context("the admin token")?
+            .0
+            .clone(),
+    )?;
+    let admin_action = |unit: &str, action: &str, token: Option<&str>| {
+        let url = format!("http://{}/units/{unit}/{action}", gw_control.addr);
+        let token = token.map(str::to_owned);
         async move {
-            reqwest::Client::new()
-                .post(&url)
-                .send()
-                .await?
-                .error_for_status()
-                .map(|_| ())
+            let mut req = reqwest::Client::new().post(&url);
+            if let Some(token) = token {
+                req = req.bearer_auth(token);
+            }
+            anyhow::Ok(req.send().await?.status().as_u16())
         }
     };
-    admin_action(&home, "disable").await?;
+    ensure!(
+        admin_action(&home, "disable", None).await? == 401,
+        "without the admin token the gateway refuses"
+    );
+    ensure!(
+        gateway_units(&gw_admin)
+            .await?
+            .iter()
+            .all(|(_, _, admin, _)| admin == "enabled"),
+        "and nothing changed"
+    );
+    ensure!(admin_action(&home, "disable", Some(&admin_token)).await? == 204);
     let cart = get_json(&mut b, &url("/api/cart")).await?;
     ensure!(
         cart["unit"] != home.as_str(),
@@ -422,7 +449,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
         "{cart}"
     );
-    admin_action(&home, "enable").await?;
+    ensure!(admin_action(&home, "enable", Some(&admin_token)).await? == 204);
     let before = flushes(home_metrics.addr).await?;
     let cart = get_json(&mut b, &format!("{home_base}/api/cart")).await?;
     ensure!(

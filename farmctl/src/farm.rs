@@ -15,6 +15,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use stickyfarm_api::UnitName;
 use stickyfarm_api::farm::{DatabaseSpec, ServerFarmManifest};
+use stickyfarm_api::token::Token;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::process::{Child, Command};
@@ -83,6 +84,9 @@ pub struct FarmState {
     pub gateway_url: String,
     /// The gateway's admin address (status table).
     pub gateway_admin: String,
+    /// The gateway's control address (unit actions, with the token in [`ADMIN_TOKEN_FILE`]).
+    #[serde(default)]
+    pub gateway_control: String,
     /// The units.
     pub units: Vec<UnitState>,
     /// The control socket.
@@ -160,6 +164,7 @@ struct UnitPlan {
 /// Everything needed to (re)start a unit's processes.
 #[derive(Clone)]
 struct Launch {
+    gateway_token: PathBuf,
     sidecar_bin: PathBuf,
     app_bin: PathBuf,
     database_url: String,
@@ -249,6 +254,8 @@ impl Launch {
                 "--session-cookie",
                 spec.session_persistence.session_name.as_str(),
             ])
+            .arg("--gateway-token-file")
+            .arg(&self.gateway_token)
             .env("DATABASE_URL", &self.database_url);
         if let Some(disk) = &spec.sidecar.cache_disk {
             sidecar
@@ -472,7 +479,9 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             app: (loopback, free_port(loopback)?).into(),
         });
     }
+    let tokens = FarmTokens::create(&opts.state_dir)?;
     let launch = Launch {
+        gateway_token: tokens.gateway.clone(),
         sidecar_bin,
         app_bin,
         database_url: database_url.clone(),
@@ -498,6 +507,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let port = opts.port.unwrap_or(g.port.0);
     let gateway_addr = SocketAddr::new(opts.address, port);
     let gateway_admin: SocketAddr = (loopback, free_port(loopback)?).into();
+    let gateway_control: SocketAddr = (loopback, free_port(loopback)?).into();
     let shown_host = if opts.address.is_unspecified() {
         loopback
     } else {
@@ -508,6 +518,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let mut gw = Command::new(&gateway_bin);
     gw.args(["--listen", &gateway_addr.to_string()])
         .args(["--admin-listen", &gateway_admin.to_string()])
+        .args(["--control-listen", &gateway_control.to_string()])
+        .arg("--admin-token-file")
+        .arg(&tokens.admin)
+        .arg("--gateway-token-file")
+        .arg(&tokens.gateway)
         .args(["--policy", g.policy.as_flag()])
         .args(["--failback", g.failback.as_flag()])
         .args(["--check-path", &g.health_check.path])
@@ -557,6 +572,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         farm: manifest.metadata.name.to_string(),
         gateway_url: gateway_url.clone(),
         gateway_admin: gateway_admin.to_string(),
+        gateway_control: gateway_control.to_string(),
         units: plans
             .iter()
             .map(|p| UnitState {
@@ -757,6 +773,66 @@ pub async fn status_table(client: &reqwest::Client, url: &str) -> anyhow::Result
         .json()
         .await?;
     Ok(doc.units)
+}
+
+/// The admin token's file in the state folder: `farmctl drain|disable|enable` present it to
+/// the gateway's control port. New for every `farmctl up`.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// The gateway token's file in the state folder (gateway → sidecars).
+pub const GATEWAY_TOKEN_FILE: &str = "gateway-token";
+
+/// The farm's tokens, freshly generated into the state folder (0600).
+struct FarmTokens {
+    admin: PathBuf,
+    gateway: PathBuf,
+}
+
+impl FarmTokens {
+    fn create(state_dir: &Path) -> anyhow::Result<FarmTokens> {
+        let write = |name: &str| -> anyhow::Result<PathBuf> {
+            let path = state_dir.join(name);
+            let _ = std::fs::remove_file(&path);
+            let token = Token::generate()?;
+            farmctl::postgres::write_private(&path, token.expose().as_bytes())
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(path)
+        };
+        Ok(FarmTokens {
+            admin: write(ADMIN_TOKEN_FILE)?,
+            gateway: write(GATEWAY_TOKEN_FILE)?,
+        })
+    }
+}
+
+/// A unit action (`enable`, `drain`, `disable`) on the running farm's gateway, authorised with
+/// the admin token from the state folder.
+pub async fn unit_action(state_dir: &Path, unit: &str, action: &str) -> anyhow::Result<()> {
+    let state = read_state(state_dir)?;
+    let token = Token::read(&state_dir.join(ADMIN_TOKEN_FILE))?;
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "http://{}/units/{unit}/{action}",
+            state.gateway_control
+        ))
+        .bearer_auth(token.expose())
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .with_context(|| {
+            format!(
+                "the gateway of the farm from {} does not answer; is `farmctl up` still running?",
+                state_dir.display()
+            )
+        })?;
+    let status = answer.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let body = answer.text().await.unwrap_or_default();
+    bail!(
+        "the gateway refused to {action} {unit}: {status}: {}",
+        body.trim()
+    )
 }
 
 /// Sends one control command to a running farm.

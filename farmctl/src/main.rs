@@ -69,6 +69,21 @@ enum Cmd {
         /// Unit name.
         unit: String,
     },
+    /// Stop giving a unit new sessions; it keeps serving its own (the gateway's drain).
+    Drain {
+        /// Unit name.
+        unit: String,
+    },
+    /// Take a unit out of the gateway's rotation: its sessions fail over to a backup.
+    Disable {
+        /// Unit name.
+        unit: String,
+    },
+    /// Put a drained or disabled unit back into rotation.
+    Enable {
+        /// Unit name.
+        unit: String,
+    },
     /// Print the ServerFarm CustomResourceDefinition generated from the Rust types.
     Crd {
         /// Print the Helm chart's template instead (gated by `crds.enabled`, kept on uninstall).
@@ -188,11 +203,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Drain { unit } => unit_action(&cli.state_dir, &unit, "drain").await,
+        Cmd::Disable { unit } => unit_action(&cli.state_dir, &unit, "disable").await,
+        Cmd::Enable { unit } => unit_action(&cli.state_dir, &unit, "enable").await,
         Cmd::Kill { unit } => reply(farm::control(&cli.state_dir, &format!("kill {unit}")).await?),
         Cmd::Restart { unit } => {
             reply(farm::control(&cli.state_dir, &format!("restart {unit}")).await?)
         }
     }
+}
+
+async fn unit_action(state_dir: &std::path::Path, unit: &str, action: &str) -> anyhow::Result<()> {
+    farm::unit_action(state_dir, unit, action).await?;
+    println!("ok");
+    Ok(())
 }
 
 fn reply(r: String) -> anyhow::Result<()> {

@@ -103,12 +103,10 @@ impl PrivateCluster {
             step: "creating the data folder",
             detail: e.to_string(),
         })?;
-        let mut secret = [0u8; 16];
-        getrandom::fill(&mut secret).map_err(|e| PostgresError::Step {
+        let password = stickyfarm_api::token::random_hex().map_err(|e| PostgresError::Step {
             step: "generating a password",
             detail: e.to_string(),
         })?;
-        let password: String = secret.iter().map(|b| format!("{b:02x}")).collect();
         let pwfile = data.join("pwfile");
         write_private(&pwfile, password.as_bytes()).map_err(|e| PostgresError::Step {
             step: "writing the password file",
@@ -208,7 +206,7 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Writes a secret into a new file readable by its owner only (0600).
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

@@ -169,6 +169,45 @@ async fn up_serves_the_shop_and_stops_leaving_no_process_behind() {
         !Path::new(&pg).join("pwfile").exists(),
         "the password file is gone once the cluster is initialised"
     );
+    for token in ["admin-token", "gateway-token"] {
+        let path = farm.state_dir.path().join(token);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+    }
+
+    // Unit actions go through the gateway's control port with the farm's admin token; the
+    // same call without it is refused.
+    let admin_of = |unit: &str| {
+        let status: Value =
+            serde_json::from_str(&farm.farmctl(&["status", "--json"]).unwrap()).unwrap();
+        status["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|u| u["name"] == unit)
+            .map(|u| u["admin"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    let control = farm.state()["gateway_control"].as_str().unwrap().to_owned();
+    let anonymous = reqwest::Client::new()
+        .post(format!("http://{control}/units/webstore-0/disable"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(admin_of("webstore-0"), "enabled");
+    assert_eq!(
+        farm.farmctl(&["disable", "webstore-0"]).unwrap().trim(),
+        "ok"
+    );
+    assert_eq!(admin_of("webstore-0"), "disabled");
+    assert_eq!(
+        farm.farmctl(&["enable", "webstore-0"]).unwrap().trim(),
+        "ok"
+    );
+    assert_eq!(admin_of("webstore-0"), "enabled");
+    let e = farm.farmctl(&["drain", "webstore-9"]).unwrap_err();
+    assert!(e.contains("no unit webstore-9"), "{e}");
 
     assert!(
         farm.process.terminate(Duration::from_secs(60)),

@@ -1,15 +1,23 @@
-//! The admin port: the status table, metrics, and unit administration. Bind it to an address
-//! only operators reach (the default is loopback).
+//! The gateway's two operator-facing ports:
+//! - the **admin** port is read-only (status table, metrics, health): scrapers and probes reach
+//!   it, and nothing there changes routing;
+//! - the **control** port takes unit actions (enable, drain, disable), each authorised by the
+//!   farm's admin token. On Kubernetes no NetworkPolicy admits anyone to it: an administrator
+//!   reaches it with `kubectl port-forward` (itself authorised by the API server) and the token
+//!   from the farm's Secret.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
+use stickyfarm_api::token::Token;
 
 use crate::metrics::Metrics;
 use crate::units::{AdminState, Farm, UnitStatus};
@@ -29,8 +37,8 @@ struct AdminCtx {
     listed: Arc<AtomicBool>,
 }
 
-/// The admin router. `listed` turns true once discovery published the unit list; `/readyz`
-/// answers 503 until then.
+/// The read-only admin router. `listed` turns true once discovery published the unit list;
+/// `/readyz` answers 503 until then.
 pub fn router(
     farm: Arc<Farm>,
     metrics: Arc<Metrics>,
@@ -42,13 +50,52 @@ pub fn router(
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/units/{unit}/{action}", post(set_admin))
         .with_state(AdminCtx {
             farm,
             metrics,
             slow_start,
             listed,
         })
+}
+
+/// The control router: unit actions, each request authorised by `token` before anything else
+/// is looked at.
+pub fn control_router(farm: Arc<Farm>, metrics: Arc<Metrics>, token: Arc<Token>) -> Router {
+    Router::new()
+        .route("/units/{unit}/{action}", post(set_admin))
+        .layer(middleware::from_fn_with_state(
+            (token, metrics.clone()),
+            authorise,
+        ))
+        .with_state(farm)
+}
+
+/// Lets a request on only with `Authorization: Bearer <admin token>`; otherwise 401, whatever
+/// the path (so an unauthorised caller learns nothing about units or routes).
+async fn authorise(
+    State((token, metrics)): State<(Arc<Token>, Arc<Metrics>)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let presented = req.headers().get(header::AUTHORIZATION);
+    if presented.is_some_and(|v| token.matches_bearer(v.as_bytes())) {
+        return next.run(req).await;
+    }
+    metrics.control_refused();
+    tracing::warn!(
+        path = %req.uri().path(),
+        credential = if presented.is_some() { "wrong" } else { "missing" },
+        "refused a unit action without the admin token"
+    );
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"stickyfarm-gateway\""),
+        )],
+        "unit actions need Authorization: Bearer <admin token>\n",
+    )
+        .into_response()
 }
 
 async fn readyz(State(c): State<AdminCtx>) -> (StatusCode, &'static str) {
@@ -79,7 +126,7 @@ async fn metrics_text(State(c): State<AdminCtx>) -> impl axum::response::IntoRes
 }
 
 async fn set_admin(
-    State(c): State<AdminCtx>,
+    State(farm): State<Arc<Farm>>,
     Path((unit, action)): Path<(String, String)>,
 ) -> Result<StatusCode, (StatusCode, String)> {
     let to = match action.as_str() {
@@ -96,7 +143,7 @@ async fn set_admin(
     let name = unit
         .parse()
         .map_err(|e: stickyfarm_api::ContractError| (StatusCode::BAD_REQUEST, format!("{e}\n")))?;
-    let members = c.farm.members();
+    let members = farm.members();
     let u = members.units.get(&name).ok_or_else(|| {
         (
             StatusCode::NOT_FOUND,
@@ -104,5 +151,6 @@ async fn set_admin(
         )
     })?;
     u.set_admin(to);
+    tracing::info!(unit = %name, action, "unit action");
     Ok(StatusCode::NO_CONTENT)
 }

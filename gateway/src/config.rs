@@ -24,14 +24,33 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
-    /// Admin address: `/status` (the status table as JSON), `/metrics`, `/livez`, and
-    /// `POST /units/<unit>/{enable,drain,disable}`.
+    /// Admin address, read-only: `/status` (the status table as JSON), `/metrics`, `/livez`,
+    /// `/readyz`. Scrapers and probes reach it; nothing here changes routing.
     #[arg(
         long,
         env = "STICKYFARM_GATEWAY_ADMIN_LISTEN",
         default_value = "127.0.0.1:9465"
     )]
     pub admin_listen: SocketAddr,
+
+    /// Control address: `POST /units/<unit>/{enable,drain,disable}` with
+    /// `Authorization: Bearer <admin token>`. Bound only when `--admin-token-file` is given.
+    #[arg(
+        long,
+        env = "STICKYFARM_GATEWAY_CONTROL_LISTEN",
+        default_value = "127.0.0.1:9466"
+    )]
+    pub control_listen: SocketAddr,
+
+    /// File holding the admin token that unit actions on the control port must present.
+    /// Without it, unit actions are off (the control port is not opened).
+    #[arg(long, env = "STICKYFARM_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// File holding the farm's gateway token, sent to the units on every forwarded request
+    /// (`x-stickyfarm-gateway-token`): their sidecars trust the gateway's headers only with it.
+    #[arg(long, env = "STICKYFARM_GATEWAY_TOKEN_FILE")]
+    pub gateway_token_file: Option<PathBuf>,
 
     /// A unit as `NAME=HOST:PORT` (repeatable); static discovery for one machine.
     #[arg(long = "unit", value_name = "NAME=HOST:PORT", value_parser = parse_unit_flag)]

@@ -19,9 +19,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::service::TowerToHyperService;
 use stickyfarm_api::listener;
+use stickyfarm_api::token::Token;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -61,6 +63,9 @@ pub enum StartError {
         "cannot reach the Kubernetes API for unit discovery: {0} (in-cluster service account or KUBECONFIG)"
     )]
     Kubernetes(String),
+    /// A token file is unusable.
+    #[error(transparent)]
+    Token(#[from] stickyfarm_api::token::TokenError),
     /// Neither `--unit` nor `--units-file` was given.
     #[error("no units: give --unit NAME=HOST:PORT or --units-file FILE")]
     NoUnitSource,
@@ -70,8 +75,10 @@ pub enum StartError {
 pub struct Gateway {
     /// The client-facing address actually bound.
     pub addr: SocketAddr,
-    /// The admin address actually bound.
+    /// The (read-only) admin address actually bound.
     pub admin_addr: SocketAddr,
+    /// The control address actually bound, when unit actions are on (`--admin-token-file`).
+    pub control_addr: Option<SocketAddr>,
     /// The farm (status table), for tests and embedding.
     pub farm: Arc<Farm>,
     stop: CancellationToken,
@@ -114,6 +121,23 @@ impl Gateway {
         config: Config,
         source: Box<dyn UnitSource>,
     ) -> Result<Gateway, StartError> {
+        // Tokens first: a bad file stops the start before anything listens.
+        let admin_token = config
+            .admin_token_file
+            .as_deref()
+            .map(Token::read)
+            .transpose()?;
+        let gateway_token = match config.gateway_token_file.as_deref() {
+            Some(path) => {
+                let token = Token::read(path)?;
+                let mut v = HeaderValue::from_str(token.expose())
+                    .expect("a parsed token is visible ASCII, a valid header value");
+                // Never indexed by HTTP/2 header compression.
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let farm = Arc::new(Farm::new(
@@ -190,6 +214,7 @@ impl Gateway {
                 cookie_secure: config.cookie_secure,
                 new_session_rate: config.new_session_rate,
                 new_session_burst: config.new_session_burst,
+                gateway_token,
             },
         ));
 
@@ -229,6 +254,32 @@ impl Gateway {
             config.shutdown_grace,
         ));
 
+        let control_addr = match admin_token {
+            Some(token) => {
+                let control_listener = bind(config.control_listen).await?;
+                let control_addr =
+                    control_listener
+                        .local_addr()
+                        .map_err(|source| StartError::Bind {
+                            addr: config.control_listen,
+                            source,
+                        })?;
+                let control = admin::control_router(farm.clone(), metrics.clone(), Arc::new(token));
+                tasks.spawn(listener::serve(
+                    control_listener,
+                    limits,
+                    move |_| TowerToHyperService::new(control.clone()),
+                    stop.clone(),
+                    Duration::from_secs(1),
+                ));
+                Some(control_addr)
+            }
+            None => {
+                tracing::info!("unit actions are off: no --admin-token-file");
+                None
+            }
+        };
+
         let admin = admin::router(farm.clone(), metrics.clone(), config.slow_start, listed);
         // The admin port gets the same limits (it is reachable by scrapers).
         tasks.spawn(listener::serve(
@@ -238,10 +289,11 @@ impl Gateway {
             stop.clone(),
             Duration::from_secs(1),
         ));
-        tracing::info!(%addr, %admin_addr, policy = ?config.policy, "stickyfarm gateway serving");
+        tracing::info!(%addr, %admin_addr, ?control_addr, policy = ?config.policy, "stickyfarm gateway serving");
         Ok(Gateway {
             addr,
             admin_addr,
+            control_addr,
             farm,
             stop,
             tasks,

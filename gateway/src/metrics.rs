@@ -39,6 +39,7 @@ pub struct Metrics {
     failovers: Counter,
     retries: Counter,
     refused: Family<KindLabel, Counter>,
+    control_refused: Counter,
 }
 
 /// One unit's metric handles, taken once so the request path never looks up a label set.
@@ -86,6 +87,7 @@ impl Metrics {
             failovers: Counter::default(),
             retries: Counter::default(),
             refused: Family::default(),
+            control_refused: Counter::default(),
         };
         registry.register("unit_up", "1 while the unit is in service", m.up.clone());
         registry.register(
@@ -148,6 +150,11 @@ impl Metrics {
             "Requests refused by the gateway, by reason",
             m.refused.clone(),
         );
+        registry.register(
+            "control_refused",
+            "Unit actions refused on the control port for a missing or wrong admin token",
+            m.control_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -193,6 +200,10 @@ impl Metrics {
 
     pub(crate) fn retry(&self) {
         self.retries.inc();
+    }
+
+    pub(crate) fn control_refused(&self) {
+        self.control_refused.inc();
     }
 
     pub(crate) fn refused(&self, kind: &'static str) {

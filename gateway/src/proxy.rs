@@ -82,6 +82,9 @@ pub struct ProxySettings {
     pub new_session_rate: u32,
     /// New sessions a client address may start at once.
     pub new_session_burst: u32,
+    /// The farm's gateway token, sent to the units so their sidecars trust the unit base URL
+    /// (`x-stickyfarm-gateway-token`); `None`: not sent.
+    pub gateway_token: Option<HeaderValue>,
 }
 
 /// The proxy.
@@ -532,6 +535,9 @@ impl Proxy {
             X_FORWARDED_PROTO,
             HeaderValue::from_static(self.s.scheme.as_str()),
         );
+        if let Some(token) = &self.s.gateway_token {
+            h.insert(headers::GATEWAY_TOKEN, token.clone());
+        }
         let for_ip = if remote.is_ipv6() {
             format!("\"[{ip}]\"")
         } else {
@@ -842,6 +848,7 @@ mod tests {
             cookie_secure: true,
             new_session_rate: 0,
             new_session_burst: 0,
+            gateway_token: None,
         }
     }
 

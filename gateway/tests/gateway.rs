@@ -80,6 +80,11 @@ async fn killing_a_unit_loses_no_get_and_the_session_continues_on_a_backup() {
     let mut b = Browser::new();
     let first = b.get(&gw.url("/echo")).await.json();
     let home = first["x-stickyfarm-unit"].as_str().unwrap().to_owned();
+    // The sidecar believed the gateway's unit URL (it came with the farm's gateway token).
+    assert_eq!(
+        first["x-stickyfarm-unit-url"],
+        gw.url(&format!("/_unit/{home}"))
+    );
     for item in ["apple", "pear", "plum"] {
         let p = b
             .post(&gw.url(&format!("/_unit/{home}/cart/add?item={item}")))
@@ -394,6 +399,128 @@ async fn draining_keeps_sessions_and_disabling_fails_them_over() {
     assert_eq!(client.get(&gw.url("/")).await.json()["unit"], "web-1");
     assert_eq!(gw.admin("web-9", "drain").await, 404);
     assert_eq!(gw.admin("web-0", "explode").await, 404);
+}
+
+/// Anyone who reaches the gateway's admin ports tries to switch the farm off: without the
+/// admin token nothing changes, and the read-only admin port takes no actions at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unit_actions_need_the_admin_token() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let gw = GatewayProc::start(&[a.flag(), b.flag()], &["--slow-start", "0s"]).await;
+    gw.wait_up(2).await;
+    let wrong = "wrong-admin-token-0123456789abcdef0123456789abcdef";
+    let mut attempts = 0;
+    for unit in ["web-0", "web-1"] {
+        for action in ["disable", "drain"] {
+            assert_eq!(gw.unit_action(unit, action, None).await, 401);
+            assert_eq!(gw.unit_action(unit, action, Some(wrong)).await, 401);
+            // The token's prefix, or the token in another scheme, is no token.
+            assert_eq!(
+                gw.unit_action(unit, action, Some(&ADMIN_TOKEN[..40])).await,
+                401
+            );
+            attempts += 3;
+        }
+    }
+    let basic = reqwest::Client::new()
+        .post(format!("http://{}/units/web-0/disable", gw.control))
+        .header("authorization", format!("Basic {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(basic.status(), 401);
+    assert!(
+        basic.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    attempts += 1;
+    // The read-only port has no action routes.
+    let read_only = reqwest::Client::new()
+        .post(format!("http://{}/units/web-0/disable", gw.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        matches!(read_only.status().as_u16(), 404 | 405),
+        "{}",
+        read_only.status()
+    );
+
+    for unit in ["web-0", "web-1"] {
+        assert_eq!(gw.unit_status(unit).await["admin"], "enabled", "{unit}");
+    }
+    for _ in 0..20 {
+        let p = Browser::new().get(&gw.url("/")).await;
+        assert_eq!(p.status, 200, "honest traffic goes on");
+    }
+    assert_eq!(
+        gw.metric("stickyfarm_gateway_control_refused_total", "")
+            .await,
+        attempts as f64
+    );
+    assert!(
+        !gw.log_text().contains(wrong) && !gw.log_text().contains(ADMIN_TOKEN),
+        "tokens are never logged"
+    );
+
+    // The right token acts.
+    assert_eq!(gw.admin("web-0", "disable").await, 204);
+    assert_eq!(gw.unit_status("web-0").await["admin"], "disabled");
+    for _ in 0..10 {
+        assert_eq!(
+            Browser::new().get(&gw.url("/")).await.json()["unit"],
+            "web-1"
+        );
+    }
+}
+
+/// Without an admin token file the control port is not opened: no credential, no actions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_admin_token_unit_actions_are_off() {
+    use clap::Parser as _;
+    let a = FakeUnit::start("web-0").await;
+    let config = stickyfarm_gateway::config::Config::try_parse_from([
+        "stickyfarm-gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--control-listen",
+        "127.0.0.1:0",
+        "--unit",
+        &a.flag(),
+    ])
+    .unwrap();
+    let gw = stickyfarm_gateway::Gateway::start(config).await.unwrap();
+    assert_eq!(gw.control_addr, None);
+    gw.shutdown().await;
+
+    // A token file that could be guessed is refused at start, naming the file, not the content.
+    let dir = tempfile::tempdir().unwrap();
+    let weak = dir.path().join("admin-token");
+    std::fs::write(&weak, "admin\n").unwrap();
+    let config = stickyfarm_gateway::config::Config::try_parse_from([
+        "stickyfarm-gateway",
+        "--listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--admin-token-file",
+        weak.to_str().unwrap(),
+        "--unit",
+        &a.flag(),
+    ])
+    .unwrap();
+    let e = stickyfarm_gateway::Gateway::start(config)
+        .await
+        .err()
+        .expect("a weak token is refused")
+        .to_string();
+    assert!(e.contains("admin-token") && e.contains("too short"), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -29,6 +29,10 @@ pub struct Config {
     /// How often every farm is reconciled even when nothing changed.
     #[arg(long, env = "STICKYFARM_RESYNC", default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync: Duration,
+    /// Namespaces whose pods may reach the farms' metrics ports (comma-separated). Default:
+    /// the operator's own namespace. The chart sets it from `metrics.scrapeNamespaces`.
+    #[arg(long, env = "STICKYFARM_SCRAPE_NAMESPACES", value_delimiter = ',')]
+    pub scrape_namespaces: Vec<String>,
     /// Take a Lease before reconciling, so only one replica acts at a time.
     #[arg(long, env = "STICKYFARM_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
     pub leader_elect: bool,
@@ -61,6 +65,23 @@ pub struct Config {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `stickyfarm_operator=debug`.
     #[arg(long, env = "STICKYFARM_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+}
+
+impl Config {
+    /// The namespaces allowed to scrape farms: as given, or the operator's own.
+    pub fn scrape_namespaces(&self) -> Vec<String> {
+        let named: Vec<String> = self
+            .scrape_namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if named.is_empty() {
+            vec![self.lease_namespace.clone()]
+        } else {
+            named
+        }
+    }
 }
 
 /// Log output.

@@ -170,6 +170,7 @@ pub fn reconcile_until(
         },
         drain_period: config.drain_period,
         resync: config.resync,
+        scrape_namespaces: config.scrape_namespaces(),
     };
     let namespace = config.watch_namespace.clone();
     async move {

@@ -13,6 +13,7 @@ use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use stickyfarm_api::farm::{ServerFarm, labels};
+use stickyfarm_api::token::{self, Token};
 
 use crate::build;
 use crate::reconcile::{Context, Error, FIELD_MANAGER, kube_err, publish};
@@ -69,7 +70,7 @@ pub(crate) async fn ensure_database_secret(
         }
         return Ok(Some(problem));
     }
-    let password = generate_password()?;
+    let password = token::random_hex().map_err(|e| Error::Random(e.to_string()))?;
     let secret = build::database_secret(farm, &password)?;
     match secrets
         .create(
@@ -96,6 +97,82 @@ pub(crate) async fn ensure_database_secret(
         // Another reconcile (or operator) made it first: theirs stands.
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
         Err(e) => Err(kube_err(format!("create Secret {ns}/{secret_name}"))(e)),
+    }
+}
+
+/// Creates the farm's token Secret (admin and gateway tokens) when absent. One that exists is
+/// left as it is: the running gateway and sidecars hold its tokens. A Secret of that name that
+/// is not the farm's own is never used or changed: `NameConflict`.
+pub(crate) async fn ensure_gateway_tokens(
+    farm: &ServerFarm,
+    ctx: &Context,
+    reference: &ObjectReference,
+) -> Result<Option<Problem>, Error> {
+    let ns = farm.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = build::tokens_secret_name(farm);
+    let existing = secrets
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("read Secret {ns}/{name}")))?;
+    if let Some(existing) = existing {
+        let uid = farm.metadata.uid.as_deref().unwrap_or_default();
+        if !existing.owner_references().iter().any(|o| o.uid == uid) {
+            return Ok(Some(Problem::new(
+                "NameConflict",
+                format!(
+                    "Secret {ns}/{name} exists but does not belong to this farm: the operator                      neither uses nor changes it. Rename or delete it; the farm's gateway tokens                      are generated into that name"
+                ),
+            )));
+        }
+        let has = |key: &str| {
+            existing
+                .data
+                .as_ref()
+                .is_some_and(|d| d.get(key).is_some_and(|v| !v.0.is_empty()))
+        };
+        if !(has(build::ADMIN_TOKEN_KEY) && has(build::GATEWAY_TOKEN_KEY)) {
+            return Ok(Some(Problem::new(
+                "GatewayTokensInvalid",
+                format!(
+                    "Secret {ns}/{name} lacks the keys {} and {}: delete it and the operator                      generates new tokens (restart the farm's pods afterwards)",
+                    build::ADMIN_TOKEN_KEY,
+                    build::GATEWAY_TOKEN_KEY
+                ),
+            )));
+        }
+        return Ok(None);
+    }
+    let random = |e: token::TokenError| Error::Random(e.to_string());
+    let secret = build::tokens_secret(
+        farm,
+        &Token::generate().map_err(random)?,
+        &Token::generate().map_err(random)?,
+    )?;
+    match secrets
+        .create(
+            &PostParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PostParams::default()
+            },
+            &secret,
+        )
+        .await
+    {
+        Ok(_) => {
+            publish(
+                ctx,
+                reference,
+                EventType::Normal,
+                "TokensCreated",
+                "CreateSecret",
+                format!("generated the gateway's admin and gateway tokens in Secret {name}"),
+            )
+            .await;
+            Ok(None)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(kube_err(format!("create Secret {ns}/{name}"))(e)),
     }
 }
 
@@ -289,11 +366,4 @@ fn degraded_for(farm: &ServerFarm, reason: &str) -> bool {
             c.type_ == status::condition::DEGRADED && c.status == "True" && c.reason == reason
         })
     })
-}
-
-/// 32 random bytes as 64 hex digits: safe in a URL without escaping.
-fn generate_password() -> Result<String, Error> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Error::Random(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

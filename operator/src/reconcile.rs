@@ -50,7 +50,7 @@ pub enum Error {
     #[error("cannot {0}: the patch does not form: {1}")]
     Patch(String, serde_json::Error),
     /// The generated password could not be drawn.
-    #[error("cannot generate the database password: {0}")]
+    #[error("cannot generate a secret (password or token): {0}")]
     Random(String),
 }
 
@@ -69,6 +69,8 @@ pub struct Settings {
     /// How often a farm is reconciled when nothing changes (corrects drift in objects the
     /// operator does not watch).
     pub resync: Duration,
+    /// Namespaces whose pods may scrape the farms' metrics ports.
+    pub scrape_namespaces: Vec<String>,
 }
 
 /// Shared state of all reconciles.
@@ -236,13 +238,16 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     if farm.spec.database.external.is_none() {
         credentials::set_database_finalizer(&farms, farm, true).await?;
     }
-    let secret_problem = credentials::ensure_database_secret(farm, ctx, &reference).await?;
+    let database_problem = credentials::ensure_database_secret(farm, ctx, &reference).await?;
+    let tokens_problem = credentials::ensure_gateway_tokens(farm, ctx, &reference).await?;
+    let secret_problem = database_problem.or(tokens_problem);
 
     // Build and apply.
     let desired = build::build(
         farm,
         &BuildInput {
             images: ctx.settings.images.clone(),
+            scrape_namespaces: ctx.settings.scrape_namespaces.clone(),
             unit_replicas: plan.unit_replicas,
             drain_since: plan.drain_since.map(|t| t.to_string()),
         },

@@ -231,9 +231,34 @@ fn the_operator_runs_locked_down_with_the_images_of_its_version() {
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     let np = find(&docs, "NetworkPolicy", "stickyfarm");
+    let scrapers = &np["spec"]["ingress"][0]["from"];
     assert_eq!(
-        np["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]["stickyfarm.dev/scrape"],
-        "true"
+        scrapers[0]["namespaceSelector"]["matchExpressions"],
+        serde_json::json!([{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["stickyfarm-system"]}]),
+        "by default only pods of the release namespace scrape"
+    );
+    assert_eq!(scrapers.as_array().unwrap().len(), 1);
+    assert_eq!(
+        env("STICKYFARM_SCRAPE_NAMESPACES")["value"],
+        "stickyfarm-system",
+        "the farms' policies admit the same namespaces"
+    );
+}
+
+#[test]
+fn scrape_namespaces_come_from_the_values() {
+    let Some(docs) = render(&["metrics.scrapeNamespaces={monitoring,observability}"]) else {
+        return;
+    };
+    let np = find(&docs, "NetworkPolicy", "stickyfarm");
+    assert_eq!(
+        np["spec"]["ingress"][0]["from"][0]["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["monitoring", "observability"])
+    );
+    let c = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container_env(c, "STICKYFARM_SCRAPE_NAMESPACES")["value"],
+        "monitoring,observability"
     );
 }
 

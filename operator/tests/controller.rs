@@ -62,6 +62,10 @@ impl FakeApi {
         self.0.lock().unwrap().objects.insert(path.into(), object);
     }
 
+    fn delete(&self, path: &str) {
+        self.0.lock().unwrap().objects.remove(path);
+    }
+
     fn get(&self, path: &str) -> Option<Value> {
         self.0.lock().unwrap().objects.get(path).cloned()
     }
@@ -134,8 +138,9 @@ impl FakeApi {
                 if store.objects.contains_key(&at) {
                     return status(StatusCode::CONFLICT, "already exists");
                 }
-                store.objects.insert(at, body.clone());
-                respond(StatusCode::CREATED, &body)
+                let stored = with_string_data_encoded(body);
+                store.objects.insert(at, stored.clone());
+                respond(StatusCode::CREATED, &stored)
             }
             Method::PATCH if path.ends_with("/status") => {
                 let at = path.trim_end_matches("/status").to_owned();
@@ -298,6 +303,39 @@ fn status(code: StatusCode, message: &str) -> Response<Body> {
     )
 }
 
+/// A Secret's `stringData` merged into `data` (base64), as the API server stores it: no reader
+/// ever sees `stringData`.
+fn with_string_data_encoded(mut body: Value) -> Value {
+    use base64::Engine as _;
+    if let Some(Value::Object(plain)) = body.as_object_mut().and_then(|o| o.remove("stringData")) {
+        let data = body["data"].as_object().cloned().unwrap_or_default();
+        let mut data = data;
+        for (k, v) in plain {
+            let text = v.as_str().unwrap_or_default();
+            data.insert(
+                k,
+                json!(base64::engine::general_purpose::STANDARD.encode(text)),
+            );
+        }
+        body["data"] = Value::Object(data);
+    }
+    body
+}
+
+/// One key of a stored Secret, decoded.
+fn secret_value(secret: &Value, key: &str) -> String {
+    use base64::Engine as _;
+    let encoded = secret["data"][key]
+        .as_str()
+        .unwrap_or_else(|| panic!("no key {key}"));
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
 fn farm_json(replicas: u32) -> Value {
     json!({
         "apiVersion": "stickyfarm.dev/v1alpha1",
@@ -319,6 +357,7 @@ fn context(client: Client) -> Arc<Context> {
             },
             drain_period: DRAIN,
             resync: Duration::from_secs(300),
+            scrape_namespaces: vec!["stickyfarm-system".into()],
         },
         recorder,
         Arc::new(Metrics::default()),
@@ -357,6 +396,7 @@ async fn create_applies_every_object_once_and_generates_credentials() {
 
     let mut want = vec![
         "/api/v1/namespaces/prod/secrets/shop-db",
+        "/api/v1/namespaces/prod/secrets/shop-gateway-tokens",
         "/api/v1/namespaces/prod/serviceaccounts/shop-gateway",
         "/api/v1/namespaces/prod/services/shop-0",
         "/api/v1/namespaces/prod/services/shop-1",
@@ -384,8 +424,8 @@ async fn create_applies_every_object_once_and_generates_credentials() {
     assert_eq!(got, want);
 
     let secret = api.get(SECRET_PATH).unwrap();
-    let url = secret["stringData"]["url"].as_str().unwrap();
-    let password = secret["stringData"]["password"].as_str().unwrap();
+    let url = secret_value(&secret, "url");
+    let password = secret_value(&secret, "password");
     assert_eq!(password.len(), 64, "32 random bytes as hex");
     assert_eq!(
         url,
@@ -422,7 +462,10 @@ async fn create_applies_every_object_once_and_generates_credentials() {
         .filter(|s| s.method == Method::POST && !s.path.contains("/events"))
         .map(|s| s.path)
         .collect();
-    assert_eq!(creates, ["/api/v1/namespaces/prod/secrets"]);
+    assert_eq!(
+        creates, ["/api/v1/namespaces/prod/secrets"; 2],
+        "the database credentials and the gateway tokens are the only creates"
+    );
 
     let sts = api.get(STS_PATH).unwrap();
     assert_eq!(sts["spec"]["replicas"], 3);
@@ -485,7 +528,10 @@ async fn update_reapplies_the_change_and_never_overwrites_the_secret() {
         .into_iter()
         .filter(|s| s.path.contains("/secrets"))
         .count();
-    assert_eq!(secret_writes, 1, "created once, never patched");
+    assert_eq!(
+        secret_writes, 2,
+        "credentials and tokens created once, never patched"
+    );
     assert_eq!(
         api.get(FARM_PATH).unwrap()["status"]["observedGeneration"],
         2
@@ -640,6 +686,61 @@ fn database_object(kind: &str, name: &str, farm: &str) -> Value {
 }
 
 const CLAIM_PATH: &str = "/api/v1/namespaces/prod/persistentvolumeclaims/data-shop-db-0";
+const TOKENS_PATH: &str = "/api/v1/namespaces/prod/secrets/shop-gateway-tokens";
+
+/// The gateway's tokens are generated once and kept; a Secret of that name someone else made is
+/// never used or changed (`NameConflict`), and a deleted one is generated anew.
+#[tokio::test]
+async fn gateway_tokens_are_made_once_and_a_foreign_secret_is_never_taken_over() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(3));
+    let ctx = context(api.client());
+    reconcile_stored(&api, &ctx).await.unwrap();
+    let tokens = api.get(TOKENS_PATH).expect("tokens generated");
+    let (admin, gateway) = (
+        secret_value(&tokens, "admin-token"),
+        secret_value(&tokens, "gateway-token"),
+    );
+    assert_eq!((admin.len(), gateway.len()), (64, 64));
+    assert_ne!(admin, gateway, "two independent tokens");
+    assert_eq!(tokens["metadata"]["ownerReferences"][0]["uid"], UID);
+    reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(api.get(TOKENS_PATH).unwrap(), tokens, "kept as they are");
+
+    // Deleted: new ones (nothing depends on the old ones but running pods).
+    api.delete(TOKENS_PATH);
+    reconcile_stored(&api, &ctx).await.unwrap();
+    let renewed = api.get(TOKENS_PATH).expect("generated again");
+    assert_ne!(secret_value(&renewed, "admin-token"), admin);
+
+    // Someone else's Secret with that name: untouched, and the farm says why it is degraded.
+    let foreign = json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "shop-gateway-tokens", "namespace": "prod", "uid": "someone-elses"},
+        "data": {"admin-token": "b3RoZXI=", "gateway-token": "b3RoZXI="},
+    });
+    api.put(TOKENS_PATH, foreign.clone());
+    let writes_before = api.writes().len();
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(credentials::SECRET_RECHECK));
+    assert_eq!(api.get(TOKENS_PATH).unwrap(), foreign);
+    assert!(
+        api.writes()[writes_before..]
+            .iter()
+            .all(|w| !w.path.contains("/secrets")),
+        "the foreign Secret is never written"
+    );
+    let degraded = condition(&api.get(FARM_PATH).unwrap(), "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "NameConflict");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("prod/shop-gateway-tokens"),
+        "{degraded}"
+    );
+}
 
 #[tokio::test]
 async fn a_deleted_farm_deletes_its_database_credentials_and_claim_then_lets_go() {
@@ -735,11 +836,17 @@ async fn lost_credentials_of_an_initialised_database_are_never_regenerated() {
             api.get("/apis/apps/v1/namespaces/prod/deployments/shop-gateway")
                 .is_some()
         );
-        assert_eq!(api.event_reasons(), ["DatabaseCredentialsMissing"]);
+        assert_eq!(
+            api.event_reasons(),
+            ["DatabaseCredentialsMissing", "TokensCreated"]
+        );
 
         // One Event, not one per reconcile.
         reconcile_stored(&api, &ctx).await.unwrap();
-        assert_eq!(api.event_reasons(), ["DatabaseCredentialsMissing"]);
+        assert_eq!(
+            api.event_reasons(),
+            ["DatabaseCredentialsMissing", "TokensCreated"]
+        );
 
         // The Secret restored: the farm recovers, still without a new password.
         api.put(SECRET_PATH, database_object("Secret", "shop-db", "shop"));

@@ -70,10 +70,11 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_UNIT_BASE_URL")]
     pub unit_base_url: Option<UnitBaseUrl>,
 
-    /// Take the unit base URL from the gateway's `x-stickyfarm-unit-url` header. Safe when only
-    /// the gateway can reach the pod (the operator's NetworkPolicy); set false otherwise.
-    #[arg(long, env = "STICKYFARM_TRUST_GATEWAY_HEADERS", default_value_t = true, action = ArgAction::Set)]
-    pub trust_gateway_headers: bool,
+    /// File holding the farm's gateway token. The unit base URL is taken from the gateway's
+    /// `x-stickyfarm-unit-url` header only on requests that carry this token; without the file,
+    /// never (the app's links then use `--unit-base-url` or `/_unit/<unit>`).
+    #[arg(long, env = "STICKYFARM_GATEWAY_TOKEN_FILE")]
+    pub gateway_token_file: Option<std::path::PathBuf>,
 
     /// Name of the session cookie (the farm's `sessionPersistence.sessionName`).
     #[arg(long, env = "STICKYFARM_SESSION_COOKIE", default_value = stickyfarm_api::cookie_names::SESSION)]

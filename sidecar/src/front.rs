@@ -13,6 +13,7 @@ use axum::routing::get;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use stickyfarm_api::token::Token;
 use stickyfarm_api::{
     ClientCookies, Generation, SessionCookieName, SessionId, SetCookie, UnitBaseUrl, UnitName,
     cookie_names, headers, parse_client_cookies_named, paths, remove_hop_by_hop,
@@ -30,8 +31,9 @@ pub struct Front {
     pub unit: UnitName,
     /// Base URL used when the gateway sends none.
     pub default_unit_url: UnitBaseUrl,
-    /// Accept `x-stickyfarm-unit-url` from the gateway.
-    pub trust_gateway_headers: bool,
+    /// The farm's gateway token: `x-stickyfarm-unit-url` is taken only from requests that
+    /// carry it (they came through the gateway). `None`: never taken.
+    pub gateway_token: Option<Token>,
     /// The app: scheme and authority.
     pub app: http::uri::Authority,
     /// Per-request timeout towards the app.
@@ -64,7 +66,7 @@ impl Front {
         tier: Arc<SessionTier>,
         unit: UnitName,
         default_unit_url: UnitBaseUrl,
-        trust_gateway_headers: bool,
+        gateway_token: Option<Token>,
         app: http::uri::Authority,
         app_timeout: Duration,
         cookies: CookieSettings,
@@ -75,7 +77,7 @@ impl Front {
             tier,
             unit,
             default_unit_url,
-            trust_gateway_headers,
+            gateway_token,
             app,
             app_timeout,
             cookies,
@@ -83,6 +85,17 @@ impl Front {
             client: Self::app_client(),
             headers,
         }
+    }
+
+    /// Whether a request carries the farm's gateway token: only then are the gateway's headers
+    /// believed. A client that reaches the unit directly (past the NetworkPolicy, or where none
+    /// is enforced) cannot choose the links the app builds.
+    pub fn came_through_gateway(&self, headers: &http::HeaderMap) -> bool {
+        self.gateway_token.as_ref().is_some_and(|token| {
+            headers
+                .get(headers::GATEWAY_TOKEN)
+                .is_some_and(|v| token.matches(v.as_bytes()))
+        })
     }
 
     /// A pooled client for the app.
@@ -143,7 +156,7 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
 
     let (mut parts, body) = req.into_parts();
     let unit_url = front
-        .trust_gateway_headers
+        .came_through_gateway(&parts.headers)
         .then(|| parts.headers.get(headers::UNIT_URL))
         .flatten()
         .and_then(|v| v.to_str().ok())

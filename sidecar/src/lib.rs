@@ -21,6 +21,7 @@ use axum::routing::get;
 use hyper_util::service::TowerToHyperService;
 use sqlx::postgres::PgConnectOptions;
 use stickyfarm_api::listener;
+use stickyfarm_api::token::Token;
 use stickyfarm_api::{InstanceId, UnitBaseUrl};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -55,6 +56,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// The gateway token file is unusable.
+    #[error(transparent)]
+    Token(#[from] stickyfarm_api::token::TokenError),
     /// Shutdown was requested before the schema could be applied.
     #[error("stopped before PostgreSQL became reachable")]
     Cancelled,
@@ -81,6 +85,12 @@ impl Sidecar {
     /// Connects, applies the schema (waiting for PostgreSQL if it is not up yet), binds every
     /// listener and starts serving.
     pub async fn start(config: Config) -> Result<Sidecar, StartError> {
+        // A bad token file stops the start before anything connects or listens.
+        let gateway_token = config
+            .gateway_token_file
+            .as_deref()
+            .map(Token::read)
+            .transpose()?;
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let connect = PgConnectOptions::from_str(&config.database_url)
@@ -144,7 +154,7 @@ impl Sidecar {
             tier.clone(),
             config.unit.clone(),
             default_unit_url,
-            config.trust_gateway_headers,
+            gateway_token,
             app,
             config.app_timeout,
             front::CookieSettings {

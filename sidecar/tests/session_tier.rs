@@ -318,6 +318,40 @@ async fn forged_and_malformed_cookies_get_a_fresh_session() {
     assert_eq!(seen["x-stickyfarm-unit"], "web-0");
     assert_eq!(seen["x-stickyfarm-unit-url"], "/_unit/web-0");
 
+    // A client that reaches the unit directly cannot choose the links the app builds (a
+    // phishing host in every link): the unit URL is believed only with the farm's gateway
+    // token, and the token itself never reaches the app.
+    let echo_with = |token: Option<&'static str>| {
+        let mut req = client
+            .get(a.sidecar.url("/echo"))
+            .header("x-stickyfarm-unit-url", "https://evil.example/_unit/web-0");
+        if let Some(token) = token {
+            req = req.header("x-stickyfarm-gateway-token", token);
+        }
+        async move {
+            req.send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    for forged_token in [None, Some("not-the-farms-token-0123456789abcdef0123456789")] {
+        let seen = echo_with(forged_token).await;
+        assert_eq!(
+            seen["x-stickyfarm-unit-url"], "/_unit/web-0",
+            "{forged_token:?}"
+        );
+        assert!(seen.get("x-stickyfarm-gateway-token").is_none(), "{seen}");
+    }
+    let seen = echo_with(Some(stickyfarm_testkit::GATEWAY_TOKEN)).await;
+    assert_eq!(
+        seen["x-stickyfarm-unit-url"], "https://evil.example/_unit/web-0",
+        "the gateway (holding the token) decides the unit URL"
+    );
+    assert!(seen.get("x-stickyfarm-gateway-token").is_none(), "{seen}");
+
     // The API refuses malformed ids and unknown sessions with clear errors.
     let r = client
         .get(a.sidecar.api_url("/v1/sessions/not-an-id"))

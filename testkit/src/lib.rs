@@ -287,6 +287,24 @@ pub async fn scrape_metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
         .sum()
 }
 
+/// The admin token every test gateway takes unit actions with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789abcdef";
+/// The gateway token every test gateway sends and every test sidecar expects (one farm).
+pub const GATEWAY_TOKEN: &str = "test-gateway-token-0123456789abcdef0123456789abcdef";
+
+/// A private folder holding `token` as `name`, removed when dropped.
+fn token_dir(name: &str, token: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, token).unwrap();
+    (dir, path.display().to_string())
+}
+
+/// Whether `extra` already gives `flag` (the test chose its own value).
+fn has_flag(extra: &[impl AsRef<str>], flag: &str) -> bool {
+    extra.iter().any(|a| a.as_ref() == flag)
+}
+
 /// The sidecar binary as a child process.
 pub struct SidecarProc {
     pub unit: String,
@@ -295,6 +313,7 @@ pub struct SidecarProc {
     pub api: SocketAddr,
     pub admin: SocketAddr,
     pub process: ChildProc,
+    _tokens: tempfile::TempDir,
 }
 
 pub struct SidecarSpec<'a> {
@@ -320,6 +339,11 @@ impl SidecarProc {
             .args(["--pod-uid", &instance])
             .args(&spec.extra)
             .env("DATABASE_URL", spec.database_url);
+        // The farm's gateway token, as the operator mounts it, unless the test gives its own.
+        let (tokens, gateway_token) = token_dir("gateway-token", GATEWAY_TOKEN);
+        if !has_flag(&spec.extra, "--gateway-token-file") {
+            cmd.args(["--gateway-token-file", &gateway_token]);
+        }
         let p = SidecarProc {
             unit: spec.unit.to_owned(),
             instance,
@@ -327,6 +351,7 @@ impl SidecarProc {
             api: ([127, 0, 0, 1], api).into(),
             admin: ([127, 0, 0, 1], admin).into(),
             process: ChildProc::spawn(&format!("sidecar {}", spec.unit), cmd),
+            _tokens: tokens,
         };
         p.wait_listening().await;
         p
@@ -949,17 +974,31 @@ impl Drop for FakeUnit {
 pub struct GatewayProc {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The control port (unit actions with [`ADMIN_TOKEN`]).
+    pub control: SocketAddr,
     pub process: ChildProc,
+    _tokens: tempfile::TempDir,
 }
 
 impl GatewayProc {
     /// Starts `stickyfarm-gateway` with `units` (`NAME=HOST:PORT`) and extra flags.
     pub async fn start(units: &[String], extra: &[&str]) -> GatewayProc {
-        let (port, admin) = (free_port(), free_port());
+        let (port, admin, control) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(binary("stickyfarm-gateway"));
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--control-listen", &format!("127.0.0.1:{control}")])
             .args(["--check-jitter", "0"]);
+        // The farm's tokens, as the operator mounts them, unless the test gives its own.
+        let (tokens, gateway_token) = token_dir("gateway-token", GATEWAY_TOKEN);
+        let admin_token = tokens.path().join("admin-token");
+        std::fs::write(&admin_token, ADMIN_TOKEN).unwrap();
+        if !has_flag(extra, "--admin-token-file") {
+            cmd.arg("--admin-token-file").arg(&admin_token);
+        }
+        if !has_flag(extra, "--gateway-token-file") {
+            cmd.args(["--gateway-token-file", &gateway_token]);
+        }
         // Quick checks unless the test chose its own interval.
         if !extra.contains(&"--check-interval") {
             cmd.args(["--check-interval", "100ms"]);
@@ -975,7 +1014,9 @@ impl GatewayProc {
         let g = GatewayProc {
             addr: ([127, 0, 0, 1], port).into(),
             admin: ([127, 0, 0, 1], admin).into(),
+            control: ([127, 0, 0, 1], control).into(),
             process: ChildProc::spawn("gateway", cmd),
+            _tokens: tokens,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(g.admin).await.is_err()
@@ -1040,15 +1081,20 @@ impl GatewayProc {
         .await;
     }
 
-    /// `POST /units/<unit>/<action>` on the admin port.
+    /// `POST /units/<unit>/<action>` on the control port with the admin token.
     pub async fn admin(&self, unit: &str, action: &str) -> u16 {
-        reqwest::Client::new()
-            .post(format!("http://{}/units/{unit}/{action}", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
+        self.unit_action(unit, action, Some(ADMIN_TOKEN)).await
+    }
+
+    /// `POST /units/<unit>/<action>` on the control port, with `token` as the bearer token
+    /// (or no `Authorization` at all).
+    pub async fn unit_action(&self, unit: &str, action: &str, token: Option<&str>) -> u16 {
+        let mut req =
+            reqwest::Client::new().post(format!("http://{}/units/{unit}/{action}", self.control));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.unwrap().status().as_u16()
     }
 
     pub async fn metric(&self, name: &str, labels: &str) -> f64 {

@@ -47,3 +47,8 @@ app.kubernetes.io/component: operator
 {{- printf "%s/%s:%s" $ctx.Values.image.registry $name (default $ctx.Chart.AppVersion $ctx.Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Namespaces whose pods may scrape metrics: metrics.scrapeNamespaces, or the release's. */}}
+{{- define "stickyfarm.scrapeNamespaces" -}}
+{{- default (list .Release.Namespace) .Values.metrics.scrapeNamespaces | toJson -}}
+{{- end -}}

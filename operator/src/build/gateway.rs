@@ -15,12 +15,15 @@ use stickyfarm_api::farm::UnitAddressing;
 use super::units::{
     field, port, restricted_container_security, restricted_pod_security, service_port, value,
 };
-use super::{FarmRef, Images, component};
+use super::{FarmRef, Images, component, tokens};
 
 /// The gateway's client port inside the pod (the Service maps `spec.gateway.port` to it).
 pub const GATEWAY_PORT: i32 = 8000;
-/// The gateway's admin port: `/status`, `/metrics`, `/livez`, `/readyz`.
+/// The gateway's admin port, read-only: `/status`, `/metrics`, `/livez`, `/readyz`.
 pub const GATEWAY_ADMIN_PORT: i32 = 9465;
+/// The gateway's control port: unit actions with the admin token. No NetworkPolicy admits
+/// anyone to it; administrators use `kubectl port-forward`.
+pub const GATEWAY_CONTROL_PORT: i32 = 9466;
 
 pub(crate) fn service_account(f: &FarmRef) -> ServiceAccount {
     ServiceAccount {
@@ -73,6 +76,18 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
         value(
             "STICKYFARM_GATEWAY_ADMIN_LISTEN",
             format!("0.0.0.0:{GATEWAY_ADMIN_PORT}"),
+        ),
+        value(
+            "STICKYFARM_GATEWAY_CONTROL_LISTEN",
+            format!("0.0.0.0:{GATEWAY_CONTROL_PORT}"),
+        ),
+        value(
+            "STICKYFARM_ADMIN_TOKEN_FILE",
+            tokens::file(tokens::ADMIN_TOKEN_KEY),
+        ),
+        value(
+            "STICKYFARM_GATEWAY_TOKEN_FILE",
+            tokens::file(tokens::GATEWAY_TOKEN_KEY),
         ),
         value("STICKYFARM_DISCOVERY", "kubernetes".into()),
         value("STICKYFARM_FARM", f.name.clone()),
@@ -150,7 +165,9 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
                         ports: Some(vec![
                             port("http", GATEWAY_PORT),
                             port("admin", GATEWAY_ADMIN_PORT),
+                            port("control", GATEWAY_CONTROL_PORT),
                         ]),
+                        volume_mounts: Some(vec![tokens::mount()]),
                         readiness_probe: Some(probe("/readyz", 5)),
                         liveness_probe: Some(probe("/livez", 10)),
                         resources: Some(ResourceRequirements {
@@ -167,6 +184,10 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
                         security_context: Some(restricted_container_security()),
                         ..Container::default()
                     }],
+                    volumes: Some(vec![tokens::volume(
+                        f,
+                        &[tokens::ADMIN_TOKEN_KEY, tokens::GATEWAY_TOKEN_KEY],
+                    )]),
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()
                 }),

@@ -12,11 +12,13 @@
 //! | gateway Deployment, Service, ServiceAccount, Role, RoleBinding | `shop-gateway` |
 //! | managed PostgreSQL StatefulSet and Service | `shop-db` |
 //! | credentials Secret (generated once) | `shop-db` |
+//! | admin and gateway tokens Secret (generated once) | `shop-gateway-tokens` |
 //! | NetworkPolicies | `shop-units`, `shop-db`, `shop-gateway` |
 
 mod database;
 mod gateway;
 mod network;
+mod tokens;
 mod units;
 
 use std::collections::BTreeMap;
@@ -34,7 +36,10 @@ pub use database::{
     DATABASE_FINALIZER, DATABASE_NAME, DATABASE_USER, database_claim_name, database_secret,
     database_statefulset_name, database_url_for,
 };
-pub use gateway::GATEWAY_ADMIN_PORT;
+pub use gateway::{GATEWAY_ADMIN_PORT, GATEWAY_CONTROL_PORT};
+pub use tokens::{
+    ADMIN_TOKEN_KEY, GATEWAY_TOKEN_KEY, TOKENS_DIR, tokens_secret, tokens_secret_name,
+};
 pub use units::{API_PORT, METRICS_PORT, SIDECAR_PORT};
 
 /// Images the operator runs besides the user's app (from its flags / the chart's values).
@@ -53,6 +58,9 @@ pub struct Images {
 pub struct BuildInput {
     /// Images.
     pub images: Images,
+    /// Namespaces whose pods may scrape the farm's metrics ports (the operator's own by
+    /// default).
+    pub scrape_namespaces: Vec<String>,
     /// Replicas of the unit StatefulSet right now: more than `spec.replicas` while removed units
     /// drain (see [`crate::scale::ScalePlan`]).
     pub unit_replicas: u32,
@@ -132,7 +140,7 @@ pub fn build(farm: &ServerFarm, input: &BuildInput) -> Result<Desired, BuildErro
         gateway_deployment: gateway::deployment(&f, &input.images),
         gateway_service: gateway::service(&f),
         database: database::managed(&f, &input.images),
-        network_policies: network::policies(&f),
+        network_policies: network::policies(&f, &input.scrape_namespaces),
     })
 }
 

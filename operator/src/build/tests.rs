@@ -32,6 +32,7 @@ pub(crate) fn input() -> BuildInput {
             gateway: "ghcr.io/stickyfarm/gateway:0.1.0".into(),
             postgres: "postgres:17".into(),
         },
+        scrape_namespaces: vec!["stickyfarm-system".into()],
         unit_replicas: 0,
         drain_since: None,
     }
@@ -223,7 +224,11 @@ fn unit_statefulset_runs_app_and_sidecar_with_defaults() {
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(volumes, ["stickyfarm-socket"], "no disk tier by default");
+    assert_eq!(
+        volumes,
+        ["stickyfarm-socket", "stickyfarm-tokens"],
+        "no disk tier by default"
+    );
 
     let app = container(&d, "app");
     assert_eq!(app.image.as_deref(), Some("registry.example/shop:1"));
@@ -406,8 +411,11 @@ pod:
         .flatten()
         .map(|v| v.name.as_str())
         .collect();
-    assert_eq!(volumes, ["stickyfarm-socket", "session-cache"]);
-    let cache = pod.volumes.as_ref().unwrap()[1].empty_dir.as_ref().unwrap();
+    assert_eq!(
+        volumes,
+        ["stickyfarm-socket", "stickyfarm-tokens", "session-cache"]
+    );
+    let cache = pod.volumes.as_ref().unwrap()[2].empty_dir.as_ref().unwrap();
     assert_eq!(cache.size_limit.as_ref().unwrap().0, "2Gi");
 
     let app = container(&d, "app");
@@ -465,7 +473,14 @@ pod:
         .flatten()
         .map(|m| m.mount_path.as_str())
         .collect();
-    assert_eq!(mounts, ["/var/run/stickyfarm", "/var/cache/stickyfarm"]);
+    assert_eq!(
+        mounts,
+        [
+            "/var/run/stickyfarm",
+            "/var/run/secrets/stickyfarm",
+            "/var/cache/stickyfarm"
+        ]
+    );
 
     let gw = &d
         .gateway_deployment
@@ -858,15 +873,27 @@ fn network_policies_let_only_the_gateway_reach_units_and_only_units_reach_the_da
         metrics.ports.as_ref().unwrap()[0].port,
         Some(IntOrString::Int(9464))
     );
+    let scrapers = metrics.from.as_ref().unwrap();
+    assert_eq!(scrapers.len(), 1);
+    assert!(
+        scrapers[0].pod_selector.is_none(),
+        "any pod of a scrape namespace"
+    );
+    let ns = scrapers[0]
+        .namespace_selector
+        .as_ref()
+        .unwrap()
+        .match_expressions
+        .as_ref()
+        .unwrap();
+    assert_eq!(ns.len(), 1);
     assert_eq!(
-        metrics.from.as_ref().unwrap()[0]
-            .pod_selector
-            .as_ref()
-            .unwrap()
-            .match_labels
-            .as_ref()
-            .unwrap()["stickyfarm.dev/scrape"],
-        "true"
+        (ns[0].key.as_str(), ns[0].operator.as_str()),
+        ("kubernetes.io/metadata.name", "In")
+    );
+    assert_eq!(
+        ns[0].values.as_deref(),
+        Some(&["stickyfarm-system".to_owned()][..])
     );
 
     let db = policy("shop-db");
@@ -891,5 +918,121 @@ fn network_policies_let_only_the_gateway_reach_units_and_only_units_reach_the_da
     assert_eq!(
         ingress[0].ports.as_ref().unwrap()[0].port,
         Some(IntOrString::Int(8000))
+    );
+    assert_eq!(
+        ingress[1].ports.as_ref().unwrap()[0].port,
+        Some(IntOrString::Int(9465)),
+        "the read-only admin port, for scrapers"
+    );
+    assert_eq!(ingress[1].from, metrics.from, "the same scrapers");
+    let admitted: Vec<IntOrString> = ingress
+        .iter()
+        .flat_map(|r| r.ports.iter().flatten())
+        .filter_map(|p| p.port.clone())
+        .collect();
+    assert!(
+        !admitted.contains(&IntOrString::Int(9466)),
+        "no rule admits anyone to the control port: {admitted:?}"
+    );
+}
+
+#[test]
+fn without_scrape_namespaces_no_pod_may_scrape() {
+    let d = build(
+        &farm(MINIMAL),
+        &BuildInput {
+            scrape_namespaces: Vec::new(),
+            ..input()
+        },
+    )
+    .unwrap();
+    for p in &d.network_policies {
+        let rules = p.spec.as_ref().unwrap().ingress.as_ref().unwrap();
+        let ports: Vec<_> = rules
+            .iter()
+            .flat_map(|r| r.ports.iter().flatten())
+            .filter_map(|p| p.port.clone())
+            .collect();
+        assert!(
+            !ports.contains(&IntOrString::Int(9464)) && !ports.contains(&IntOrString::Int(9465)),
+            "{:?}: {ports:?}",
+            p.metadata.name
+        );
+    }
+}
+
+#[test]
+fn the_tokens_secret_is_owned_and_each_pod_mounts_only_its_keys() {
+    let f = farm(MINIMAL);
+    let admin = stickyfarm_api::token::Token::generate().unwrap();
+    let gateway = stickyfarm_api::token::Token::generate().unwrap();
+    let s = tokens_secret(&f, &admin, &gateway).unwrap();
+    assert_eq!(s.metadata.name.as_deref(), Some("shop-gateway-tokens"));
+    assert_eq!(
+        s.metadata.owner_references.as_ref().unwrap()[0].uid,
+        f.metadata.uid.clone().unwrap(),
+        "deleted with the farm"
+    );
+    assert_eq!(s.immutable, Some(true));
+    let data = s.string_data.unwrap();
+    assert_eq!(data["admin-token"], admin.expose());
+    assert_eq!(data["gateway-token"], gateway.expose());
+
+    let d = desired(MINIMAL);
+    let keys_of = |volumes: &[k8s_openapi::api::core::v1::Volume]| -> Vec<String> {
+        let v = volumes
+            .iter()
+            .find(|v| v.name == "stickyfarm-tokens")
+            .expect("a tokens volume");
+        let secret = v.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("shop-gateway-tokens"));
+        secret
+            .items
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|i| i.key.clone())
+            .collect()
+    };
+    let gw_pod = d.gateway_deployment.spec.template.spec.as_ref().unwrap();
+    assert_eq!(
+        keys_of(gw_pod.volumes.as_ref().unwrap()),
+        ["admin-token", "gateway-token"]
+    );
+    let gw = &gw_pod.containers[0];
+    assert_eq!(
+        env(gw, "STICKYFARM_ADMIN_TOKEN_FILE").value.as_deref(),
+        Some("/var/run/secrets/stickyfarm/admin-token")
+    );
+    assert_eq!(
+        env(gw, "STICKYFARM_GATEWAY_TOKEN_FILE").value.as_deref(),
+        Some("/var/run/secrets/stickyfarm/gateway-token")
+    );
+    let unit_pod = d.unit_statefulset.spec.template.spec.as_ref().unwrap();
+    assert_eq!(
+        keys_of(unit_pod.volumes.as_ref().unwrap()),
+        ["gateway-token"],
+        "units never get the admin token"
+    );
+    let mounts = |c: &Container| -> Vec<String> {
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .map(|m| m.name.clone())
+            .collect()
+    };
+    assert!(mounts(container(&d, "stickyfarm-sidecar")).contains(&"stickyfarm-tokens".into()));
+    assert!(
+        !mounts(container(&d, "app")).contains(&"stickyfarm-tokens".into()),
+        "the app never sees the gateway token"
+    );
+    assert_eq!(
+        env(
+            container(&d, "stickyfarm-sidecar"),
+            "STICKYFARM_GATEWAY_TOKEN_FILE"
+        )
+        .value
+        .as_deref(),
+        Some("/var/run/secrets/stickyfarm/gateway-token")
     );
 }

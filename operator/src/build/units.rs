@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use stickyfarm_api::farm::{UnitState, labels};
 use stickyfarm_api::paths;
 
-use super::{BuildInput, FarmRef, component, database_secret_ref};
+use super::{BuildInput, FarmRef, component, database_secret_ref, tokens};
 
 /// The sidecar's public port (clients, through the gateway, and the health check).
 pub const SIDECAR_PORT: i32 = 8080;
@@ -135,6 +135,10 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
         value("STICKYFARM_API_LISTEN", format!("127.0.0.1:{API_PORT}")),
         value("STICKYFARM_API_SOCKET", format!("{SOCKET_DIR}/api.sock")),
         value("STICKYFARM_ADMIN_LISTEN", format!("0.0.0.0:{METRICS_PORT}")),
+        value(
+            "STICKYFARM_GATEWAY_TOKEN_FILE",
+            tokens::file(tokens::GATEWAY_TOKEN_KEY),
+        ),
         EnvVar {
             name: "DATABASE_URL".into(),
             value_from: Some(EnvVarSource {
@@ -163,7 +167,8 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
         value("STICKYFARM_COOKIE_SECURE", sp.secure.to_string()),
         value("STICKYFARM_LOG_FORMAT", "json".into()),
     ];
-    let mut mounts = vec![socket_mount()];
+    // The gateway token is the sidecar's alone: the app container does not mount it.
+    let mut mounts = vec![socket_mount(), tokens::mount()];
     if let Some(disk) = &spec.sidecar.cache_disk {
         env.push(value("STICKYFARM_CACHE_DISK_DIR", CACHE_DIR.into()));
         env.push(value("STICKYFARM_CACHE_DISK_SIZE", disk.0.to_string()));
@@ -242,6 +247,7 @@ fn volumes(f: &FarmRef) -> Vec<Volume> {
         }),
         ..Volume::default()
     }];
+    v.push(tokens::volume(f, &[tokens::GATEWAY_TOKEN_KEY]));
     if let Some(disk) = &f.farm.spec.sidecar.cache_disk {
         v.push(Volume {
             name: "session-cache".into(),
