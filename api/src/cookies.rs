@@ -97,50 +97,131 @@ impl std::fmt::Display for SessionCookieName {
 }
 
 /// Parses Stickyfarm's cookies out of the `Cookie` header values of one request, with the
-/// default session cookie name.
+/// default names (no `Secure`, so no prefix).
 pub fn parse_client_cookies<'a>(
     header_values: impl IntoIterator<Item = &'a [u8]>,
 ) -> ClientCookies {
-    parse_client_cookies_named(&SessionCookieName::default(), header_values)
+    CookiePolicy::default().parse(header_values)
 }
 
-/// Parses Stickyfarm's cookies out of the `Cookie` header values of one request, the session
-/// id from the cookie named `session`.
+/// One of the cookies a farm sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FarmCookie {
+    /// The session id (sidecar).
+    Session,
+    /// The instance id of the unit that served last (sidecar).
+    Instance,
+    /// The newest generation the client has seen (sidecar).
+    Generation,
+    /// The routing cookie (gateway).
+    Unit,
+}
+
+/// How a farm names and marks its cookies; the gateway and the sidecars of one farm must use
+/// the same policy (one configuration: the session cookie's name, `Secure`, `Domain`).
 ///
-/// When one of the other cookies appears more than once, the first occurrence wins, as RFC 6265
-/// orders more specific paths first. Two *different* session ids are treated as none: Stickyfarm
-/// sets one session cookie for `/`, so a second one was planted by someone else (cookie
-/// tossing), and choosing either could hand the client the attacker's session.
-pub fn parse_client_cookies_named<'a>(
-    session: &SessionCookieName,
-    header_values: impl IntoIterator<Item = &'a [u8]>,
-) -> ClientCookies {
-    let mut out = ClientCookies::default();
-    let (mut seen_instance, mut seen_generation, mut seen_unit) = (false, false, false);
-    // The first session value, borrowed from the header text (no copy on the hot path), and
-    // whether a different one followed.
-    let mut first_session: Option<&str> = None;
-    for raw in header_values {
-        if raw.len() > MAX_COOKIE_HEADER_LEN {
-            out.errors
-                .push(ContractError::MalformedCookieHeader("longer than 8 KiB"));
-            continue;
-        }
-        let Ok(text) = std::str::from_utf8(raw) else {
-            out.errors
-                .push(ContractError::MalformedCookieHeader("not UTF-8"));
-            continue;
+/// With `Secure` and no `Domain`, every name carries the `__Host-` prefix (RFC 6265bis §4.1.3.2,
+/// as OWASP asks): browsers then accept the cookie only from this very host over HTTPS with
+/// `Path=/`, so a sibling subdomain or a plain-HTTP response cannot plant one. Cookies without
+/// the prefix are not read at all in that case, even under the right base name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CookiePolicy {
+    names: [String; 4],
+    secure: bool,
+    domain: Option<String>,
+}
+
+/// The prefix of host-only secure cookies.
+pub const HOST_PREFIX: &str = "__Host-";
+
+impl Default for CookiePolicy {
+    fn default() -> Self {
+        CookiePolicy::new(&SessionCookieName::default(), false, None)
+    }
+}
+
+impl CookiePolicy {
+    /// The policy for a session cookie named `session`, `Secure` or not, with an optional
+    /// `Domain` (host-style unit addresses need one so every unit sees the cookies).
+    pub fn new(session: &SessionCookieName, secure: bool, domain: Option<String>) -> Self {
+        let prefix = if secure && domain.is_none() {
+            HOST_PREFIX
+        } else {
+            ""
         };
-        for cookie in Cookie::split_parse(text) {
-            let Ok(cookie) = cookie else {
-                out.errors.push(ContractError::MalformedCookieHeader(
-                    "unparseable cookie pair",
-                ));
+        let name = |base: &str| format!("{prefix}{base}");
+        CookiePolicy {
+            names: [
+                name(session.as_str()),
+                name(cookie_names::INSTANCE),
+                name(cookie_names::GENERATION),
+                name(cookie_names::UNIT),
+            ],
+            secure,
+            domain,
+        }
+    }
+
+    /// The name a cookie is set and read under.
+    pub fn name(&self, cookie: FarmCookie) -> &str {
+        &self.names[cookie as usize]
+    }
+
+    /// Whether the cookies are `Secure`.
+    pub fn secure(&self) -> bool {
+        self.secure
+    }
+
+    /// A `Set-Cookie` value: always `HttpOnly`, `SameSite=Lax`, `Path=/`; `Secure` and `Domain`
+    /// by the policy. No `Max-Age`: the cookies live as long as the browser session, and
+    /// PostgreSQL decides when a session has expired (idle and absolute timeouts). `value` must
+    /// already be valid (the `Display` form of one of this crate's types).
+    pub fn set_cookie(&self, cookie: FarmCookie, value: &str) -> String {
+        let mut b = Cookie::build((self.name(cookie), value))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(self.secure);
+        if let Some(d) = &self.domain {
+            b = b.domain(d.as_str());
+        }
+        b.build().to_string()
+    }
+
+    /// Parses the farm's cookies out of the `Cookie` header values of one request.
+    ///
+    /// When one of the other cookies appears more than once, the first occurrence wins, as RFC
+    /// 6265 orders more specific paths first. Two *different* session ids are treated as none:
+    /// Stickyfarm sets one session cookie for `/`, so a second one was planted by someone else
+    /// (cookie tossing), and choosing either could hand the client the attacker's session.
+    pub fn parse<'a>(&self, header_values: impl IntoIterator<Item = &'a [u8]>) -> ClientCookies {
+        let [session, instance, generation, unit] = &self.names;
+        let mut out = ClientCookies::default();
+        let (mut seen_instance, mut seen_generation, mut seen_unit) = (false, false, false);
+        // The first session value, borrowed from the header text (no copy on the hot path),
+        // and whether a different one followed.
+        let mut first_session: Option<&str> = None;
+        for raw in header_values {
+            if raw.len() > MAX_COOKIE_HEADER_LEN {
+                out.errors
+                    .push(ContractError::MalformedCookieHeader("longer than 8 KiB"));
+                continue;
+            }
+            let Ok(text) = std::str::from_utf8(raw) else {
+                out.errors
+                    .push(ContractError::MalformedCookieHeader("not UTF-8"));
                 continue;
             };
-            let value = cookie.value();
-            match cookie.name() {
-                name if name == session.as_str() => {
+            for cookie in Cookie::split_parse(text) {
+                let Ok(cookie) = cookie else {
+                    out.errors.push(ContractError::MalformedCookieHeader(
+                        "unparseable cookie pair",
+                    ));
+                    continue;
+                };
+                let value = cookie.value();
+                let name = cookie.name();
+                if name == session {
                     // The same text as `value()`, with the header's lifetime.
                     let value = cookie.value_raw().unwrap_or(MALFORMED);
                     match first_session {
@@ -148,27 +229,23 @@ pub fn parse_client_cookies_named<'a>(
                         Some(first) if first != value => out.conflicting_sessions = true,
                         Some(_) => {}
                     }
-                }
-                cookie_names::INSTANCE if !seen_instance => {
+                } else if name == instance && !seen_instance {
                     seen_instance = true;
                     store(&mut out.instance, value.parse(), &mut out.errors);
-                }
-                cookie_names::GENERATION if !seen_generation => {
+                } else if name == generation && !seen_generation {
                     seen_generation = true;
                     store(&mut out.generation, value.parse(), &mut out.errors);
-                }
-                cookie_names::UNIT if !seen_unit => {
+                } else if name == unit && !seen_unit {
                     seen_unit = true;
                     store(&mut out.unit, value.parse(), &mut out.errors);
                 }
-                _ => {}
             }
         }
+        if let Some(value) = first_session.filter(|_| !out.conflicting_sessions) {
+            store(&mut out.session, value.parse(), &mut out.errors);
+        }
+        out
     }
-    if let Some(value) = first_session.filter(|_| !out.conflicting_sessions) {
-        store(&mut out.session, value.parse(), &mut out.errors);
-    }
-    out
 }
 
 /// Stands for a session value the cookie crate could not hand back (never a valid id).
@@ -182,37 +259,6 @@ fn store<T>(
     match parsed {
         Ok(v) => *slot = Some(v),
         Err(e) => errors.push(e),
-    }
-}
-
-/// A `Set-Cookie` for one of Stickyfarm's cookies: always `HttpOnly`, `SameSite=Lax`, `Path=/`.
-///
-/// No `Max-Age`: the cookies live as long as the browser session, and PostgreSQL decides when a
-/// session has expired (idle and absolute timeouts).
-#[derive(Debug, Clone)]
-pub struct SetCookie<'a> {
-    /// Cookie name: one of [`cookie_names`], or the configured [`SessionCookieName`].
-    pub name: &'a str,
-    /// Already-valid value (the `Display` form of one of this crate's types).
-    pub value: String,
-    /// Adds `Secure` (set it whenever clients reach the farm over HTTPS).
-    pub secure: bool,
-    /// Adds `Domain=`; needed with host-style unit addresses so every unit sees the cookies.
-    pub domain: Option<&'a str>,
-}
-
-impl SetCookie<'_> {
-    /// The header value.
-    pub fn to_header_value(&self) -> String {
-        let mut b = Cookie::build((self.name, self.value.as_str()))
-            .path("/")
-            .http_only(true)
-            .same_site(SameSite::Lax)
-            .secure(self.secure);
-        if let Some(d) = self.domain {
-            b = b.domain(d);
-        }
-        b.build().to_string()
     }
 }
 
@@ -281,7 +327,7 @@ mod tests {
         let other = SessionId::generate();
         let name: SessionCookieName = "shop_sid".parse().unwrap();
         let header = format!("sf_session={other}; shop_sid={sid}");
-        let c = parse_client_cookies_named(&name, [header.as_bytes()]);
+        let c = CookiePolicy::new(&name, false, None).parse([header.as_bytes()]);
         assert_eq!(c.session, Some(sid));
         for bad in [
             "",
@@ -299,13 +345,12 @@ mod tests {
 
     #[test]
     fn set_cookie_has_the_security_attributes() {
-        let v = SetCookie {
-            name: cookie_names::SESSION,
-            value: "abc".into(),
-            secure: true,
-            domain: Some("shop.example"),
-        }
-        .to_header_value();
+        let with_domain = CookiePolicy::new(
+            &SessionCookieName::default(),
+            true,
+            Some("shop.example".into()),
+        );
+        let v = with_domain.set_cookie(FarmCookie::Session, "abc");
         for part in [
             "sf_session=abc",
             "HttpOnly",
@@ -316,14 +361,45 @@ mod tests {
         ] {
             assert!(v.contains(part), "{v} lacks {part}");
         }
-        let plain = SetCookie {
-            name: cookie_names::INSTANCE,
-            value: "x".into(),
-            secure: false,
-            domain: None,
-        }
-        .to_header_value();
+        assert!(!v.contains("__Host-"), "a Domain rules the prefix out: {v}");
+        let plain = CookiePolicy::default().set_cookie(FarmCookie::Instance, "x");
+        assert!(plain.starts_with("sf_instance=x"), "{plain}");
         assert!(!plain.contains("Secure"));
         assert!(plain.contains("HttpOnly"));
+    }
+
+    #[test]
+    fn secure_host_only_cookies_carry_the_host_prefix_and_only_those_are_read() {
+        let name: SessionCookieName = "shop_sid".parse().unwrap();
+        let p = CookiePolicy::new(&name, true, None);
+        for (cookie, want) in [
+            (FarmCookie::Session, "__Host-shop_sid"),
+            (FarmCookie::Instance, "__Host-sf_instance"),
+            (FarmCookie::Generation, "__Host-sf_gen"),
+            (FarmCookie::Unit, "__Host-sf_unit"),
+        ] {
+            assert_eq!(p.name(cookie), want);
+            let v = p.set_cookie(cookie, "1");
+            // What browsers require of a __Host- cookie.
+            assert!(v.starts_with(&format!("{want}=1")), "{v}");
+            assert!(
+                v.contains("Secure") && v.contains("Path=/") && !v.contains("Domain"),
+                "{v}"
+            );
+        }
+        let sid = SessionId::generate();
+        let planted = SessionId::generate();
+        // A cookie tossed by a sibling subdomain or over plain HTTP cannot carry the prefix:
+        // under the bare name it is not even looked at.
+        let header = format!(
+            "shop_sid={planted}; __Host-shop_sid={sid}; sf_unit=web-9; __Host-sf_unit=web-1"
+        );
+        let c = p.parse([header.as_bytes()]);
+        assert_eq!(c.session, Some(sid));
+        assert!(!c.conflicting_sessions);
+        assert_eq!(c.unit, Some("web-1".parse().unwrap()));
+        let only_bare = format!("shop_sid={planted}; sf_unit=web-9");
+        let c = p.parse([only_bare.as_bytes()]);
+        assert_eq!((c.session, c.unit), (None, None));
     }
 }

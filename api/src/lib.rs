@@ -19,8 +19,8 @@ pub mod token;
 mod unit;
 
 pub use cookies::{
-    ClientCookies, SESSION_COOKIE_NAME_PATTERN, SessionCookieName, SetCookie, parse_client_cookies,
-    parse_client_cookies_named,
+    ClientCookies, CookiePolicy, FarmCookie, HOST_PREFIX, SESSION_COOKIE_NAME_PATTERN,
+    SessionCookieName, parse_client_cookies,
 };
 pub use error::ContractError;
 pub use hop::{remove_hop_by_hop, remove_stickyfarm_headers};

@@ -545,6 +545,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             "--cookie-secure",
             &manifest.spec.session_persistence.secure.to_string(),
         ])
+        .args([
+            "--session-cookie",
+            manifest.spec.session_persistence.session_name.as_str(),
+        ])
         .args(["--public-scheme", public_scheme])
         .args(["--public-host", &public_host]);
     if let Some(host) = &g.farm_host {

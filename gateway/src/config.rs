@@ -211,9 +211,19 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_TRUST_FORWARDED", default_value_t = false, action = ArgAction::Set)]
     pub trust_forwarded: bool,
 
-    /// Mark the routing cookie `Secure`.
+    /// Mark the routing cookie `Secure` (with no `--cookie-domain`, the farm's cookies are then
+    /// named `__Host-…`; the sidecars must be given the same setting).
     #[arg(long, env = "STICKYFARM_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
     pub cookie_secure: bool,
+
+    /// Name of the session cookie (the farm's `sessionPersistence.sessionName`, as the sidecars
+    /// set it): a request with a session is never counted as a new one.
+    #[arg(long, env = "STICKYFARM_SESSION_COOKIE", default_value = stickyfarm_api::cookie_names::SESSION)]
+    pub session_cookie: stickyfarm_api::SessionCookieName,
+
+    /// `Domain=` of the farm's cookies (host-style unit addresses), as the sidecars set it.
+    #[arg(long, env = "STICKYFARM_COOKIE_DOMAIN")]
+    pub cookie_domain: Option<String>,
 
     /// Open client connections at most (per listener); more wait until one ends.
     #[arg(long, env = "STICKYFARM_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]

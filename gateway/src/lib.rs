@@ -211,7 +211,11 @@ impl Gateway {
                 max_body_size: config.max_body_size.as_u64(),
                 replay_body_max: config.replay_body_max.as_u64(),
                 trust_forwarded: config.trust_forwarded,
-                cookie_secure: config.cookie_secure,
+                cookies: stickyfarm_api::CookiePolicy::new(
+                    &config.session_cookie,
+                    config.cookie_secure,
+                    config.cookie_domain.clone(),
+                ),
                 new_session_rate: config.new_session_rate,
                 new_session_burst: config.new_session_burst,
                 gateway_token,

@@ -29,8 +29,8 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use stickyfarm_api::{
-    SetCookie, UnitName, cookie_names, headers, parse_client_cookies, parse_unit_host,
-    parse_unit_path, paths, remove_hop_by_hop, remove_stickyfarm_headers,
+    CookiePolicy, FarmCookie, UnitName, headers, parse_unit_host, parse_unit_path, paths,
+    remove_hop_by_hop, remove_stickyfarm_headers,
 };
 
 use crate::balance::{self, Candidate, Policy};
@@ -75,8 +75,8 @@ pub struct ProxySettings {
     pub replay_body_max: u64,
     /// Keep and append to the client's `X-Forwarded-For`.
     pub trust_forwarded: bool,
-    /// `Secure` on the routing cookie.
-    pub cookie_secure: bool,
+    /// The farm's cookie names and attributes (shared with the sidecars).
+    pub cookies: CookiePolicy,
     /// New sessions (requests without a session cookie) per client address and second; 0: no
     /// limit.
     pub new_session_rate: u32,
@@ -401,7 +401,7 @@ impl Proxy {
                 "request body too large",
             );
         }
-        let cookies = parse_client_cookies(
+        let cookies = self.s.cookies.parse(
             req.headers()
                 .get_all(header::COOKIE)
                 .iter()
@@ -729,13 +729,8 @@ impl Proxy {
         // A signal between sidecar and gateway, never the client's to see.
         parts.headers.remove(headers::UNIT_UNAVAILABLE);
         if cookie_unit != Some(link) {
-            let c = SetCookie {
-                name: cookie_names::UNIT,
-                value: link.to_string(),
-                secure: self.s.cookie_secure,
-                domain: None,
-            };
-            if let Ok(v) = HeaderValue::from_str(&c.to_header_value()) {
+            let c = self.s.cookies.set_cookie(FarmCookie::Unit, link.as_str());
+            if let Ok(v) = HeaderValue::from_str(&c) {
                 parts.headers.append(header::SET_COOKIE, v);
             }
         }
@@ -845,7 +840,7 @@ mod tests {
             max_body_size: 1024,
             replay_body_max: 1024,
             trust_forwarded: false,
-            cookie_secure: true,
+            cookies: CookiePolicy::new(&Default::default(), true, None),
             new_session_rate: 0,
             new_session_burst: 0,
             gateway_token: None,

@@ -478,6 +478,52 @@ async fn unit_actions_need_the_admin_token() {
     }
 }
 
+/// A secure farm's routing cookie is `__Host-sf_unit`; a bare `sf_unit` (which a sibling
+/// subdomain could plant) routes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_routing_cookies_are_host_only() {
+    let a = FakeUnit::start("web-0").await;
+    let b = FakeUnit::start("web-1").await;
+    let gw = GatewayProc::start(
+        &[a.flag(), b.flag()],
+        &["--slow-start", "0s", "--cookie-secure", "true"],
+    )
+    .await;
+    gw.wait_up(2).await;
+    let first = Browser::new().get(&gw.url("/")).await;
+    let set = first.set_cookies();
+    let routing = set
+        .iter()
+        .find(|c| c.starts_with("__Host-sf_unit="))
+        .unwrap_or_else(|| panic!("no __Host-sf_unit in {set:?}"));
+    assert!(
+        routing.contains("Secure") && routing.contains("Path=/") && !routing.contains("Domain")
+    );
+
+    let mut pinned = Browser::new();
+    pinned
+        .cookies
+        .insert("__Host-sf_unit".into(), "web-1".into());
+    for _ in 0..10 {
+        let p = pinned.get(&gw.url("/")).await;
+        assert_eq!(p.json()["unit"], "web-1");
+        assert!(
+            p.set_cookies().is_empty(),
+            "already routed: {:?}",
+            p.set_cookies()
+        );
+    }
+    let mut planted = Browser::new();
+    planted.cookies.insert("sf_unit".into(), "web-1".into());
+    let p = planted.get(&gw.url("/")).await;
+    assert!(
+        p.set_cookies()
+            .iter()
+            .any(|c| c.starts_with("__Host-sf_unit=")),
+        "a bare sf_unit is no routing cookie: the client is routed afresh"
+    );
+}
+
 /// Without an admin token file the control port is not opened: no credential, no actions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_admin_token_unit_actions_are_off() {

@@ -15,9 +15,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::{
-    ClientCookies, Generation, SessionCookieName, SessionId, SetCookie, UnitBaseUrl, UnitName,
-    cookie_names, headers, parse_client_cookies_named, paths, remove_hop_by_hop,
-    remove_stickyfarm_headers,
+    ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, UnitBaseUrl, UnitName, headers,
+    paths, remove_hop_by_hop, remove_stickyfarm_headers,
 };
 
 use crate::cache::CachedSession;
@@ -38,25 +37,14 @@ pub struct Front {
     pub app: http::uri::Authority,
     /// Per-request timeout towards the app.
     pub app_timeout: Duration,
-    /// The session cookie's name and every cookie's attributes.
-    pub cookies: CookieSettings,
+    /// The farm's cookie names and attributes (shared with the gateway).
+    pub cookies: CookiePolicy,
     /// Largest snapshot header in bytes.
     pub snapshot_max: usize,
     /// Pooled HTTP/1.1 connections to the app.
     pub client: Client<HttpConnector, Body>,
     /// The unit name and instance id as header values, made once: they never change.
     headers: (HeaderValue, HeaderValue),
-}
-
-/// How the sidecar names and marks its cookies.
-#[derive(Debug, Clone, Default)]
-pub struct CookieSettings {
-    /// Name of the session cookie (GEP-1619's `sessionName`).
-    pub session_name: SessionCookieName,
-    /// Add `Secure` (clients use HTTPS).
-    pub secure: bool,
-    /// `Domain=` (host-style unit addresses).
-    pub domain: Option<String>,
 }
 
 impl Front {
@@ -69,7 +57,7 @@ impl Front {
         gateway_token: Option<Token>,
         app: http::uri::Authority,
         app_timeout: Duration,
-        cookies: CookieSettings,
+        cookies: CookiePolicy,
         snapshot_max: usize,
     ) -> Front {
         let headers = (value(unit.as_str()), value(&tier.instance().to_string()));
@@ -131,8 +119,7 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     if paths::is_internal(req.uri().path()) {
         return plain(StatusCode::NOT_FOUND, "unknown Stickyfarm path\n");
     }
-    let cookies = parse_client_cookies_named(
-        &front.cookies.session_name,
+    let cookies = front.cookies.parse(
         req.headers()
             .get_all(header::COOKIE)
             .iter()
@@ -269,23 +256,20 @@ fn set_cookies(
     out: &mut http::HeaderMap,
 ) {
     let instance = front.tier.instance();
-    let mut set = |name: &str, v: String| {
-        let c = SetCookie {
-            name,
-            value: v,
-            secure: front.cookies.secure,
-            domain: front.cookies.domain.as_deref(),
-        };
-        out.append(header::SET_COOKIE, value(&c.to_header_value()));
+    let mut set = |cookie: FarmCookie, v: String| {
+        out.append(
+            header::SET_COOKIE,
+            value(&front.cookies.set_cookie(cookie, &v)),
+        );
     };
     if sent.session != Some(id) {
-        set(front.cookies.session_name.as_str(), id.to_string());
+        set(FarmCookie::Session, id.to_string());
     }
     if sent.instance != Some(instance) {
-        set(cookie_names::INSTANCE, instance.to_string());
+        set(FarmCookie::Instance, instance.to_string());
     }
     if sent.generation != Some(generation) {
-        set(cookie_names::GENERATION, generation.to_string());
+        set(FarmCookie::Generation, generation.to_string());
     }
 }
 

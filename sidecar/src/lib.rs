@@ -157,11 +157,11 @@ impl Sidecar {
             gateway_token,
             app,
             config.app_timeout,
-            front::CookieSettings {
-                session_name: config.session_cookie.clone(),
-                secure: config.cookie_secure,
-                domain: config.cookie_domain.clone(),
-            },
+            stickyfarm_api::CookiePolicy::new(
+                &config.session_cookie,
+                config.cookie_secure,
+                config.cookie_domain.clone(),
+            ),
             config.snapshot_max.as_u64() as usize,
         ));
 

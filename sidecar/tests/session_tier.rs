@@ -140,6 +140,48 @@ async fn a_new_session_is_stored_on_its_first_write_and_then_served_from_the_cac
     );
 }
 
+/// With `Secure` cookies and no cookie domain, every cookie carries the `__Host-` prefix, and a
+/// session cookie under the bare name (planted by a sibling subdomain or a plain-HTTP response,
+/// which browsers refuse to let carry the prefix) is never honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_cookies_are_host_only_and_unprefixed_ones_are_ignored() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &["--cookie-secure", "true"]).await;
+    let mut browser = Browser::new();
+    let first = browser.post(&a.sidecar.url("/cart/add?item=tea")).await;
+    assert_eq!(first.status, 200);
+    let cookies = first.set_cookies();
+    for name in [
+        "__Host-sf_session=",
+        "__Host-sf_instance=",
+        "__Host-sf_gen=",
+    ] {
+        let c = cookies
+            .iter()
+            .find(|c| c.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} cookie in {cookies:?}"));
+        assert!(
+            c.contains("Secure") && c.contains("Path=/") && !c.contains("Domain"),
+            "what browsers require of a __Host- cookie: {c}"
+        );
+    }
+    let sid = browser.cookie("__Host-sf_session").unwrap().to_owned();
+    let cart = browser.get(&a.sidecar.url("/cart")).await.json();
+    assert_eq!(cart["session"], sid.as_str(), "the prefixed cookie is read");
+    assert_eq!(cart["items"], json!(["tea"]));
+
+    // An attacker who plants the bare name gets nobody's session: not the victim's, not theirs.
+    let r = reqwest::Client::new()
+        .get(a.sidecar.url("/cart"))
+        .header("cookie", format!("sf_session={sid}"))
+        .send()
+        .await
+        .unwrap();
+    let seen: serde_json::Value = r.json().await.unwrap();
+    assert_ne!(seen["session"], sid.as_str());
+    assert_eq!(seen["items"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_killed_sidecar() {
     let db = TestDb::new().await;

@@ -108,6 +108,11 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
             "STICKYFARM_COOKIE_SECURE",
             f.farm.spec.session_persistence.secure.to_string(),
         ),
+        // The same cookie names the sidecars use (with `secure`, both prefix them `__Host-`).
+        value(
+            "STICKYFARM_SESSION_COOKIE",
+            f.farm.spec.session_persistence.session_name.to_string(),
+        ),
         value(
             "STICKYFARM_PUBLIC_SCHEME",
             if f.farm.spec.session_persistence.secure {

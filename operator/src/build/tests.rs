@@ -491,6 +491,11 @@ pod:
         .unwrap()
         .containers[0];
     assert_eq!(env_value(gw, "STICKYFARM_COOKIE_SECURE"), "true");
+    assert_eq!(
+        env_value(gw, "STICKYFARM_SESSION_COOKIE"),
+        "shop_sid",
+        "the gateway reads the session cookie the sidecars set"
+    );
     assert_eq!(env_value(gw, "STICKYFARM_PUBLIC_SCHEME"), "https");
 }
 
