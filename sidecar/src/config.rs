@@ -118,6 +118,11 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_SWEEP_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
     pub sweep_interval: Duration,
 
+    /// Largest request body forwarded to the app from the public port; larger ones get 413
+    /// (by `Content-Length` before anything is read, or as soon as a streamed body passes it).
+    #[arg(long, env = "STICKYFARM_MAX_BODY_SIZE", default_value = "10MiB")]
+    pub max_body_size: ByteSize,
+
     /// Largest session snapshot attached to forwarded requests (`x-stickyfarm-snapshot`,
     /// base64url); larger sessions are read through the API. 0 disables the snapshot.
     #[arg(long, env = "STICKYFARM_SNAPSHOT_MAX", default_value = "16KiB")]

@@ -10,6 +10,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use http_body_util::{LengthLimitError, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -41,6 +42,8 @@ pub struct Front {
     pub cookies: CookiePolicy,
     /// Largest snapshot header in bytes.
     pub snapshot_max: usize,
+    /// Largest request body forwarded to the app.
+    pub max_body_size: u64,
     /// Pooled HTTP/1.1 connections to the app.
     pub client: Client<HttpConnector, Body>,
     /// The unit name and instance id as header values, made once: they never change.
@@ -59,6 +62,7 @@ impl Front {
         app_timeout: Duration,
         cookies: CookiePolicy,
         snapshot_max: usize,
+        max_body_size: u64,
     ) -> Front {
         let headers = (value(unit.as_str()), value(&tier.instance().to_string()));
         Front {
@@ -70,6 +74,7 @@ impl Front {
             app_timeout,
             cookies,
             snapshot_max,
+            max_body_size,
             client: Self::app_client(),
             headers,
         }
@@ -118,6 +123,9 @@ fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
 async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     if paths::is_internal(req.uri().path()) {
         return plain(StatusCode::NOT_FOUND, "unknown Stickyfarm path\n");
+    }
+    if declared_length(req.headers()).is_some_and(|len| len > front.max_body_size) {
+        return body_too_large(front.max_body_size);
     }
     let cookies = front.cookies.parse(
         req.headers()
@@ -189,6 +197,8 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     };
     let client_version = parts.version;
     parts.version = http::Version::HTTP_11;
+    // A streamed body is cut off where it passes the limit (then 413, below).
+    let body = Body::new(Limited::new(body, front.max_body_size as usize));
     let outbound = Request::from_parts(parts, body);
     drop(resolved);
 
@@ -206,6 +216,7 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
                     .insert(headers::UNIT_UNAVAILABLE, HeaderValue::from_static("app"));
                 return r;
             }
+            Ok(Err(e)) if passed_body_limit(&e) => return body_too_large(front.max_body_size),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "the app did not answer");
                 return plain(StatusCode::BAD_GATEWAY, "the app did not answer\n");
@@ -241,6 +252,34 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
         &mut parts.headers,
     );
     Response::from_parts(parts, Body::new(body))
+}
+
+/// The request's `Content-Length`, when it declares one.
+fn declared_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Whether forwarding failed because the client's body passed `--max-body-size`.
+fn passed_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<LengthLimitError>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// 413 naming the limit; the connection is closed, since the rest of the body is not read.
+fn body_too_large(limit: u64) -> Response {
+    let mut r = plain(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body too large: this unit accepts at most {limit} bytes\n"),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 fn value(s: &str) -> HeaderValue {

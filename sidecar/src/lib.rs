@@ -163,6 +163,7 @@ impl Sidecar {
                 config.cookie_domain.clone(),
             ),
             config.snapshot_max.as_u64() as usize,
+            config.max_body_size.as_u64(),
         ));
 
         let mut tasks = JoinSet::new();

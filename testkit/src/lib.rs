@@ -541,6 +541,7 @@ fn form_escape(s: &str) -> String {
 /// - `GET /echo`: the Stickyfarm headers it received, as JSON.
 /// - `GET /cart`: the cart as the app reads it through the session API.
 /// - `POST /cart/add?item=X`: read-modify-write of the cart with `If-Match`.
+/// - `POST /upload`: how many body bytes reached the app.
 /// - `GET /fail`: 500, as an app answers input it cannot handle (any client can ask for it).
 /// - `GET /forged-unavailable`: 503 with the sidecar's unit-unavailable signal, as an app that
 ///   tries to get its unit taken out.
@@ -568,6 +569,12 @@ impl TestApp {
             .route("/cart", get(cart))
             .route("/cart/add", post(cart_add))
             .route("/sign-in", post(sign_in))
+            .route(
+                "/upload",
+                post(|body: axum::body::Bytes| async move {
+                    format!("received {} bytes\n", body.len())
+                }),
+            )
             .route(
                 "/fail",
                 get(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "the app failed\n") }),
