@@ -113,7 +113,7 @@ fn default_replicas() -> Replicas {
 }
 
 /// The app container.
-#[derive(JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(KubeSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AppSpec {
     /// Container image. `farmctl` runs the local binary `stickyfarm-<last path segment>` for it.
@@ -131,14 +131,26 @@ pub struct AppSpec {
     /// Readiness probe of the app container (the sidecar's own readiness already checks the app
     /// through the health endpoint).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(PROBE_STAYS_IN_POD)
+        .message("app.readinessProbe: httpGet.host and tcpSocket.host are not allowed: a probe checks its own pod, never another host")
+        .reason(Reason::FieldValueForbidden))]
     pub readiness_probe: Option<Probe>,
     /// Liveness probe of the app container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(PROBE_STAYS_IN_POD)
+        .message("app.livenessProbe: httpGet.host and tcpSocket.host are not allowed: a probe checks its own pod, never another host")
+        .reason(Reason::FieldValueForbidden))]
     pub liveness_probe: Option<Probe>,
     /// Startup probe of the app container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(PROBE_STAYS_IN_POD)
+        .message("app.startupProbe: httpGet.host and tcpSocket.host are not allowed: a probe checks its own pod, never another host")
+        .reason(Reason::FieldValueForbidden))]
     pub startup_probe: Option<Probe>,
 }
+
+/// CEL: a probe names no other host (the kubelet would connect wherever it says).
+const PROBE_STAYS_IN_POD: &str = "(!has(self.httpGet) || !has(self.httpGet.host)) && (!has(self.tcpSocket) || !has(self.tcpSocket.host))";
 
 fn default_app_port() -> Port {
     Port(3000)
@@ -306,6 +318,13 @@ pub enum ServiceType {
 }
 
 impl ServiceType {
+    /// Every type.
+    pub const ALL: [ServiceType; 3] = [
+        ServiceType::ClusterIP,
+        ServiceType::NodePort,
+        ServiceType::LoadBalancer,
+    ];
+
     /// The name Kubernetes uses.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -313,6 +332,18 @@ impl ServiceType {
             ServiceType::NodePort => "NodePort",
             ServiceType::LoadBalancer => "LoadBalancer",
         }
+    }
+}
+
+impl FromStr for ServiceType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ServiceType::ALL
+            .into_iter()
+            .find(|t| t.as_str() == s.trim())
+            .ok_or_else(|| {
+                format!("{s:?} is not a Service type: ClusterIP, NodePort or LoadBalancer")
+            })
     }
 }
 
@@ -496,8 +527,11 @@ pub struct ManagedDatabase {
     pub resources: Option<ResourceRequirements>,
 }
 
-/// Scheduling and security settings of the unit pods (Kubernetes only).
-#[derive(JsonSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// Scheduling and security settings of the unit pods (Kubernetes only). Nothing here can make
+/// a pod more privileged than Pod Security "restricted" allows: there are no fields for host
+/// namespaces, volumes, privileged containers or capabilities (the operator sets every
+/// container's security context itself), and the pod security context is checked below.
+#[derive(KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PodSettings {
     /// Node labels the pods must match.
@@ -510,8 +544,31 @@ pub struct PodSettings {
     /// none is given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    /// Pod security context (default: non-root, the runtime's seccomp profile).
+    /// Pod security context (default: non-root, the runtime's seccomp profile). Only what Pod
+    /// Security "restricted" allows: never root, no unconfined seccomp or AppArmor profile, no
+    /// SELinux user or role, no host processes, no sysctls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("!has(self.runAsUser) || self.runAsUser != 0")
+        .message("pod.securityContext.runAsUser: 0 (root) is not allowed: farm pods run as non-root (Pod Security restricted)")
+        .reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("!has(self.runAsNonRoot) || self.runAsNonRoot")
+        .message("pod.securityContext.runAsNonRoot: must not be false (Pod Security restricted)")
+        .reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("!has(self.seccompProfile) || self.seccompProfile.type in ['RuntimeDefault', 'Localhost']")
+        .message("pod.securityContext.seccompProfile.type: only RuntimeDefault or Localhost (Pod Security restricted)")
+        .reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("!has(self.appArmorProfile) || self.appArmorProfile.type != 'Unconfined'")
+        .message("pod.securityContext.appArmorProfile.type: Unconfined is not allowed (Pod Security restricted)")
+        .reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("!has(self.seLinuxOptions) || (!has(self.seLinuxOptions.user) && !has(self.seLinuxOptions.role) && (!has(self.seLinuxOptions.type) || self.seLinuxOptions.type in ['container_t', 'container_init_t', 'container_kvm_t', 'container_engine_t']))")
+        .message("pod.securityContext.seLinuxOptions: no user or role, and type only container_t, container_init_t, container_kvm_t or container_engine_t (Pod Security restricted)")
+        .reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("!has(self.windowsOptions) || !has(self.windowsOptions.hostProcess) || !self.windowsOptions.hostProcess")
+        .message("pod.securityContext.windowsOptions.hostProcess: host processes are not allowed (Pod Security restricted)")
+        .reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new("!has(self.sysctls) || size(self.sysctls) == 0")
+        .message("pod.securityContext.sysctls: farm pods set no sysctls")
+        .reason(Reason::FieldValueForbidden))]
     pub security_context: Option<PodSecurityContext>,
     /// Extra pod annotations.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -679,12 +736,102 @@ impl ServerFarmSpec {
         if self.app.image.is_empty() {
             fail("app.image", "must not be empty");
         }
+        for (field, probe) in [
+            ("app.readinessProbe", &self.app.readiness_probe),
+            ("app.livenessProbe", &self.app.liveness_probe),
+            ("app.startupProbe", &self.app.startup_probe),
+        ] {
+            if probe.as_ref().is_some_and(probe_leaves_pod) {
+                fail(
+                    field,
+                    "httpGet.host and tcpSocket.host are not allowed: a probe checks its own pod, never another host",
+                );
+            }
+        }
+        if let Some(sc) = &self.pod.security_context {
+            for (field, message) in restricted_violations(sc) {
+                fail(field, message);
+            }
+        }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(errors)
         }
     }
+}
+
+/// Whether a probe names another host (the CRD's `PROBE_STAYS_IN_POD` rule).
+fn probe_leaves_pod(p: &Probe) -> bool {
+    p.http_get.as_ref().is_some_and(|h| h.host.is_some())
+        || p.tcp_socket.as_ref().is_some_and(|t| t.host.is_some())
+}
+
+/// What a pod security context sets beyond Pod Security "restricted" (the CRD's rules on
+/// `pod.securityContext`, with the same messages).
+fn restricted_violations(sc: &PodSecurityContext) -> Vec<(&'static str, &'static str)> {
+    let mut out = Vec::new();
+    if sc.run_as_user == Some(0) {
+        out.push((
+            "pod.securityContext.runAsUser",
+            "0 (root) is not allowed: farm pods run as non-root (Pod Security restricted)",
+        ));
+    }
+    if sc.run_as_non_root == Some(false) {
+        out.push((
+            "pod.securityContext.runAsNonRoot",
+            "must not be false (Pod Security restricted)",
+        ));
+    }
+    if sc
+        .seccomp_profile
+        .as_ref()
+        .is_some_and(|p| !matches!(p.type_.as_str(), "RuntimeDefault" | "Localhost"))
+    {
+        out.push((
+            "pod.securityContext.seccompProfile.type",
+            "only RuntimeDefault or Localhost (Pod Security restricted)",
+        ));
+    }
+    if sc
+        .app_armor_profile
+        .as_ref()
+        .is_some_and(|p| p.type_ == "Unconfined")
+    {
+        out.push((
+            "pod.securityContext.appArmorProfile.type",
+            "Unconfined is not allowed (Pod Security restricted)",
+        ));
+    }
+    if sc.se_linux_options.as_ref().is_some_and(|o| {
+        o.user.is_some()
+            || o.role.is_some()
+            || o.type_.as_deref().is_some_and(|t| {
+                !matches!(
+                    t,
+                    "container_t" | "container_init_t" | "container_kvm_t" | "container_engine_t"
+                )
+            })
+    }) {
+        out.push((
+            "pod.securityContext.seLinuxOptions",
+            "no user or role, and type only container_t, container_init_t, container_kvm_t or container_engine_t (Pod Security restricted)",
+        ));
+    }
+    if sc
+        .windows_options
+        .as_ref()
+        .is_some_and(|w| w.host_process == Some(true))
+    {
+        out.push((
+            "pod.securityContext.windowsOptions.hostProcess",
+            "host processes are not allowed (Pod Security restricted)",
+        ));
+    }
+    if sc.sysctls.as_ref().is_some_and(|s| !s.is_empty()) {
+        out.push(("pod.securityContext.sysctls", "farm pods set no sysctls"));
+    }
+    out
 }
 
 macro_rules! text_newtype {

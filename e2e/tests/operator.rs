@@ -227,6 +227,33 @@ async fn invalid_serverfarms_are_refused_by_the_api_server() -> anyhow::Result<(
             "sessionName must not be one of",
         ),
         ("shop.eu", json!({"app": app}), "DNS label"),
+        // Nothing grants more than Pod Security "restricted".
+        (
+            "shop",
+            json!({"app": app, "pod": {"securityContext": {"runAsUser": 0}}}),
+            "pod.securityContext.runAsUser: 0 (root) is not allowed",
+        ),
+        (
+            "shop",
+            json!({"app": app, "pod": {"securityContext": {"seccompProfile": {"type": "Unconfined"}}}}),
+            "pod.securityContext.seccompProfile.type",
+        ),
+        (
+            "shop",
+            json!({"app": {"image": "x", "livenessProbe": {"httpGet": {"host": "169.254.169.254", "port": 80, "path": "/"}}}}),
+            "app.livenessProbe: httpGet.host and tcpSocket.host are not allowed",
+        ),
+        // Fields that would grant more are not in the schema at all.
+        (
+            "shop",
+            json!({"app": app, "pod": {"hostNetwork": true}}),
+            "hostNetwork",
+        ),
+        (
+            "shop",
+            json!({"app": {"image": "x", "securityContext": {"privileged": true}}}),
+            "securityContext",
+        ),
     ];
     for (name, spec, expected) in cases {
         let raw = json!({
@@ -246,8 +273,17 @@ async fn invalid_serverfarms_are_refused_by_the_api_server() -> anyhow::Result<(
             text.contains(expected),
             "refusing {spec}: expected {expected:?} in {text}"
         );
-        assert!(text.contains("422") || text.contains("Invalid"), "{text}");
+        assert!(
+            ["422", "400", "Invalid", "BadRequest"]
+                .iter()
+                .any(|code| text.contains(code)),
+            "{text}"
+        );
     }
+    assert!(
+        api.get_opt("shop").await?.is_none() && api.get_opt("shop.eu").await?.is_none(),
+        "nothing was stored"
+    );
     Ok(())
 }
 
@@ -486,8 +522,8 @@ async fn lasting_uids(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<Stri
         .collect();
     // Every kind is there: an object missing its farm label would silently escape the check.
     anyhow::ensure!(
-        out.len() == 16,
-        "expected the farm's 16 lasting objects, found {out:?}"
+        out.len() == 17,
+        "expected the farm's 17 lasting objects (the tokens Secret among them), found {out:?}"
     );
     Ok(out)
 }
@@ -854,6 +890,63 @@ async fn database_credentials_are_never_regenerated_and_go_only_with_the_farm() 
         },
     )
     .await?;
+    op.stop().await?;
+    Ok(())
+}
+
+/// Server-side apply (with force) would take over any object with the farm's names; the operator
+/// first checks the owner: a Service someone made with a unit's name stays exactly as it was,
+/// the rest of the farm is applied, and the farm is `Degraded` with reason `NameConflict`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_existing_object_with_a_farms_name_is_never_taken_over() -> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    let ns = "e2e-conflict";
+    namespace(&c.admin, ns).await?;
+    let services: Api<Service> = Api::namespaced(c.admin.clone(), ns);
+    let theirs = services
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "shop-1", "labels": {"team": "payments"}},
+                "spec": {"selector": {"app": "payments"}, "ports": [{"port": 443}]},
+            }))?,
+        )
+        .await?;
+    let op = Operator::start(
+        &c.kubeconfig,
+        &["--watch-namespace", ns, "--leader-elect", "false"],
+    )
+    .await?;
+    let mut farm = example("serverfarms/minimal.yaml");
+    farm["metadata"]["name"] = json!("shop");
+    apply_farm(&c.admin, ns, &farm).await?;
+    eventually(WAIT, "the farm reports the conflict", || async {
+        let status = farm_status(&c.admin, ns, "shop").await?;
+        Ok(condition(&status, "Degraded").is_some_and(|d| {
+            d["status"] == "True"
+                && d["reason"] == "NameConflict"
+                && d["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(&format!("Service {ns}/shop-1")))
+        }))
+    })
+    .await?;
+    let sts: Api<StatefulSet> = Api::namespaced(c.admin.clone(), ns);
+    assert!(
+        sts.get_opt("shop").await?.is_some(),
+        "the rest of the farm runs"
+    );
+    let after = services.get("shop-1").await?;
+    assert_eq!(
+        after.metadata.resource_version, theirs.metadata.resource_version,
+        "never written"
+    );
+    assert!(after.metadata.owner_references.is_none());
+    assert_eq!(after.spec, theirs.spec);
+    assert_eq!(after.metadata.labels, theirs.metadata.labels);
     op.stop().await?;
     Ok(())
 }

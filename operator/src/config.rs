@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser, ValueEnum};
+use stickyfarm_api::farm::ServiceType;
 
 /// Reconciles ServerFarm resources into units, a gateway and a database.
 #[derive(Debug, Clone, Parser)]
@@ -33,6 +34,16 @@ pub struct Config {
     /// the operator's own namespace. The chart sets it from `metrics.scrapeNamespaces`.
     #[arg(long, env = "STICKYFARM_SCRAPE_NAMESPACES", value_delimiter = ',')]
     pub scrape_namespaces: Vec<String>,
+    /// Gateway Service types farms may ask for (comma-separated). NodePort and LoadBalancer
+    /// expose a farm outside the cluster, so only an administrator allows them (the chart's
+    /// `allowedServiceTypes`).
+    #[arg(
+        long,
+        env = "STICKYFARM_ALLOWED_SERVICE_TYPES",
+        value_delimiter = ',',
+        default_value = "ClusterIP"
+    )]
+    pub allowed_service_types: Vec<ServiceType>,
     /// Take a Lease before reconciling, so only one replica acts at a time.
     #[arg(long, env = "STICKYFARM_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
     pub leader_elect: bool,

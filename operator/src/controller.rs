@@ -171,6 +171,7 @@ pub fn reconcile_until(
         drain_period: config.drain_period,
         resync: config.resync,
         scrape_namespaces: config.scrape_namespaces(),
+        allowed_service_types: config.allowed_service_types.clone(),
     };
     let namespace = config.watch_namespace.clone();
     async move {

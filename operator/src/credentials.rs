@@ -57,7 +57,7 @@ pub(crate) async fn ensure_database_secret(
     if let Some(data) = database_data(farm, ctx).await? {
         let problem = credentials_lost(&ns, &secret_name, &data);
         // One Event when the farm becomes degraded for this reason, not one per reconcile.
-        if !degraded_for(farm, problem.reason) {
+        if !status::degraded_for(farm, problem.reason) {
             publish(
                 ctx,
                 reference,
@@ -357,13 +357,4 @@ fn credentials_lost(ns: &str, secret: &str, evidence: &str) -> Problem {
              recovers at the next reconcile"
         ),
     )
-}
-
-/// The farm's `Degraded` condition is already true for this reason.
-fn degraded_for(farm: &ServerFarm, reason: &str) -> bool {
-    farm.status.as_ref().is_some_and(|s| {
-        s.conditions.iter().any(|c| {
-            c.type_ == status::condition::DEGRADED && c.status == "True" && c.reason == reason
-        })
-    })
 }

@@ -5,8 +5,9 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::error_boundary::DeserializeGuard;
@@ -16,7 +17,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stickyfarm_api::farm::{ServerFarm, ServerFarmStatus, labels};
+use stickyfarm_api::farm::{ServerFarm, ServerFarmStatus, ServiceType, labels};
 use thiserror::Error;
 use tracing::Instrument;
 
@@ -71,6 +72,9 @@ pub struct Settings {
     pub resync: Duration,
     /// Namespaces whose pods may scrape the farms' metrics ports.
     pub scrape_namespaces: Vec<String>,
+    /// Gateway Service types farms may ask for (ClusterIP only, unless the chart allows more:
+    /// a NodePort or LoadBalancer exposes the farm outside the cluster).
+    pub allowed_service_types: Vec<ServiceType>,
 }
 
 /// Shared state of all reconciles.
@@ -186,27 +190,22 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     }
 
     // Validate: the API server's CEL rules say the same, but a farm stored before a rule existed
-    // must not be half-applied.
-    if let Err(errors) = farm.spec.validate() {
-        let message = errors
-            .iter()
-            .map(|e| format!("spec.{e}"))
-            .collect::<Vec<_>>()
-            .join("; ");
+    // must not be half-applied; and what this installation allows.
+    if let Some(refusal) = refusal(farm, &ctx.settings) {
         publish(
             ctx,
             &reference,
             EventType::Warning,
-            "InvalidSpec",
+            refusal.reason,
             "Validate",
-            message.clone(),
+            refusal.message.clone(),
         )
         .await;
         write_status(
             &farms,
             farm,
             &Observed {
-                problem: Some(Problem::new("InvalidSpec", message)),
+                problem: Some(refusal),
                 ..Observed::default()
             },
         )
@@ -252,25 +251,8 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
             drain_since: plan.drain_since.map(|t| t.to_string()),
         },
     )?;
-    let pp = PatchParams::apply(FIELD_MANAGER).force();
-    apply(client, &ns, &desired.gateway_service_account, &pp).await?;
-    apply(client, &ns, &desired.gateway_role, &pp).await?;
-    apply(client, &ns, &desired.gateway_role_binding, &pp).await?;
-    for policy in &desired.network_policies {
-        apply(client, &ns, policy, &pp).await?;
-    }
-    if let Some(db) = &desired.database {
-        apply(client, &ns, &db.service, &pp).await?;
-        apply(client, &ns, &db.statefulset, &pp).await?;
-    }
-    apply(client, &ns, &desired.headless_service, &pp).await?;
-    for svc in &desired.unit_services {
-        apply(client, &ns, svc, &pp).await?;
-    }
-    apply(client, &ns, &desired.unit_pdb, &pp).await?;
-    apply(client, &ns, &desired.unit_statefulset, &pp).await?;
-    let gateway = apply(client, &ns, &desired.gateway_deployment, &pp).await?;
-    let gateway_service = apply(client, &ns, &desired.gateway_service, &pp).await?;
+    let applied = apply_all(client, farm, &ns, &desired).await?;
+    let conflict_problem = name_conflicts(ctx, farm, &reference, &applied.conflicts).await;
 
     // Events on scale transitions.
     let before = seen.replicas.unwrap_or(0);
@@ -297,7 +279,7 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     }
 
     // Remove what scaling down left behind: unit Services without a unit.
-    let removed = prune_unit_services(client, &ns, &name, &desired.unit_services).await?;
+    let removed = prune_unit_services(client, farm, &desired.unit_services).await?;
     if !removed.is_empty() {
         let msg = format!("removed drained units {}", removed.join(", "));
         publish(
@@ -323,16 +305,19 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
         &Observed {
             pods: &unit_pods.items,
             unit_replicas: plan.unit_replicas,
-            gateway: Some(&gateway),
-            gateway_service: Some(&gateway_service),
-            problem: secret_problem.clone(),
+            gateway: applied.gateway.as_ref(),
+            gateway_service: applied.gateway_service.as_ref(),
+            problem: secret_problem.clone().or(conflict_problem.clone()),
         },
     )
     .await?;
 
-    // The operator does not watch Secrets (it may not list them): a farm waiting for one to be
-    // restored or created looks again soon rather than at the next resync.
-    let wake = secret_problem.map(|_| credentials::SECRET_RECHECK);
+    // The operator does not watch Secrets (it may not list them) nor objects it does not own:
+    // a farm waiting for one to be restored, created or moved out of the way looks again soon
+    // rather than at the next resync.
+    let wake = secret_problem
+        .or(conflict_problem)
+        .map(|_| credentials::SECRET_RECHECK);
     Ok(Action::requeue(
         [plan.requeue_after, wake]
             .into_iter()
@@ -341,25 +326,193 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     ))
 }
 
-/// Deletes unit Services of this farm that are no longer desired. Returns their names.
+/// Why the farm is not applied at all, if so: a spec that contradicts itself, or a gateway
+/// Service type this installation does not allow (chart value `allowedServiceTypes`).
+fn refusal(farm: &ServerFarm, settings: &Settings) -> Option<Problem> {
+    if let Err(errors) = farm.spec.validate() {
+        let message = errors
+            .iter()
+            .map(|e| format!("spec.{e}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Some(Problem::new("InvalidSpec", message));
+    }
+    let wanted = farm.spec.gateway.service_type;
+    if !settings.allowed_service_types.contains(&wanted) {
+        let allowed: Vec<&str> = settings
+            .allowed_service_types
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        return Some(Problem::new(
+            "ServiceTypeNotAllowed",
+            format!(
+                "spec.gateway.serviceType {} is not allowed by this installation (allowed: {}): \
+                 use one of those, or ask the cluster administrator to add it to the chart value \
+                 allowedServiceTypes",
+                wanted.as_str(),
+                allowed.join(", ")
+            ),
+        ));
+    }
+    None
+}
+
+/// What applying the farm's objects came to.
+struct Applied {
+    /// The gateway Deployment as the API server has it (unless its name was taken).
+    gateway: Option<Deployment>,
+    /// The gateway Service as the API server has it (unless its name was taken).
+    gateway_service: Option<Service>,
+    /// Objects left alone because something the farm does not own has their name
+    /// (`Kind namespace/name`).
+    conflicts: Vec<String>,
+}
+
+/// Applies every object of the farm, in dependency order, skipping any whose name another
+/// owner holds.
+async fn apply_all(
+    client: &Client,
+    farm: &ServerFarm,
+    ns: &str,
+    desired: &build::Desired,
+) -> Result<Applied, Error> {
+    let mut a = Applier {
+        client,
+        ns,
+        farm_uid: farm.metadata.uid.as_deref().unwrap_or_default(),
+        pp: PatchParams::apply(FIELD_MANAGER).force(),
+        conflicts: Vec::new(),
+    };
+    a.apply(&desired.gateway_service_account).await?;
+    a.apply(&desired.gateway_role).await?;
+    a.apply(&desired.gateway_role_binding).await?;
+    for policy in &desired.network_policies {
+        a.apply(policy).await?;
+    }
+    if let Some(db) = &desired.database {
+        a.apply(&db.service).await?;
+        a.apply(&db.statefulset).await?;
+    }
+    a.apply(&desired.headless_service).await?;
+    for svc in &desired.unit_services {
+        a.apply(svc).await?;
+    }
+    a.apply(&desired.unit_pdb).await?;
+    a.apply(&desired.unit_statefulset).await?;
+    let gateway = a.apply(&desired.gateway_deployment).await?;
+    let gateway_service = a.apply(&desired.gateway_service).await?;
+    Ok(Applied {
+        gateway,
+        gateway_service,
+        conflicts: a.conflicts,
+    })
+}
+
+/// Server-side apply that never takes over an object the farm does not own.
+struct Applier<'a> {
+    client: &'a Client,
+    ns: &'a str,
+    farm_uid: &'a str,
+    pp: PatchParams,
+    conflicts: Vec<String>,
+}
+
+impl Applier<'_> {
+    /// Applies `obj` unless an object of its name exists without the farm's owner reference
+    /// (someone else's Service, StatefulSet, …): that one is left untouched and noted. Returns
+    /// what the API server has afterwards.
+    async fn apply<K>(&mut self, obj: &K) -> Result<Option<K>, Error>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + Debug
+            + Serialize
+            + DeserializeOwned,
+    {
+        let api: Api<K> = Api::namespaced(self.client.clone(), self.ns);
+        let name = obj.meta().name.clone().unwrap_or_default();
+        let what = format!("{} {}/{name}", K::kind(&()), self.ns);
+        let existing = api
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(format!("read {what}")))?;
+        if existing.is_some_and(|e| !owned_by(e.meta(), self.farm_uid)) {
+            self.conflicts.push(what);
+            return Ok(None);
+        }
+        api.patch(&name, &self.pp, &Patch::Apply(obj))
+            .await
+            .map(Some)
+            .map_err(kube_err(format!("apply {what}")))
+    }
+}
+
+/// Whether an object carries the farm's owner reference.
+fn owned_by(meta: &ObjectMeta, farm_uid: &str) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.uid == farm_uid)
+}
+
+/// The farm could not take some names: one Warning Event when it becomes degraded for that,
+/// and the problem for its status.
+async fn name_conflicts(
+    ctx: &Context,
+    farm: &ServerFarm,
+    reference: &ObjectReference,
+    conflicts: &[String],
+) -> Option<Problem> {
+    if conflicts.is_empty() {
+        return None;
+    }
+    let problem = Problem::new(
+        "NameConflict",
+        format!(
+            "{} already exist(s) and do(es) not belong to this farm: the operator leaves them \
+             untouched and does not run the farm's objects of those names. Rename or delete them, \
+             or give the farm another name",
+            conflicts.join(", ")
+        ),
+    );
+    if !status::degraded_for(farm, problem.reason) {
+        publish(
+            ctx,
+            reference,
+            EventType::Warning,
+            problem.reason,
+            "Apply",
+            problem.message.clone(),
+        )
+        .await;
+    }
+    Some(problem)
+}
+
+/// Deletes unit Services of this farm that are no longer desired, and only those the farm
+/// owns (a Service that merely carries its labels is someone else's). Returns their names.
 async fn prune_unit_services(
     client: &Client,
-    ns: &str,
-    farm: &str,
+    farm: &ServerFarm,
     desired: &[Service],
 ) -> Result<Vec<String>, Error> {
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let selector = format!("{}={farm},{}", labels::FARM, labels::UNIT);
+    let ns = farm.namespace().unwrap_or_default();
+    let name = farm.name_any();
+    let uid = farm.metadata.uid.as_deref().unwrap_or_default();
+    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let selector = format!("{}={name},{}", labels::FARM, labels::UNIT);
     let existing = services
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(kube_err(format!("list the unit Services of {ns}/{farm}")))?;
+        .map_err(kube_err(format!("list the unit Services of {ns}/{name}")))?;
     let mut removed = Vec::new();
     for svc in existing.items {
         let name = svc.name_any();
-        if desired
-            .iter()
-            .any(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+        if !owned_by(&svc.metadata, uid)
+            || desired
+                .iter()
+                .any(|d| d.metadata.name.as_deref() == Some(name.as_str()))
         {
             continue;
         }
@@ -370,22 +523,6 @@ async fn prune_unit_services(
         }
     }
     Ok(removed)
-}
-
-/// Server-side apply of one object; returns what the API server has afterwards.
-async fn apply<K>(client: &Client, ns: &str, obj: &K, pp: &PatchParams) -> Result<K, Error>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(&name, pp, &Patch::Apply(obj))
-        .await
-        .map_err(kube_err(format!("apply {} {ns}/{name}", K::kind(&()))))
 }
 
 /// Marks the farm Degraded with the error and publishes a warning (best effort: the API may be

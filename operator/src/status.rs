@@ -240,6 +240,15 @@ pub fn pod_ready(pod: &Pod) -> bool {
             .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
+/// The farm's `Degraded` condition is already true for this reason (so its Event was sent).
+pub(crate) fn degraded_for(farm: &ServerFarm, reason: &str) -> bool {
+    farm.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == condition::DEGRADED && c.status == "True" && c.reason == reason)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::apps::v1::DeploymentStatus;

@@ -164,20 +164,33 @@ fn rbac_grants_what_the_reconciler_does_and_nothing_more() {
         // The managed database's credentials and claim are unowned: deleted by the operator.
         ("", "secrets", &["create", "delete", "get", "patch"]),
         ("", "persistentvolumeclaims", &["delete", "get"]),
-        ("", "serviceaccounts", &["create", "patch"]),
-        ("rbac.authorization.k8s.io", "roles", &["create", "patch"]),
+        // Every applied kind is read first: an object the farm does not own is left alone.
+        ("", "serviceaccounts", &["create", "get", "patch"]),
+        (
+            "rbac.authorization.k8s.io",
+            "roles",
+            &["create", "get", "patch"],
+        ),
         (
             "rbac.authorization.k8s.io",
             "rolebindings",
-            &["create", "patch"],
+            &["create", "get", "patch"],
         ),
         (
             "discovery.k8s.io",
             "endpointslices",
             &["get", "list", "watch"],
         ),
-        ("networking.k8s.io", "networkpolicies", &["create", "patch"]),
-        ("policy", "poddisruptionbudgets", &["create", "patch"]),
+        (
+            "networking.k8s.io",
+            "networkpolicies",
+            &["create", "get", "patch"],
+        ),
+        (
+            "policy",
+            "poddisruptionbudgets",
+            &["create", "get", "patch"],
+        ),
         ("events.k8s.io", "events", &["create", "patch"]),
     ] {
         assert_eq!(verbs(rules, group, resource), want, "{group}/{resource}");
@@ -242,6 +255,11 @@ fn the_operator_runs_locked_down_with_the_images_of_its_version() {
         env("STICKYFARM_SCRAPE_NAMESPACES")["value"],
         "stickyfarm-system",
         "the farms' policies admit the same namespaces"
+    );
+    assert_eq!(
+        env("STICKYFARM_ALLOWED_SERVICE_TYPES")["value"],
+        "ClusterIP",
+        "farms stay inside the cluster unless the administrator allows more"
     );
 }
 

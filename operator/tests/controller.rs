@@ -14,7 +14,7 @@ use kube::core::error_boundary::DeserializeGuard;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
-use stickyfarm_api::farm::ServerFarm;
+use stickyfarm_api::farm::{ServerFarm, ServiceType};
 use stickyfarm_operator::build::Images;
 use stickyfarm_operator::credentials;
 use stickyfarm_operator::metrics::Metrics;
@@ -358,6 +358,7 @@ fn context(client: Client) -> Arc<Context> {
             drain_period: DRAIN,
             resync: Duration::from_secs(300),
             scrape_namespaces: vec!["stickyfarm-system".into()],
+            allowed_service_types: vec![ServiceType::ClusterIP],
         },
         recorder,
         Arc::new(Metrics::default()),
@@ -632,7 +633,9 @@ async fn status_follows_the_pods_and_the_gateway() {
     }
     api.put(
         "/apis/apps/v1/namespaces/prod/deployments/shop-gateway",
-        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop-gateway"}, "status": {"availableReplicas": 1}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "shop-gateway",
+            "ownerReferences": [{"apiVersion": "stickyfarm.dev/v1alpha1", "kind": "ServerFarm", "name": "shop", "uid": UID, "controller": true}]},
+            "status": {"availableReplicas": 1}}),
     );
     let ctx = context(api.client());
     reconcile_stored(&api, &ctx).await.unwrap();
@@ -810,7 +813,9 @@ async fn lost_credentials_of_an_initialised_database_are_never_regenerated() {
         ),
         (
             "/apis/apps/v1/namespaces/prod/statefulsets/shop-db",
-            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "shop-db", "namespace": "prod"}}),
+            // The operator made it: it carries the farm's owner reference.
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "shop-db", "namespace": "prod",
+                "ownerReferences": [{"apiVersion": "stickyfarm.dev/v1alpha1", "kind": "ServerFarm", "name": "shop", "uid": UID, "controller": true}]}}),
         ),
     ] {
         let api = FakeApi::default();
@@ -904,7 +909,7 @@ async fn an_api_failure_marks_the_farm_degraded_and_backs_off() {
         .expect_err("the apply fails");
     let text = err.to_string();
     assert!(
-        text.contains("apply PodDisruptionBudget prod/shop-units"),
+        text.contains("PodDisruptionBudget prod/shop-units"),
         "{text}"
     );
     assert!(text.contains("RBAC"), "says what to check: {text}");
@@ -985,5 +990,98 @@ async fn an_external_database_without_its_secret_is_degraded_not_generated() {
     assert_eq!(
         condition(&api.get(FARM_PATH).unwrap(), "Degraded")["status"],
         "False"
+    );
+}
+
+/// Server-side apply never takes over what the farm does not own: a Service someone made with a
+/// unit's name stays exactly as it is, the rest of the farm is applied, and the farm says why it
+/// is degraded (one Event). Pruning deletes only the farm's own Services.
+#[tokio::test]
+async fn objects_the_farm_does_not_own_are_never_taken_over_or_pruned() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(3));
+    let theirs = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "shop-1", "namespace": "prod", "uid": "their-service",
+            "labels": {"team": "payments"}},
+        "spec": {"selector": {"app": "payments"}, "ports": [{"port": 443}]},
+    });
+    api.put(&unit_service_path(1), theirs.clone());
+    // Carries the farm's labels (as if a removed unit's) but not its owner reference.
+    let lookalike_path = unit_service_path(7);
+    let lookalike = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "shop-7", "namespace": "prod", "uid": "lookalike",
+            "labels": {"stickyfarm.dev/farm": "shop", "stickyfarm.dev/unit": "shop-7"}},
+    });
+    api.put(&lookalike_path, lookalike.clone());
+    let ctx = context(api.client());
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(action, Action::requeue(credentials::SECRET_RECHECK));
+
+    assert_eq!(api.get(&unit_service_path(1)).unwrap(), theirs, "untouched");
+    assert!(
+        api.writes()
+            .iter()
+            .all(|w| w.path != unit_service_path(1) || w.method == Method::GET),
+        "never written"
+    );
+    assert_eq!(api.get(&lookalike_path).unwrap(), lookalike, "never pruned");
+    for i in [0, 2] {
+        assert!(api.get(&unit_service_path(i)).is_some(), "shop-{i} applied");
+    }
+    assert!(api.get(STS_PATH).is_some(), "the rest of the farm runs");
+    let degraded = condition(&api.get(FARM_PATH).unwrap(), "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert_eq!(degraded["reason"], "NameConflict");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("Service prod/shop-1"),
+        "{degraded}"
+    );
+    reconcile_stored(&api, &ctx).await.unwrap();
+    let conflicts = api
+        .event_reasons()
+        .iter()
+        .filter(|r| *r == "NameConflict")
+        .count();
+    assert_eq!(conflicts, 1, "one Event, not one per reconcile");
+
+    // Moved out of the way: the farm takes the name and recovers.
+    api.delete(&unit_service_path(1));
+    reconcile_stored(&api, &ctx).await.unwrap();
+    assert!(
+        api.get(&unit_service_path(1)).unwrap()["metadata"]["ownerReferences"][0]["uid"] == UID
+    );
+    assert_eq!(
+        condition(&api.get(FARM_PATH).unwrap(), "Degraded")["status"],
+        "False"
+    );
+}
+
+/// A gateway Service type the installation does not allow is refused before anything is
+/// applied: NodePort and LoadBalancer expose a farm outside the cluster.
+#[tokio::test]
+async fn service_types_beyond_the_allowed_ones_are_refused() {
+    let api = FakeApi::default();
+    let mut farm = farm_json(3);
+    farm["spec"]["gateway"] = json!({"serviceType": "LoadBalancer"});
+    api.put(FARM_PATH, farm);
+    let ctx = context(api.client());
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    assert!(api.get(STS_PATH).is_none(), "nothing applied");
+    let degraded = condition(&api.get(FARM_PATH).unwrap(), "Degraded");
+    assert_eq!(degraded["reason"], "ServiceTypeNotAllowed");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("LoadBalancer") && message.contains("allowedServiceTypes"),
+        "{message}"
+    );
+    assert!(
+        api.event_reasons()
+            .contains(&"ServiceTypeNotAllowed".to_owned())
     );
 }

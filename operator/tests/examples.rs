@@ -181,3 +181,97 @@ fn farm_names_must_leave_room_for_unit_ordinals() {
     object["metadata"]["name"] = json!("a".repeat(60));
     assert!(api_server_verdict(&object).is_empty());
 }
+
+/// Nothing in a ServerFarm can make its pods more privileged than Pod Security "restricted":
+/// the CRD's rules refuse it naming the field, and `farmctl validate` (the Rust validation)
+/// says the same.
+#[test]
+fn privileges_beyond_restricted_are_refused_naming_the_field() {
+    let app = json!({"image": "x"});
+    let pod = |sc: Value| json!({"app": app, "pod": {"securityContext": sc}});
+    let probe = |which: &str, p: Value| json!({"app": {"image": "x", which: p}});
+    let cases = [
+        (
+            pod(json!({"runAsUser": 0})),
+            "pod.securityContext.runAsUser",
+        ),
+        (
+            pod(json!({"runAsNonRoot": false})),
+            "pod.securityContext.runAsNonRoot",
+        ),
+        (
+            pod(json!({"seccompProfile": {"type": "Unconfined"}})),
+            "pod.securityContext.seccompProfile.type",
+        ),
+        (
+            pod(json!({"appArmorProfile": {"type": "Unconfined"}})),
+            "pod.securityContext.appArmorProfile.type",
+        ),
+        (
+            pod(json!({"seLinuxOptions": {"user": "system_u"}})),
+            "pod.securityContext.seLinuxOptions",
+        ),
+        (
+            pod(json!({"windowsOptions": {"hostProcess": true}})),
+            "pod.securityContext.windowsOptions.hostProcess",
+        ),
+        (
+            pod(json!({"sysctls": [{"name": "kernel.msgmax", "value": "1"}]})),
+            "pod.securityContext.sysctls",
+        ),
+        (
+            probe(
+                "livenessProbe",
+                json!({"httpGet": {"host": "10.0.0.1", "port": 80, "path": "/"}}),
+            ),
+            "app.livenessProbe",
+        ),
+        (
+            probe(
+                "readinessProbe",
+                json!({"tcpSocket": {"host": "metadata.internal", "port": 80}}),
+            ),
+            "app.readinessProbe",
+        ),
+        (
+            probe(
+                "startupProbe",
+                json!({"httpGet": {"host": "kubernetes.default", "port": 443}}),
+            ),
+            "app.startupProbe",
+        ),
+    ];
+    for (spec, field) in cases {
+        let verdict = api_server_verdict(&farm_with(spec.clone()));
+        assert!(
+            verdict.iter().any(|m| m.contains(field)),
+            "the CRD refuses {spec} naming {field}: {verdict:#?}"
+        );
+        let farm: ServerFarm = serde_json::from_value(farm_with(spec.clone())).unwrap();
+        let errors = farm.spec.validate().expect_err("farmctl refuses it too");
+        assert!(
+            errors.iter().any(|e| e.to_string().contains(field)),
+            "farmctl validate names {field}: {errors:?}"
+        );
+    }
+    // What restricted allows passes: a non-root user, the runtime's profile, a probe of its own pod.
+    let fine = json!({
+        "app": {"image": "x", "livenessProbe": {"httpGet": {"port": 3000, "path": "/"}}},
+        "pod": {"securityContext": {"runAsUser": 1000, "runAsNonRoot": true, "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"}, "seLinuxOptions": {"type": "container_t"}}},
+    });
+    assert!(api_server_verdict(&farm_with(fine.clone())).is_empty());
+    let farm: ServerFarm = serde_json::from_value(farm_with(fine)).unwrap();
+    farm.spec.validate().unwrap();
+    // Fields that would grant more do not exist: a spec naming them does not even parse.
+    for extra in [
+        json!({"app": {"image": "x", "securityContext": {"privileged": true}}}),
+        json!({"app": app, "pod": {"hostNetwork": true}}),
+        json!({"app": app, "pod": {"volumes": [{"name": "h", "hostPath": {"path": "/"}}]}}),
+    ] {
+        assert!(
+            serde_json::from_value::<ServerFarm>(farm_with(extra.clone())).is_err(),
+            "{extra}"
+        );
+    }
+}
