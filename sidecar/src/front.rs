@@ -11,6 +11,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{LengthLimitError, Limited};
+use hyper::body::Body as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -46,6 +47,9 @@ pub struct Front {
     pub max_body_size: u64,
     /// Pooled HTTP/1.1 connections to the app.
     pub client: Client<HttpConnector, Body>,
+    /// A client that always opens a new connection: for the one replay of a request whose
+    /// pooled connection broke.
+    fresh_client: Client<HttpConnector, Body>,
     /// The unit name and instance id as header values, made once: they never change.
     headers: (HeaderValue, HeaderValue),
 }
@@ -76,6 +80,7 @@ impl Front {
             snapshot_max,
             max_body_size,
             client: Self::app_client(),
+            fresh_client: Self::app_client_without_pool(),
             headers,
         }
     }
@@ -93,12 +98,22 @@ impl Front {
 
     /// A pooled client for the app.
     pub fn app_client() -> Client<HttpConnector, Body> {
+        Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(Self::app_connector())
+    }
+
+    fn app_client_without_pool() -> Client<HttpConnector, Body> {
+        Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(Self::app_connector())
+    }
+
+    fn app_connector() -> HttpConnector {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector)
+        connector
     }
 }
 
@@ -197,37 +212,11 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     };
     let client_version = parts.version;
     parts.version = http::Version::HTTP_11;
-    // A streamed body is cut off where it passes the limit (then 413, below).
-    let body = Body::new(Limited::new(body, front.max_body_size as usize));
-    let outbound = Request::from_parts(parts, body);
     drop(resolved);
-
-    let response =
-        match tokio::time::timeout(front.app_timeout, front.client.request(outbound)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) if e.is_connect() => {
-                // Nothing reached the app: the gateway may send the request to another unit.
-                tracing::warn!(error = %e, "the app refused the connection");
-                let mut r = plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the app is not accepting connections on this unit\n",
-                );
-                r.headers_mut()
-                    .insert(headers::UNIT_UNAVAILABLE, HeaderValue::from_static("app"));
-                return r;
-            }
-            Ok(Err(e)) if passed_body_limit(&e) => return body_too_large(front.max_body_size),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "the app did not answer");
-                return plain(StatusCode::BAD_GATEWAY, "the app did not answer\n");
-            }
-            Err(_) => {
-                return plain(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "the app did not answer in time\n",
-                );
-            }
-        };
+    let response = match ask_app(&front, parts, body).await {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
+    };
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     // The unit-unavailable signal is the sidecar's alone: the gateway takes the unit out on it,
@@ -252,6 +241,96 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
         &mut parts.headers,
     );
     Response::from_parts(parts, Body::new(body))
+}
+
+/// Why the app gave no answer.
+enum AppFailure {
+    /// Nothing reached the app (it refused the connection).
+    Refused(hyper_util::client::legacy::Error),
+    /// The client's body passed `--max-body-size`.
+    BodyTooLarge,
+    /// The connection broke before an answer.
+    Broken(hyper_util::client::legacy::Error),
+    /// No answer within `--app-timeout`.
+    Timeout,
+}
+
+/// Phase "ask the app": sends the request and returns the app's answer, or the answer the
+/// client gets instead. A bodiless safe request (GET, HEAD, OPTIONS) whose connection broke
+/// before an answer is sent once more on a new connection: a pooled connection the app closed
+/// as it stopped (a pod shutting down) must not fail a request that never reached its handler
+/// or that can be repeated.
+async fn ask_app(
+    front: &Front,
+    parts: http::request::Parts,
+    body: Body,
+) -> Result<Response<hyper::body::Incoming>, Response> {
+    let replay = (is_safe(&parts.method) && body.is_end_stream()).then(|| {
+        let mut again = Request::new(Body::empty());
+        *again.method_mut() = parts.method.clone();
+        *again.uri_mut() = parts.uri.clone();
+        *again.version_mut() = parts.version;
+        *again.headers_mut() = parts.headers.clone();
+        again
+    });
+    // A streamed body is cut off where it passes the limit (then 413).
+    let body = Body::new(Limited::new(body, front.max_body_size as usize));
+    let first = send_to_app(front, &front.client, Request::from_parts(parts, body)).await;
+    let outcome = match (first, replay) {
+        (Err(AppFailure::Broken(e)), Some(again)) => {
+            tracing::info!(error = %e, "the connection to the app broke; asking once more on a new one");
+            send_to_app(front, &front.fresh_client, again).await
+        }
+        (outcome, _) => outcome,
+    };
+    outcome.map_err(|failure| app_failure_answer(front, failure))
+}
+
+async fn send_to_app(
+    front: &Front,
+    client: &Client<HttpConnector, Body>,
+    req: Request,
+) -> Result<Response<hyper::body::Incoming>, AppFailure> {
+    match tokio::time::timeout(front.app_timeout, client.request(req)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) if e.is_connect() => Err(AppFailure::Refused(e)),
+        Ok(Err(e)) if passed_body_limit(&e) => Err(AppFailure::BodyTooLarge),
+        Ok(Err(e)) => Err(AppFailure::Broken(e)),
+        Err(_) => Err(AppFailure::Timeout),
+    }
+}
+
+fn app_failure_answer(front: &Front, failure: AppFailure) -> Response {
+    match failure {
+        AppFailure::Refused(e) => {
+            // Nothing reached the app: the gateway may send the request to another unit.
+            tracing::warn!(error = %e, "the app refused the connection");
+            let mut r = plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the app is not accepting connections on this unit\n",
+            );
+            r.headers_mut()
+                .insert(headers::UNIT_UNAVAILABLE, HeaderValue::from_static("app"));
+            r
+        }
+        AppFailure::BodyTooLarge => body_too_large(front.max_body_size),
+        AppFailure::Broken(e) => {
+            tracing::warn!(error = %e, "the app did not answer");
+            plain(StatusCode::BAD_GATEWAY, "the app did not answer\n")
+        }
+        AppFailure::Timeout => plain(
+            StatusCode::GATEWAY_TIMEOUT,
+            "the app did not answer in time\n",
+        ),
+    }
+}
+
+/// Methods that change nothing (RFC 9110 §9.2.1): repeating one is harmless.
+fn is_safe(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
 }
 
 /// The request's `Content-Length`, when it declares one.

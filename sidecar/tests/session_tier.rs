@@ -229,6 +229,78 @@ async fn oversized_bodies_are_refused_on_the_public_port() {
     assert_eq!(after.status(), 200, "the unit goes on serving");
 }
 
+/// An app that drops one connection without answering (as an app closing its idle keep-alive
+/// connections while its pod stops): a bodiless GET is asked once more on a new connection and
+/// answered; a POST is never repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_app_connection_replays_safe_requests_only() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let break_next = Arc::new(AtomicBool::new(true));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let server = {
+        let (break_next, seen) = (break_next.clone(), seen.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let (break_next, seen) = (break_next.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).to_string();
+                    let method = text.split(' ').next().unwrap_or_default().to_owned();
+                    seen.lock().unwrap().push(method);
+                    if break_next.swap(false, Ordering::SeqCst) {
+                        return; // dropped: no answer at all
+                    }
+                    let _ = conn
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await;
+                });
+            }
+        })
+    };
+    let db = TestDb::new().await;
+    let sidecar = SidecarProc::start(SidecarSpec {
+        unit: "web-0",
+        database_url: &db.url,
+        app,
+        extra: vec![],
+        instance: None,
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let r = client.get(sidecar.url("/page")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the GET is answered on the second try");
+    assert_eq!(r.text().await.unwrap(), "ok");
+    assert_eq!(*seen.lock().unwrap(), ["GET", "GET"]);
+
+    break_next.store(true, Ordering::SeqCst);
+    let r = client
+        .post(sidecar.url("/order"))
+        .body("item=tea")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 502, "a POST is never sent twice");
+    assert_eq!(*seen.lock().unwrap(), ["GET", "GET", "POST"]);
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_killed_sidecar() {
     let db = TestDb::new().await;
