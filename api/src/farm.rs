@@ -503,10 +503,27 @@ pub struct ExternalDatabase {
     #[serde(default = "default_url_key")]
     #[schemars(length(min = 1, max = 253))]
     pub key: String,
+    /// Verify the server over TLS: the CA certificate (PEM) that signed the PostgreSQL
+    /// server's certificate. The sidecars then connect with `sslmode=verify-full` (the chain
+    /// and the host name in the URL are checked) unless the URL names another `sslmode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKey>,
 }
 
 fn default_url_key() -> String {
     "url".to_owned()
+}
+
+/// One key of a Secret in the farm's namespace.
+#[derive(JsonSchema, Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKey {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// The key.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
 }
 
 /// Managed database.

@@ -39,16 +39,34 @@ pub(crate) async fn ensure_database_secret(
         .get_opt(&secret_name)
         .await
         .map_err(kube_err(format!("read Secret {ns}/{secret_name}")))?;
-    if farm.spec.database.external.is_some() {
+    if let Some(external) = &farm.spec.database.external {
         let has_key = existing
             .as_ref()
             .is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(&key)));
-        return Ok((!has_key).then(|| {
-            Problem::new(
+        if !has_key {
+            return Ok(Some(Problem::new(
                 "DatabaseSecretMissing",
-                format!("the external database Secret {secret_name} with key {key} does not exist: create it with the PostgreSQL URL"),
-            )
-        }));
+                format!(
+                    "the external database Secret {secret_name} with key {key} does not exist: create it with the PostgreSQL URL"
+                ),
+            )));
+        }
+        if let Some(ca) = &external.ca {
+            let found = secrets
+                .get_opt(&ca.secret_name)
+                .await
+                .map_err(kube_err(format!("read Secret {ns}/{}", ca.secret_name)))?;
+            if !found.is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&ca.key))) {
+                return Ok(Some(Problem::new(
+                    "DatabaseCaMissing",
+                    format!(
+                        "the Secret {} with key {} (the CA of the external PostgreSQL's certificate) does not exist: create it with the CA certificate in PEM",
+                        ca.secret_name, ca.key
+                    ),
+                )));
+            }
+        }
+        return Ok(None);
     }
     if let Some(existing) = existing {
         disown_secret(&secrets, farm, &existing).await?;

@@ -301,6 +301,85 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
     server.abort();
 }
 
+/// TLS to PostgreSQL with `sslmode=verify-full` and a CA from a file (a mounted Secret on
+/// Kubernetes): with the CA that signed the server's certificate the unit writes through as
+/// always; a server whose certificate another CA signed, or that was made for another name,
+/// never gets the sidecar's password, and the sidecar says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_is_verified_fully() {
+    let db = TestDb::new().await;
+    let ca = TestCa::new(&["localhost"]);
+    let front = PgTlsFront::start(db.pg_addr(), &ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let trusted = dir.path().join("ca.crt");
+    std::fs::write(&trusted, &ca.ca_pem).unwrap();
+    let stranger = dir.path().join("other-ca.crt");
+    std::fs::write(&stranger, TestCa::new(&["localhost"]).ca_pem).unwrap();
+    let url = |host: &str, ca_file: &std::path::Path| {
+        format!(
+            "{}?sslmode=verify-full&sslrootcert={}",
+            db.url_via(front.port).replace("127.0.0.1", host),
+            ca_file.display()
+        )
+    };
+
+    let app = TestApp::start().await;
+    let unit = SidecarProc::start(SidecarSpec {
+        unit: "web-0",
+        database_url: &url("localhost", &trusted),
+        app: app.0.addr,
+        extra: vec![],
+        instance: None,
+    })
+    .await;
+    *app.1.lock().unwrap() = Some(unit.api);
+    let mut b = Browser::new();
+    assert_eq!(b.post(&unit.url("/cart/add?item=tea")).await.status, 200);
+    let sid = b.cookie("sf_session").unwrap().to_owned();
+    assert!(db.session_exists(&sid).await, "written through over TLS");
+    drop(unit);
+
+    for (what, database_url) in [
+        (
+            "a certificate another CA signed",
+            url("localhost", &stranger),
+        ),
+        (
+            "a certificate made for another name",
+            url("127.0.0.1", &trusted),
+        ),
+    ] {
+        let admin = free_port();
+        let mut cmd = std::process::Command::new(binary("stickyfarm-sidecar"));
+        cmd.args(["--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--api-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--app-url", &format!("http://{}", app.0.addr)])
+            .args(["--unit", "web-1"])
+            .env("DATABASE_URL", &database_url);
+        let proc = ChildProc::spawn("sidecar web-1", cmd);
+        eventually(
+            Duration::from_secs(20),
+            &format!("{what}: the sidecar refuses the server"),
+            || async {
+                let log = proc.log_text().to_lowercase();
+                log.contains("cannot apply the session schema yet") && log.contains("certificate")
+            },
+        )
+        .await;
+        assert!(
+            tokio::net::TcpStream::connect(("127.0.0.1", admin))
+                .await
+                .is_err(),
+            "{what}: the unit never starts serving"
+        );
+        assert!(
+            !proc.log_text().contains(db.url.rsplit_once('@').unwrap().0),
+            "{what}: the credentials are never logged"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_a_killed_sidecar() {
     let db = TestDb::new().await;

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::pem::PemObject as _;
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -818,6 +820,110 @@ impl PgProxy {
 impl Drop for PgProxy {
     fn drop(&mut self) {
         self.cut();
+        self.task.abort();
+    }
+}
+
+/// A certificate authority made for one test, and a server certificate it signed.
+pub struct TestCa {
+    /// The CA's certificate (PEM): what a client trusts.
+    pub ca_pem: String,
+    /// The server's certificate (PEM), for the names given.
+    pub server_cert_pem: String,
+    /// The server's private key (PEM).
+    pub server_key_pem: String,
+}
+
+impl TestCa {
+    /// A new CA and a server certificate for `names` (DNS names or IP addresses).
+    pub fn new(names: &[&str]) -> TestCa {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Stickyfarm test CA");
+        ca_params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let server = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&server_key, &ca)
+            .unwrap();
+        TestCa {
+            ca_pem: ca.pem(),
+            server_cert_pem: server.pem(),
+            server_key_pem: server_key.serialize_pem(),
+        }
+    }
+}
+
+/// PostgreSQL behind TLS: answers a client's `SSLRequest`, completes the TLS handshake with a
+/// [`TestCa`] server certificate, then relays the decrypted protocol to a real PostgreSQL.
+/// Clients that do not ask for TLS are refused, as a `hostssl`-only server does.
+pub struct PgTlsFront {
+    pub port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PgTlsFront {
+    pub async fn start(target: SocketAddr, ca: &TestCa) -> PgTlsFront {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let certs = vec![
+            rustls::pki_types::CertificateDer::from_pem_slice(ca.server_cert_pem.as_bytes())
+                .unwrap(),
+        ];
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(ca.server_key_pem.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // SSLRequest: length 8, code 80877103.
+                    let mut request = [0u8; 8];
+                    if inbound.read_exact(&mut request).await.is_err()
+                        || request != [0, 0, 0, 8, 4, 210, 22, 47]
+                    {
+                        return;
+                    }
+                    if inbound.write_all(b"S").await.is_err() {
+                        return;
+                    }
+                    let Ok(mut tls) = acceptor.accept(inbound).await else {
+                        return;
+                    };
+                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut tls, &mut outbound).await;
+                });
+            }
+        });
+        PgTlsFront { port, task }
+    }
+}
+
+impl Drop for PgTlsFront {
+    fn drop(&mut self) {
         self.task.abort();
     }
 }

@@ -807,6 +807,49 @@ fn an_external_database_replaces_the_managed_one() {
 }
 
 #[test]
+fn an_external_database_with_a_ca_is_verified_fully_by_the_sidecars_only() {
+    let d = desired(
+        "app:\n  image: x\ndatabase:\n  external:\n    secretName: corp-pg\n    ca: {secretName: corp-pg-ca, key: root.pem}\n",
+    );
+    let sc = container(&d, "stickyfarm-sidecar");
+    assert_eq!(env_value(sc, "PGSSLMODE"), "verify-full");
+    assert_eq!(
+        env_value(sc, "PGSSLROOTCERT"),
+        "/etc/stickyfarm/postgres-ca/ca.crt"
+    );
+    let mount = sc
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "postgres-ca")
+        .expect("the CA is mounted");
+    assert_eq!(mount.read_only, Some(true));
+    let pod = d.unit_statefulset.spec.template.spec.as_ref().unwrap();
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "postgres-ca")
+        .unwrap();
+    let secret = volume.secret.as_ref().unwrap();
+    assert_eq!(secret.secret_name.as_deref(), Some("corp-pg-ca"));
+    let item = &secret.items.as_ref().unwrap()[0];
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("root.pem", "ca.crt")
+    );
+    // Without a CA nothing changes (the URL's own sslmode applies).
+    let plain = desired("app:\n  image: x\ndatabase:\n  external: {secretName: corp-pg}\n");
+    let sc = container(&plain, "stickyfarm-sidecar");
+    assert!(
+        sc.env
+            .iter()
+            .flatten()
+            .all(|e| e.name != "PGSSLMODE" && e.name != "PGSSLROOTCERT")
+    );
+}
+
+#[test]
 fn generated_credentials_secret() {
     let s = database_secret(&farm(MINIMAL), "0123abcd").unwrap();
     assert_eq!(s.metadata.name.as_deref(), Some("shop-db"));

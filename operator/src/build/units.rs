@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -169,6 +169,26 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
     ];
     // The gateway token is the sidecar's alone: the app container does not mount it.
     let mut mounts = vec![socket_mount(), tokens::mount()];
+    if spec
+        .database
+        .external
+        .as_ref()
+        .is_some_and(|e| e.ca.is_some())
+    {
+        // libpq's variables, which the sidecar's PostgreSQL client reads too; a `sslmode` in
+        // the URL still wins.
+        env.push(value("PGSSLMODE", "verify-full".into()));
+        env.push(value(
+            "PGSSLROOTCERT",
+            format!("{POSTGRES_CA_DIR}/{POSTGRES_CA_FILE}"),
+        ));
+        mounts.push(VolumeMount {
+            name: POSTGRES_CA_VOLUME.into(),
+            mount_path: POSTGRES_CA_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+    }
     if let Some(disk) = &spec.sidecar.cache_disk {
         env.push(value("STICKYFARM_CACHE_DISK_DIR", CACHE_DIR.into()));
         env.push(value("STICKYFARM_CACHE_DISK_SIZE", disk.0.to_string()));
@@ -237,6 +257,12 @@ fn sidecar_resources(cache_bytes: u64) -> ResourceRequirements {
     }
 }
 
+/// Where the sidecar finds the CA that signed an external PostgreSQL's certificate (outside
+/// the other mounts: a volume cannot be mounted inside a read-only Secret volume).
+const POSTGRES_CA_DIR: &str = "/etc/stickyfarm/postgres-ca";
+const POSTGRES_CA_FILE: &str = "ca.crt";
+const POSTGRES_CA_VOLUME: &str = "postgres-ca";
+
 fn volumes(f: &FarmRef) -> Vec<Volume> {
     let mut v = vec![Volume {
         name: "stickyfarm-socket".into(),
@@ -248,6 +274,29 @@ fn volumes(f: &FarmRef) -> Vec<Volume> {
         ..Volume::default()
     }];
     v.push(tokens::volume(f, &[tokens::GATEWAY_TOKEN_KEY]));
+    if let Some(ca) = f
+        .farm
+        .spec
+        .database
+        .external
+        .as_ref()
+        .and_then(|e| e.ca.as_ref())
+    {
+        v.push(Volume {
+            name: POSTGRES_CA_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.secret_name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: POSTGRES_CA_FILE.into(),
+                    ..KeyToPath::default()
+                }]),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     if let Some(disk) = &f.farm.spec.sidecar.cache_disk {
         v.push(Volume {
             name: "session-cache".into(),
