@@ -63,6 +63,8 @@ pub fn router(
 pub fn control_router(farm: Arc<Farm>, metrics: Arc<Metrics>, token: Arc<Token>) -> Router {
     Router::new()
         .route("/units/{unit}/{action}", post(set_admin))
+        // Unknown paths too are behind the token (the layer below wraps the fallback).
+        .fallback(|| async { (StatusCode::NOT_FOUND, "no such action\n") })
         .layer(middleware::from_fn_with_state(
             (token, metrics.clone()),
             authorise,

@@ -423,6 +423,14 @@ async fn unit_actions_need_the_admin_token() {
             attempts += 3;
         }
     }
+    // Without the token nothing about the port is revealed: unknown paths answer 401 too.
+    let probe = reqwest::Client::new()
+        .get(format!("http://{}/anything", gw.control))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(probe.status(), 401);
+    attempts += 1;
     let basic = reqwest::Client::new()
         .post(format!("http://{}/units/web-0/disable", gw.control))
         .header("authorization", format!("Basic {ADMIN_TOKEN}"))
