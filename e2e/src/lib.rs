@@ -59,6 +59,13 @@ async fn config(path: &Path, impersonate: Option<(&str, &str)>) -> anyhow::Resul
     Ok(config)
 }
 
+/// A client acting as the ServiceAccount `account` of `namespace`.
+pub async fn impersonate(path: &Path, namespace: &str, account: &str) -> anyhow::Result<Client> {
+    Ok(Client::try_from(
+        config(path, Some((namespace, account))).await?,
+    )?)
+}
+
 /// An admin client.
 pub async fn admin(path: &Path) -> anyhow::Result<Client> {
     Ok(Client::try_from(config(path, None).await?)?)
@@ -91,6 +98,48 @@ pub fn helm() -> anyhow::Result<PathBuf> {
     } else {
         bail!("helm not found: run scripts/test once (it builds helm) or set HELM")
     }
+}
+
+/// `helm upgrade --install` of another release of the chart with `--set`s (the test's own;
+/// removed with [`uninstall_release`]).
+pub fn install_release(
+    kubeconfig: &Path,
+    release: &str,
+    namespace: &str,
+    set: &[&str],
+) -> anyhow::Result<()> {
+    let mut cmd = Command::new(helm()?);
+    cmd.args(["upgrade", "--install", release])
+        .arg(repo().join("charts/stickyfarm"))
+        .args(["--namespace", namespace, "--create-namespace"])
+        .env("KUBECONFIG", kubeconfig);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().context("running helm")?;
+    if !out.status.success() {
+        bail!(
+            "helm install {release} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// `helm uninstall` of a release [`install_release`] made.
+pub fn uninstall_release(kubeconfig: &Path, release: &str, namespace: &str) -> anyhow::Result<()> {
+    let out = Command::new(helm()?)
+        .args(["uninstall", release, "--namespace", namespace])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .context("running helm")?;
+    if !out.status.success() {
+        bail!(
+            "helm uninstall {release} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 static INSTALLED: OnceCell<()> = OnceCell::const_new();

@@ -967,6 +967,75 @@ async fn an_existing_object_with_a_farms_name_is_never_taken_over() -> anyhow::R
     assert!(after.metadata.owner_references.is_none());
     assert_eq!(after.spec, theirs.spec);
     assert_eq!(after.metadata.labels, theirs.metadata.labels);
+    // Deleted while the operator runs, so its finalizer is released and the namespace can go.
+    let farms: Api<ServerFarm> = Api::namespaced(c.admin.clone(), ns);
+    farms.delete("shop", &DeleteParams::default()).await?;
+    eventually(WAIT, "the farm is gone", || async {
+        Ok(farms.get_opt("shop").await?.is_none())
+    })
+    .await?;
+    assert!(
+        services.get_opt("shop-1").await?.is_some(),
+        "their Service outlives the farm"
+    );
     op.stop().await?;
     Ok(())
+}
+
+/// Installed for one namespace (`watchNamespace`), the operator's rights stop at it, Secrets
+/// included: its ServiceAccount reads a Secret there and is refused one in another namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespaced_operator_cannot_touch_secrets_elsewhere() -> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    let (watched, elsewhere, release_ns) = ("e2e-scoped", "e2e-next-door", "e2e-scoped-system");
+    for ns in [watched, elsewhere] {
+        namespace(&c.admin, ns).await?;
+        let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "shop-db"},
+                    "stringData": {"password": "not-yours"},
+                }))?,
+            )
+            .await?;
+    }
+    // The CRD belongs to the suite's main release.
+    install_release(
+        &c.kubeconfig,
+        "scoped",
+        release_ns,
+        &[&format!("watchNamespace={watched}"), "crds.enabled=false"],
+    )?;
+    let operator = impersonate(&c.kubeconfig, release_ns, "scoped-stickyfarm").await?;
+    let forbidden = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
+    let outcome = async {
+        let here: Api<Secret> = Api::namespaced(operator.clone(), watched);
+        eventually(
+            WAIT,
+            "the Role in the watched namespace applies",
+            || async { Ok(here.get_opt("shop-db").await.is_ok_and(|s| s.is_some())) },
+        )
+        .await?;
+        let there: Api<Secret> = Api::namespaced(operator.clone(), elsewhere);
+        let read = there.get("shop-db").await.expect_err("reading next door");
+        assert!(forbidden(&read), "{read}");
+        let write = there
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "planted"},
+                }))?,
+            )
+            .await
+            .expect_err("creating next door");
+        assert!(forbidden(&write), "{write}");
+        anyhow::Ok(())
+    }
+    .await;
+    uninstall_release(&c.kubeconfig, "scoped", release_ns)?;
+    outcome
 }
