@@ -16,8 +16,8 @@ use stickyfarm_api::farm::{ServerFarm, labels};
 use stickyfarm_api::token::{self, Token};
 
 use crate::build;
-use crate::reconcile::{Context, Error, FIELD_MANAGER, kube_err, publish};
-use crate::status::{self, Problem};
+use crate::reconcile::{Context, Error, FIELD_MANAGER, kube_err, publish, publish_problem_once};
+use crate::status::Problem;
 
 /// How soon a farm whose database Secret is missing is reconciled again.
 pub const SECRET_RECHECK: Duration = Duration::from_secs(10);
@@ -74,47 +74,57 @@ pub(crate) async fn ensure_database_secret(
     }
     if let Some(data) = database_data(farm, ctx).await? {
         let problem = credentials_lost(&ns, &secret_name, &data);
-        // One Event when the farm becomes degraded for this reason, not one per reconcile.
-        if !status::degraded_for(farm, problem.reason) {
-            publish(
-                ctx,
-                reference,
-                EventType::Warning,
-                problem.reason,
-                "CreateSecret",
-                problem.message.clone(),
-            )
-            .await;
-        }
+        publish_problem_once(ctx, farm, reference, &problem, "CreateSecret").await;
         return Ok(Some(problem));
     }
     let password = token::random_hex().map_err(|e| Error::Random(e.to_string()))?;
     let secret = build::database_secret(farm, &password)?;
-    match secrets
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &secret,
-        )
-        .await
-    {
+    create_generated(
+        ctx,
+        &secrets,
+        &secret,
+        reference,
+        "CredentialsCreated",
+        "the database credentials",
+    )
+    .await?;
+    Ok(None)
+}
+
+/// Creates a Secret the operator generated (credentials, tokens) and says so in an Event. A
+/// Secret another reconcile (or operator) made first stands: its values are the ones in use.
+async fn create_generated(
+    ctx: &Context,
+    secrets: &Api<Secret>,
+    secret: &Secret,
+    reference: &ObjectReference,
+    reason: &str,
+    what: &str,
+) -> Result<(), Error> {
+    let name = secret.name_any();
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match secrets.create(&params, secret).await {
         Ok(_) => {
+            let note = format!("generated {what} in Secret {name}");
             publish(
                 ctx,
                 reference,
                 EventType::Normal,
-                "CredentialsCreated",
+                reason,
                 "CreateSecret",
-                format!("generated the database credentials in Secret {secret_name}"),
+                note,
             )
             .await;
-            Ok(None)
+            Ok(())
         }
-        // Another reconcile (or operator) made it first: theirs stands.
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-        Err(e) => Err(kube_err(format!("create Secret {ns}/{secret_name}"))(e)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(kube_err(format!(
+            "create Secret {}/{name}",
+            secret.namespace().unwrap_or_default()
+        ))(e)),
     }
 }
 
@@ -167,31 +177,16 @@ pub(crate) async fn ensure_gateway_tokens(
         &Token::generate().map_err(random)?,
         &Token::generate().map_err(random)?,
     )?;
-    match secrets
-        .create(
-            &PostParams {
-                field_manager: Some(FIELD_MANAGER.into()),
-                ..PostParams::default()
-            },
-            &secret,
-        )
-        .await
-    {
-        Ok(_) => {
-            publish(
-                ctx,
-                reference,
-                EventType::Normal,
-                "TokensCreated",
-                "CreateSecret",
-                format!("generated the gateway's admin and gateway tokens in Secret {name}"),
-            )
-            .await;
-            Ok(None)
-        }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-        Err(e) => Err(kube_err(format!("create Secret {ns}/{name}"))(e)),
-    }
+    create_generated(
+        ctx,
+        &secrets,
+        &secret,
+        reference,
+        "TokensCreated",
+        "the gateway's admin and gateway tokens",
+    )
+    .await?;
+    Ok(None)
 }
 
 /// What shows that the managed database was initialised (and so holds its password): its

@@ -476,17 +476,7 @@ async fn name_conflicts(
             conflicts.join(", ")
         ),
     );
-    if !status::degraded_for(farm, problem.reason) {
-        publish(
-            ctx,
-            reference,
-            EventType::Warning,
-            problem.reason,
-            "Apply",
-            problem.message.clone(),
-        )
-        .await;
-    }
+    publish_problem_once(ctx, farm, reference, &problem, "Apply").await;
     Some(problem)
 }
 
@@ -582,6 +572,28 @@ async fn patch_status(
         .await
         .map_err(kube_err(format!("update the status of ServerFarm {name}")))?;
     Ok(())
+}
+
+/// A Warning Event for `problem` when the farm becomes degraded for its reason, not one per
+/// reconcile (the farm's `Degraded` condition remembers it was sent).
+pub(crate) async fn publish_problem_once(
+    ctx: &Context,
+    farm: &ServerFarm,
+    reference: &ObjectReference,
+    problem: &Problem,
+    action: &str,
+) {
+    if !status::degraded_for(farm, problem.reason) {
+        publish(
+            ctx,
+            reference,
+            EventType::Warning,
+            problem.reason,
+            action,
+            problem.message.clone(),
+        )
+        .await;
+    }
 }
 
 /// Publishes an Event; a failure to publish is logged, never fails the reconcile.
