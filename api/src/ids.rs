@@ -3,7 +3,9 @@ use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::Sha256;
 use uuid::Uuid;
 
 use crate::ContractError;
@@ -109,6 +111,87 @@ impl<'de> Deserialize<'de> for SessionId {
         } else {
             Ok(SessionId(<[u8; 16]>::deserialize(d)?))
         }
+    }
+}
+
+/// A session id as PostgreSQL stores it and notifications announce it: a keyed hash of the id
+/// (HMAC-SHA256 under the farm's [`SessionIdKey`], first 128 bits). The raw id is a bearer
+/// credential; whoever reads the session tables, a backup of them or the `NOTIFY` channel
+/// learns only stored ids, which no cookie accepts, and cannot compute one without the key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StoredId([u8; 16]);
+
+impl StoredId {
+    /// Reserved for the cache's own health probe; no real session hashes to it in practice.
+    pub const PROBE: StoredId = StoredId([0; 16]);
+
+    /// The stored id as PostgreSQL's `uuid` value.
+    pub fn as_uuid(&self) -> Uuid {
+        Uuid::from_bytes(self.0)
+    }
+
+    /// A stored id read from PostgreSQL or a notification.
+    pub fn from_uuid(uuid: Uuid) -> Self {
+        StoredId(uuid.into_bytes())
+    }
+}
+
+impl fmt::Debug for StoredId {
+    // Not a credential, but long ids make logs hard to read: a prefix identifies it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex: String = self.0[..4].iter().map(|b| format!("{b:02x}")).collect();
+        write!(f, "StoredId({hex}…)")
+    }
+}
+
+/// Domain separation: the same secret never yields a stored id and a fingerprint alike.
+const STORED_ID_CONTEXT: &[u8] = b"stickyfarm stored session id v1\0";
+const FINGERPRINT_CONTEXT: &[u8] = b"stickyfarm session id key fingerprint v1\0";
+
+/// The farm's key for storing session ids (every unit of a farm holds the same one; on
+/// Kubernetes the operator keeps it in the Secret `<farm>-session-id-key`). It must live as long
+/// as the sessions: with another key no stored session is found again.
+#[derive(Clone)]
+pub struct SessionIdKey(Hmac<Sha256>);
+
+impl SessionIdKey {
+    /// A key from the farm's secret (at least 32 bytes of it are expected; see
+    /// [`crate::token::Token`]).
+    pub fn new(secret: &[u8]) -> Self {
+        SessionIdKey(
+            <Hmac<Sha256> as KeyInit>::new_from_slice(secret)
+                .expect("HMAC takes a key of any length"),
+        )
+    }
+
+    fn tag(&self, context: &[u8], data: &[u8]) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(context);
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The stored form of `id`.
+    pub fn stored(&self, id: &SessionId) -> StoredId {
+        let tag = self.tag(STORED_ID_CONTEXT, id.as_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&tag[..16]);
+        StoredId(out)
+    }
+
+    /// Names the key without revealing it (16 hex digits): recorded in the database so a unit
+    /// started with another key refuses to serve instead of losing every session.
+    pub fn fingerprint(&self) -> String {
+        self.tag(FINGERPRINT_CONTEXT, b"")[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+}
+
+impl fmt::Debug for SessionIdKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionIdKey(<redacted>)")
     }
 }
 
@@ -279,6 +362,31 @@ mod tests {
                 .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
         );
         assert_eq!(text.parse::<SessionId>().unwrap(), a);
+    }
+
+    #[test]
+    fn stored_ids_are_keyed_hashes_that_differ_by_key_and_id() {
+        let id = SessionId::generate();
+        let key = SessionIdKey::new(b"0123456789abcdef0123456789abcdef");
+        let other = SessionIdKey::new(b"fedcba9876543210fedcba9876543210");
+        let stored = key.stored(&id);
+        assert_eq!(
+            stored,
+            key.stored(&id),
+            "deterministic: every unit finds the row"
+        );
+        assert_ne!(stored, other.stored(&id), "another key, another stored id");
+        assert_ne!(stored, key.stored(&SessionId::generate()));
+        assert_ne!(
+            stored.as_uuid().as_bytes(),
+            id.as_bytes(),
+            "never the raw id"
+        );
+        assert_eq!(StoredId::from_uuid(stored.as_uuid()), stored);
+        assert_eq!(key.fingerprint().len(), 16);
+        assert_ne!(key.fingerprint(), other.fingerprint());
+        assert_eq!(format!("{key:?}"), "SessionIdKey(<redacted>)");
+        assert!(format!("{stored:?}").len() < 24);
     }
 
     #[test]

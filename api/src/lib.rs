@@ -24,7 +24,7 @@ pub use cookies::{
 };
 pub use error::ContractError;
 pub use hop::{remove_hop_by_hop, remove_stickyfarm_headers};
-pub use ids::{Generation, InstanceId, SessionId, TableName};
+pub use ids::{Generation, InstanceId, SessionId, SessionIdKey, StoredId, TableName};
 pub use snapshot::{SessionSnapshot, TableSnapshot};
 pub use unit::{UnitBaseUrl, UnitName, UnitPath, parse_unit_host, parse_unit_path};
 

@@ -64,6 +64,18 @@ pub struct Bench {
     /// The farm's gateway token, as a deployment has it: the gateway sends it on every request
     /// and the sidecars check it, so the figures include that cost.
     pub gateway_token: PathBuf,
+    /// The farm's session-id key (sidecars hash session ids with it before PostgreSQL sees
+    /// them), so the figures include that cost too.
+    pub session_id_key: PathBuf,
+}
+
+/// A new random secret in `work/name`, as a deployment mounts one.
+fn secret_file(work: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(work).with_context(|| format!("creating {}", work.display()))?;
+    let path = work.join(name);
+    let token = stickyfarm_api::token::Token::generate()?;
+    std::fs::write(&path, token.expose()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
 }
 
 impl Bench {
@@ -92,15 +104,8 @@ impl Bench {
                 duration,
             },
             me: std::env::current_exe().context("finding this program")?,
-            gateway_token: {
-                std::fs::create_dir_all(&work)
-                    .with_context(|| format!("creating {}", work.display()))?;
-                let path = work.join("gateway-token");
-                let token = stickyfarm_api::token::Token::generate()?;
-                std::fs::write(&path, token.expose())
-                    .with_context(|| format!("writing {}", path.display()))?;
-                path
-            },
+            gateway_token: secret_file(&work, "gateway-token")?,
+            session_id_key: secret_file(&work, "session-id-key")?,
             runs,
             duration,
             placement,
@@ -177,6 +182,8 @@ impl Bench {
             name.into(),
             "--gateway-token-file".into(),
             self.gateway_token.display().to_string(),
+            "--session-id-key-file".into(),
+            self.session_id_key.display().to_string(),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut sidecar = Proc::start(

@@ -19,7 +19,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
 use stickyfarm_e2e::{Reach, admin, eventually, helm_run, kubeconfig, kubectl, pods_run};
-use stickyfarm_testkit::{Browser, session_uuid};
+use stickyfarm_testkit::{Browser, stored_uuid_with};
 
 const NS: &str = "shop";
 const FARM: &str = "webstore";
@@ -187,12 +187,25 @@ async fn farm_database(kc: &Path, client: &Client) -> anyhow::Result<(sqlx::PgPo
     }
 }
 
-/// The cart as PostgreSQL stores it for a session.
-async fn stored_cart(pool: &sqlx::PgPool, session: &str) -> anyhow::Result<Value> {
+/// The farm's session-id key, from the Secret the operator generated.
+async fn session_id_key(client: &Client) -> anyhow::Result<String> {
+    let secret = Api::<Secret>::namespaced(client.clone(), NS)
+        .get(&format!("{FARM}-session-id-key"))
+        .await?;
+    let key = secret
+        .data
+        .as_ref()
+        .and_then(|d| d.get("session-id-key"))
+        .context("the session-id key Secret has no key session-id-key")?;
+    Ok(String::from_utf8(key.0.clone())?)
+}
+
+/// The cart as PostgreSQL stores it for a session (by the keyed hash of its id).
+async fn stored_cart(pool: &sqlx::PgPool, key: &str, session: &str) -> anyhow::Result<Value> {
     let doc: Option<Value> = sqlx::query_scalar(
         "SELECT doc FROM stickyfarm_session_tables WHERE session_id = $1 AND name = 'cart'",
     )
-    .bind(session_uuid(session))
+    .bind(stored_uuid_with(key, session))
     .fetch_optional(pool)
     .await?;
     doc.context("no cart stored for the session")
@@ -373,7 +386,8 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     );
     let session = b.cookie("sf_session").context("session cookie")?.to_owned();
     let (pool, _db) = farm_database(kc, &client).await?;
-    let stored = stored_cart(&pool, &session).await?;
+    let key = session_id_key(&client).await?;
+    let stored = stored_cart(&pool, &key, &session).await?;
     ensure!(
         items_of(&stored) == json!({"apple": 2, "tea": 1}),
         "written through to PostgreSQL: {stored}"
@@ -659,14 +673,15 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         .context("database pod")?;
     ensure!(db_uid != old_db_uid, "the database pod was replaced");
     let (pool, _db) = farm_database(kc, &client).await?;
-    let stored = stored_cart(&pool, &session).await?;
+    let key = session_id_key(&client).await?;
+    let stored = stored_cart(&pool, &key, &session).await?;
     ensure!(
         items_of(&stored) == cart["items"],
         "PostgreSQL holds the same cart: {stored}"
     );
     let late_session = late.cookie("sf_session").context("session")?.to_owned();
     ensure!(
-        items_of(&stored_cart(&pool, &late_session).await?) == json!({"bread": 1}),
+        items_of(&stored_cart(&pool, &key, &late_session).await?) == json!({"bread": 1}),
         "older sessions survived on the volume"
     );
     pool.close().await;

@@ -165,6 +165,7 @@ struct UnitPlan {
 #[derive(Clone)]
 struct Launch {
     gateway_token: PathBuf,
+    session_id_key: PathBuf,
     sidecar_bin: PathBuf,
     app_bin: PathBuf,
     database_url: String,
@@ -256,6 +257,8 @@ impl Launch {
             ])
             .arg("--gateway-token-file")
             .arg(&self.gateway_token)
+            .arg("--session-id-key-file")
+            .arg(&self.session_id_key)
             .env("DATABASE_URL", &self.database_url);
         if let Some(disk) = &spec.sidecar.cache_disk {
             sidecar
@@ -482,6 +485,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let tokens = FarmTokens::create(&opts.state_dir)?;
     let launch = Launch {
         gateway_token: tokens.gateway.clone(),
+        session_id_key: tokens.session_id_key.clone(),
         sidecar_bin,
         app_bin,
         database_url: database_url.clone(),
@@ -785,10 +789,16 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// The gateway token's file in the state folder (gateway → sidecars).
 pub const GATEWAY_TOKEN_FILE: &str = "gateway-token";
 
-/// The farm's tokens, freshly generated into the state folder (0600).
+/// The session-id key's file in the state folder. Kept across runs: a database given with
+/// `--database-url` holds sessions stored under it, and the sidecars refuse another key.
+pub const SESSION_ID_KEY_FILE: &str = "session-id-key";
+
+/// The farm's tokens (freshly generated) and its session-id key (made once), in the state
+/// folder (0600).
 struct FarmTokens {
     admin: PathBuf,
     gateway: PathBuf,
+    session_id_key: PathBuf,
 }
 
 impl FarmTokens {
@@ -801,9 +811,20 @@ impl FarmTokens {
                 .with_context(|| format!("writing {}", path.display()))?;
             Ok(path)
         };
+        let session_id_key = state_dir.join(SESSION_ID_KEY_FILE);
+        if session_id_key.exists() {
+            Token::read(&session_id_key)?;
+        } else {
+            farmctl::postgres::write_private(
+                &session_id_key,
+                Token::generate()?.expose().as_bytes(),
+            )
+            .with_context(|| format!("writing {}", session_id_key.display()))?;
+        }
         Ok(FarmTokens {
             admin: write(ADMIN_TOKEN_FILE)?,
             gateway: write(GATEWAY_TOKEN_FILE)?,
+            session_id_key,
         })
     }
 }

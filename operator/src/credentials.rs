@@ -149,7 +149,9 @@ pub(crate) async fn ensure_gateway_tokens(
             return Ok(Some(Problem::new(
                 "NameConflict",
                 format!(
-                    "Secret {ns}/{name} exists but does not belong to this farm: the operator                      neither uses nor changes it. Rename or delete it; the farm's gateway tokens                      are generated into that name"
+                    "Secret {ns}/{name} exists but does not belong to this farm: the operator \
+                     neither uses nor changes it. Rename or delete it; the farm's gateway tokens \
+                     are generated into that name"
                 ),
             )));
         }
@@ -163,7 +165,8 @@ pub(crate) async fn ensure_gateway_tokens(
             return Ok(Some(Problem::new(
                 "GatewayTokensInvalid",
                 format!(
-                    "Secret {ns}/{name} lacks the keys {} and {}: delete it and the operator                      generates new tokens (restart the farm's pods afterwards)",
+                    "Secret {ns}/{name} lacks the keys {} and {}: delete it and the operator \
+                     generates new tokens (restart the farm's pods afterwards)",
                     build::ADMIN_TOKEN_KEY,
                     build::GATEWAY_TOKEN_KEY
                 ),
@@ -184,6 +187,53 @@ pub(crate) async fn ensure_gateway_tokens(
         reference,
         "TokensCreated",
         "the gateway's admin and gateway tokens",
+    )
+    .await?;
+    Ok(None)
+}
+
+/// Creates the farm's session-id key when absent; one that exists is never replaced (the
+/// sessions are stored under it). If it was lost, the new key does not fit the stored sessions:
+/// the sidecars then refuse to serve with a message saying how to restore it or start over,
+/// rather than act as if no session existed. Farms of earlier versions get their first key
+/// here, and the first sidecar with it re-keys their stored sessions.
+pub(crate) async fn ensure_session_id_key(
+    farm: &ServerFarm,
+    ctx: &Context,
+    reference: &ObjectReference,
+) -> Result<Option<Problem>, Error> {
+    let ns = farm.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = build::session_id_key_secret_name(farm);
+    let existing = secrets
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("read Secret {ns}/{name}")))?;
+    if let Some(existing) = existing {
+        let labels = existing.labels();
+        if labels.get(labels::FARM).map(String::as_str) != Some(farm.name_any().as_str()) {
+            return Ok(Some(Problem::new(
+                "NameConflict",
+                format!(
+                    "Secret {ns}/{name} exists but is not labelled {}={}: the operator neither uses \
+                     nor changes it. Rename or delete it; the farm's session-id key is generated \
+                     into that name",
+                    labels::FARM,
+                    farm.name_any()
+                ),
+            )));
+        }
+        return Ok(None);
+    }
+    let key = Token::generate().map_err(|e| Error::Random(e.to_string()))?;
+    let secret = build::session_id_key_secret(farm, &key)?;
+    create_generated(
+        ctx,
+        &secrets,
+        &secret,
+        reference,
+        "SessionIdKeyCreated",
+        "the session-id key",
     )
     .await?;
     Ok(None)
@@ -305,10 +355,18 @@ pub(crate) async fn delete_database_state(farm: &ServerFarm, ctx: &Context) -> R
         return Ok(());
     }
     let ns = farm.namespace().unwrap_or_default();
-    let (secret, _) = build::database_secret_ref(farm);
-    delete_database_object::<Secret>(ctx, farm, &secret).await?;
-    delete_database_object::<PersistentVolumeClaim>(ctx, farm, &build::database_claim_name(farm))
+    if farm.spec.database.external.is_none() {
+        let (secret, _) = build::database_secret_ref(farm);
+        delete_database_object::<Secret>(ctx, farm, &secret).await?;
+        delete_database_object::<PersistentVolumeClaim>(
+            ctx,
+            farm,
+            &build::database_claim_name(farm),
+        )
         .await?;
+    }
+    // An external database keeps its rows; without the key they are found by nobody and expire.
+    delete_database_object::<Secret>(ctx, farm, &build::session_id_key_secret_name(farm)).await?;
     let farms: Api<ServerFarm> = Api::namespaced(ctx.client.clone(), &ns);
     set_database_finalizer(&farms, farm, false).await
 }

@@ -232,14 +232,13 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     let now = Timestamp::now();
     let plan = scale::plan(farm.spec.replicas.0, seen, now, ctx.settings.drain_period);
 
-    // The finalizer before the unowned database state exists, then the credentials: pods
-    // reference them.
-    if farm.spec.database.external.is_none() {
-        credentials::set_database_finalizer(&farms, farm, true).await?;
-    }
+    // The finalizer before the unowned state exists (the managed database's credentials and
+    // claim, the session-id key), then the secrets: pods reference them.
+    credentials::set_database_finalizer(&farms, farm, true).await?;
     let database_problem = credentials::ensure_database_secret(farm, ctx, &reference).await?;
     let tokens_problem = credentials::ensure_gateway_tokens(farm, ctx, &reference).await?;
-    let secret_problem = database_problem.or(tokens_problem);
+    let key_problem = credentials::ensure_session_id_key(farm, ctx, &reference).await?;
+    let secret_problem = database_problem.or(tokens_problem).or(key_problem);
 
     // Build and apply.
     let desired = build::build(

@@ -398,6 +398,7 @@ async fn create_applies_every_object_once_and_generates_credentials() {
     let mut want = vec![
         "/api/v1/namespaces/prod/secrets/shop-db",
         "/api/v1/namespaces/prod/secrets/shop-gateway-tokens",
+        "/api/v1/namespaces/prod/secrets/shop-session-id-key",
         "/api/v1/namespaces/prod/serviceaccounts/shop-gateway",
         "/api/v1/namespaces/prod/services/shop-0",
         "/api/v1/namespaces/prod/services/shop-1",
@@ -464,8 +465,8 @@ async fn create_applies_every_object_once_and_generates_credentials() {
         .map(|s| s.path)
         .collect();
     assert_eq!(
-        creates, ["/api/v1/namespaces/prod/secrets"; 2],
-        "the database credentials and the gateway tokens are the only creates"
+        creates, ["/api/v1/namespaces/prod/secrets"; 3],
+        "the database credentials, the gateway tokens and the session-id key are the only creates"
     );
 
     let sts = api.get(STS_PATH).unwrap();
@@ -530,8 +531,8 @@ async fn update_reapplies_the_change_and_never_overwrites_the_secret() {
         .filter(|s| s.path.contains("/secrets"))
         .count();
     assert_eq!(
-        secret_writes, 2,
-        "credentials and tokens created once, never patched"
+        secret_writes, 3,
+        "credentials, tokens and session-id key created once, never patched"
     );
     assert_eq!(
         api.get(FARM_PATH).unwrap()["status"]["observedGeneration"],
@@ -843,14 +844,22 @@ async fn lost_credentials_of_an_initialised_database_are_never_regenerated() {
         );
         assert_eq!(
             api.event_reasons(),
-            ["DatabaseCredentialsMissing", "TokensCreated"]
+            [
+                "DatabaseCredentialsMissing",
+                "TokensCreated",
+                "SessionIdKeyCreated"
+            ]
         );
 
         // One Event, not one per reconcile.
         reconcile_stored(&api, &ctx).await.unwrap();
         assert_eq!(
             api.event_reasons(),
-            ["DatabaseCredentialsMissing", "TokensCreated"]
+            [
+                "DatabaseCredentialsMissing",
+                "TokensCreated",
+                "SessionIdKeyCreated"
+            ]
         );
 
         // The Secret restored: the farm recovers, still without a new password.

@@ -20,7 +20,7 @@ use foyer::{
     HybridCacheEntry, RecoverMode,
 };
 use serde::{Deserialize, Serialize};
-use stickyfarm_api::SessionId;
+use stickyfarm_api::{SessionId, StoredId};
 use thiserror::Error;
 
 /// One cached session: its generation and every table.
@@ -210,12 +210,12 @@ pub struct CacheOptions {
 }
 
 /// An entry handed out by the cache.
-pub type Entry = HybridCacheEntry<SessionId, CachedSession>;
+pub type Entry = HybridCacheEntry<StoredId, CachedSession>;
 
 /// The session cache.
 #[derive(Clone)]
 pub struct SessionCache {
-    inner: HybridCache<SessionId, CachedSession>,
+    inner: HybridCache<StoredId, CachedSession>,
 }
 
 impl SessionCache {
@@ -227,7 +227,7 @@ impl SessionCache {
             // foyer counts entries unless told how much each weighs.
             .with_weighter({
                 let snapshot_max = options.snapshot_max;
-                move |_: &SessionId, v: &CachedSession| v.weight(snapshot_max)
+                move |_: &StoredId, v: &CachedSession| v.weight(snapshot_max)
             })
             .storage();
         let inner = match &options.disk {
@@ -246,7 +246,7 @@ impl SessionCache {
     }
 
     /// The cached copy, from memory or disk.
-    pub async fn get(&self, id: &SessionId) -> Option<Entry> {
+    pub async fn get(&self, id: &StoredId) -> Option<Entry> {
         match self.inner.get(id).await {
             Ok(e) => e,
             // A disk read error is a miss: PostgreSQL has the truth.
@@ -258,7 +258,7 @@ impl SessionCache {
     }
 
     /// Stores a copy.
-    pub fn insert(&self, id: SessionId, session: CachedSession) -> Entry {
+    pub fn insert(&self, id: StoredId, session: CachedSession) -> Entry {
         self.inner.insert(id, session)
     }
 
@@ -268,7 +268,7 @@ impl SessionCache {
     }
 
     /// Drops a copy.
-    pub fn remove(&self, id: &SessionId) {
+    pub fn remove(&self, id: &StoredId) {
         self.inner.remove(id);
     }
 
@@ -290,6 +290,10 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn stored() -> StoredId {
+        stickyfarm_api::SessionIdKey::new(b"test key").stored(&SessionId::generate())
+    }
 
     fn session(generation: u64, docs: &[(&str, u64, &str)]) -> CachedSession {
         CachedSession::new(
@@ -379,7 +383,7 @@ mod tests {
         .await
         .unwrap();
         let big = format!("\"{}\"", "x".repeat(64 * 1024));
-        let ids: Vec<_> = (0..64).map(|_| SessionId::generate()).collect();
+        let ids: Vec<_> = (0..64).map(|_| stored()).collect();
         for id in &ids {
             cache.insert(*id, session(1, &[("cart", 1, &big)]));
         }
@@ -402,12 +406,12 @@ mod tests {
             snapshot_max: 16 * 1024,
         };
         let cache = SessionCache::open(&opts).await.unwrap();
-        let id = SessionId::generate();
+        let id = stored();
         cache.insert(id, session(5, &[("cart", 5, "[1,2,3]")]));
         // A burst of other sessions pushes it out of memory.
         let filler = format!("\"{}\"", "y".repeat(8 * 1024));
         for _ in 0..64 {
-            cache.insert(SessionId::generate(), session(1, &[("cart", 1, &filler)]));
+            cache.insert(stored(), session(1, &[("cart", 1, &filler)]));
         }
         // It is still readable (from memory or disk) with its content intact, or dropped;
         // never corrupted.

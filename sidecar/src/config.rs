@@ -76,6 +76,13 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_GATEWAY_TOKEN_FILE")]
     pub gateway_token_file: Option<std::path::PathBuf>,
 
+    /// File holding the farm's session-id key (at least 32 visible characters, e.g.
+    /// `openssl rand -hex 32`): PostgreSQL and its notifications know sessions only by a keyed
+    /// hash of their id. Every unit of a farm needs the same key, for as long as its sessions
+    /// live (on Kubernetes the operator keeps it in the Secret `<farm>-session-id-key`).
+    #[arg(long, env = "STICKYFARM_SESSION_ID_KEY_FILE")]
+    pub session_id_key_file: std::path::PathBuf,
+
     /// Name of the session cookie (the farm's `sessionPersistence.sessionName`).
     #[arg(long, env = "STICKYFARM_SESSION_COOKIE", default_value = stickyfarm_api::cookie_names::SESSION)]
     pub session_cookie: stickyfarm_api::SessionCookieName,

@@ -17,8 +17,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::{
-    ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, UnitBaseUrl, UnitName, headers,
-    paths, remove_hop_by_hop, remove_stickyfarm_headers,
+    ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, StoredId, UnitBaseUrl,
+    UnitName, headers, paths, remove_hop_by_hop, remove_stickyfarm_headers,
 };
 
 use crate::cache::CachedSession;
@@ -229,7 +229,7 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     let id = front.tier.rotated(&id).unwrap_or(id);
     // The app may have written during the request: hand out the newest generation this unit
     // knows, so the client can prove it to any unit it reaches next.
-    let generation = match front.tier.cache().get(&id).await {
+    let generation = match front.tier.cached(&id).await {
         Some(e) => e.generation.max(served_generation),
         None => served_generation,
     };
@@ -407,10 +407,10 @@ async fn health(State(front): State<Arc<Front>>) -> Response {
     }
     let cache = front.tier.cache();
     cache.insert(
-        SessionId::PROBE,
+        StoredId::PROBE,
         CachedSession::new(crate::cache::unix_now(), Default::default()),
     );
-    if cache.get(&SessionId::PROBE).await.is_none() {
+    if cache.get(&StoredId::PROBE).await.is_none() {
         failures.push("cache: probe entry not readable");
     }
     let instance = front.tier.instance();

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
-use stickyfarm_api::SessionId;
+use stickyfarm_api::{SessionId, SessionIdKey, StoredId};
 
 type Tag = Hmac<Sha256>;
 
@@ -31,20 +31,25 @@ const MAX_REMEMBERED: usize = 100_000;
 pub struct IssuedIds {
     key: [u8; 32],
     window: Duration,
+    /// Turns ids into the stored ids the sets below are keyed by: deletions announced by other
+    /// units name only the stored id.
+    stored: SessionIdKey,
     /// Ids issued here that were deleted, with their issue hour (pruned after the window).
-    deleted: Mutex<HashMap<SessionId, u16>>,
+    deleted: Mutex<HashMap<StoredId, u16>>,
     /// Ids issued here that got a session row (a first write, a rotation), likewise.
-    created: Mutex<HashMap<SessionId, u16>>,
+    created: Mutex<HashMap<StoredId, u16>>,
 }
 
 impl IssuedIds {
-    /// A fresh random key; ids are pending for `window` after they were issued.
-    pub fn new(window: Duration) -> IssuedIds {
+    /// A fresh random key; ids are pending for `window` after they were issued. `stored` is
+    /// the farm's session-id key.
+    pub fn new(window: Duration, stored: SessionIdKey) -> IssuedIds {
         let mut key = [0u8; 32];
         getrandom::fill(&mut key).expect("the OS random source failed; cannot mint session ids");
         IssuedIds {
             key,
             window,
+            stored,
             deleted: Mutex::new(HashMap::new()),
             created: Mutex::new(HashMap::new()),
         }
@@ -89,7 +94,7 @@ impl IssuedIds {
     pub fn pending(&self, id: &SessionId, now: u64) -> bool {
         self.issue_hour(id).is_some_and(|at| self.fresh(at, now)) && {
             let deleted = self.deleted.lock().expect("deleted ids poisoned");
-            deleted.len() < MAX_REMEMBERED && !deleted.contains_key(id)
+            deleted.len() < MAX_REMEMBERED && !deleted.contains_key(&self.stored.stored(id))
         }
     }
 
@@ -99,7 +104,7 @@ impl IssuedIds {
     pub fn never_written(&self, id: &SessionId, now: u64) -> bool {
         self.pending(id, now) && {
             let created = self.created.lock().expect("created ids poisoned");
-            created.len() < MAX_REMEMBERED && !created.contains_key(id)
+            created.len() < MAX_REMEMBERED && !created.contains_key(&self.stored.stored(id))
         }
     }
 
@@ -108,21 +113,41 @@ impl IssuedIds {
         self.remember(&self.deleted, id, now);
     }
 
+    /// The session stored as `stored` was deleted, as another unit announced. Only an id
+    /// issued here that got a row can be deleted elsewhere (a pending id has no row to delete),
+    /// so the created set says whether it was ours and when it was issued.
+    pub fn forget_stored(&self, stored: &StoredId, now: u64) {
+        let Some(at) = self
+            .created
+            .lock()
+            .expect("created ids poisoned")
+            .get(stored)
+            .copied()
+        else {
+            return;
+        };
+        self.remember_at(&self.deleted, *stored, at, now);
+    }
+
     /// `id` got a session row here (its first write, or a rotation to it).
     pub fn mark_created(&self, id: &SessionId, now: u64) {
         self.remember(&self.created, id, now);
     }
 
-    fn remember(&self, set: &Mutex<HashMap<SessionId, u16>>, id: &SessionId, now: u64) {
+    fn remember(&self, set: &Mutex<HashMap<StoredId, u16>>, id: &SessionId, now: u64) {
         let Some(at) = self.issue_hour(id).filter(|at| self.fresh(*at, now)) else {
             return;
         };
+        self.remember_at(set, self.stored.stored(id), at, now);
+    }
+
+    fn remember_at(&self, set: &Mutex<HashMap<StoredId, u16>>, id: StoredId, at: u16, now: u64) {
         let mut set = set.lock().expect("id set poisoned");
         if set.len() >= MAX_REMEMBERED {
             set.retain(|_, issued| self.fresh(*issued, now));
         }
         if set.len() < MAX_REMEMBERED {
-            set.insert(*id, at);
+            set.insert(id, at);
         } else {
             tracing::warn!(
                 "over {MAX_REMEMBERED} sessions made or deleted within the pending window; new ids now wait for the database"
@@ -140,9 +165,13 @@ fn hour(unix_seconds: u64) -> u16 {
 mod tests {
     use super::*;
 
+    fn key() -> SessionIdKey {
+        SessionIdKey::new(b"0123456789abcdef0123456789abcdef")
+    }
+
     #[test]
     fn only_fresh_ids_issued_here_are_pending() {
-        let ids = IssuedIds::new(Duration::from_secs(1800));
+        let ids = IssuedIds::new(Duration::from_secs(1800), key());
         let now = 1_900_000_000 / 3600 * 3600; // the start of an hour
         let id = ids.issue(now);
         assert!(ids.pending(&id, now));
@@ -158,7 +187,7 @@ mod tests {
 
         // A client-chosen id, an id of another instance, a tampered tag: never pending.
         assert!(!ids.pending(&SessionId::generate(), now));
-        let other = IssuedIds::new(Duration::from_secs(1800));
+        let other = IssuedIds::new(Duration::from_secs(1800), key());
         assert!(!ids.pending(&other.issue(now), now));
         let mut forged = *id.as_bytes();
         forged[15] ^= 1;
@@ -170,7 +199,7 @@ mod tests {
 
     #[test]
     fn a_deleted_id_never_becomes_pending_again() {
-        let ids = IssuedIds::new(Duration::from_secs(1800));
+        let ids = IssuedIds::new(Duration::from_secs(1800), key());
         let now = 1_900_000_000;
         let id = ids.issue(now);
         let other = ids.issue(now);
@@ -183,8 +212,28 @@ mod tests {
     }
 
     #[test]
+    fn a_deletion_announced_by_stored_id_reaches_only_ids_with_a_row_here() {
+        let ids = IssuedIds::new(Duration::from_secs(1800), key());
+        let now = 1_900_000_000;
+        let written = ids.issue(now);
+        let pending = ids.issue(now);
+        ids.mark_created(&written, now);
+        // Another unit deleted both (as far as its notifications go): only the one with a row
+        // is remembered; a pending id has no row anyone could have deleted.
+        ids.forget_stored(&key().stored(&written), now + 1);
+        ids.forget_stored(&key().stored(&pending), now + 1);
+        ids.forget_stored(&key().stored(&SessionId::generate()), now + 1);
+        assert!(
+            !ids.pending(&written, now + 2),
+            "a late write cannot revive it"
+        );
+        assert!(ids.pending(&pending, now + 2));
+        assert_eq!(ids.deleted.lock().unwrap().len(), 1);
+    }
+
+    #[test]
     fn only_ids_never_written_skip_the_database() {
-        let ids = IssuedIds::new(Duration::from_secs(1800));
+        let ids = IssuedIds::new(Duration::from_secs(1800), key());
         let now = 1_900_000_000;
         let id = ids.issue(now);
         assert!(ids.never_written(&id, now));
@@ -199,7 +248,7 @@ mod tests {
 
     #[test]
     fn ids_are_distinct_and_well_formed() {
-        let ids = IssuedIds::new(Duration::from_secs(60));
+        let ids = IssuedIds::new(Duration::from_secs(60), key());
         let a = ids.issue(1);
         let b = ids.issue(1);
         assert_ne!(a, b);

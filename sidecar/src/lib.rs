@@ -22,7 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use sqlx::postgres::PgConnectOptions;
 use stickyfarm_api::listener;
 use stickyfarm_api::token::Token;
-use stickyfarm_api::{InstanceId, UnitBaseUrl};
+use stickyfarm_api::{InstanceId, SessionIdKey, UnitBaseUrl};
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -32,7 +32,7 @@ use crate::cache::{CacheOptions, SessionCache};
 use crate::config::Config;
 use crate::front::Front;
 use crate::metrics::Metrics;
-use crate::store::{Expiry, Store, StoreOptions};
+use crate::store::{Expiry, Store, StoreError, StoreOptions};
 use crate::tier::{SessionTier, TierOptions, background};
 
 /// The sidecar could not start.
@@ -59,6 +59,9 @@ pub enum StartError {
     /// The gateway token file is unusable.
     #[error(transparent)]
     Token(#[from] stickyfarm_api::token::TokenError),
+    /// The database refused this unit's session-id key (see [`StoreError::KeyMismatch`]).
+    #[error(transparent)]
+    Store(StoreError),
     /// Shutdown was requested before the schema could be applied.
     #[error("stopped before PostgreSQL became reachable")]
     Cancelled,
@@ -91,6 +94,11 @@ impl Sidecar {
             .as_deref()
             .map(Token::read)
             .transpose()?;
+        let session_id_key = SessionIdKey::new(
+            Token::read(&config.session_id_key_file)?
+                .expose()
+                .as_bytes(),
+        );
         let stop = CancellationToken::new();
         let metrics = Arc::new(Metrics::new());
         let connect = PgConnectOptions::from_str(&config.database_url)
@@ -108,7 +116,7 @@ impl Sidecar {
             },
             metrics.clone(),
         );
-        migrate_when_reachable(&store, &stop).await?;
+        migrate_when_reachable(&store, &session_id_key, &stop).await?;
 
         let cache = SessionCache::open(&CacheOptions {
             memory_bytes: config.cache_memory.as_u64() as usize,
@@ -135,6 +143,7 @@ impl Sidecar {
                 touch_interval: config.touch_interval(),
                 cache_reads: config.cache_reads,
                 max_tables: config.max_tables as usize,
+                session_id_key,
             },
         ));
 
@@ -286,11 +295,17 @@ impl Sidecar {
     }
 }
 
-async fn migrate_when_reachable(store: &Store, stop: &CancellationToken) -> Result<(), StartError> {
+async fn migrate_when_reachable(
+    store: &Store,
+    key: &SessionIdKey,
+    stop: &CancellationToken,
+) -> Result<(), StartError> {
     let mut delay = Duration::from_millis(200);
     loop {
-        match store.migrate().await {
+        match store.migrate(key).await {
             Ok(()) => return Ok(()),
+            // Waiting cannot fix this one: serving would lose every stored session.
+            Err(e @ StoreError::KeyMismatch { .. }) => return Err(StartError::Store(e)),
             Err(e) => tracing::warn!(error = %e, "cannot apply the session schema yet; retrying"),
         }
         tokio::select! {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
-use stickyfarm_api::{SessionId, TableName};
+use stickyfarm_api::{SessionId, SessionIdKey, StoredId, TableName};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -41,6 +41,16 @@ pub enum StoreError {
     /// PostgreSQL refused the statement for another reason (a bug or a schema mismatch).
     #[error("PostgreSQL refused the statement: {0}; check the sidecar and schema versions")]
     Database(#[source] sqlx::Error),
+    /// The stored session ids were made with another key than this unit's.
+    #[error(
+        "the sessions in this database were stored with another session-id key (fingerprint {stored}, this unit's is {ours}): start every unit with the key they were stored with (on Kubernetes the Secret <farm>-session-id-key); to give up every stored session instead, delete the row 'session_id_key' of stickyfarm_meta"
+    )]
+    KeyMismatch {
+        /// The fingerprint recorded in the database.
+        stored: String,
+        /// This unit's key's fingerprint.
+        ours: String,
+    },
     /// Applying the schema migrations failed.
     #[error(
         "applying the session schema failed: {0}; check that the database user may create tables"
@@ -118,16 +128,16 @@ pub struct Expiry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Invalidation {
     /// The session reached this generation.
-    Generation(SessionId, u64),
+    Generation(StoredId, u64),
     /// The session was deleted.
-    Deleted(SessionId),
+    Deleted(StoredId),
 }
 
 impl Invalidation {
-    /// Parses a notification payload (`<uuid>:<generation>` or `<uuid>:deleted`).
+    /// Parses a notification payload (`<stored id>:<generation>` or `<stored id>:deleted`).
     pub fn parse(payload: &str) -> Option<Self> {
         let (id, what) = payload.split_once(':')?;
-        let id = SessionId::from_uuid(Uuid::try_parse(id).ok()?);
+        let id = StoredId::from_uuid(Uuid::try_parse(id).ok()?);
         if what == "deleted" {
             Some(Invalidation::Deleted(id))
         } else {
@@ -182,11 +192,67 @@ impl Store {
         &self.pool
     }
 
-    /// Applies the embedded migrations. sqlx holds a PostgreSQL advisory lock meanwhile, so many
-    /// sidecars starting at once apply them exactly once.
-    pub async fn migrate(&self) -> Result<(), StoreError> {
+    /// Applies the embedded migrations (sqlx holds a PostgreSQL advisory lock meanwhile, so many
+    /// sidecars starting at once apply them exactly once), then makes sure the stored ids are
+    /// made with `key`: a database of an earlier version, which stored raw ids, is re-keyed
+    /// once; one whose ids were made with another key is refused
+    /// ([`StoreError::KeyMismatch`]) rather than served as if it held no sessions.
+    pub async fn migrate(&self, key: &SessionIdKey) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        self.adopt_key(key).await
+    }
+
+    async fn adopt_key(&self, key: &SessionIdKey) -> Result<(), StoreError> {
+        let ours = key.fingerprint();
+        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        // One unit at a time: the others wait here and then find the key recorded.
+        sqlx::query("SELECT pg_advisory_xact_lock(7197548)")
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let recorded = sqlx::query_scalar::<_, String>(
+            "SELECT value FROM stickyfarm_meta WHERE name = 'session_id_key'",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        match recorded {
+            Some(stored) if stored == ours => return Ok(()),
+            Some(stored) => return Err(StoreError::KeyMismatch { stored, ours }),
+            None => {}
+        }
+        // No key recorded: the rows (if any) hold raw ids, as earlier versions stored them.
+        let raw: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM stickyfarm_sessions")
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        if !raw.is_empty() {
+            let stored: Vec<Uuid> = raw
+                .iter()
+                .map(|u| key.stored(&SessionId::from_uuid(*u)).as_uuid())
+                .collect();
+            // The tables follow their session (ON UPDATE CASCADE).
+            sqlx::query(
+                "UPDATE stickyfarm_sessions s SET id = k.stored
+                   FROM unnest($1::uuid[], $2::uuid[]) AS k(raw, stored)
+                  WHERE s.id = k.raw",
+            )
+            .bind(&raw)
+            .bind(&stored)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+            tracing::info!(
+                sessions = raw.len(),
+                "re-keyed the stored session ids of an earlier version"
+            );
+        }
+        sqlx::query("INSERT INTO stickyfarm_meta (name, value) VALUES ('session_id_key', $1)")
+            .bind(&ours)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        tx.commit().await.map_err(StoreError::from_sqlx)
     }
 
     fn observe<T>(&self, op: &'static str, r: Result<T, sqlx::Error>) -> Result<T, StoreError> {
@@ -205,11 +271,7 @@ impl Store {
 
     /// Inserts a new, empty session; `false` when a row with this id exists already (live or
     /// expired: the caller decides).
-    pub async fn create_session(
-        &self,
-        id: SessionId,
-        created_by: &str,
-    ) -> Result<bool, StoreError> {
+    pub async fn create_session(&self, id: StoredId, created_by: &str) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "INSERT INTO stickyfarm_sessions (id, created_by) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
         )
@@ -223,7 +285,7 @@ impl Store {
 
     /// Loads a session with all its tables, in one consistent snapshot; `live` is false when it
     /// exists but expired (not swept yet): its id is spent.
-    pub async fn load_session(&self, id: SessionId) -> Result<Option<LoadedSession>, StoreError> {
+    pub async fn load_session(&self, id: StoredId) -> Result<Option<LoadedSession>, StoreError> {
         let r = sqlx::query(
             "SELECT s.generation, t.name, t.version, t.doc::text AS doc,
                     (extract(epoch FROM s.created_at + make_interval(secs => $3)) * 1000)::bigint,
@@ -260,7 +322,7 @@ impl Store {
     }
 
     /// The current generation of a live session.
-    pub async fn generation(&self, id: SessionId) -> Result<Option<u64>, StoreError> {
+    pub async fn generation(&self, id: StoredId) -> Result<Option<u64>, StoreError> {
         let r = sqlx::query_scalar::<_, i64>(
             "SELECT generation FROM stickyfarm_sessions WHERE id = $1",
         )
@@ -273,7 +335,7 @@ impl Store {
     /// Writes one table, conditionally, bumps the session generation and announces it.
     pub async fn write_table(
         &self,
-        id: SessionId,
+        id: StoredId,
         table: &TableName,
         doc: &str,
         condition: WriteCondition,
@@ -294,7 +356,7 @@ impl Store {
     /// Deletes one table, conditionally, bumps the session generation and announces it.
     pub async fn delete_table(
         &self,
-        id: SessionId,
+        id: StoredId,
         table: &TableName,
         condition: WriteCondition,
     ) -> Result<Committed, StoreError> {
@@ -314,7 +376,7 @@ impl Store {
         &self,
         op: &'static str,
         sql: &'static str,
-        id: SessionId,
+        id: StoredId,
         table: &TableName,
         doc: Option<&str>,
         expected: i64,
@@ -366,8 +428,8 @@ impl Store {
     /// one transaction. `false` when the old session is gone or expired.
     pub async fn rotate_session(
         &self,
-        old: SessionId,
-        new: SessionId,
+        old: StoredId,
+        new: StoredId,
         created_by: &str,
     ) -> Result<bool, StoreError> {
         let r: Result<bool, sqlx::Error> = async {
@@ -416,7 +478,7 @@ impl Store {
     }
 
     /// Deletes a session and everything in it, and announces it. Returns whether it existed.
-    pub async fn delete_session(&self, id: SessionId) -> Result<bool, StoreError> {
+    pub async fn delete_session(&self, id: StoredId) -> Result<bool, StoreError> {
         let r = sqlx::query(
             "WITH d AS (DELETE FROM stickyfarm_sessions WHERE id = $1 RETURNING id)
              SELECT count(pg_notify($2, d.id::text || ':deleted')::text) AS n FROM d",
@@ -555,7 +617,7 @@ mod tests {
 
     #[test]
     fn invalidation_payloads() {
-        let id = SessionId::generate();
+        let id = SessionIdKey::new(b"test key").stored(&SessionId::generate());
         let u = id.as_uuid();
         assert_eq!(
             Invalidation::parse(&format!("{u}:12")),

@@ -15,7 +15,9 @@ use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
-use stickyfarm_api::{ClientCookies, Generation, InstanceId, SessionId, TableName};
+use stickyfarm_api::{
+    ClientCookies, Generation, InstanceId, SessionId, SessionIdKey, StoredId, TableName,
+};
 use thiserror::Error;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -119,6 +121,9 @@ pub struct TierOptions {
     pub cache_reads: bool,
     /// Most tables one session may hold.
     pub max_tables: usize,
+    /// The farm's key for stored session ids: PostgreSQL, notifications and this cache know
+    /// sessions only by their stored id.
+    pub session_id_key: SessionIdKey,
 }
 
 /// The cache and write-through core.
@@ -149,7 +154,7 @@ impl SessionTier {
             cache,
             store,
             metrics,
-            issued: IssuedIds::new(options.idle_timeout),
+            issued: IssuedIds::new(options.idle_timeout, options.session_id_key.clone()),
             rotations: StdMutex::new(HashMap::new()),
             options,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
@@ -173,16 +178,25 @@ impl SessionTier {
         &self.cache
     }
 
+    /// The cached copy of `id`'s session, if this unit holds one (no freshness rules applied).
+    pub async fn cached(&self, id: &SessionId) -> Option<Entry> {
+        self.cache.get(&self.stored(id)).await
+    }
+
     /// The metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
-    fn lock_for(&self, id: &SessionId) -> &Mutex<()> {
+    fn stored(&self, id: &SessionId) -> StoredId {
+        self.options.session_id_key.stored(id)
+    }
+
+    fn lock_for(&self, id: &StoredId) -> &Mutex<()> {
         &self.locks[(self.hasher.hash_one(id) as usize) % LOCK_STRIPES]
     }
 
-    fn flush(&self, id: &SessionId, reason: FlushReason) {
+    fn flush(&self, id: &StoredId, reason: FlushReason) {
         self.cache.remove(id);
         self.metrics.flush(reason);
         tracing::debug!(session = ?id, ?reason, "flushed cached session");
@@ -199,7 +213,7 @@ impl SessionTier {
             if cookies.instance != Some(self.options.instance) {
                 // The client was last served by another instance (or lost that cookie): what
                 // this unit cached may predate that instance's changes.
-                self.flush(&id, FlushReason::InstanceMismatch);
+                self.flush(&self.stored(&id), FlushReason::InstanceMismatch);
             }
             let min_generation = cookies.generation.unwrap_or_default();
             if let Some((session, resolution)) = self.read_at_least(id, min_generation).await? {
@@ -242,7 +256,8 @@ impl SessionTier {
         id: SessionId,
         min: Generation,
     ) -> Result<Option<(Entry, Resolution)>, TierError> {
-        if let Some(e) = self.cached_fresh(&id, min).await {
+        let stored = self.stored(&id);
+        if let Some(e) = self.cached_fresh(&id, &stored, min).await {
             self.metrics.hit();
             return Ok(Some((e, Resolution::Cached)));
         }
@@ -252,56 +267,68 @@ impl SessionTier {
         if self.issued.never_written(&id, unix_seconds()) {
             return Ok(None);
         }
-        let _guard = self.lock_for(&id).lock().await;
+        let _guard = self.lock_for(&stored).lock().await;
         // Another request may have loaded it while this one waited for the lock.
-        if let Some(e) = self.cached_fresh(&id, min).await {
+        if let Some(e) = self.cached_fresh(&id, &stored, min).await {
             self.metrics.hit();
             return Ok(Some((e, Resolution::Cached)));
         }
         self.metrics.miss();
-        Ok(self.load_locked(id).await?.map(|e| (e, Resolution::Loaded)))
+        Ok(self
+            .load_locked(&id, stored)
+            .await?
+            .map(|e| (e, Resolution::Loaded)))
     }
 
     /// The cached copy if it is usable for a client that has seen generation `min`.
-    async fn cached_fresh(&self, id: &SessionId, min: Generation) -> Option<Entry> {
+    async fn cached_fresh(
+        &self,
+        id: &SessionId,
+        stored: &StoredId,
+        min: Generation,
+    ) -> Option<Entry> {
         if !self.options.cache_reads {
             return None;
         }
-        let e = self.cache.get(id).await?;
+        let e = self.cache.get(stored).await?;
         let now = unix_now();
         if e.idle_for(now, self.options.idle_timeout.as_millis() as u64) {
-            self.flush(id, FlushReason::Idle);
+            self.flush(stored, FlushReason::Idle);
             return None;
         }
         // Past its absolute lifetime the copy goes, whether or not the sweep's notification
         // arrived: PostgreSQL then refuses to load it, and the client gets a new session.
         if e.expired(now) {
-            self.flush(id, FlushReason::Expired);
+            self.flush(stored, FlushReason::Expired);
             self.issued.forget(id, now / 1000);
             return None;
         }
         if e.generation < min.0 {
-            self.flush(id, FlushReason::NewerGeneration);
+            self.flush(stored, FlushReason::NewerGeneration);
             return None;
         }
         if e.record_access(now, self.options.touch_interval.as_millis() as u64) {
             self.to_touch
                 .lock()
                 .expect("touch set poisoned")
-                .insert(id.as_uuid());
+                .insert(stored.as_uuid());
         }
         Some(e)
     }
 
     /// Loads from PostgreSQL into the cache. The caller holds the session's lock.
-    async fn load_locked(&self, id: SessionId) -> Result<Option<Entry>, TierError> {
-        let loaded = match self.store.load_session(id).await? {
+    async fn load_locked(
+        &self,
+        id: &SessionId,
+        stored: StoredId,
+    ) -> Result<Option<Entry>, TierError> {
+        let loaded = match self.store.load_session(stored).await? {
             Some(l) if l.live => l,
             expired => {
-                self.cache.remove(&id);
+                self.cache.remove(&stored);
                 if expired.is_some() {
                     // It existed: its id never becomes a new (pending) session.
-                    self.issued.forget(&id, unix_seconds());
+                    self.issued.forget(id, unix_seconds());
                 }
                 return Ok(None);
             }
@@ -312,7 +339,7 @@ impl SessionTier {
             .map(|(name, version, doc)| (name, CachedTable { version, doc }))
             .collect();
         Ok(Some(self.cache.insert(
-            id,
+            stored,
             CachedSession::new(loaded.generation, tables).expiring_at(loaded.expires_at_ms),
         )))
     }
@@ -320,20 +347,24 @@ impl SessionTier {
     /// The first write to a pending id creates its session (the caller holds its lock). Any
     /// other id that PostgreSQL does not know is not found: a client-chosen, expired or
     /// deleted id never gets a session by a write.
-    async fn create_locked(&self, id: SessionId) -> Result<Entry, TierError> {
-        if !self.pending(&id) {
+    async fn create_locked(&self, id: &SessionId, stored: StoredId) -> Result<Entry, TierError> {
+        if !self.pending(id) {
             return Err(TierError::SessionNotFound);
         }
         // Remembered before the row exists: a concurrent request then asks the database rather
         // than take the session for one without state.
-        self.issued.mark_created(&id, unix_seconds());
-        if !self.store.create_session(id, &self.options.unit).await? {
+        self.issued.mark_created(id, unix_seconds());
+        if !self
+            .store
+            .create_session(stored, &self.options.unit)
+            .await?
+        {
             // Its row exists: made meanwhile (then it loads), or expired and not swept yet (then
             // the id is spent and never pending again).
-            return match self.load_locked(id).await? {
+            return match self.load_locked(id, stored).await? {
                 Some(e) => Ok(e),
                 None => {
-                    self.issued.forget(&id, unix_seconds());
+                    self.issued.forget(id, unix_seconds());
                     Err(TierError::SessionNotFound)
                 }
             };
@@ -341,7 +372,7 @@ impl SessionTier {
         self.metrics.session_created();
         let lifetime = self.store.expiry().absolute.as_millis() as u64;
         Ok(self.cache.insert(
-            id,
+            stored,
             CachedSession::new(0, BTreeMap::new()).expiring_at(unix_now().saturating_add(lifetime)),
         ))
     }
@@ -355,12 +386,13 @@ impl SessionTier {
         doc: Option<&str>,
         precondition: Precondition,
     ) -> Result<Committed, TierError> {
-        let _guard = self.lock_for(&id).lock().await;
-        let current = match self.cache.get(&id).await {
+        let stored = self.stored(&id);
+        let _guard = self.lock_for(&stored).lock().await;
+        let current = match self.cache.get(&stored).await {
             Some(e) => e,
-            None => match self.load_locked(id).await? {
+            None => match self.load_locked(&id, stored).await? {
                 Some(e) => e,
-                None => self.create_locked(id).await?,
+                None => self.create_locked(&id, stored).await?,
             },
         };
         if doc.is_some()
@@ -379,8 +411,8 @@ impl SessionTier {
             }
         };
         let result = match doc {
-            Some(doc) => self.store.write_table(id, table, doc, condition).await,
-            None => self.store.delete_table(id, table, condition).await,
+            Some(doc) => self.store.write_table(stored, table, doc, condition).await,
+            None => self.store.delete_table(stored, table, condition).await,
         };
         match result {
             Ok(done) => {
@@ -390,22 +422,24 @@ impl SessionTier {
                         version: done.version,
                         doc: doc.to_owned(),
                     });
-                    self.cache
-                        .insert(id, current.with_table(done.generation, table.as_str(), t));
+                    self.cache.insert(
+                        stored,
+                        current.with_table(done.generation, table.as_str(), t),
+                    );
                 } else {
                     // Another table changed elsewhere in between: this copy is behind.
-                    self.cache.remove(&id);
+                    self.cache.remove(&stored);
                 }
                 Ok(done)
             }
             Err(StoreError::Conflict { current: v }) => {
                 self.metrics.write("conflict");
-                self.flush(&id, FlushReason::Conflict);
+                self.flush(&stored, FlushReason::Conflict);
                 Err(StoreError::Conflict { current: v }.into())
             }
             Err(StoreError::SessionGone) => {
                 self.metrics.write("session_gone");
-                self.cache.remove(&id);
+                self.cache.remove(&stored);
                 Err(TierError::SessionNotFound)
             }
             Err(e) => {
@@ -422,19 +456,20 @@ impl SessionTier {
         let now = unix_seconds();
         let new = self.issued.issue(now);
         {
-            let _guard = self.lock_for(&old).lock().await;
+            let old_stored = self.stored(&old);
+            let _guard = self.lock_for(&old_stored).lock().await;
             // Remembered before its row exists, like a first write (see `create_locked`).
             self.issued.mark_created(&new, now);
-            let stored = self
+            let moved = self
                 .store
-                .rotate_session(old, new, &self.options.unit)
+                .rotate_session(old_stored, self.stored(&new), &self.options.unit)
                 .await?;
-            if !stored && !self.pending(&old) {
+            if !moved && !self.pending(&old) {
                 return Err(TierError::SessionNotFound);
             }
-            self.cache.remove(&old);
+            self.cache.remove(&old_stored);
             self.issued.forget(&old, now);
-            if stored {
+            if moved {
                 self.metrics.session_created();
             }
         }
@@ -460,9 +495,10 @@ impl SessionTier {
 
     /// Deletes a session everywhere.
     pub async fn delete_session(&self, id: SessionId) -> Result<bool, TierError> {
-        let _guard = self.lock_for(&id).lock().await;
-        let existed = self.store.delete_session(id).await?;
-        self.cache.remove(&id);
+        let stored = self.stored(&id);
+        let _guard = self.lock_for(&stored).lock().await;
+        let existed = self.store.delete_session(stored).await?;
+        self.cache.remove(&stored);
         self.issued.forget(&id, unix_seconds());
         Ok(existed)
     }
@@ -473,7 +509,7 @@ impl SessionTier {
             Invalidation::Generation(id, _) => id,
             Invalidation::Deleted(id) => {
                 // Deleted anywhere (logout, expiry): a late write here must not bring it back.
-                self.issued.forget(&id, unix_seconds());
+                self.issued.forget_stored(&id, unix_seconds());
                 id
             }
         };
@@ -510,10 +546,10 @@ impl SessionTier {
                 // Deleted elsewhere: gone from here too, notification or not.
                 let alive: HashSet<uuid::Uuid> = alive.into_iter().collect();
                 for id in ids.iter().filter(|id| !alive.contains(id)) {
-                    let id = SessionId::from_uuid(*id);
+                    let id = StoredId::from_uuid(*id);
                     let _guard = self.lock_for(&id).lock().await;
                     self.flush(&id, FlushReason::Gone);
-                    self.issued.forget(&id, unix_seconds());
+                    self.issued.forget_stored(&id, unix_seconds());
                 }
             }
             Err(e) => {

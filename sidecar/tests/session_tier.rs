@@ -350,12 +350,16 @@ async fn postgres_over_tls_is_verified_fully() {
         ),
     ] {
         let admin = free_port();
+        let key = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(key.path(), SESSION_ID_KEY).unwrap();
         let mut cmd = std::process::Command::new(binary("stickyfarm-sidecar"));
         cmd.args(["--listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--api-listen", &format!("127.0.0.1:{}", free_port())])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--app-url", &format!("http://{}", app.0.addr)])
             .args(["--unit", "web-1"])
+            .arg("--session-id-key-file")
+            .arg(key.path())
             .env("DATABASE_URL", &database_url);
         let proc = ChildProc::spawn("sidecar web-1", cmd);
         eventually(
@@ -432,7 +436,7 @@ async fn instance_mismatch_flushes_and_reloads() {
         "UPDATE stickyfarm_session_tables SET doc = '[\"changed\"]', version = version + 1 WHERE session_id = $1;
          ",
     )
-    .bind(session_uuid(&sid))
+    .bind(stored_uuid(&sid))
     .execute(&db.pool)
     .await
     .unwrap();
@@ -1057,7 +1061,15 @@ async fn many_sidecars_starting_at_once_apply_the_schema_once() {
         .fetch_one(&db.pool)
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(applied, files, "every migration applied once");
+    let keys: Vec<String> = sqlx::query_scalar("SELECT value FROM stickyfarm_meta")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "one key recorded: {keys:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1210,6 +1222,8 @@ async fn a_configured_session_cookie_name_is_set_and_the_default_one_ignored() {
         .args([
             "--session-cookie",
             "sf_unit",
+            "--session-id-key-file",
+            "/nonexistent",
             "--database-url",
             &db.url,
             "--unit",
@@ -1275,7 +1289,7 @@ async fn with_cache_reads_off_every_read_comes_from_postgres() {
     sqlx::query(
         "UPDATE stickyfarm_session_tables SET doc = '[\"pear\"]'::jsonb WHERE session_id = $1",
     )
-    .bind(session_uuid(&sid))
+    .bind(stored_uuid(&sid))
     .execute(&db.pool)
     .await
     .unwrap();
@@ -1506,4 +1520,151 @@ async fn every_sidecar_listener_cuts_off_slow_and_oversized_heads() {
     // And it still serves.
     let p = Browser::new().get(&a.sidecar.url("/echo")).await;
     assert_eq!(p.status, 200);
+}
+
+/// A session id is a bearer credential: PostgreSQL's rows and its notifications carry only its
+/// keyed hash, so whoever reads the tables (a backup, the app's database role) or listens on
+/// the channel learns no id a cookie accepts; the sidecar's log never shows it either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_ids_are_stored_and_announced_only_as_keyed_hashes() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("stickyfarm_session").await.unwrap();
+    let mut browser = Browser::new();
+    browser.get(&a.sidecar.url("/echo")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let raw = sid.parse::<stickyfarm_api::SessionId>().unwrap().as_uuid();
+    let client = reqwest::Client::new();
+    let r = put_cart(&client, &a, &sid, json!(["apple"]), None).await;
+    assert!(r.status().is_success(), "{}", r.status());
+
+    let sessions: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM stickyfarm_sessions")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(sessions, [stored_uuid(&sid)]);
+    assert_ne!(sessions[0], raw);
+    assert_eq!(db.table(&sid, "cart").await, Some((1, json!(["apple"]))));
+    let announced = tokio::time::timeout(Duration::from_secs(5), listener.recv())
+        .await
+        .expect("the write was announced")
+        .unwrap();
+    assert_eq!(
+        announced.payload(),
+        format!("{}:1", stored_uuid(&sid)),
+        "the notification names the stored id only"
+    );
+    let log = a.sidecar.log_text();
+    assert!(!log.contains(&sid) && !log.contains(&raw.to_string()));
+
+    // What a database reader learns is no credential: presented as a cookie, it gets a new,
+    // empty session, never the shopper's.
+    let stolen = stickyfarm_api::SessionId::from_uuid(stored_uuid(&sid)).to_string();
+    let got = browser_with_cookie(&a, &format!("sf_session={stolen}")).await;
+    assert_ne!(got, stolen);
+    assert_ne!(got, sid);
+    let r = client
+        .get(
+            a.sidecar
+                .api_url(&format!("/v1/sessions/{stolen}/tables/cart")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+/// An earlier version stored raw ids: the first sidecar with a key re-keys them, and the
+/// shopper still has the cart. A sidecar started with another key refuses to serve, naming the
+/// way out, and changes nothing (it does not act as if no session existed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_versions_sessions_are_rekeyed_and_another_key_is_refused() {
+    let db = TestDb::new().await;
+    // The schema as the earlier version left it (its one migration), a cart under a raw id.
+    let earlier = tempfile::tempdir().unwrap();
+    let first = "20261127000001_sessions.sql";
+    std::fs::copy(
+        format!("{}/migrations/{first}", env!("CARGO_MANIFEST_DIR")),
+        earlier.path().join(first),
+    )
+    .unwrap();
+    sqlx::migrate::Migrator::new(earlier.path())
+        .await
+        .unwrap()
+        .run(&db.pool)
+        .await
+        .unwrap();
+    let sid = stickyfarm_api::SessionId::generate();
+    sqlx::query(
+        "WITH s AS (INSERT INTO stickyfarm_sessions (id, generation, created_by)
+                    VALUES ($1, 1, 'web-old') RETURNING id)
+         INSERT INTO stickyfarm_session_tables (session_id, name, version, doc)
+         SELECT id, 'cart', 1, '[\"pear\"]' FROM s",
+    )
+    .bind(sid.as_uuid())
+    .execute(&db.pool)
+    .await
+    .unwrap();
+
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let ids = || async {
+        sqlx::query_scalar::<_, uuid::Uuid>(
+            "SELECT s.id FROM stickyfarm_sessions s JOIN stickyfarm_session_tables t ON t.session_id = s.id",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .unwrap()
+    };
+    let sid_text = sid.to_string();
+    assert_eq!(
+        ids().await,
+        [stored_uuid(&sid_text)],
+        "re-keyed, tables along"
+    );
+    let r = reqwest::Client::new()
+        .get(
+            a.sidecar
+                .api_url(&format!("/v1/sessions/{sid}/tables/cart")),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!(["pear"])
+    );
+    drop(a);
+
+    let other_key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        other_key.path(),
+        "another-farms-key-0123456789abcdef0123456789",
+    )
+    .unwrap();
+    let mut cmd = std::process::Command::new(binary("stickyfarm-sidecar"));
+    cmd.args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--api-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--app-url", "http://127.0.0.1:9"])
+        .args(["--unit", "web-1"])
+        .arg("--session-id-key-file")
+        .arg(other_key.path())
+        .env("DATABASE_URL", &db.url);
+    let mut proc = ChildProc::spawn("sidecar web-1", cmd);
+    let mut exited = None;
+    for _ in 0..200 {
+        exited = proc.exit_status();
+        if exited.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = exited.expect("a sidecar with another key stops");
+    assert!(!status.success());
+    let log = proc.log_text();
+    assert!(log.contains("another session-id key"), "{log}");
+    assert!(log.contains("<farm>-session-id-key"), "{log}");
+    assert_eq!(ids().await, [stored_uuid(&sid_text)], "nothing changed");
 }

@@ -96,7 +96,7 @@ impl TestDb {
 
     /// `(version, doc as text)` of one table, straight from PostgreSQL.
     pub async fn table(&self, session: &str, table: &str) -> Option<(i64, serde_json::Value)> {
-        let id = session_uuid(session);
+        let id = stored_uuid(session);
         sqlx::query_as::<_, (i64, serde_json::Value)>(
             "SELECT version, doc FROM stickyfarm_session_tables WHERE session_id = $1 AND name = $2",
         )
@@ -111,7 +111,7 @@ impl TestDb {
         sqlx::query_scalar::<_, bool>(
             "SELECT EXISTS (SELECT 1 FROM stickyfarm_sessions WHERE id = $1)",
         )
-        .bind(session_uuid(session))
+        .bind(stored_uuid(session))
         .fetch_one(&self.pool)
         .await
         .unwrap()
@@ -157,9 +157,18 @@ fn pg_port(url: &str) -> u16 {
     host_port.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
-pub fn session_uuid(session: &str) -> uuid::Uuid {
+/// The id PostgreSQL holds for the session whose cookie value is `session`, under the test
+/// sidecars' key: sessions are stored by a keyed hash of their id, never by the id itself.
+pub fn stored_uuid(session: &str) -> uuid::Uuid {
+    stored_uuid_with(SESSION_ID_KEY, session)
+}
+
+/// The same under another farm's key (the text of its key file or Secret).
+pub fn stored_uuid_with(key: &str, session: &str) -> uuid::Uuid {
     let id: stickyfarm_api::SessionId = session.parse().expect("a session id");
-    id.as_uuid()
+    stickyfarm_api::SessionIdKey::new(key.trim().as_bytes())
+        .stored(&id)
+        .as_uuid()
 }
 
 /// A free loopback port for a child process to listen on (outside the ephemeral range, so no
@@ -234,6 +243,13 @@ impl ChildProc {
         }
     }
 
+    /// How the process exited, if it has.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
     /// SIGKILL: the process dies without any cleanup, like a crashed pod.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -293,6 +309,8 @@ pub async fn scrape_metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789abcdef0123456789abcdef";
 /// The gateway token every test gateway sends and every test sidecar expects (one farm).
 pub const GATEWAY_TOKEN: &str = "test-gateway-token-0123456789abcdef0123456789abcdef";
+/// The session-id key every test sidecar stores sessions with (one farm).
+pub const SESSION_ID_KEY: &str = "test-session-id-key-0123456789abcdef0123456789abcdef";
 
 /// A private folder holding `token` as `name`, removed when dropped.
 fn token_dir(name: &str, token: &str) -> (tempfile::TempDir, String) {
@@ -345,6 +363,12 @@ impl SidecarProc {
         let (tokens, gateway_token) = token_dir("gateway-token", GATEWAY_TOKEN);
         if !has_flag(&spec.extra, "--gateway-token-file") {
             cmd.args(["--gateway-token-file", &gateway_token]);
+        }
+        // The farm's session-id key, likewise.
+        let key_file = tokens.path().join("session-id-key");
+        std::fs::write(&key_file, SESSION_ID_KEY).unwrap();
+        if !has_flag(&spec.extra, "--session-id-key-file") {
+            cmd.arg("--session-id-key-file").arg(&key_file);
         }
         let p = SidecarProc {
             unit: spec.unit.to_owned(),

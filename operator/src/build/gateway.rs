@@ -191,7 +191,10 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
                     }],
                     volumes: Some(vec![tokens::volume(
                         f,
-                        &[tokens::ADMIN_TOKEN_KEY, tokens::GATEWAY_TOKEN_KEY],
+                        &[
+                            tokens::SecretFile::Token(tokens::ADMIN_TOKEN_KEY),
+                            tokens::SecretFile::Token(tokens::GATEWAY_TOKEN_KEY),
+                        ],
                     )]),
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()

@@ -38,7 +38,8 @@ pub use database::{
 };
 pub use gateway::{GATEWAY_ADMIN_PORT, GATEWAY_CONTROL_PORT};
 pub use tokens::{
-    ADMIN_TOKEN_KEY, GATEWAY_TOKEN_KEY, TOKENS_DIR, tokens_secret, tokens_secret_name,
+    ADMIN_TOKEN_KEY, GATEWAY_TOKEN_KEY, SESSION_ID_KEY_KEY, TOKENS_DIR, session_id_key_secret,
+    session_id_key_secret_name, tokens_secret, tokens_secret_name,
 };
 pub use units::{API_PORT, METRICS_PORT, SIDECAR_PORT};
 

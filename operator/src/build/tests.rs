@@ -1027,25 +1027,30 @@ fn the_tokens_secret_is_owned_and_each_pod_mounts_only_its_keys() {
     assert_eq!(data["gateway-token"], gateway.expose());
 
     let d = desired(MINIMAL);
-    let keys_of = |volumes: &[k8s_openapi::api::core::v1::Volume]| -> Vec<String> {
+    // (Secret, key) of every file in the pod's tokens volume.
+    let keys_of = |volumes: &[k8s_openapi::api::core::v1::Volume]| -> Vec<(String, String)> {
         let v = volumes
             .iter()
             .find(|v| v.name == "stickyfarm-tokens")
             .expect("a tokens volume");
-        let secret = v.secret.as_ref().unwrap();
-        assert_eq!(secret.secret_name.as_deref(), Some("shop-gateway-tokens"));
-        secret
-            .items
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|i| i.key.clone())
-            .collect()
+        let mut files = Vec::new();
+        for source in v.projected.as_ref().unwrap().sources.iter().flatten() {
+            let secret = source.secret.as_ref().unwrap();
+            for item in secret.items.iter().flatten() {
+                assert_eq!(item.path, item.key);
+                files.push((secret.name.clone(), item.key.clone()));
+            }
+        }
+        files
     };
+    let pair = |s: &str, k: &str| (s.to_owned(), k.to_owned());
     let gw_pod = d.gateway_deployment.spec.template.spec.as_ref().unwrap();
     assert_eq!(
         keys_of(gw_pod.volumes.as_ref().unwrap()),
-        ["admin-token", "gateway-token"]
+        [
+            pair("shop-gateway-tokens", "admin-token"),
+            pair("shop-gateway-tokens", "gateway-token")
+        ]
     );
     let gw = &gw_pod.containers[0];
     assert_eq!(
@@ -1059,7 +1064,10 @@ fn the_tokens_secret_is_owned_and_each_pod_mounts_only_its_keys() {
     let unit_pod = d.unit_statefulset.spec.template.spec.as_ref().unwrap();
     assert_eq!(
         keys_of(unit_pod.volumes.as_ref().unwrap()),
-        ["gateway-token"],
+        [
+            pair("shop-gateway-tokens", "gateway-token"),
+            pair("shop-session-id-key", "session-id-key")
+        ],
         "units never get the admin token"
     );
     let mounts = |c: &Container| -> Vec<String> {
@@ -1083,4 +1091,28 @@ fn the_tokens_secret_is_owned_and_each_pod_mounts_only_its_keys() {
         .as_deref(),
         Some("/var/run/secrets/stickyfarm/gateway-token")
     );
+    assert_eq!(
+        env(
+            container(&d, "stickyfarm-sidecar"),
+            "STICKYFARM_SESSION_ID_KEY_FILE"
+        )
+        .value
+        .as_deref(),
+        Some("/var/run/secrets/stickyfarm/session-id-key")
+    );
+
+    // The session-id key outlives the farm's owned objects, like the database credentials.
+    let key = stickyfarm_api::token::Token::generate().unwrap();
+    let s = session_id_key_secret(&f, &key).unwrap();
+    assert_eq!(s.metadata.name.as_deref(), Some("shop-session-id-key"));
+    assert_eq!(
+        s.metadata.owner_references, None,
+        "out of the collector's reach"
+    );
+    assert_eq!(
+        s.metadata.labels.as_ref().unwrap()["stickyfarm.dev/component"],
+        "database"
+    );
+    assert_eq!(s.immutable, Some(true));
+    assert_eq!(s.string_data.unwrap()["session-id-key"], key.expose());
 }

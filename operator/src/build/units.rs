@@ -18,7 +18,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use stickyfarm_api::farm::{UnitState, labels};
 use stickyfarm_api::paths;
 
-use super::{BuildInput, FarmRef, component, database_secret_ref, tokens};
+use super::tokens::{self, SecretFile};
+use super::{BuildInput, FarmRef, component, database_secret_ref};
 
 /// The sidecar's public port (clients, through the gateway, and the health check).
 pub const SIDECAR_PORT: i32 = 8080;
@@ -139,6 +140,10 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
             "STICKYFARM_GATEWAY_TOKEN_FILE",
             tokens::file(tokens::GATEWAY_TOKEN_KEY),
         ),
+        value(
+            "STICKYFARM_SESSION_ID_KEY_FILE",
+            tokens::file(tokens::SESSION_ID_KEY_KEY),
+        ),
         EnvVar {
             name: "DATABASE_URL".into(),
             value_from: Some(EnvVarSource {
@@ -167,7 +172,8 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
         value("STICKYFARM_COOKIE_SECURE", sp.secure.to_string()),
         value("STICKYFARM_LOG_FORMAT", "json".into()),
     ];
-    // The gateway token is the sidecar's alone: the app container does not mount it.
+    // The gateway token and the session-id key are the sidecar's alone: the app container does
+    // not mount them.
     let mut mounts = vec![socket_mount(), tokens::mount()];
     if spec
         .database
@@ -273,7 +279,13 @@ fn volumes(f: &FarmRef) -> Vec<Volume> {
         }),
         ..Volume::default()
     }];
-    v.push(tokens::volume(f, &[tokens::GATEWAY_TOKEN_KEY]));
+    v.push(tokens::volume(
+        f,
+        &[
+            SecretFile::Token(tokens::GATEWAY_TOKEN_KEY),
+            SecretFile::SessionIdKey,
+        ],
+    ));
     if let Some(ca) = f
         .farm
         .spec
