@@ -542,8 +542,8 @@ async fn lasting_uids(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<Stri
         .collect();
     // Every kind is there: an object missing its farm label would silently escape the check.
     anyhow::ensure!(
-        out.len() == 17,
-        "expected the farm's 17 lasting objects (the tokens Secret among them), found {out:?}"
+        out.len() == 18,
+        "expected the farm's 18 lasting objects (the tokens and session-id key Secrets among them), found {out:?}"
     );
     Ok(out)
 }
