@@ -700,6 +700,17 @@ impl ServerFarmSpec {
         }
     }
 
+    /// The Secret (name, key) with the URL the app should use: for a managed database its own
+    /// role's (`<farm>-db-app`, key `url`), which cannot read the session tables; for an
+    /// external database the one URL its Secret holds. `farmctl` resolves this reference to
+    /// its database URL too.
+    pub fn app_database_secret(&self, farm: &str) -> (String, String) {
+        match &self.database.external {
+            Some(ext) => (ext.secret_name.clone(), ext.key.clone()),
+            None => (format!("{farm}-db-app"), "url".to_owned()),
+        }
+    }
+
     /// Checks the rules that span fields. Every violation is returned.
     pub fn validate(&self) -> Result<(), Vec<SpecError>> {
         let mut errors = Vec::new();

@@ -149,10 +149,15 @@ async fn metric(addr: std::net::SocketAddr, name: &str, labels: &str) -> anyhow:
         .map_or(0.0, |v| v.trim().parse().unwrap_or(0.0)))
 }
 
-/// The farm's database, reached from this machine with the generated Secret's credentials.
-async fn farm_database(kc: &Path, client: &Client) -> anyhow::Result<(sqlx::PgPool, Reach)> {
+/// The farm's database, reached from this machine with the credentials of one of its
+/// generated Secrets (`<farm>-db`: the sidecars' role; `<farm>-db-app`: the app's).
+async fn farm_database(
+    kc: &Path,
+    client: &Client,
+    secret: &str,
+) -> anyhow::Result<(sqlx::PgPool, Reach)> {
     let secret = Api::<Secret>::namespaced(client.clone(), NS)
-        .get(&format!("{FARM}-db"))
+        .get(secret)
         .await?;
     let url = secret
         .data
@@ -385,14 +390,49 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         "{cart}"
     );
     let session = b.cookie("sf_session").context("session cookie")?.to_owned();
-    let (pool, _db) = farm_database(kc, &client).await?;
+    let (pool, _db) = farm_database(kc, &client, &format!("{FARM}-db")).await?;
     let key = session_id_key(&client).await?;
     let stored = stored_cart(&pool, &key, &session).await?;
     ensure!(
         items_of(&stored) == json!({"apple": 2, "tea": 1}),
         "written through to PostgreSQL: {stored}"
     );
+    // Separate roles: the sidecars' is no superuser; the app's made its own tables and can
+    // neither see nor read the session tables.
+    let superuser: bool =
+        sqlx::query_scalar("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&pool)
+            .await?;
+    ensure!(!superuser, "the sidecars' role is no superuser");
     pool.close().await;
+    let (app_pool, _app_db) = farm_database(kc, &client, &format!("{FARM}-db-app")).await?;
+    let owner: Option<String> = sqlx::query_scalar(
+        "SELECT tableowner::text FROM pg_tables WHERE tablename = 'webstore_orders'",
+    )
+    .fetch_optional(&app_pool)
+    .await?;
+    ensure!(
+        owner.as_deref() == Some("stickyfarm_app"),
+        "the app made its tables as its own role: {owner:?}"
+    );
+    for sql in [
+        "SELECT count(*) FROM stickyfarm.stickyfarm_session_tables",
+        "SELECT count(*) FROM stickyfarm_session_tables",
+    ] {
+        let refused = sqlx::query_scalar::<_, i64>(sql)
+            .fetch_one(&app_pool)
+            .await
+            .expect_err("the app role reads no session table");
+        let code = refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        ensure!(
+            matches!(code.as_deref(), Some("42501" | "42P01")),
+            "{sql}: refused as not allowed or not visible, got {refused}"
+        );
+    }
+    app_pool.close().await;
 
     step(&format!(
         "{home} only marked down in the gateway: a backup serves; back on {home}, its stale cache is flushed"
@@ -672,7 +712,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         .await?
         .context("database pod")?;
     ensure!(db_uid != old_db_uid, "the database pod was replaced");
-    let (pool, _db) = farm_database(kc, &client).await?;
+    let (pool, _db) = farm_database(kc, &client, &format!("{FARM}-db")).await?;
     let key = session_id_key(&client).await?;
     let stored = stored_cart(&pool, &key, &session).await?;
     ensure!(

@@ -43,15 +43,16 @@ pub fn parse(path: &str, text: &str) -> Result<ServerFarmManifest, ManifestError
 }
 
 /// The app's environment as `farmctl` runs it: literal values as given, and a `valueFrom`
-/// that names the farm's database Secret (see `ServerFarmSpec::database_secret`) resolved to
-/// `database_url`. Anything else only Kubernetes can resolve, so it is refused.
+/// that names the farm's database Secret (`ServerFarmSpec::database_secret`, or the app's own
+/// `ServerFarmSpec::app_database_secret`) resolved to `database_url` (one machine, one
+/// database role). Anything else only Kubernetes can resolve, so it is refused.
 pub fn local_app_env(
     manifest: &ServerFarmManifest,
     database_url: &str,
 ) -> Result<Vec<(String, String)>, String> {
-    let (secret, key) = manifest
-        .spec
-        .database_secret(manifest.metadata.name.as_str());
+    let farm = manifest.metadata.name.as_str();
+    let (secret, key) = manifest.spec.database_secret(farm);
+    let (app_secret, app_key) = manifest.spec.app_database_secret(farm);
     manifest
         .spec
         .app
@@ -60,11 +61,14 @@ pub fn local_app_env(
         .map(|e| match (&e.value, &e.value_from) {
             (_, None) => Ok((e.name.clone(), e.value.clone().unwrap_or_default())),
             (_, Some(from)) => match &from.secret_key_ref {
-                Some(r) if r.name == secret && r.key == key => {
+                Some(r)
+                    if (r.name == secret && r.key == key)
+                        || (r.name == app_secret && r.key == app_key) =>
+                {
                     Ok((e.name.clone(), database_url.to_owned()))
                 }
                 _ => Err(format!(
-                    "app env {} uses a valueFrom that only Kubernetes resolves; farmctl resolves only secretKeyRef {secret}/{key} (the farm's database URL): give it a value",
+                    "app env {} uses a valueFrom that only Kubernetes resolves; farmctl resolves only secretKeyRef {app_secret}/{app_key} and {secret}/{key} (the farm's database URL): give it a value",
                     e.name
                 )),
             },
@@ -119,6 +123,14 @@ spec:
                 ("MODE".to_owned(), "live".to_owned()),
                 ("DATABASE_URL".to_owned(), "postgres://local/db".to_owned())
             ]
+        );
+        // The app's own role's Secret resolves to the same URL on one machine.
+        let m = with_env(
+            "      - name: DATABASE_URL\n        valueFrom: {secretKeyRef: {name: shop-db-app, key: url}}\n",
+        );
+        assert_eq!(
+            local_app_env(&m, "postgres://local/db").unwrap(),
+            [("DATABASE_URL".to_owned(), "postgres://local/db".to_owned())]
         );
         let m = with_env(
             "      - name: API_KEY\n        valueFrom: {secretKeyRef: {name: other, key: k}}\n",

@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use stickyfarm_api::farm::{ServerFarm, labels};
 use stickyfarm_api::token::{self, Token};
 
-use crate::build;
+use crate::build::{self, DatabaseRoles};
 use crate::reconcile::{Context, Error, FIELD_MANAGER, kube_err, publish, publish_problem_once};
 use crate::status::Problem;
 
@@ -31,7 +31,7 @@ pub(crate) async fn ensure_database_secret(
     farm: &ServerFarm,
     ctx: &Context,
     reference: &ObjectReference,
-) -> Result<Option<Problem>, Error> {
+) -> Result<(Option<Problem>, DatabaseRoles), Error> {
     let ns = farm.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let (secret_name, key) = build::database_secret_ref(farm);
@@ -44,12 +44,15 @@ pub(crate) async fn ensure_database_secret(
             .as_ref()
             .is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(&key)));
         if !has_key {
-            return Ok(Some(Problem::new(
-                "DatabaseSecretMissing",
-                format!(
-                    "the external database Secret {secret_name} with key {key} does not exist: create it with the PostgreSQL URL"
-                ),
-            )));
+            return Ok((
+                Some(Problem::new(
+                    "DatabaseSecretMissing",
+                    format!(
+                        "the external database Secret {secret_name} with key {key} does not exist: create it with the PostgreSQL URL"
+                    ),
+                )),
+                DatabaseRoles::default(),
+            ));
         }
         if let Some(ca) = &external.ca {
             let found = secrets
@@ -57,38 +60,87 @@ pub(crate) async fn ensure_database_secret(
                 .await
                 .map_err(kube_err(format!("read Secret {ns}/{}", ca.secret_name)))?;
             if !found.is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&ca.key))) {
-                return Ok(Some(Problem::new(
-                    "DatabaseCaMissing",
-                    format!(
-                        "the Secret {} with key {} (the CA of the external PostgreSQL's certificate) does not exist: create it with the CA certificate in PEM",
-                        ca.secret_name, ca.key
-                    ),
-                )));
+                return Ok((
+                    Some(Problem::new(
+                        "DatabaseCaMissing",
+                        format!(
+                            "the Secret {} with key {} (the CA of the external PostgreSQL's certificate) does not exist: create it with the CA certificate in PEM",
+                            ca.secret_name, ca.key
+                        ),
+                    )),
+                    DatabaseRoles::default(),
+                ));
             }
         }
-        return Ok(None);
+        return Ok((None, DatabaseRoles::default()));
     }
+    let app = build::app_secret_name(farm);
+    let superuser = build::superuser_secret_name(farm);
     if let Some(existing) = existing {
         disown_secret(&secrets, farm, &existing).await?;
-        return Ok(None);
+        let separate = existing
+            .annotations()
+            .get(build::ROLES_ANNOTATION)
+            .is_some_and(|v| v == "separate");
+        if !separate {
+            return Ok((None, DatabaseRoles::Single));
+        }
+        // The other roles' Secrets were made before this one: a missing one was lost.
+        for other in [&app, &superuser] {
+            if secrets
+                .get_opt(other)
+                .await
+                .map_err(kube_err(format!("read Secret {ns}/{other}")))?
+                .is_none()
+            {
+                let problem = credentials_lost(&ns, other, &format!("Secret {secret_name}"));
+                publish_problem_once(ctx, farm, reference, &problem, "CreateSecret").await;
+                return Ok((Some(problem), DatabaseRoles::Separate));
+            }
+        }
+        return Ok((None, DatabaseRoles::Separate));
     }
     if let Some(data) = database_data(farm, ctx).await? {
         let problem = credentials_lost(&ns, &secret_name, &data);
         publish_problem_once(ctx, farm, reference, &problem, "CreateSecret").await;
-        return Ok(Some(problem));
+        let roles = match secrets
+            .get_opt(&superuser)
+            .await
+            .map_err(kube_err(format!("read Secret {ns}/{superuser}")))?
+        {
+            Some(_) => DatabaseRoles::Separate,
+            None => DatabaseRoles::Single,
+        };
+        return Ok((Some(problem), roles));
     }
-    let password = token::random_hex().map_err(|e| Error::Random(e.to_string()))?;
-    let secret = build::database_secret(farm, &password)?;
-    create_generated(
-        ctx,
-        &secrets,
-        &secret,
-        reference,
-        "CredentialsCreated",
-        "the database credentials",
-    )
-    .await?;
-    Ok(None)
+    // A new database: its roles' Secrets first, the sidecars' (which says so) last. A Secret
+    // an interrupted reconcile made already stands (the database is not initialised yet).
+    let random = || token::random_hex().map_err(|e| Error::Random(e.to_string()));
+    for (secret, what) in [
+        (
+            build::database_superuser_secret(farm, &random()?)?,
+            "the database superuser's credentials",
+        ),
+        (
+            build::database_app_secret(farm, &random()?)?,
+            "the app's database credentials",
+        ),
+        (
+            build::database_secret(farm, &random()?)?,
+            "the sidecars' database credentials",
+        ),
+    ] {
+        create_generated(
+            ctx,
+            &secrets,
+            &secret,
+            reference,
+            "CredentialsCreated",
+            what,
+        )
+        .await?;
+    }
+    Ok((None, DatabaseRoles::Separate))
 }
 
 /// Creates a Secret the operator generated (credentials, tokens) and says so in an Event. A
@@ -358,6 +410,8 @@ pub(crate) async fn delete_database_state(farm: &ServerFarm, ctx: &Context) -> R
     if farm.spec.database.external.is_none() {
         let (secret, _) = build::database_secret_ref(farm);
         delete_database_object::<Secret>(ctx, farm, &secret).await?;
+        delete_database_object::<Secret>(ctx, farm, &build::app_secret_name(farm)).await?;
+        delete_database_object::<Secret>(ctx, farm, &build::superuser_secret_name(farm)).await?;
         delete_database_object::<PersistentVolumeClaim>(
             ctx,
             farm,
@@ -423,9 +477,9 @@ fn credentials_lost(ns: &str, secret: &str, evidence: &str) -> Problem {
         format!(
             "Secret {ns}/{secret} with the managed database's credentials is gone, but the database \
              was already initialised with them ({evidence}): the operator will not generate a new \
-             password, which would lock the units out. Restore the Secret (keys username, password, \
-             database, url) from a backup (kubectl apply -n {ns} -f {secret}.yaml); the farm \
-             recovers at the next reconcile"
+             password, which would lock the units or the app out. Restore the Secret with all its \
+             keys from a backup (kubectl apply -n {ns} -f {secret}.yaml); the farm recovers at the \
+             next reconcile"
         ),
     )
 }

@@ -235,7 +235,8 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
     // The finalizer before the unowned state exists (the managed database's credentials and
     // claim, the session-id key), then the secrets: pods reference them.
     credentials::set_database_finalizer(&farms, farm, true).await?;
-    let database_problem = credentials::ensure_database_secret(farm, ctx, &reference).await?;
+    let (database_problem, database_roles) =
+        credentials::ensure_database_secret(farm, ctx, &reference).await?;
     let tokens_problem = credentials::ensure_gateway_tokens(farm, ctx, &reference).await?;
     let key_problem = credentials::ensure_session_id_key(farm, ctx, &reference).await?;
     let secret_problem = database_problem.or(tokens_problem).or(key_problem);
@@ -248,6 +249,7 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
             scrape_namespaces: ctx.settings.scrape_namespaces.clone(),
             unit_replicas: plan.unit_replicas,
             drain_since: plan.drain_since.map(|t| t.to_string()),
+            database_roles,
         },
     )?;
     let applied = apply_all(client, farm, &ns, &desired).await?;

@@ -397,6 +397,8 @@ async fn create_applies_every_object_once_and_generates_credentials() {
 
     let mut want = vec![
         "/api/v1/namespaces/prod/secrets/shop-db",
+        "/api/v1/namespaces/prod/secrets/shop-db-app",
+        "/api/v1/namespaces/prod/secrets/shop-db-superuser",
         "/api/v1/namespaces/prod/secrets/shop-gateway-tokens",
         "/api/v1/namespaces/prod/secrets/shop-session-id-key",
         "/api/v1/namespaces/prod/serviceaccounts/shop-gateway",
@@ -465,8 +467,8 @@ async fn create_applies_every_object_once_and_generates_credentials() {
         .map(|s| s.path)
         .collect();
     assert_eq!(
-        creates, ["/api/v1/namespaces/prod/secrets"; 3],
-        "the database credentials, the gateway tokens and the session-id key are the only creates"
+        creates, ["/api/v1/namespaces/prod/secrets"; 5],
+        "the database roles' credentials (3), the gateway tokens and the session-id key are the only creates"
     );
 
     let sts = api.get(STS_PATH).unwrap();
@@ -531,7 +533,7 @@ async fn update_reapplies_the_change_and_never_overwrites_the_secret() {
         .filter(|s| s.path.contains("/secrets"))
         .count();
     assert_eq!(
-        secret_writes, 3,
+        secret_writes, 5,
         "credentials, tokens and session-id key created once, never patched"
     );
     assert_eq!(
@@ -755,6 +757,12 @@ async fn a_deleted_farm_deletes_its_database_credentials_and_claim_then_lets_go(
     farm["metadata"]["resourceVersion"] = json!("7");
     api.put(FARM_PATH, farm);
     api.put(SECRET_PATH, database_object("Secret", "shop-db", "shop"));
+    for other in ["shop-db-app", "shop-db-superuser", "shop-session-id-key"] {
+        api.put(
+            &format!("/api/v1/namespaces/prod/secrets/{other}"),
+            database_object("Secret", other, "shop"),
+        );
+    }
     api.put(
         CLAIM_PATH,
         database_object("PersistentVolumeClaim", "data-shop-db-0", "shop"),
@@ -764,12 +772,16 @@ async fn a_deleted_farm_deletes_its_database_credentials_and_claim_then_lets_go(
     assert_eq!(action, Action::await_change());
     assert!(api.get(SECRET_PATH).is_none(), "credentials deleted");
     assert!(api.get(CLAIM_PATH).is_none(), "claim deleted");
+    for other in ["shop-db-app", "shop-db-superuser", "shop-session-id-key"] {
+        let path = format!("/api/v1/namespaces/prod/secrets/{other}");
+        assert!(api.get(&path).is_none(), "{other} deleted");
+    }
     let deletes: Vec<Seen> = api
         .writes()
         .into_iter()
         .filter(|s| s.method == Method::DELETE)
         .collect();
-    assert_eq!(deletes.len(), 2);
+    assert_eq!(deletes.len(), 5);
     for d in &deletes {
         let uid = d.body["preconditions"]["uid"].as_str().unwrap_or_default();
         assert!(
@@ -902,6 +914,55 @@ async fn credentials_owned_by_the_farm_are_disowned_and_kept() {
     assert!(
         !api.event_reasons()
             .contains(&"CredentialsCreated".to_owned())
+    );
+    // An earlier version's database (its Secret does not say it has separate roles) keeps its
+    // one role: no new roles' Secrets, the StatefulSet keeps the environment it was made with.
+    assert!(
+        api.get("/api/v1/namespaces/prod/secrets/shop-db-app")
+            .is_none()
+    );
+    assert!(
+        api.get("/api/v1/namespaces/prod/secrets/shop-db-superuser")
+            .is_none()
+    );
+    let sts = api
+        .get("/apis/apps/v1/namespaces/prod/statefulsets/shop-db")
+        .unwrap();
+    let env = &sts["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .contains(&json!({"name": "POSTGRES_USER", "valueFrom":
+            {"secretKeyRef": {"name": "shop-db", "key": "username", "optional": false}}})),
+        "{env}"
+    );
+}
+
+/// A database made with separate roles whose app Secret is lost: the operator does not make
+/// a new app password (the database holds the first one); Degraded says what to restore.
+#[tokio::test]
+async fn a_lost_role_secret_of_a_separate_roles_database_is_never_regenerated() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(3));
+    let ctx = context(api.client());
+    reconcile_stored(&api, &ctx).await.unwrap();
+    let app_path = "/api/v1/namespaces/prod/secrets/shop-db-app";
+    let app = api
+        .get(app_path)
+        .expect("the app's credentials made with the database");
+    assert_eq!(secret_value(&app, "username"), "stickyfarm_app");
+    api.delete(app_path);
+    reconcile_stored(&api, &ctx).await.unwrap();
+    assert!(api.get(app_path).is_none(), "never regenerated");
+    let farm = api.get(FARM_PATH).unwrap();
+    let degraded = condition(&farm, "Degraded");
+    assert_eq!(degraded["reason"], "DatabaseCredentialsMissing");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("prod/shop-db-app"),
+        "{degraded}"
     );
 }
 

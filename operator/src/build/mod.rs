@@ -33,8 +33,9 @@ use kube::{Resource, ResourceExt};
 use stickyfarm_api::farm::{ServerFarm, UnitState, labels};
 
 pub use database::{
-    DATABASE_FINALIZER, DATABASE_NAME, DATABASE_USER, database_claim_name, database_secret,
-    database_statefulset_name, database_url_for,
+    APP_USER, DATABASE_FINALIZER, DATABASE_NAME, DATABASE_USER, DatabaseRoles, ROLES_ANNOTATION,
+    SUPERUSER, app_secret_name, database_app_secret, database_claim_name, database_secret,
+    database_statefulset_name, database_superuser_secret, database_url_for, superuser_secret_name,
 };
 pub use gateway::{GATEWAY_ADMIN_PORT, GATEWAY_CONTROL_PORT};
 pub use tokens::{
@@ -67,6 +68,8 @@ pub struct BuildInput {
     pub unit_replicas: u32,
     /// When the drain under way started, kept on the StatefulSet (RFC 3339).
     pub drain_since: Option<String>,
+    /// The managed database's roles (as its credentials Secret says).
+    pub database_roles: DatabaseRoles,
 }
 
 /// The farm's objects, as they should be.
@@ -140,7 +143,7 @@ pub fn build(farm: &ServerFarm, input: &BuildInput) -> Result<Desired, BuildErro
         gateway_role_binding: gateway::role_binding(&f),
         gateway_deployment: gateway::deployment(&f, &input.images),
         gateway_service: gateway::service(&f),
-        database: database::managed(&f, &input.images),
+        database: database::managed(&f, &input.images, input.database_roles),
         network_policies: network::policies(&f, &input.scrape_namespaces),
     })
 }

@@ -35,6 +35,7 @@ pub(crate) fn input() -> BuildInput {
         scrape_namespaces: vec!["stickyfarm-system".into()],
         unit_replicas: 0,
         drain_since: None,
+        database_roles: DatabaseRoles::Separate,
     }
 }
 
@@ -727,15 +728,87 @@ fn managed_database_with_defaults_and_with_settings() {
             .unwrap();
         (r.name.clone(), r.key.clone())
     };
+    // Separate roles: the superuser's password is the database pod's alone; the script that
+    // makes the sidecars' and the app's roles gets their passwords from the environment.
+    assert_eq!(env_value(pg, "POSTGRES_USER"), "postgres");
     assert_eq!(
-        secret_key("POSTGRES_USER"),
+        secret_key("POSTGRES_PASSWORD"),
+        ("shop-db-superuser".into(), "password".into())
+    );
+    assert_eq!(
+        secret_key("STICKYFARM_SIDECAR_PASSWORD"),
+        ("shop-db".into(), "password".into())
+    );
+    assert_eq!(
+        secret_key("STICKYFARM_APP_PASSWORD"),
+        ("shop-db-app".into(), "password".into())
+    );
+    assert_eq!(env_value(pg, "POSTGRES_DB"), "stickyfarm");
+    let init = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "init")
+        .unwrap();
+    let init = init.secret.as_ref().unwrap();
+    assert_eq!(init.secret_name.as_deref(), Some("shop-db-superuser"));
+    assert_eq!(
+        init.items.as_ref().unwrap()[0].path,
+        "10-stickyfarm-roles.sh"
+    );
+    assert!(pg.volume_mounts.iter().flatten().any(|m| m.name == "init"
+        && m.mount_path == "/docker-entrypoint-initdb.d"
+        && m.read_only == Some(true)));
+    // Nothing of the database's reaches the unit pods but the sidecars' own URL.
+    let units = d.unit_statefulset.spec.template.spec.as_ref().unwrap();
+    for c in &units.containers {
+        for e in c.env.iter().flatten() {
+            let secret = e
+                .value_from
+                .as_ref()
+                .and_then(|v| v.secret_key_ref.as_ref());
+            assert!(
+                secret.is_none_or(|r| r.name != "shop-db-superuser"),
+                "{}: {}",
+                c.name,
+                e.name
+            );
+        }
+    }
+
+    // A database made by an earlier version keeps its one role: only the environment that
+    // initialised it, and no script (it would run only on an empty volume anyway).
+    let single = build(
+        &farm(MINIMAL),
+        &BuildInput {
+            database_roles: DatabaseRoles::Single,
+            ..input()
+        },
+    )
+    .unwrap();
+    let single_sts = &single.database.as_ref().unwrap().statefulset;
+    let single_pod = single_sts.spec.template.spec.as_ref().unwrap();
+    let single_pg = &single_pod.containers[0];
+    let key_of = |name| {
+        let r = env(single_pg, name)
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        (r.name.clone(), r.key.clone())
+    };
+    assert_eq!(
+        key_of("POSTGRES_USER"),
         ("shop-db".into(), "username".into())
     );
     assert_eq!(
-        secret_key("POSTGRES_PASSWORD"),
+        key_of("POSTGRES_PASSWORD"),
         ("shop-db".into(), "password".into())
     );
-    assert_eq!(env_value(pg, "POSTGRES_DB"), "stickyfarm");
+    assert_eq!(single_pod.volumes, None);
     assert!(pg.readiness_probe.as_ref().unwrap().exec.is_some());
     let pvc = &sts.spec.volume_claim_templates.as_ref().unwrap()[0];
     let pvc_spec = pvc.spec.as_ref().unwrap();
@@ -869,6 +942,31 @@ fn generated_credentials_secret() {
         data["url"],
         "postgres://stickyfarm:0123abcd@shop-db.prod.svc:5432/stickyfarm"
     );
+    assert_eq!(
+        s.metadata.annotations.unwrap()["stickyfarm.dev/database-roles"],
+        "separate"
+    );
+
+    let app = database_app_secret(&farm(MINIMAL), "feed").unwrap();
+    assert_eq!(app.metadata.name.as_deref(), Some("shop-db-app"));
+    assert_eq!(app.metadata.owner_references, None);
+    assert_eq!(app.immutable, Some(true));
+    assert_eq!(
+        app.string_data.unwrap()["url"],
+        "postgres://stickyfarm_app:feed@shop-db.prod.svc:5432/stickyfarm"
+    );
+    let su = database_superuser_secret(&farm(MINIMAL), "beef").unwrap();
+    assert_eq!(su.metadata.name.as_deref(), Some("shop-db-superuser"));
+    assert_eq!(su.metadata.owner_references, None);
+    let data = su.string_data.unwrap();
+    assert_eq!(data["username"], "postgres");
+    assert_eq!(data["password"], "beef");
+    let script = &data["init-roles.sh"];
+    assert!(
+        !script.contains("beef"),
+        "passwords come from the environment"
+    );
+    assert!(script.contains("CREATE SCHEMA stickyfarm AUTHORIZATION stickyfarm"));
 }
 
 #[test]
