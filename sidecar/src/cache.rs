@@ -39,6 +39,10 @@ pub struct CachedSession {
     /// Unix milliseconds at which the session passes its absolute lifetime.
     #[serde(default = "never")]
     expires_at: u64,
+    /// Unix milliseconds at which a client last claimed a generation PostgreSQL itself did not
+    /// reach (0: never). Honest claims never are: a unit hands out only committed generations.
+    #[serde(skip)]
+    claim_refuted_at: AtomicU64,
     /// The encoded snapshot header, computed at most once per copy, and kept only when it is
     /// small enough to be attached (`None`: too large).
     #[serde(skip)]
@@ -84,8 +88,21 @@ impl CachedSession {
             last_access: now_atomic(),
             last_touch: now_atomic(),
             expires_at: never(),
+            claim_refuted_at: AtomicU64::new(0),
             snapshot: OnceLock::new(),
         }
+    }
+
+    /// Records at `now` (ms) that this copy, just loaded, is behind the generation the client
+    /// claimed, so PostgreSQL is too: the claim was forged.
+    pub fn refute_claim(&self, now: u64) {
+        self.claim_refuted_at.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a claim was refuted within the last `window` ms before `now`.
+    pub fn claim_refuted_within(&self, now: u64, window: u64) -> bool {
+        let at = self.claim_refuted_at.load(Ordering::Relaxed);
+        at != 0 && now.saturating_sub(at) < window
     }
 
     /// The same copy, expiring at `expires_at` (Unix ms).

@@ -71,6 +71,7 @@ pub struct Metrics {
     sessions_issued: Counter,
     cache_memory_bytes: Gauge,
     malformed_cookies: Counter,
+    refuted_claims: Counter,
     notifications: Counter,
     listener_connected: Gauge,
 }
@@ -99,6 +100,7 @@ impl Metrics {
             sessions_issued: Counter::default(),
             cache_memory_bytes: Gauge::default(),
             malformed_cookies: Counter::default(),
+            refuted_claims: Counter::default(),
             notifications: Counter::default(),
             listener_connected: Gauge::default(),
             registry: Registry::default(),
@@ -164,6 +166,11 @@ impl Metrics {
             m.malformed_cookies.clone(),
         );
         registry.register(
+            "generation_claims_refuted",
+            "Generation cookies claiming more than PostgreSQL holds (forged); such a session is reloaded for claims at most once a second",
+            m.refuted_claims.clone(),
+        );
+        registry.register(
             "invalidation_notifications",
             "Invalidation notifications received from PostgreSQL",
             m.notifications.clone(),
@@ -224,6 +231,9 @@ impl Metrics {
     }
     pub(crate) fn malformed_cookie(&self) {
         self.malformed_cookies.inc();
+    }
+    pub(crate) fn refuted_claim(&self) {
+        self.refuted_claims.inc();
     }
     pub(crate) fn notification(&self) {
         self.notifications.inc();

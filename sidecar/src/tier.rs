@@ -44,6 +44,11 @@ const LOCK_STRIPES: usize = 1024;
 /// Expired sessions deleted per sweep statement (the sweep repeats while batches are full).
 const SWEEP_BATCH: u64 = 1000;
 
+/// After a client claimed a generation PostgreSQL did not have (a forged `sf_gen`), claims for
+/// that session reload it at most this often: the forger's requests are served from the cache
+/// meanwhile, and honest clients, whose claims PostgreSQL always holds, never wait.
+const REFUTED_CLAIM_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
 /// A session-tier operation failed.
 #[derive(Debug, Error)]
 pub enum TierError {
@@ -274,10 +279,15 @@ impl SessionTier {
             return Ok(Some((e, Resolution::Cached)));
         }
         self.metrics.miss();
-        Ok(self
-            .load_locked(&id, stored)
-            .await?
-            .map(|e| (e, Resolution::Loaded)))
+        let loaded = self.load_locked(&id, stored).await?;
+        if let Some(e) = &loaded
+            && e.generation < min.0
+        {
+            // PostgreSQL holds less than the client claims: no unit handed that out.
+            e.refute_claim(unix_now());
+            self.metrics.refuted_claim();
+        }
+        Ok(loaded.map(|e| (e, Resolution::Loaded)))
     }
 
     /// The cached copy if it is usable for a client that has seen generation `min`.
@@ -303,7 +313,9 @@ impl SessionTier {
             self.issued.forget(id, now / 1000);
             return None;
         }
-        if e.generation < min.0 {
+        if e.generation < min.0
+            && !e.claim_refuted_within(now, REFUTED_CLAIM_RELOAD_INTERVAL.as_millis() as u64)
+        {
             self.flush(stored, FlushReason::NewerGeneration);
             return None;
         }

@@ -1668,3 +1668,39 @@ async fn an_earlier_versions_sessions_are_rekeyed_and_another_key_is_refused() {
     assert!(log.contains("<farm>-session-id-key"), "{log}");
     assert_eq!(ids().await, [stored_uuid(&sid_text)], "nothing changed");
 }
+
+/// A forged generation cookie (claiming more than any unit committed) cannot make a unit load
+/// the session from PostgreSQL on every request: once PostgreSQL refutes the claim, that
+/// session's claims reload it at most once a second, and the shopper is still served the cart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_generation_cookie_cannot_force_a_reload_per_request() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let mut browser = Browser::new();
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    browser.get(&a.sidecar.url("/cart")).await;
+    let loads = || {
+        a.sidecar
+            .metric("stickyfarm_sidecar_db_queries_total", "op=\"load_session\"")
+    };
+    let before = loads().await;
+    let started = std::time::Instant::now();
+    for _ in 0..200 {
+        browser.cookies.insert("sf_gen".into(), "999999999".into());
+        let p = browser.get(&a.sidecar.url("/cart")).await;
+        assert_eq!(p.json()["items"], json!(["apple"]));
+    }
+    let elapsed = started.elapsed();
+    let reloads = loads().await - before;
+    let bound = 1.0 + elapsed.as_secs_f64().ceil();
+    assert!(
+        (1.0..=bound).contains(&reloads),
+        "{reloads} loads for 200 forged claims in {elapsed:?} (at least the first, at most {bound})"
+    );
+    assert!(
+        a.sidecar
+            .metric("stickyfarm_sidecar_generation_claims_refuted_total", "")
+            .await
+            >= 1.0
+    );
+}
