@@ -542,8 +542,8 @@ async fn lasting_uids(client: &Client, ns: &str) -> anyhow::Result<BTreeMap<Stri
         .collect();
     // Every kind is there: an object missing its farm label would silently escape the check.
     anyhow::ensure!(
-        out.len() == 18,
-        "expected the farm's 18 lasting objects (the tokens and session-id key Secrets among them), found {out:?}"
+        out.len() == 20,
+        "expected the farm's 20 lasting objects (5 Secrets among them: 3 database roles, tokens, session-id key), found {out:?}"
     );
     Ok(out)
 }
@@ -989,8 +989,46 @@ async fn a_namespaced_operator_cannot_touch_secrets_elsewhere() -> anyhow::Resul
     let Some(c) = cluster().await else {
         return Ok(());
     };
-    let (watched, elsewhere, release_ns) = ("e2e-scoped", "e2e-next-door", "e2e-scoped-system");
-    for ns in [watched, elsewhere] {
+    secret_rights_stop_at(
+        &c,
+        ("scoped", "e2e-scoped-system"),
+        "watchNamespace=e2e-scoped",
+        "e2e-scoped",
+        "e2e-next-door",
+    )
+    .await
+}
+
+/// Installed for all namespaces but with `farmNamespaces`, the operator holds Secret rights
+/// only in the listed ones: its ServiceAccount reads a Secret there and is refused one
+/// elsewhere (and it refuses farms elsewhere, `controller.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_for_listed_farm_namespaces_cannot_touch_secrets_elsewhere()
+-> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    secret_rights_stop_at(
+        &c,
+        ("listed", "e2e-listed-system"),
+        "farmNamespaces={e2e-listed}",
+        "e2e-listed",
+        "e2e-unlisted",
+    )
+    .await
+}
+
+/// Installs a second release (`release` in `release_ns`, with `set`), then, as its
+/// ServiceAccount, reads a Secret in `allowed` and is refused reading or creating one in
+/// `elsewhere`. Uninstalls the release whatever the outcome.
+async fn secret_rights_stop_at(
+    c: &Cluster,
+    (release, release_ns): (&str, &str),
+    set: &str,
+    allowed: &str,
+    elsewhere: &str,
+) -> anyhow::Result<()> {
+    for ns in [allowed, elsewhere] {
         namespace(&c.admin, ns).await?;
         let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
         secrets
@@ -1006,22 +1044,23 @@ async fn a_namespaced_operator_cannot_touch_secrets_elsewhere() -> anyhow::Resul
     // The CRD belongs to the suite's main release.
     install_release(
         &c.kubeconfig,
-        "scoped",
+        release,
         release_ns,
-        &[&format!("watchNamespace={watched}"), "crds.enabled=false"],
+        &[set, "crds.enabled=false"],
     )?;
-    let operator = impersonate(&c.kubeconfig, release_ns, "scoped-stickyfarm").await?;
+    let operator = impersonate(&c.kubeconfig, release_ns, &format!("{release}-stickyfarm")).await?;
     let forbidden = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 403);
     let outcome = async {
-        let here: Api<Secret> = Api::namespaced(operator.clone(), watched);
-        eventually(
-            WAIT,
-            "the Role in the watched namespace applies",
-            || async { Ok(here.get_opt("shop-db").await.is_ok_and(|s| s.is_some())) },
-        )
+        let here: Api<Secret> = Api::namespaced(operator.clone(), allowed);
+        eventually(WAIT, &format!("the Role in {allowed} applies"), || async {
+            Ok(here.get_opt("shop-db").await.is_ok_and(|s| s.is_some()))
+        })
         .await?;
         let there: Api<Secret> = Api::namespaced(operator.clone(), elsewhere);
-        let read = there.get("shop-db").await.expect_err("reading next door");
+        let read = there
+            .get("shop-db")
+            .await
+            .expect_err(&format!("reading in {elsewhere}"));
         assert!(forbidden(&read), "{read}");
         let write = there
             .create(
@@ -1031,11 +1070,11 @@ async fn a_namespaced_operator_cannot_touch_secrets_elsewhere() -> anyhow::Resul
                 }))?,
             )
             .await
-            .expect_err("creating next door");
+            .expect_err(&format!("creating in {elsewhere}"));
         assert!(forbidden(&write), "{write}");
         anyhow::Ok(())
     }
     .await;
-    uninstall_release(&c.kubeconfig, "scoped", release_ns)?;
+    uninstall_release(&c.kubeconfig, release, release_ns)?;
     outcome
 }

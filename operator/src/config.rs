@@ -44,6 +44,10 @@ pub struct Config {
         default_value = "ClusterIP"
     )]
     pub allowed_service_types: Vec<ServiceType>,
+    /// Namespaces farms may run in (comma-separated; empty: any). The chart's `farmNamespaces`
+    /// grants Secret rights only there, so a farm elsewhere is refused before anything is made.
+    #[arg(long, env = "STICKYFARM_FARM_NAMESPACES", value_delimiter = ',')]
+    pub farm_namespaces: Vec<String>,
     /// Take a Lease before reconciling, so only one replica acts at a time.
     #[arg(long, env = "STICKYFARM_LEADER_ELECT", default_value_t = true, action = ArgAction::Set)]
     pub leader_elect: bool,

@@ -172,6 +172,7 @@ pub fn reconcile_until(
         resync: config.resync,
         scrape_namespaces: config.scrape_namespaces(),
         allowed_service_types: config.allowed_service_types.clone(),
+        farm_namespaces: config.farm_namespaces.clone(),
     };
     let namespace = config.watch_namespace.clone();
     async move {

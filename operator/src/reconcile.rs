@@ -75,6 +75,8 @@ pub struct Settings {
     /// Gateway Service types farms may ask for (ClusterIP only, unless the chart allows more:
     /// a NodePort or LoadBalancer exposes the farm outside the cluster).
     pub allowed_service_types: Vec<ServiceType>,
+    /// Namespaces farms may run in (empty: any).
+    pub farm_namespaces: Vec<String>,
 }
 
 /// Shared state of all reconciles.
@@ -330,6 +332,18 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
 /// Why the farm is not applied at all, if so: a spec that contradicts itself, or a gateway
 /// Service type this installation does not allow (chart value `allowedServiceTypes`).
 fn refusal(farm: &ServerFarm, settings: &Settings) -> Option<Problem> {
+    let ns = farm.namespace().unwrap_or_default();
+    if !settings.farm_namespaces.is_empty() && !settings.farm_namespaces.contains(&ns) {
+        return Some(Problem::new(
+            "NamespaceNotAllowed",
+            format!(
+                "farms run only in the namespaces this installation serves ({}), not in {ns}: \
+                 move the farm, or ask the cluster administrator to add {ns} to the chart value \
+                 farmNamespaces (the operator holds Secret rights only there)",
+                settings.farm_namespaces.join(", ")
+            ),
+        ));
+    }
     if let Err(errors) = farm.spec.validate() {
         let message = errors
             .iter()

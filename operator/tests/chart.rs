@@ -308,3 +308,67 @@ fn images_can_be_pinned_by_digest_and_a_malformed_digest_is_refused() {
         "{err}"
     );
 }
+
+/// With `farmNamespaces`, the operator still watches every namespace but holds Secret rights
+/// only in the listed ones (a Role each), and is told which (it refuses farms elsewhere).
+#[test]
+fn farm_namespaces_confine_secret_rights_to_those_namespaces() {
+    let Some(docs) = render(&["farmNamespaces={shop,outlet}"]) else {
+        return;
+    };
+    let cluster = find(&docs, "ClusterRole", "sf-stickyfarm");
+    assert!(
+        verbs(&cluster["rules"], "", "secrets").is_empty(),
+        "no cluster-wide Secret rights"
+    );
+    assert_eq!(
+        verbs(&cluster["rules"], "stickyfarm.dev", "serverfarms"),
+        ["get", "list", "patch", "watch"]
+    );
+    for ns in ["shop", "outlet"] {
+        let in_ns = |kind: &str| {
+            docs.iter()
+                .find(|d| {
+                    d["kind"] == kind
+                        && d["metadata"]["name"] == "sf-stickyfarm-secrets"
+                        && d["metadata"]["namespace"] == ns
+                })
+                .unwrap_or_else(|| panic!("no {kind} sf-stickyfarm-secrets in {ns}"))
+        };
+        assert_eq!(
+            verbs(&in_ns("Role")["rules"], "", "secrets"),
+            ["create", "delete", "get", "patch"]
+        );
+        let binding = in_ns("RoleBinding");
+        assert_eq!(binding["roleRef"]["name"], "sf-stickyfarm-secrets");
+        assert_eq!(binding["subjects"][0]["name"], "sf-stickyfarm");
+        assert_eq!(binding["subjects"][0]["namespace"], "stickyfarm-system");
+    }
+    let dep = find(&docs, "Deployment", "stickyfarm");
+    let c = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container_env(c, "STICKYFARM_FARM_NAMESPACES")["value"],
+        "shop,outlet"
+    );
+
+    // Without it, the one Secret rule is cluster-wide (farms may be anywhere).
+    let Some(docs) = render(&[]) else { return };
+    assert_eq!(
+        verbs(
+            &find(&docs, "ClusterRole", "sf-stickyfarm")["rules"],
+            "",
+            "secrets"
+        ),
+        ["create", "delete", "get", "patch"]
+    );
+    assert!(
+        docs.iter()
+            .all(|d| d["metadata"]["name"] != "sf-stickyfarm-secrets")
+    );
+
+    let Some(both) = render_result(&["watchNamespace=shop", "farmNamespaces={outlet}"]) else {
+        return;
+    };
+    let err = both.expect_err("watchNamespace and farmNamespaces together are refused");
+    assert!(err.contains("not both"), "{err}");
+}

@@ -345,21 +345,30 @@ fn farm_json(replicas: u32) -> Value {
     })
 }
 
+fn settings() -> Settings {
+    Settings {
+        images: Images {
+            sidecar: "ghcr.io/stickyfarm/sidecar:0.1.0".into(),
+            gateway: "ghcr.io/stickyfarm/gateway:0.1.0".into(),
+            postgres: "postgres:17".into(),
+        },
+        drain_period: DRAIN,
+        resync: Duration::from_secs(300),
+        scrape_namespaces: vec!["stickyfarm-system".into()],
+        allowed_service_types: vec![ServiceType::ClusterIP],
+        farm_namespaces: Vec::new(),
+    }
+}
+
 fn context(client: Client) -> Arc<Context> {
+    context_with(client, settings())
+}
+
+fn context_with(client: Client, settings: Settings) -> Arc<Context> {
     let recorder = Recorder::new(client.clone(), Reporter::from("stickyfarm-operator"));
     Arc::new(Context::new(
         client,
-        Settings {
-            images: Images {
-                sidecar: "ghcr.io/stickyfarm/sidecar:0.1.0".into(),
-                gateway: "ghcr.io/stickyfarm/gateway:0.1.0".into(),
-                postgres: "postgres:17".into(),
-            },
-            drain_period: DRAIN,
-            resync: Duration::from_secs(300),
-            scrape_namespaces: vec!["stickyfarm-system".into()],
-            allowed_service_types: vec![ServiceType::ClusterIP],
-        },
+        settings,
         recorder,
         Arc::new(Metrics::default()),
     ))
@@ -1154,4 +1163,52 @@ async fn service_types_beyond_the_allowed_ones_are_refused() {
         api.event_reasons()
             .contains(&"ServiceTypeNotAllowed".to_owned())
     );
+}
+
+/// Installed for some namespaces only (chart value `farmNamespaces`), the operator refuses a
+/// farm elsewhere before touching anything there: it holds no Secret rights in that namespace.
+#[tokio::test]
+async fn a_farm_outside_the_served_namespaces_is_refused_before_anything_is_made() {
+    let api = FakeApi::default();
+    api.put(FARM_PATH, farm_json(3));
+    let ctx = context_with(
+        api.client(),
+        Settings {
+            farm_namespaces: vec!["shop".into(), "outlet".into()],
+            ..settings()
+        },
+    );
+    let action = reconcile_stored(&api, &ctx).await.unwrap();
+    assert_eq!(action, Action::await_change());
+    let writes: Vec<String> = api
+        .writes()
+        .into_iter()
+        .filter(|w| w.method != Method::GET && !w.path.contains("/events"))
+        .map(|w| w.path)
+        .collect();
+    assert_eq!(
+        writes,
+        [format!("{FARM_PATH}/status")],
+        "only the farm's status"
+    );
+    assert!(api.get(SECRET_PATH).is_none(), "no Secret, not even read");
+    assert!(api.writes().iter().all(|w| !w.path.contains("/secrets")));
+    let degraded = condition(&api.get(FARM_PATH).unwrap(), "Degraded");
+    assert_eq!(degraded["reason"], "NamespaceNotAllowed");
+    let message = degraded["message"].as_str().unwrap();
+    assert!(
+        message.contains("shop, outlet") && message.contains("farmNamespaces"),
+        "{message}"
+    );
+
+    // In a served namespace it is reconciled as usual.
+    let ctx = context_with(
+        api.client(),
+        Settings {
+            farm_namespaces: vec!["prod".into()],
+            ..settings()
+        },
+    );
+    reconcile_stored(&api, &ctx).await.unwrap();
+    assert!(api.get(SECRET_PATH).is_some());
 }
