@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use stickyfarm_testkit::*;
+use stickyfarm_webstore::shop::session_ref;
 
 fn example() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/webstore.yaml")
@@ -286,9 +287,9 @@ async fn a_shopper_keeps_the_cart_when_its_unit_is_killed_and_checkout_is_exact(
     let order = order.json();
     let rows: Vec<(String, i32)> = sqlx::query_as(
         "SELECT i.sku, i.qty FROM webstore_order_items i JOIN webstore_orders o ON o.id = i.order_id
-          WHERE o.session_id = $1 ORDER BY i.sku",
+          WHERE o.session_ref = $1 ORDER BY i.sku",
     )
-    .bind(&session)
+    .bind(session_ref(&session))
     .fetch_all(&db.pool)
     .await
     .unwrap();
@@ -297,8 +298,8 @@ async fn a_shopper_keeps_the_cart_when_its_unit_is_killed_and_checkout_is_exact(
         vec![("apple".into(), 2), ("coffee".into(), 3), ("tea".into(), 1)]
     );
     let orders: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM webstore_orders WHERE session_id = $1")
-            .bind(&session)
+        sqlx::query_scalar("SELECT count(*) FROM webstore_orders WHERE session_ref = $1")
+            .bind(session_ref(&session))
             .fetch_one(&db.pool)
             .await
             .unwrap();
@@ -419,8 +420,8 @@ async fn twenty_shoppers_lose_nothing_while_a_unit_is_killed_and_restarted() {
     for s in shoppers {
         let (session, model) = s.await.unwrap();
         let orders: Vec<i64> =
-            sqlx::query_scalar("SELECT id FROM webstore_orders WHERE session_id = $1")
-                .bind(&session)
+            sqlx::query_scalar("SELECT id FROM webstore_orders WHERE session_ref = $1")
+                .bind(session_ref(&session))
                 .fetch_all(&db.pool)
                 .await
                 .unwrap();
@@ -566,8 +567,8 @@ async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
         p.body
     );
     let orders: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM webstore_orders WHERE session_id = $1")
-            .bind(&after)
+        sqlx::query_scalar("SELECT count(*) FROM webstore_orders WHERE session_ref = $1")
+            .bind(session_ref(&after))
             .fetch_one(&db.pool)
             .await
             .unwrap();
@@ -582,11 +583,16 @@ async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
     .unwrap();
     assert_eq!(rows, vec![("tea".into(), 1)]);
     let (customer, session): (Option<String>, String) =
-        sqlx::query_as("SELECT customer, session_id FROM webstore_orders WHERE id = $1")
+        sqlx::query_as("SELECT customer, session_ref FROM webstore_orders WHERE id = $1")
             .bind(order_id)
             .fetch_one(&db.pool)
             .await
             .unwrap();
     assert_eq!(customer.as_deref(), Some("Ann"));
-    assert_eq!(session, after);
+    assert_eq!(
+        session,
+        session_ref(&after),
+        "the order names the session by its digest"
+    );
+    assert!(!session.contains(&after));
 }

@@ -106,12 +106,24 @@ pub async fn prepare(pool: &PgPool) -> Result<(), sqlx::Error> {
         "CREATE TABLE IF NOT EXISTS webstore_orders (
             id           bigserial PRIMARY KEY,
             checkout_key text NOT NULL UNIQUE,
-            session_id   text NOT NULL,
+            session_ref  text NOT NULL,
             customer     text,
             unit         text NOT NULL,
             total_cents  bigint NOT NULL,
             created_at   timestamptz NOT NULL DEFAULT now()
         );
+        -- Orders made by earlier versions named their session by its id, a bearer credential:
+        -- they now hold its digest (session_ref), like every new order.
+        DO $$ BEGIN
+          IF EXISTS (SELECT 1 FROM information_schema.columns
+                      WHERE table_name = 'webstore_orders' AND column_name = 'session_id') THEN
+            ALTER TABLE webstore_orders RENAME COLUMN session_id TO session_ref;
+            UPDATE webstore_orders
+               SET session_ref = encode(sha256(convert_to(session_ref, 'UTF8')), 'hex'),
+                   checkout_key = encode(sha256(convert_to(split_part(checkout_key, ':', 1), 'UTF8')), 'hex')
+                                  || substr(checkout_key, strpos(checkout_key, ':'));
+          END IF;
+        END $$;
         CREATE TABLE IF NOT EXISTS webstore_order_items (
             order_id    bigint NOT NULL REFERENCES webstore_orders (id) ON DELETE CASCADE,
             sku         text NOT NULL,
@@ -136,9 +148,20 @@ pub struct Order {
     pub total_cents: u64,
 }
 
+/// How orders name their session: the SHA-256 of its id, in hex. The id is a bearer
+/// credential and is never stored; the digest only links a session's orders together.
+pub fn session_ref(session: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(session.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// What makes a checkout happen once: the client's `Idempotency-Key` when it sent one (scoped
 /// to its session), otherwise the cart version it checked out.
 pub fn checkout_key(session: &str, idempotency_key: Option<&str>, cart_version: u64) -> String {
+    let session = session_ref(session);
     match idempotency_key {
         Some(k) => format!("{session}:key:{k}"),
         None => format!("{session}:{cart_version}"),
@@ -171,11 +194,11 @@ pub async fn place_order(
     let total = total_cents(cart);
     let mut tx = pool.begin().await?;
     let created: Option<i64> = sqlx::query_scalar(
-        "INSERT INTO webstore_orders (checkout_key, session_id, customer, unit, total_cents)
+        "INSERT INTO webstore_orders (checkout_key, session_ref, customer, unit, total_cents)
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (checkout_key) DO NOTHING RETURNING id",
     )
     .bind(key)
-    .bind(session)
+    .bind(session_ref(session))
     .bind(customer)
     .bind(unit)
     .bind(total as i64)
@@ -228,4 +251,20 @@ pub async fn order(pool: &PgPool, id: i64) -> Result<Order, sqlx::Error> {
         items,
         total_cents: total as u64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_are_named_by_their_sha256() {
+        // FIPS 180-2's "abc" vector.
+        assert_eq!(
+            session_ref("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        let key = checkout_key("AAAAAAAAAAAAAAAAAAAAAQ", Some("k"), 0);
+        assert!(!key.contains("AAAAAAAAAAAAAAAAAAAAAQ"), "{key}");
+    }
 }
