@@ -15,6 +15,11 @@ use uuid::Uuid;
 
 use crate::metrics::Metrics;
 
+/// PostgreSQL advisory lock keys the sidecars take (the example shop takes 7197548 for its
+/// tables; each key serialises one kind of work across units).
+const SWEEP_LOCK: i64 = 7_197_547;
+const KEY_ADOPTION_LOCK: i64 = 7_197_549;
+
 /// The channel on which committed changes are announced to every unit.
 pub const INVALIDATION_CHANNEL: &str = "stickyfarm_session";
 
@@ -206,7 +211,8 @@ impl Store {
         let ours = key.fingerprint();
         let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
         // One unit at a time: the others wait here and then find the key recorded.
-        sqlx::query("SELECT pg_advisory_xact_lock(7197548)")
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(KEY_ADOPTION_LOCK)
             .execute(&mut *tx)
             .await
             .map_err(StoreError::from_sqlx)?;
@@ -515,7 +521,7 @@ impl Store {
     /// Only one sidecar sweeps at a time (a transaction-scoped advisory lock); the others skip.
     pub async fn sweep_expired(&self, batch: i64) -> Result<u64, StoreError> {
         let r = sqlx::query_scalar::<_, i64>(
-            "WITH lock AS (SELECT pg_try_advisory_xact_lock(7197547) AS got),
+            "WITH lock AS (SELECT pg_try_advisory_xact_lock($5) AS got),
                   doomed AS (
                     SELECT id FROM stickyfarm_sessions
                      WHERE (SELECT got FROM lock)
@@ -531,6 +537,7 @@ impl Store {
         .bind(self.expiry.absolute.as_secs_f64())
         .bind(batch)
         .bind(INVALIDATION_CHANNEL)
+        .bind(SWEEP_LOCK)
         .fetch_one(&self.pool)
         .await;
         self.observe("sweep", r).map(|n| n as u64)
