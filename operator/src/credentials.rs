@@ -26,7 +26,7 @@ pub const SECRET_RECHECK: Duration = Duration::from_secs(10);
 /// a password is never rotated under a running database. A missing Secret gets a new password
 /// only for a database that holds no data yet: PostgreSQL keeps the password it was initialised
 /// with, so a new one would lock the units out. For an external database, reports a missing
-/// Secret.
+/// Secret. Returns the problem, if any, and which roles the managed database has.
 pub(crate) async fn ensure_database_secret(
     farm: &ServerFarm,
     ctx: &Context,
@@ -34,75 +34,24 @@ pub(crate) async fn ensure_database_secret(
 ) -> Result<(Option<Problem>, DatabaseRoles), Error> {
     let ns = farm.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let (secret_name, key) = build::database_secret_ref(farm);
+    let (secret_name, _) = build::database_secret_ref(farm);
     let existing = secrets
         .get_opt(&secret_name)
         .await
         .map_err(kube_err(format!("read Secret {ns}/{secret_name}")))?;
-    if let Some(external) = &farm.spec.database.external {
-        let has_key = existing
-            .as_ref()
-            .is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(&key)));
-        if !has_key {
-            return Ok((
-                Some(Problem::new(
-                    "DatabaseSecretMissing",
-                    format!(
-                        "the external database Secret {secret_name} with key {key} does not exist: create it with the PostgreSQL URL"
-                    ),
-                )),
-                DatabaseRoles::default(),
-            ));
-        }
-        if let Some(ca) = &external.ca {
-            let found = secrets
-                .get_opt(&ca.secret_name)
-                .await
-                .map_err(kube_err(format!("read Secret {ns}/{}", ca.secret_name)))?;
-            if !found.is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&ca.key))) {
-                return Ok((
-                    Some(Problem::new(
-                        "DatabaseCaMissing",
-                        format!(
-                            "the Secret {} with key {} (the CA of the external PostgreSQL's certificate) does not exist: create it with the CA certificate in PEM",
-                            ca.secret_name, ca.key
-                        ),
-                    )),
-                    DatabaseRoles::default(),
-                ));
-            }
-        }
-        return Ok((None, DatabaseRoles::default()));
+    if farm.spec.database.external.is_some() {
+        let problem = external_database_problem(farm, &secrets, existing.as_ref()).await?;
+        return Ok((problem, DatabaseRoles::default()));
     }
-    let app = build::app_secret_name(farm);
-    let superuser = build::superuser_secret_name(farm);
     if let Some(existing) = existing {
         disown_secret(&secrets, farm, &existing).await?;
-        let separate = existing
-            .annotations()
-            .get(build::ROLES_ANNOTATION)
-            .is_some_and(|v| v == "separate");
-        if !separate {
-            return Ok((None, DatabaseRoles::Single));
-        }
-        // The other roles' Secrets were made before this one: a missing one was lost.
-        for other in [&app, &superuser] {
-            if secrets
-                .get_opt(other)
-                .await
-                .map_err(kube_err(format!("read Secret {ns}/{other}")))?
-                .is_none()
-            {
-                let problem = credentials_lost(&ns, other, &format!("Secret {secret_name}"));
-                publish_problem_once(ctx, farm, reference, &problem, "CreateSecret").await;
-                return Ok((Some(problem), DatabaseRoles::Separate));
-            }
-        }
-        return Ok((None, DatabaseRoles::Separate));
+        return kept_roles(farm, ctx, reference, &secrets, &existing).await;
     }
     if let Some(data) = database_data(farm, ctx).await? {
         let problem = credentials_lost(&ns, &secret_name, &data);
         publish_problem_once(ctx, farm, reference, &problem, "CreateSecret").await;
+        // The superuser's Secret exists only for a database made with separate roles.
+        let superuser = build::superuser_secret_name(farm);
         let roles = match secrets
             .get_opt(&superuser)
             .await
@@ -113,8 +62,100 @@ pub(crate) async fn ensure_database_secret(
         };
         return Ok((Some(problem), roles));
     }
-    // A new database: its roles' Secrets first, the sidecars' (which says so) last. A Secret
-    // an interrupted reconcile made already stands (the database is not initialised yet).
+    generate_database_credentials(farm, ctx, reference, &secrets).await?;
+    Ok((None, DatabaseRoles::Separate))
+}
+
+/// An external database: its URL Secret (and CA Secret, if named) must exist.
+async fn external_database_problem(
+    farm: &ServerFarm,
+    secrets: &Api<Secret>,
+    url_secret: Option<&Secret>,
+) -> Result<Option<Problem>, Error> {
+    let (secret_name, key) = build::database_secret_ref(farm);
+    let has_key = url_secret.is_some_and(|s| s.data.as_ref().is_some_and(|d| d.contains_key(&key)));
+    if !has_key {
+        return Ok(Some(Problem::new(
+            "DatabaseSecretMissing",
+            format!(
+                "the external database Secret {secret_name} with key {key} does not exist: create it with the PostgreSQL URL"
+            ),
+        )));
+    }
+    let Some(ca) = farm
+        .spec
+        .database
+        .external
+        .as_ref()
+        .and_then(|e| e.ca.as_ref())
+    else {
+        return Ok(None);
+    };
+    let found = secrets
+        .get_opt(&ca.secret_name)
+        .await
+        .map_err(kube_err(format!(
+            "read Secret {}/{}",
+            farm.namespace().unwrap_or_default(),
+            ca.secret_name
+        )))?;
+    if found.is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&ca.key))) {
+        return Ok(None);
+    }
+    Ok(Some(Problem::new(
+        "DatabaseCaMissing",
+        format!(
+            "the Secret {} with key {} (the CA of the external PostgreSQL's certificate) does not exist: create it with the CA certificate in PEM",
+            ca.secret_name, ca.key
+        ),
+    )))
+}
+
+/// The sidecars' Secret exists: which roles the database has (its annotation says), and, for
+/// separate roles, whether the other roles' Secrets are still there (they were made before it,
+/// so a missing one was lost, and is never made again).
+async fn kept_roles(
+    farm: &ServerFarm,
+    ctx: &Context,
+    reference: &ObjectReference,
+    secrets: &Api<Secret>,
+    sidecars: &Secret,
+) -> Result<(Option<Problem>, DatabaseRoles), Error> {
+    let separate = sidecars
+        .annotations()
+        .get(build::ROLES_ANNOTATION)
+        .is_some_and(|v| v == "separate");
+    if !separate {
+        return Ok((None, DatabaseRoles::Single));
+    }
+    let ns = farm.namespace().unwrap_or_default();
+    for other in [
+        build::app_secret_name(farm),
+        build::superuser_secret_name(farm),
+    ] {
+        let found = secrets
+            .get_opt(&other)
+            .await
+            .map_err(kube_err(format!("read Secret {ns}/{other}")))?;
+        if found.is_none() {
+            let evidence = format!("Secret {}", sidecars.name_any());
+            let problem = credentials_lost(&ns, &other, &evidence);
+            publish_problem_once(ctx, farm, reference, &problem, "CreateSecret").await;
+            return Ok((Some(problem), DatabaseRoles::Separate));
+        }
+    }
+    Ok((None, DatabaseRoles::Separate))
+}
+
+/// A new database: the roles' Secrets first, the sidecars' (which says the database has
+/// separate roles) last. A Secret an interrupted reconcile made already stands: the database is
+/// not initialised yet, so its password is still the one that will be used.
+async fn generate_database_credentials(
+    farm: &ServerFarm,
+    ctx: &Context,
+    reference: &ObjectReference,
+    secrets: &Api<Secret>,
+) -> Result<(), Error> {
     let random = || token::random_hex().map_err(|e| Error::Random(e.to_string()));
     for (secret, what) in [
         (
@@ -130,17 +171,9 @@ pub(crate) async fn ensure_database_secret(
             "the sidecars' database credentials",
         ),
     ] {
-        create_generated(
-            ctx,
-            &secrets,
-            &secret,
-            reference,
-            "CredentialsCreated",
-            what,
-        )
-        .await?;
+        create_generated(ctx, secrets, &secret, reference, "CredentialsCreated", what).await?;
     }
-    Ok((None, DatabaseRoles::Separate))
+    Ok(())
 }
 
 /// Creates a Secret the operator generated (credentials, tokens) and says so in an Event. A
