@@ -966,7 +966,16 @@ fn generated_credentials_secret() {
         !script.contains("beef"),
         "passwords come from the environment"
     );
-    assert!(script.contains("CREATE SCHEMA stickyfarm AUTHORIZATION stickyfarm"));
+    // The script names the roles and the database the Secrets and the StatefulSet use.
+    for line in [
+        format!("CREATE ROLE {DATABASE_USER} LOGIN"),
+        format!("CREATE ROLE {APP_USER} LOGIN"),
+        format!("CREATE SCHEMA {DATABASE_USER} AUTHORIZATION {DATABASE_USER};"),
+        format!("REVOKE ALL ON DATABASE {DATABASE_NAME} FROM PUBLIC;"),
+        format!("GRANT USAGE, CREATE ON SCHEMA public TO {APP_USER};"),
+    ] {
+        assert!(script.contains(&line), "{line}");
+    }
 }
 
 #[test]
