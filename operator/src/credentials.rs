@@ -35,10 +35,7 @@ pub(crate) async fn ensure_database_secret(
     let ns = farm.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let (secret_name, _) = build::database_secret_ref(farm);
-    let existing = secrets
-        .get_opt(&secret_name)
-        .await
-        .map_err(kube_err(format!("read Secret {ns}/{secret_name}")))?;
+    let existing = read_secret(&secrets, &ns, &secret_name).await?;
     if farm.spec.database.external.is_some() {
         let problem = external_database_problem(farm, &secrets, existing.as_ref()).await?;
         return Ok((problem, DatabaseRoles::default()));
@@ -52,11 +49,7 @@ pub(crate) async fn ensure_database_secret(
         publish_problem_once(ctx, farm, reference, &problem, "CreateSecret").await;
         // The superuser's Secret exists only for a database made with separate roles.
         let superuser = build::superuser_secret_name(farm);
-        let roles = match secrets
-            .get_opt(&superuser)
-            .await
-            .map_err(kube_err(format!("read Secret {ns}/{superuser}")))?
-        {
+        let roles = match read_secret(&secrets, &ns, &superuser).await? {
             Some(_) => DatabaseRoles::Separate,
             None => DatabaseRoles::Single,
         };
@@ -91,14 +84,8 @@ async fn external_database_problem(
     else {
         return Ok(None);
     };
-    let found = secrets
-        .get_opt(&ca.secret_name)
-        .await
-        .map_err(kube_err(format!(
-            "read Secret {}/{}",
-            farm.namespace().unwrap_or_default(),
-            ca.secret_name
-        )))?;
+    let ns = farm.namespace().unwrap_or_default();
+    let found = read_secret(secrets, &ns, &ca.secret_name).await?;
     if found.is_some_and(|s| s.data.is_some_and(|d| d.contains_key(&ca.key))) {
         return Ok(None);
     }
@@ -133,10 +120,7 @@ async fn kept_roles(
         build::app_secret_name(farm),
         build::superuser_secret_name(farm),
     ] {
-        let found = secrets
-            .get_opt(&other)
-            .await
-            .map_err(kube_err(format!("read Secret {ns}/{other}")))?;
+        let found = read_secret(secrets, &ns, &other).await?;
         if found.is_none() {
             let evidence = format!("Secret {}", sidecars.name_any());
             let problem = credentials_lost(&ns, &other, &evidence);
@@ -174,6 +158,14 @@ async fn generate_database_credentials(
         create_generated(ctx, secrets, &secret, reference, "CredentialsCreated", what).await?;
     }
     Ok(())
+}
+
+/// A Secret of the farm's namespace `ns` by name, or `None` when there is none.
+async fn read_secret(secrets: &Api<Secret>, ns: &str, name: &str) -> Result<Option<Secret>, Error> {
+    secrets
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("read Secret {ns}/{name}")))
 }
 
 /// Creates a Secret the operator generated (credentials, tokens) and says so in an Event. A
@@ -224,10 +216,7 @@ pub(crate) async fn ensure_gateway_tokens(
     let ns = farm.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = build::tokens_secret_name(farm);
-    let existing = secrets
-        .get_opt(&name)
-        .await
-        .map_err(kube_err(format!("read Secret {ns}/{name}")))?;
+    let existing = read_secret(&secrets, &ns, &name).await?;
     if let Some(existing) = existing {
         let uid = farm.metadata.uid.as_deref().unwrap_or_default();
         if !existing.owner_references().iter().any(|o| o.uid == uid) {
@@ -290,10 +279,7 @@ pub(crate) async fn ensure_session_id_key(
     let ns = farm.namespace().unwrap_or_default();
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let name = build::session_id_key_secret_name(farm);
-    let existing = secrets
-        .get_opt(&name)
-        .await
-        .map_err(kube_err(format!("read Secret {ns}/{name}")))?;
+    let existing = read_secret(&secrets, &ns, &name).await?;
     if let Some(existing) = existing {
         let labels = existing.labels();
         if labels.get(labels::FARM).map(String::as_str) != Some(farm.name_any().as_str()) {

@@ -718,16 +718,7 @@ fn managed_database_with_defaults_and_with_settings() {
     );
     let pg = &pod.containers[0];
     assert_eq!(pg.image.as_deref(), Some("postgres:17"));
-    let secret_key = |name| {
-        let r = env(pg, name)
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
-        (r.name.clone(), r.key.clone())
-    };
+    let secret_key = |name| secret_ref(pg, name);
     // Separate roles: the superuser's password is the database pod's alone; the script that
     // makes the sidecars' and the app's roles gets their passwords from the environment.
     assert_eq!(env_value(pg, "POSTGRES_USER"), "postgres");
@@ -790,16 +781,7 @@ fn managed_database_with_defaults_and_with_settings() {
     let single_sts = &single.database.as_ref().unwrap().statefulset;
     let single_pod = single_sts.spec.template.spec.as_ref().unwrap();
     let single_pg = &single_pod.containers[0];
-    let key_of = |name| {
-        let r = env(single_pg, name)
-            .value_from
-            .as_ref()
-            .unwrap()
-            .secret_key_ref
-            .as_ref()
-            .unwrap();
-        (r.name.clone(), r.key.clone())
-    };
+    let key_of = |name| secret_ref(single_pg, name);
     assert_eq!(
         key_of("POSTGRES_USER"),
         ("shop-db".into(), "username".into())
@@ -920,6 +902,18 @@ fn an_external_database_with_a_ca_is_verified_fully_by_the_sidecars_only() {
             .flatten()
             .all(|e| e.name != "PGSSLMODE" && e.name != "PGSSLROOTCERT")
     );
+}
+
+/// (Secret, key) an environment variable of `c` is taken from.
+fn secret_ref(c: &Container, name: &str) -> (String, String) {
+    let r = env(c, name)
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    (r.name.clone(), r.key.clone())
 }
 
 #[test]
