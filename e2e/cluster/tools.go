@@ -1,6 +1,7 @@
 //go:build tools
 
-// Package tools pins the commands build.sh builds, so `go mod tidy` keeps them in go.sum.
+// Package tools pins the commands build.sh (and ../node/build.sh: kubelet, kube-proxy) build,
+// so `go mod tidy` keeps them in go.sum.
 package tools
 
 import (
@@ -9,5 +10,7 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	_ "k8s.io/kubernetes/cmd/kubelet/app"
+	_ "k8s.io/kubernetes/cmd/kube-proxy/app"
 	_ "k8s.io/kubectl/pkg/cmd"
 )
