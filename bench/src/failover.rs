@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 
 use crate::bench::Bench;
 use crate::procs::Proc;
-use crate::shoppers::{Answer, Failover, analyze_failover, busiest_unit};
+use crate::shoppers::{ANSWERED, Answer, Failover, analyze_failover, busiest_unit};
 
 /// The proxies compared.
 pub const PROXIES: [&str; 2] = ["Stickyfarm gateway", "HAProxy"];
@@ -132,6 +132,7 @@ async fn one_run(
                 shoppers_log.display()
             )
         })?;
+    wait_for_line(&mut load, &shoppers_log, ANSWERED)?;
     tokio::time::sleep(warm).await;
     let kill_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?

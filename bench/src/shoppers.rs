@@ -182,8 +182,9 @@ pub struct ShopperArgs {
     pub out: std::path::PathBuf,
 }
 
-/// Runs the shoppers: opens every session, prints `session N on UNIT` for each and `steady`
-/// once the load is on, records every answer and writes them to `--out`.
+/// Runs the shoppers: opens every session, prints `session N on UNIT` for each, `steady` once
+/// the load is on and `answered` once each session has been answered under it, records every
+/// answer and writes them to `--out`.
 pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -198,8 +199,12 @@ pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
     println!("steady");
     let deadline = Instant::now() + args.duration;
     let url = format!("{}/state", args.target);
+    // `answered` once every session has had an answer under load: on a starved machine the
+    // first requests can start late, and a kill before them would find no session to fail over.
+    let unanswered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(jars.len()));
     let tasks = jars.into_iter().enumerate().map(|(i, mut jar)| {
         let (client, url, cart) = (client.clone(), url.clone(), cart.clone());
+        let unanswered = unanswered.clone();
         let (interval, write_every) = (args.interval, args.write_every.max(1));
         tokio::spawn(async move {
             let mut answers = Vec::new();
@@ -220,6 +225,14 @@ pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
                 let (status, unit) = send(&client, &mut jar, method, &url, body)
                     .await
                     .unwrap_or((0, String::new()));
+                if answers
+                    .iter()
+                    .all(|a: &Answer| !(200..300).contains(&a.status))
+                    && (200..300).contains(&status)
+                    && unanswered.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 1
+                {
+                    println!("{ANSWERED}");
+                }
                 answers.push(Answer {
                     sent_ms,
                     latency_us: start.elapsed().as_micros() as u64,
@@ -241,6 +254,9 @@ pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
     }
     std::fs::write(&args.out, out).with_context(|| format!("writing {}", args.out.display()))
 }
+
+/// The line the shoppers print once every session has been answered under load.
+pub const ANSWERED: &str = "answered";
 
 /// The line the shoppers print for where session `i` was placed.
 fn placement_line(i: u32, unit: &str) -> String {

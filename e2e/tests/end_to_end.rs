@@ -262,19 +262,22 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
             "--wait",
         ],
     )?;
-    helm_run(
-        kc,
-        &[
-            "upgrade",
-            "--install",
-            "stickyfarm",
-            "charts/stickyfarm",
-            "--namespace",
-            RELEASE_NS,
-            "--create-namespace",
-            "--wait",
-        ],
-    )?;
+    // The cluster's own chart values, if it has any (the test node's image references).
+    let values = std::env::var("STICKYFARM_E2E_VALUES").unwrap_or_default();
+    let mut install = vec![
+        "upgrade",
+        "--install",
+        "stickyfarm",
+        "charts/stickyfarm",
+        "--namespace",
+        RELEASE_NS,
+        "--create-namespace",
+        "--wait",
+    ];
+    if !values.is_empty() {
+        install.extend(["--values", values.as_str()]);
+    }
+    helm_run(kc, &install)?;
     let operators = pod_names(&client, RELEASE_NS, "app.kubernetes.io/name=stickyfarm").await?;
     ensure!(
         operators.len() == 1,

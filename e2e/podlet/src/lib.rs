@@ -14,7 +14,6 @@ pub mod node;
 pub mod pod;
 pub mod probe;
 pub mod status;
-pub mod storage;
 pub mod supervisor;
 pub mod volumes;
 

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use stickyfarm_podlet::images::ImageTable;
-use stickyfarm_podlet::{Settings, api_forward, enter, hosts, net, node, pod, storage, supervisor};
+use stickyfarm_podlet::{Settings, api_forward, enter, hosts, net, node, pod, supervisor};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -163,9 +163,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
     let names = tokio::spawn(hosts.run(client.clone(), shutdown.clone()));
-    let volumes = tokio::spawn(storage::run(
+    let volumes = tokio::spawn(stickyfarm_e2e_provisioner::run(
         client.clone(),
-        settings.clone(),
+        stickyfarm_e2e_provisioner::Settings {
+            node_name: settings.node_name.clone(),
+            dir: settings.state_dir.join("volumes"),
+        },
         shutdown.clone(),
     ));
     let pods = tokio::spawn(supervisor::run(ctx, shutdown.clone()));

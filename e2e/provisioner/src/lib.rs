@@ -1,7 +1,8 @@
-//! A small static provisioner: every pending PersistentVolumeClaim without a class (or of the
-//! class `podlet`) gets a hostPath PersistentVolume, a folder of the podlet's, pre-bound to it;
-//! the PV controller binds them. Released volumes are deleted with their folders (the
-//! StatefulSet's retention policy decides when a claim goes).
+//! The test cluster's storage, a small static provisioner: every pending PersistentVolumeClaim
+//! without a class (or of the class `local`) gets a hostPath PersistentVolume, a folder of the
+//! node's, pre-bound to it; the PV controller binds them. Released volumes are deleted with
+//! their folders (the StatefulSet's retention policy decides when a claim goes). It plays the
+//! part kind's local-path-provisioner plays there, without a helper pod.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt as _;
@@ -18,14 +19,21 @@ use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use crate::Settings;
+/// Label on the provisioner's volumes: the node whose folder holds them.
+pub const VOLUME_LABEL: &str = "stickyfarm.dev/e2e-volume";
+/// The class served besides "no class".
+pub const CLASS: &str = "local";
 
-/// Label on the podlet's volumes.
-pub const VOLUME_LABEL: &str = "stickyfarm.dev/podlet-volume";
-/// The class the podlet serves besides "no class".
-pub const CLASS: &str = "podlet";
+/// Where volumes go.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The node the folders are on (volumes are labelled with it).
+    pub node_name: String,
+    /// The folder that holds one folder per volume.
+    pub dir: std::path::PathBuf,
+}
 
-/// The volume for a claim, or `None` when the claim is not the podlet's to serve.
+/// The volume for a claim, or `None` when the claim is not this provisioner's to serve.
 pub fn volume_for(claim: &PersistentVolumeClaim, settings: &Settings) -> Option<PersistentVolume> {
     let spec = claim.spec.as_ref()?;
     let class = spec.storage_class_name.clone().unwrap_or_default();
@@ -43,7 +51,7 @@ pub fn volume_for(claim: &PersistentVolumeClaim, settings: &Settings) -> Option<
         return None;
     }
     let uid = claim.metadata.uid.clone()?;
-    let name = format!("podlet-{uid}");
+    let name = format!("local-{uid}");
     let size = spec
         .resources
         .as_ref()
@@ -51,7 +59,7 @@ pub fn volume_for(claim: &PersistentVolumeClaim, settings: &Settings) -> Option<
         .and_then(|r| r.get("storage"))
         .cloned()
         .unwrap_or(Quantity("1Gi".into()));
-    let folder = settings.state_dir.join("volumes").join(&name);
+    let folder = settings.dir.join(&name);
     Some(PersistentVolume {
         metadata: ObjectMeta {
             name: Some(name),
