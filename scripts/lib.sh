@@ -93,3 +93,14 @@ ensure_oha() {
   env -u CARGO_TARGET_DIR cargo install oha --version "$OHA_VERSION" --locked --quiet \
     --root "$STICKYFARM_CACHE/tools/oha-$OHA_VERSION"
 }
+
+# Stickyfarm's images: the Dockerfile's final stages (`FROM runtime AS <component>`), one name
+# a line. e2e/kind builds them with Docker, e2e/node/images/build assembles them for the test
+# node: both from this one list.
+stickyfarm_components() {
+  sed -n 's/^FROM runtime AS \([a-z]*\)$/\1/p' "$_scripts_dir/../Dockerfile"
+}
+# The ports a component's stage EXPOSEs, space-separated.
+stickyfarm_exposed_ports() {
+  awk -v c="$1" '/^FROM / {stage = $NF} stage == c && $1 == "EXPOSE" {$1 = ""; print}' "$_scripts_dir/../Dockerfile" | xargs
+}

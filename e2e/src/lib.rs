@@ -337,7 +337,7 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Whether the cluster runs pods (`STICKYFARM_E2E_PODS=1`: a podlet beside the local control
+/// Whether the cluster runs pods (`STICKYFARM_E2E_PODS=1`: a real node beside the local control
 /// plane, or kind). The end-to-end suite needs them; without it the suite says SKIPPED loudly.
 pub fn pods_run() -> bool {
     if std::env::var_os("STICKYFARM_E2E_PODS").is_some_and(|v| v == "1") {
@@ -345,7 +345,7 @@ pub fn pods_run() -> bool {
     }
     let _ = writeln!(
         std::io::stderr(),
-        "\n*** SKIPPED: this cluster runs no pods. Set STICKYFARM_E2E_PODS=1 on a cluster with nodes (e2e/cluster/up --podlet, or e2e/kind) ***\n"
+        "\n*** SKIPPED: this cluster runs no pods. Set STICKYFARM_E2E_PODS=1 on a cluster with nodes (e2e/cluster/up --node, or e2e/kind) ***\n"
     );
     false
 }
@@ -386,7 +386,7 @@ pub fn helm_run(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
 }
 
 /// A pod's port as this machine reaches it: the pod's IP where pods are on a network of this
-/// machine (the podlet's bridge), else a `kubectl port-forward` (kind), stopped when dropped.
+/// machine (the test node's CNI bridge), else a `kubectl port-forward` (kind), stopped when dropped.
 pub struct Reach {
     /// Where to connect.
     pub addr: std::net::SocketAddr,

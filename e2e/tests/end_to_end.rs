@@ -1,5 +1,5 @@
-//! The user's path, end to end, on a cluster that runs pods (the local control plane with the
-//! podlet, or kind): install the chart with helm, apply `examples/webstore.yaml` with kubectl,
+//! The user's path, end to end, on a cluster that runs pods (the local control plane with its real
+//! node, or kind): install the chart with helm, apply `examples/webstore.yaml` with kubectl,
 //! shop through the gateway, lose a unit's pod, scale, lose the database's pod, upgrade the
 //! chart, delete the farm. Every step asserts what a user would check: who answered, what the
 //! cart holds, what PostgreSQL stored, which objects exist.

@@ -1,0 +1,273 @@
+//! What only a real node shows (`e2e/cluster/up --node`: kubelet, containerd, runc, kube-proxy,
+//! CoreDNS on this machine): the pods' security contexts as the kernel enforces them on the
+//! running processes, and a farm reached as a user in the cluster reaches it — a DNS name
+//! answered by CoreDNS, a Service port that differs from its target port, kube-proxy's virtual
+//! IP.
+//!
+//! Runs when `STICKYFARM_E2E_HOST_NODE=1` says the cluster's node runs on this machine (its
+//! containers' processes are visible here); `e2e/cluster/up --node` prints that export.
+
+use std::io::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context as _, bail, ensure};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::Api;
+use stickyfarm_e2e::{admin, helm_run, kubeconfig, kubectl};
+
+const NS: &str = "node-check";
+const FARM: &str = "webstore";
+const RELEASE_NS: &str = "stickyfarm-system";
+/// The non-root user of Stickyfarm's images (distroless "nonroot").
+const NONROOT: &str = "65532";
+
+fn host_node() -> bool {
+    if std::env::var_os("STICKYFARM_E2E_HOST_NODE").is_some_and(|v| v == "1") {
+        return true;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** SKIPPED: the cluster's node does not run on this machine. Set STICKYFARM_E2E_HOST_NODE=1 with e2e/cluster/up --node ***\n"
+    );
+    false
+}
+
+/// The main process of a container, found through its cgroup (the kubelet's cgroupfs layout
+/// names the leaf after the container id).
+fn container_pid(container_id: &str) -> anyhow::Result<u32> {
+    let id = container_id
+        .strip_prefix("containerd://")
+        .context("a containerd container id")?;
+    let root = Path::new("/sys/fs/cgroup/pids/stickyfarm-e2e");
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)?.flatten() {
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if path.file_name().is_some_and(|n| n.to_string_lossy() == id) {
+                let procs = std::fs::read_to_string(path.join("cgroup.procs"))?;
+                return procs
+                    .lines()
+                    .filter_map(|l| l.parse().ok())
+                    .min()
+                    .context("the container's cgroup has no process");
+            }
+            stack.push(path);
+        }
+    }
+    bail!("no cgroup for container {id} under {}", root.display())
+}
+
+/// `field` of /proc/PID/status, e.g. "Uid" → "65532\t65532\t65532\t65532".
+fn status_field(status: &str, field: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+/// Whether the process's root filesystem is mounted read-only (its own mount namespace).
+fn root_read_only(pid: u32) -> anyhow::Result<bool> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    // "36 35 98:0 / / ro,relatime - overlay overlay rw,...": field 5 is the mount point, 6 the
+    // per-mount options.
+    let root = mountinfo
+        .lines()
+        .rfind(|l| l.split_whitespace().nth(4) == Some("/"))
+        .context("no root mount")?;
+    Ok(root
+        .split_whitespace()
+        .nth(5)
+        .is_some_and(|o| o.split(',').any(|x| x == "ro")))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_services()
+-> anyhow::Result<()> {
+    let Some(kc) = kubeconfig() else {
+        return Ok(());
+    };
+    if !host_node() {
+        return Ok(());
+    }
+    let kc = kc.as_path();
+    let client = admin(kc).await?;
+    let values = std::env::var("STICKYFARM_E2E_VALUES").unwrap_or_default();
+    let mut install = vec![
+        "upgrade",
+        "--install",
+        "stickyfarm",
+        "charts/stickyfarm",
+        "--namespace",
+        RELEASE_NS,
+        "--create-namespace",
+        "--wait",
+    ];
+    if !values.is_empty() {
+        install.extend(["--values", values.as_str()]);
+    }
+    helm_run(kc, &install)?;
+    kubectl(
+        kc,
+        &[
+            "delete",
+            "namespace",
+            NS,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=180s",
+        ],
+    )?;
+    kubectl(kc, &["create", "namespace", NS])?;
+    kubectl(kc, &["apply", "-n", NS, "-f", "examples/webstore.yaml"])?;
+    kubectl(
+        kc,
+        &[
+            "wait",
+            "-n",
+            NS,
+            &format!("serverfarm/{FARM}"),
+            "--for=condition=Ready",
+            "--timeout=240s",
+        ],
+    )?;
+
+    // Every container of a unit pod, the gateway and the operator: the kernel runs them as the
+    // images' non-root user, with no capability, no way to gain privileges, a seccomp filter,
+    // and the root filesystem their spec declares (read-only for Stickyfarm's own).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let operator_pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
+    let mut checked = Vec::new();
+    let unit = pods.get(&format!("{FARM}-0")).await?;
+    let gateway = pods
+        .list(&kube::api::ListParams::default().labels(&format!(
+            "stickyfarm.dev/farm={FARM},stickyfarm.dev/component=gateway"
+        )))
+        .await?
+        .items;
+    let operator = operator_pods
+        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=stickyfarm"))
+        .await?
+        .items;
+    for pod in std::iter::once(&unit).chain(&gateway).chain(&operator) {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        for c in pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .into_iter()
+            .flatten()
+        {
+            let id = c.container_id.as_deref().context("a started container")?;
+            let pid = container_pid(id)?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let what = format!("{name}/{} (pid {pid})", c.name);
+            ensure!(
+                status_field(&status, "Uid")
+                    .split_whitespace()
+                    .all(|u| u == NONROOT),
+                "{what} runs as uid {NONROOT}: {}",
+                status_field(&status, "Uid")
+            );
+            ensure!(
+                status_field(&status, "CapEff") == "0000000000000000"
+                    && status_field(&status, "CapBnd") == "0000000000000000",
+                "{what} holds no capability: CapEff {} CapBnd {}",
+                status_field(&status, "CapEff"),
+                status_field(&status, "CapBnd")
+            );
+            ensure!(
+                status_field(&status, "NoNewPrivs") == "1",
+                "{what} cannot gain privileges"
+            );
+            ensure!(
+                status_field(&status, "Seccomp") == "2",
+                "{what} runs under a seccomp filter"
+            );
+            // Stickyfarm's containers declare a read-only root; the user's app may write to
+            // its own (the operator leaves it writable). The kernel must match the spec.
+            let declared = pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|x| x.name == c.name))
+                .and_then(|x| x.security_context.as_ref())
+                .and_then(|x| x.read_only_root_filesystem)
+                .unwrap_or(false);
+            ensure!(
+                declared || c.name == "app",
+                "{what} declares a read-only root filesystem"
+            );
+            ensure!(
+                root_read_only(pid)? == declared,
+                "{what}'s root filesystem is mounted {} as its spec says",
+                if declared { "read-only" } else { "writable" }
+            );
+            checked.push(what);
+        }
+    }
+    ensure!(
+        checked.len() >= 4,
+        "the sidecar, the app, the gateway and the operator were checked: {checked:?}"
+    );
+
+    // A user's way in: the gateway's name answered by CoreDNS through the kube-dns Service,
+    // then its Service port (not the container's) on the virtual IP kube-proxy serves.
+    let services: Api<Service> = Api::namespaced(client.clone(), NS);
+    let svc = services.get(&format!("{FARM}-gateway")).await?;
+    let spec = svc.spec.context("a Service spec")?;
+    let port = spec
+        .ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .context("a port")?;
+    let target = match &port.target_port {
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(p)) => *p,
+        other => bail!("a numeric target port, got {other:?}"),
+    };
+    ensure!(
+        port.port != target,
+        "the gateway's Service port {} differs from its target port {target}",
+        port.port
+    );
+    let dns = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("node/dns-query"))
+        .args([
+            "10.96.0.10",
+            &format!("{FARM}-gateway.{NS}.svc.cluster.local"),
+        ])
+        .output()?;
+    let address = String::from_utf8_lossy(&dns.stdout).trim().to_owned();
+    ensure!(
+        dns.status.success() && Some(address.as_str()) == spec.cluster_ip.as_deref(),
+        "CoreDNS answers the gateway's name with its ClusterIP {:?}, got {address:?} ({})",
+        spec.cluster_ip,
+        String::from_utf8_lossy(&dns.stderr).trim()
+    );
+    let page = reqwest::get(format!("http://{address}:{}/", port.port)).await?;
+    ensure!(
+        page.status().is_success(),
+        "the shop answers on {address}:{}: {}",
+        port.port,
+        page.status()
+    );
+    let served_by = page
+        .headers()
+        .get("x-stickyfarm-unit")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = page.text().await?;
+    ensure!(
+        body.contains(&format!("{FARM}-")),
+        "the page names the unit that served it (headers: {served_by:?})"
+    );
+
+    kubectl(
+        kc,
+        &["delete", "namespace", NS, "--wait=true", "--timeout=180s"],
+    )?;
+    Ok(())
+}
