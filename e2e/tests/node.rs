@@ -2,7 +2,7 @@
 //! CoreDNS on this machine): the pods' security contexts as the kernel enforces them on the
 //! running processes, and a farm reached as a user in the cluster reaches it — a DNS name
 //! answered by CoreDNS, a Service port that differs from its target port, kube-proxy's virtual
-//! IP.
+//! IP — and a rolling update of the app's image under load that loses nothing.
 //!
 //! Runs when `STICKYFARM_E2E_HOST_NODE=1` says the cluster's node runs on this machine (its
 //! containers' processes are visible here); `e2e/cluster/up --node` prints that export.
@@ -14,7 +14,12 @@ use std::process::Command;
 use anyhow::{Context as _, bail, ensure};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::Api;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
 use stickyfarm_e2e::{admin, helm_run, kubeconfig, kubectl};
+use stickyfarm_testkit::Browser;
 
 const NS: &str = "node-check";
 const FARM: &str = "webstore";
@@ -265,9 +270,165 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
         "the page names the unit that served it (headers: {served_by:?})"
     );
 
+    rolling_update_under_load(kc, &client, &format!("http://{address}:{}", port.port)).await?;
+
     kubectl(
         kc,
         &["delete", "namespace", NS, "--wait=true", "--timeout=180s"],
     )?;
+    Ok(())
+}
+
+/// The app's image changes while shoppers keep using their carts through the gateway's Service:
+/// the StatefulSet replaces every unit pod, one at a time, and not one request fails nor one
+/// item is lost. The new image is the same shop under another tag (`ctr images tag` on the
+/// node, as a user's push of a new version would give).
+async fn rolling_update_under_load(
+    kc: &Path,
+    client: &kube::Client,
+    base: &str,
+) -> anyhow::Result<()> {
+    let dir = std::env::var("STICKYFARM_CLUSTER_DIR")
+        .unwrap_or_else(|_| "/tmp/stickyfarm-cluster".into());
+    let node = Path::new(&dir).join("node");
+    let farm: Value = serde_json::from_str(&kubectl(
+        kc,
+        &["get", "-n", NS, "serverfarm", FARM, "-o", "json"],
+    )?)?;
+    let old_image = farm["spec"]["app"]["image"]
+        .as_str()
+        .context("the farm's app image")?
+        .to_owned();
+    let new_image = format!("{old_image}-rollout");
+    let tagged = Command::new(node.join("bin/ctr"))
+        .arg("--address")
+        .arg(node.join("containerd.sock"))
+        .args([
+            "-n", "k8s.io", "images", "tag", "--force", &old_image, &new_image,
+        ])
+        .output()?;
+    ensure!(
+        tagged.status.success(),
+        "ctr images tag: {}",
+        String::from_utf8_lossy(&tagged.stderr)
+    );
+
+    // Four shoppers with a cart each, placed by the gateway.
+    const SKUS: [&str; 4] = ["apple", "bread", "tea", "coffee"];
+    let mut shoppers = Vec::new();
+    for (i, sku) in SKUS.iter().enumerate() {
+        let mut b = Browser::new();
+        let p = b
+            .send(
+                Method::POST,
+                &format!("{base}/api/cart/items"),
+                Some(&json!({"sku": sku, "qty": 1})),
+            )
+            .await;
+        ensure!(
+            p.status == 200,
+            "shopper {i}'s first item: {} {}",
+            p.status,
+            p.body
+        );
+        shoppers.push((b, json!({ (*sku): 1 })));
+    }
+    kubectl(
+        kc,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "serverfarm",
+            FARM,
+            "--type",
+            "merge",
+            "-p",
+            &json!({"spec": {"app": {"image": new_image}}}).to_string(),
+        ],
+    )?;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let rolled = || async {
+        let list = pods
+            .list(&kube::api::ListParams::default().labels(&format!(
+                "stickyfarm.dev/farm={FARM},stickyfarm.dev/component=unit"
+            )))
+            .await?;
+        anyhow::Ok(
+            list.items.len() == 3
+                && list.items.iter().all(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && stickyfarm_operator::status::pod_ready(p)
+                        && p.spec.as_ref().is_some_and(|s| {
+                            s.containers.iter().any(|c| {
+                                c.name == "app" && c.image.as_deref() == Some(new_image.as_str())
+                            })
+                        })
+                }),
+        )
+    };
+    // Bounded: at most 240 s and 2,000 rounds; each round every shopper reads its cart, and
+    // every fifth round adds an item.
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(240);
+    let mut failures = Vec::new();
+    let mut requests = 0u32;
+    for round in 0..2000u32 {
+        if Instant::now() > deadline {
+            bail!("the rolling update did not finish within 240 s ({requests} requests)");
+        }
+        for (i, (b, want)) in shoppers.iter_mut().enumerate() {
+            requests += 1;
+            if round % 5 == 4 {
+                let sku = SKUS[i];
+                let p = b
+                    .send(
+                        Method::POST,
+                        &format!("{base}/api/cart/items"),
+                        Some(&json!({"sku": sku, "qty": 1})),
+                    )
+                    .await;
+                if p.status == 200 {
+                    want[sku] = json!(want[sku].as_u64().unwrap_or(0) + 1);
+                } else {
+                    failures.push(format!("shopper {i} add: {} {}", p.status, p.body));
+                }
+            } else {
+                let p = b.send(Method::GET, &format!("{base}/api/cart"), None).await;
+                if p.status != 200 {
+                    failures.push(format!("shopper {i} read: {} {}", p.status, p.body));
+                } else if p.json()["items"] != *want {
+                    failures.push(format!("shopper {i} cart {} != {want}", p.json()["items"]));
+                }
+            }
+        }
+        if round % 10 == 9 && rolled().await? {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(rolled().await?, "every unit runs {new_image}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "rolling update to {new_image}: {requests} requests in {:?}, {} failed",
+        started.elapsed(),
+        failures.len()
+    );
+    ensure!(
+        failures.is_empty(),
+        "{} of {requests} requests failed or lost items during the rolling update: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(10)]
+    );
+    for (i, (b, want)) in shoppers.iter_mut().enumerate() {
+        let p = b.send(Method::GET, &format!("{base}/api/cart"), None).await;
+        ensure!(
+            p.status == 200 && p.json()["items"] == *want,
+            "shopper {i}'s cart after the update: {} {}",
+            p.status,
+            p.body
+        );
+    }
     Ok(())
 }
