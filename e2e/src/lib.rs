@@ -375,6 +375,65 @@ pub fn run_tool(program: &Path, args: &[&str], kubeconfig: &Path) -> anyhow::Res
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `helm upgrade --install stickyfarm charts/stickyfarm --wait`, as a user installs it on a
+/// cluster that runs pods, with the cluster's own values if it has any
+/// (`STICKYFARM_E2E_VALUES`: the test node's image references).
+pub fn install_chart_with_pods(kubeconfig: &Path) -> anyhow::Result<()> {
+    let values = std::env::var("STICKYFARM_E2E_VALUES").unwrap_or_default();
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        RELEASE,
+        "charts/stickyfarm",
+        "--namespace",
+        RELEASE_NAMESPACE,
+        "--create-namespace",
+        "--wait",
+    ];
+    if !values.is_empty() {
+        args.extend(["--values", values.as_str()]);
+    }
+    helm_run(kubeconfig, &args).map(drop)
+}
+
+/// A fresh namespace `ns` (an earlier run's is deleted first) with `examples/<example>` applied
+/// by kubectl, waited for until the farm `farm` is Ready.
+pub fn apply_example_farm(
+    kubeconfig: &Path,
+    ns: &str,
+    example: &str,
+    farm: &str,
+) -> anyhow::Result<()> {
+    kubectl(
+        kubeconfig,
+        &[
+            "delete",
+            "namespace",
+            ns,
+            "--ignore-not-found",
+            "--wait=true",
+            "--timeout=180s",
+        ],
+    )?;
+    kubectl(kubeconfig, &["create", "namespace", ns])?;
+    kubectl(
+        kubeconfig,
+        &["apply", "-n", ns, "-f", &format!("examples/{example}")],
+    )?;
+    kubectl(
+        kubeconfig,
+        &[
+            "wait",
+            "-n",
+            ns,
+            &format!("serverfarm/{farm}"),
+            "--for=condition=Ready",
+            "--timeout=240s",
+        ],
+    )
+    .map(drop)
+}
+
 /// `kubectl args`.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
     run_tool(&kubectl_program(), args, kubeconfig)

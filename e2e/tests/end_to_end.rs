@@ -18,7 +18,10 @@ use kube::{Api, Client};
 use reqwest::Method;
 use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
-use stickyfarm_e2e::{Reach, admin, eventually, helm_run, kubeconfig, kubectl, pods_run};
+use stickyfarm_e2e::{
+    Reach, admin, apply_example_farm, eventually, helm_run, install_chart_with_pods, kubeconfig,
+    kubectl, pods_run,
+};
 use stickyfarm_testkit::{Browser, stored_uuid_with};
 
 const NS: &str = "shop";
@@ -262,22 +265,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
             "--wait",
         ],
     )?;
-    // The cluster's own chart values, if it has any (the test node's image references).
-    let values = std::env::var("STICKYFARM_E2E_VALUES").unwrap_or_default();
-    let mut install = vec![
-        "upgrade",
-        "--install",
-        "stickyfarm",
-        "charts/stickyfarm",
-        "--namespace",
-        RELEASE_NS,
-        "--create-namespace",
-        "--wait",
-    ];
-    if !values.is_empty() {
-        install.extend(["--values", values.as_str()]);
-    }
-    helm_run(kc, &install)?;
+    install_chart_with_pods(kc)?;
     let operators = pod_names(&client, RELEASE_NS, "app.kubernetes.io/name=stickyfarm").await?;
     ensure!(
         operators.len() == 1,
@@ -290,30 +278,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
 
     step("kubectl apply -f examples/webstore.yaml; kubectl wait for the farm to be Ready");
     // A namespace of the suite's own, emptied first if an earlier run left it.
-    kubectl(
-        kc,
-        &[
-            "delete",
-            "namespace",
-            NS,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=180s",
-        ],
-    )?;
-    kubectl(kc, &["create", "namespace", NS])?;
-    kubectl(kc, &["apply", "-n", NS, "-f", "examples/webstore.yaml"])?;
-    kubectl(
-        kc,
-        &[
-            "wait",
-            "-n",
-            NS,
-            &format!("serverfarm/{FARM}"),
-            "--for=condition=Ready",
-            "--timeout=240s",
-        ],
-    )?;
+    apply_example_farm(kc, NS, "webstore.yaml", FARM)?;
     let listed = kubectl(kc, &["get", "-n", NS, "serverfarms"])?;
     ensure!(
         listed

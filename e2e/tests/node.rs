@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use stickyfarm_e2e::{admin, helm_run, kubeconfig, kubectl};
+use stickyfarm_e2e::{admin, apply_example_farm, install_chart_with_pods, kubeconfig, kubectl};
 use stickyfarm_testkit::Browser;
 
 const NS: &str = "node-check";
@@ -102,45 +102,8 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
     }
     let kc = kc.as_path();
     let client = admin(kc).await?;
-    let values = std::env::var("STICKYFARM_E2E_VALUES").unwrap_or_default();
-    let mut install = vec![
-        "upgrade",
-        "--install",
-        "stickyfarm",
-        "charts/stickyfarm",
-        "--namespace",
-        RELEASE_NS,
-        "--create-namespace",
-        "--wait",
-    ];
-    if !values.is_empty() {
-        install.extend(["--values", values.as_str()]);
-    }
-    helm_run(kc, &install)?;
-    kubectl(
-        kc,
-        &[
-            "delete",
-            "namespace",
-            NS,
-            "--ignore-not-found",
-            "--wait=true",
-            "--timeout=180s",
-        ],
-    )?;
-    kubectl(kc, &["create", "namespace", NS])?;
-    kubectl(kc, &["apply", "-n", NS, "-f", "examples/webstore.yaml"])?;
-    kubectl(
-        kc,
-        &[
-            "wait",
-            "-n",
-            NS,
-            &format!("serverfarm/{FARM}"),
-            "--for=condition=Ready",
-            "--timeout=240s",
-        ],
-    )?;
+    install_chart_with_pods(kc)?;
+    apply_example_farm(kc, NS, "webstore.yaml", FARM)?;
 
     // Every container of a unit pod, the gateway and the operator: the kernel runs them as the
     // images' non-root user, with no capability, no way to gain privileges, a seccomp filter,
