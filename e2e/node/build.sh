@@ -2,8 +2,8 @@
 # Builds the test cluster's node from the Go module proxy (versions pinned in go.mod/go.sum
 # here and, for kubelet and kube-proxy, in ../cluster/go.mod): kubelet, kube-proxy,
 # containerd (with ctr and the runc shim), runc, the CNI plugins bridge, host-local, loopback
-# and portmap, and CoreDNS. Binaries land in a versioned folder under the cache dir, so a
-# second run rebuilds nothing. Prints that folder on stdout.
+# and portmap, CoreDNS and kube-router (its NetworkPolicy firewall). Binaries land in a
+# versioned folder under the cache dir, so a second run rebuilds nothing. Prints that folder.
 #
 # runc needs cgo and libseccomp (Debian's libseccomp-dev), as its own release builds do.
 set -euo pipefail
@@ -62,4 +62,5 @@ for plugin in main/bridge ipam/host-local main/loopback meta/portmap; do
   build "$here" "cni/${plugin#*/}" "github.com/containernetworking/plugins/plugins/$plugin"
 done
 build "$here" coredns github.com/coredns/coredns
+build "$here" kube-router github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
 echo "$out"

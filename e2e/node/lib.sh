@@ -17,6 +17,7 @@ KUBE_PROXY_METRICS_PORT=10249
 PAUSE_IMAGE=localhost/stickyfarm-e2e/pause:1
 COREDNS_IMAGE=localhost/stickyfarm-e2e/coredns:1
 POSTGRES_IMAGE=localhost/stickyfarm-e2e/postgres:15
+BUSYBOX_IMAGE=localhost/stickyfarm-e2e/busybox:1
 # What the kubelet and the node's network change, restored by down.
 NODE_SYSCTLS=(kernel.panic kernel.panic_on_oops vm.overcommit_memory net.ipv4.ip_forward
   net.bridge.bridge-nf-call-iptables)

@@ -13,4 +13,5 @@ import (
 	_ "github.com/containernetworking/plugins/plugins/meta/portmap"
 	_ "github.com/coredns/coredns"
 	_ "github.com/opencontainers/runc"
+	_ "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"
 )

@@ -2,7 +2,8 @@
 //! CoreDNS on this machine): the pods' security contexts as the kernel enforces them on the
 //! running processes, and a farm reached as a user in the cluster reaches it — a DNS name
 //! answered by CoreDNS, a Service port that differs from its target port, kube-proxy's virtual
-//! IP — and a rolling update of the app's image under load that loses nothing.
+//! IP, NetworkPolicies enforced (kube-router's firewall) — and a rolling update of the app's
+//! image under load that loses nothing.
 //!
 //! Runs when `STICKYFARM_E2E_HOST_NODE=1` says the cluster's node runs on this machine (its
 //! containers' processes are visible here); `e2e/cluster/up --node` prints that export.
@@ -233,12 +234,122 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
         "the page names the unit that served it (headers: {served_by:?})"
     );
 
+    network_policies_hold(kc, &client).await?;
     rolling_update_under_load(kc, &client, &format!("http://{address}:{}", port.port)).await?;
 
     kubectl(
         kc,
         &["delete", "namespace", NS, "--wait=true", "--timeout=180s"],
     )?;
+    Ok(())
+}
+
+/// The farm's NetworkPolicies as kube-router's firewall enforces them, tried from two pods
+/// that are not the farm's: one in another namespace, one in the farm's own. Each tries a TCP
+/// connection (busybox `nc`). The gateway's public port stays open to both (which also shows
+/// the probes' network works); the units, the gateway's admin port and the database refuse
+/// them. The farm's own traffic (gateway → units → database) keeps working: the shop answered
+/// above and the carts are written below.
+async fn network_policies_hold(kc: &Path, client: &kube::Client) -> anyhow::Result<()> {
+    const OTHER_NS: &str = "node-check-other";
+    kubectl(
+        kc,
+        &[
+            "delete",
+            "namespace",
+            OTHER_NS,
+            "--ignore-not-found",
+            "--wait=true",
+        ],
+    )?;
+    kubectl(kc, &["create", "namespace", OTHER_NS])?;
+    for ns in [OTHER_NS, NS] {
+        kubectl(
+            kc,
+            &[
+                "run",
+                "-n",
+                ns,
+                "probe",
+                "--image=localhost/stickyfarm-e2e/busybox:1",
+                "--image-pull-policy=Never",
+                "--restart=Never",
+                "--command",
+                "--",
+                "/bin/busybox",
+                "sleep",
+                "600",
+            ],
+        )?;
+        kubectl(
+            kc,
+            &[
+                "wait",
+                "-n",
+                ns,
+                "pod/probe",
+                "--for=condition=Ready",
+                "--timeout=60s",
+            ],
+        )?;
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let ip = |p: Pod| p.status.and_then(|s| s.pod_ip).unwrap_or_default();
+    let unit = ip(pods.get(&format!("{FARM}-0")).await?);
+    let database = ip(pods.get(&format!("{FARM}-db-0")).await?);
+    let gateway = ip(pods
+        .list(&kube::api::ListParams::default().labels(&format!(
+            "stickyfarm.dev/farm={FARM},stickyfarm.dev/component=gateway"
+        )))
+        .await?
+        .items
+        .into_iter()
+        .next()
+        .context("the gateway pod")?);
+    let connects = |ns: &str, ip: &str, port: u16| {
+        kubectl(
+            kc,
+            &[
+                "exec",
+                "-n",
+                ns,
+                "probe",
+                "--",
+                "/bin/busybox",
+                "nc",
+                "-w",
+                "3",
+                ip,
+                &port.to_string(),
+            ],
+        )
+        .is_ok()
+    };
+    let cases = [
+        (OTHER_NS, "the gateway's public port", &gateway, 8000, true),
+        (NS, "the gateway's public port", &gateway, 8000, true),
+        (OTHER_NS, "the gateway's admin port", &gateway, 9465, false),
+        (OTHER_NS, "a unit's sidecar", &unit, 8080, false),
+        (NS, "a unit's sidecar", &unit, 8080, false),
+        (OTHER_NS, "a unit's metrics port", &unit, 9464, false),
+        (OTHER_NS, "the database", &database, 5432, false),
+        (NS, "the database", &database, 5432, false),
+    ];
+    let mut wrong = Vec::new();
+    for (ns, what, ip, port, open) in cases {
+        if connects(ns, ip, port) != open {
+            wrong.push(format!(
+                "from {ns}: {what} ({ip}:{port}) is {}",
+                if open { "refused" } else { "open" }
+            ));
+        }
+    }
+    ensure!(
+        wrong.is_empty(),
+        "the farm's NetworkPolicies do not hold: {wrong:?}"
+    );
+    kubectl(kc, &["delete", "pod", "-n", NS, "probe", "--wait=false"])?;
+    kubectl(kc, &["delete", "namespace", OTHER_NS, "--wait=false"])?;
     Ok(())
 }
 
