@@ -2,8 +2,8 @@
 //! CoreDNS on this machine): the pods' security contexts as the kernel enforces them on the
 //! running processes, and a farm reached as a user in the cluster reaches it — a DNS name
 //! answered by CoreDNS, a Service port that differs from its target port, kube-proxy's virtual
-//! IP, NetworkPolicies enforced (kube-router's firewall) — and a rolling update of the app's
-//! image under load that loses nothing.
+//! IP, NetworkPolicies enforced (kube-router's firewall), probes as the kubelet runs them — and
+//! a rolling update of the app's image under load that loses nothing.
 //!
 //! Runs when `STICKYFARM_E2E_HOST_NODE=1` says the cluster's node runs on this machine (its
 //! containers' processes are visible here); `e2e/cluster/up --node` prints that export.
@@ -236,11 +236,78 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
 
     network_policies_hold(kc, &client).await?;
     rolling_update_under_load(kc, &client, &format!("http://{address}:{}", port.port)).await?;
+    an_app_failing_its_liveness_probe_restarts_alone(kc, &client).await?;
 
     kubectl(
         kc,
         &["delete", "namespace", NS, "--wait=true", "--timeout=180s"],
     )?;
+    Ok(())
+}
+
+/// Probes as the kubelet runs them, against the units' design: the app's liveness probe (the
+/// farm's `app.livenessProbe`, here a path the shop does not have) makes the kubelet restart
+/// the app container, and only it — the sidecar's liveness asks only whether the sidecar
+/// answers, so its cache survives — while the sidecar's readiness, which covers the app, takes
+/// the unit out of service as long as the app is down. The namespace goes afterwards.
+async fn an_app_failing_its_liveness_probe_restarts_alone(
+    kc: &Path,
+    client: &kube::Client,
+) -> anyhow::Result<()> {
+    let probe = json!({"httpGet": {"path": "/no-such-page", "port": 3000},
+                       "periodSeconds": 2, "failureThreshold": 1});
+    kubectl(
+        kc,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "serverfarm",
+            FARM,
+            "--type",
+            "merge",
+            "-p",
+            &json!({"spec": {"app": {"livenessProbe": probe}}}).to_string(),
+        ],
+    )?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    // The StatefulSet rolls from the highest ordinal and waits for it to be Ready, which a unit
+    // whose app keeps failing never is: the new template reaches unit 2 only.
+    let pod_name = format!("{FARM}-2");
+    let restarts = |p: &Pod, container: &str| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == container))
+            .map_or(0, |c| c.restart_count)
+    };
+    // Bounded: 180 s, polled every 500 ms.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut seen_not_ready = false;
+    loop {
+        ensure!(
+            Instant::now() < deadline,
+            "{pod_name}'s app was not restarted twice by its liveness probe within 180 s"
+        );
+        if let Some(p) = pods.get_opt(&pod_name).await?
+            && p.metadata.deletion_timestamp.is_none()
+            && p.spec.as_ref().is_some_and(|s| {
+                s.containers
+                    .iter()
+                    .any(|c| c.name == "app" && c.liveness_probe.is_some())
+            })
+        {
+            seen_not_ready |= !stickyfarm_operator::status::pod_ready(&p);
+            ensure!(
+                restarts(&p, "stickyfarm-sidecar") == 0,
+                "the sidecar of {pod_name} was restarted with the app"
+            );
+            if restarts(&p, "app") >= 2 && seen_not_ready {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     Ok(())
 }
 
