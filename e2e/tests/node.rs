@@ -106,9 +106,23 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
     install_chart_with_pods(kc)?;
     apply_example_farm(kc, NS, "webstore.yaml", FARM)?;
 
-    // Every container of a unit pod, the gateway and the operator: the kernel runs them as the
-    // images' non-root user, with no capability, no way to gain privileges, a seccomp filter,
-    // and the root filesystem their spec declares (read-only for Stickyfarm's own).
+    containers_run_confined(&client).await?;
+    let base = reached_through_dns_and_a_service(&client).await?;
+    network_policies_hold(kc, &client).await?;
+    rolling_update_under_load(kc, &client, &base).await?;
+    an_app_failing_its_liveness_probe_restarts_alone(kc, &client).await?;
+
+    kubectl(
+        kc,
+        &["delete", "namespace", NS, "--wait=true", "--timeout=180s"],
+    )?;
+    Ok(())
+}
+
+/// Every container of a unit pod, the gateway and the operator: the kernel runs them as the
+/// images' non-root user, with no capability, no way to gain privileges, a seccomp filter,
+/// and the root filesystem their spec declares (read-only for Stickyfarm's own).
+async fn containers_run_confined(client: &kube::Client) -> anyhow::Result<()> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let operator_pods: Api<Pod> = Api::namespaced(client.clone(), RELEASE_NS);
     let mut checked = Vec::new();
@@ -184,8 +198,13 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
         "the sidecar, the app, the gateway and the operator were checked: {checked:?}"
     );
 
-    // A user's way in: the gateway's name answered by CoreDNS through the kube-dns Service,
-    // then its Service port (not the container's) on the virtual IP kube-proxy serves.
+    Ok(())
+}
+
+/// A user's way in: the gateway's name answered by CoreDNS through the kube-dns Service, then
+/// its Service port (not the container's) on the virtual IP kube-proxy serves. Returns that
+/// base URL.
+async fn reached_through_dns_and_a_service(client: &kube::Client) -> anyhow::Result<String> {
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let svc = services.get(&format!("{FARM}-gateway")).await?;
     let spec = svc.spec.context("a Service spec")?;
@@ -234,15 +253,7 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
         "the page names the unit that served it (headers: {served_by:?})"
     );
 
-    network_policies_hold(kc, &client).await?;
-    rolling_update_under_load(kc, &client, &format!("http://{address}:{}", port.port)).await?;
-    an_app_failing_its_liveness_probe_restarts_alone(kc, &client).await?;
-
-    kubectl(
-        kc,
-        &["delete", "namespace", NS, "--wait=true", "--timeout=180s"],
-    )?;
-    Ok(())
+    Ok(format!("http://{address}:{}", port.port))
 }
 
 /// Probes as the kubelet runs them, against the units' design: the app's liveness probe (the
