@@ -267,20 +267,7 @@ async fn an_app_failing_its_liveness_probe_restarts_alone(
 ) -> anyhow::Result<()> {
     let probe = json!({"httpGet": {"path": "/no-such-page", "port": 3000},
                        "periodSeconds": 2, "failureThreshold": 1});
-    kubectl(
-        kc,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "serverfarm",
-            FARM,
-            "--type",
-            "merge",
-            "-p",
-            &json!({"spec": {"app": {"livenessProbe": probe}}}).to_string(),
-        ],
-    )?;
+    patch_app(kc, json!({"livenessProbe": probe}))?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     // The StatefulSet rolls from the highest ordinal and waits for it to be Ready, which a unit
     // whose app keeps failing never is: the new template reaches unit 2 only.
@@ -320,6 +307,26 @@ async fn an_app_failing_its_liveness_probe_restarts_alone(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())
+}
+
+/// `kubectl patch` of the farm's `spec.app` with `app` (a merge patch, as a user edits it).
+fn patch_app(kc: &Path, app: Value) -> anyhow::Result<()> {
+    let patch = json!({"spec": {"app": app}}).to_string();
+    kubectl(
+        kc,
+        &[
+            "patch",
+            "-n",
+            NS,
+            "serverfarm",
+            FARM,
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ],
+    )
+    .map(drop)
 }
 
 /// The farm's NetworkPolicies as kube-router's firewall enforces them, tried from two pods
@@ -485,20 +492,7 @@ async fn rolling_update_under_load(
         );
         shoppers.push((b, json!({ (*sku): 1 })));
     }
-    kubectl(
-        kc,
-        &[
-            "patch",
-            "-n",
-            NS,
-            "serverfarm",
-            FARM,
-            "--type",
-            "merge",
-            "-p",
-            &json!({"spec": {"app": {"image": new_image}}}).to_string(),
-        ],
-    )?;
+    patch_app(kc, json!({"image": new_image}))?;
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let rolled = || async {
