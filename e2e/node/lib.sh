@@ -31,3 +31,14 @@ node_unsupported() {
   ip link add sfprobe0 type bridge 2>/dev/null || { echo "cannot create a bridge link (network namespace rights missing)"; return; }
   ip link delete sfprobe0
 }
+
+# The one node this machine can hold (its bridges and addresses are fixed) writes its cluster
+# folder here; down removes it. A run killed before its down (a restart, a cancelled job)
+# leaves it behind with the node's mounts, bridges and chains, for e2e/node/reclaim to find.
+NODE_RECORD=/run/stickyfarm-e2e-node
+
+# Whether PID is a process of the cluster in DIR (its command line names DIR). Pids recorded
+# by a run that was killed may since belong to another program, which must not be signalled.
+cluster_process() { # dir pid
+  [ -r "/proc/$2/cmdline" ] && tr '\0' ' ' <"/proc/$2/cmdline" | grep -qF -- "$1/"
+}
