@@ -371,17 +371,6 @@ pub enum BalancingPolicy {
     Random,
 }
 
-impl BalancingPolicy {
-    /// The gateway's `--policy` value.
-    pub fn as_flag(self) -> &'static str {
-        match self {
-            BalancingPolicy::LeastInFlight => "least-in-flight",
-            BalancingPolicy::RoundRobin => "round-robin",
-            BalancingPolicy::Random => "random",
-        }
-    }
-}
-
 /// Failback policy.
 #[derive(JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -391,16 +380,6 @@ pub enum FailbackPolicy {
     Stay,
     /// Return to the original unit when it is back.
     Return,
-}
-
-impl FailbackPolicy {
-    /// The gateway's `--failback` value.
-    pub fn as_flag(self) -> &'static str {
-        match self {
-            FailbackPolicy::Stay => "stay",
-            FailbackPolicy::Return => "return",
-        }
-    }
 }
 
 /// The gateway's active health check of every unit.

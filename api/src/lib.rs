@@ -6,6 +6,8 @@
 //! I/O. Every value that can come from a client is parsed strictly into a typed value or a
 //! [`ContractError`]; nothing downstream ever sees a raw client string.
 
+#[cfg(feature = "config")]
+pub mod config;
 mod cookies;
 mod error;
 #[cfg(feature = "farm")]

@@ -14,6 +14,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use stickyfarm_api::UnitName;
+use stickyfarm_api::config::{self, GatewayFarmSettings, SidecarFarmSettings};
 use stickyfarm_api::farm::{DatabaseSpec, ServerFarmManifest};
 use stickyfarm_api::token::Token;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -238,35 +239,18 @@ impl Launch {
             .args(["--app-url", &format!("http://{}", u.app)])
             .args(["--unit", u.name.as_str()])
             .args(["--pod-uid", &instance])
-            .args(["--cache-memory", &spec.sidecar.cache_memory.0.to_string()])
-            .args([
-                "--idle-timeout",
-                &format!("{}s", spec.session_persistence.idle_timeout.0.as_secs()),
-            ])
-            .args([
-                "--absolute-timeout",
-                &format!("{}s", spec.session_persistence.absolute_timeout.0.as_secs()),
-            ])
-            .args([
-                "--cookie-secure",
-                &spec.session_persistence.secure.to_string(),
-            ])
-            .args([
-                "--session-cookie",
-                spec.session_persistence.session_name.as_str(),
-            ])
+            // What the farm declares, through the same contract the operator renders.
+            .args(config::as_args(&SidecarFarmSettings::from_farm(spec)))
             .arg("--gateway-token-file")
             .arg(&self.gateway_token)
             .arg("--session-id-key-file")
             .arg(&self.session_id_key)
             .env("DATABASE_URL", &self.database_url);
-        if let Some(disk) = &spec.sidecar.cache_disk {
-            sidecar
-                .args([
-                    "--cache-disk-dir",
-                    &self.cache_dir.join(u.name.as_str()).to_string_lossy(),
-                ])
-                .args(["--cache-disk-size", &disk.0.to_string()]);
+        if spec.sidecar.cache_disk.is_some() {
+            sidecar.args([
+                "--cache-disk-dir",
+                &self.cache_dir.join(u.name.as_str()).to_string_lossy(),
+            ]);
         }
         let sidecar = spawn(
             sidecar,
@@ -527,40 +511,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         .arg(&tokens.admin)
         .arg("--gateway-token-file")
         .arg(&tokens.gateway)
-        .args(["--policy", g.policy.as_flag()])
-        .args(["--failback", g.failback.as_flag()])
-        .args(["--check-path", &g.health_check.path])
-        .args([
-            "--check-interval",
-            &format!("{}ms", g.health_check.interval.0.as_millis()),
-        ])
-        .args([
-            "--check-timeout",
-            &format!("{}ms", g.health_check.timeout.0.as_millis()),
-        ])
-        .args(["--rise", &g.health_check.rise.to_string()])
-        .args(["--fall", &g.health_check.fall.to_string()])
-        .args([
-            "--check-expect-status",
-            &g.health_check.expect_status.to_string(),
-        ])
-        .args(["--check-expect-body", &g.health_check.expect_body])
-        .args([
-            "--cookie-secure",
-            &manifest.spec.session_persistence.secure.to_string(),
-        ])
-        .args([
-            "--session-cookie",
-            manifest.spec.session_persistence.session_name.as_str(),
-        ])
+        // What the farm declares, through the same contract the operator renders.
+        .args(config::as_args(&GatewayFarmSettings::from_farm(
+            &manifest.spec,
+        )))
         .args(["--public-scheme", public_scheme])
         .args(["--public-host", &public_host]);
-    if let Some(host) = &g.farm_host {
-        gw.args(["--farm-host", host]);
-    }
-    if g.unit_addressing == stickyfarm_api::farm::UnitAddressing::Host {
-        gw.args(["--unit-addressing", "host"]);
-    }
     for p in &plans {
         gw.args(["--unit", &format!("{}={}", p.name, p.sidecar)]);
     }

@@ -4,23 +4,10 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use clap::ValueEnum;
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 
-/// How a new session's unit is chosen.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Policy {
-    /// Fewest requests in flight, between two units drawn at random (power of two choices):
-    /// close to "least busy" without every gateway replica stampeding the same unit.
-    #[default]
-    LeastInFlight,
-    /// Each unit in turn.
-    RoundRobin,
-    /// Uniformly at random.
-    Random,
-}
+/// How a new session's unit is chosen (part of the configuration contract in `api`).
+pub use stickyfarm_api::config::Policy;
 
 /// One unit that may take a new session.
 #[derive(Debug, Clone, Copy)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::balance::Policy;
 use crate::units::UnitSpec;
+pub use stickyfarm_api::config::{Addressing, Failback, GatewayFarmSettings};
 
 /// The Stickyfarm gateway: the farm's load balancer. First requests go to the least busy
 /// healthy unit; requests addressed to a unit (`/_unit/<unit>/…`, `<unit>.<farm host>` or the
@@ -74,14 +74,6 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_NAMESPACE")]
     pub namespace: Option<String>,
 
-    /// The farm's host name, for host-style unit addresses `<unit>.<farm host>`.
-    #[arg(long, env = "STICKYFARM_FARM_HOST")]
-    pub farm_host: Option<String>,
-
-    /// Which unit address the app is given for its links.
-    #[arg(long, env = "STICKYFARM_UNIT_ADDRESSING", value_enum, default_value_t = Addressing::Path)]
-    pub unit_addressing: Addressing,
-
     /// Hosts (`host[:port]`) clients reach the farm by, repeatable or comma-separated; the
     /// first is canonical. Unit URLs name the request's host only when it is one of these,
     /// otherwise the first, so a forged `Host` header cannot poison other clients' links.
@@ -93,46 +85,9 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_PUBLIC_SCHEME", value_enum, default_value_t = Scheme::Http)]
     pub public_scheme: Scheme,
 
-    /// Load-balancing policy for new sessions and backups.
-    #[arg(long, env = "STICKYFARM_POLICY", value_enum, default_value_t = Policy::LeastInFlight)]
-    pub policy: Policy,
-
-    /// After a failover: keep the client on the backup, or send it back once its unit recovers.
-    #[arg(long, env = "STICKYFARM_FAILBACK", value_enum, default_value_t = Failback::Stay)]
-    pub failback: Failback,
-
-    /// Path of the active health check on each unit (the patent's test URL).
-    #[arg(long, env = "STICKYFARM_CHECK_PATH", default_value = stickyfarm_api::paths::HEALTH)]
-    pub check_path: String,
-
-    /// Time between checks of one unit.
-    #[arg(long, env = "STICKYFARM_CHECK_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
-    pub check_interval: Duration,
-
     /// Random jitter of the interval, as a fraction (0.2 = ±20 %), so checks do not align.
     #[arg(long, env = "STICKYFARM_CHECK_JITTER", default_value_t = 0.2)]
     pub check_jitter: f64,
-
-    /// A check that takes longer fails.
-    #[arg(long, env = "STICKYFARM_CHECK_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub check_timeout: Duration,
-
-    /// Expected status of the check.
-    #[arg(long, env = "STICKYFARM_CHECK_EXPECT_STATUS", default_value_t = 200)]
-    pub check_expect_status: u16,
-
-    /// Text the check's answer must contain. An `instance: <uuid>` line in the answer is
-    /// recorded as the unit's instance id.
-    #[arg(long, env = "STICKYFARM_CHECK_EXPECT_BODY", default_value = stickyfarm_api::HEALTHY_ANSWER)]
-    pub check_expect_body: String,
-
-    /// Consecutive passed checks that bring a unit that was down back into service.
-    #[arg(long, env = "STICKYFARM_CHECK_RISE", default_value_t = 2)]
-    pub rise: u32,
-
-    /// Consecutive failed checks that take a unit out of service.
-    #[arg(long, env = "STICKYFARM_CHECK_FALL", default_value_t = 3)]
-    pub fall: u32,
 
     /// A unit that comes (back) into service ramps its share of new sessions up over this time.
     #[arg(long, env = "STICKYFARM_SLOW_START", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -211,20 +166,6 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_TRUST_FORWARDED", default_value_t = false, action = ArgAction::Set)]
     pub trust_forwarded: bool,
 
-    /// Mark the routing cookie `Secure` (with no `--cookie-domain`, the farm's cookies are then
-    /// named `__Host-…`; the sidecars must be given the same setting).
-    #[arg(long, env = "STICKYFARM_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
-    pub cookie_secure: bool,
-
-    /// Name of the session cookie (the farm's `sessionPersistence.sessionName`, as the sidecars
-    /// set it): a request with a session is never counted as a new one.
-    #[arg(long, env = "STICKYFARM_SESSION_COOKIE", default_value = stickyfarm_api::cookie_names::SESSION)]
-    pub session_cookie: stickyfarm_api::SessionCookieName,
-
-    /// `Domain=` of the farm's cookies (host-style unit addresses), as the sidecars set it.
-    #[arg(long, env = "STICKYFARM_COOKIE_DOMAIN")]
-    pub cookie_domain: Option<String>,
-
     /// Open client connections at most (per listener); more wait until one ends.
     #[arg(long, env = "STICKYFARM_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
@@ -240,6 +181,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// What the farm declares for the gateway (the configuration contract, shared with the
+    /// operator and farmctl, which render it from the ServerFarm).
+    #[command(flatten)]
+    pub farm_settings: GatewayFarmSettings,
 }
 
 /// Where the unit list comes from.
@@ -249,15 +195,6 @@ pub enum Discovery {
     Static,
     /// The farm's EndpointSlices.
     Kubernetes,
-}
-
-/// Unit address style handed to the app.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Addressing {
-    /// `<scheme>://<gateway host>/_unit/<unit>`.
-    Path,
-    /// `<scheme>://<unit>.<farm host>` (needs `--farm-host` and wildcard DNS).
-    Host,
 }
 
 /// Public scheme.
@@ -277,15 +214,6 @@ impl Scheme {
             Scheme::Https => "https",
         }
     }
-}
-
-/// Where a failed-over client goes once its unit is back.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Failback {
-    /// Stay on the backup (its cache holds the session now).
-    Stay,
-    /// Return to the original unit once it is in service again.
-    Return,
 }
 
 /// Log output format.

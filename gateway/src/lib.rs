@@ -152,14 +152,14 @@ impl Gateway {
             stop.clone(),
         ));
         let checks = Arc::new(CheckConfig {
-            path: config.check_path.clone(),
-            interval: config.check_interval,
+            path: config.farm_settings.check_path.clone(),
+            interval: config.farm_settings.check_interval,
             jitter: config.check_jitter.clamp(0.0, 1.0),
-            timeout: config.check_timeout,
-            expect_status: config.check_expect_status,
-            expect_body: config.check_expect_body.clone(),
-            rise: config.rise.max(1),
-            fall: config.fall.max(1),
+            timeout: config.farm_settings.check_timeout,
+            expect_status: config.farm_settings.check_expect_status,
+            expect_body: config.farm_settings.check_expect_body.clone(),
+            rise: config.farm_settings.rise.max(1),
+            fall: config.farm_settings.fall.max(1),
         });
         let mut tasks = JoinSet::new();
 
@@ -198,10 +198,10 @@ impl Gateway {
             farm.clone(),
             metrics.clone(),
             ProxySettings {
-                policy: config.policy,
-                failback: config.failback,
-                farm_host: config.farm_host.clone(),
-                addressing: config.unit_addressing,
+                policy: config.farm_settings.policy,
+                failback: config.farm_settings.failback,
+                farm_host: config.farm_settings.farm_host.clone(),
+                addressing: config.farm_settings.unit_addressing,
                 scheme: config.public_scheme,
                 public_hosts: config.public_hosts.clone(),
                 slow_start: config.slow_start,
@@ -211,11 +211,7 @@ impl Gateway {
                 max_body_size: config.max_body_size.as_u64(),
                 replay_body_max: config.replay_body_max.as_u64(),
                 trust_forwarded: config.trust_forwarded,
-                cookies: stickyfarm_api::CookiePolicy::new(
-                    &config.session_cookie,
-                    config.cookie_secure,
-                    config.cookie_domain.clone(),
-                ),
+                cookies: config.farm_settings.cookies.policy(),
                 new_session_rate: config.new_session_rate,
                 new_session_burst: config.new_session_burst,
                 gateway_token,
@@ -293,7 +289,7 @@ impl Gateway {
             stop.clone(),
             Duration::from_secs(1),
         ));
-        tracing::info!(%addr, %admin_addr, ?control_addr, policy = ?config.policy, "stickyfarm gateway serving");
+        tracing::info!(%addr, %admin_addr, ?control_addr, policy = ?config.farm_settings.policy, "stickyfarm gateway serving");
         Ok(Gateway {
             addr,
             admin_addr,

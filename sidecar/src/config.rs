@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bytesize::ByteSize;
 use clap::{ArgAction, Parser, ValueEnum};
+use stickyfarm_api::config::SidecarFarmSettings;
 use stickyfarm_api::{InstanceId, UnitBaseUrl, UnitName};
 
 /// The Stickyfarm sidecar: fronts the app in a commerce pod, owns the session cookies and the
@@ -83,43 +84,15 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_SESSION_ID_KEY_FILE")]
     pub session_id_key_file: std::path::PathBuf,
 
-    /// Name of the session cookie (the farm's `sessionPersistence.sessionName`).
-    #[arg(long, env = "STICKYFARM_SESSION_COOKIE", default_value = stickyfarm_api::cookie_names::SESSION)]
-    pub session_cookie: stickyfarm_api::SessionCookieName,
-
-    /// Mark the cookies `Secure` (whenever clients use HTTPS).
-    #[arg(long, env = "STICKYFARM_COOKIE_SECURE", default_value_t = false, action = ArgAction::Set)]
-    pub cookie_secure: bool,
-
-    /// `Domain=` of the cookies; set it to the farm host with host-style unit addresses.
-    #[arg(long, env = "STICKYFARM_COOKIE_DOMAIN")]
-    pub cookie_domain: Option<String>,
-
-    /// Memory tier capacity (bytes of cached session state, e.g. `64MiB`).
-    #[arg(long, env = "STICKYFARM_CACHE_MEMORY", default_value = "64MiB")]
-    pub cache_memory: ByteSize,
-
     /// Folder of the optional disk tier. It is emptied at every start: PostgreSQL is the truth.
     #[arg(long, env = "STICKYFARM_CACHE_DISK_DIR")]
     pub cache_disk_dir: Option<PathBuf>,
-
-    /// Disk tier capacity.
-    #[arg(long, env = "STICKYFARM_CACHE_DISK_SIZE", default_value = "256MiB")]
-    pub cache_disk_size: ByteSize,
 
     /// Serve session reads from the cache. `false` loads every read from PostgreSQL (writes
     /// are written through either way): the baseline the benchmarks compare the cache with,
     /// and a way to rule the cache out when diagnosing.
     #[arg(long, env = "STICKYFARM_CACHE_READS", default_value_t = true, action = ArgAction::Set)]
     pub cache_reads: bool,
-
-    /// A session unused for this long expires (in the cache and in PostgreSQL).
-    #[arg(long, env = "STICKYFARM_IDLE_TIMEOUT", default_value = "30m", value_parser = humantime::parse_duration)]
-    pub idle_timeout: Duration,
-
-    /// A session older than this expires, however active.
-    #[arg(long, env = "STICKYFARM_ABSOLUTE_TIMEOUT", default_value = "24h", value_parser = humantime::parse_duration)]
-    pub absolute_timeout: Duration,
 
     /// How often expired sessions are deleted from PostgreSQL (one sidecar at a time does it).
     #[arg(long, env = "STICKYFARM_SWEEP_INTERVAL", default_value = "60s", value_parser = humantime::parse_duration)]
@@ -173,6 +146,11 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// What the farm declares for its sidecars (the configuration contract, shared with the
+    /// operator and farmctl, which render it from the ServerFarm).
+    #[command(flatten)]
+    pub farm_settings: SidecarFarmSettings,
 }
 
 /// Log output format.
@@ -188,6 +166,6 @@ impl Config {
     /// How often `last_seen` is refreshed for sessions in use: often enough that an active
     /// session never looks idle to the sweep.
     pub fn touch_interval(&self) -> Duration {
-        (self.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+        (self.farm_settings.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
     }
 }

@@ -110,8 +110,8 @@ impl Sidecar {
                 max_connections: config.db_max_connections,
                 acquire_timeout: config.db_acquire_timeout,
                 expiry: Expiry {
-                    idle: config.idle_timeout,
-                    absolute: config.absolute_timeout,
+                    idle: config.farm_settings.idle_timeout,
+                    absolute: config.farm_settings.absolute_timeout,
                 },
             },
             metrics.clone(),
@@ -119,11 +119,11 @@ impl Sidecar {
         migrate_when_reachable(&store, &session_id_key, &stop).await?;
 
         let cache = SessionCache::open(&CacheOptions {
-            memory_bytes: config.cache_memory.as_u64() as usize,
+            memory_bytes: config.farm_settings.cache_memory.as_u64() as usize,
             disk: config
                 .cache_disk_dir
                 .clone()
-                .map(|d| (d, config.cache_disk_size.as_u64() as usize)),
+                .map(|d| (d, config.farm_settings.cache_disk_size.as_u64() as usize)),
             snapshot_max: config.snapshot_max.as_u64() as usize,
         })
         .await?;
@@ -139,7 +139,7 @@ impl Sidecar {
             TierOptions {
                 instance,
                 unit: config.unit.to_string(),
-                idle_timeout: config.idle_timeout,
+                idle_timeout: config.farm_settings.idle_timeout,
                 touch_interval: config.touch_interval(),
                 cache_reads: config.cache_reads,
                 max_tables: config.max_tables as usize,
@@ -166,11 +166,7 @@ impl Sidecar {
             gateway_token,
             app,
             config.app_timeout,
-            stickyfarm_api::CookiePolicy::new(
-                &config.session_cookie,
-                config.cookie_secure,
-                config.cookie_domain.clone(),
-            ),
+            config.farm_settings.cookies.policy(),
             config.snapshot_max.as_u64() as usize,
             config.max_body_size.as_u64(),
         ));

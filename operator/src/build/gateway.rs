@@ -10,7 +10,7 @@ use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use stickyfarm_api::farm::UnitAddressing;
+use stickyfarm_api::config::{self, GatewayFarmSettings};
 
 use super::units::{
     field, port, restricted_container_security, restricted_pod_security, service_port, value,
@@ -67,7 +67,6 @@ pub(crate) fn role_binding(f: &FarmRef) -> RoleBinding {
 
 pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
     let g = &f.farm.spec.gateway;
-    let hc = &g.health_check;
     let mut env = vec![
         value(
             "STICKYFARM_GATEWAY_LISTEN",
@@ -92,27 +91,6 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
         value("STICKYFARM_DISCOVERY", "kubernetes".into()),
         value("STICKYFARM_FARM", f.name.clone()),
         field("STICKYFARM_NAMESPACE", "metadata.namespace"),
-        value("STICKYFARM_POLICY", g.policy.as_flag().into()),
-        value("STICKYFARM_FAILBACK", g.failback.as_flag().into()),
-        value("STICKYFARM_CHECK_PATH", hc.path.clone()),
-        value("STICKYFARM_CHECK_INTERVAL", hc.interval.to_string()),
-        value("STICKYFARM_CHECK_TIMEOUT", hc.timeout.to_string()),
-        value("STICKYFARM_CHECK_RISE", hc.rise.to_string()),
-        value("STICKYFARM_CHECK_FALL", hc.fall.to_string()),
-        value(
-            "STICKYFARM_CHECK_EXPECT_STATUS",
-            hc.expect_status.to_string(),
-        ),
-        value("STICKYFARM_CHECK_EXPECT_BODY", hc.expect_body.clone()),
-        value(
-            "STICKYFARM_COOKIE_SECURE",
-            f.farm.spec.session_persistence.secure.to_string(),
-        ),
-        // The same cookie names the sidecars use (with `secure`, both prefix them `__Host-`).
-        value(
-            "STICKYFARM_SESSION_COOKIE",
-            f.farm.spec.session_persistence.session_name.to_string(),
-        ),
         value(
             "STICKYFARM_PUBLIC_SCHEME",
             if f.farm.spec.session_persistence.secure {
@@ -124,12 +102,12 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
         ),
         value("STICKYFARM_LOG_FORMAT", "json".into()),
     ];
-    if g.unit_addressing == UnitAddressing::Host {
-        env.push(value("STICKYFARM_UNIT_ADDRESSING", "host".into()));
-    }
-    if let Some(host) = &g.farm_host {
-        env.push(value("STICKYFARM_FARM_HOST", host.clone()));
-    }
+    // What the farm declares, through the same contract farmctl renders and the gateway parses.
+    env.extend(
+        config::as_env(&GatewayFarmSettings::from_farm(&f.farm.spec))
+            .into_iter()
+            .map(|(name, v)| value(&name, v)),
+    );
     if let Some(host) = &g.public_host {
         env.push(value("STICKYFARM_PUBLIC_HOST", host.clone()));
     }

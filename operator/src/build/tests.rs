@@ -605,11 +605,12 @@ fn gateway_follows_the_spec_and_may_only_read_endpointslices() {
         env_value(gw, "STICKYFARM_CHECK_EXPECT_BODY"),
         "stickyfarm-sidecar healthy"
     );
+    assert_eq!(env_value(gw, "STICKYFARM_UNIT_ADDRESSING"), "path");
     assert!(gw.env.iter().flatten().all(|e| {
         ![
-            "STICKYFARM_UNIT_ADDRESSING",
             "STICKYFARM_FARM_HOST",
             "STICKYFARM_PUBLIC_HOST",
+            "STICKYFARM_COOKIE_DOMAIN",
         ]
         .contains(&e.name.as_str())
     }));
@@ -683,9 +684,19 @@ fn gateway_options_reach_its_environment() {
         ("STICKYFARM_CHECK_FALL", "4"),
         ("STICKYFARM_CHECK_EXPECT_STATUS", "204"),
         ("STICKYFARM_CHECK_EXPECT_BODY", ""),
+        // Host-style unit addresses: every `<unit>.<farm host>` must send the farm's cookies.
+        ("STICKYFARM_COOKIE_DOMAIN", "shop.example.com"),
     ] {
         assert_eq!(env_value(gw, name), want, "{name}");
     }
+    assert_eq!(
+        env_value(
+            container(&d, "stickyfarm-sidecar"),
+            "STICKYFARM_COOKIE_DOMAIN"
+        ),
+        "shop.example.com",
+        "the sidecars set the cookies with the domain the gateway expects"
+    );
     let svc = d.gateway_service.spec.as_ref().unwrap();
     assert_eq!(svc.type_.as_deref(), Some("LoadBalancer"));
     assert_eq!(svc.ports.as_ref().unwrap()[0].port, 443);

@@ -15,6 +15,7 @@ use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec}
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use stickyfarm_api::config::{self, SidecarFarmSettings};
 use stickyfarm_api::farm::{UnitState, labels};
 use stickyfarm_api::paths;
 
@@ -125,7 +126,6 @@ fn app_container(f: &FarmRef) -> Container {
 
 fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
     let spec = &f.farm.spec;
-    let sp = &spec.session_persistence;
     let (secret, key) = database_secret_ref(f.farm);
     let mut env = vec![
         value("STICKYFARM_LISTEN", format!("0.0.0.0:{SIDECAR_PORT}")),
@@ -159,19 +159,14 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
         field("POD_NAME", "metadata.name"),
         // The instance id: a replaced pod has a new UID, so clients' cached state is flushed.
         field("POD_UID", "metadata.uid"),
-        value(
-            "STICKYFARM_CACHE_MEMORY",
-            spec.sidecar.cache_memory.0.to_string(),
-        ),
-        value("STICKYFARM_IDLE_TIMEOUT", sp.idle_timeout.to_string()),
-        value(
-            "STICKYFARM_ABSOLUTE_TIMEOUT",
-            sp.absolute_timeout.to_string(),
-        ),
-        value("STICKYFARM_SESSION_COOKIE", sp.session_name.to_string()),
-        value("STICKYFARM_COOKIE_SECURE", sp.secure.to_string()),
         value("STICKYFARM_LOG_FORMAT", "json".into()),
     ];
+    // What the farm declares, through the same contract farmctl renders and the sidecar parses.
+    env.extend(
+        config::as_env(&SidecarFarmSettings::from_farm(spec))
+            .into_iter()
+            .map(|(name, v)| value(&name, v)),
+    );
     // The gateway token and the session-id key are the sidecar's alone: the app container does
     // not mount them.
     let mut mounts = vec![socket_mount(), tokens::mount()];
@@ -195,9 +190,8 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
             ..VolumeMount::default()
         });
     }
-    if let Some(disk) = &spec.sidecar.cache_disk {
+    if spec.sidecar.cache_disk.is_some() {
         env.push(value("STICKYFARM_CACHE_DISK_DIR", CACHE_DIR.into()));
-        env.push(value("STICKYFARM_CACHE_DISK_SIZE", disk.0.to_string()));
         mounts.push(VolumeMount {
             name: "session-cache".into(),
             mount_path: CACHE_DIR.into(),
