@@ -15,8 +15,9 @@ use clap::Parser as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Api, Client, Config};
+use kube::{Api, Client, Config, ResourceExt as _};
 use serde_json::json;
+use stickyfarm_api::farm::ServerFarm;
 use tokio::sync::OnceCell;
 use tokio_util::sync::CancellationToken;
 
@@ -171,6 +172,18 @@ pub async fn install_chart(kubeconfig: &Path) -> anyhow::Result<()> {
 pub async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     let api: Api<Namespace> = Api::all(client.clone());
     if api.get_opt(name).await?.is_some() {
+        // An earlier run's farms keep the database finalizer when the operator that would
+        // remove it stopped with that run: without this, the namespace never goes.
+        let farms: Api<ServerFarm> = Api::namespaced(client.clone(), name);
+        for farm in farms.list(&Default::default()).await.into_iter().flatten() {
+            farms
+                .patch(
+                    &farm.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await?;
+        }
         let _ = api.delete(name, &DeleteParams::default()).await;
         eventually(
             Duration::from_secs(60),
