@@ -521,6 +521,33 @@ pub struct ManagedDatabase {
     /// CPU and memory of the database container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// What happens to the database's volume claim and credentials when the managed database
+    /// goes (the farm is deleted, or switched to an external database): `Delete` (the default)
+    /// removes them; `Retain` keeps them, so the data can be copied out, or found again when
+    /// the farm (of the same name) switches back to a managed database.
+    #[serde(default)]
+    pub delete_policy: DatabaseDeletePolicy,
+}
+
+/// What happens to a managed database's volume claim and credentials when it goes.
+#[derive(JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DatabaseDeletePolicy {
+    /// Delete the volume claim and the credentials Secrets.
+    #[default]
+    Delete,
+    /// Keep them; they are deleted by hand (`kubectl delete pvc,secret -l
+    /// stickyfarm.dev/farm=<farm>,stickyfarm.dev/component=database`).
+    Retain,
+}
+
+impl DatabaseDeletePolicy {
+    /// As written in the spec and in the annotation on the database's objects.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DatabaseDeletePolicy::Delete => "Delete",
+            DatabaseDeletePolicy::Retain => "Retain",
+        }
+    }
 }
 
 /// Scheduling and security settings of the unit pods (Kubernetes only). Nothing here can make

@@ -152,7 +152,7 @@ async fn the_chart_installs_an_established_crd_and_least_privilege_rbac() -> any
     assert_eq!(crd.annotations()["helm.sh/resource-policy"], "keep");
     let roles: Api<ClusterRole> = Api::all(c.admin.clone());
     let role = roles.get(RELEASE).await?;
-    assert_eq!(role.rules.as_ref().map(Vec::len), Some(13));
+    assert_eq!(role.rules.as_ref().map(Vec::len), Some(14));
     let sas: Api<ServiceAccount> = Api::namespaced(c.admin.clone(), RELEASE_NAMESPACE);
     assert!(sas.get_opt(OPERATOR_ACCOUNT).await?.is_some());
     // The operator's identity (impersonated, as the operator runs in these tests) has exactly
@@ -1077,4 +1077,185 @@ async fn secret_rights_stop_at(
     .await;
     uninstall_release(&c.kubeconfig, release, release_ns)?;
     outcome
+}
+
+/// A farm switched from its managed database to an external one loses the managed database's
+/// StatefulSet, Service and NetworkPolicy; its volume claim and credentials go or stay as its
+/// `deletePolicy` says. With `Retain`, switching back finds the same claim and the same
+/// password (PostgreSQL keeps the one it was initialised with).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn switching_to_an_external_database_prunes_the_managed_one_by_its_delete_policy()
+-> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    let ns = "e2e-database-switch";
+    namespace(&c.admin, ns).await?;
+    let op = Operator::start(
+        &c.kubeconfig,
+        &[
+            "--watch-namespace",
+            ns,
+            "--leader-elect",
+            "false",
+            "--resync",
+            "5s",
+        ],
+    )
+    .await?;
+    let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.admin.clone(), ns);
+    let statefulsets: Api<StatefulSet> = Api::namespaced(c.admin.clone(), ns);
+    let services: Api<Service> = Api::namespaced(c.admin.clone(), ns);
+    let policies: Api<NetworkPolicy> = Api::namespaced(c.admin.clone(), ns);
+    let external_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "pg"},
+        "stringData": {"url": "postgres://shop:secret@pg.example:5432/shop"}
+    }))?;
+    secrets
+        .create(&PostParams::default(), &external_secret)
+        .await?;
+
+    for (name, policy) in [("keep", "Retain"), ("drop", "Delete")] {
+        let farm = |database: Value| {
+            json!({
+                "apiVersion": "stickyfarm.dev/v1alpha1",
+                "kind": "ServerFarm",
+                "metadata": {"name": name},
+                "spec": {"app": {"image": "registry.example/shop:1"}, "database": database}
+            })
+        };
+        let db = format!("{name}-db");
+        let claim = format!("data-{db}-0");
+        let credentials = [db.clone(), format!("{db}-app"), format!("{db}-superuser")];
+        apply_farm(
+            &c.admin,
+            ns,
+            &farm(json!({"managed": {"deletePolicy": policy}})),
+        )
+        .await?;
+        eventually(
+            WAIT,
+            "the managed database, its claim and credentials exist",
+            || async {
+                let mut all = statefulsets.get_opt(&db).await?.is_some()
+                    && services.get_opt(&db).await?.is_some()
+                    && policies.get_opt(&db).await?.is_some()
+                    && claims.get_opt(&claim).await?.is_some();
+                for s in &credentials {
+                    all &= secrets.get_opt(s).await?.is_some();
+                }
+                Ok(all)
+            },
+        )
+        .await?;
+        let claim_uid = claims.get(&claim).await?.uid();
+        let secret_uid = secrets.get(&db).await?.uid();
+
+        apply_farm(
+            &c.admin,
+            ns,
+            &farm(json!({"external": {"secretName": "pg", "key": "url"}})),
+        )
+        .await?;
+        eventually(WAIT, "the managed database's objects are gone", || async {
+            Ok(statefulsets.get_opt(&db).await?.is_none()
+                && services.get_opt(&db).await?.is_none()
+                && policies.get_opt(&db).await?.is_none())
+        })
+        .await?;
+        // The units now read the external Secret.
+        let units = statefulsets.get(name).await?;
+        let sidecar = units.spec.template.spec.unwrap().containers;
+        let url = sidecar
+            .iter()
+            .find(|c| c.name == "stickyfarm-sidecar")
+            .and_then(|c| c.env.iter().flatten().find(|e| e.name == "DATABASE_URL"))
+            .and_then(|e| e.value_from.clone())
+            .and_then(|v| v.secret_key_ref)
+            .expect("DATABASE_URL from a Secret");
+        assert_eq!((url.name.as_str(), url.key.as_str()), ("pg", "url"));
+
+        match policy {
+            "Delete" => {
+                eventually(
+                    WAIT,
+                    "the claim and the credentials are deleted",
+                    || async {
+                        let mut none = claims.get_opt(&claim).await?.is_none();
+                        for s in &credentials {
+                            none &= secrets.get_opt(s).await?.is_none();
+                        }
+                        Ok(none)
+                    },
+                )
+                .await?;
+                assert!(
+                    secrets.get_opt("pg").await?.is_some(),
+                    "the external Secret is the user's"
+                );
+            }
+            _ => {
+                // Given the operator a few reconciles (resync 5 s) to do what it must not.
+                tokio::time::sleep(Duration::from_secs(12)).await;
+                assert_eq!(
+                    claims.get(&claim).await?.uid(),
+                    claim_uid,
+                    "the claim is kept"
+                );
+                for s in &credentials {
+                    assert!(secrets.get_opt(s).await?.is_some(), "{s} is kept");
+                }
+            }
+        }
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.admin.clone(), ns);
+        let removed = events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("DatabaseRemoved")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+            })
+            .expect("a DatabaseRemoved Event");
+        assert!(
+            removed
+                .note
+                .as_deref()
+                .is_some_and(|n| n.contains(&format!("deletePolicy {policy}"))),
+            "{removed:?}"
+        );
+
+        if policy == "Retain" {
+            // Back to a managed database: the same claim, the same password.
+            apply_farm(
+                &c.admin,
+                ns,
+                &farm(json!({"managed": {"deletePolicy": policy}})),
+            )
+            .await?;
+            eventually(WAIT, "the managed database is back", || async {
+                Ok(statefulsets.get_opt(&db).await?.is_some())
+            })
+            .await?;
+            assert_eq!(claims.get(&claim).await?.uid(), claim_uid);
+            assert_eq!(
+                secrets.get(&db).await?.uid(),
+                secret_uid,
+                "never regenerated"
+            );
+        }
+    }
+    // The farms go while the operator runs (their finalizer is its to remove).
+    let farms: Api<ServerFarm> = Api::namespaced(c.admin.clone(), ns);
+    for name in ["keep", "drop"] {
+        farms.delete(name, &DeleteParams::default()).await?;
+    }
+    eventually(WAIT, "both farms are gone", || async {
+        Ok(farms.list(&ListParams::default()).await?.items.is_empty())
+    })
+    .await?;
+    op.stop().await?;
+    Ok(())
 }

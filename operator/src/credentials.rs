@@ -12,7 +12,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use stickyfarm_api::farm::{ServerFarm, labels};
+use stickyfarm_api::farm::{DatabaseDeletePolicy, ServerFarm, labels};
 use stickyfarm_api::token::{self, Token};
 
 use crate::build::{self, DatabaseRoles};
@@ -426,22 +426,35 @@ pub(crate) async fn delete_database_state(farm: &ServerFarm, ctx: &Context) -> R
         return Ok(());
     }
     let ns = farm.namespace().unwrap_or_default();
-    if farm.spec.database.external.is_none() {
-        let (secret, _) = build::database_secret_ref(farm);
-        delete_database_object::<Secret>(ctx, farm, &secret).await?;
-        delete_database_object::<Secret>(ctx, farm, &build::app_secret_name(farm)).await?;
-        delete_database_object::<Secret>(ctx, farm, &build::superuser_secret_name(farm)).await?;
-        delete_database_object::<PersistentVolumeClaim>(
-            ctx,
-            farm,
-            &build::database_claim_name(farm),
-        )
-        .await?;
+    let managed = farm.spec.database.external.is_none();
+    let policy = farm
+        .spec
+        .database
+        .managed
+        .as_ref()
+        .map(|m| m.delete_policy)
+        .unwrap_or_default();
+    if managed && policy == DatabaseDeletePolicy::Delete {
+        delete_managed_database_state(farm, ctx).await?;
     }
     // An external database keeps its rows; without the key they are found by nobody and expire.
     delete_database_object::<Secret>(ctx, farm, &build::session_id_key_secret_name(farm)).await?;
     let farms: Api<ServerFarm> = Api::namespaced(ctx.client.clone(), &ns);
     set_database_finalizer(&farms, farm, false).await
+}
+
+/// Deletes the managed database's claim and its three credentials Secrets (each only if it is
+/// labelled as this farm's database): when the farm goes, or after a switch to an external
+/// database, if its delete policy is `Delete`.
+pub(crate) async fn delete_managed_database_state(
+    farm: &ServerFarm,
+    ctx: &Context,
+) -> Result<(), Error> {
+    for secret in build::managed_database_secret_names(farm) {
+        delete_database_object::<Secret>(ctx, farm, &secret).await?;
+    }
+    delete_database_object::<PersistentVolumeClaim>(ctx, farm, &build::database_claim_name(farm))
+        .await
 }
 
 async fn delete_database_object<K>(

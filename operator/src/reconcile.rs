@@ -1,12 +1,15 @@
 //! The reconciler: I/O at the edges of the pure builders.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Pod, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
@@ -17,11 +20,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use stickyfarm_api::farm::{ServerFarm, ServerFarmStatus, ServiceType, labels};
+use stickyfarm_api::farm::{
+    DatabaseDeletePolicy, ServerFarm, ServerFarmStatus, ServiceType, labels,
+};
 use thiserror::Error;
 use tracing::Instrument;
 
-use crate::build::{self, BuildInput, Images};
+use crate::build::{self, BuildInput, Images, ObjectKey, OwnedKind};
 use crate::credentials;
 use crate::metrics::Metrics;
 use crate::scale::{self, DRAIN_SINCE_ANNOTATION, ObservedUnits};
@@ -176,13 +181,9 @@ pub fn backoff(n: u32) -> Duration {
     Duration::from_secs(1u64 << n.saturating_sub(1).min(9)).min(Duration::from_secs(300))
 }
 
+/// One farm, as a pipeline: validate → prepare (what the build depends on) → build (pure) →
+/// apply → prune → status. A farm being deleted is finalized instead.
 async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Error> {
-    let client = &ctx.client;
-    let name = farm.name_any();
-    let ns = farm.namespace().unwrap_or_default();
-    let reference = farm.object_ref(&());
-    let farms: Api<ServerFarm> = Api::namespaced(client.clone(), &ns);
-
     // Being deleted: the garbage collector removes what the farm owns; the operator removes
     // what it keeps out of the collector's reach. Applying now would re-create objects a
     // foreground deletion is removing.
@@ -190,33 +191,79 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
         credentials::delete_database_state(farm, ctx).await?;
         return Ok(Action::await_change());
     }
-
-    // Validate: the API server's CEL rules say the same, but a farm stored before a rule existed
-    // must not be half-applied; and what this installation allows.
     if let Some(refusal) = refusal(farm, &ctx.settings) {
-        publish(
-            ctx,
-            &reference,
-            EventType::Warning,
-            refusal.reason,
-            "Validate",
-            refusal.message.clone(),
-        )
-        .await;
-        write_status(
-            &farms,
-            farm,
-            &Observed {
-                problem: Some(refusal),
-                ..Observed::default()
-            },
-        )
-        .await?;
+        refuse(farm, ctx, refusal).await?;
         return Ok(Action::await_change());
     }
+    let prepared = prepare(farm, ctx).await?;
+    let desired = build::build(farm, &prepared.input)?;
+    let applied = apply_all(&ctx.client, farm, &desired).await?;
+    let conflict_problem = name_conflicts(ctx, farm, &applied.conflicts).await;
+    announce_scaling(farm, ctx, &prepared).await;
+    let pruned = prune(farm, ctx, &desired).await?;
+    announce_pruned(farm, ctx, &pruned).await;
+    let problem = prepared.secret_problem.clone().or(conflict_problem);
+    write_farm_status(farm, ctx, &prepared, &applied, problem.clone()).await?;
 
-    // Observe what the scale plan depends on.
-    let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    // The operator does not watch Secrets (it may not list them) nor objects it does not own:
+    // a farm waiting for one to be restored, created or moved out of the way looks again soon
+    // rather than at the next resync.
+    let wake = problem.map(|_| credentials::SECRET_RECHECK);
+    Ok(Action::requeue(
+        [prepared.plan.requeue_after, wake]
+            .into_iter()
+            .flatten()
+            .fold(ctx.settings.resync, Duration::min),
+    ))
+}
+
+/// Validate failed: a Warning Event and the reason in the status; nothing is applied.
+async fn refuse(farm: &ServerFarm, ctx: &Context, refusal: Problem) -> Result<(), Error> {
+    let reference = farm.object_ref(&());
+    publish(
+        ctx,
+        &reference,
+        EventType::Warning,
+        refusal.reason,
+        "Validate",
+        refusal.message.clone(),
+    )
+    .await;
+    write_status(
+        &farms_api(farm, ctx),
+        farm,
+        &Observed {
+            problem: Some(refusal),
+            ..Observed::default()
+        },
+    )
+    .await
+}
+
+fn farms_api(farm: &ServerFarm, ctx: &Context) -> Api<ServerFarm> {
+    Api::namespaced(ctx.client.clone(), &farm.namespace().unwrap_or_default())
+}
+
+/// What the build depends on besides the spec.
+struct Prepared {
+    /// The units as they are (the scale plan's input).
+    seen: ObservedUnits,
+    /// Units to run now, and when to look again.
+    plan: scale::ScalePlan,
+    /// The build's input.
+    input: BuildInput,
+    /// A Secret that is missing and must not be regenerated, if so.
+    secret_problem: Option<Problem>,
+}
+
+/// Prepare: observe the units (for the drain plan), then the finalizer before the unowned
+/// state exists (the managed database's credentials and claim, the session-id key), then the
+/// Secrets, which the pods reference.
+async fn prepare(farm: &ServerFarm, ctx: &Context) -> Result<Prepared, Error> {
+    let ns = farm.namespace().unwrap_or_default();
+    let name = farm.name_any();
+    let reference = farm.object_ref(&());
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
     let current = statefulsets
         .get_opt(&build::unit_statefulset_name(farm))
         .await
@@ -231,40 +278,42 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
             .and_then(|s| s.annotations().get(DRAIN_SINCE_ANNOTATION))
             .and_then(|t| t.parse::<Timestamp>().ok()),
     };
-    let now = Timestamp::now();
-    let plan = scale::plan(farm.spec.replicas.0, seen, now, ctx.settings.drain_period);
+    let plan = scale::plan(
+        farm.spec.replicas.0,
+        seen,
+        Timestamp::now(),
+        ctx.settings.drain_period,
+    );
 
-    // The finalizer before the unowned state exists (the managed database's credentials and
-    // claim, the session-id key), then the secrets: pods reference them.
-    credentials::set_database_finalizer(&farms, farm, true).await?;
+    credentials::set_database_finalizer(&farms_api(farm, ctx), farm, true).await?;
     let (database_problem, database_roles) =
         credentials::ensure_database_secret(farm, ctx, &reference).await?;
     let tokens_problem = credentials::ensure_gateway_tokens(farm, ctx, &reference).await?;
     let key_problem = credentials::ensure_session_id_key(farm, ctx, &reference).await?;
-    let secret_problem = database_problem.or(tokens_problem).or(key_problem);
-
-    // Build and apply.
-    let desired = build::build(
-        farm,
-        &BuildInput {
+    Ok(Prepared {
+        seen,
+        input: BuildInput {
             images: ctx.settings.images.clone(),
             scrape_namespaces: ctx.settings.scrape_namespaces.clone(),
             unit_replicas: plan.unit_replicas,
             drain_since: plan.drain_since.map(|t| t.to_string()),
             database_roles,
         },
-    )?;
-    let applied = apply_all(client, farm, &ns, &desired).await?;
-    let conflict_problem = name_conflicts(ctx, farm, &reference, &applied.conflicts).await;
+        plan,
+        secret_problem: database_problem.or(tokens_problem).or(key_problem),
+    })
+}
 
-    // Events on scale transitions.
-    let before = seen.replicas.unwrap_or(0);
-    if plan.drain_since.is_some() && seen.drain_since.is_none() {
+/// Events on scale transitions.
+async fn announce_scaling(farm: &ServerFarm, ctx: &Context, p: &Prepared) {
+    let reference = farm.object_ref(&());
+    let before = p.seen.replicas.unwrap_or(0);
+    if p.plan.drain_since.is_some() && p.seen.drain_since.is_none() {
         let msg = format!(
             "scaling {before} → {} units: units {}..{} drain for {:?} before removal",
             farm.spec.replicas.0,
             farm.spec.replicas.0,
-            plan.unit_replicas,
+            p.plan.unit_replicas,
             ctx.settings.drain_period
         );
         publish(
@@ -276,57 +325,41 @@ async fn reconcile_farm(farm: &ServerFarm, ctx: &Context) -> Result<Action, Erro
             msg,
         )
         .await;
-    } else if seen.replicas.is_some() && plan.unit_replicas > before {
-        let msg = format!("scaling up {before} → {} units", plan.unit_replicas);
+    } else if p.seen.replicas.is_some() && p.plan.unit_replicas > before {
+        let msg = format!("scaling up {before} → {} units", p.plan.unit_replicas);
         publish(ctx, &reference, EventType::Normal, "ScaledUp", "Scale", msg).await;
     }
+}
 
-    // Remove what scaling down left behind: unit Services without a unit.
-    let removed = prune_unit_services(client, farm, &desired.unit_services).await?;
-    if !removed.is_empty() {
-        let msg = format!("removed drained units {}", removed.join(", "));
-        publish(
-            ctx,
-            &reference,
-            EventType::Normal,
-            "UnitsRemoved",
-            "Scale",
-            msg,
-        )
-        .await;
-    }
-
-    // Status from the pods.
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+/// Status: from the unit pods and what applying returned.
+async fn write_farm_status(
+    farm: &ServerFarm,
+    ctx: &Context,
+    p: &Prepared,
+    applied: &Applied,
+    problem: Option<Problem>,
+) -> Result<(), Error> {
+    let ns = farm.namespace().unwrap_or_default();
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let unit_pods = pods
         .list(&ListParams::default().labels(&build::unit_selector(farm)))
         .await
-        .map_err(kube_err(format!("list the unit pods of {ns}/{name}")))?;
+        .map_err(kube_err(format!(
+            "list the unit pods of {ns}/{}",
+            farm.name_any()
+        )))?;
     write_status(
-        &farms,
+        &farms_api(farm, ctx),
         farm,
         &Observed {
             pods: &unit_pods.items,
-            unit_replicas: plan.unit_replicas,
+            unit_replicas: p.plan.unit_replicas,
             gateway: applied.gateway.as_ref(),
             gateway_service: applied.gateway_service.as_ref(),
-            problem: secret_problem.clone().or(conflict_problem.clone()),
+            problem,
         },
     )
-    .await?;
-
-    // The operator does not watch Secrets (it may not list them) nor objects it does not own:
-    // a farm waiting for one to be restored, created or moved out of the way looks again soon
-    // rather than at the next resync.
-    let wake = secret_problem
-        .or(conflict_problem)
-        .map(|_| credentials::SECRET_RECHECK);
-    Ok(Action::requeue(
-        [plan.requeue_after, wake]
-            .into_iter()
-            .flatten()
-            .fold(ctx.settings.resync, Duration::min),
-    ))
+    .await
 }
 
 /// Why the farm is not applied at all, if so: a spec that contradicts itself, or a gateway
@@ -389,12 +422,12 @@ struct Applied {
 async fn apply_all(
     client: &Client,
     farm: &ServerFarm,
-    ns: &str,
     desired: &build::Desired,
 ) -> Result<Applied, Error> {
+    let ns = farm.namespace().unwrap_or_default();
     let mut a = Applier {
         client,
-        ns,
+        ns: &ns,
         farm_uid: farm.metadata.uid.as_deref().unwrap_or_default(),
         pp: PatchParams::apply(FIELD_MANAGER).force(),
         conflicts: Vec::new(),
@@ -473,12 +506,7 @@ fn owned_by(meta: &ObjectMeta, farm_uid: &str) -> bool {
 
 /// The farm could not take some names: one Warning Event when it becomes degraded for that,
 /// and the problem for its status.
-async fn name_conflicts(
-    ctx: &Context,
-    farm: &ServerFarm,
-    reference: &ObjectReference,
-    conflicts: &[String],
-) -> Option<Problem> {
+async fn name_conflicts(ctx: &Context, farm: &ServerFarm, conflicts: &[String]) -> Option<Problem> {
     if conflicts.is_empty() {
         return None;
     }
@@ -491,43 +519,200 @@ async fn name_conflicts(
             conflicts.join(", ")
         ),
     );
-    publish_problem_once(ctx, farm, reference, &problem, "Apply").await;
+    publish_problem_once(ctx, farm, &farm.object_ref(&()), &problem, "Apply").await;
     Some(problem)
 }
 
-/// Deletes unit Services of this farm that are no longer desired, and only those the farm
-/// owns (a Service that merely carries its labels is someone else's). Returns their names.
-async fn prune_unit_services(
-    client: &Client,
+/// What pruning removed.
+#[derive(Debug, Default)]
+struct Pruned {
+    /// Unit Services of drained units.
+    units: Vec<String>,
+    /// The managed database, after a switch to an external one: its delete policy.
+    database: Option<DatabaseDeletePolicy>,
+}
+
+/// Prune: removes what the farm owns and this build no longer produces. A build stops producing
+/// two things (`build::tests` checks there are no others): the Services of units scaled away,
+/// and the managed database's objects once the farm uses an external database. Only objects
+/// that carry the farm's owner reference are touched.
+async fn prune(
     farm: &ServerFarm,
-    desired: &[Service],
+    ctx: &Context,
+    desired: &build::Desired,
+) -> Result<Pruned, Error> {
+    let keys = desired.keys();
+    Ok(Pruned {
+        units: prune_unit_services(farm, ctx, &keys).await?,
+        database: prune_managed_database(farm, ctx, &keys).await?,
+    })
+}
+
+/// Unit Services of this farm that are no longer desired (found by the farm's labels).
+async fn prune_unit_services(
+    farm: &ServerFarm,
+    ctx: &Context,
+    desired: &BTreeSet<ObjectKey>,
 ) -> Result<Vec<String>, Error> {
     let ns = farm.namespace().unwrap_or_default();
-    let name = farm.name_any();
-    let uid = farm.metadata.uid.as_deref().unwrap_or_default();
-    let services: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let selector = format!("{}={name},{}", labels::FARM, labels::UNIT);
+    let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
+    let selector = format!("{}={},{}", labels::FARM, farm.name_any(), labels::UNIT);
     let existing = services
         .list(&ListParams::default().labels(&selector))
         .await
-        .map_err(kube_err(format!("list the unit Services of {ns}/{name}")))?;
+        .map_err(kube_err(format!(
+            "list the unit Services of {ns}/{}",
+            farm.name_any()
+        )))?;
     let mut removed = Vec::new();
     for svc in existing.items {
-        let name = svc.name_any();
-        if !owned_by(&svc.metadata, uid)
-            || desired
-                .iter()
-                .any(|d| d.metadata.name.as_deref() == Some(name.as_str()))
-        {
-            continue;
-        }
-        match services.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => removed.push(name),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(kube_err(format!("delete Service {ns}/{name}"))(e)),
+        let key = ObjectKey {
+            kind: OwnedKind::Service,
+            name: svc.name_any(),
+        };
+        if !desired.contains(&key) && delete_owned(farm, ctx, &key).await? {
+            removed.push(key.name);
         }
     }
     Ok(removed)
+}
+
+/// The managed database's objects after a switch to an external database. Its StatefulSet's
+/// delete-policy annotation says whether the claim and the credentials go too (an annotation
+/// from before the policy existed is read as `Retain`: nothing is lost by keeping them); they
+/// are removed before the StatefulSet, so a failure is retried with the annotation still there.
+async fn prune_managed_database(
+    farm: &ServerFarm,
+    ctx: &Context,
+    desired: &BTreeSet<ObjectKey>,
+) -> Result<Option<DatabaseDeletePolicy>, Error> {
+    let keys = build::managed_database_keys(farm);
+    if keys.iter().any(|k| desired.contains(k)) {
+        return Ok(None);
+    }
+    let ns = farm.namespace().unwrap_or_default();
+    let statefulsets: Api<StatefulSet> = Api::namespaced(ctx.client.clone(), &ns);
+    let name = build::database_statefulset_name(farm);
+    let uid = farm.metadata.uid.as_deref().unwrap_or_default();
+    let policy = statefulsets
+        .get_opt(&name)
+        .await
+        .map_err(kube_err(format!("read StatefulSet {ns}/{name}")))?
+        .filter(|sts| owned_by(&sts.metadata, uid))
+        .map(|sts| {
+            match sts
+                .annotations()
+                .get(build::DELETE_POLICY_ANNOTATION)
+                .map(String::as_str)
+            {
+                Some("Delete") => DatabaseDeletePolicy::Delete,
+                _ => DatabaseDeletePolicy::Retain,
+            }
+        });
+    if policy == Some(DatabaseDeletePolicy::Delete) {
+        credentials::delete_managed_database_state(farm, ctx).await?;
+    }
+    for key in &keys {
+        delete_owned(farm, ctx, key).await?;
+    }
+    Ok(policy)
+}
+
+/// Deletes one object of an owned kind if it carries the farm's owner reference (and is still
+/// the object that was read: a UID precondition). Whether it was deleted.
+async fn delete_owned(farm: &ServerFarm, ctx: &Context, key: &ObjectKey) -> Result<bool, Error> {
+    match key.kind {
+        OwnedKind::ServiceAccount => delete_owned_as::<ServiceAccount>(farm, ctx, &key.name).await,
+        OwnedKind::Role => delete_owned_as::<Role>(farm, ctx, &key.name).await,
+        OwnedKind::RoleBinding => delete_owned_as::<RoleBinding>(farm, ctx, &key.name).await,
+        OwnedKind::NetworkPolicy => delete_owned_as::<NetworkPolicy>(farm, ctx, &key.name).await,
+        OwnedKind::Service => delete_owned_as::<Service>(farm, ctx, &key.name).await,
+        OwnedKind::StatefulSet => delete_owned_as::<StatefulSet>(farm, ctx, &key.name).await,
+        OwnedKind::PodDisruptionBudget => {
+            delete_owned_as::<PodDisruptionBudget>(farm, ctx, &key.name).await
+        }
+        OwnedKind::Deployment => delete_owned_as::<Deployment>(farm, ctx, &key.name).await,
+    }
+}
+
+async fn delete_owned_as<K>(farm: &ServerFarm, ctx: &Context, name: &str) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let ns = farm.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
+    let what = format!("{} {ns}/{name}", K::kind(&()));
+    let uid = farm.metadata.uid.as_deref().unwrap_or_default();
+    let Some(object) = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err(format!("read {what}")))?
+    else {
+        return Ok(false);
+    };
+    if !owned_by(object.meta(), uid) {
+        return Ok(false);
+    }
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: object.uid(),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
+        Err(e) => Err(kube_err(format!("delete {what}"))(e)),
+    }
+}
+
+/// Events for what pruning removed.
+async fn announce_pruned(farm: &ServerFarm, ctx: &Context, pruned: &Pruned) {
+    let reference = farm.object_ref(&());
+    if !pruned.units.is_empty() {
+        let msg = format!("removed drained units {}", pruned.units.join(", "));
+        publish(
+            ctx,
+            &reference,
+            EventType::Normal,
+            "UnitsRemoved",
+            "Scale",
+            msg,
+        )
+        .await;
+    }
+    if let Some(policy) = pruned.database {
+        let state = match policy {
+            DatabaseDeletePolicy::Delete => {
+                "its volume claim and credentials were deleted (deletePolicy Delete)".to_owned()
+            }
+            DatabaseDeletePolicy::Retain => format!(
+                "its volume claim and credentials are kept (deletePolicy Retain); delete them \
+                 when no longer needed: kubectl delete pvc,secret -n {} -l {}={},{}={}",
+                farm.namespace().unwrap_or_default(),
+                labels::FARM,
+                farm.name_any(),
+                labels::COMPONENT,
+                build::component::DATABASE
+            ),
+        };
+        let msg = format!(
+            "the farm uses an external database now: the managed database was removed, and {state}"
+        );
+        publish(
+            ctx,
+            &reference,
+            EventType::Normal,
+            "DatabaseRemoved",
+            "Prune",
+            msg,
+        )
+        .await;
+    }
 }
 
 /// Marks the farm Degraded with the error and publishes a warning (best effort: the API may be

@@ -171,8 +171,15 @@ pub(crate) fn managed(
         timeout_seconds: Some(3),
         ..Probe::default()
     };
+    let mut metadata = f.meta(name.clone(), component::DATABASE);
+    // Read when the database goes after a switch to an external one (the spec then no longer
+    // says): what becomes of the claim and the credentials.
+    metadata.annotations = Some(BTreeMap::from([(
+        DELETE_POLICY_ANNOTATION.to_owned(),
+        m.delete_policy.as_str().to_owned(),
+    )]));
     let statefulset = StatefulSet {
-        metadata: f.meta(name.clone(), component::DATABASE),
+        metadata,
         spec: StatefulSetSpec {
             replicas: Some(1),
             service_name: Some(name.clone()),
@@ -275,6 +282,9 @@ pub(crate) fn managed(
     })
 }
 
+/// On the managed database's StatefulSet: its `deletePolicy` (`Delete` or `Retain`).
+pub const DELETE_POLICY_ANNOTATION: &str = "stickyfarm.dev/database-delete-policy";
+
 /// The volume claim of a farm's managed database (the StatefulSet controller names it
 /// `<template>-<statefulset>-<ordinal>`).
 pub fn database_claim_name(farm: &ServerFarm) -> String {
@@ -305,6 +315,13 @@ pub fn app_secret_name(farm: &ServerFarm) -> String {
 /// Name of the Secret with the bootstrap superuser (`<farm>-db-superuser`).
 pub fn superuser_secret_name(farm: &ServerFarm) -> String {
     format!("{}-db-superuser", farm.name_any())
+}
+
+/// The managed database's three credentials Secrets (the sidecars', the app's, the
+/// superuser's), whatever the spec says now: what goes with the database.
+pub fn managed_database_secret_names(farm: &ServerFarm) -> [String; 3] {
+    let db = database_statefulset_name(farm);
+    [db.clone(), format!("{db}-app"), superuser_secret_name(farm)]
 }
 
 /// Keeps a farm with a managed database until the operator has deleted the database's

@@ -33,9 +33,10 @@ use kube::{Resource, ResourceExt};
 use stickyfarm_api::farm::{ServerFarm, UnitState, labels};
 
 pub use database::{
-    APP_USER, DATABASE_FINALIZER, DATABASE_NAME, DATABASE_USER, DatabaseRoles, ROLES_ANNOTATION,
-    SUPERUSER, app_secret_name, database_app_secret, database_claim_name, database_secret,
-    database_statefulset_name, database_superuser_secret, database_url_for, superuser_secret_name,
+    APP_USER, DATABASE_FINALIZER, DATABASE_NAME, DATABASE_USER, DELETE_POLICY_ANNOTATION,
+    DatabaseRoles, ROLES_ANNOTATION, SUPERUSER, app_secret_name, database_app_secret,
+    database_claim_name, database_secret, database_statefulset_name, database_superuser_secret,
+    database_url_for, managed_database_secret_names, superuser_secret_name,
 };
 pub use gateway::{GATEWAY_ADMIN_PORT, GATEWAY_CONTROL_PORT};
 pub use tokens::{
@@ -97,6 +98,113 @@ pub struct Desired {
     pub database: Option<ManagedDatabaseObjects>,
     /// Only the gateway reaches the units, only the units reach the database.
     pub network_policies: Vec<NetworkPolicy>,
+}
+
+/// The kinds of object a farm owns and the operator applies: the one list that applying,
+/// pruning and the chart's RBAC (get, create, patch; delete where pruning needs it) follow.
+/// Secrets are not here: the operator creates them once and never lists them
+/// ([`crate::credentials`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum OwnedKind {
+    /// The gateway's identity.
+    ServiceAccount,
+    /// What the gateway may read.
+    Role,
+    /// The gateway's Role, bound.
+    RoleBinding,
+    /// Who reaches what.
+    NetworkPolicy,
+    /// Unit, headless, gateway and database Services.
+    Service,
+    /// The units and the managed database.
+    StatefulSet,
+    /// The units' disruption budget.
+    PodDisruptionBudget,
+    /// The gateway.
+    Deployment,
+}
+
+/// Every owned kind.
+pub const OWNED_KINDS: [OwnedKind; 8] = [
+    OwnedKind::ServiceAccount,
+    OwnedKind::Role,
+    OwnedKind::RoleBinding,
+    OwnedKind::NetworkPolicy,
+    OwnedKind::Service,
+    OwnedKind::StatefulSet,
+    OwnedKind::PodDisruptionBudget,
+    OwnedKind::Deployment,
+];
+
+/// One object of a farm: its kind and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ObjectKey {
+    /// Its kind.
+    pub kind: OwnedKind,
+    /// Its name in the farm's namespace.
+    pub name: String,
+}
+
+impl ObjectKey {
+    fn of(kind: OwnedKind, meta: &ObjectMeta) -> Self {
+        ObjectKey {
+            kind,
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl Desired {
+    /// Every object, by kind and name.
+    pub fn keys(&self) -> std::collections::BTreeSet<ObjectKey> {
+        use OwnedKind::*;
+        let mut keys = vec![
+            ObjectKey::of(StatefulSet, &self.unit_statefulset.metadata),
+            ObjectKey::of(Service, &self.headless_service.metadata),
+            ObjectKey::of(PodDisruptionBudget, &self.unit_pdb.metadata),
+            ObjectKey::of(ServiceAccount, &self.gateway_service_account.metadata),
+            ObjectKey::of(Role, &self.gateway_role.metadata),
+            ObjectKey::of(RoleBinding, &self.gateway_role_binding.metadata),
+            ObjectKey::of(Deployment, &self.gateway_deployment.metadata),
+            ObjectKey::of(Service, &self.gateway_service.metadata),
+        ];
+        keys.extend(
+            self.unit_services
+                .iter()
+                .map(|s| ObjectKey::of(Service, &s.metadata)),
+        );
+        keys.extend(
+            self.network_policies
+                .iter()
+                .map(|p| ObjectKey::of(NetworkPolicy, &p.metadata)),
+        );
+        if let Some(db) = &self.database {
+            keys.push(ObjectKey::of(StatefulSet, &db.statefulset.metadata));
+            keys.push(ObjectKey::of(Service, &db.service.metadata));
+        }
+        keys.into_iter().collect()
+    }
+}
+
+/// The objects of a farm's managed database, which a build stops producing when the farm
+/// switches to an external database; pruning removes them (in this order: the StatefulSet, whose
+/// delete-policy annotation says what becomes of the claim and credentials, goes last).
+pub fn managed_database_keys(farm: &ServerFarm) -> [ObjectKey; 3] {
+    let name = database_statefulset_name(farm);
+    [
+        ObjectKey {
+            kind: OwnedKind::NetworkPolicy,
+            name: name.clone(),
+        },
+        ObjectKey {
+            kind: OwnedKind::Service,
+            name: name.clone(),
+        },
+        ObjectKey {
+            kind: OwnedKind::StatefulSet,
+            name,
+        },
+    ]
 }
 
 /// The objects of a managed PostgreSQL.

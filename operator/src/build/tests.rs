@@ -1,6 +1,6 @@
 //! Field-by-field tests of the builders.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -1227,4 +1227,54 @@ fn the_tokens_secret_is_owned_and_each_pod_mounts_only_its_keys() {
     );
     assert_eq!(s.immutable, Some(true));
     assert_eq!(s.string_data.unwrap()["session-id-key"], key.expose());
+}
+
+/// Pruning looks at the unit Services and at `managed_database_keys`: those must be exactly
+/// what a build can stop producing. Between a managed and an external database the builds
+/// differ by the database's objects and nothing else; between sizes, by unit Services only.
+#[test]
+fn what_a_build_can_stop_producing_is_what_pruning_looks_at() {
+    let managed = desired("app:\n  image: x\n").keys();
+    let external =
+        desired("app:\n  image: x\ndatabase:\n  external: {secretName: pg, key: url}\n").keys();
+    assert!(external.is_subset(&managed));
+    let gone: BTreeSet<_> = managed.difference(&external).cloned().collect();
+    let f = farm("app:\n  image: x\n");
+    assert_eq!(
+        gone,
+        managed_database_keys(&f)
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    );
+
+    let three = desired("replicas: 3\napp:\n  image: x\n").keys();
+    let one = desired("replicas: 1\napp:\n  image: x\n").keys();
+    let gone: Vec<_> = three.difference(&one).collect();
+    assert_eq!(gone.len(), 2);
+    assert!(gone.iter().all(|k| k.kind == OwnedKind::Service
+        && k.name.starts_with("shop-")
+        && k.name[5..].parse::<u32>().is_ok()));
+    assert!(one.is_subset(&three));
+    // Every kind the farm owns is built by some farm (the list has no stale entries).
+    let built: BTreeSet<_> = managed.iter().map(|k| k.kind).collect();
+    assert_eq!(built, OWNED_KINDS.into_iter().collect());
+}
+
+#[test]
+fn the_database_statefulset_carries_its_delete_policy() {
+    let policy = |spec: &str| {
+        desired(spec)
+            .database
+            .expect("managed")
+            .statefulset
+            .metadata
+            .annotations
+            .expect("annotated")[DELETE_POLICY_ANNOTATION]
+            .clone()
+    };
+    assert_eq!(policy("app:\n  image: x\n"), "Delete");
+    assert_eq!(
+        policy("app:\n  image: x\ndatabase:\n  managed: {deletePolicy: Retain}\n"),
+        "Retain"
+    );
 }
