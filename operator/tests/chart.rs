@@ -145,10 +145,11 @@ fn rbac_grants_what_the_reconciler_does_and_nothing_more() {
             &["get", "list", "patch", "watch"][..],
         ),
         ("stickyfarm.dev", "serverfarms/status", &["get", "patch"]),
+        // delete: the managed database's, after a switch to an external database.
         (
             "apps",
             "statefulsets",
-            &["create", "get", "list", "patch", "watch"],
+            &["create", "delete", "get", "list", "patch", "watch"],
         ),
         (
             "apps",
@@ -184,7 +185,7 @@ fn rbac_grants_what_the_reconciler_does_and_nothing_more() {
         (
             "networking.k8s.io",
             "networkpolicies",
-            &["create", "get", "patch"],
+            &["create", "delete", "get", "patch"],
         ),
         (
             "policy",
@@ -195,7 +196,7 @@ fn rbac_grants_what_the_reconciler_does_and_nothing_more() {
     ] {
         assert_eq!(verbs(rules, group, resource), want, "{group}/{resource}");
     }
-    assert_eq!(rules.as_array().unwrap().len(), 13, "no other rules");
+    assert_eq!(rules.as_array().unwrap().len(), 14, "no other rules");
     let binding = find(&docs, "ClusterRoleBinding", "stickyfarm");
     assert_eq!(binding["subjects"][0]["name"], "sf-stickyfarm");
     assert_eq!(binding["subjects"][0]["namespace"], "stickyfarm-system");
