@@ -21,6 +21,10 @@ pub struct Config {
     /// its `postgres` user, uid 999).
     #[arg(long, env = "STICKYFARM_POSTGRES_IMAGE", default_value = "postgres:17")]
     pub postgres_image: String,
+    /// Secrets (in each farm's namespace) every pod the operator makes pulls its images with:
+    /// the units, the gateway, the managed database (repeatable or comma-separated).
+    #[arg(long = "image-pull-secret", env = "STICKYFARM_IMAGE_PULL_SECRETS", value_delimiter = ',', value_parser = parse_secret_name)]
+    pub image_pull_secrets: Vec<String>,
     /// Watch only this namespace (default: all).
     #[arg(long, env = "STICKYFARM_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
@@ -106,4 +110,45 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// A Secret's name: a DNS subdomain (RFC 1123), as Kubernetes requires.
+fn parse_secret_name(s: &str) -> Result<String, String> {
+    let valid = !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a Secret name (lowercase letters, digits, '-' and '.')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn image_pull_secrets_are_secret_names() {
+        let ok = Config::try_parse_from(["op", "--image-pull-secret", "regcred,mirror.io"])
+            .expect("valid names");
+        assert_eq!(ok.image_pull_secrets, ["regcred", "mirror.io"]);
+        for bad in ["Regcred", "x-", "a..b", "reg_cred", "mirror,"] {
+            let err = Config::try_parse_from(["op", &format!("--image-pull-secret={bad}")])
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("is not a Secret name"), "{bad}: {err}");
+        }
+    }
 }

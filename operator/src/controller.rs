@@ -167,6 +167,7 @@ pub fn reconcile_until(
             sidecar: config.sidecar_image.clone(),
             gateway: config.gateway_image.clone(),
             postgres: config.postgres_image.clone(),
+            pull_secrets: config.image_pull_secrets.clone(),
         },
         drain_period: config.drain_period,
         resync: config.resync,

@@ -373,3 +373,33 @@ fn farm_namespaces_confine_secret_rights_to_those_namespaces() {
     let err = both.expect_err("watchNamespace and farmNamespaces together are refused");
     assert!(err.contains("not both"), "{err}");
 }
+
+/// `imagePullSecrets` serve the operator's pod and, through the operator, every pod it makes.
+#[test]
+fn image_pull_secrets_reach_the_operator_and_every_farm() {
+    let Some(docs) = render(&[
+        "imagePullSecrets[0].name=regcred",
+        "imagePullSecrets[1].name=mirror",
+    ]) else {
+        return;
+    };
+    let pod = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["imagePullSecrets"],
+        serde_json::json!([{"name": "regcred"}, {"name": "mirror"}])
+    );
+    assert_eq!(
+        container_env(&pod["containers"][0], "STICKYFARM_IMAGE_PULL_SECRETS")["value"],
+        "regcred,mirror"
+    );
+    let Some(docs) = render(&[]) else { return };
+    let pod = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"];
+    assert!(pod.get("imagePullSecrets").is_none_or(Value::is_null));
+    assert!(
+        pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "STICKYFARM_IMAGE_PULL_SECRETS")
+    );
+}

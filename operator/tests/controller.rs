@@ -351,6 +351,7 @@ fn settings() -> Settings {
             sidecar: "ghcr.io/stickyfarm/sidecar:0.1.0".into(),
             gateway: "ghcr.io/stickyfarm/gateway:0.1.0".into(),
             postgres: "postgres:17".into(),
+            pull_secrets: Vec::new(),
         },
         drain_period: DRAIN,
         resync: Duration::from_secs(300),

@@ -52,3 +52,12 @@ app.kubernetes.io/component: operator
 {{- define "stickyfarm.scrapeNamespaces" -}}
 {{- default (list .Release.Namespace) .Values.metrics.scrapeNamespaces | toJson -}}
 {{- end -}}
+
+{{/*
+The names of imagePullSecrets ({name: …} entries, as in a pod spec), comma-separated.
+*/}}
+{{- define "stickyfarm.pullSecretNames" -}}
+{{- $names := list -}}
+{{- range . }}{{ $names = append $names .name }}{{ end -}}
+{{- join "," $names -}}
+{{- end }}

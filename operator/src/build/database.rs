@@ -202,6 +202,7 @@ pub(crate) fn managed(
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
+                    image_pull_secrets: images.pull_secrets(),
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
                     security_context: Some(PodSecurityContext {

@@ -138,6 +138,7 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(f.gateway_name()),
+                    image_pull_secrets: images.pull_secrets(),
                     automount_service_account_token: Some(true),
                     enable_service_links: Some(false),
                     security_context: Some(restricted_pod_security()),

@@ -54,6 +54,22 @@ pub struct Images {
     pub gateway: String,
     /// PostgreSQL for managed databases (a farm may override it).
     pub postgres: String,
+    /// Secrets every pod of a farm pulls its images with (they must exist in its namespace).
+    pub pull_secrets: Vec<String>,
+}
+
+impl Images {
+    /// The pods' `imagePullSecrets`.
+    pub(crate) fn pull_secrets(
+        &self,
+    ) -> Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>> {
+        (!self.pull_secrets.is_empty()).then(|| {
+            self.pull_secrets
+                .iter()
+                .map(|name| k8s_openapi::api::core::v1::LocalObjectReference { name: name.clone() })
+                .collect()
+        })
+    }
 }
 
 /// Everything the builders need besides the farm itself.

@@ -31,6 +31,7 @@ pub(crate) fn input() -> BuildInput {
             sidecar: "ghcr.io/stickyfarm/sidecar:0.1.0".into(),
             gateway: "ghcr.io/stickyfarm/gateway:0.1.0".into(),
             postgres: "postgres:17".into(),
+            pull_secrets: Vec::new(),
         },
         scrape_namespaces: vec!["stickyfarm-system".into()],
         unit_replicas: 0,
@@ -1277,4 +1278,36 @@ fn the_database_statefulset_carries_its_delete_policy() {
         policy("app:\n  image: x\ndatabase:\n  managed: {deletePolicy: Retain}\n"),
         "Retain"
     );
+}
+
+/// A private registry: every pod the operator makes (units, gateway, managed database) pulls
+/// with the installation's Secrets; without any, the pod specs name none.
+#[test]
+fn every_pod_pulls_with_the_installations_secrets() {
+    let pull = |d: &Desired| {
+        let names = |spec: &Option<k8s_openapi::api::core::v1::PodSpec>| {
+            spec.as_ref()
+                .and_then(|s| s.image_pull_secrets.clone())
+                .map(|v| v.into_iter().map(|r| r.name).collect::<Vec<_>>())
+        };
+        [
+            names(&d.unit_statefulset.spec.template.spec),
+            names(&d.gateway_deployment.spec.template.spec),
+            names(
+                &d.database
+                    .as_ref()
+                    .expect("managed")
+                    .statefulset
+                    .spec
+                    .template
+                    .spec,
+            ),
+        ]
+    };
+    assert_eq!(pull(&desired(MINIMAL)), [None, None, None]);
+    let mut with = input();
+    with.images.pull_secrets = vec!["regcred".into(), "mirror".into()];
+    let d = build(&farm(MINIMAL), &with).expect("builds");
+    let both = Some(vec!["regcred".to_owned(), "mirror".to_owned()]);
+    assert_eq!(pull(&d), [both.clone(), both.clone(), both]);
 }

@@ -66,6 +66,7 @@ pub(crate) fn statefulset(f: &FarmRef, input: &BuildInput, replicas: u32) -> Sta
                 spec: Some(PodSpec {
                     containers: vec![app_container(f), sidecar_container(f, input)],
                     volumes: Some(volumes(f)),
+                    image_pull_secrets: input.images.pull_secrets(),
                     // Units never talk to the Kubernetes API.
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
