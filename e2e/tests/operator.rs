@@ -132,6 +132,24 @@ async fn cluster() -> Option<Cluster> {
     Some(Cluster { kubeconfig, admin })
 }
 
+/// The operator for one namespace, with a short resync: it may not watch Secrets (its
+/// ClusterRole never lists them), so it sees a deleted one at its next reconcile; 5 s makes that
+/// prompt here instead of waiting for some other event to wake it.
+async fn operator_watching(c: &Cluster, ns: &str) -> anyhow::Result<Operator> {
+    Operator::start(
+        &c.kubeconfig,
+        &[
+            "--watch-namespace",
+            ns,
+            "--leader-elect",
+            "false",
+            "--resync",
+            "5s",
+        ],
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_installs_an_established_crd_and_least_privilege_rbac() -> anyhow::Result<()> {
     let Some(c) = cluster().await else {
@@ -793,21 +811,7 @@ async fn database_credentials_are_never_regenerated_and_go_only_with_the_farm() 
     };
     let ns = "e2e-credentials";
     namespace(&c.admin, ns).await?;
-    // The operator may not watch Secrets (its ClusterRole never lists them): it sees a deleted
-    // one at its next reconcile, at most --resync later. A short resync makes that prompt here
-    // instead of waiting for some other event to wake it.
-    let op = Operator::start(
-        &c.kubeconfig,
-        &[
-            "--watch-namespace",
-            ns,
-            "--leader-elect",
-            "false",
-            "--resync",
-            "5s",
-        ],
-    )
-    .await?;
+    let op = operator_watching(&c, ns).await?;
     let farm = example("serverfarms/minimal.yaml");
     apply_farm(&c.admin, ns, &farm).await?;
     let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
@@ -1091,18 +1095,7 @@ async fn switching_to_an_external_database_prunes_the_managed_one_by_its_delete_
     };
     let ns = "e2e-database-switch";
     namespace(&c.admin, ns).await?;
-    let op = Operator::start(
-        &c.kubeconfig,
-        &[
-            "--watch-namespace",
-            ns,
-            "--leader-elect",
-            "false",
-            "--resync",
-            "5s",
-        ],
-    )
-    .await?;
+    let op = operator_watching(&c, ns).await?;
     let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(c.admin.clone(), ns);
     let statefulsets: Api<StatefulSet> = Api::namespaced(c.admin.clone(), ns);

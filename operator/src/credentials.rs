@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolumeClaim, Secret};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -16,7 +16,9 @@ use stickyfarm_api::farm::{DatabaseDeletePolicy, ServerFarm, labels};
 use stickyfarm_api::token::{self, Token};
 
 use crate::build::{self, DatabaseRoles};
-use crate::reconcile::{Context, Error, FIELD_MANAGER, kube_err, publish, publish_problem_once};
+use crate::reconcile::{
+    Context, Error, FIELD_MANAGER, delete_if, kube_err, publish, publish_problem_once,
+};
 use crate::status::Problem;
 
 /// How soon a farm whose database Secret is missing is reconciled again.
@@ -468,38 +470,19 @@ where
         + Debug
         + DeserializeOwned,
 {
-    let ns = farm.namespace().unwrap_or_default();
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
-    let what = format!("{} {ns}/{name}", K::kind(&()));
-    let Some(object) = api
-        .get_opt(name)
-        .await
-        .map_err(kube_err(format!("read {what}")))?
-    else {
-        return Ok(());
-    };
-    let labels = object.labels();
-    let ours = labels.get(labels::FARM).map(String::as_str) == Some(farm.name_any().as_str())
-        && labels.get(labels::COMPONENT).map(String::as_str) == Some(build::component::DATABASE);
-    if !ours {
-        tracing::warn!(object = %what, "not deleting: it is not labelled as this farm's database");
-        return Ok(());
-    }
-    let params = DeleteParams {
-        preconditions: Some(kube::api::Preconditions {
-            uid: object.uid(),
-            resource_version: None,
-        }),
-        ..DeleteParams::default()
-    };
-    match api.delete(name, &params).await {
-        Ok(_) => {
-            tracing::info!(object = %what, "deleted with the farm");
-            Ok(())
+    // Unowned (no owner reference): ours only when labelled as this farm's database.
+    delete_if::<K>(farm, ctx, name, |object| {
+        let labels = object.labels();
+        let ours = labels.get(labels::FARM).map(String::as_str) == Some(farm.name_any().as_str())
+            && labels.get(labels::COMPONENT).map(String::as_str)
+                == Some(build::component::DATABASE);
+        if !ours {
+            tracing::warn!(object = %name, kind = K::kind(&()).as_ref(), "not deleting: it is not labelled as this farm's database");
         }
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(kube_err(format!("delete {what}"))(e)),
-    }
+        ours
+    })
+    .await
+    .map(|_| ())
 }
 
 /// The managed database's Secret is gone but the database exists: say what to restore.

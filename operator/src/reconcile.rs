@@ -642,10 +642,28 @@ where
         + Debug
         + DeserializeOwned,
 {
+    let uid = farm.metadata.uid.as_deref().unwrap_or_default();
+    delete_if::<K>(farm, ctx, name, |o| owned_by(o.meta(), uid)).await
+}
+
+/// Deletes the object `name` of kind `K` in the farm's namespace if `ours` says it is the
+/// farm's, and only the very object that was read (a UID precondition: one made again since
+/// under the same name is left alone). Whether it was deleted.
+pub(crate) async fn delete_if<K>(
+    farm: &ServerFarm,
+    ctx: &Context,
+    name: &str,
+    ours: impl FnOnce(&K) -> bool,
+) -> Result<bool, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
     let ns = farm.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &ns);
     let what = format!("{} {ns}/{name}", K::kind(&()));
-    let uid = farm.metadata.uid.as_deref().unwrap_or_default();
     let Some(object) = api
         .get_opt(name)
         .await
@@ -653,7 +671,7 @@ where
     else {
         return Ok(false);
     };
-    if !owned_by(object.meta(), uid) {
+    if !ours(&object) {
         return Ok(false);
     }
     let params = DeleteParams {
@@ -664,7 +682,10 @@ where
         ..DeleteParams::default()
     };
     match api.delete(name, &params).await {
-        Ok(_) => Ok(true),
+        Ok(_) => {
+            tracing::info!(object = %what, "deleted");
+            Ok(true)
+        }
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(false),
         Err(e) => Err(kube_err(format!("delete {what}"))(e)),
     }
