@@ -632,8 +632,10 @@ impl Proxy {
             };
             match result {
                 Ok(resp) if resp.headers().contains_key(headers::UNIT_UNAVAILABLE) => {
-                    // The unit's app refused the sidecar's connection: the request never reached
-                    // it, so any method may go to a backup (when we still hold the request).
+                    // The sidecar says the unit cannot serve it and another may: its app refused
+                    // the connection (nothing reached it, so any method may go to a backup), or
+                    // dropped a safe request twice (a stopping app). When we still hold the
+                    // request, a backup gets it.
                     self.farm.record_passive_failure(
                         &unit,
                         "the unit's app is not accepting connections",

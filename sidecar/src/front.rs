@@ -265,7 +265,8 @@ async fn ask_app(
     parts: http::request::Parts,
     body: Body,
 ) -> Result<Response<hyper::body::Incoming>, Response> {
-    let replay = (is_safe(&parts.method) && body.is_end_stream()).then(|| {
+    let repeatable = is_safe(&parts.method) && body.is_end_stream();
+    let replay = repeatable.then(|| {
         let mut again = Request::new(Body::empty());
         *again.method_mut() = parts.method.clone();
         *again.uri_mut() = parts.uri.clone();
@@ -283,7 +284,7 @@ async fn ask_app(
         }
         (outcome, _) => outcome,
     };
-    outcome.map_err(|failure| app_failure_answer(front, failure))
+    outcome.map_err(|failure| app_failure_answer(front, failure, repeatable))
 }
 
 async fn send_to_app(
@@ -300,20 +301,22 @@ async fn send_to_app(
     }
 }
 
-fn app_failure_answer(front: &Front, failure: AppFailure) -> Response {
+/// The answer when the app gave none. `repeatable`: a safe request without a body, which
+/// another unit may answer whatever this app did with it.
+fn app_failure_answer(front: &Front, failure: AppFailure, repeatable: bool) -> Response {
     match failure {
         AppFailure::Refused(e) => {
             // Nothing reached the app: the gateway may send the request to another unit.
             tracing::warn!(error = %e, "the app refused the connection");
-            let mut r = plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the app is not accepting connections on this unit\n",
-            );
-            r.headers_mut()
-                .insert(headers::UNIT_UNAVAILABLE, HeaderValue::from_static("app"));
-            r
+            unit_unavailable("the app is not accepting connections on this unit\n")
         }
         AppFailure::BodyTooLarge => body_too_large(front.max_body_size),
+        AppFailure::Broken(e) if repeatable => {
+            // Twice dropped: the app is stopping (a rolling update). The request is safe, so
+            // the gateway may ask another unit rather than fail the client.
+            tracing::warn!(error = %e, "the app did not answer twice; the gateway may ask another unit");
+            unit_unavailable("the app did not answer on this unit\n")
+        }
         AppFailure::Broken(e) => {
             tracing::warn!(error = %e, "the app did not answer");
             plain(StatusCode::BAD_GATEWAY, "the app did not answer\n")
@@ -323,6 +326,15 @@ fn app_failure_answer(front: &Front, failure: AppFailure) -> Response {
             "the app did not answer in time\n",
         ),
     }
+}
+
+/// 503 with the signal that tells the gateway this unit cannot serve the request and that it
+/// may send it elsewhere (it counts as a passive failure of the unit there).
+fn unit_unavailable(msg: &str) -> Response {
+    let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, msg);
+    r.headers_mut()
+        .insert(headers::UNIT_UNAVAILABLE, HeaderValue::from_static("app"));
+    r
 }
 
 /// Methods that change nothing (RFC 9110 §9.2.1): repeating one is harmless.

@@ -231,16 +231,19 @@ async fn oversized_bodies_are_refused_on_the_public_port() {
 
 /// An app that drops one connection without answering (as an app closing its idle keep-alive
 /// connections while its pod stops): a bodiless GET is asked once more on a new connection and
-/// answered; a POST is never repeated.
+/// answered; a POST is never repeated. An app that drops the second try too (it is stopping)
+/// makes the GET the gateway's to send elsewhere: 503 with the unit-unavailable signal, which
+/// a POST, that may have happened, never gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_app_connection_replays_safe_requests_only() {
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = listener.local_addr().unwrap();
-    let break_next = Arc::new(AtomicBool::new(true));
+    // How many of the next requests the app drops without an answer.
+    let break_next = Arc::new(AtomicU32::new(1));
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let server = {
         let (break_next, seen) = (break_next.clone(), seen.clone());
@@ -262,7 +265,10 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
                     let text = String::from_utf8_lossy(&head).to_string();
                     let method = text.split(' ').next().unwrap_or_default().to_owned();
                     seen.lock().unwrap().push(method);
-                    if break_next.swap(false, Ordering::SeqCst) {
+                    if break_next
+                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                        .is_ok()
+                    {
                         return; // dropped: no answer at all
                     }
                     let _ = conn
@@ -289,7 +295,7 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
     assert_eq!(r.text().await.unwrap(), "ok");
     assert_eq!(*seen.lock().unwrap(), ["GET", "GET"]);
 
-    break_next.store(true, Ordering::SeqCst);
+    break_next.store(1, Ordering::SeqCst);
     let r = client
         .post(sidecar.url("/order"))
         .body("item=tea")
@@ -297,7 +303,14 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 502, "a POST is never sent twice");
+    assert!(!r.headers().contains_key("x-stickyfarm-unit-unavailable"));
     assert_eq!(*seen.lock().unwrap(), ["GET", "GET", "POST"]);
+
+    break_next.store(2, Ordering::SeqCst);
+    let r = client.get(sidecar.url("/page")).send().await.unwrap();
+    assert_eq!(r.status(), 503, "both tries dropped");
+    assert_eq!(r.headers()["x-stickyfarm-unit-unavailable"], "app");
+    assert_eq!(*seen.lock().unwrap(), ["GET", "GET", "POST", "GET", "GET"]);
     server.abort();
 }
 
