@@ -578,9 +578,10 @@ async fn prune_unit_services(
 }
 
 /// The managed database's objects after a switch to an external database. Its StatefulSet's
-/// delete-policy annotation says whether the claim and the credentials go too (an annotation
-/// from before the policy existed is read as `Retain`: nothing is lost by keeping them); they
-/// are removed before the StatefulSet, so a failure is retried with the annotation still there.
+/// delete-policy annotation says whether the claim and the credentials go too (a StatefulSet
+/// made before the policy existed has none and counts as `Retain`: nothing is lost by keeping
+/// them); they are removed before the StatefulSet, so a failure is retried with the annotation
+/// still there.
 async fn prune_managed_database(
     farm: &ServerFarm,
     ctx: &Context,
