@@ -353,13 +353,19 @@ fn free_port() -> anyhow::Result<u16> {
 /// Whether the cluster runs pods (`STICKYFARM_E2E_PODS=1`: a real node beside the local control
 /// plane, or kind). The end-to-end suite needs them; without it the suite says SKIPPED loudly.
 pub fn pods_run() -> bool {
-    if std::env::var_os("STICKYFARM_E2E_PODS").is_some_and(|v| v == "1") {
+    switched_on(
+        "STICKYFARM_E2E_PODS",
+        "this cluster runs no pods. Set STICKYFARM_E2E_PODS=1 on a cluster with nodes (e2e/cluster/up --node, or e2e/kind)",
+    )
+}
+
+/// Whether the switch `var` is `1`; otherwise a loud SKIPPED line saying `why` (straight to the
+/// file descriptor: libtest captures only the print macros).
+pub fn switched_on(var: &str, why: &str) -> bool {
+    if std::env::var_os(var).is_some_and(|v| v == "1") {
         return true;
     }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED: this cluster runs no pods. Set STICKYFARM_E2E_PODS=1 on a cluster with nodes (e2e/cluster/up --node, or e2e/kind) ***\n"
-    );
+    let _ = writeln!(std::io::stderr(), "\n*** SKIPPED: {why} ***\n");
     false
 }
 

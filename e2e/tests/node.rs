@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use stickyfarm_e2e::{admin, apply_example_farm, install_chart_with_pods, kubeconfig, kubectl};
+use stickyfarm_e2e::{
+    admin, apply_example_farm, install_chart_with_pods, kubeconfig, kubectl, switched_on,
+};
 use stickyfarm_testkit::Browser;
 
 const NS: &str = "node-check";
@@ -29,14 +31,10 @@ const RELEASE_NS: &str = "stickyfarm-system";
 const NONROOT: &str = "65532";
 
 fn host_node() -> bool {
-    if std::env::var_os("STICKYFARM_E2E_HOST_NODE").is_some_and(|v| v == "1") {
-        return true;
-    }
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED: the cluster's node does not run on this machine. Set STICKYFARM_E2E_HOST_NODE=1 with e2e/cluster/up --node ***\n"
-    );
-    false
+    switched_on(
+        "STICKYFARM_E2E_HOST_NODE",
+        "the cluster's node does not run on this machine. Set STICKYFARM_E2E_HOST_NODE=1 with e2e/cluster/up --node",
+    )
 }
 
 /// The main process of a container, found through its cgroup (the kubelet's cgroupfs layout
@@ -309,6 +307,16 @@ async fn an_app_failing_its_liveness_probe_restarts_alone(
     Ok(())
 }
 
+/// A shopper puts one more of `sku` into its cart (the shop's JSON API).
+async fn add_one(b: &mut Browser, base: &str, sku: &str) -> stickyfarm_testkit::Page {
+    b.send(
+        Method::POST,
+        &format!("{base}/api/cart/items"),
+        Some(&json!({"sku": sku, "qty": 1})),
+    )
+    .await
+}
+
 /// `kubectl patch` of the farm's `spec.app` with `app` (a merge patch, as a user edits it).
 fn patch_app(kc: &Path, app: Value) -> anyhow::Result<()> {
     let patch = json!({"spec": {"app": app}}).to_string();
@@ -477,13 +485,7 @@ async fn rolling_update_under_load(
     let mut shoppers = Vec::new();
     for (i, sku) in SKUS.iter().enumerate() {
         let mut b = Browser::new();
-        let p = b
-            .send(
-                Method::POST,
-                &format!("{base}/api/cart/items"),
-                Some(&json!({"sku": sku, "qty": 1})),
-            )
-            .await;
+        let p = add_one(&mut b, base, sku).await;
         ensure!(
             p.status == 200,
             "shopper {i}'s first item: {} {}",
@@ -528,13 +530,7 @@ async fn rolling_update_under_load(
             requests += 1;
             if round % 5 == 4 {
                 let sku = SKUS[i];
-                let p = b
-                    .send(
-                        Method::POST,
-                        &format!("{base}/api/cart/items"),
-                        Some(&json!({"sku": sku, "qty": 1})),
-                    )
-                    .await;
+                let p = add_one(b, base, sku).await;
                 if p.status == 200 {
                     want[sku] = json!(want[sku].as_u64().unwrap_or(0) + 1);
                 } else {
