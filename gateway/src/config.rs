@@ -131,9 +131,10 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_NEW_SESSION_BURST", default_value_t = 200)]
     pub new_session_burst: u32,
 
-    /// An idempotent request (GET, HEAD, OPTIONS, TRACE, PUT, DELETE) whose body is at most
-    /// this large is read in full before it is forwarded, so it can be replayed on a backup
-    /// when its unit dies before answering; larger ones stream and answer 502 instead.
+    /// A request whose body is at most this large is read in full before it is forwarded, so
+    /// it can go to a backup when its unit's app never received it (any method) or, for an
+    /// idempotent one (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), when the unit died before
+    /// answering; larger bodies stream and are never replayed.
     #[arg(long, env = "STICKYFARM_REPLAY_BODY_MAX", default_value = "64KiB")]
     pub replay_body_max: ByteSize,
 

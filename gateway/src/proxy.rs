@@ -6,11 +6,12 @@
 //!    `sf_unit` routing cookie), or, for a first request, balance over the units that take new
 //!    sessions;
 //! 3. if the unit is out of service, fail over to a backup;
-//! 4. forward; a request that was never sent is retried on a backup whatever its method (also
-//!    one the gateway still holds that a sidecar answered with `x-stickyfarm-unit-unavailable`:
-//!    its app never saw it), an idempotent one (GET, HEAD, OPTIONS, TRACE, PUT, DELETE; bodies up
-//!    to `--replay-body-max` are held for this) also after a reset, anything else is not
-//!    replayed;
+//! 4. forward; bodies up to `--replay-body-max` are held so the request can go to a backup. A
+//!    request that never reached the app is retried on a backup whatever its method: never
+//!    sent, or answered by a sidecar with `x-stickyfarm-unit-unavailable` (its app refused the
+//!    connection, as a stopping pod's does). An idempotent one (GET, HEAD, OPTIONS, TRACE, PUT,
+//!    DELETE) is also replayed after a reset; anything else that may have reached the app is
+//!    not;
 //! 5. answer with the serving unit's address (for the app's links) and the routing cookie; an
 //!    answer of the gateway's own to a request whose body it did not read closes the
 //!    connection.
@@ -310,15 +311,15 @@ impl Proxy {
         Some(eligible[i].clone())
     }
 
-    /// The body towards the unit, and a copy of it when the request may be replayed on a
-    /// backup: every request without a body, and an idempotent one whose declared length is at
-    /// most `--replay-body-max` (read in full first). Anything else streams and is never
-    /// replayed once sent.
+    /// The body towards the unit, and a copy of it so the request can go to a backup: every
+    /// request without a body, and one whose declared length is at most `--replay-body-max`
+    /// (read in full first), whatever its method: a `POST` that a stopping app refused never
+    /// reached it and is as safe to send elsewhere as a `GET`. Anything else streams and is
+    /// never replayed once sent.
     async fn hold_for_replay(
         &self,
         body: Incoming,
         body_empty: bool,
-        idempotent: bool,
         headers: &http::HeaderMap,
     ) -> Result<(UpstreamBody, Option<Bytes>), Response<ResponseBody>> {
         if body_empty {
@@ -329,7 +330,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         match declared {
-            Some(len) if idempotent && len <= self.s.replay_body_max => {
+            Some(len) if len <= self.s.replay_body_max => {
                 let bytes = Limited::new(body, len as usize)
                     .collect()
                     .await
@@ -550,13 +551,11 @@ impl Proxy {
             h.insert(FORWARDED, v);
         }
         let idempotent = is_idempotent(&parts.method);
-        let (upstream_body, held) = match self
-            .hold_for_replay(body, body_empty, idempotent, &parts.headers)
-            .await
-        {
-            Ok(b) => b,
-            Err(refusal) => return refusal,
-        };
+        let (upstream_body, held) =
+            match self.hold_for_replay(body, body_empty, &parts.headers).await {
+                Ok(b) => b,
+                Err(refusal) => return refusal,
+            };
         let replay = held.map(|body| Replay {
             method: parts.method.clone(),
             uri: uri.clone(),
