@@ -16,6 +16,8 @@ mod hop;
 mod ids;
 #[cfg(feature = "server")]
 pub mod listener;
+#[cfg(feature = "logs")]
+pub mod logs;
 mod snapshot;
 pub mod token;
 mod unit;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use stickyfarm_api::UnitName;
 use stickyfarm_api::config::{self, GatewayFarmSettings, SidecarFarmSettings};
 use stickyfarm_api::farm::{DatabaseSpec, ServerFarmManifest};
+use stickyfarm_api::logs::LogSettings;
 use stickyfarm_api::token::Token;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
@@ -43,6 +44,8 @@ pub struct UpOptions {
     pub bin_dir: Option<PathBuf>,
     /// No periodic status line.
     pub quiet: bool,
+    /// How the farm's processes log.
+    pub logs: LogSettings,
 }
 
 /// The scheme and `host[:port]` unit links are built from: `--public-url`, or the gateway's
@@ -162,6 +165,15 @@ struct UnitPlan {
     app: SocketAddr,
 }
 
+/// Where a farm process's output goes and how it logs.
+#[derive(Clone)]
+struct Logs {
+    /// The folder of one `<process>.log` file per process.
+    dir: PathBuf,
+    /// Passed to every process as `RUST_LOG` and `STICKYFARM_LOG_FORMAT`.
+    settings: LogSettings,
+}
+
 /// Everything needed to (re)start a unit's processes.
 #[derive(Clone)]
 struct Launch {
@@ -171,7 +183,7 @@ struct Launch {
     app_bin: PathBuf,
     database_url: String,
     manifest: ServerFarmManifest,
-    logs: PathBuf,
+    logs: Logs,
     cache_dir: PathBuf,
 }
 
@@ -183,10 +195,11 @@ fn log_file(logs: &Path, name: &str) -> anyhow::Result<std::fs::File> {
         .with_context(|| format!("creating the log of {name}"))
 }
 
-fn spawn(mut cmd: Command, what: &str, logs: &Path, log_name: &str) -> anyhow::Result<Child> {
+fn spawn(mut cmd: Command, what: &str, logs: &Logs, log_name: &str) -> anyhow::Result<Child> {
     cmd.stdin(Stdio::null())
-        .stdout(log_file(logs, log_name)?)
-        .stderr(log_file(logs, log_name)?)
+        .envs(logs.settings.as_env())
+        .stdout(log_file(&logs.dir, log_name)?)
+        .stderr(log_file(&logs.dir, log_name)?)
         // Its own process group: a Ctrl-C in the terminal reaches farmctl only, which then
         // stops the children in order.
         .process_group(0)
@@ -474,7 +487,10 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         app_bin,
         database_url: database_url.clone(),
         manifest: manifest.clone(),
-        logs: logs.clone(),
+        logs: Logs {
+            dir: logs.clone(),
+            settings: opts.logs.clone(),
+        },
         cache_dir: opts.state_dir.join("cache"),
     };
     let pids = std::sync::Arc::new(Pids(std::sync::Mutex::new(BTreeMap::new())));
@@ -520,7 +536,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     for p in &plans {
         gw.args(["--unit", &format!("{}={}", p.name, p.sidecar)]);
     }
-    let mut gateway = spawn(gw, "the gateway", &logs, "gateway")?;
+    let mut gateway = spawn(gw, "the gateway", &launch.logs, "gateway")?;
     pids.0
         .lock()
         .expect("pid table poisoned")

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use stickyfarm_api::logs::{LogFormat, LogSettings};
 
 /// Runs a whole Stickyfarm farm on one machine from the same ServerFarm YAML the operator takes.
 #[derive(Parser)]
@@ -52,6 +53,10 @@ enum Cmd {
         /// No status line every 5 s.
         #[arg(long)]
         quiet: bool,
+        /// The logs of the farm's gateway and sidecars (in the state folder's `logs/`) and of
+        /// farmctl itself.
+        #[command(flatten)]
+        logs: LogSettings,
     },
     /// Print the gateway's status table of the running farm.
     Status {
@@ -110,13 +115,15 @@ async fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    // A command that looks at a farm says only what went wrong unless RUST_LOG asks for more.
+    let logs = match &cli.command {
+        Cmd::Up { logs, .. } => logs.clone(),
+        _ => LogSettings {
+            filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            format: LogFormat::Text,
+        },
+    };
+    logs.init().context("installing the logger")?;
     match cli.command {
         Cmd::Up {
             file,
@@ -126,6 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             public_url,
             bin_dir,
             quiet,
+            logs,
         } => {
             farm::up(farm::UpOptions {
                 manifest: file,
@@ -136,6 +144,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 public_url,
                 bin_dir,
                 quiet,
+                logs,
             })
             .await
         }

@@ -179,9 +179,9 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Log format.
-    #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log filter and format, the same in every Stickyfarm binary.
+    #[command(flatten)]
+    pub logs: stickyfarm_api::logs::LogSettings,
 
     /// What the farm declares for the gateway (the configuration contract, shared with the
     /// operator and farmctl, which render it from the ServerFarm).
@@ -215,15 +215,6 @@ impl Scheme {
             Scheme::Https => "https",
         }
     }
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 fn parse_public_host(s: &str) -> Result<String, String> {

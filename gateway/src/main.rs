@@ -3,21 +3,13 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use stickyfarm_gateway::Gateway;
-use stickyfarm_gateway::config::{Config, LogFormat};
+use stickyfarm_gateway::config::Config;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    config.logs.init().context("installing the logger")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let gateway = Gateway::start(config)
         .await

@@ -455,7 +455,7 @@ impl Proxy {
                     tried.push(name.clone());
                     match self.pick_new(&members, &tried, &key, return_mode) {
                         Some(b) => {
-                            tracing::debug!(from = %name, to = %b.name(), "unit out of service: failing over");
+                            tracing::debug!(unit = %name, backup = %b.name(), "unit out of service: failing over");
                             (b, return_mode.then_some(name))
                         }
                         None => {

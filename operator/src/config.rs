@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 use stickyfarm_api::farm::ServiceType;
 
 /// Reconciles ServerFarm resources into units, a gateway and a database.
@@ -78,12 +78,9 @@ pub struct Config {
         default_value = "0.0.0.0:8080"
     )]
     pub listen: SocketAddr,
-    /// Log format.
-    #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `stickyfarm_operator=debug`.
-    #[arg(long, env = "STICKYFARM_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    /// Log filter and format, the same in every Stickyfarm binary.
+    #[command(flatten)]
+    pub logs: stickyfarm_api::logs::LogSettings,
 }
 
 impl Config {
@@ -101,15 +98,6 @@ impl Config {
             named
         }
     }
-}
-
-/// Log output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// A Secret's name: a DNS subdomain (RFC 1123), as Kubernetes requires.

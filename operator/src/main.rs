@@ -2,19 +2,13 @@
 
 use anyhow::Context as _;
 use clap::Parser;
-use stickyfarm_operator::config::{Config, LogFormat};
+use stickyfarm_operator::config::Config;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level)
-        .with_context(|| format!("invalid --log-level {:?}", config.log_level))?;
-    let logs = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log_format {
-        LogFormat::Json => logs.json().init(),
-        LogFormat::Text => logs.init(),
-    }
+    config.logs.init().context("installing the logger")?;
     let client = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;

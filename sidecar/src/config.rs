@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser};
 use stickyfarm_api::config::SidecarFarmSettings;
 use stickyfarm_api::{InstanceId, UnitBaseUrl, UnitName};
 
@@ -143,23 +143,14 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
-    /// Log format.
-    #[arg(long, env = "STICKYFARM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
+    /// Log filter and format, the same in every Stickyfarm binary.
+    #[command(flatten)]
+    pub logs: stickyfarm_api::logs::LogSettings,
 
     /// What the farm declares for its sidecars (the configuration contract, shared with the
     /// operator and farmctl, which render it from the ServerFarm).
     #[command(flatten)]
     pub farm_settings: SidecarFarmSettings,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 impl Config {

@@ -3,25 +3,13 @@
 use anyhow::Context as _;
 use clap::Parser as _;
 use stickyfarm_sidecar::Sidecar;
-use stickyfarm_sidecar::config::{Config, LogFormat};
+use stickyfarm_sidecar::config::Config;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_writer(std::io::stderr)
-            .with_env_filter(filter)
-            .init(),
-    }
+    config.logs.init().context("installing the logger")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let sidecar = tokio::select! {
         s = Sidecar::start(config) => s.context("starting the sidecar")?,

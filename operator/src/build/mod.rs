@@ -18,7 +18,7 @@
 mod database;
 mod gateway;
 mod network;
-mod tokens;
+pub mod tokens;
 mod units;
 
 use std::collections::BTreeMap;
