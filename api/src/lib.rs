@@ -175,7 +175,8 @@ pub const HEALTHY_ANSWER: &str = "stickyfarm-sidecar healthy";
 /// The body a healthy sidecar returns on [`paths::HEALTH`] (status 200).
 ///
 /// It names the unit and the instance id, so a gateway whose expected answer includes the
-/// instance id notices a replaced pod.
-pub fn healthy_answer(unit: &UnitName, instance: &InstanceId) -> String {
-    format!("{HEALTHY_ANSWER}\nunit: {unit}\ninstance: {instance}\n")
+/// instance id notices a replaced pod, and the number of sessions the unit's cache holds (the
+/// gateway's status page shows it).
+pub fn healthy_answer(unit: &UnitName, instance: &InstanceId, sessions: u64) -> String {
+    format!("{HEALTHY_ANSWER}\nunit: {unit}\ninstance: {instance}\nsessions: {sessions}\n")
 }

@@ -61,8 +61,11 @@ enum Cmd {
     /// Print the gateway's status table of the running farm.
     Status {
         /// As JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "open")]
         json: bool,
+        /// Print the URL of the gateway's status page (open it in a browser) instead.
+        #[arg(long)]
+        open: bool,
     },
     /// Kill a unit's processes at once (like a crashed pod); it stays down until restarted.
     Kill {
@@ -148,8 +151,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             })
             .await
         }
-        Cmd::Status { json } => {
+        Cmd::Status { json, open } => {
             let state = farm::read_state(&cli.state_dir)?;
+            if open {
+                println!("http://{}/", state.gateway_admin);
+                return Ok(());
+            }
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_secs(3))
                 .build()?;

@@ -440,6 +440,17 @@ async fn twenty_shoppers_lose_nothing_while_a_unit_is_killed_and_restarted() {
     }
     let status = farm.farmctl(&["status"]).unwrap();
     assert!(status.contains("webstore-1"), "{status}");
+    // The status page: its URL, and the page there names every unit.
+    let url = farm.farmctl(&["status", "--open"]).unwrap();
+    let page = reqwest::get(url.trim()).await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let page = page.text().await.unwrap();
+    for unit in ["webstore-0", "webstore-1"] {
+        assert!(
+            page.contains(&format!("<span class=\"name\">{unit}</span>")),
+            "{page}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

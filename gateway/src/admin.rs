@@ -1,6 +1,6 @@
 //! The gateway's two operator-facing ports:
-//! - the **admin** port is read-only (status table, metrics, health): scrapers and probes reach
-//!   it, and nothing there changes routing;
+//! - the **admin** port is read-only (the status page at `/`, the status table as JSON, metrics,
+//!   health): scrapers and probes reach it, and nothing there changes routing;
 //! - the **control** port takes unit actions (enable, drain, disable), each authorised by the
 //!   farm's admin token. On Kubernetes no NetworkPolicy admits anyone to it: an administrator
 //!   reaches it with `kubectl port-forward` (itself authorised by the API server) and the token
@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use stickyfarm_api::token::Token;
 
 use crate::metrics::Metrics;
+use crate::status_page;
 use crate::units::{AdminState, Farm, UnitStatus};
 
 /// `GET /status`.
@@ -46,6 +47,7 @@ pub fn router(
     listed: Arc<AtomicBool>,
 ) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/status", get(status))
         .route("/metrics", get(metrics_text))
         .route("/livez", get(|| async { "ok\n" }))
@@ -115,6 +117,39 @@ async fn status(State(c): State<AdminCtx>) -> axum::Json<StatusTable> {
     axum::Json(StatusTable {
         units: c.farm.status(c.slow_start),
     })
+}
+
+/// `GET /?refresh=N`: the status page (see [`crate::status_page`]).
+#[derive(Deserialize)]
+struct PageQuery {
+    refresh: Option<u32>,
+}
+
+async fn page(State(c): State<AdminCtx>, Query(q): Query<PageQuery>) -> Response {
+    let html = status_page::render(
+        &c.farm.status(c.slow_start),
+        &status_page::PageContext {
+            now_ms: crate::units::now_ms(),
+            refresh_secs: q
+                .refresh
+                .unwrap_or(status_page::DEFAULT_REFRESH_SECS)
+                .min(status_page::MAX_REFRESH_SECS),
+        },
+    );
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                status_page::CONTENT_SECURITY_POLICY,
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        html,
+    )
+        .into_response()
 }
 
 async fn metrics_text(State(c): State<AdminCtx>) -> impl axum::response::IntoResponse {

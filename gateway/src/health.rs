@@ -81,6 +81,23 @@ async fn probe(unit: &Unit, cfg: &CheckConfig) -> Result<CheckOk, String> {
     evaluate(status, &text, cfg, unit.spec.instance)
 }
 
+/// What an unhealthy answer says after its first line (a sidecar lists what failed: `app: not
+/// accepting connections`), on one line, bounded, for the status table.
+fn reason(body: &str) -> Option<String> {
+    let why: String = body
+        .lines()
+        .skip(1)
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    (!why.is_empty()).then_some(why)
+}
+
 /// Judges an answer: status, expected text, and the instance id when discovery knows it.
 pub fn evaluate(
     status: u16,
@@ -89,7 +106,10 @@ pub fn evaluate(
     expected: Option<InstanceId>,
 ) -> Result<CheckOk, String> {
     if status != cfg.expect_status {
-        return Err(format!("status {status}, expected {}", cfg.expect_status));
+        return Err(match reason(body) {
+            Some(why) => format!("status {status}, expected {}: {why}", cfg.expect_status),
+            None => format!("status {status}, expected {}", cfg.expect_status),
+        });
     }
     if !body.contains(&cfg.expect_body) {
         return Err(format!("answer lacks {:?}", cfg.expect_body));
@@ -105,7 +125,11 @@ pub fn evaluate(
             "answered as instance {got}, but the unit's pod is {want}"
         ));
     }
-    Ok(CheckOk { instance })
+    let sessions = body
+        .lines()
+        .find_map(|l| l.strip_prefix("sessions:"))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    Ok(CheckOk { instance, sessions })
 }
 
 #[cfg(test)]
@@ -140,10 +164,29 @@ mod tests {
         let other = evaluate(200, &good, &cfg(), Some(InstanceId::random())).unwrap_err();
         assert!(other.contains("answered as instance"), "{other}");
         assert!(evaluate(503, &good, &cfg(), None).is_err());
+        let sick = "stickyfarm-sidecar unhealthy\napp: not accepting connections\ndatabase: not answering\n";
+        assert_eq!(
+            evaluate(503, sick, &cfg(), None).unwrap_err(),
+            "status 503, expected 200: app: not accepting connections; database: not answering"
+        );
         assert!(
             evaluate(200, "ok", &cfg(), None)
                 .unwrap_err()
                 .contains("lacks")
         );
+    }
+
+    #[test]
+    fn the_sessions_a_unit_holds_are_read_from_its_answer() {
+        let name: stickyfarm_api::UnitName = "web-0".parse().unwrap();
+        let id = InstanceId::random();
+        let answer = stickyfarm_api::healthy_answer(&name, &id, 41);
+        assert_eq!(
+            evaluate(200, &answer, &cfg(), Some(id)).unwrap().sessions,
+            Some(41)
+        );
+        // An older sidecar's answer has no such line: unknown, not zero.
+        let old = format!("stickyfarm-sidecar healthy\nunit: web-0\ninstance: {id}\n");
+        assert_eq!(evaluate(200, &old, &cfg(), None).unwrap().sessions, None);
     }
 }

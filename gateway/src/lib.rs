@@ -11,7 +11,9 @@ pub mod kubernetes;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod rate;
 pub mod ratelimit;
+pub mod status_page;
 pub mod units;
 
 use std::net::SocketAddr;

@@ -613,6 +613,7 @@ impl Proxy {
                 }
             };
             let mut sender = checkout.sender;
+            let sent_at = std::time::Instant::now();
             let sent =
                 tokio::time::timeout(self.s.upstream_timeout, sender.try_send_request(outbound))
                     .await;
@@ -652,7 +653,7 @@ impl Proxy {
                 Ok(resp) => {
                     // Any status the app chose, 5xx included, is an answer: only what proves
                     // the unit broken takes it out (a client can make an app answer 500).
-                    unit.record_response(resp.status().as_u16());
+                    unit.record_response(resp.status().as_u16(), sent_at.elapsed());
                     return self.respond(
                         resp,
                         unit.clone(),

@@ -3,6 +3,7 @@
 //! The request path reads the membership through an `ArcSwap` (no lock) and each unit's state
 //! through atomics; only health checks and membership changes write.
 
+use crate::rate::{AnswerTime, RateMeter};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -106,6 +107,8 @@ pub struct CheckRecord {
     pub last_error: Option<String>,
     /// The instance id the unit reported last.
     pub instance: Option<InstanceId>,
+    /// The sessions its cache held at the last passed check.
+    pub sessions: Option<u64>,
 }
 
 /// Passive ejection (outlier detection, as Envoy calls it): how far requests that prove a unit
@@ -180,6 +183,9 @@ pub struct Unit {
     /// Ejections in a row (the multiplier of the ejection time).
     ejections: AtomicU32,
     consecutive_timeouts: AtomicU32,
+    /// Recent requests per second and answer time (the status page).
+    rate: RateMeter,
+    answer_time: AnswerTime,
     check: Mutex<CheckRecord>,
     /// Pooled connections to the unit.
     pub pool: Pool,
@@ -207,6 +213,8 @@ impl Unit {
             ejected_until_ms: AtomicU64::new(0),
             ejections: AtomicU32::new(0),
             consecutive_timeouts: AtomicU32::new(0),
+            rate: RateMeter::default(),
+            answer_time: AnswerTime::default(),
             check: Mutex::new(CheckRecord::default()),
             pool: Pool::new(max_idle_connections),
             removed,
@@ -311,6 +319,7 @@ impl Unit {
                 if ok.instance.is_some() {
                     c.instance = ok.instance;
                 }
+                c.sessions = ok.sessions;
                 self.metrics.checks_ok.inc();
                 let health = self.health();
                 if let Some(old) = replaced {
@@ -391,8 +400,11 @@ impl Unit {
     /// The unit answered with `status`. Counted, never judged: the app's own 5xx answers say
     /// nothing about the unit's health (any client can provoke one), so only connection
     /// failures, repeated timeouts and the sidecar's unit-unavailable signal take a unit out.
-    pub fn record_response(&self, status: u16) {
+    /// `took`: from sending the request to the answer's head.
+    pub fn record_response(&self, status: u16, took: Duration) {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        self.rate.record(now_ms());
+        self.answer_time.record(took);
         // Read first: a store on every response would bounce the cache line between cores.
         if self.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
             self.consecutive_timeouts.store(0, Ordering::Relaxed);
@@ -428,6 +440,9 @@ impl Unit {
             consecutive_fail: c.consecutive_fail,
             in_flight: self.in_flight.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
+            requests_per_second: self.rate.per_second(now),
+            answer_ms: self.answer_time.average().map(|d| d.as_secs_f64() * 1000.0),
+            sessions: c.sessions,
             instance: c.instance.or(self.spec.instance).map(|i| i.to_string()),
             ejected_until_unix_ms: Some(self.ejected_until_ms.load(Ordering::Acquire))
                 .filter(|until| *until > now),
@@ -447,6 +462,8 @@ impl Unit {
 pub struct CheckOk {
     /// The instance id in the answer, if it named one.
     pub instance: Option<InstanceId>,
+    /// The sessions the unit's cache holds, if the answer said.
+    pub sessions: Option<u64>,
 }
 
 /// Counts one request out of a unit's in-flight count when dropped.
@@ -482,6 +499,15 @@ pub struct UnitStatus {
     pub in_flight: u64,
     /// Requests answered since the unit joined.
     pub requests: u64,
+    /// Requests answered per second, over the last ten whole seconds.
+    #[serde(default)]
+    pub requests_per_second: f64,
+    /// Average time to an answer's head of recent requests (each new one weighs 1/8).
+    #[serde(default)]
+    pub answer_ms: Option<f64>,
+    /// Sessions the unit's cache held at its last passed check.
+    #[serde(default)]
+    pub sessions: Option<u64>,
     /// The instance id (pod UID) reported or expected.
     pub instance: Option<String>,
     /// Until when a passive ejection keeps the unit out (while it does).
@@ -833,7 +859,7 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(farm.record_timeout(&u, after), Ejection::Counted);
         }
-        u.record_response(200);
+        u.record_response(200, Duration::from_millis(1));
         for _ in 0..4 {
             assert_eq!(farm.record_timeout(&u, after), Ejection::Counted);
         }
@@ -849,8 +875,8 @@ mod tests {
         let u = unit("web-0");
         u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
         for _ in 0..1000 {
-            u.record_response(500);
-            u.record_response(503);
+            u.record_response(500, Duration::from_millis(1));
+            u.record_response(503, Duration::from_millis(1));
         }
         assert_eq!(u.health(), Health::Up);
         assert_eq!(u.status(now_ms(), Duration::ZERO).requests, 2000);
@@ -884,9 +910,25 @@ mod tests {
         let u = unit("web-0");
         let a = InstanceId::random();
         let b = InstanceId::random();
-        u.record_check(Ok(CheckOk { instance: Some(a) }), Duration::ZERO, 2, 3);
+        u.record_check(
+            Ok(CheckOk {
+                instance: Some(a),
+                ..CheckOk::default()
+            }),
+            Duration::ZERO,
+            2,
+            3,
+        );
         assert_eq!(u.instance(), Some(a));
-        u.record_check(Ok(CheckOk { instance: Some(b) }), Duration::ZERO, 2, 3);
+        u.record_check(
+            Ok(CheckOk {
+                instance: Some(b),
+                ..CheckOk::default()
+            }),
+            Duration::ZERO,
+            2,
+            3,
+        );
         assert_eq!(u.instance(), Some(b));
         assert_eq!(u.metrics.replacements.get(), 1);
     }

@@ -284,6 +284,11 @@ impl SessionCache {
         self.inner.memory().usage()
     }
 
+    /// Copies held in memory (sessions, and the health check's probe entry).
+    pub fn memory_entries(&self) -> usize {
+        self.inner.memory().entries()
+    }
+
     /// Drops a copy.
     pub fn remove(&self, id: &StoredId) {
         self.inner.remove(id);

@@ -429,7 +429,12 @@ async fn health(State(front): State<Arc<Front>>) -> Response {
     let mut r = if failures.is_empty() {
         (
             StatusCode::OK,
-            stickyfarm_api::healthy_answer(&front.unit, &instance),
+            // The probe entry just written is no session.
+            stickyfarm_api::healthy_answer(
+                &front.unit,
+                &instance,
+                (cache.memory_entries() as u64).saturating_sub(1),
+            ),
         )
             .into_response()
     } else {

@@ -935,10 +935,22 @@ async fn health_answer_names_unit_and_instance_and_fails_without_the_app() {
     assert_eq!(
         r.text().await.unwrap(),
         format!(
-            "stickyfarm-sidecar healthy\nunit: web-7\ninstance: {}\n",
+            "stickyfarm-sidecar healthy\nunit: web-7\ninstance: {}\nsessions: 0\n",
             a.sidecar.instance
         )
     );
+    // A shopper writes: the unit now holds one session, and says so (the status page shows it).
+    let mut shopper = Browser::new();
+    shopper.get(&a.sidecar.url("/echo")).await;
+    let sid = shopper.cookie("sf_session").unwrap().to_owned();
+    let w = put_cart(&client, &a, &sid, json!(["fig"]), None).await;
+    assert!(w.status().is_success(), "{}", w.status());
+    let r = client
+        .get(a.sidecar.url("/_stickyfarm/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.text().await.unwrap().ends_with("\nsessions: 1\n"));
     // Other reserved paths are not forwarded to the app.
     let r = client
         .get(a.sidecar.url("/_stickyfarm/anything"))

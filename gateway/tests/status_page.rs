@@ -1,0 +1,303 @@
+//! The status page of the gateway's admin port, looked at the way a person does: in a real
+//! browser (headless Chromium, driven over WebDriver by chromedriver), at a phone's width and a
+//! desktop's, with units up and down and sessions held.
+//!
+//! Chromium and chromedriver come from Debian (`scripts/test` installs them and sets
+//! `STICKYFARM_BROWSER_REQUIRED=1`, so there the test cannot skip). `CHROMIUM`/`CHROMEDRIVER`
+//! name other binaries; `STICKYFARM_SCREENSHOT_DIR` keeps the screenshots (the docs' images are
+//! made so: `STICKYFARM_SCREENSHOT_DIR=docs/images`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+use stickyfarm_testkit::*;
+
+fn tool(var: &str, default: &str) -> Option<PathBuf> {
+    let path = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
+    path.exists().then_some(path)
+}
+
+/// A WebDriver session in headless Chromium.
+struct Browser {
+    driver: ChildProc,
+    base: String,
+    http: reqwest::Client,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    async fn start(chromium: &Path, chromedriver: &Path) -> Browser {
+        let port = free_port();
+        let mut cmd = Command::new(chromedriver);
+        cmd.arg(format!("--port={port}"))
+            .arg("--allowed-ips=127.0.0.1");
+        let driver = ChildProc::spawn("chromedriver", cmd);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        let root = format!("http://127.0.0.1:{port}");
+        eventually(Duration::from_secs(20), "chromedriver answers", || async {
+            http.get(format!("{root}/status")).send().await.is_ok()
+        })
+        .await;
+        let profile = tempfile::tempdir().unwrap();
+        // The flags keep Chromium off the network it would otherwise call at start (this
+        // machine has none) and out of a sandbox that needs privileges a test does not have.
+        let args = [
+            "--headless".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-quic".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            format!("--user-data-dir={}", profile.path().display()),
+        ];
+        let created: Value = http
+            .post(format!("{root}/session"))
+            .json(&json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {"binary": chromium, "args": args},
+            }}}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
+            .to_owned();
+        Browser {
+            driver,
+            base: format!("{root}/session/{id}"),
+            http,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let answer: Value = req.send().await.unwrap().json().await.unwrap();
+        assert!(
+            answer["value"].get("error").is_none(),
+            "WebDriver {path}: {answer}"
+        );
+        answer["value"].clone()
+    }
+
+    async fn size(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
+    }
+
+    async fn open(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
+    }
+
+    /// Runs `script` in the page (through the DevTools protocol, so the page's own
+    /// Content-Security-Policy, which forbids scripts, does not apply) and returns its value.
+    async fn eval(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            Some(json!({"script": script, "args": []})),
+        )
+        .await
+    }
+
+    /// A PNG of the viewport, kept in `keep` when given.
+    async fn screenshot(&self, name: &str, keep: Option<&Path>) -> Vec<u8> {
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().unwrap())
+            .unwrap();
+        if let Some(dir) = keep {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join(name), &png).unwrap();
+        }
+        png
+    }
+
+    async fn close(mut self) {
+        self.call(reqwest::Method::DELETE, "", None).await;
+        self.driver.terminate(Duration::from_secs(5));
+    }
+}
+
+/// Width and height of a PNG, from its IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG");
+    let be = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    (be(&png[16..20]), be(&png[20..24]))
+}
+
+/// What the page shows, read from the DOM as a person would read it.
+const READ_PAGE: &str = "
+const rows = [...document.querySelectorAll('tbody tr')].map(r => ({
+  state: r.className,
+  unit: r.querySelector('.name').textContent,
+  sessions: r.querySelector('[data-label=Sessions]').textContent,
+  error: r.querySelector('[data-label=\"Last error\"]').textContent,
+  cells: r.querySelectorAll('td').length,
+}));
+return {
+  title: document.title,
+  summary: document.querySelector('.summary').textContent,
+  rows,
+  header_shown: getComputedStyle(document.querySelector('thead')).display !== 'none',
+  overflows: document.documentElement.scrollWidth > window.innerWidth,
+  fetched: performance.getEntriesByType('resource').map(e => e.name),
+  refresh: document.querySelector('meta[http-equiv=refresh]')?.content ?? null,
+};";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_page_reads_on_a_phone_and_a_desktop_in_a_real_browser() {
+    let required = std::env::var("STICKYFARM_BROWSER_REQUIRED").is_ok_and(|v| v == "1");
+    let (Some(chromium), Some(chromedriver)) = (
+        tool("CHROMIUM", "/usr/bin/chromium"),
+        tool("CHROMEDRIVER", "/usr/bin/chromedriver"),
+    ) else {
+        assert!(
+            !required,
+            "Chromium and chromedriver are needed (apt-get install chromium chromium-driver)"
+        );
+        eprintln!("skipped: no Chromium (apt-get install chromium chromium-driver)");
+        return;
+    };
+    let keep = std::env::var_os("STICKYFARM_SCREENSHOT_DIR").map(PathBuf::from);
+
+    // A farm of three units with shoppers on them; one unit's app stops (it goes down with the
+    // reason), one is drained.
+    let db = TestDb::new().await;
+    let mut units = Vec::new();
+    for name in ["webstore-0", "webstore-1", "webstore-2"] {
+        units.push(Unit::start(name, &db.url, &[]).await);
+    }
+    let flags: Vec<String> = units
+        .iter()
+        .map(|u| format!("{}={}", u.sidecar.unit, u.sidecar.public))
+        .collect();
+    let gw = GatewayProc::start(&flags, &["--slow-start", "0s"]).await;
+    gw.wait_up(3).await;
+    let mut shoppers = 0;
+    for i in 0..12 {
+        let mut b = stickyfarm_testkit::Browser::new();
+        let home = b.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let p = b
+            .post(&gw.url(&format!("/_unit/{home}/cart/add?item=item-{i}")))
+            .await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        shoppers += 1;
+    }
+    units[1].app.stop();
+    assert_eq!(
+        gw.unit_action("webstore-2", "drain", Some(ADMIN_TOKEN))
+            .await,
+        204
+    );
+    // The checks see both, and the sessions held, within a few rounds.
+    eventually(Duration::from_secs(20), "the checks caught up", || async {
+        let s = gw.status().await;
+        let units = s["units"].as_array().unwrap();
+        units[1]["state"] == "down"
+            && units[0]["sessions"].is_u64()
+            && units[2]["sessions"].is_u64()
+            && units
+                .iter()
+                .filter_map(|u| u["sessions"].as_u64())
+                .sum::<u64>()
+                >= shoppers as u64 - 4
+    })
+    .await;
+    let status = gw.status().await;
+    let page_url = format!("http://{}/", gw.admin);
+
+    let browser = Browser::start(&chromium, &chromedriver).await;
+    // A phone (390 × 844 CSS pixels, as an iPhone 14): one card per unit, nothing wider than
+    // the screen.
+    browser.size(390, 844).await;
+    browser.open(&page_url).await;
+    let phone = browser.eval(READ_PAGE).await;
+    assert_eq!(
+        phone["title"], "2/3 units up · Stickyfarm gateway",
+        "{phone}"
+    );
+    assert_eq!(
+        phone["overflows"], false,
+        "no sideways scrolling on a phone"
+    );
+    assert_eq!(
+        phone["header_shown"], false,
+        "cards, not a table, on a phone"
+    );
+    assert_eq!(phone["fetched"], json!([]), "nothing loaded from anywhere");
+    assert_eq!(phone["refresh"], "5");
+    let rows = phone["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for (row, unit) in rows.iter().zip(status["units"].as_array().unwrap()) {
+        assert_eq!(row["unit"], unit["name"]);
+        assert_eq!(row["state"], unit["state"]);
+        assert_eq!(row["cells"], 12);
+        match unit["sessions"].as_u64() {
+            Some(n) => assert_eq!(row["sessions"], n.to_string()),
+            None => assert_eq!(row["sessions"], "–"),
+        }
+    }
+    assert_eq!(rows[1]["state"], "down");
+    assert!(
+        rows[1]["error"].as_str().unwrap().contains("app"),
+        "the reason a unit is down is shown: {}",
+        rows[1]["error"]
+    );
+    assert!(
+        phone["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("2 of 3 units up"),
+        "{}",
+        phone["summary"]
+    );
+    let png = browser
+        .screenshot("status-page-phone.png", keep.as_deref())
+        .await;
+    let (w, _) = png_size(&png);
+    assert!(w >= 390, "a phone-wide screenshot ({w} px)");
+
+    // A desktop: the table with its header row; `?refresh=0` stops the refreshing.
+    browser.size(1400, 700).await;
+    browser.open(&format!("{page_url}?refresh=0")).await;
+    let desktop = browser.eval(READ_PAGE).await;
+    assert_eq!(desktop["header_shown"], true, "a table on a desktop");
+    assert_eq!(desktop["overflows"], false);
+    assert_eq!(desktop["refresh"], Value::Null);
+    let png = browser
+        .screenshot("status-page-desktop.png", keep.as_deref())
+        .await;
+    assert!(png_size(&png).0 >= 1400);
+    browser.close().await;
+
+    // What the browser was given: no script may run, nothing may frame it.
+    let page = reqwest::get(&page_url).await.unwrap();
+    assert_eq!(page.headers()["content-type"], "text/html; charset=utf-8");
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    assert!(!page.text().await.unwrap().contains("<script"));
+}
