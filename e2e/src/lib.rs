@@ -201,6 +201,52 @@ pub async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the in-process operators of this test binary logged: the operator's own settings
+/// (`stickyfarm_api::logs`) as JSON, everything of the operator and of its Kubernetes client down
+/// to `trace`, so a test can look for what must never be logged.
+static OPERATOR_LOGS: std::sync::OnceLock<std::sync::Arc<std::sync::Mutex<Vec<u8>>>> =
+    std::sync::OnceLock::new();
+
+/// The filter of the captured operator log.
+const CAPTURE_FILTER: &str = "info,stickyfarm_operator=trace,kube_client=trace";
+
+fn capture_operator_logs() {
+    OPERATOR_LOGS.get_or_init(|| {
+        let out = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let settings = stickyfarm_api::logs::LogSettings {
+            filter: CAPTURE_FILTER.into(),
+            format: stickyfarm_api::logs::LogFormat::Json,
+        };
+        let sink = out.clone();
+        // Another logger installed first (a test's own) leaves nothing captured: the tests
+        // that read the capture then fail on its being empty, not pass on it.
+        let _ = tracing::subscriber::set_global_default(
+            settings.subscriber(move || CapturedLog(sink.clone())),
+        );
+        out
+    });
+}
+
+/// The operator log captured so far (see [`OPERATOR_LOGS`]).
+pub fn captured_operator_log() -> String {
+    OPERATOR_LOGS
+        .get()
+        .map(|b| String::from_utf8_lossy(&b.lock().unwrap()).into_owned())
+        .unwrap_or_default()
+}
+
+struct CapturedLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The operator, in-process, acting as the chart's ServiceAccount; stops when dropped.
 pub struct Operator {
     stop: CancellationToken,
@@ -210,6 +256,7 @@ pub struct Operator {
 impl Operator {
     /// Starts the operator with the given extra flags (e.g. `--watch-namespace`).
     pub async fn start(kubeconfig: &Path, flags: &[&str]) -> anyhow::Result<Operator> {
+        capture_operator_logs();
         let client = as_operator(kubeconfig).await?;
         let mut args = vec![
             "stickyfarm-operator",

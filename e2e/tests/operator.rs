@@ -23,6 +23,16 @@ use stickyfarm_e2e::*;
 
 const WAIT: Duration = Duration::from_secs(90);
 
+/// The keys of a farm's Secrets whose values are credentials (the managed database's Secrets
+/// hold `password` and a `url` with it; the tokens Secret the rest).
+const CREDENTIAL_KEYS: [&str; 5] = [
+    "password",
+    "url",
+    stickyfarm_operator::build::tokens::ADMIN_TOKEN_KEY,
+    stickyfarm_operator::build::tokens::GATEWAY_TOKEN_KEY,
+    stickyfarm_operator::build::tokens::SESSION_ID_KEY_KEY,
+];
+
 fn example(rel: &str) -> Value {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples")
@@ -901,6 +911,33 @@ async fn database_credentials_are_never_regenerated_and_go_only_with_the_farm() 
     })
     .await?;
     assert_eq!(secrets.get("shop-db").await?.data, original.data);
+
+    // Nothing the operator logged, down to its Kubernetes client's trace, holds a credential of
+    // the farm: the passwords it generated, the database URL, the tokens, the session-id key.
+    let log = captured_operator_log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"target\":\"stickyfarm_operator") && l.contains(ns)),
+        "the operator's events in this namespace are captured"
+    );
+    let mut checked = 0;
+    for secret in secrets.list(&ListParams::default()).await?.items {
+        for (key, value) in secret.data.clone().unwrap_or_default() {
+            if CREDENTIAL_KEYS.contains(&key.as_str()) {
+                let value = String::from_utf8_lossy(&value.0).into_owned();
+                assert!(
+                    !log.contains(&value),
+                    "the operator logged {key} of the Secret {}",
+                    secret.name_any()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 5,
+        "the farm's credentials were all looked for ({checked})"
+    );
 
     // Deleting the farm takes the credentials and the claim too, then the farm goes.
     farms.delete("shop", &DeleteParams::default()).await?;
