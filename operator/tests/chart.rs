@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kube::CustomResourceExt;
-use serde_json::Value;
+use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
 
 fn helm() -> Option<PathBuf> {
@@ -471,4 +471,55 @@ fn the_readme_lists_every_value() {
         missing.is_empty(),
         "values not in the README's table: {missing:?}"
     );
+}
+
+/// `helm test`: one hook pod asks the operator's /readyz through the metrics Service, locked
+/// down like the operator, and the NetworkPolicy admits that pod alone besides the scrapers;
+/// off with `tests.enabled=false` (and without metrics, which it needs).
+#[test]
+fn helm_test_asks_the_operator_through_its_metrics_service() {
+    let Some(docs) = render(&["metrics.scrapeNamespaces={monitoring}"]) else {
+        return;
+    };
+    let pod = find(&docs, "Pod", "-test-operator-answers");
+    assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let spec = &pod["spec"];
+    assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    let c = &spec["containers"][0];
+    assert_eq!(c["image"], "busybox:1.37");
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    let service = find(&docs, "Service", "-metrics");
+    let url = format!(
+        "http://{}.stickyfarm-system.svc:{}/readyz",
+        service["metadata"]["name"].as_str().unwrap(),
+        service["spec"]["ports"][0]["port"]
+    );
+    assert_eq!(
+        c["command"].as_array().unwrap().last().unwrap(),
+        &json!(url)
+    );
+    let np = find(&docs, "NetworkPolicy", "stickyfarm");
+    assert_eq!(
+        pod["metadata"]["labels"]["stickyfarm.dev/helm-test"],
+        "operator-answers"
+    );
+    assert_eq!(
+        np["spec"]["ingress"][1]["from"][0]["podSelector"]["matchLabels"],
+        json!({"stickyfarm.dev/helm-test": "operator-answers"}),
+        "the test pod alone, besides the scrape namespaces"
+    );
+    for off in ["tests.enabled=false", "metrics.enabled=false"] {
+        let docs = render(&[off]).unwrap();
+        assert!(
+            !docs.iter().any(|d| d["kind"] == "Pod"),
+            "{off}: no test pod"
+        );
+        if off == "tests.enabled=false" {
+            let np = find(&docs, "NetworkPolicy", "stickyfarm");
+            assert_eq!(np["spec"]["ingress"].as_array().unwrap().len(), 1, "{off}");
+        }
+    }
 }
