@@ -289,6 +289,12 @@ impl SessionCache {
         self.inner.memory().entries()
     }
 
+    /// Sessions held in memory: the copies less the health check's probe entry (written by
+    /// the first health check, within seconds of the start).
+    pub fn sessions_held(&self) -> u64 {
+        (self.memory_entries() as u64).saturating_sub(1)
+    }
+
     /// Drops a copy.
     pub fn remove(&self, id: &StoredId) {
         self.inner.remove(id);

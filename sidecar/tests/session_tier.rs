@@ -979,6 +979,19 @@ async fn health_answer_names_unit_and_instance_and_fails_without_the_app() {
     let page = browser.get(&a.sidecar.url("/echo")).await;
     assert_eq!(page.status, 503, "{}", page.body);
     assert_eq!(page.headers["x-stickyfarm-unit-unavailable"], "app");
+    // So does an upload the app never took: the sidecar reads and drops the rest of the body,
+    // so its client reads the answer instead of a connection reset (a socket closed on
+    // unread data is reset, and the answer with it).
+    for _ in 0..10 {
+        let r = client
+            .post(a.sidecar.url("/echo"))
+            .body(vec![b'x'; 4 << 20])
+            .send()
+            .await
+            .expect("an answer, not a reset connection");
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["x-stickyfarm-unit-unavailable"], "app");
+    }
 }
 
 /// The unit-unavailable signal takes a unit out at the gateway, so only the sidecar may send
