@@ -4,6 +4,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use stickyfarm_api::UnitName;
 
@@ -23,12 +24,18 @@ struct KindLabel {
     kind: &'static str,
 }
 
+/// The response time histogram's buckets: 0.5 ms to 16 s, doubling.
+fn response_time_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 /// Every gateway metric.
 pub struct Metrics {
     registry: Registry,
     up: Family<UnitLabel, Gauge>,
     in_flight: Family<UnitLabel, Gauge>,
     responses: Family<StatusLabel, Counter>,
+    response_seconds: Family<UnitLabel, Histogram, fn() -> Histogram>,
     state_changes: Family<UnitLabel, Counter>,
     checks_ok: Family<UnitLabel, Counter>,
     checks_failed: Family<UnitLabel, Counter>,
@@ -53,12 +60,15 @@ pub struct UnitMetrics {
     pub(crate) ejections: Counter,
     pub(crate) replacements: Counter,
     responses: [Counter; 5],
+    response_seconds: Histogram,
 }
 
 impl UnitMetrics {
-    pub(crate) fn count_status(&self, status: u16) {
+    /// Counts a response by status class and records how long the unit took to answer.
+    pub(crate) fn record_response(&self, status: u16, took: std::time::Duration) {
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.responses[class].inc();
+        self.response_seconds.observe(took.as_secs_f64());
     }
 }
 
@@ -77,6 +87,7 @@ impl Metrics {
             up: Family::default(),
             in_flight: Family::default(),
             responses: Family::default(),
+            response_seconds: Family::new_with_constructor(response_time_histogram),
             state_changes: Family::default(),
             checks_ok: Family::default(),
             checks_failed: Family::default(),
@@ -99,6 +110,11 @@ impl Metrics {
             "responses",
             "Responses per unit and status class",
             m.responses.clone(),
+        );
+        registry.register(
+            "response_seconds",
+            "Time from forwarding a request to a unit until its response head arrived, per unit",
+            m.response_seconds.clone(),
         );
         registry.register(
             "unit_state_changes",
@@ -178,6 +194,7 @@ impl Metrics {
             replacements: self.replacements.get_or_create(&l).clone(),
             responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
                 .map(|c| self.responses.get_or_create(&class(c)).clone()),
+            response_seconds: self.response_seconds.get_or_create(&l).clone(),
         }
     }
 
@@ -188,6 +205,7 @@ impl Metrics {
         };
         self.up.remove(&l);
         self.in_flight.remove(&l);
+        self.response_seconds.remove(&l);
     }
 
     pub(crate) fn failover(&self) {

@@ -409,7 +409,7 @@ impl Unit {
         if self.consecutive_timeouts.load(Ordering::Relaxed) != 0 {
             self.consecutive_timeouts.store(0, Ordering::Relaxed);
         }
-        self.metrics.count_status(status);
+        self.metrics.record_response(status, took);
     }
 
     /// Counts a request in flight; the guard counts it out when dropped.

@@ -44,6 +44,10 @@ impl Default for Metrics {
             "Time one ServerFarm reconcile takes",
             duration.clone(),
         );
+        // Both results exist at 0 from the start: the chart's alert on errors sees the first.
+        for result in ["ok", "error"] {
+            let _ = reconciles.get_or_create(&ResultLabel { result });
+        }
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica leads", leader.clone());
         Metrics {

@@ -228,7 +228,7 @@ impl Sidecar {
                     let m = metrics.clone();
                     let t = tier.clone();
                     move || async move {
-                        m.set_cache_memory(t.cache().memory_usage());
+                        m.set_cache_memory(t.cache().memory_usage(), t.cache().sessions_held());
                         (
                             [(
                                 axum::http::header::CONTENT_TYPE,

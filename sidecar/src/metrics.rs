@@ -28,6 +28,17 @@ pub enum FlushReason {
 }
 
 impl FlushReason {
+    /// Every reason, so that each counter exists (at 0) from the start.
+    const ALL: [FlushReason; 7] = [
+        FlushReason::InstanceMismatch,
+        FlushReason::NewerGeneration,
+        FlushReason::Notification,
+        FlushReason::Conflict,
+        FlushReason::Idle,
+        FlushReason::Expired,
+        FlushReason::Gone,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             FlushReason::InstanceMismatch => "instance_mismatch",
@@ -40,6 +51,24 @@ impl FlushReason {
         }
     }
 }
+
+/// The PostgreSQL operations the store reports, and the outcomes of a table write: their
+/// counters exist at 0 from the start, so a scraper sees a series before its first increment
+/// (`rate()` and the chart's alerts would otherwise miss the first error).
+const DB_OPS: [&str; 11] = [
+    "create_session",
+    "delete_session",
+    "delete_table",
+    "explain_refusal",
+    "generation",
+    "load_session",
+    "ping",
+    "rotate_session",
+    "sweep",
+    "touch",
+    "write_table",
+];
+const WRITE_OUTCOMES: [&str; 4] = ["committed", "conflict", "session_gone", "failed"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
@@ -70,6 +99,7 @@ pub struct Metrics {
     sessions_created: Counter,
     sessions_issued: Counter,
     cache_memory_bytes: Gauge,
+    cached_sessions: Gauge,
     malformed_cookies: Counter,
     refuted_claims: Counter,
     notifications: Counter,
@@ -99,6 +129,7 @@ impl Metrics {
             sessions_created: Counter::default(),
             sessions_issued: Counter::default(),
             cache_memory_bytes: Gauge::default(),
+            cached_sessions: Gauge::default(),
             malformed_cookies: Counter::default(),
             refuted_claims: Counter::default(),
             notifications: Counter::default(),
@@ -161,6 +192,11 @@ impl Metrics {
             m.cache_memory_bytes.clone(),
         );
         registry.register(
+            "cached_sessions",
+            "Sessions held in the cache's memory",
+            m.cached_sessions.clone(),
+        );
+        registry.register(
             "malformed_cookies",
             "Requests with a malformed Stickyfarm cookie (answered with a fresh session)",
             m.malformed_cookies.clone(),
@@ -180,6 +216,18 @@ impl Metrics {
             "1 while the PostgreSQL invalidation listener is connected",
             m.listener_connected.clone(),
         );
+        for reason in FlushReason::ALL {
+            let _ = m.flushes.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
+        }
+        for op in DB_OPS {
+            let _ = m.db_queries.get_or_create(&OpLabel { op });
+            let _ = m.db_errors.get_or_create(&OpLabel { op });
+        }
+        for outcome in WRITE_OUTCOMES {
+            let _ = m.writes.get_or_create(&OutcomeLabel { outcome });
+        }
         Metrics { registry, ..m }
     }
 
@@ -219,9 +267,11 @@ impl Metrics {
     pub(crate) fn write_through(&self, seconds: f64) {
         self.write_through_seconds.observe(seconds);
     }
-    /// Records the cache's memory use (read at each scrape).
-    pub fn set_cache_memory(&self, bytes: usize) {
+    /// Records the cache's memory use and entries (read at each scrape).
+    pub fn set_cache_memory(&self, bytes: usize, sessions: u64) {
         self.cache_memory_bytes.set(bytes as i64);
+        self.cached_sessions
+            .set(i64::try_from(sessions).unwrap_or(i64::MAX));
     }
     pub(crate) fn session_issued(&self) {
         self.sessions_issued.inc();
