@@ -5,7 +5,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::{ArgAction, Parser};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use stickyfarm_api::farm::ServiceType;
+
+use crate::build::Scrapers;
 
 /// Reconciles ServerFarm resources into units, a gateway and a database.
 #[derive(Debug, Clone, Parser)]
@@ -38,6 +41,16 @@ pub struct Config {
     /// the operator's own namespace. The chart sets it from `metrics.scrapeNamespaces`.
     #[arg(long, env = "STICKYFARM_SCRAPE_NAMESPACES", value_delimiter = ',')]
     pub scrape_namespaces: Vec<String>,
+    /// The namespaces whose pods may scrape, by label instead of by name: a Kubernetes label
+    /// selector as JSON (`{"matchLabels":{"team":"observability"}}`). The chart sets it from
+    /// `metrics.scrapeNamespaceSelector`.
+    #[arg(long, env = "STICKYFARM_SCRAPE_NAMESPACE_SELECTOR", value_parser = parse_namespace_selector, conflicts_with = "scrape_namespaces")]
+    pub scrape_namespace_selector: Option<LabelSelector>,
+    /// Only these pods of the scrape namespaces may scrape: a label selector as JSON
+    /// (`{"matchLabels":{"app.kubernetes.io/name":"prometheus"}}`; default: any pod there). The
+    /// chart sets it from `metrics.scrapePodSelector`.
+    #[arg(long, env = "STICKYFARM_SCRAPE_POD_SELECTOR", value_parser = parse_label_selector)]
+    pub scrape_pod_selector: Option<LabelSelector>,
     /// Gateway Service types farms may ask for (comma-separated). NodePort and LoadBalancer
     /// expose a farm outside the cluster, so only an administrator allows them (the chart's
     /// `allowedServiceTypes`).
@@ -84,6 +97,16 @@ pub struct Config {
 }
 
 impl Config {
+    /// Who may scrape the farms: the namespaces selected or named (by default the operator's
+    /// own), narrowed to the pods selected there.
+    pub fn scrapers(&self) -> Scrapers {
+        Scrapers {
+            namespaces: self.scrape_namespaces(),
+            namespace_selector: self.scrape_namespace_selector.clone(),
+            pod_selector: self.scrape_pod_selector.clone(),
+        }
+    }
+
     /// The namespaces allowed to scrape farms: as given, or the operator's own.
     pub fn scrape_namespaces(&self) -> Vec<String> {
         let named: Vec<String> = self
@@ -98,6 +121,51 @@ impl Config {
             named
         }
     }
+}
+
+/// A label selector given as JSON, checked as the API server would check it, so a typo stops
+/// the operator at start instead of failing every farm's NetworkPolicy.
+fn parse_label_selector(s: &str) -> Result<LabelSelector, String> {
+    let selector: LabelSelector = serde_json::from_str(s).map_err(|e| {
+        format!(
+            "not a label selector as JSON ({e}); expected e.g. {{\"matchLabels\":{{\"name\":\"monitoring\"}}}}"
+        )
+    })?;
+    for r in selector.match_expressions.iter().flatten() {
+        let values = r.values.as_ref().map_or(0, Vec::len);
+        match r.operator.as_str() {
+            "In" | "NotIn" if values == 0 => {
+                return Err(format!("{} {} needs values", r.key, r.operator));
+            }
+            "Exists" | "DoesNotExist" if values != 0 => {
+                return Err(format!("{} {} takes no values", r.key, r.operator));
+            }
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => {
+                return Err(format!(
+                    "{other:?} is not a selector operator (In, NotIn, Exists, DoesNotExist)"
+                ));
+            }
+        }
+    }
+    Ok(selector)
+}
+
+/// The scrape namespaces' selector: an empty one would admit every namespace of the cluster.
+fn parse_namespace_selector(s: &str) -> Result<LabelSelector, String> {
+    let selector = parse_label_selector(s)?;
+    let empty = selector.match_labels.as_ref().is_none_or(|l| l.is_empty())
+        && selector
+            .match_expressions
+            .as_ref()
+            .is_none_or(|e| e.is_empty());
+    if empty {
+        return Err(
+            "an empty namespace selector admits every namespace; select or name the scrapers' namespaces"
+                .into(),
+        );
+    }
+    Ok(selector)
 }
 
 /// A Secret's name: a DNS subdomain (RFC 1123), as Kubernetes requires.
@@ -137,6 +205,62 @@ mod tests {
                 .expect_err(bad)
                 .to_string();
             assert!(err.contains("is not a Secret name"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn scrapers_are_named_or_selected_and_a_bad_selector_is_refused() {
+        let named = Config::try_parse_from(["op", "--scrape-namespaces", "monitoring"]).unwrap();
+        assert_eq!(named.scrapers().namespaces, ["monitoring"]);
+        assert_eq!(named.scrapers().namespace_selector, None);
+
+        let selected = Config::try_parse_from([
+            "op",
+            r#"--scrape-namespace-selector={"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}"#,
+            r#"--scrape-pod-selector={"matchExpressions":[{"key":"app.kubernetes.io/name","operator":"In","values":["prometheus"]}]}"#,
+        ])
+        .unwrap();
+        let peer = selected.scrapers().peer().unwrap();
+        assert_eq!(
+            peer.namespace_selector.unwrap().match_labels.unwrap()["kubernetes.io/metadata.name"],
+            "monitoring"
+        );
+        assert_eq!(
+            peer.pod_selector.unwrap().match_expressions.unwrap()[0].values,
+            Some(vec!["prometheus".to_owned()])
+        );
+
+        for (args, expected) in [
+            (
+                vec!["--scrape-namespace-selector={}"],
+                "admits every namespace",
+            ),
+            (
+                vec!["--scrape-pod-selector=monitoring"],
+                "not a label selector",
+            ),
+            (
+                vec![r#"--scrape-pod-selector={"matchExpressions":[{"key":"a","operator":"In"}]}"#],
+                "a In needs values",
+            ),
+            (
+                vec![
+                    r#"--scrape-pod-selector={"matchExpressions":[{"key":"a","operator":"Equals","values":["b"]}]}"#,
+                ],
+                "is not a selector operator",
+            ),
+            (
+                vec![
+                    "--scrape-namespaces=monitoring",
+                    r#"--scrape-namespace-selector={"matchLabels":{"a":"b"}}"#,
+                ],
+                "cannot be used with",
+            ),
+        ] {
+            let err = Config::try_parse_from(std::iter::once("op").chain(args.iter().copied()))
+                .expect_err(expected)
+                .to_string();
+            assert!(err.contains(expected), "{args:?}: {err}");
         }
     }
 }

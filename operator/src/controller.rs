@@ -171,7 +171,7 @@ pub fn reconcile_until(
         },
         drain_period: config.drain_period,
         resync: config.resync,
-        scrape_namespaces: config.scrape_namespaces(),
+        scrapers: config.scrapers(),
         allowed_service_types: config.allowed_service_types.clone(),
         farm_namespaces: config.farm_namespaces.clone(),
     };

@@ -26,7 +26,7 @@ use stickyfarm_api::farm::{
 use thiserror::Error;
 use tracing::Instrument;
 
-use crate::build::{self, BuildInput, Images, ObjectKey, OwnedKind};
+use crate::build::{self, BuildInput, Images, ObjectKey, OwnedKind, Scrapers};
 use crate::credentials;
 use crate::metrics::Metrics;
 use crate::scale::{self, DRAIN_SINCE_ANNOTATION, ObservedUnits};
@@ -75,8 +75,8 @@ pub struct Settings {
     /// How often a farm is reconciled when nothing changes (corrects drift in objects the
     /// operator does not watch).
     pub resync: Duration,
-    /// Namespaces whose pods may scrape the farms' metrics ports.
-    pub scrape_namespaces: Vec<String>,
+    /// Who may scrape the farms' metrics ports.
+    pub scrapers: Scrapers,
     /// Gateway Service types farms may ask for (ClusterIP only, unless the chart allows more:
     /// a NodePort or LoadBalancer exposes the farm outside the cluster).
     pub allowed_service_types: Vec<ServiceType>,
@@ -294,7 +294,7 @@ async fn prepare(farm: &ServerFarm, ctx: &Context) -> Result<Prepared, Error> {
         seen,
         input: BuildInput {
             images: ctx.settings.images.clone(),
-            scrape_namespaces: ctx.settings.scrape_namespaces.clone(),
+            scrapers: ctx.settings.scrapers.clone(),
             unit_replicas: plan.unit_replicas,
             drain_since: plan.drain_since.map(|t| t.to_string()),
             database_roles,

@@ -4,57 +4,14 @@
 //! Needs helm: `scripts/test` builds it from Go modules and sets `HELM`. Without it these
 //! tests say so loudly and do not check anything.
 
-use std::io::Write as _;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
+use std::path::Path;
+
+use common::{find, render, render_result};
 use kube::CustomResourceExt;
 use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
-
-fn helm() -> Option<PathBuf> {
-    let path = std::env::var_os("HELM").map(PathBuf::from).or_else(|| {
-        let cache = std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-        Some(cache.join("stickyfarm/tools/helm-v3.22.0/helm"))
-    })?;
-    path.exists().then_some(path)
-}
-
-fn render(set: &[&str]) -> Option<Vec<Value>> {
-    render_result(set).map(|r| r.unwrap_or_else(|e| panic!("helm template failed: {e}")))
-}
-
-/// `helm template` with `--set`s: the documents, or helm's error text.
-fn render_result(set: &[&str]) -> Option<Result<Vec<Value>, String>> {
-    let Some(helm) = helm() else {
-        // Straight to the file descriptor: libtest captures only the print macros.
-        let _ = writeln!(
-            std::io::stderr(),
-            "\n*** SKIPPED: helm not found. Run scripts/test (it builds helm) or set HELM=/path/to/helm. ***\n"
-        );
-        return None;
-    };
-    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/stickyfarm");
-    let mut cmd = Command::new(helm);
-    cmd.args(["template", "sf"]).arg(&chart).args([
-        "--namespace",
-        "stickyfarm-system",
-        "--kube-version",
-        "1.37.0",
-    ]);
-    for s in set {
-        cmd.args(["--set", s]);
-    }
-    let out = cmd.output().expect("helm runs");
-    if !out.status.success() {
-        return Some(Err(String::from_utf8_lossy(&out.stderr).into_owned()));
-    }
-    let text = String::from_utf8(out.stdout).unwrap();
-    let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("helm renders YAML");
-    Some(Ok(docs.into_iter().filter(|d| !d.is_null()).collect()))
-}
 
 /// A container's environment variable `name`, as rendered.
 fn container_env(c: &Value, name: &str) -> Value {
@@ -65,17 +22,6 @@ fn container_env(c: &Value, name: &str) -> Value {
         .find(|e| e["name"] == name)
         .unwrap_or_else(|| panic!("no env {name}"))
         .clone()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str, name_suffix: &str) -> &'a Value {
-    docs.iter()
-        .find(|d| {
-            d["kind"] == kind
-                && d["metadata"]["name"]
-                    .as_str()
-                    .is_some_and(|n| n.ends_with(name_suffix))
-        })
-        .unwrap_or_else(|| panic!("no {kind} *{name_suffix} rendered"))
 }
 
 fn verbs(rules: &Value, group: &str, resource: &str) -> Vec<String> {
@@ -279,6 +225,58 @@ fn scrape_namespaces_come_from_the_values() {
         container_env(c, "STICKYFARM_SCRAPE_NAMESPACES")["value"],
         "monitoring,observability"
     );
+}
+
+#[test]
+fn scrapers_can_be_selected_by_labels_and_both_ways_at_once_are_refused() {
+    let Some(docs) = render(&[
+        "metrics.scrapeNamespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=monitoring",
+        "metrics.scrapePodSelector.matchLabels.app\\.kubernetes\\.io/name=prometheus",
+    ]) else {
+        return;
+    };
+    let np = find(&docs, "NetworkPolicy", "stickyfarm");
+    let peer = &np["spec"]["ingress"][0]["from"][0];
+    assert_eq!(
+        peer["namespaceSelector"],
+        json!({"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}})
+    );
+    assert_eq!(
+        peer["podSelector"],
+        json!({"matchLabels": {"app.kubernetes.io/name": "prometheus"}})
+    );
+    // The operator gets the same selectors, as JSON its flags parse, and no names.
+    let c = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"]["containers"][0];
+    let parsed = |name: &str| -> Value {
+        serde_json::from_str(container_env(c, name)["value"].as_str().unwrap()).unwrap()
+    };
+    assert_eq!(
+        parsed("STICKYFARM_SCRAPE_NAMESPACE_SELECTOR"),
+        peer["namespaceSelector"]
+    );
+    assert_eq!(
+        parsed("STICKYFARM_SCRAPE_POD_SELECTOR"),
+        peer["podSelector"]
+    );
+    assert!(
+        !c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "STICKYFARM_SCRAPE_NAMESPACES")
+    );
+
+    let both = render_result(&[
+        "metrics.scrapeNamespaces={monitoring}",
+        "metrics.scrapeNamespaceSelector.matchLabels.team=obs",
+    ])
+    .unwrap()
+    .expect_err("names and a selector at once");
+    assert!(both.contains("set one of them"), "{both}");
+    let bad = render_result(&["metrics.scrapePodSelector.matchExpressions[0].key=app,metrics.scrapePodSelector.matchExpressions[0].operator=Equals"])
+        .unwrap()
+        .expect_err("an unknown selector operator");
+    assert!(bad.contains("scrapePodSelector"), "{bad}");
 }
 
 #[test]

@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use serde_json::{Value, json};
 use stickyfarm_api::farm::{ServerFarm, ServiceType};
-use stickyfarm_operator::build::Images;
+use stickyfarm_operator::build::{Images, Scrapers};
 use stickyfarm_operator::credentials;
 use stickyfarm_operator::metrics::Metrics;
 use stickyfarm_operator::reconcile::{self, Context, Settings};
@@ -355,7 +355,7 @@ fn settings() -> Settings {
         },
         drain_period: DRAIN,
         resync: Duration::from_secs(300),
-        scrape_namespaces: vec!["stickyfarm-system".into()],
+        scrapers: Scrapers::in_namespaces(["stickyfarm-system"]),
         allowed_service_types: vec![ServiceType::ClusterIP],
         farm_namespaces: Vec::new(),
     }

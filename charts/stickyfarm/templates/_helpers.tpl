@@ -53,6 +53,30 @@ app.kubernetes.io/component: operator
 {{- default (list .Release.Namespace) .Values.metrics.scrapeNamespaces | toJson -}}
 {{- end -}}
 
+{{/* The NetworkPolicy peer of the scrapers: the namespaces selected by
+     metrics.scrapeNamespaceSelector or named by scrapeNamespaces (default: the release's), and
+     there the pods of metrics.scrapePodSelector (default: any). The operator builds the same
+     peer for every farm from the same values. */}}
+{{- define "stickyfarm.scrapers" -}}
+{{- $m := .Values.metrics -}}
+{{- if and $m.scrapeNamespaceSelector $m.scrapeNamespaces -}}
+{{- fail "metrics.scrapeNamespaces and metrics.scrapeNamespaceSelector both pick the scrapers' namespaces: set one of them" -}}
+{{- end -}}
+namespaceSelector:
+{{- if $m.scrapeNamespaceSelector }}
+  {{- toYaml $m.scrapeNamespaceSelector | nindent 2 }}
+{{- else }}
+  matchExpressions:
+    - key: kubernetes.io/metadata.name
+      operator: In
+      values: {{ include "stickyfarm.scrapeNamespaces" . }}
+{{- end }}
+{{- with $m.scrapePodSelector }}
+podSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end -}}
+
 {{/*
 The names of imagePullSecrets ({name: …} entries, as in a pod spec), comma-separated.
 */}}
@@ -61,3 +85,12 @@ The names of imagePullSecrets ({name: …} entries, as in a pod spec), comma-sep
 {{- range . }}{{ $names = append $names .name }}{{ end -}}
 {{- join "," $names -}}
 {{- end }}
+
+{{/* Labels on the monitoring objects: the chart's, and monitoring.labels (the selector of the
+     Prometheus or Grafana that should pick them up). */}}
+{{- define "stickyfarm.monitoringLabels" -}}
+{{ include "stickyfarm.labels" . }}
+{{- with .Values.monitoring.labels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}

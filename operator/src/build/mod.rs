@@ -39,6 +39,7 @@ pub use database::{
     database_url_for, managed_database_secret_names, superuser_secret_name,
 };
 pub use gateway::{GATEWAY_ADMIN_PORT, GATEWAY_CONTROL_PORT};
+pub use network::Scrapers;
 pub use tokens::{
     ADMIN_TOKEN_KEY, GATEWAY_TOKEN_KEY, SESSION_ID_KEY_KEY, TOKENS_DIR, session_id_key_secret,
     session_id_key_secret_name, tokens_secret, tokens_secret_name,
@@ -73,13 +74,12 @@ impl Images {
 }
 
 /// Everything the builders need besides the farm itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BuildInput {
     /// Images.
     pub images: Images,
-    /// Namespaces whose pods may scrape the farm's metrics ports (the operator's own by
-    /// default).
-    pub scrape_namespaces: Vec<String>,
+    /// Who may scrape the farm's metrics ports (the operator's own namespace by default).
+    pub scrapers: Scrapers,
     /// Replicas of the unit StatefulSet right now: more than `spec.replicas` while removed units
     /// drain (see [`crate::scale::ScalePlan`]).
     pub unit_replicas: u32,
@@ -268,7 +268,7 @@ pub fn build(farm: &ServerFarm, input: &BuildInput) -> Result<Desired, BuildErro
         gateway_deployment: gateway::deployment(&f, &input.images),
         gateway_service: gateway::service(&f),
         database: database::managed(&f, &input.images, input.database_roles),
-        network_policies: network::policies(&f, &input.scrape_namespaces),
+        network_policies: network::policies(&f, &input.scrapers),
     })
 }
 

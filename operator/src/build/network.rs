@@ -1,6 +1,5 @@
 //! NetworkPolicies: only the gateway reaches the units' public port, only the units reach the
-//! database, metrics ports only from pods in the scrape namespaces (the operator's flag
-//! `--scrape-namespaces`, the chart's `metrics.scrapeNamespaces`), and nobody reaches the
+//! database, metrics ports only from the scrapers (see [`Scrapers`]), and nobody reaches the
 //! gateway's control port (administrators come through `kubectl port-forward`, which the API
 //! server authorises and NetworkPolicies do not see).
 
@@ -19,7 +18,54 @@ use super::{FarmRef, component};
 /// The label Kubernetes puts on every namespace with its name.
 const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
-pub(crate) fn policies(f: &FarmRef, scrape_namespaces: &[String]) -> Vec<NetworkPolicy> {
+/// Who may scrape the farms' metrics ports: the pods of some namespaces, picked by name (the
+/// operator's `--scrape-namespaces`, the chart's `metrics.scrapeNamespaces`) or by a label
+/// selector (`--scrape-namespace-selector`, `metrics.scrapeNamespaceSelector`), optionally
+/// narrowed to some pods there (`--scrape-pod-selector`, `metrics.scrapePodSelector`: e.g.
+/// kube-prometheus-stack's Prometheus, `app.kubernetes.io/name: prometheus`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scrapers {
+    /// Namespaces by name (ignored when `namespace_selector` is set).
+    pub namespaces: Vec<String>,
+    /// Namespaces by label.
+    pub namespace_selector: Option<LabelSelector>,
+    /// Only these pods of those namespaces (default: any pod there).
+    pub pod_selector: Option<LabelSelector>,
+}
+
+impl Scrapers {
+    /// The scrapers of these namespaces, by name.
+    pub fn in_namespaces(namespaces: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Scrapers {
+            namespaces: namespaces.into_iter().map(Into::into).collect(),
+            ..Scrapers::default()
+        }
+    }
+
+    /// The NetworkPolicy peer of the scrapers; `None` when no namespace is named or selected:
+    /// then nobody scrapes, never "every namespace".
+    pub fn peer(&self) -> Option<NetworkPolicyPeer> {
+        let namespace_selector = match &self.namespace_selector {
+            Some(selector) => selector.clone(),
+            None if self.namespaces.is_empty() => return None,
+            None => LabelSelector {
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: NAMESPACE_NAME_LABEL.into(),
+                    operator: "In".into(),
+                    values: Some(self.namespaces.clone()),
+                }]),
+                ..LabelSelector::default()
+            },
+        };
+        Some(NetworkPolicyPeer {
+            namespace_selector: Some(namespace_selector),
+            pod_selector: self.pod_selector.clone(),
+            ..NetworkPolicyPeer::default()
+        })
+    }
+}
+
+pub(crate) fn policies(f: &FarmRef, scrapers: &Scrapers) -> Vec<NetworkPolicy> {
     let from_component = |c: &str| NetworkPolicyPeer {
         pod_selector: Some(LabelSelector {
             match_labels: Some(f.selector(c)),
@@ -27,23 +73,7 @@ pub(crate) fn policies(f: &FarmRef, scrape_namespaces: &[String]) -> Vec<Network
         }),
         ..NetworkPolicyPeer::default()
     };
-    // Any pod of the named namespaces (Prometheus Operator's pods carry no label of ours).
-    // None named: no scraper at all, never "every namespace".
-    let scrapers: Vec<NetworkPolicyPeer> = if scrape_namespaces.is_empty() {
-        Vec::new()
-    } else {
-        vec![NetworkPolicyPeer {
-            namespace_selector: Some(LabelSelector {
-                match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: NAMESPACE_NAME_LABEL.into(),
-                    operator: "In".into(),
-                    values: Some(scrape_namespaces.to_vec()),
-                }]),
-                ..LabelSelector::default()
-            }),
-            ..NetworkPolicyPeer::default()
-        }]
-    };
+    let scrapers = scrapers.peer();
     // `from: None` admits every source: only the gateway's client port is built that way.
     let rule = |from: Option<Vec<NetworkPolicyPeer>>, port: i32| NetworkPolicyIngressRule {
         from,
@@ -65,7 +95,7 @@ pub(crate) fn policies(f: &FarmRef, scrape_namespaces: &[String]) -> Vec<Network
             ..NetworkPolicySpec::default()
         }),
     };
-    let scrape = |port| (!scrapers.is_empty()).then(|| rule(Some(scrapers.clone()), port));
+    let scrape = |port| scrapers.clone().map(|peer| rule(Some(vec![peer]), port));
     let mut out = vec![
         policy(
             f.headless_name(),

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{Container, EnvVar, Service};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use stickyfarm_api::farm::ServerFarm;
 
@@ -33,7 +33,7 @@ pub(crate) fn input() -> BuildInput {
             postgres: "postgres:17".into(),
             pull_secrets: Vec::new(),
         },
-        scrape_namespaces: vec!["stickyfarm-system".into()],
+        scrapers: Scrapers::in_namespaces(["stickyfarm-system"]),
         unit_replicas: 0,
         drain_since: None,
         database_roles: DatabaseRoles::Separate,
@@ -1098,11 +1098,54 @@ fn network_policies_let_only_the_gateway_reach_units_and_only_units_reach_the_da
 }
 
 #[test]
+fn scrapers_selected_by_labels_reach_only_the_metrics_ports() {
+    let selector = |k: &str, v: &str| LabelSelector {
+        match_labels: Some(BTreeMap::from([(k.to_owned(), v.to_owned())])),
+        ..LabelSelector::default()
+    };
+    let d = build(
+        &farm(MINIMAL),
+        &BuildInput {
+            scrapers: Scrapers {
+                // Names are ignored once a selector picks the namespaces.
+                namespaces: vec!["stickyfarm-system".into()],
+                namespace_selector: Some(selector("kubernetes.io/metadata.name", "monitoring")),
+                pod_selector: Some(selector("app.kubernetes.io/name", "prometheus")),
+            },
+            ..input()
+        },
+    )
+    .unwrap();
+    for (policy, metrics_port) in [("shop-units", 9464), ("shop-gateway", 9465)] {
+        let p = d
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(policy))
+            .unwrap();
+        let rules = p.spec.as_ref().unwrap().ingress.clone().unwrap();
+        let scrape = rules
+            .iter()
+            .find(|r| r.ports.as_ref().unwrap()[0].port == Some(IntOrString::Int(metrics_port)))
+            .unwrap();
+        let peers = scrape.from.as_ref().unwrap();
+        assert_eq!(peers.len(), 1, "{policy}: one peer, both selectors ANDed");
+        assert_eq!(
+            peers[0].namespace_selector,
+            Some(selector("kubernetes.io/metadata.name", "monitoring"))
+        );
+        assert_eq!(
+            peers[0].pod_selector,
+            Some(selector("app.kubernetes.io/name", "prometheus"))
+        );
+    }
+}
+
+#[test]
 fn without_scrape_namespaces_no_pod_may_scrape() {
     let d = build(
         &farm(MINIMAL),
         &BuildInput {
-            scrape_namespaces: Vec::new(),
+            scrapers: Scrapers::default(),
             ..input()
         },
     )
