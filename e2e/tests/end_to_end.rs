@@ -276,6 +276,28 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         .context("operator pod")?;
     ensure!(ready, "helm --wait returned with the operator not Ready");
 
+    step("helm test: the chart's hook pod asks the operator's /readyz through its metrics Service");
+    // The pod runs in the release namespace, behind the operator's NetworkPolicy, which
+    // admits it by its label.
+    let tested = helm_run(
+        kc,
+        &[
+            "test",
+            "stickyfarm",
+            "--namespace",
+            RELEASE_NS,
+            "--logs",
+            "--timeout",
+            "120s",
+        ],
+    )?;
+    ensure!(
+        tested.contains("stickyfarm-test-operator-answers")
+            && tested.contains("Succeeded")
+            && tested.contains("ready: leading"),
+        "helm test passed and its pod read the operator's answer:\n{tested}"
+    );
+
     step("kubectl apply -f examples/webstore.yaml; kubectl wait for the farm to be Ready");
     // A namespace of the suite's own, emptied first if an earlier run left it.
     apply_example_farm(kc, NS, "webstore.yaml", FARM)?;

@@ -280,6 +280,59 @@ fn scrapers_can_be_selected_by_labels_and_both_ways_at_once_are_refused() {
 }
 
 #[test]
+fn a_global_registry_serves_every_image_the_chart_and_the_operator_run() {
+    let Some(docs) = render(&["global.imageRegistry=mirror.example:5000/hub"]) else {
+        return;
+    };
+    let d = find(&docs, "Deployment", "stickyfarm");
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["image"], "mirror.example:5000/hub/operator:0.1.0");
+    for (env, image) in [
+        (
+            "STICKYFARM_SIDECAR_IMAGE",
+            "mirror.example:5000/hub/sidecar:0.1.0",
+        ),
+        (
+            "STICKYFARM_GATEWAY_IMAGE",
+            "mirror.example:5000/hub/gateway:0.1.0",
+        ),
+        // Docker Hub's image, named without a host: from the mirror too.
+        (
+            "STICKYFARM_POSTGRES_IMAGE",
+            "mirror.example:5000/hub/postgres:17",
+        ),
+    ] {
+        assert_eq!(container_env(c, env)["value"], image, "{env}");
+    }
+    let test_pod = find(&docs, "Pod", "-operator-answers");
+    assert_eq!(
+        test_pod["spec"]["containers"][0]["image"],
+        "mirror.example:5000/hub/busybox:1.37"
+    );
+    // A reference that names its registry is the user's choice and is left alone.
+    let Some(docs) = render(&[
+        "global.imageRegistry=mirror.example",
+        "postgresImage=quay.io/pg/postgres:17",
+        "tests.image=localhost/busybox:1",
+    ]) else {
+        return;
+    };
+    let c = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container_env(c, "STICKYFARM_POSTGRES_IMAGE")["value"],
+        "quay.io/pg/postgres:17"
+    );
+    assert_eq!(
+        find(&docs, "Pod", "-operator-answers")["spec"]["containers"][0]["image"],
+        "localhost/busybox:1"
+    );
+    let bad = render_result(&["global.imageRegistry=not a registry"])
+        .unwrap()
+        .expect_err("a registry with a space");
+    assert!(bad.contains("/global/imageRegistry"), "{bad}");
+}
+
+#[test]
 fn images_can_be_pinned_by_digest_and_a_malformed_digest_is_refused() {
     let digest = format!("sha256:{}", "ab12".repeat(16));
     let operator = format!("image.digests.operator={digest}");

@@ -42,9 +42,9 @@ app.kubernetes.io/component: operator
 {{- if not (regexMatch "^sha256:[a-f0-9]{64}$" $digest) -}}
 {{- fail (printf "image.digests.%s must be sha256:<64 lowercase hex digits>, got %q" $key $digest) -}}
 {{- end -}}
-{{- printf "%s/%s@%s" $ctx.Values.image.registry $name $digest -}}
+{{- printf "%s/%s@%s" (default $ctx.Values.image.registry $ctx.Values.global.imageRegistry) $name $digest -}}
 {{- else -}}
-{{- printf "%s/%s:%s" $ctx.Values.image.registry $name (default $ctx.Chart.AppVersion $ctx.Values.image.tag) -}}
+{{- printf "%s/%s:%s" (default $ctx.Values.image.registry $ctx.Values.global.imageRegistry) $name (default $ctx.Chart.AppVersion $ctx.Values.image.tag) -}}
 {{- end -}}
 {{- end -}}
 
@@ -93,4 +93,20 @@ The names of imagePullSecrets ({name: …} entries, as in a pod spec), comma-sep
 {{- with .Values.monitoring.labels }}
 {{ toYaml . }}
 {{- end }}
+{{- end -}}
+
+{{/* An image reference given whole (postgresImage, tests.image) behind global.imageRegistry:
+     a reference without a registry host (Docker Hub's `postgres:17`) is pulled from the mirror
+     (`<mirror>/postgres:17`); one that names a host is left alone. Called with (list . ref). */}}
+{{- define "stickyfarm.mirrored" -}}
+{{- $ctx := index . 0 -}}
+{{- $ref := index . 1 -}}
+{{- $mirror := $ctx.Values.global.imageRegistry -}}
+{{- $first := first (splitList "/" $ref) -}}
+{{- $hasHost := and (gt (len (splitList "/" $ref)) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) -}}
+{{- if and $mirror (not $hasHost) -}}
+{{- printf "%s/%s" (trimSuffix "/" $mirror) $ref -}}
+{{- else -}}
+{{- $ref -}}
+{{- end -}}
 {{- end -}}
