@@ -683,6 +683,17 @@ impl UnitState {
 
 pub use crate::labels;
 
+/// The Secret that holds a farm's tokens on Kubernetes (the operator makes it): the admin token
+/// that unit actions present to the gateway's control port (`kubectl stickyfarm drain`), and
+/// the token the gateway presents to the sidecars.
+pub fn tokens_secret_name(farm: &str) -> String {
+    format!("{farm}-gateway-tokens")
+}
+/// The admin token's key in [`tokens_secret_name`].
+pub const ADMIN_TOKEN_KEY: &str = "admin-token";
+/// The gateway token's key in [`tokens_secret_name`].
+pub const GATEWAY_TOKEN_KEY: &str = "gateway-token";
+
 /// A spec that contradicts itself (the same rules the CRD's CEL validations enforce on the API
 /// server, for readers that do not go through one, like `farmctl`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

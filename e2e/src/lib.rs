@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context as _, bail};
+use anyhow::{Context as _, bail, ensure};
 use clap::Parser as _;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -503,6 +503,42 @@ pub fn apply_example_farm(
 /// `kubectl args`.
 pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
     run_tool(&kubectl_program(), args, kubeconfig)
+}
+
+/// `kubectl stickyfarm args`: kubectl finds the plugin `kubectl-stickyfarm` of this build (the
+/// folder of the test binaries' build, where `cargo build --bins` puts it) on its PATH.
+pub fn kubectl_stickyfarm(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let bin_dir = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .context("the test binary's folder")?
+        .to_owned();
+    ensure!(
+        bin_dir.join("kubectl-stickyfarm").exists(),
+        "no kubectl-stickyfarm in {}: cargo build --bins first",
+        bin_dir.display()
+    );
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))?;
+    let out = Command::new(kubectl_program())
+        .arg("stickyfarm")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("PATH", path)
+        .output()
+        .context("running kubectl stickyfarm")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "kubectl stickyfarm {} failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            stdout,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(stdout)
 }
 
 /// `helm args`.

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
 use stickyfarm_e2e::{
     Reach, admin, apply_example_farm, eventually, helm_run, install_chart_with_pods, kubeconfig,
-    kubectl, pods_run,
+    kubectl, kubectl_stickyfarm, pods_run,
 };
 use stickyfarm_testkit::{Browser, stored_uuid_with};
 
@@ -435,35 +435,17 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
             "reason=\"instance_mismatch\"",
         )
     };
-    // Unit actions: the gateway's control port with the admin token from the farm's Secret,
-    // as an administrator would (kubectl port-forward plus the token).
+    // Nobody without the admin token changes a unit: straight to the control port (as if a
+    // NetworkPolicy let someone in), the gateway refuses.
     let gw_control = Reach::pod(kc, NS, &gateway_pod, GATEWAY_CONTROL_PORT).await?;
-    let tokens = Api::<Secret>::namespaced(client.clone(), NS)
-        .get(&format!("{FARM}-gateway-tokens"))
-        .await?;
-    let admin_token = String::from_utf8(
-        tokens
-            .data
-            .as_ref()
-            .and_then(|d| d.get("admin-token"))
-            .context("the admin token")?
-            .0
-            .clone(),
-    )?;
-    let admin_action = |unit: &str, action: &str, token: Option<&str>| {
-        let url = format!("http://{}/units/{unit}/{action}", gw_control.addr);
-        let token = token.map(str::to_owned);
-        async move {
-            let mut req = reqwest::Client::new().post(&url);
-            if let Some(token) = token {
-                req = req.bearer_auth(token);
-            }
-            anyhow::Ok(req.send().await?.status().as_u16())
-        }
-    };
+    let refused = reqwest::Client::new()
+        .post(format!("http://{}/units/{home}/disable", gw_control.addr))
+        .send()
+        .await?
+        .status();
     ensure!(
-        admin_action(&home, "disable", None).await? == 401,
-        "without the admin token the gateway refuses"
+        refused == 401,
+        "without the admin token the gateway refuses: {refused}"
     );
     ensure!(
         gateway_units(&gw_admin)
@@ -472,7 +454,46 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
             .all(|(_, _, admin, _)| admin == "enabled"),
         "and nothing changed"
     );
-    ensure!(admin_action(&home, "disable", Some(&admin_token)).await? == 204);
+    // The administrator's way: the kubectl plugin, through the API server alone (port-forward
+    // to every gateway pod, the admin token from the farm's Secret).
+    let table = kubectl_stickyfarm(kc, &["status", FARM, "-n", NS])?;
+    ensure!(
+        table.contains(&format!("farm {FARM} in {NS}"))
+            && table
+                .lines()
+                .filter(|l| l.starts_with(&format!("{FARM}-")))
+                .filter(|l| l.contains(" up ") && l.contains(" enabled "))
+                .count()
+                == 3,
+        "kubectl stickyfarm status shows the three units up and enabled:\n{table}"
+    );
+    let done = kubectl_stickyfarm(kc, &["-n", NS, "disable", FARM, &home])?;
+    ensure!(
+        done.contains(&format!("{gateway_pod}: disable {home}: ok")),
+        "every gateway pod took the action: {done}"
+    );
+    let table = kubectl_stickyfarm(kc, &["status", FARM, "-n", NS])?;
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.starts_with(home.as_str()) && l.contains(" disabled ")),
+        "the table shows {home} disabled:\n{table}"
+    );
+    for (args, expected) in [
+        (
+            vec!["status", "no-such-farm", "-n", NS],
+            "no ServerFarm \"no-such-farm\"",
+        ),
+        (
+            vec!["drain", FARM, "../units", "-n", NS],
+            "is not a unit name",
+        ),
+    ] {
+        let err = kubectl_stickyfarm(kc, &args)
+            .expect_err("refused")
+            .to_string();
+        ensure!(err.contains(expected), "{args:?}: {err}");
+    }
     let cart = get_json(&mut b, &url("/api/cart")).await?;
     ensure!(
         cart["unit"] != home.as_str(),
@@ -493,7 +514,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3}),
         "{cart}"
     );
-    ensure!(admin_action(&home, "enable", Some(&admin_token)).await? == 204);
+    kubectl_stickyfarm(kc, &["-n", NS, "enable", FARM, &home])?;
     let before = flushes(home_metrics.addr).await?;
     let cart = get_json(&mut b, &format!("{home_base}/api/cart")).await?;
     ensure!(

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
+use farmctl::status::status_table;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -715,44 +716,6 @@ async fn shutdown(
     if let Some(cluster) = private {
         let _ = tokio::task::spawn_blocking(move || cluster.stop()).await;
     }
-}
-
-/// One row of the gateway's status table, as farmctl shows it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct StatusRow {
-    /// Unit.
-    pub name: String,
-    /// up/down/unknown.
-    pub state: String,
-    /// enabled/draining/disabled.
-    pub admin: String,
-    /// Requests in flight.
-    pub in_flight: u64,
-    /// Requests answered.
-    pub requests: u64,
-    /// Last check latency.
-    pub last_latency_ms: Option<f64>,
-    /// Instance id.
-    pub instance: Option<String>,
-    /// Last error.
-    pub last_error: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct StatusDoc {
-    units: Vec<StatusRow>,
-}
-
-/// Fetches the gateway's status table.
-pub async fn status_table(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<StatusRow>> {
-    let doc: StatusDoc = client
-        .get(url)
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(doc.units)
 }
 
 /// The admin token's file in the state folder: `farmctl drain|disable|enable` present it to

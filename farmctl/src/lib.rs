@@ -1,8 +1,10 @@
-//! farmctl's library parts: the `ServerFarm` CRD, reading manifests, choosing ports, and the
-//! private PostgreSQL cluster.
+//! farmctl's library parts: the `ServerFarm` CRD, reading manifests, choosing ports, the
+//! private PostgreSQL cluster, the status table, and the kubectl plugin (`kubectl stickyfarm`).
 //! The farm runner itself lives in the binary (`src/farm.rs`).
 
 pub mod crd;
+pub mod kubectl;
 pub mod manifest;
 pub mod ports;
 pub mod postgres;
+pub mod status;

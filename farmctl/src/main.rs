@@ -166,28 +166,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string_pretty(&doc)?);
                 return Ok(());
             }
-            let rows = farm::status_table(&client, &url).await?;
+            let rows = farmctl::status::status_table(&client, &url).await?;
             println!("farm {} at {}", state.farm, state.gateway_url);
-            println!(
-                "{:<18} {:<8} {:<9} {:>9} {:>9} {:>10}  {:<10} LAST ERROR",
-                "UNIT", "STATE", "ADMIN", "IN-FLIGHT", "REQUESTS", "CHECK", "INSTANCE"
-            );
-            for r in rows {
-                println!(
-                    "{:<18} {:<8} {:<9} {:>9} {:>9} {:>10}  {:<10} {}",
-                    r.name,
-                    r.state,
-                    r.admin,
-                    r.in_flight,
-                    r.requests,
-                    r.last_latency_ms
-                        .map_or("-".into(), |l| format!("{l:.1} ms")),
-                    r.instance
-                        .as_deref()
-                        .map_or("-", |i| i.get(..8).unwrap_or(i)),
-                    r.last_error.unwrap_or_default()
-                );
-            }
+            print!("{}", farmctl::status::render_status_table(&rows));
             Ok(())
         }
         Cmd::Crd { helm, write } => {

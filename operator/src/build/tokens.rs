@@ -24,10 +24,7 @@ use stickyfarm_api::token::Token;
 
 use super::{BuildError, FarmRef, component};
 
-/// Key of the admin token.
-pub const ADMIN_TOKEN_KEY: &str = "admin-token";
-/// Key of the gateway token.
-pub const GATEWAY_TOKEN_KEY: &str = "gateway-token";
+pub use stickyfarm_api::farm::{ADMIN_TOKEN_KEY, GATEWAY_TOKEN_KEY};
 /// Key of the session-id key in its Secret.
 pub const SESSION_ID_KEY_KEY: &str = "session-id-key";
 /// Where a pod finds the keys it mounts.
@@ -37,7 +34,7 @@ const VOLUME: &str = "stickyfarm-tokens";
 
 /// Name of a farm's token Secret.
 pub fn tokens_secret_name(farm: &ServerFarm) -> String {
-    format!("{}-gateway-tokens", farm.name_any())
+    stickyfarm_api::farm::tokens_secret_name(&farm.name_any())
 }
 
 /// The token Secret with freshly generated tokens (the operator creates it only when absent).
