@@ -27,6 +27,10 @@ pub const RELEASE_NAMESPACE: &str = "stickyfarm-system";
 pub const RELEASE: &str = "stickyfarm";
 /// The chart's ServiceAccount, as which the operator runs.
 pub const OPERATOR_ACCOUNT: &str = "stickyfarm";
+/// The label selector of the operator's pods (the chart's `helm test` pod carries the chart's
+/// other labels, not this component).
+pub const OPERATOR_PODS: &str =
+    "app.kubernetes.io/name=stickyfarm,app.kubernetes.io/component=operator";
 
 /// The kubeconfig the tests use, or `None` (and a loud message) when none is configured.
 pub fn kubeconfig() -> Option<PathBuf> {

@@ -19,8 +19,8 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
 use stickyfarm_e2e::{
-    Reach, admin, apply_example_farm, eventually, helm_run, install_chart_with_pods, kubeconfig,
-    kubectl, kubectl_stickyfarm, pods_run,
+    OPERATOR_PODS, Reach, admin, apply_example_farm, eventually, helm_run, install_chart_with_pods,
+    kubeconfig, kubectl, kubectl_stickyfarm, pods_run,
 };
 use stickyfarm_testkit::{Browser, stored_uuid_with};
 
@@ -266,7 +266,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         ],
     )?;
     install_chart_with_pods(kc)?;
-    let operators = pod_names(&client, RELEASE_NS, "app.kubernetes.io/name=stickyfarm").await?;
+    let operators = pod_names(&client, RELEASE_NS, OPERATOR_PODS).await?;
     ensure!(
         operators.len() == 1,
         "one operator pod, found {operators:?}"
@@ -772,7 +772,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         "{history}"
     );
     eventually(Duration::from_secs(120), "one new operator pod, Ready", || async {
-        let pods = pod_names(&client, RELEASE_NS, "app.kubernetes.io/name=stickyfarm").await?;
+        let pods = pod_names(&client, RELEASE_NS, OPERATOR_PODS).await?;
         Ok(pods.len() == 1 && matches!(pod_state(&client, RELEASE_NS, &pods[0]).await?, Some((uid, true)) if uid != operator_uid))
     })
     .await?;

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 use stickyfarm_e2e::{
-    admin, apply_example_farm, install_chart_with_pods, kubeconfig, kubectl, switched_on,
+    OPERATOR_PODS, admin, apply_example_farm, install_chart_with_pods, kubeconfig, kubectl,
+    switched_on,
 };
 use stickyfarm_testkit::Browser;
 
@@ -132,7 +133,7 @@ async fn containers_run_confined(client: &kube::Client) -> anyhow::Result<()> {
         .await?
         .items;
     let operator = operator_pods
-        .list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=stickyfarm"))
+        .list(&kube::api::ListParams::default().labels(OPERATOR_PODS))
         .await?
         .items;
     for pod in std::iter::once(&unit).chain(&gateway).chain(&operator) {

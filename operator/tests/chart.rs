@@ -536,6 +536,10 @@ fn helm_test_asks_the_operator_through_its_metrics_service() {
     assert_eq!(pod["metadata"]["annotations"]["helm.sh/hook"], "test");
     let spec = &pod["spec"];
     assert_eq!(spec["restartPolicy"], "Never");
+    assert_eq!(
+        spec["activeDeadlineSeconds"], 60,
+        "bounded, whatever wget does"
+    );
     assert_eq!(spec["automountServiceAccountToken"], false);
     assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
     let c = &spec["containers"][0];
