@@ -270,7 +270,7 @@ async fn gateway_pods(
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(api(format!("listing the pods {selector} in {namespace}")))?;
-    let mut running: BTreeMap<String, Pod> = listed
+    let running: BTreeMap<String, Pod> = listed
         .items
         .into_iter()
         .filter(|p| {
@@ -285,7 +285,7 @@ async fn gateway_pods(
             namespace: namespace.to_owned(),
         });
     }
-    Ok(std::mem::take(&mut running).into_values().collect())
+    Ok(running.into_values().collect())
 }
 
 async fn admin_token(
