@@ -1,13 +1,16 @@
 //! Serving a TCP listener with the limits every Stickyfarm port applies (feature `server`): a
 //! cap on open connections, header size and count (431), a deadline for a request head and for
 //! keep-alive idleness (slowloris), HTTP/2 stream limits (including hyper's defence against
-//! rapid reset), and a graceful stop that finishes in-flight requests within a grace period.
+//! rapid reset), a lingering read of request bodies answered before they were read, and a
+//! graceful stop that finishes in-flight requests within a grace period.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper::body::Incoming;
+use hyper::body::{Body, Bytes, Frame, Incoming, SizeHint};
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -70,6 +73,93 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     server
 }
 
+/// A request body as every Stickyfarm port hands it to its service. Dropped before its end
+/// (the request was refused on its declared length, or its upstream answered without reading
+/// it all), the rest is read and thrown away in the background for at most [`LINGER_TIME`] and
+/// [`LINGER_BYTES`], as nginx's lingering close does: the client is still writing then, and a
+/// socket closed on unread data is reset, which destroys the answer (a 413, a 503) before the
+/// client has read it. It sees a broken pipe instead of the reason.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Option<Incoming>,
+}
+
+/// How long an unread request body is read after its request was answered.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+/// How much of an unread request body is read after its request was answered; a client that
+/// sends more is disconnected (a reset then costs it only its own answer).
+pub const LINGER_BYTES: usize = 64 * 1024 * 1024;
+
+impl RequestBody {
+    fn new(inner: Incoming) -> Self {
+        RequestBody { inner: Some(inner) }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match self.get_mut().inner.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.as_ref().map(Body::size_hint).unwrap_or_default()
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        let Some(mut rest) = self.inner.take().filter(|b| !b.is_end_stream()) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                let mut read = 0;
+                while let Some(Ok(frame)) =
+                    std::future::poll_fn(|cx| Pin::new(&mut rest).poll_frame(cx)).await
+                {
+                    read += frame.data_ref().map_or(0, |d| d.len());
+                    if read > LINGER_BYTES {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
+/// A connection's service, handed [`RequestBody`]s instead of hyper's own.
+struct Lingering<S>(S);
+
+impl<S> Service<hyper::Request<Incoming>> for Lingering<S>
+where
+    S: Service<hyper::Request<RequestBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn call(&self, req: hyper::Request<Incoming>) -> Self::Future {
+        self.0.call(req.map(RequestBody::new))
+    }
+}
+
 /// Serves `listener` until `stop`, then lets in-flight requests finish for up to `grace`.
 /// `service(remote)` makes the service of one connection.
 pub async fn serve<F, S, B>(
@@ -80,7 +170,7 @@ pub async fn serve<F, S, B>(
     grace: Duration,
 ) where
     F: Fn(SocketAddr) -> S,
-    S: Service<hyper::Request<Incoming>, Response = hyper::Response<B>> + Send + 'static,
+    S: Service<hyper::Request<RequestBody>, Response = hyper::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: hyper::body::Body + Send + 'static,
@@ -114,7 +204,7 @@ pub async fn serve<F, S, B>(
         };
         let _ = stream.set_nodelay(true);
         let conn = server
-            .serve_connection(TokioIo::new(stream), service(remote))
+            .serve_connection(TokioIo::new(stream), Lingering(service(remote)))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

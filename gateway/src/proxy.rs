@@ -29,6 +29,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
+use stickyfarm_api::listener::RequestBody;
 use stickyfarm_api::{
     CookiePolicy, FarmCookie, UnitName, headers, parse_unit_host, parse_unit_path, paths,
     remove_hop_by_hop, remove_stickyfarm_headers,
@@ -318,7 +319,7 @@ impl Proxy {
     /// never replayed once sent.
     async fn hold_for_replay(
         &self,
-        body: Incoming,
+        body: RequestBody,
         body_empty: bool,
         headers: &http::HeaderMap,
     ) -> Result<(UpstreamBody, Option<Bytes>), Response<ResponseBody>> {
@@ -356,7 +357,7 @@ impl Proxy {
     /// Handles one client request.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         remote: SocketAddr,
     ) -> Response<ResponseBody> {
         // An answer of the gateway's own (a refusal, an error) to an HTTP/1 request whose body
@@ -373,7 +374,7 @@ impl Proxy {
 
     async fn handle_request(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         remote: SocketAddr,
     ) -> Response<ResponseBody> {
         let host = match request_host(&req) {

@@ -274,15 +274,10 @@ async fn ask_app(
         *again.headers_mut() = parts.headers.clone();
         again
     });
-    // A streamed body is cut off where it passes the limit (then 413).
-    let limit = front.max_body_size as usize;
-    let body = Body::new(Limited::new(
-        DrainOnDrop {
-            body: Some(body),
-            limit,
-        },
-        limit,
-    ));
+    // A streamed body is cut off where it passes the limit (then 413). What the app does not
+    // read (it refused the connection, or answered first) the listener reads and drops, so
+    // the gateway gets to read the answer (`listener::RequestBody`).
+    let body = Body::new(Limited::new(body, front.max_body_size as usize));
     let first = send_to_app(front, &front.client, Request::from_parts(parts, body)).await;
     let outcome = match (first, replay) {
         (Err(AppFailure::Broken(e)), Some(again)) => {
@@ -292,67 +287,6 @@ async fn ask_app(
         (outcome, _) => outcome,
     };
     outcome.map_err(|failure| app_failure_answer(front, failure, repeatable))
-}
-
-/// What is left of a request body the app never took whole (it refused the connection, or
-/// answered before reading it) is read and dropped in the background, up to the body limit
-/// (what the app could have been sent) for at most [`DRAIN_TIME`]. The client (the gateway) is still writing then, and a
-/// socket closed on unread data is reset, which would destroy the answer it is about to read:
-/// the gateway would see a broken connection instead of "this unit cannot serve it".
-struct DrainOnDrop {
-    body: Option<Body>,
-    limit: usize,
-}
-
-const DRAIN_TIME: Duration = Duration::from_secs(5);
-
-impl hyper::body::Body for DrainOnDrop {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        match self.get_mut().body.as_mut() {
-            Some(body) => std::pin::Pin::new(body).poll_frame(cx),
-            None => std::task::Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.as_ref().is_none_or(Body::is_end_stream)
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.as_ref().map(Body::size_hint).unwrap_or_default()
-    }
-}
-
-impl Drop for DrainOnDrop {
-    fn drop(&mut self) {
-        let Some(body) = self.body.take().filter(|b| !b.is_end_stream()) else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let limit = self.limit;
-        runtime.spawn(async move {
-            use futures::StreamExt as _;
-            let mut rest = body.into_data_stream();
-            let _ = tokio::time::timeout(DRAIN_TIME, async {
-                let mut read = 0;
-                while let Some(Ok(chunk)) = rest.next().await {
-                    read += chunk.len();
-                    if read > limit {
-                        break;
-                    }
-                }
-            })
-            .await;
-        });
-    }
 }
 
 async fn send_to_app(
@@ -430,7 +364,8 @@ fn passed_body_limit(e: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// 413 naming the limit; the connection is closed, since the rest of the body is not read.
+/// 413 naming the limit; the connection is closed once the listener has read and dropped the
+/// rest of the body (`listener::RequestBody`).
 fn body_too_large(limit: u64) -> Response {
     let mut r = plain(
         StatusCode::PAYLOAD_TOO_LARGE,
