@@ -163,7 +163,7 @@ impl Metrics {
         );
         registry.register(
             "refused",
-            "Requests refused by the gateway, by reason",
+            "Requests the gateway answered itself instead of a unit (refusals, and units that failed or timed out), by reason",
             m.refused.clone(),
         );
         registry.register(
@@ -171,6 +171,10 @@ impl Metrics {
             "Unit actions refused on the control port for a missing or wrong admin token",
             m.control_refused.clone(),
         );
+        // Every reason exists at zero, so a rate over it is defined before the first refusal.
+        for kind in crate::proxy::Refusal::KINDS {
+            let _ = m.refused.get_or_create(&KindLabel { kind });
+        }
         Metrics { registry, ..m }
     }
 

@@ -1,0 +1,437 @@
+//! Forward and fail over: the request as a unit gets it (its head rewritten once, its body
+//! streaming or held for a replay), one attempt to send it to one unit, and the verdict on an
+//! attempt that failed: try the same unit over a fresh connection, a backup, or give up. The
+//! verdict is a pure function of what happened, so every case has a test of its own.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, Request, Response, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use stickyfarm_api::listener::RequestBody;
+use stickyfarm_api::{headers, remove_hop_by_hop, remove_stickyfarm_headers};
+
+use super::ProxySettings;
+use super::refusal::Refusal;
+use super::route::{Route, declared_length};
+use crate::pool::{Sender, UpstreamBody};
+use crate::units::{InFlight, Unit};
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// The request towards the units, built once.
+pub struct Outbound {
+    /// The request, ready for the first attempt.
+    pub request: Request<UpstreamBody>,
+    /// A copy to send to a backup, when the body was small enough to hold.
+    pub replay: Option<Replay>,
+    /// RFC 9110's idempotent methods: replaying one that may have reached the app is safe.
+    pub idempotent: bool,
+}
+
+/// The head and held body of a request, kept to send it again.
+pub struct Replay {
+    method: Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    /// The request once more.
+    pub fn request(&self) -> Request<UpstreamBody> {
+        let mut r = Request::new(full_body(self.body.clone()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+pub(crate) fn full_body(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn empty_body() -> UpstreamBody {
+    http_body_util::Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Builds the request towards the units from the client's.
+pub async fn outbound(
+    s: &ProxySettings,
+    req: Request<RequestBody>,
+    route: &Route,
+    remote: SocketAddr,
+) -> Result<Outbound, Refusal> {
+    let (mut parts, body) = req.into_parts();
+    let body_empty = hyper::body::Body::is_end_stream(&body);
+    let uri = upstream_head(s, &mut parts, route, remote)?;
+    let (upstream_body, held) = hold_for_replay(s, body, body_empty, &parts.headers).await?;
+    let idempotent = is_idempotent(&parts.method);
+    let replay = held.map(|body| Replay {
+        method: parts.method.clone(),
+        uri: uri.clone(),
+        headers: parts.headers.clone(),
+        body,
+    });
+    let mut request = Request::new(upstream_body);
+    *request.method_mut() = parts.method;
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers;
+    Ok(Outbound {
+        request,
+        replay,
+        idempotent,
+    })
+}
+
+/// Rewrites a request head for the units: the path without its unit prefix, no hop-by-hop
+/// headers and no Stickyfarm header a client could forge, the forwarding headers, the
+/// gateway token; an upgrade keeps asking for its protocol.
+pub fn upstream_head(
+    s: &ProxySettings,
+    parts: &mut Parts,
+    route: &Route,
+    remote: SocketAddr,
+) -> Result<Uri, Refusal> {
+    let uri: Uri = route.forward_path.parse().map_err(|_| Refusal::BadTarget)?;
+    let h = &mut parts.headers;
+    remove_hop_by_hop(h);
+    remove_stickyfarm_headers(h);
+    if let Some(protocol) = &route.upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, protocol.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(&route.host) {
+        h.insert(header::HOST, v.clone());
+        h.insert(X_FORWARDED_HOST, v);
+    }
+    let ip = remote.ip().to_string();
+    let xff = match (
+        s.trust_forwarded,
+        h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
+    ) {
+        (true, Some(prev)) => format!("{prev}, {ip}"),
+        _ => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    h.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(s.scheme.as_str()),
+    );
+    if let Some(token) = &s.gateway_token {
+        h.insert(headers::GATEWAY_TOKEN, token.clone());
+    }
+    let for_ip = if remote.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "for={for_ip};host=\"{}\";proto={}",
+        route.host,
+        s.scheme.as_str()
+    )) {
+        h.insert(FORWARDED, v);
+    }
+    Ok(uri)
+}
+
+/// The body towards the unit, and a copy of it so the request can go to a backup: every
+/// request without a body, and one whose declared length is at most `--replay-body-max`
+/// (read in full first), whatever its method: a `POST` that a stopping app refused never
+/// reached it and is as safe to send elsewhere as a `GET`. Anything else streams and is
+/// never replayed once sent.
+async fn hold_for_replay(
+    s: &ProxySettings,
+    body: RequestBody,
+    body_empty: bool,
+    headers: &http::HeaderMap,
+) -> Result<(UpstreamBody, Option<Bytes>), Refusal> {
+    if body_empty {
+        return Ok((empty_body(), Some(Bytes::new())));
+    }
+    match declared_length(headers) {
+        Some(len) if len <= s.replay_body_max => {
+            let bytes = Limited::new(body, len as usize)
+                .collect()
+                .await
+                .map_err(|_| Refusal::BodyUnreadable)?
+                .to_bytes();
+            Ok((full_body(bytes.clone()), Some(bytes)))
+        }
+        _ => Ok((
+            Limited::new(body, s.max_body_size as usize)
+                .map_err(|e| e as Box<dyn std::error::Error + Send + Sync>)
+                .boxed(),
+            None,
+        )),
+    }
+}
+
+/// How one attempt on one unit went.
+pub enum Attempt {
+    /// The unit answered (any status the app chose).
+    Answered {
+        /// The answer.
+        response: Response<Incoming>,
+        /// Its connection, to return to the pool once the body is read.
+        sender: Sender,
+        /// Counts the request in flight on the unit until the answer is done.
+        in_flight: InFlight,
+        /// From sending to the answer's head.
+        took: Duration,
+    },
+    /// It did not, for this reason; `returned` is the request when it was never sent.
+    Failed {
+        /// What went wrong.
+        failure: Failure,
+        /// In words, for the unit's last error.
+        error: String,
+        /// The request, when the unit never got it.
+        returned: Option<Request<UpstreamBody>>,
+    },
+}
+
+/// What went wrong in an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Nothing was sent: connecting failed, or the connection was found closed first.
+    /// `reused`: the connection came from the pool.
+    NotSent {
+        /// From the pool.
+        reused: bool,
+    },
+    /// The sidecar answered that its app refused the connection: nothing reached the app.
+    Unavailable,
+    /// The connection broke when the request may have reached the app.
+    Broken {
+        /// From the pool.
+        reused: bool,
+    },
+    /// No answer within `--upstream-timeout`: the request may be at work in the app.
+    TimedOut,
+}
+
+/// Sends `request` to `unit` once.
+pub async fn attempt(
+    s: &ProxySettings,
+    unit: &std::sync::Arc<Unit>,
+    request: Request<UpstreamBody>,
+    fresh: bool,
+) -> Attempt {
+    let in_flight = unit.begin_request();
+    let checkout = match unit
+        .pool
+        .checkout(&unit.spec.address, s.connect_timeout, fresh)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return Attempt::Failed {
+                failure: Failure::NotSent { reused: false },
+                error: e.to_string(),
+                returned: Some(request),
+            };
+        }
+    };
+    let reused = checkout.reused;
+    let mut sender = checkout.sender;
+    let sent_at = Instant::now();
+    let sent = tokio::time::timeout(s.upstream_timeout, sender.try_send_request(request)).await;
+    match sent {
+        Err(_) => Attempt::Failed {
+            failure: Failure::TimedOut,
+            error: "the unit did not answer in time".into(),
+            returned: None,
+        },
+        Ok(Ok(response)) if response.headers().contains_key(headers::UNIT_UNAVAILABLE) => {
+            Attempt::Failed {
+                failure: Failure::Unavailable,
+                error: "the unit's app is not accepting connections".into(),
+                returned: None,
+            }
+        }
+        Ok(Ok(response)) => Attempt::Answered {
+            response,
+            sender,
+            in_flight,
+            took: sent_at.elapsed(),
+        },
+        Ok(Err(mut e)) => match e.take_message() {
+            Some(request) => Attempt::Failed {
+                failure: Failure::NotSent { reused },
+                error: e.into_error().to_string(),
+                returned: Some(request),
+            },
+            None => Attempt::Failed {
+                failure: Failure::Broken { reused },
+                error: format!("failed during a request: {}", e.into_error()),
+                returned: None,
+            },
+        },
+    }
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The same unit once more, over a fresh connection: a stale pooled connection says
+    /// nothing about the unit.
+    SameUnitFresh,
+    /// A backup.
+    NextUnit,
+    /// Give up with this answer.
+    Stop(Refusal),
+}
+
+/// The verdict on a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verdict {
+    /// What next.
+    pub step: Step,
+    /// Whether the failure counts against the unit (passive health; a timeout counts as one
+    /// of a series).
+    pub blame_unit: bool,
+}
+
+/// Decides what follows a failed attempt. `held`: the request can be sent again (its body
+/// was held); `idempotent`: replaying it is safe even if it reached the app;
+/// `stale_retry_used`: this request already had its one retry over a fresh connection.
+pub fn after_failure(
+    failure: Failure,
+    held: bool,
+    idempotent: bool,
+    stale_retry_used: bool,
+) -> Verdict {
+    let fresh_is_enough = |reused: bool| reused && !stale_retry_used;
+    match failure {
+        // Never sent: any method may go elsewhere.
+        Failure::NotSent { reused } if fresh_is_enough(reused) => Verdict {
+            step: Step::SameUnitFresh,
+            blame_unit: false,
+        },
+        Failure::NotSent { .. } => Verdict {
+            step: Step::NextUnit,
+            blame_unit: true,
+        },
+        // Nothing reached the app: a backup gets it if we still hold it.
+        Failure::Unavailable => Verdict {
+            step: if held {
+                Step::NextUnit
+            } else {
+                Step::Stop(Refusal::UnitUnavailable)
+            },
+            blame_unit: true,
+        },
+        // It may have reached the app: only an idempotent request is sent again.
+        Failure::Broken { reused } => Verdict {
+            step: match (held && idempotent, fresh_is_enough(reused)) {
+                (true, true) => Step::SameUnitFresh,
+                (true, false) => Step::NextUnit,
+                (false, _) => Step::Stop(Refusal::UnitFailed),
+            },
+            // A pooled connection the unit closed says less about it than a new one failing.
+            blame_unit: !reused,
+        },
+        // It may be at work in the app: never replayed.
+        Failure::TimedOut => Verdict {
+            step: Step::Stop(Refusal::UnitTimeout),
+            blame_unit: true,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(f: Failure, held: bool, idempotent: bool, stale_used: bool) -> Step {
+        after_failure(f, held, idempotent, stale_used).step
+    }
+
+    #[test]
+    fn a_request_that_was_never_sent_goes_anywhere_whatever_its_method() {
+        let pooled = Failure::NotSent { reused: true };
+        let new = Failure::NotSent { reused: false };
+        // A stale pooled connection: once more on the same unit, the unit not blamed.
+        assert_eq!(
+            after_failure(pooled, false, false, false),
+            Verdict {
+                step: Step::SameUnitFresh,
+                blame_unit: false
+            }
+        );
+        // The fresh connection failed too, or a new one did: a backup, the unit blamed.
+        assert_eq!(
+            after_failure(pooled, false, false, true),
+            Verdict {
+                step: Step::NextUnit,
+                blame_unit: true
+            }
+        );
+        assert_eq!(step(new, false, false, false), Step::NextUnit);
+    }
+
+    #[test]
+    fn a_unit_whose_app_refused_hands_a_held_request_to_a_backup() {
+        assert_eq!(
+            step(Failure::Unavailable, true, false, false),
+            Step::NextUnit
+        );
+        assert_eq!(
+            step(Failure::Unavailable, false, true, false),
+            Step::Stop(Refusal::UnitUnavailable),
+            "a streamed body is gone"
+        );
+        assert!(after_failure(Failure::Unavailable, true, true, false).blame_unit);
+    }
+
+    #[test]
+    fn only_an_idempotent_held_request_is_replayed_after_it_may_have_reached_the_app() {
+        let broken = |reused| Failure::Broken { reused };
+        assert_eq!(step(broken(false), true, true, false), Step::NextUnit);
+        assert_eq!(step(broken(true), true, true, false), Step::SameUnitFresh);
+        assert_eq!(step(broken(true), true, true, true), Step::NextUnit);
+        for (held, idempotent) in [(true, false), (false, true), (false, false)] {
+            assert_eq!(
+                step(broken(false), held, idempotent, false),
+                Step::Stop(Refusal::UnitFailed),
+                "held {held}, idempotent {idempotent}"
+            );
+        }
+        assert!(!after_failure(broken(true), true, true, false).blame_unit);
+        assert!(after_failure(broken(false), true, true, false).blame_unit);
+    }
+
+    #[test]
+    fn a_timeout_is_never_replayed() {
+        for held in [true, false] {
+            assert_eq!(
+                after_failure(Failure::TimedOut, held, true, false),
+                Verdict {
+                    step: Step::Stop(Refusal::UnitTimeout),
+                    blame_unit: true
+                }
+            );
+        }
+    }
+}

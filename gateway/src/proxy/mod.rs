@@ -1,0 +1,584 @@
+//! The reverse proxy: which unit serves a request (FIG. 4A–4C) and forwarding it there.
+//!
+//! A request goes through named phases, each a module with its own tests:
+//! 1. **route** ([`route`]): read the head. Refuse what is malformed (Host, unit address,
+//!    declared body size, a unit's internal path) with a clear 4xx; find the unit the request
+//!    names (path `/_unit/<unit>/…`, host `<unit>.<farm host>`, or the `sf_unit` routing
+//!    cookie); a client without a session is held to the new-session rate;
+//! 2. **pick** ([`Proxy::pick`]): the named unit if it serves its sessions, else a backup
+//!    (rendezvous order over unit names, so every replica agrees); a first request is
+//!    balanced over the units that take new sessions;
+//! 3. **forward** ([`forward`]): the head rewritten once; bodies up to `--replay-body-max`
+//!    held so the request can go to a backup; one attempt on one unit;
+//! 4. **fail over** ([`forward::after_failure`]): a request that never reached the app goes to
+//!    a backup whatever its method (never sent, or answered by a sidecar with
+//!    `x-stickyfarm-unit-unavailable`); an idempotent one is also replayed after a reset;
+//!    anything else that may have reached the app is not; a stale pooled connection gets one
+//!    more try on the same unit over a fresh one;
+//! 5. **respond** ([`respond`]): the unit's answer with the routing cookie. Every answer of
+//!    the gateway's own is a [`Refusal`], counted by reason; one to an HTTP/1 request whose
+//!    body it did not read closes the connection.
+
+pub mod forward;
+pub mod refusal;
+pub mod respond;
+pub mod route;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Body;
+use stickyfarm_api::listener::RequestBody;
+use stickyfarm_api::{CookiePolicy, UnitName, headers};
+
+use crate::balance::{self, Candidate, Policy};
+use crate::config::{Addressing, Failback, Scheme};
+use crate::metrics::Metrics;
+use crate::ratelimit::NewSessionLimit;
+use crate::units::{Farm, Members, Unit, now_ms};
+
+pub use forward::{Attempt, Failure, Outbound, Step};
+pub use refusal::Refusal;
+pub use route::{Addressed, Route, addressed, client_address, request_host, unit_url};
+
+/// The body type of every answer the gateway gives.
+pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+
+/// How the proxy behaves.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// New-session policy.
+    pub policy: Policy,
+    /// After a failover.
+    pub failback: Failback,
+    /// Host-style unit addresses.
+    pub farm_host: Option<String>,
+    /// Address style handed to the app.
+    pub addressing: Addressing,
+    /// Scheme of unit URLs.
+    pub scheme: Scheme,
+    /// The hosts (`host[:port]`) clients reach the farm by; the first is the canonical one.
+    /// Links name the request's host only when it is one of these, otherwise the first: a
+    /// client's `Host` header never decides where other clients' links point. Empty: links
+    /// are relative (`/_unit/<unit>`), which work under any host.
+    pub public_hosts: Vec<String>,
+    /// Ramp-up time.
+    pub slow_start: Duration,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Time for a unit to start answering.
+    pub upstream_timeout: Duration,
+    /// Further units tried.
+    pub max_retries: u32,
+    /// Largest request body.
+    pub max_body_size: u64,
+    /// Largest body held in memory so an idempotent request can be replayed on a backup.
+    pub replay_body_max: u64,
+    /// Keep and append to the client's `X-Forwarded-For`.
+    pub trust_forwarded: bool,
+    /// The farm's cookie names and attributes (shared with the sidecars).
+    pub cookies: CookiePolicy,
+    /// New sessions (requests without a session cookie) per client address and second; 0: no
+    /// limit.
+    pub new_session_rate: u32,
+    /// New sessions a client address may start at once.
+    pub new_session_burst: u32,
+    /// The farm's gateway token, sent to the units so their sidecars trust the unit base URL
+    /// (`x-stickyfarm-gateway-token`); `None`: not sent.
+    pub gateway_token: Option<HeaderValue>,
+}
+
+/// The proxy.
+pub struct Proxy {
+    farm: Arc<Farm>,
+    metrics: Arc<Metrics>,
+    new_sessions: Option<NewSessionLimit>,
+    s: ProxySettings,
+    turn: AtomicUsize,
+}
+
+/// Where the pick phase sends a request.
+pub struct Placement {
+    /// The unit that gets the first attempt.
+    pub unit: Arc<Unit>,
+    /// The unit the client's links and cookie name afterwards, when not `unit` (failback
+    /// `return`: the session goes back to its unit when it returns).
+    pub home: Option<UnitName>,
+    /// Units already passed over, never tried again for this request.
+    pub tried: Vec<UnitName>,
+}
+
+/// Marks an answer the gateway made itself (not a unit's).
+#[derive(Debug, Clone, Copy)]
+struct GatewayAnswer;
+
+fn text_response(refusal: Refusal) -> Response<ResponseBody> {
+    let mut r = Response::new(
+        Full::new(Bytes::from(format!("{}\n", refusal.message())))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *r.status_mut() = refusal.status();
+    r.extensions_mut().insert(GatewayAnswer);
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    if refusal.retry_soon() {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
+}
+
+impl Proxy {
+    /// A proxy over `farm`.
+    pub fn new(farm: Arc<Farm>, metrics: Arc<Metrics>, s: ProxySettings) -> Proxy {
+        Proxy {
+            farm,
+            metrics,
+            new_sessions: NewSessionLimit::new(s.new_session_rate, s.new_session_burst),
+            s,
+            turn: AtomicUsize::new(0),
+        }
+    }
+
+    /// An answer of the gateway's own, counted under its reason.
+    fn refuse(&self, refusal: Refusal) -> Response<ResponseBody> {
+        self.metrics.refused(refusal.kind());
+        text_response(refusal)
+    }
+
+    /// A unit for a new session (or a backup), avoiding `exclude`.
+    fn pick_new(
+        &self,
+        members: &Members,
+        exclude: &[UnitName],
+        key: &[u8],
+        deterministic: bool,
+    ) -> Option<Arc<Unit>> {
+        let eligible: Vec<&Arc<Unit>> = members
+            .units
+            .values()
+            .filter(|u| u.takes_new_sessions() && !exclude.contains(u.name()))
+            .collect();
+        if deterministic {
+            // Every request of this session, on every gateway replica, picks the same backup.
+            let i = balance::rendezvous(
+                key,
+                eligible
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| (i, u.name().as_str())),
+            )?;
+            return Some(eligible[i].clone());
+        }
+        let now = now_ms();
+        let candidates: Vec<Candidate> = eligible
+            .iter()
+            .map(|u| Candidate {
+                in_flight: u.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                weight: u.weight(now, self.s.slow_start),
+            })
+            .collect();
+        let i = balance::pick(self.s.policy, &candidates, &mut rand::rng(), &self.turn)?;
+        Some(eligible[i].clone())
+    }
+
+    /// Handles one client request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<RequestBody>,
+        remote: SocketAddr,
+    ) -> Response<ResponseBody> {
+        // An answer of the gateway's own (a refusal, an error) to an HTTP/1 request whose body
+        // it did not read closes the connection: otherwise the unread body would be taken for
+        // the client's next request on it, which then fails.
+        let unread_body = req.version() < http::Version::HTTP_2 && !req.body().is_end_stream();
+        let mut resp = match self.handle_request(req, remote).await {
+            Ok(resp) => resp,
+            Err(refusal) => self.refuse(refusal),
+        };
+        if unread_body && resp.extensions().get::<GatewayAnswer>().is_some() {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        resp
+    }
+
+    /// route → pick → forward → fail over → respond.
+    async fn handle_request(
+        &self,
+        req: Request<RequestBody>,
+        remote: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        let route = route::route(&self.s, &req, remote)?;
+        self.admit(&route, &req, remote)?;
+        let members = self.farm.members();
+        let placement = self.pick(&members, &route)?;
+        let outbound = forward::outbound(&self.s, req, &route, remote).await?;
+        self.forward(&members, &route, placement, outbound).await
+    }
+
+    /// A client without a session starts one: held to the new-session rate of its address.
+    fn admit<B>(&self, route: &Route, req: &Request<B>, remote: SocketAddr) -> Result<(), Refusal> {
+        match &self.new_sessions {
+            Some(limit)
+                if !route.has_session
+                    && !limit.admit(
+                        client_address(remote, req.headers(), self.s.trust_forwarded),
+                        std::time::Instant::now(),
+                    ) =>
+            {
+                Err(Refusal::NewSessionRate)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn return_mode(&self) -> bool {
+        self.s.failback == Failback::Return
+    }
+
+    /// The pick phase: the unit a request names if it serves its sessions, else a backup; a
+    /// first request is balanced.
+    pub fn pick(&self, members: &Members, route: &Route) -> Result<Placement, Refusal> {
+        let return_mode = self.return_mode();
+        let Some(name) = &route.wanted else {
+            let unit = self
+                .pick_new(members, &[], &route.key, false)
+                .ok_or(Refusal::NoUnit)?;
+            return Ok(Placement {
+                unit,
+                home: None,
+                tried: Vec::new(),
+            });
+        };
+        match members.units.get(name) {
+            Some(u) if u.serves_its_sessions() => Ok(Placement {
+                unit: u.clone(),
+                home: Some(name.clone()),
+                tried: Vec::new(),
+            }),
+            Some(_) => {
+                self.metrics.failover();
+                let tried = vec![name.clone()];
+                let backup = self
+                    .pick_new(members, &tried, &route.key, return_mode)
+                    .ok_or(Refusal::NoUnit)?;
+                tracing::debug!(unit = %name, backup = %backup.name(), "unit out of service: failing over");
+                Ok(Placement {
+                    unit: backup,
+                    home: return_mode.then(|| name.clone()),
+                    tried,
+                })
+            }
+            None if route.explicit && !route.has_session => Err(Refusal::UnknownUnit),
+            // A returning client of a unit that left the farm (scaled down): fail over.
+            None => {
+                let backup = self
+                    .pick_new(members, &[], &route.key, return_mode)
+                    .ok_or(Refusal::NoUnit)?;
+                self.metrics.failover();
+                Ok(Placement {
+                    unit: backup,
+                    home: None,
+                    tried: Vec::new(),
+                })
+            }
+        }
+    }
+
+    /// The forward and fail-over phases: attempts on the placed unit, then on backups as the
+    /// verdict on each failure says, until a unit answers or the verdict is to give up.
+    async fn forward(
+        &self,
+        members: &Members,
+        route: &Route,
+        placement: Placement,
+        outbound: Outbound,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        let Placement {
+            mut unit,
+            home,
+            mut tried,
+        } = placement;
+        let Outbound {
+            mut request,
+            replay,
+            idempotent,
+        } = outbound;
+        let return_mode = self.return_mode();
+        let mut retries = 0;
+        let mut fresh = false;
+        let mut stale_retry_used = false;
+        // Whether some unit received the request and failed it (502) rather than none being
+        // reachable (503).
+        let mut reached_a_unit = false;
+        loop {
+            let link = match (&home, return_mode) {
+                (Some(h), true) => h.clone(),
+                _ => unit.name().clone(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&unit_url(&self.s, &link, &route.host)) {
+                request.headers_mut().insert(headers::UNIT_URL, v);
+            }
+            let (failure, error, returned) =
+                match forward::attempt(&self.s, &unit, request, fresh).await {
+                    Attempt::Answered {
+                        response,
+                        sender,
+                        in_flight,
+                        took,
+                    } => {
+                        // Any status the app chose, 5xx included, is an answer: only what
+                        // proves the unit broken takes it out (a client can make an app
+                        // answer 500).
+                        unit.record_response(response.status().as_u16(), took);
+                        return Ok(respond::respond(
+                            &self.s.cookies,
+                            response,
+                            unit,
+                            sender,
+                            in_flight,
+                            &link,
+                            route.cookie_unit.as_ref(),
+                        ));
+                    }
+                    Attempt::Failed {
+                        failure,
+                        error,
+                        returned,
+                    } => (failure, error, returned),
+                };
+            reached_a_unit |= matches!(failure, Failure::Broken { .. });
+            let verdict =
+                forward::after_failure(failure, replay.is_some(), idempotent, stale_retry_used);
+            if verdict.blame_unit {
+                match failure {
+                    Failure::TimedOut => {
+                        tracing::warn!(unit = %unit.name(), "unit did not answer in time");
+                        // Timeouts in a row count as a passive failure (within the ejection cap).
+                        self.farm.record_timeout(&unit, self.s.upstream_timeout);
+                    }
+                    _ => {
+                        self.farm.record_passive_failure(&unit, &error);
+                    }
+                }
+            }
+            match verdict.step {
+                Step::Stop(refusal) => {
+                    if refusal == Refusal::UnitFailed {
+                        tracing::warn!(unit = %unit.name(), %error, "a request that may have reached the app failed; not replaying it");
+                    }
+                    return Err(refusal);
+                }
+                Step::SameUnitFresh => {
+                    fresh = true;
+                    stale_retry_used = true;
+                }
+                Step::NextUnit => {
+                    fresh = false;
+                    if retries >= self.s.max_retries {
+                        break;
+                    }
+                    retries += 1;
+                    self.metrics.retry();
+                    tried.push(unit.name().clone());
+                    unit = match self.pick_new(members, &tried, &route.key, return_mode) {
+                        Some(b) => b,
+                        None => break,
+                    };
+                }
+            }
+            request = match returned.or_else(|| replay.as_ref().map(|r| r.request())) {
+                Some(r) => r,
+                // The verdict only sends on what we still hold; nothing left to send.
+                None => break,
+            };
+        }
+        Err(if reached_a_unit {
+            Refusal::EveryUnitFailed
+        } else {
+            Refusal::NoUnit
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::units::{AdminState, CheckOk, UnitSpec};
+    use std::net::SocketAddr;
+    use tokio_util::sync::CancellationToken;
+
+    fn settings(failback: Failback) -> ProxySettings {
+        ProxySettings {
+            policy: Policy::RoundRobin,
+            failback,
+            farm_host: None,
+            addressing: Addressing::Path,
+            scheme: Scheme::Http,
+            public_hosts: Vec::new(),
+            slow_start: Duration::ZERO,
+            connect_timeout: Duration::from_secs(1),
+            upstream_timeout: Duration::from_secs(1),
+            max_retries: 1,
+            max_body_size: 1024,
+            replay_body_max: 1024,
+            trust_forwarded: false,
+            cookies: CookiePolicy::new(&Default::default(), false, None),
+            new_session_rate: 0,
+            new_session_burst: 0,
+            gateway_token: None,
+        }
+    }
+
+    /// A proxy over units `web-0`…`web-{n-1}`, all up.
+    fn proxy(n: usize, failback: Failback) -> Proxy {
+        let metrics = Arc::new(Metrics::new());
+        let farm = Arc::new(Farm::new(
+            metrics.clone(),
+            4,
+            Default::default(),
+            CancellationToken::new(),
+        ));
+        farm.apply(
+            (0..n)
+                .map(|i| UnitSpec {
+                    name: format!("web-{i}").parse().unwrap(),
+                    address: format!("127.0.0.1:{}", i + 1),
+                    instance: None,
+                    admin: AdminState::Enabled,
+                })
+                .collect(),
+        );
+        for u in farm.members().units.values() {
+            u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
+        }
+        Proxy::new(farm, metrics, settings(failback))
+    }
+
+    fn route_to(wanted: Option<&str>, explicit: bool, has_session: bool) -> Route {
+        Route {
+            host: "shop".into(),
+            forward_path: "/".into(),
+            wanted: wanted.map(|w| w.parse().unwrap()),
+            explicit,
+            has_session,
+            cookie_unit: None,
+            key: b"a-session".to_vec(),
+            upgrade: None,
+        }
+    }
+
+    fn take_out(p: &Proxy, name: &str) {
+        let members = p.farm.members();
+        let u = &members.units[&name.parse().unwrap()];
+        u.set_admin(AdminState::Disabled);
+        assert!(!u.serves_its_sessions());
+    }
+
+    #[test]
+    fn a_session_stays_on_its_unit_while_it_serves() {
+        let p = proxy(3, Failback::Stay);
+        let placed = p
+            .pick(&p.farm.members(), &route_to(Some("web-2"), false, true))
+            .unwrap();
+        assert_eq!(placed.unit.name().as_str(), "web-2");
+        assert!(placed.tried.is_empty());
+    }
+
+    #[test]
+    fn a_session_of_a_unit_out_of_service_goes_to_the_same_backup_every_time() {
+        let p = proxy(3, Failback::Return);
+        take_out(&p, "web-1");
+        let members = p.farm.members();
+        let route = route_to(Some("web-1"), false, true);
+        let first = p.pick(&members, &route).unwrap();
+        assert_ne!(first.unit.name().as_str(), "web-1");
+        assert_eq!(first.tried, vec!["web-1".parse::<UnitName>().unwrap()]);
+        // Failback `return`: links keep naming the unit the session belongs to.
+        assert_eq!(first.home, Some("web-1".parse().unwrap()));
+        for _ in 0..10 {
+            assert_eq!(
+                p.pick(&members, &route).unwrap().unit.name(),
+                first.unit.name()
+            );
+        }
+        let stay = proxy(3, Failback::Stay);
+        take_out(&stay, "web-1");
+        assert_eq!(stay.pick(&stay.farm.members(), &route).unwrap().home, None);
+    }
+
+    #[test]
+    fn an_address_naming_no_unit_is_refused_unless_a_session_comes_with_it() {
+        let p = proxy(2, Failback::Stay);
+        let members = p.farm.members();
+        assert_eq!(
+            p.pick(&members, &route_to(Some("web-9"), true, false))
+                .err(),
+            Some(Refusal::UnknownUnit)
+        );
+        // A returning session of a unit that left the farm (scaled down) fails over.
+        let moved = p
+            .pick(&members, &route_to(Some("web-9"), true, true))
+            .unwrap();
+        assert!(moved.unit.name().as_str().starts_with("web-"));
+    }
+
+    #[test]
+    fn no_unit_in_service_is_a_503_to_retry() {
+        let p = proxy(2, Failback::Stay);
+        take_out(&p, "web-0");
+        take_out(&p, "web-1");
+        let members = p.farm.members();
+        for route in [
+            route_to(None, false, false),
+            route_to(Some("web-0"), false, true),
+        ] {
+            assert_eq!(p.pick(&members, &route).err(), Some(Refusal::NoUnit));
+        }
+    }
+
+    /// Every exit of the forward phase is counted: a unit that cannot be reached at all
+    /// (nothing listens at its address) ends in `no_unit`, after the one retry allowed.
+    #[tokio::test]
+    async fn an_unreachable_farm_is_counted_as_refused() {
+        let p = Arc::new(proxy(2, Failback::Stay));
+        let remote: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let req = Request::get("/")
+            .header(header::HOST, "shop")
+            .body(())
+            .unwrap();
+        let route = route::route(
+            &p.s,
+            &req.map(|_| http_body_util::Empty::<Bytes>::new()),
+            remote,
+        )
+        .unwrap();
+        let members = p.farm.members();
+        let placement = p.pick(&members, &route).unwrap();
+        let outbound = Outbound {
+            request: Request::get("/")
+                .body(forward::full_body(Bytes::new()))
+                .unwrap(),
+            replay: None,
+            idempotent: true,
+        };
+        let answer = p.forward(&members, &route, placement, outbound).await;
+        assert_eq!(answer.err(), Some(Refusal::NoUnit));
+        let exposition = p.metrics.encode();
+        assert!(
+            exposition.contains("stickyfarm_gateway_retries_total 1"),
+            "{exposition}"
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! Respond: a unit's answer as the client gets it. Hop-by-hop headers and the sidecar's
+//! signals removed, the routing cookie set when the serving unit changed, and a body that
+//! counts the request in flight until it ends and then returns the connection to the pool.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::Response;
+use http::header::{self, HeaderValue};
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use stickyfarm_api::{CookiePolicy, FarmCookie, UnitName, headers, remove_hop_by_hop};
+
+use super::ResponseBody;
+use crate::pool::Sender;
+use crate::units::{InFlight, Unit};
+
+/// The unit's answer for the client. `link`: the unit the client's links and cookie name from
+/// now on; `cookie_unit`: the one its routing cookie names today.
+pub fn respond(
+    cookies: &CookiePolicy,
+    response: Response<Incoming>,
+    unit: Arc<Unit>,
+    sender: Sender,
+    in_flight: InFlight,
+    link: &UnitName,
+    cookie_unit: Option<&UnitName>,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = response.into_parts();
+    client_head(cookies, &mut parts.headers, link, cookie_unit);
+    let body = Tracked {
+        inner: body,
+        done: false,
+        give_back: Some((unit, sender)),
+        _in_flight: in_flight,
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// Rewrites a unit's answer head for the client.
+pub fn client_head(
+    cookies: &CookiePolicy,
+    h: &mut http::HeaderMap,
+    link: &UnitName,
+    cookie_unit: Option<&UnitName>,
+) {
+    remove_hop_by_hop(h);
+    // A signal between sidecar and gateway, never the client's to see.
+    h.remove(headers::UNIT_UNAVAILABLE);
+    if cookie_unit != Some(link) {
+        let c = cookies.set_cookie(FarmCookie::Unit, link.as_str());
+        if let Ok(v) = HeaderValue::from_str(&c) {
+            h.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
+/// A unit's response body: counts the request in flight until the body ends, then returns the
+/// connection to the unit's pool (a connection with unread data is never reused).
+struct Tracked {
+    inner: Incoming,
+    done: bool,
+    give_back: Option<(Arc<Unit>, Sender)>,
+    _in_flight: InFlight,
+}
+
+impl Tracked {
+    fn finish(&mut self) {
+        self.done = true;
+        if let Some((unit, sender)) = self.give_back.take() {
+            unit.pool.put_back(sender);
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            self.finish();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        // Bodies the server never polls (HEAD, 204, 304) are complete already.
+        if !self.done && self.inner.is_end_stream() {
+            self.finish();
+        }
+    }
+}
