@@ -39,6 +39,30 @@ pub fn remove_stickyfarm_headers(headers: &mut HeaderMap) {
     }
 }
 
+/// The protocol an HTTP/1.1 request asks to switch to: `Connection` names `upgrade` and
+/// `Upgrade` names a protocol (RFC 9110 §7.8). HTTP/2 has no `Upgrade` (RFC 9113 §8.2.2), and
+/// `Upgrade: h2c` is not passed on: it would switch the client's hop, not the unit's (RFC 9113
+/// deprecates it); such a request goes on as plain HTTP/1.1.
+pub fn upgrade_protocol<B>(req: &http::Request<B>) -> Option<http::HeaderValue> {
+    if req.version() != http::Version::HTTP_11 {
+        return None;
+    }
+    let asks = req
+        .headers()
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
+    let mut protocols = req.headers().get_all(UPGRADE).iter();
+    match (asks, protocols.next(), protocols.next()) {
+        (true, Some(p), None) if !p.is_empty() && !p.as_bytes().eq_ignore_ascii_case(b"h2c") => {
+            Some(p.clone())
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +89,38 @@ mod tests {
         h.insert("accept", "*/*".parse().unwrap());
         remove_stickyfarm_headers(&mut h);
         assert_eq!(h.len(), 1);
+    }
+
+    fn get(headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut r = http::Request::get("/cart").version(http::Version::HTTP_11);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(()).unwrap()
+    }
+
+    #[test]
+    fn an_upgrade_needs_both_headers_and_http_1_1() {
+        let ws = get(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert_eq!(upgrade_protocol(&ws).unwrap(), "websocket");
+        assert_eq!(upgrade_protocol(&get(&[("upgrade", "websocket")])), None);
+        assert_eq!(upgrade_protocol(&get(&[("connection", "upgrade")])), None);
+        let two = get(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(upgrade_protocol(&two), None, "one protocol, not a choice");
+        let h2c = get(&[
+            ("connection", "upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ]);
+        assert_eq!(upgrade_protocol(&h2c), None);
+        let mut h2 = get(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        *h2.version_mut() = http::Version::HTTP_2;
+        assert_eq!(upgrade_protocol(&h2), None);
     }
 }

@@ -20,6 +20,8 @@ pub mod listener;
 pub mod logs;
 mod snapshot;
 pub mod token;
+#[cfg(feature = "server")]
+pub mod tunnel;
 mod unit;
 
 pub use cookies::{
@@ -27,7 +29,7 @@ pub use cookies::{
     SessionCookieName, parse_client_cookies,
 };
 pub use error::ContractError;
-pub use hop::{remove_hop_by_hop, remove_stickyfarm_headers};
+pub use hop::{remove_hop_by_hop, remove_stickyfarm_headers, upgrade_protocol};
 pub use ids::{Generation, InstanceId, SessionId, SessionIdKey, StoredId, TableName};
 pub use snapshot::{SessionSnapshot, TableSnapshot};
 pub use unit::{UnitBaseUrl, UnitName, UnitPath, parse_unit_host, parse_unit_path};

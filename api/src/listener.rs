@@ -203,8 +203,10 @@ pub async fn serve<F, S, B>(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
+        // With upgrades: a `101` hands the connection to the service's tunnel (WebSockets),
+        // which from then on is no longer this connection (see `tunnel::Tunnels`).
         let conn = server
-            .serve_connection(TokioIo::new(stream), Lingering(service(remote)))
+            .serve_connection_with_upgrades(TokioIo::new(stream), Lingering(service(remote)))
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
