@@ -175,7 +175,19 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_HTTP2_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub http2_max_streams: u32,
 
-    /// How long shutdown waits for in-flight requests.
+    /// Upgraded connections (WebSockets) one unit may hold open through this gateway; more
+    /// get 503 with `Retry-After`. Each holds two sockets, and no longer counts against
+    /// --max-connections once upgraded.
+    #[arg(long, env = "STICKYFARM_MAX_TUNNELS_PER_UNIT", default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_tunnels_per_unit: usize,
+
+    /// An upgraded connection with no byte either way for this long is closed (WebSocket
+    /// clients get close code 1001); applications that stay quiet longer send pings.
+    #[arg(long, env = "STICKYFARM_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tunnel_idle_timeout: Duration,
+
+    /// How long shutdown waits for in-flight requests and open tunnels (then tunnels are
+    /// closed, WebSocket clients with 1001).
     #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 

@@ -217,8 +217,20 @@ impl Gateway {
                 new_session_rate: config.new_session_rate,
                 new_session_burst: config.new_session_burst,
                 gateway_token,
+                max_tunnels_per_unit: config.max_tunnels_per_unit,
+                tunnel_idle_timeout: config.tunnel_idle_timeout,
             },
         ));
+        // Tunnels are not connections the listener's graceful stop waits for: they get the
+        // same grace, from the same moment, then are closed.
+        tasks.spawn({
+            let (tunnels, stop, grace) =
+                (proxy.tunnels().clone(), stop.clone(), config.shutdown_grace);
+            async move {
+                stop.cancelled().await;
+                tunnels.close(grace).await;
+            }
+        });
 
         let listener = bind(config.listen).await?;
         let admin_listener = bind(config.admin_listen).await?;

@@ -24,6 +24,11 @@ struct KindLabel {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndLabel {
+    end: &'static str,
+}
+
 /// The response time histogram's buckets: 0.5 ms to 16 s, doubling.
 fn response_time_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -34,6 +39,8 @@ pub struct Metrics {
     registry: Registry,
     up: Family<UnitLabel, Gauge>,
     in_flight: Family<UnitLabel, Gauge>,
+    tunnels: Family<UnitLabel, Gauge>,
+    tunnels_ended: Family<EndLabel, Counter>,
     responses: Family<StatusLabel, Counter>,
     response_seconds: Family<UnitLabel, Histogram, fn() -> Histogram>,
     state_changes: Family<UnitLabel, Counter>,
@@ -53,6 +60,7 @@ pub struct Metrics {
 pub struct UnitMetrics {
     pub(crate) up: Gauge,
     pub(crate) in_flight: Gauge,
+    pub(crate) tunnels: Gauge,
     pub(crate) state_changes: Counter,
     pub(crate) checks_ok: Counter,
     pub(crate) checks_failed: Counter,
@@ -86,6 +94,8 @@ impl Metrics {
             registry: Registry::default(),
             up: Family::default(),
             in_flight: Family::default(),
+            tunnels: Family::default(),
+            tunnels_ended: Family::default(),
             responses: Family::default(),
             response_seconds: Family::new_with_constructor(response_time_histogram),
             state_changes: Family::default(),
@@ -105,6 +115,16 @@ impl Metrics {
             "unit_in_flight",
             "Requests in flight per unit",
             m.in_flight.clone(),
+        );
+        registry.register(
+            "unit_tunnels",
+            "Upgraded connections (WebSockets) open per unit; each also counts in flight",
+            m.tunnels.clone(),
+        );
+        registry.register(
+            "tunnels_ended",
+            "Upgraded connections that ended, by how: closed, far_side_gone (the unit stopped; WebSocket clients got 1012), idle, stopped, client_gone, not_upgraded",
+            m.tunnels_ended.clone(),
         );
         registry.register(
             "responses",
@@ -175,6 +195,11 @@ impl Metrics {
         for kind in crate::proxy::Refusal::KINDS {
             let _ = m.refused.get_or_create(&KindLabel { kind });
         }
+        for end in stickyfarm_api::tunnel::TunnelEnd::ALL {
+            let _ = m
+                .tunnels_ended
+                .get_or_create(&EndLabel { end: end.as_str() });
+        }
         Metrics { registry, ..m }
     }
 
@@ -190,6 +215,7 @@ impl Metrics {
         UnitMetrics {
             up: self.up.get_or_create(&l).clone(),
             in_flight: self.in_flight.get_or_create(&l).clone(),
+            tunnels: self.tunnels.get_or_create(&l).clone(),
             state_changes: self.state_changes.get_or_create(&l).clone(),
             checks_ok: self.checks_ok.get_or_create(&l).clone(),
             checks_failed: self.checks_failed.get_or_create(&l).clone(),
@@ -209,6 +235,7 @@ impl Metrics {
         };
         self.up.remove(&l);
         self.in_flight.remove(&l);
+        self.tunnels.remove(&l);
         self.response_seconds.remove(&l);
     }
 
@@ -226,6 +253,12 @@ impl Metrics {
 
     pub(crate) fn control_refused(&self) {
         self.control_refused.inc();
+    }
+
+    pub(crate) fn tunnel_ended(&self, end: stickyfarm_api::tunnel::TunnelEnd) {
+        self.tunnels_ended
+            .get_or_create(&EndLabel { end: end.as_str() })
+            .inc();
     }
 
     pub(crate) fn refused(&self, kind: &'static str) {

@@ -117,6 +117,8 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<Sender, Connect
         .map_err(|_| ConnectError::Timeout)??;
     stream.set_nodelay(true)?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    // With upgrades: after a `101` the connection becomes the unit's end of a tunnel.
+    let conn = conn.with_upgrades();
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "unit connection ended with an error");

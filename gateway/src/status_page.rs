@@ -278,6 +278,7 @@ mod tests {
             consecutive_ok: 3,
             consecutive_fail: 0,
             in_flight: 2,
+            tunnels: 0,
             requests: 100,
             requests_per_second: 12.5,
             answer_ms: Some(3.25),

@@ -5,7 +5,7 @@
 
 use crate::rate::{AnswerTime, RateMeter};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -176,6 +176,8 @@ pub struct Unit {
     admin: AtomicU8,
     /// Requests being served right now (until the response body ends).
     pub in_flight: AtomicU64,
+    /// Upgraded connections (WebSockets) open right now; each also counts in flight.
+    tunnels: AtomicUsize,
     up_since_ms: AtomicU64,
     requests: AtomicU64,
     /// A passively ejected unit stays out until then (Unix ms), whatever its checks say.
@@ -208,6 +210,7 @@ impl Unit {
             admin: AtomicU8::new(spec.admin.as_u8()),
             health: AtomicU8::new(0),
             in_flight: AtomicU64::new(0),
+            tunnels: AtomicUsize::new(0),
             up_since_ms: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
@@ -419,6 +422,22 @@ impl Unit {
         InFlight(self.clone())
     }
 
+    /// Counts an upgraded connection open on the unit, unless `cap` are open already.
+    pub fn open_tunnel(self: &Arc<Self>, cap: usize) -> Option<TunnelSlot> {
+        let open = self.tunnels.fetch_add(1, Ordering::AcqRel);
+        if open >= cap {
+            self.tunnels.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        self.metrics.tunnels.inc();
+        Some(TunnelSlot(self.clone()))
+    }
+
+    /// Upgraded connections open now.
+    pub fn tunnels(&self) -> usize {
+        self.tunnels.load(Ordering::Relaxed)
+    }
+
     /// The instance id the unit must or did report.
     pub fn instance(&self) -> Option<InstanceId> {
         self.spec
@@ -439,6 +458,7 @@ impl Unit {
             consecutive_ok: c.consecutive_ok,
             consecutive_fail: c.consecutive_fail,
             in_flight: self.in_flight.load(Ordering::Relaxed),
+            tunnels: self.tunnels() as u64,
             requests: self.requests.load(Ordering::Relaxed),
             requests_per_second: self.rate.per_second(now),
             answer_ms: self.answer_time.average().map(|d| d.as_secs_f64() * 1000.0),
@@ -476,6 +496,16 @@ impl Drop for InFlight {
     }
 }
 
+/// Counts one upgraded connection out of a unit's tunnels when dropped.
+pub struct TunnelSlot(Arc<Unit>);
+
+impl Drop for TunnelSlot {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.tunnels.dec();
+    }
+}
+
 /// One row of the status table (`GET /status` on the admin port).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct UnitStatus {
@@ -497,6 +527,9 @@ pub struct UnitStatus {
     pub consecutive_fail: u32,
     /// Requests in flight.
     pub in_flight: u64,
+    /// Upgraded connections (WebSockets) open; counted in `in_flight` too.
+    #[serde(default)]
+    pub tunnels: u64,
     /// Requests answered since the unit joined.
     pub requests: u64,
     /// Requests answered per second, over the last ten whole seconds.

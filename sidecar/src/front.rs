@@ -16,6 +16,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use stickyfarm_api::token::Token;
+use stickyfarm_api::tunnel::Tunnels;
 use stickyfarm_api::{
     ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, StoredId, UnitBaseUrl,
     UnitName, headers, paths, remove_hop_by_hop, remove_stickyfarm_headers,
@@ -52,6 +53,8 @@ pub struct Front {
     fresh_client: Client<HttpConnector, Body>,
     /// The unit name and instance id as header values, made once: they never change.
     headers: (HeaderValue, HeaderValue),
+    /// Upgraded connections (WebSockets) between clients and the app.
+    pub tunnels: Tunnels,
 }
 
 impl Front {
@@ -67,6 +70,7 @@ impl Front {
         cookies: CookiePolicy,
         snapshot_max: usize,
         max_body_size: u64,
+        tunnels: Tunnels,
     ) -> Front {
         let headers = (value(unit.as_str()), value(&tier.instance().to_string()));
         Front {
@@ -82,6 +86,7 @@ impl Front {
             client: Self::app_client(),
             fresh_client: Self::app_client_without_pool(),
             headers,
+            tunnels,
         }
     }
 
@@ -135,7 +140,7 @@ fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
 }
 
 /// Forwards one client request to the app with its session attached.
-async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
+async fn forward(State(front): State<Arc<Front>>, mut req: Request) -> Response {
     if paths::is_internal(req.uri().path()) {
         return plain(StatusCode::NOT_FOUND, "unknown Stickyfarm path\n");
     }
@@ -163,6 +168,10 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
         }
     };
     let id = resolved.id;
+    // A WebSocket (any HTTP/1.1 upgrade): the client's end of the tunnel, should the app
+    // switch protocols. The session is attached to the upgrade request like to any other.
+    let upgrade = stickyfarm_api::upgrade_protocol(&req);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     let unit_url = front
@@ -174,6 +183,9 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
         .unwrap_or_else(|| front.default_unit_url.clone());
     remove_hop_by_hop(&mut parts.headers);
     remove_stickyfarm_headers(&mut parts.headers);
+    if let Some(protocol) = &upgrade {
+        ask_to_switch(&mut parts.headers, protocol);
+    }
     let h = &mut parts.headers;
     h.insert(headers::SESSION, value(&id.to_string()));
     h.insert(headers::UNIT, front.headers.0.clone());
@@ -213,12 +225,29 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
     let client_version = parts.version;
     parts.version = http::Version::HTTP_11;
     drop(resolved);
-    let response = match ask_app(&front, parts, body).await {
+    let mut response = match ask_app(&front, parts, body).await {
         Ok(r) => r,
         Err(refusal) => return refusal,
     };
+    let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    if switched {
+        let (Some(client), Some(protocol)) = (client_upgrade, &upgrade) else {
+            tracing::warn!("the app switched protocols for a request that asked for no upgrade");
+            return plain(StatusCode::BAD_GATEWAY, "the app answered 101 unasked\n");
+        };
+        let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
+        front.tunnels.spawn(
+            client,
+            hyper::upgrade::on(&mut response),
+            websocket,
+            |end| tracing::debug!(end = end.as_str(), "a tunnel to the app ended"),
+        );
+    }
     let (mut parts, body) = response.into_parts();
     remove_hop_by_hop(&mut parts.headers);
+    if let (true, Some(protocol)) = (switched, &upgrade) {
+        ask_to_switch(&mut parts.headers, protocol);
+    }
     // The unit-unavailable signal is the sidecar's alone: the gateway takes the unit out on it,
     // so an app (or a client that makes the app echo headers) must not be able to send it.
     parts.headers.remove(headers::UNIT_UNAVAILABLE);
@@ -241,6 +270,13 @@ async fn forward(State(front): State<Arc<Front>>, req: Request) -> Response {
         &mut parts.headers,
     );
     Response::from_parts(parts, Body::new(body))
+}
+
+/// `Connection: upgrade` and `Upgrade: <protocol>`, hop-by-hop and so removed with the rest,
+/// put back on the hop that switches.
+fn ask_to_switch(h: &mut http::HeaderMap, protocol: &HeaderValue) {
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, protocol.clone());
 }
 
 /// Why the app gave no answer.

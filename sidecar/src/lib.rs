@@ -22,6 +22,7 @@ use hyper_util::service::TowerToHyperService;
 use sqlx::postgres::PgConnectOptions;
 use stickyfarm_api::listener;
 use stickyfarm_api::token::Token;
+use stickyfarm_api::tunnel::{self, Tunnels};
 use stickyfarm_api::{InstanceId, SessionIdKey, UnitBaseUrl};
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -169,6 +170,7 @@ impl Sidecar {
             config.farm_settings.cookies.policy(),
             config.snapshot_max.as_u64() as usize,
             config.max_body_size.as_u64(),
+            Tunnels::new(config.tunnel_idle_timeout, tunnel::CLOSE_SERVICE_RESTART),
         ));
 
         let mut tasks = JoinSet::new();
@@ -188,6 +190,17 @@ impl Sidecar {
             ..listener::Limits::default()
         };
         let grace = config.shutdown_grace;
+        // Tunnels are not connections the listener's graceful stop waits for: they get the
+        // grace from the same moment, a little less so their close frames go out before the
+        // shutdown gives up on its tasks.
+        tasks.spawn({
+            let (tunnels, stop) = (front.tunnels.clone(), stop.clone());
+            let grace = grace.saturating_sub(Duration::from_millis(500));
+            async move {
+                stop.cancelled().await;
+                tunnels.close(grace).await;
+            }
+        });
         serve(
             &mut tasks,
             public,

@@ -571,6 +571,8 @@ fn form_escape(s: &str) -> String {
 /// - `GET /fail`: 500, as an app answers input it cannot handle (any client can ask for it).
 /// - `GET /forged-unavailable`: 503 with the sidecar's unit-unavailable signal, as an app that
 ///   tries to get its unit taken out.
+/// - `GET /ws`: a WebSocket. Its first message is `{"session", "unit", "items"}` (the cart as
+///   this unit reads it); then it echoes every text and binary message (pings are answered).
 pub struct TestApp {
     pub addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -593,6 +595,7 @@ impl TestApp {
         let router = Router::new()
             .route("/echo", get(echo))
             .route("/cart", get(cart))
+            .route("/ws", get(websocket))
             .route("/cart/add", post(cart_add))
             .route("/sign-in", post(sign_in))
             .route(
@@ -668,14 +671,13 @@ fn api_base(state: &AppState) -> String {
     )
 }
 
-async fn cart(State(state): State<AppState>, h: HeaderMap) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let sid = h["x-stickyfarm-session"].to_str().unwrap().to_owned();
+/// The cart of session `sid` as the app reads it through the session API, and its version.
+async fn read_cart(state: &AppState, sid: &str) -> (serde_json::Value, Option<String>) {
     let r = state
         .client
         .get(format!(
             "{}/v1/sessions/{sid}/tables/cart",
-            api_base(&state)
+            api_base(state)
         ))
         .send()
         .await
@@ -691,11 +693,73 @@ async fn cart(State(state): State<AppState>, h: HeaderMap) -> axum::response::Re
     } else {
         serde_json::json!([])
     };
+    (items, version)
+}
+
+async fn cart(State(state): State<AppState>, h: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let sid = h["x-stickyfarm-session"].to_str().unwrap().to_owned();
+    let (items, version) = read_cart(&state, &sid).await;
     axum::Json(serde_json::json!({
         "items": items, "version": version, "unit": h["x-stickyfarm-unit"].to_str().unwrap(),
         "unit_url": h["x-stickyfarm-unit-url"].to_str().unwrap(), "session": sid,
     }))
     .into_response()
+}
+
+/// `GET /ws`: the server side of the WebSocket handshake (RFC 6455 §4.2.2), then a hello with
+/// the session and an echo of every message.
+async fn websocket(
+    State(state): State<AppState>,
+    mut req: axum::extract::Request,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, protocol::Role};
+    let h = req.headers();
+    let asks = h
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = h.get("sec-websocket-key").filter(|_| asks) else {
+        return (StatusCode::BAD_REQUEST, "a WebSocket upgrade is expected\n").into_response();
+    };
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let sid = h["x-stickyfarm-session"].to_str().unwrap().to_owned();
+    let unit = h["x-stickyfarm-unit"].to_str().unwrap().to_owned();
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        let (items, _) = read_cart(&state, &sid).await;
+        let hello = serde_json::json!({ "session": sid, "unit": unit, "items": items });
+        if ws.send(Message::text(hello.to_string())).await.is_err() {
+            return;
+        }
+        while let Some(Ok(m)) = ws.next().await {
+            let echo = match m {
+                Message::Text(_) | Message::Binary(_) => m,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(echo).await.is_err() {
+                return;
+            }
+        }
+        // The closing handshake: tungstenite queued its answer to the client's close frame;
+        // it goes out with a flush.
+        let _ = ws.flush().await;
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-accept", accept.as_str()),
+        ],
+    )
+        .into_response()
 }
 
 /// Conflicts the test app's read-modify-write tolerates before it gives up with 409.

@@ -42,7 +42,9 @@ use crate::balance::{self, Candidate, Policy};
 use crate::config::{Addressing, Failback, Scheme};
 use crate::metrics::Metrics;
 use crate::ratelimit::NewSessionLimit;
-use crate::units::{Farm, Members, Unit, now_ms};
+use crate::units::{Farm, InFlight, Members, TunnelSlot, Unit, now_ms};
+use hyper::upgrade::OnUpgrade;
+use stickyfarm_api::tunnel::Tunnels;
 
 pub use forward::{Attempt, Failure, Outbound, Step};
 pub use refusal::Refusal;
@@ -93,6 +95,10 @@ pub struct ProxySettings {
     /// The farm's gateway token, sent to the units so their sidecars trust the unit base URL
     /// (`x-stickyfarm-gateway-token`); `None`: not sent.
     pub gateway_token: Option<HeaderValue>,
+    /// Upgraded connections (WebSockets) one unit may hold open; more get 503.
+    pub max_tunnels_per_unit: usize,
+    /// An upgraded connection with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// The proxy.
@@ -100,6 +106,7 @@ pub struct Proxy {
     farm: Arc<Farm>,
     metrics: Arc<Metrics>,
     new_sessions: Option<NewSessionLimit>,
+    tunnels: Tunnels,
     s: ProxySettings,
     turn: AtomicUsize,
 }
@@ -145,9 +152,18 @@ impl Proxy {
             farm,
             metrics,
             new_sessions: NewSessionLimit::new(s.new_session_rate, s.new_session_burst),
+            tunnels: Tunnels::new(
+                s.tunnel_idle_timeout,
+                stickyfarm_api::tunnel::CLOSE_GOING_AWAY,
+            ),
             s,
             turn: AtomicUsize::new(0),
         }
+    }
+
+    /// The open upgraded connections (a stop closes them at the end of its grace).
+    pub fn tunnels(&self) -> &Tunnels {
+        &self.tunnels
     }
 
     /// An answer of the gateway's own, counted under its reason.
@@ -216,15 +232,22 @@ impl Proxy {
     /// route → pick → forward → fail over → respond.
     async fn handle_request(
         &self,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         remote: SocketAddr,
     ) -> Result<Response<ResponseBody>, Refusal> {
         let route = route::route(&self.s, &req, remote)?;
         self.admit(&route, &req, remote)?;
         let members = self.farm.members();
         let placement = self.pick(&members, &route)?;
+        // Taken before the request is consumed: the client's end of a tunnel, should the
+        // unit switch protocols.
+        let client_upgrade = route
+            .upgrade
+            .is_some()
+            .then(|| hyper::upgrade::on(&mut req));
         let outbound = forward::outbound(&self.s, req, &route, remote).await?;
-        self.forward(&members, &route, placement, outbound).await
+        self.forward(&members, &route, placement, outbound, client_upgrade)
+            .await
     }
 
     /// A client without a session starts one: held to the new-session rate of its address.
@@ -304,6 +327,7 @@ impl Proxy {
         route: &Route,
         placement: Placement,
         outbound: Outbound,
+        mut client_upgrade: Option<OnUpgrade>,
     ) -> Result<Response<ResponseBody>, Refusal> {
         let Placement {
             mut unit,
@@ -330,6 +354,15 @@ impl Proxy {
             if let Ok(v) = HeaderValue::from_str(&unit_url(&self.s, &link, &route.host)) {
                 request.headers_mut().insert(headers::UNIT_URL, v);
             }
+            // An upgrade stays on its unit: a full unit refuses it rather than moving the
+            // session's connection elsewhere.
+            let slot = match route.upgrade {
+                Some(_) => Some(
+                    unit.open_tunnel(self.s.max_tunnels_per_unit)
+                        .ok_or(Refusal::TooManyTunnels)?,
+                ),
+                None => None,
+            };
             let (failure, error, returned) =
                 match forward::attempt(&self.s, &unit, request, fresh).await {
                     Attempt::Answered {
@@ -342,6 +375,15 @@ impl Proxy {
                         // proves the unit broken takes it out (a client can make an app
                         // answer 500).
                         unit.record_response(response.status().as_u16(), took);
+                        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                            return self.switch_protocols(
+                                route,
+                                response,
+                                client_upgrade.take(),
+                                TunnelParts { in_flight, slot },
+                                &link,
+                            );
+                        }
                         return Ok(respond::respond(
                             &self.s.cookies,
                             response,
@@ -410,6 +452,43 @@ impl Proxy {
             Refusal::NoUnit
         })
     }
+
+    /// The unit switched protocols: a tunnel when the client asked for that switch, else
+    /// the unit broke HTTP (a `101` nobody asked for) and the client gets a 502.
+    fn switch_protocols(
+        &self,
+        route: &Route,
+        response: Response<hyper::body::Incoming>,
+        client: Option<OnUpgrade>,
+        parts: TunnelParts,
+        link: &UnitName,
+    ) -> Result<Response<ResponseBody>, Refusal> {
+        let (Some(client), Some(protocol), Some(slot)) = (client, &route.upgrade, parts.slot)
+        else {
+            tracing::warn!("a unit switched protocols for a request that asked for no upgrade");
+            return Err(Refusal::UnitFailed);
+        };
+        Ok(respond::switch_protocols(
+            &self.s.cookies,
+            &self.tunnels,
+            self.metrics.clone(),
+            response,
+            client,
+            protocol,
+            respond::TunnelHold {
+                in_flight: parts.in_flight,
+                slot,
+            },
+            link,
+            route.cookie_unit.as_ref(),
+        ))
+    }
+}
+
+/// What the forward phase holds for a tunnel when a unit switches protocols.
+struct TunnelParts {
+    in_flight: InFlight,
+    slot: Option<TunnelSlot>,
 }
 
 #[cfg(test)]
@@ -438,6 +517,8 @@ mod tests {
             new_session_rate: 0,
             new_session_burst: 0,
             gateway_token: None,
+            max_tunnels_per_unit: 2,
+            tunnel_idle_timeout: Duration::from_secs(60),
         }
     }
 
@@ -573,7 +654,7 @@ mod tests {
             replay: None,
             idempotent: true,
         };
-        let answer = p.forward(&members, &route, placement, outbound).await;
+        let answer = p.forward(&members, &route, placement, outbound, None).await;
         assert_eq!(answer.err(), Some(Refusal::NoUnit));
         let exposition = p.metrics.encode();
         assert!(

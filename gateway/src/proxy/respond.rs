@@ -14,8 +14,10 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use stickyfarm_api::{CookiePolicy, FarmCookie, UnitName, headers, remove_hop_by_hop};
 
 use super::ResponseBody;
+use crate::metrics::Metrics;
 use crate::pool::Sender;
-use crate::units::{InFlight, Unit};
+use crate::units::{InFlight, TunnelSlot, Unit};
+use stickyfarm_api::tunnel::Tunnels;
 
 /// The unit's answer for the client. `link`: the unit the client's links and cookie name from
 /// now on; `cookie_unit`: the one its routing cookie names today.
@@ -37,6 +39,50 @@ pub fn respond(
         _in_flight: in_flight,
     };
     Response::from_parts(parts, body.boxed())
+}
+
+/// What an upgraded connection holds while it is open: the unit's in-flight count (balancing
+/// and drain see it) and one of its tunnel slots.
+pub struct TunnelHold {
+    /// Counted in flight.
+    pub in_flight: InFlight,
+    /// Counted against `--max-tunnels-per-unit`.
+    pub slot: TunnelSlot,
+}
+
+/// The unit's `101 Switching Protocols` for the client, its connection spliced to the
+/// client's once both upgrades complete. The unit's connection is never pooled again.
+#[allow(clippy::too_many_arguments)]
+pub fn switch_protocols(
+    cookies: &CookiePolicy,
+    tunnels: &Tunnels,
+    metrics: Arc<Metrics>,
+    mut response: Response<Incoming>,
+    client: hyper::upgrade::OnUpgrade,
+    protocol: &HeaderValue,
+    hold: TunnelHold,
+    link: &UnitName,
+    cookie_unit: Option<&UnitName>,
+) -> Response<ResponseBody> {
+    let far = hyper::upgrade::on(&mut response);
+    let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
+    tunnels.spawn(client, far, websocket, move |end| {
+        drop(hold);
+        metrics.tunnel_ended(end);
+    });
+    let (mut parts, _) = response.into_parts();
+    client_head(cookies, &mut parts.headers, link, cookie_unit);
+    // Hop-by-hop, so removed above; the client needs them to take the switch.
+    parts
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    parts.headers.insert(header::UPGRADE, protocol.clone());
+    Response::from_parts(
+        parts,
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
 }
 
 /// Rewrites a unit's answer head for the client.

@@ -5,8 +5,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use http::Request;
 use http::header::{self, HeaderName, HeaderValue};
-use http::{Request, Version};
 use stickyfarm_api::{UnitName, parse_unit_host, parse_unit_path, paths};
 
 use super::ProxySettings;
@@ -84,7 +84,7 @@ pub fn route<B: hyper::body::Body>(
         has_session: cookies.session.is_some(),
         cookie_unit: cookies.unit,
         key,
-        upgrade: upgrade_protocol(req),
+        upgrade: stickyfarm_api::upgrade_protocol(req),
     })
 }
 
@@ -94,26 +94,6 @@ pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
-}
-
-/// The protocol an HTTP/1.1 request asks to switch to: `Connection` names `upgrade` and
-/// `Upgrade` names a protocol (RFC 9110 §7.8). HTTP/2 has no `Upgrade` (RFC 9113 §8.2.2).
-pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
-    if req.version() != Version::HTTP_11 {
-        return None;
-    }
-    let asks = req
-        .headers()
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    let mut protocols = req.headers().get_all(header::UPGRADE).iter();
-    match (asks, protocols.next(), protocols.next()) {
-        (true, Some(p), None) if !p.is_empty() => Some(p.clone()),
-        _ => None,
-    }
 }
 
 /// How a request addressed its unit.
@@ -266,6 +246,8 @@ mod tests {
             new_session_rate: 0,
             new_session_burst: 0,
             gateway_token: None,
+            max_tunnels_per_unit: 1,
+            tunnel_idle_timeout: Duration::from_secs(1),
         }
     }
 
@@ -338,7 +320,7 @@ mod tests {
     }
 
     fn get(headers: &[(&str, &str)]) -> Request<http_body_util::Empty<bytes::Bytes>> {
-        let mut r = Request::get("/cart").version(Version::HTTP_11);
+        let mut r = Request::get("/cart").version(http::Version::HTTP_11);
         for (k, v) in headers {
             r = r.header(*k, *v);
         }
@@ -388,25 +370,5 @@ mod tests {
             route(&s, &bad, remote),
             Err(Refusal::BadUnitAddress(_))
         ));
-    }
-
-    #[test]
-    fn an_upgrade_needs_both_headers_and_http_1_1() {
-        let ws = get(&[
-            ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket"),
-        ]);
-        assert_eq!(upgrade_protocol(&ws).unwrap(), "websocket");
-        assert_eq!(upgrade_protocol(&get(&[("upgrade", "websocket")])), None);
-        assert_eq!(upgrade_protocol(&get(&[("connection", "upgrade")])), None);
-        let two = get(&[
-            ("connection", "upgrade"),
-            ("upgrade", "websocket"),
-            ("upgrade", "h2c"),
-        ]);
-        assert_eq!(upgrade_protocol(&two), None, "one protocol, not a choice");
-        let mut h2 = get(&[("connection", "upgrade"), ("upgrade", "websocket")]);
-        *h2.version_mut() = Version::HTTP_2;
-        assert_eq!(upgrade_protocol(&h2), None);
     }
 }
