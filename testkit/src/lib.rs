@@ -675,10 +675,7 @@ fn api_base(state: &AppState) -> String {
 async fn read_cart(state: &AppState, sid: &str) -> (serde_json::Value, Option<String>) {
     let r = state
         .client
-        .get(format!(
-            "{}/v1/sessions/{sid}/tables/cart",
-            api_base(state)
-        ))
+        .get(format!("{}/v1/sessions/{sid}/tables/cart", api_base(state)))
         .send()
         .await
         .unwrap();
