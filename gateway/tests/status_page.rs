@@ -7,137 +7,11 @@
 //! name other binaries; `STICKYFARM_SCREENSHOT_DIR` keeps the screenshots (the docs' images are
 //! made so: `STICKYFARM_SCREENSHOT_DIR=docs/images`).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 use stickyfarm_testkit::*;
-
-fn tool(var: &str, default: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(std::env::var(var).unwrap_or_else(|_| default.to_owned()));
-    path.exists().then_some(path)
-}
-
-/// A WebDriver session in headless Chromium.
-struct Browser {
-    driver: ChildProc,
-    base: String,
-    http: reqwest::Client,
-    _profile: tempfile::TempDir,
-}
-
-impl Browser {
-    async fn start(chromium: &Path, chromedriver: &Path) -> Browser {
-        let port = free_port();
-        let mut cmd = Command::new(chromedriver);
-        cmd.arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1");
-        let driver = ChildProc::spawn("chromedriver", cmd);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
-        let root = format!("http://127.0.0.1:{port}");
-        eventually(Duration::from_secs(20), "chromedriver answers", || async {
-            http.get(format!("{root}/status")).send().await.is_ok()
-        })
-        .await;
-        let profile = tempfile::tempdir().unwrap();
-        // The flags keep Chromium off the network it would otherwise call at start (this
-        // machine has none) and out of a sandbox that needs privileges a test does not have.
-        let args = [
-            "--headless".to_owned(),
-            "--no-sandbox".to_owned(),
-            "--disable-gpu".to_owned(),
-            "--disable-quic".to_owned(),
-            "--no-first-run".to_owned(),
-            "--disable-background-networking".to_owned(),
-            "--disable-component-update".to_owned(),
-            "--disable-sync".to_owned(),
-            format!("--user-data-dir={}", profile.path().display()),
-        ];
-        let created: Value = http
-            .post(format!("{root}/session"))
-            .json(&json!({"capabilities": {"alwaysMatch": {
-                "browserName": "chrome",
-                "goog:chromeOptions": {"binary": chromium, "args": args},
-            }}}))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let id = created["value"]["sessionId"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
-            .to_owned();
-        Browser {
-            driver,
-            base: format!("{root}/session/{id}"),
-            http,
-            _profile: profile,
-        }
-    }
-
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut req = self.http.request(method, format!("{}{path}", self.base));
-        if let Some(body) = body {
-            req = req.json(&body);
-        }
-        let answer: Value = req.send().await.unwrap().json().await.unwrap();
-        assert!(
-            answer["value"].get("error").is_none(),
-            "WebDriver {path}: {answer}"
-        );
-        answer["value"].clone()
-    }
-
-    async fn size(&self, width: u32, height: u32) {
-        self.call(
-            reqwest::Method::POST,
-            "/window/rect",
-            Some(json!({"width": width, "height": height})),
-        )
-        .await;
-    }
-
-    async fn open(&self, url: &str) {
-        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url})))
-            .await;
-    }
-
-    /// Runs `script` in the page (through the DevTools protocol, so the page's own
-    /// Content-Security-Policy, which forbids scripts, does not apply) and returns its value.
-    async fn eval(&self, script: &str) -> Value {
-        self.call(
-            reqwest::Method::POST,
-            "/execute/sync",
-            Some(json!({"script": script, "args": []})),
-        )
-        .await
-    }
-
-    /// A PNG of the viewport, kept in `keep` when given.
-    async fn screenshot(&self, name: &str, keep: Option<&Path>) -> Vec<u8> {
-        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
-        let png = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_str().unwrap())
-            .unwrap();
-        if let Some(dir) = keep {
-            std::fs::create_dir_all(dir).unwrap();
-            std::fs::write(dir.join(name), &png).unwrap();
-        }
-        png
-    }
-
-    async fn close(mut self) {
-        self.call(reqwest::Method::DELETE, "", None).await;
-        self.driver.terminate(Duration::from_secs(5));
-    }
-}
 
 /// Width and height of a PNG, from its IHDR chunk.
 fn png_size(png: &[u8]) -> (u32, u32) {
@@ -167,16 +41,7 @@ return {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_reads_on_a_phone_and_a_desktop_in_a_real_browser() {
-    let required = std::env::var("STICKYFARM_BROWSER_REQUIRED").is_ok_and(|v| v == "1");
-    let (Some(chromium), Some(chromedriver)) = (
-        tool("CHROMIUM", "/usr/bin/chromium"),
-        tool("CHROMEDRIVER", "/usr/bin/chromedriver"),
-    ) else {
-        assert!(
-            !required,
-            "Chromium and chromedriver are needed (apt-get install chromium chromium-driver)"
-        );
-        eprintln!("skipped: no Chromium (apt-get install chromium chromium-driver)");
+    let Some(tools) = chromium::Tools::find() else {
         return;
     };
     let keep = std::env::var_os("STICKYFARM_SCREENSHOT_DIR").map(PathBuf::from);
@@ -230,7 +95,7 @@ async fn the_status_page_reads_on_a_phone_and_a_desktop_in_a_real_browser() {
     let status = gw.status().await;
     let page_url = format!("http://{}/", gw.admin);
 
-    let browser = Browser::start(&chromium, &chromedriver).await;
+    let browser = chromium::Chromium::start(&tools).await;
     // A phone (390 × 844 CSS pixels, as an iPhone 14): one card per unit, nothing wider than
     // the screen.
     browser.size(390, 844).await;

@@ -4,6 +4,8 @@
 //! prints one); every process and task a test starts is stopped when its handle drops.
 #![allow(missing_docs)]
 
+pub mod chromium;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -564,7 +566,7 @@ fn form_escape(s: &str) -> String {
 /// The test app behind the sidecars: it keeps a cart in the session API, the way a real app
 /// must (never in its own memory).
 ///
-/// - `GET /echo`: the Stickyfarm headers it received, as JSON.
+/// - `GET /echo`: the Stickyfarm headers (and `x-request-id`) it received, as JSON.
 /// - `GET /cart`: the cart as the app reads it through the session API.
 /// - `POST /cart/add?item=X`: read-modify-write of the cart with `If-Match`.
 /// - `POST /upload`: how many body bytes reached the app.
@@ -646,7 +648,7 @@ impl Drop for TestApp {
 fn stickyfarm_headers(h: &HeaderMap) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for (k, v) in h {
-        if k.as_str().starts_with("x-stickyfarm-") {
+        if k.as_str().starts_with("x-stickyfarm-") || k == "x-request-id" {
             m.insert(
                 k.as_str().to_owned(),
                 v.to_str().unwrap_or("<binary>").into(),
