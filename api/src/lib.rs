@@ -18,6 +18,7 @@ mod ids;
 pub mod listener;
 #[cfg(feature = "logs")]
 pub mod logs;
+pub mod request_id;
 mod snapshot;
 pub mod token;
 #[cfg(feature = "server")]

@@ -114,9 +114,11 @@ impl LogSettings {
         match self.format {
             LogFormat::Text => Box::new(logs.finish()),
             LogFormat::Json => Box::new(
+                // The current span's fields (the request id of the request being served) go
+                // under `span`; the list of outer spans would only repeat them.
                 logs.json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    .with_current_span(true)
                     .with_span_list(false)
                     .finish(),
             ),
@@ -178,14 +180,20 @@ mod tests {
                 "the app refused the connection"
             );
             tracing::trace!("filtered out");
+            let request = tracing::info_span!("request", request_id = "3f2a");
+            request.in_scope(|| tracing::warn!("inside a request"));
         });
         let text = String::from_utf8(out.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines.len(), 1, "{text}");
+        assert_eq!(lines.len(), 2, "{text}");
         assert_eq!(lines[0]["unit"], "web-0");
+        assert!(lines[0].get("span").is_none());
+        // Every line about a request names it.
+        assert_eq!(lines[1]["span"]["request_id"], "3f2a");
+        assert_eq!(lines[1]["message"], "inside a request");
         assert_eq!(lines[0]["error"], "refused");
         assert_eq!(lines[0]["message"], "the app refused the connection");
         assert_eq!(lines[0]["level"], "INFO");

@@ -607,3 +607,86 @@ async fn crafted_quantities_are_refused_and_a_burst_of_them_ejects_no_unit() {
     );
     assert!(!session.contains(&after));
 }
+
+/// What a tab shows of the live badge, read from its DOM.
+const READ_BADGE: &str = "return {
+  unit: document.querySelector('#served-by b')?.textContent ?? null,
+  items: document.getElementById('cart-count')?.textContent ?? null,
+  live: document.body.dataset.live ?? null,
+  opens: Number(document.body.dataset.liveOpens || 0),
+  marker: window.stickyfarmMarker ?? null,
+};";
+
+/// Waits until the current tab's badge state passes `check`; returns it.
+async fn badge_until(
+    browser: &chromium::Chromium,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = browser.eval(READ_BADGE).await;
+        if check(&seen) {
+            return seen;
+        }
+        assert!(Instant::now() < deadline, "{what}: the tab shows {seen}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The shop's one live feature, in a real browser: two tabs of one session; a cart change in
+/// one shows in the other's badge without a reload, over a WebSocket through gateway and
+/// sidecar. When their unit dies, the other tab's socket is closed (1012), reconnects to the
+/// session's backup, and the badge goes on updating from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cart_badge_follows_changes_in_other_tabs_and_survives_its_unit() {
+    let Some(tools) = chromium::Tools::find() else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let farm = Farm::up(Some(&db.url)).await;
+    let browser = chromium::Chromium::start(&tools).await;
+
+    browser.open(&format!("{}/", farm.url)).await;
+    let shopping = browser.tab().await;
+    let first = badge_until(&browser, "tab 1 live", |s| s["live"] == "open").await;
+    let home = first["unit"].as_str().unwrap().to_owned();
+    assert_eq!(first["items"], "0");
+
+    // A second tab of the same session (the same browser's cookies), on the same unit.
+    let watching = browser.new_tab().await;
+    browser.open(&format!("{}/cart", farm.url)).await;
+    let second = badge_until(&browser, "tab 2 live", |s| s["live"] == "open").await;
+    assert_eq!(second["unit"], home.as_str());
+    browser
+        .eval("window.stickyfarmMarker = 'no reload'; return null;")
+        .await;
+
+    // Tab 1 adds to the cart with the page's own form; tab 2's badge follows, not reloaded.
+    browser.switch_to(&shopping).await;
+    browser
+        .eval("document.querySelector('form[action$=\"/cart/add\"]').submit(); return null;")
+        .await;
+    browser.switch_to(&watching).await;
+    let updated = badge_until(&browser, "badge after adding", |s| s["items"] == "1").await;
+    assert_eq!(updated["marker"], "no reload");
+
+    // The unit dies under both tabs: tab 2's socket reconnects, to the session's backup.
+    farm.farmctl(&["kill", &home]).unwrap();
+    badge_until(&browser, "tab 2 reconnected", |s| {
+        s["opens"].as_u64() >= Some(2) && s["live"] == "open"
+    })
+    .await;
+    // Tab 1 shops on (its next page fails over like any request); tab 2 hears of it.
+    browser.switch_to(&shopping).await;
+    browser.open(&format!("{}/", farm.url)).await;
+    let moved = badge_until(&browser, "tab 1 on the backup", |s| s["items"] == "1").await;
+    assert_ne!(moved["unit"], home.as_str(), "a backup serves tab 1");
+    browser
+        .eval("document.querySelector('form[action$=\"/cart/add\"]').submit(); return null;")
+        .await;
+    browser.switch_to(&watching).await;
+    let after = badge_until(&browser, "badge after the failover", |s| s["items"] == "2").await;
+    assert_eq!(after["marker"], "no reload", "tab 2 was never reloaded");
+    browser.close().await;
+}

@@ -7,6 +7,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::access_log::AccessLogFormat;
 use crate::units::UnitSpec;
 pub use stickyfarm_api::config::{Addressing, Failback, GatewayFarmSettings};
 
@@ -190,6 +191,21 @@ pub struct Config {
     /// closed, WebSocket clients with 1001).
     #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+
+    /// The access log: `off`, or one line per request as `json` or `logfmt` (time, client,
+    /// method, path, status, unit, instance, session as a keyed hash, bytes in and out,
+    /// duration, upstream duration, retries, failover, request id).
+    #[arg(long, env = "STICKYFARM_ACCESS_LOG", value_enum, default_value_t = AccessLogFormat::Off)]
+    pub access_log: AccessLogFormat,
+
+    /// Where access log lines go: `-` for stdout (the diagnostic log is on stderr), or a file
+    /// appended to.
+    #[arg(long, env = "STICKYFARM_ACCESS_LOG_PATH", default_value = "-")]
+    pub access_log_path: String,
+
+    /// Log paths with their query (off: queries often carry tokens and personal data).
+    #[arg(long, env = "STICKYFARM_ACCESS_LOG_QUERY", default_value_t = false, action = ArgAction::Set)]
+    pub access_log_query: bool,
 
     /// Log filter and format, the same in every Stickyfarm binary.
     #[command(flatten)]

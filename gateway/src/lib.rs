@@ -2,6 +2,7 @@
 //! and the addresses of its subordinate units). `main.rs` only parses flags and waits for a
 //! signal; tests drive [`Gateway::start`] or run the binary.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 pub mod config;
@@ -32,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::config::Discovery;
 use crate::discovery::{StaticSource, UnitSource};
@@ -71,6 +73,14 @@ pub enum StartError {
     /// Neither `--unit` nor `--units-file` was given.
     #[error("no units: give --unit NAME=HOST:PORT or --units-file FILE")]
     NoUnitSource,
+    /// The access log file cannot be opened.
+    #[error("cannot open the access log {path}: {source}; check --access-log-path")]
+    AccessLog {
+        /// The path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A running gateway.
@@ -196,31 +206,45 @@ impl Gateway {
             });
         }
 
-        let proxy = Arc::new(Proxy::new(
-            farm.clone(),
+        let access_log = AccessLog::start(
+            config.access_log,
+            &config.access_log_path,
+            config.access_log_query,
             metrics.clone(),
-            ProxySettings {
-                policy: config.farm_settings.policy,
-                failback: config.farm_settings.failback,
-                farm_host: config.farm_settings.farm_host.clone(),
-                addressing: config.farm_settings.unit_addressing,
-                scheme: config.public_scheme,
-                public_hosts: config.public_hosts.clone(),
-                slow_start: config.slow_start,
-                connect_timeout: config.connect_timeout,
-                upstream_timeout: config.upstream_timeout,
-                max_retries: config.max_retries,
-                max_body_size: config.max_body_size.as_u64(),
-                replay_body_max: config.replay_body_max.as_u64(),
-                trust_forwarded: config.trust_forwarded,
-                cookies: config.farm_settings.cookies.policy(),
-                new_session_rate: config.new_session_rate,
-                new_session_burst: config.new_session_burst,
-                gateway_token,
-                max_tunnels_per_unit: config.max_tunnels_per_unit,
-                tunnel_idle_timeout: config.tunnel_idle_timeout,
-            },
-        ));
+        )
+        .await
+        .map_err(|source| StartError::AccessLog {
+            path: config.access_log_path.clone(),
+            source,
+        })?;
+        let proxy = Arc::new(
+            Proxy::new(
+                farm.clone(),
+                metrics.clone(),
+                ProxySettings {
+                    policy: config.farm_settings.policy,
+                    failback: config.farm_settings.failback,
+                    farm_host: config.farm_settings.farm_host.clone(),
+                    addressing: config.farm_settings.unit_addressing,
+                    scheme: config.public_scheme,
+                    public_hosts: config.public_hosts.clone(),
+                    slow_start: config.slow_start,
+                    connect_timeout: config.connect_timeout,
+                    upstream_timeout: config.upstream_timeout,
+                    max_retries: config.max_retries,
+                    max_body_size: config.max_body_size.as_u64(),
+                    replay_body_max: config.replay_body_max.as_u64(),
+                    trust_forwarded: config.trust_forwarded,
+                    cookies: config.farm_settings.cookies.policy(),
+                    new_session_rate: config.new_session_rate,
+                    new_session_burst: config.new_session_burst,
+                    gateway_token,
+                    max_tunnels_per_unit: config.max_tunnels_per_unit,
+                    tunnel_idle_timeout: config.tunnel_idle_timeout,
+                },
+            )
+            .with_access_log(access_log),
+        );
         // Tunnels are not connections the listener's graceful stop waits for: they get the
         // same grace, from the same moment, then are closed.
         tasks.spawn({

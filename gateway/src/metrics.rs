@@ -54,6 +54,7 @@ pub struct Metrics {
     retries: Counter,
     refused: Family<KindLabel, Counter>,
     control_refused: Counter,
+    access_log_dropped: Counter,
 }
 
 /// One unit's metric handles, taken once so the request path never looks up a label set.
@@ -109,6 +110,7 @@ impl Metrics {
             retries: Counter::default(),
             refused: Family::default(),
             control_refused: Counter::default(),
+            access_log_dropped: Counter::default(),
         };
         registry.register("unit_up", "1 while the unit is in service", m.up.clone());
         registry.register(
@@ -191,6 +193,11 @@ impl Metrics {
             "Unit actions refused on the control port for a missing or wrong admin token",
             m.control_refused.clone(),
         );
+        registry.register(
+            "access_log_dropped",
+            "Access log lines dropped because the writer fell behind (a slow disk or pipe)",
+            m.access_log_dropped.clone(),
+        );
         // Every reason exists at zero, so a rate over it is defined before the first refusal.
         for kind in crate::proxy::Refusal::KINDS {
             let _ = m.refused.get_or_create(&KindLabel { kind });
@@ -249,6 +256,10 @@ impl Metrics {
 
     pub(crate) fn retry(&self) {
         self.retries.inc();
+    }
+
+    pub(crate) fn access_log_dropped(&self) {
+        self.access_log_dropped.inc();
     }
 
     pub(crate) fn control_refused(&self) {

@@ -1475,3 +1475,193 @@ async fn past_the_connection_cap_new_clients_wait_for_a_slot() {
         "every held connection is cut off in the end"
     );
 }
+
+/// A request can be followed: the client's valid `x-request-id` (or a new one) reaches the app
+/// through gateway and sidecar, comes back to the client, and names the request's log lines in
+/// both; a forged one (a newline, a quote, too long) is replaced, never logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_kept_or_made_and_follows_the_request_through_both_hops() {
+    let db = TestDb::new().await;
+    let unit = Unit::start(
+        "web-0",
+        &db.url,
+        &[
+            "--log-filter",
+            "stickyfarm_sidecar=debug,info",
+            "--log-format",
+            "json",
+        ],
+    )
+    .await;
+    let gw = GatewayProc::start(
+        &[format!("web-0={}", unit.sidecar.public)],
+        &["--log-filter", "debug", "--log-format", "json"],
+    )
+    .await;
+    gw.wait_up(1).await;
+    let client = reqwest::Client::new();
+
+    let sent = "9b1c7e0a-3f11-4c55-a0de-5c2f1e4b7d10";
+    let r = client
+        .get(gw.url("/echo"))
+        .header("x-request-id", sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], sent);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["x-request-id"],
+        sent
+    );
+
+    for forged in ["a\"b", "x".repeat(129).as_str(), "two words"] {
+        let r = client
+            .get(gw.url("/echo"))
+            .header("x-request-id", forged)
+            .send()
+            .await
+            .unwrap();
+        let id = r.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_ne!(id, forged);
+        assert_eq!(id.len(), 32);
+        assert_eq!(
+            r.json::<serde_json::Value>().await.unwrap()["x-request-id"],
+            id
+        );
+    }
+    let none = client.get(gw.url("/echo")).send().await.unwrap();
+    let made = none.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(
+        none.json::<serde_json::Value>().await.unwrap()["x-request-id"],
+        made
+    );
+
+    // The request's log lines name its id, in the gateway and in the sidecar.
+    let failing = "trace-me-0001";
+    let r = client
+        .get(gw.url("/_unit/web-0/cart"))
+        .header("x-request-id", failing)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], failing);
+    let lines_naming = |log: String| -> usize {
+        log.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["span"]["request_id"] == failing)
+            .count()
+    };
+    eventually(
+        Duration::from_secs(5),
+        "log lines name the request",
+        || async { lines_naming(gw.log_text()) >= 1 && lines_naming(unit.sidecar.log_text()) >= 1 },
+    )
+    .await;
+    for log in [gw.log_text(), unit.sidecar.log_text()] {
+        assert!(!log.contains("two words") && !log.contains("a\\\"b"));
+    }
+}
+
+/// `--access-log json`: one line per request when its answer ends, with the unit, the keyed
+/// session hash (never the id), bytes, durations, failover; the gateway's own refusals too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_line_per_request_and_no_credential() {
+    let db = TestDb::new().await;
+    let units = [
+        Unit::start("web-0", &db.url, &[]).await,
+        Unit::start("web-1", &db.url, &[]).await,
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let gw = GatewayProc::start(
+        &flags(&units),
+        &[
+            "--access-log",
+            "json",
+            "--access-log-path",
+            path.to_str().unwrap(),
+            "--slow-start",
+            "0s",
+        ],
+    )
+    .await;
+    gw.wait_up(2).await;
+
+    let mut b = Browser::new();
+    let home = b.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let added = b
+        .post(&gw.url(&format!("/_unit/{home}/cart/add?item=pear")))
+        .await;
+    assert_eq!(added.status, 200);
+    let sid = b.cookie("sf_session").unwrap().to_owned();
+    let r = reqwest::Client::new()
+        .get(gw.url("/cart?token=secret-in-query"))
+        .header("cookie", b.cookie_header())
+        .header("x-request-id", "cart-read-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body_len = r.bytes().await.unwrap().len() as u64;
+    let refused = b.get(&gw.url("/_stickyfarm/health")).await;
+    assert_eq!(refused.status, 404);
+    assert_eq!(gw.admin(&home, "disable").await, 204);
+    let moved = b.get(&gw.url("/cart")).await;
+    assert_eq!(moved.status, 200);
+
+    let read_lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+            .collect()
+    };
+    eventually(Duration::from_secs(5), "five lines", || async {
+        read_lines().len() >= 5
+    })
+    .await;
+    let lines = read_lines();
+    assert_eq!(lines.len(), 5, "{lines:#?}");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains(&sid), "no session id in the access log");
+    assert!(!text.contains("secret-in-query"), "no query by default");
+
+    let cart = lines
+        .iter()
+        .find(|l| l["request_id"] == "cart-read-1")
+        .expect("the cart read's line");
+    assert_eq!(cart["path"], "/cart");
+    assert_eq!(cart["method"], "GET");
+    assert_eq!(cart["status"], 200);
+    assert_eq!(cart["unit"], home.as_str());
+    assert_eq!(cart["client"], "127.0.0.1");
+    assert_eq!(cart["bytes_out"], body_len);
+    assert_eq!(cart["failed_over"], false);
+    assert_eq!(cart["retried"], 0);
+    assert!(cart["instance"].as_str().is_some_and(|i| i.len() == 36));
+    let session = cart["session"].as_str().unwrap();
+    assert_eq!(session.len(), 16);
+    assert!(cart["duration_ms"].as_f64().unwrap() >= cart["upstream_ms"].as_f64().unwrap());
+    // The same session hashes alike on every line of this gateway.
+    let added_line = lines
+        .iter()
+        .find(|l| l["path"] == format!("/_unit/{home}/cart/add"))
+        .unwrap();
+    assert_eq!(added_line["session"], session);
+    assert_eq!(added_line["method"], "POST");
+
+    let refusal = lines
+        .iter()
+        .find(|l| l["path"] == "/_stickyfarm/health")
+        .unwrap();
+    assert_eq!(refusal["status"], 404);
+    assert!(refusal["unit"].is_null() && refusal["upstream_ms"].is_null());
+
+    let failover = lines.last().unwrap();
+    assert_eq!(failover["failed_over"], true);
+    assert_ne!(failover["unit"], home.as_str());
+    assert_eq!(failover["session"], session);
+}

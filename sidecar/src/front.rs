@@ -15,12 +15,14 @@ use hyper::body::Body as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use stickyfarm_api::request_id;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::tunnel::Tunnels;
 use stickyfarm_api::{
     ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, StoredId, UnitBaseUrl,
     UnitName, headers, paths, remove_hop_by_hop, remove_stickyfarm_headers,
 };
+use tracing::Instrument;
 
 use crate::cache::CachedSession;
 use crate::tier::SessionTier;
@@ -139,8 +141,17 @@ fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
     r
 }
 
-/// Forwards one client request to the app with its session attached.
+/// Forwards one client request to the app with its session attached, under its request id
+/// (the gateway's, or a new one for a request that did not come through a gateway).
 async fn forward(State(front): State<Arc<Front>>, mut req: Request) -> Response {
+    let id = request_id::ensure(req.headers_mut());
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+    let mut resp = forward_request(front, req).instrument(span).await;
+    resp.headers_mut().insert(request_id::HEADER, id);
+    resp
+}
+
+async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     if paths::is_internal(req.uri().path()) {
         return plain(StatusCode::NOT_FOUND, "unknown Stickyfarm path\n");
     }
@@ -168,6 +179,10 @@ async fn forward(State(front): State<Arc<Front>>, mut req: Request) -> Response 
         }
     };
     let id = resolved.id;
+    tracing::debug!(
+        cached = resolved.session.is_some(),
+        "session resolved; forwarding to the app"
+    );
     // A WebSocket (any HTTP/1.1 upgrade): the client's end of the tunnel, should the app
     // switch protocols. The session is attached to the upgrade request like to any other.
     let upgrade = stickyfarm_api::upgrade_protocol(&req);

@@ -3,6 +3,7 @@
 //! unit can continue a session); only orders are the shop's own rows in PostgreSQL. Every link
 //! is built from the unit base URL the sidecar passes, and every page says which unit served it.
 
+pub mod live;
 pub mod shop;
 pub mod state;
 
@@ -27,6 +28,8 @@ pub struct Shop {
     pub sessions: SessionApi,
     /// Orders.
     pub db: PgPool,
+    /// Cart changes, for the live badge of the session's other tabs.
+    pub news: live::CartNews,
 }
 
 /// The shop's routes.
@@ -45,6 +48,8 @@ pub fn router(shop: Arc<Shop>) -> Router {
         .route("/api/cart/items", post(api_add))
         .route("/api/cart/items/{sku}", put(api_set).delete(api_remove))
         .route("/api/checkout", post(api_checkout))
+        .route("/live", get(live::socket))
+        .route("/live.js", get(live::script))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(shop)
 }
@@ -120,8 +125,15 @@ fn money(cents: u64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
 }
 
-fn page(v: &Visit, login: &Login, title: &str, body: &str) -> Html<String> {
+/// What every page shows of the session: who is signed in and how full the cart is.
+struct Header {
+    login: Login,
+    items: u32,
+}
+
+fn page(v: &Visit, header: &Header, title: &str, body: &str) -> Html<String> {
     let base = attr(&v.base);
+    let login = &header.login;
     let who = if login.name.is_empty() {
         format!(
             r#"<form method="post" action="{base}/login">Sign in as <input name="name" required maxlength="40"> <button>Sign in</button></form>"#
@@ -137,26 +149,31 @@ fn page(v: &Visit, login: &Login, title: &str, body: &str) -> Html<String> {
 <style>body{{font-family:sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}}
 header{{display:flex;justify-content:space-between;align-items:center;border-bottom:1px solid #ccc}}
 .unit{{background:#eef;padding:.3rem .6rem;border-radius:.3rem}} table{{border-collapse:collapse}} td,th{{padding:.3rem .8rem}}</style>
-</head><body><header><h1><a href="{base}/">Stickyfarm Webstore</a></h1>
-<div><span class="unit" id="served-by">Served by unit <b>{unit}</b> (instance {instance})</span> · <a href="{base}/cart">Cart</a></div></header>
-{who}<main><h2>{title}</h2>{body}</main></body></html>"#,
+</head><body data-unit-url="{base}"><header><h1><a href="{base}/">Stickyfarm Webstore</a></h1>
+<div><span class="unit" id="served-by">Served by unit <b>{unit}</b> (instance {instance})</span> · <a href="{base}/cart">Cart (<span id="cart-count">{items}</span>)</a></div></header>
+{who}<main><h2>{title}</h2>{body}</main><script src="{base}/live.js" defer></script></body></html>"#,
+        items = header.items,
         title = text(title),
         unit = text(&v.unit),
         instance = text(v.instance.get(..8).unwrap_or(&v.instance)),
     ))
 }
 
-async fn visit_with_login(shop: &Shop, h: &HeaderMap) -> Result<(Visit, Login), ShopError> {
+/// The visit and what its page header shows (from the snapshot the sidecar attached, so
+/// usually without a round trip).
+async fn visit_with_header(shop: &Shop, h: &HeaderMap) -> Result<(Visit, Header), ShopError> {
     let v = Visit::from_headers(h)?;
     let (login, _) = shop.sessions.read::<Login>(&v, LOGIN).await?;
-    Ok((v, login))
+    let (cart, _) = shop.sessions.read::<Cart>(&v, CART).await?;
+    let items = live::item_count(&cart);
+    Ok((v, Header { login, items }))
 }
 
 async fn catalog_page(
     State(shop): State<Arc<Shop>>,
     h: HeaderMap,
 ) -> Result<Html<String>, ShopError> {
-    let (v, login) = visit_with_login(&shop, &h).await?;
+    let (v, header) = visit_with_header(&shop, &h).await?;
     let base = attr(&v.base);
     let rows: String = CATALOG
         .iter()
@@ -171,7 +188,7 @@ async fn catalog_page(
         .collect();
     Ok(page(
         &v,
-        &login,
+        &header,
         "Catalog",
         &format!("<table>{rows}</table>"),
     ))
@@ -182,7 +199,7 @@ async fn product_page(
     Path(sku): Path<String>,
     h: HeaderMap,
 ) -> Result<Html<String>, ShopError> {
-    let (v, login) = visit_with_login(&shop, &h).await?;
+    let (v, header) = visit_with_header(&shop, &h).await?;
     let p = product(&sku).ok_or_else(|| bad_sku(&sku))?;
     let base = attr(&v.base);
     let body = format!(
@@ -191,17 +208,17 @@ async fn product_page(
         price = money(p.price_cents),
         sku = p.sku
     );
-    Ok(page(&v, &login, p.name, &body))
+    Ok(page(&v, &header, p.name, &body))
 }
 
 async fn cart_page(State(shop): State<Arc<Shop>>, h: HeaderMap) -> Result<Html<String>, ShopError> {
-    let (v, login) = visit_with_login(&shop, &h).await?;
+    let (v, header) = visit_with_header(&shop, &h).await?;
     let (cart, _) = shop.sessions.read::<Cart>(&v, CART).await?;
     let base = attr(&v.base);
     if cart.0.is_empty() {
         return Ok(page(
             &v,
-            &login,
+            &header,
             "Your cart",
             &format!(r#"<p>Your cart is empty. <a href="{base}/">Shop on</a>.</p>"#),
         ));
@@ -223,7 +240,7 @@ async fn cart_page(State(shop): State<Arc<Shop>>, h: HeaderMap) -> Result<Html<S
         r#"<table>{rows}<tr><th>Total</th><td></td><th>{total}</th></tr></table><form method="post" action="{base}/checkout"><button>Check out</button></form>"#,
         total = money(total_cents(&cart))
     );
-    Ok(page(&v, &login, "Your cart", &body))
+    Ok(page(&v, &header, "Your cart", &body))
 }
 
 #[derive(Deserialize)]
@@ -239,7 +256,9 @@ async fn change_cart(
     change: impl Fn(&mut Cart),
 ) -> Result<(Cart, u64), ShopError> {
     product(sku).ok_or_else(|| bad_sku(sku))?;
-    Ok(shop.sessions.update::<Cart, _>(v, CART, change).await?)
+    let (cart, version) = shop.sessions.update::<Cart, _>(v, CART, change).await?;
+    shop.news.publish(&v.session, live::item_count(&cart));
+    Ok((cart, version))
 }
 
 /// Adds to a line; the line never goes past [`MAX_QTY`] whatever the cart held before.
@@ -359,6 +378,7 @@ async fn checkout(shop: &Shop, v: &Visit, key: Option<&str>) -> Result<shop::Ord
     shop.sessions
         .replace_if(v, CART, &Cart::default(), version)
         .await?;
+    shop.news.publish(&v.session, 0);
     Ok(order)
 }
 
@@ -369,6 +389,8 @@ async fn checkout_form(
     let v = Visit::from_headers(&h)?;
     let order = checkout(&shop, &v, idempotency_key(&h)?.as_deref()).await?;
     let (login, _) = shop.sessions.read::<Login>(&v, LOGIN).await?;
+    // The cart was just emptied by the order.
+    let header = Header { login, items: 0 };
     let lines: String = order
         .items
         .iter()
@@ -385,7 +407,7 @@ async fn checkout_form(
         total = money(order.total_cents),
         base = attr(&v.base)
     );
-    Ok(page(&v, &login, "Thank you", &body))
+    Ok(page(&v, &header, "Thank you", &body))
 }
 
 fn cart_json(v: &Visit, cart: &Cart, version: u64) -> Json<serde_json::Value> {

@@ -55,6 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let app = router(Arc::new(Shop {
         sessions: SessionApi::new(&args.session_api),
         db,
+        news: Default::default(),
     }));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -36,8 +36,10 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use stickyfarm_api::listener::RequestBody;
-use stickyfarm_api::{CookiePolicy, UnitName, headers};
+use stickyfarm_api::{CookiePolicy, UnitName, headers, request_id};
+use tracing::Instrument;
 
+use crate::access_log::{self, AccessLog, AccessRecord, Logged};
 use crate::balance::{self, Candidate, Policy};
 use crate::config::{Addressing, Failback, Scheme};
 use crate::metrics::Metrics;
@@ -105,6 +107,7 @@ pub struct ProxySettings {
 pub struct Proxy {
     farm: Arc<Farm>,
     metrics: Arc<Metrics>,
+    access_log: Option<Arc<AccessLog>>,
     new_sessions: Option<NewSessionLimit>,
     tunnels: Tunnels,
     s: ProxySettings,
@@ -151,6 +154,7 @@ impl Proxy {
         Proxy {
             farm,
             metrics,
+            access_log: None,
             new_sessions: NewSessionLimit::new(s.new_session_rate, s.new_session_burst),
             tunnels: Tunnels::new(
                 s.tunnel_idle_timeout,
@@ -159,6 +163,12 @@ impl Proxy {
             s,
             turn: AtomicUsize::new(0),
         }
+    }
+
+    /// Writes a line per request to `log`.
+    pub fn with_access_log(mut self, log: Option<Arc<AccessLog>>) -> Proxy {
+        self.access_log = log;
+        self
     }
 
     /// The open upgraded connections (a stop closes them at the end of its grace).
@@ -211,14 +221,30 @@ impl Proxy {
     /// Handles one client request.
     pub async fn handle(
         self: Arc<Self>,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
         remote: SocketAddr,
     ) -> Response<ResponseBody> {
         // An answer of the gateway's own (a refusal, an error) to an HTTP/1 request whose body
         // it did not read closes the connection: otherwise the unread body would be taken for
         // the client's next request on it, which then fails.
         let unread_body = req.version() < http::Version::HTTP_2 && !req.body().is_end_stream();
-        let mut resp = match self.handle_request(req, remote).await {
+        // The request id goes to the unit and the app, back to the client, and on every log
+        // line about this request (its span).
+        let id = request_id::ensure(req.headers_mut());
+        let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
+        let arrival = self
+            .access_log
+            .as_ref()
+            .map(|log| Arrival::of(log, &req, remote, self.s.trust_forwarded));
+        let mut notes = Notes {
+            keep: arrival.is_some(),
+            ..Notes::default()
+        };
+        let mut resp = match self
+            .handle_request(req, remote, &mut notes)
+            .instrument(span)
+            .await
+        {
             Ok(resp) => resp,
             Err(refusal) => self.refuse(refusal),
         };
@@ -226,6 +252,10 @@ impl Proxy {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if let (Some(log), Some(arrival)) = (&self.access_log, arrival) {
+            resp = arrival.log_when_sent(log, resp, notes, &id);
+        }
+        resp.headers_mut().insert(request_id::HEADER, id);
         resp
     }
 
@@ -234,8 +264,12 @@ impl Proxy {
         &self,
         mut req: Request<RequestBody>,
         remote: SocketAddr,
+        notes: &mut Notes,
     ) -> Result<Response<ResponseBody>, Refusal> {
         let route = route::route(&self.s, &req, remote)?;
+        if notes.keep && route.has_session {
+            notes.session = Some(route.key.clone());
+        }
         self.admit(&route, &req, remote)?;
         let members = self.farm.members();
         let placement = self.pick(&members, &route)?;
@@ -246,7 +280,7 @@ impl Proxy {
             .is_some()
             .then(|| hyper::upgrade::on(&mut req));
         let outbound = forward::outbound(&self.s, req, &route, remote).await?;
-        self.forward(&members, &route, placement, outbound, client_upgrade)
+        self.forward(&members, &route, placement, outbound, client_upgrade, notes)
             .await
     }
 
@@ -270,8 +304,10 @@ impl Proxy {
         self.s.failback == Failback::Return
     }
 
-    /// The pick phase: the unit a request names if it serves its sessions, else a backup; a
-    /// first request is balanced.
+    /// The pick phase: the unit a request names if it serves its sessions, else a backup (the
+    /// one its routing cookie names when that serves, else the first in rendezvous order of
+    /// the session, so all its tabs and every gateway replica agree); a first request is
+    /// balanced.
     pub fn pick(&self, members: &Members, route: &Route) -> Result<Placement, Refusal> {
         let return_mode = self.return_mode();
         let Some(name) = &route.wanted else {
@@ -293,8 +329,11 @@ impl Proxy {
             Some(_) => {
                 self.metrics.failover();
                 let tried = vec![name.clone()];
+                if let Some(moved) = self.moved_to(members, route, name) {
+                    return Ok(moved);
+                }
                 let backup = self
-                    .pick_new(members, &tried, &route.key, return_mode)
+                    .pick_new(members, &tried, &route.key, true)
                     .ok_or(Refusal::NoUnit)?;
                 tracing::debug!(unit = %name, backup = %backup.name(), "unit out of service: failing over");
                 Ok(Placement {
@@ -306,10 +345,13 @@ impl Proxy {
             None if route.explicit && !route.has_session => Err(Refusal::UnknownUnit),
             // A returning client of a unit that left the farm (scaled down): fail over.
             None => {
-                let backup = self
-                    .pick_new(members, &[], &route.key, return_mode)
-                    .ok_or(Refusal::NoUnit)?;
                 self.metrics.failover();
+                if let Some(moved) = self.moved_to(members, route, name) {
+                    return Ok(moved);
+                }
+                let backup = self
+                    .pick_new(members, &[], &route.key, true)
+                    .ok_or(Refusal::NoUnit)?;
                 Ok(Placement {
                     unit: backup,
                     home: None,
@@ -317,6 +359,27 @@ impl Proxy {
                 })
             }
         }
+    }
+
+    /// Where a session already went when its unit `name` is out of service: a link (or a
+    /// page's WebSocket) naming the old unit follows the routing cookie to the backup the
+    /// session failed over to, so every tab of a session meets on one unit. In failback
+    /// `return` the backup is chosen by rendezvous anyway.
+    fn moved_to(&self, members: &Members, route: &Route, name: &UnitName) -> Option<Placement> {
+        if self.return_mode() {
+            return None;
+        }
+        let moved = route.cookie_unit.as_ref().filter(|c| *c != name)?;
+        let unit = members
+            .units
+            .get(moved)
+            .filter(|u| u.serves_its_sessions())?;
+        tracing::debug!(unit = %name, backup = %moved, "unit out of service: failing over");
+        Some(Placement {
+            unit: unit.clone(),
+            home: None,
+            tried: vec![name.clone()],
+        })
     }
 
     /// The forward and fail-over phases: attempts on the placed unit, then on backups as the
@@ -328,6 +391,7 @@ impl Proxy {
         placement: Placement,
         outbound: Outbound,
         mut client_upgrade: Option<OnUpgrade>,
+        notes: &mut Notes,
     ) -> Result<Response<ResponseBody>, Refusal> {
         let Placement {
             mut unit,
@@ -346,7 +410,9 @@ impl Proxy {
         // Whether some unit received the request and failed it (502) rather than none being
         // reachable (503).
         let mut reached_a_unit = false;
+        let mut attempts = 0;
         loop {
+            attempts += 1;
             let link = match (&home, return_mode) {
                 (Some(h), true) => h.clone(),
                 _ => unit.name().clone(),
@@ -363,43 +429,46 @@ impl Proxy {
                 ),
                 None => None,
             };
-            let (failure, error, returned) =
-                match forward::attempt(&self.s, &unit, request, fresh).await {
-                    Attempt::Answered {
+            let (failure, error, returned) = match forward::attempt(&self.s, &unit, request, fresh)
+                .await
+            {
+                Attempt::Answered {
+                    response,
+                    sender,
+                    in_flight,
+                    took,
+                } => {
+                    // Any status the app chose, 5xx included, is an answer: only what
+                    // proves the unit broken takes it out (a client can make an app
+                    // answer 500).
+                    unit.record_response(response.status().as_u16(), took);
+                    notes.served(&unit, took, attempts, !tried.is_empty());
+                    tracing::debug!(unit = %unit.name(), status = response.status().as_u16(), ?took, "the unit answered");
+                    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+                        return self.switch_protocols(
+                            route,
+                            response,
+                            client_upgrade.take(),
+                            TunnelParts { in_flight, slot },
+                            &link,
+                        );
+                    }
+                    return Ok(respond::respond(
+                        &self.s.cookies,
                         response,
+                        unit,
                         sender,
                         in_flight,
-                        took,
-                    } => {
-                        // Any status the app chose, 5xx included, is an answer: only what
-                        // proves the unit broken takes it out (a client can make an app
-                        // answer 500).
-                        unit.record_response(response.status().as_u16(), took);
-                        if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                            return self.switch_protocols(
-                                route,
-                                response,
-                                client_upgrade.take(),
-                                TunnelParts { in_flight, slot },
-                                &link,
-                            );
-                        }
-                        return Ok(respond::respond(
-                            &self.s.cookies,
-                            response,
-                            unit,
-                            sender,
-                            in_flight,
-                            &link,
-                            route.cookie_unit.as_ref(),
-                        ));
-                    }
-                    Attempt::Failed {
-                        failure,
-                        error,
-                        returned,
-                    } => (failure, error, returned),
-                };
+                        &link,
+                        route.cookie_unit.as_ref(),
+                    ));
+                }
+                Attempt::Failed {
+                    failure,
+                    error,
+                    returned,
+                } => (failure, error, returned),
+            };
             reached_a_unit |= matches!(failure, Failure::Broken { .. });
             let verdict =
                 forward::after_failure(failure, replay.is_some(), idempotent, stale_retry_used);
@@ -434,7 +503,9 @@ impl Proxy {
                     retries += 1;
                     self.metrics.retry();
                     tried.push(unit.name().clone());
-                    unit = match self.pick_new(members, &tried, &route.key, return_mode) {
+                    // A session's retries go where its failovers go; a first request's anywhere.
+                    let sticky = route.has_session || return_mode;
+                    unit = match self.pick_new(members, &tried, &route.key, sticky) {
                         Some(b) => b,
                         None => break,
                     };
@@ -485,6 +556,84 @@ impl Proxy {
     }
 }
 
+/// What the phases learned about a request, for its access log line.
+#[derive(Default)]
+struct Notes {
+    /// Whether anyone reads these (the access log is on).
+    keep: bool,
+    session: Option<Vec<u8>>,
+    unit: Option<Arc<Unit>>,
+    took: Option<Duration>,
+    retried: u32,
+    failed_over: bool,
+}
+
+impl Notes {
+    fn served(&mut self, unit: &Arc<Unit>, took: Duration, attempts: u32, failed_over: bool) {
+        if self.keep {
+            self.unit = Some(unit.clone());
+            self.took = Some(took);
+            self.retried = attempts.saturating_sub(1);
+            self.failed_over = failed_over;
+        }
+    }
+}
+
+/// A request as it arrived, for its access log line.
+struct Arrival {
+    at: std::time::SystemTime,
+    started: std::time::Instant,
+    client: std::net::IpAddr,
+    method: String,
+    path: String,
+    bytes_in: Option<u64>,
+}
+
+impl Arrival {
+    fn of<B>(log: &AccessLog, req: &Request<B>, remote: SocketAddr, trust_forwarded: bool) -> Self {
+        Arrival {
+            at: std::time::SystemTime::now(),
+            started: std::time::Instant::now(),
+            client: client_address(remote, req.headers(), trust_forwarded),
+            method: req.method().to_string(),
+            path: log.path(req.uri()),
+            bytes_in: route::declared_length(req.headers()),
+        }
+    }
+
+    /// The answer, whose body writes the request's line when it ends.
+    fn log_when_sent(
+        self,
+        log: &Arc<AccessLog>,
+        resp: Response<ResponseBody>,
+        notes: Notes,
+        id: &HeaderValue,
+    ) -> Response<ResponseBody> {
+        let record = AccessRecord {
+            time: access_log::timestamp(self.at),
+            client: self.client,
+            method: self.method,
+            path: self.path,
+            status: resp.status().as_u16(),
+            unit: notes.unit.as_ref().map(|u| u.name().to_string()),
+            instance: notes
+                .unit
+                .as_ref()
+                .and_then(|u| u.instance())
+                .map(|i| i.to_string()),
+            session: notes.session.map(|s| log.session(&s)),
+            bytes_in: self.bytes_in,
+            bytes_out: 0,
+            duration_ms: 0.0,
+            upstream_ms: notes.took.map(access_log::ms),
+            retried: notes.retried,
+            failed_over: notes.failed_over,
+            request_id: id.to_str().unwrap_or_default().to_owned(),
+        };
+        let started = self.started;
+        resp.map(|body| Logged::new(body, log.clone(), record, started).boxed())
+    }
+}
 /// What the forward phase holds for a tunnel when a unit switches protocols.
 struct TunnelParts {
     in_flight: InFlight,
@@ -596,7 +745,35 @@ mod tests {
         }
         let stay = proxy(3, Failback::Stay);
         take_out(&stay, "web-1");
-        assert_eq!(stay.pick(&stay.farm.members(), &route).unwrap().home, None);
+        let members = stay.farm.members();
+        let first = stay.pick(&members, &route).unwrap();
+        assert_eq!(first.home, None);
+        // Failback `stay` too: every tab, retry and gateway replica meets the session on one
+        // backup.
+        for _ in 0..10 {
+            assert_eq!(
+                stay.pick(&members, &route).unwrap().unit.name(),
+                first.unit.name()
+            );
+        }
+    }
+
+    #[test]
+    fn an_old_link_follows_the_session_to_the_backup_its_cookie_names() {
+        let p = proxy(4, Failback::Stay);
+        take_out(&p, "web-1");
+        let members = p.farm.members();
+        let mut old_link = route_to(Some("web-1"), true, true);
+        old_link.cookie_unit = Some("web-3".parse().unwrap());
+        for _ in 0..10 {
+            let placed = p.pick(&members, &old_link).unwrap();
+            assert_eq!(placed.unit.name().as_str(), "web-3");
+            assert_eq!(placed.tried, vec!["web-1".parse::<UnitName>().unwrap()]);
+        }
+        // A cookie naming a unit out of service too is no help: any backup.
+        take_out(&p, "web-3");
+        let placed = p.pick(&p.farm.members(), &old_link).unwrap();
+        assert!(["web-0", "web-2"].contains(&placed.unit.name().as_str()));
     }
 
     #[test]
@@ -654,7 +831,16 @@ mod tests {
             replay: None,
             idempotent: true,
         };
-        let answer = p.forward(&members, &route, placement, outbound, None).await;
+        let answer = p
+            .forward(
+                &members,
+                &route,
+                placement,
+                outbound,
+                None,
+                &mut Notes::default(),
+            )
+            .await;
         assert_eq!(answer.err(), Some(Refusal::NoUnit));
         let exposition = p.metrics.encode();
         assert!(
