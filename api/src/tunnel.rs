@@ -363,6 +363,24 @@ mod tests {
         f
     }
 
+    type Peer = tokio::io::DuplexStream;
+
+    /// A splice between two in-memory connections; the test plays the client and the far
+    /// side through the peers.
+    fn spliced(
+        idle: Duration,
+        stop: (CancellationToken, u16),
+    ) -> (tokio::task::JoinHandle<TunnelEnd>, Peer, Peer) {
+        let (client, client_peer) = tokio::io::duplex(1024);
+        let (far, far_peer) = tokio::io::duplex(1024);
+        let task = tokio::spawn(splice(client, far, true, idle, stop));
+        (task, client_peer, far_peer)
+    }
+
+    fn quiet() -> (CancellationToken, u16) {
+        (CancellationToken::new(), CLOSE_GOING_AWAY)
+    }
+
     #[test]
     fn frame_boundaries_are_found_whatever_the_pieces() {
         let mut stream = frame(0x1, b"hello", false);
@@ -402,15 +420,7 @@ mod tests {
     /// answered with 1012 at a frame boundary.
     #[tokio::test]
     async fn a_splice_carries_both_ways_and_tells_the_client_when_the_far_side_dies() {
-        let (client, mut client_peer) = tokio::io::duplex(1024);
-        let (far, mut far_peer) = tokio::io::duplex(1024);
-        let task = tokio::spawn(splice(
-            client,
-            far,
-            true,
-            Duration::from_secs(5),
-            (CancellationToken::new(), CLOSE_GOING_AWAY),
-        ));
+        let (task, mut client_peer, mut far_peer) = spliced(Duration::from_secs(5), quiet());
         client_peer
             .write_all(&frame(0x1, b"up", true))
             .await
@@ -434,15 +444,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_far_side_that_closed_properly_gets_no_frame_of_ours() {
-        let (client, mut client_peer) = tokio::io::duplex(1024);
-        let (far, mut far_peer) = tokio::io::duplex(1024);
-        let task = tokio::spawn(splice(
-            client,
-            far,
-            true,
-            Duration::from_secs(5),
-            (CancellationToken::new(), CLOSE_GOING_AWAY),
-        ));
+        let (task, mut client_peer, mut far_peer) = spliced(Duration::from_secs(5), quiet());
         let theirs = frame(0x8, &1000u16.to_be_bytes(), false);
         far_peer.write_all(&theirs).await.unwrap();
         far_peer.shutdown().await.unwrap();
@@ -455,15 +457,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_far_side_that_ends_after_the_clients_close_frame_is_no_failure() {
-        let (client, mut client_peer) = tokio::io::duplex(1024);
-        let (far, mut far_peer) = tokio::io::duplex(1024);
-        let task = tokio::spawn(splice(
-            client,
-            far,
-            true,
-            Duration::from_secs(5),
-            (CancellationToken::new(), CLOSE_GOING_AWAY),
-        ));
+        let (task, mut client_peer, mut far_peer) = spliced(Duration::from_secs(5), quiet());
         let close = frame(0x8, &1000u16.to_be_bytes(), true);
         client_peer.write_all(&close).await.unwrap();
         let mut got = vec![0u8; close.len()];
@@ -477,15 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_tunnel_is_closed_and_a_half_frame_is_not_corrupted() {
-        let (client, mut client_peer) = tokio::io::duplex(1024);
-        let (far, mut far_peer) = tokio::io::duplex(1024);
-        let task = tokio::spawn(splice(
-            client,
-            far,
-            true,
-            Duration::from_millis(200),
-            (CancellationToken::new(), CLOSE_GOING_AWAY),
-        ));
+        let (task, mut client_peer, mut far_peer) = spliced(Duration::from_millis(200), quiet());
         // Half a frame: the head promises 10 bytes, 3 come.
         let half = &frame(0x2, &[9u8; 10], false)[..5];
         far_peer.write_all(half).await.unwrap();
@@ -500,16 +486,11 @@ mod tests {
 
     #[tokio::test]
     async fn stopping_closes_open_tunnels_with_the_stop_code() {
-        let (client, mut client_peer) = tokio::io::duplex(1024);
-        let (far, _far_peer) = tokio::io::duplex(1024);
         let stop = CancellationToken::new();
-        let task = tokio::spawn(splice(
-            client,
-            far,
-            true,
+        let (task, mut client_peer, _far_peer) = spliced(
             Duration::from_secs(60),
             (stop.clone(), CLOSE_SERVICE_RESTART),
-        ));
+        );
         stop.cancel();
         assert_eq!(task.await.unwrap(), TunnelEnd::Stopped);
         let mut rest = Vec::new();

@@ -692,6 +692,26 @@ impl Farm {
     }
 }
 
+/// A farm of `n` units `web-0`…, all up, for the tests of the request path.
+#[cfg(test)]
+pub(crate) fn test_farm(n: usize, policy: EjectionPolicy, metrics: Arc<Metrics>) -> Farm {
+    let farm = Farm::new(metrics, 4, policy, CancellationToken::new());
+    farm.apply(
+        (0..n)
+            .map(|i| UnitSpec {
+                name: format!("web-{i}").parse().unwrap(),
+                address: format!("127.0.0.1:{}", i + 1),
+                instance: None,
+                admin: AdminState::Enabled,
+            })
+            .collect(),
+    );
+    for u in farm.members().units.values() {
+        u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
+    }
+    farm
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -729,28 +749,8 @@ mod tests {
         assert_eq!(u.health(), Health::Up);
     }
 
-    /// A farm of `n` units `web-0`…, all up.
     fn farm_of(n: usize, policy: EjectionPolicy) -> Farm {
-        let farm = Farm::new(
-            Arc::new(Metrics::new()),
-            4,
-            policy,
-            CancellationToken::new(),
-        );
-        farm.apply(
-            (0..n)
-                .map(|i| UnitSpec {
-                    name: format!("web-{i}").parse().unwrap(),
-                    address: format!("127.0.0.1:{}", i + 1),
-                    instance: None,
-                    admin: AdminState::Enabled,
-                })
-                .collect(),
-        );
-        for u in farm.members().units.values() {
-            u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
-        }
-        farm
+        test_farm(n, policy, Arc::new(Metrics::new()))
     }
 
     fn member(farm: &Farm, name: &str) -> Arc<Unit> {

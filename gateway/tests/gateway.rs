@@ -936,22 +936,25 @@ async fn a_unit_whose_app_is_gone_fails_over_what_never_reached_the_app() {
     let units = three_units(&db).await;
     let gw = GatewayProc::start(&flags(&units), &["--check-interval", "60s"]).await;
     gw.wait_up(3).await;
-    let mut b = Browser::new();
-    let home = b.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let p = b
-        .post(&gw.url(&format!("/_unit/{home}/cart/add?item=fig")))
-        .await;
-    assert_eq!(p.status, 200);
+    let (mut b, home) = gw.shopper("fig").await;
     let victim = units.iter().find(|u| u.sidecar.unit == home).unwrap();
     victim.app.stop();
 
-    // The sidecar says so itself, with the marker the gateway acts on.
-    let direct = reqwest::get(victim.sidecar.url("/echo")).await.unwrap();
-    assert_eq!(direct.status(), 503);
-    assert_eq!(direct.headers()["x-stickyfarm-unit-unavailable"], "app");
+    // The sidecar says so itself, with the marker the gateway acts on, once the app's
+    // graceful stop has reached its open connections (a moment under load).
+    eventually(
+        Duration::from_secs(5),
+        "the sidecar sees its app gone",
+        || async {
+            let direct = reqwest::get(victim.sidecar.url("/echo")).await.unwrap();
+            direct.status() == 503
+                && direct
+                    .headers()
+                    .get("x-stickyfarm-unit-unavailable")
+                    .is_some_and(|v| v == "app")
+        },
+    )
+    .await;
 
     // A GET is replayed on a backup, with the session intact, and the unit is taken out.
     let cart = b.get(&gw.url(&format!("/_unit/{home}/cart"))).await;
@@ -1587,15 +1590,7 @@ async fn the_access_log_has_a_line_per_request_and_no_credential() {
     .await;
     gw.wait_up(2).await;
 
-    let mut b = Browser::new();
-    let home = b.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let added = b
-        .post(&gw.url(&format!("/_unit/{home}/cart/add?item=pear")))
-        .await;
-    assert_eq!(added.status, 200);
+    let (mut b, home) = gw.shopper("pear").await;
     let sid = b.cookie("sf_session").unwrap().to_owned();
     let r = reqwest::Client::new()
         .get(gw.url("/cart?token=secret-in-query"))

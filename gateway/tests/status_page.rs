@@ -61,15 +61,7 @@ async fn the_status_page_reads_on_a_phone_and_a_desktop_in_a_real_browser() {
     gw.wait_up(3).await;
     let mut shoppers = 0;
     for i in 0..12 {
-        let mut b = stickyfarm_testkit::Browser::new();
-        let home = b.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let p = b
-            .post(&gw.url(&format!("/_unit/{home}/cart/add?item=item-{i}")))
-            .await;
-        assert_eq!(p.status, 200, "{}", p.body);
+        gw.shopper(&format!("item-{i}")).await;
         shoppers += 1;
     }
     units[1].app.stop();

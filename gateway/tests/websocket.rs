@@ -58,22 +58,6 @@ async fn hello(ws: &mut Socket) -> serde_json::Value {
     }
 }
 
-/// A shopper with a session and a cart on its unit.
-async fn shopper(gw: &GatewayProc) -> (Browser, String) {
-    let mut b = Browser::new();
-    let first = b.get(&gw.url("/echo")).await;
-    assert_eq!(first.status, 200);
-    let home = first.json()["x-stickyfarm-unit"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let added = b
-        .post(&gw.url(&format!("/_unit/{home}/cart/add?item=apple")))
-        .await;
-    assert_eq!(added.status, 200);
-    (b, home)
-}
-
 async fn wait_for_metric(gw: &GatewayProc, name: &str, labels: &str, want: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -102,7 +86,7 @@ async fn a_websocket_carries_messages_both_ways_in_order_on_the_sessions_unit() 
         .collect();
     let gw = GatewayProc::start(&flags, &["--slow-start", "0s"]).await;
     gw.wait_up(2).await;
-    let (b, home) = shopper(&gw).await;
+    let (b, home) = gw.shopper("apple").await;
 
     let mut ws = connect(&gw, &b).await.unwrap();
     // Routed like any request of the session: its unit, its session, its state.
@@ -210,7 +194,7 @@ async fn when_its_unit_dies_the_client_gets_1012_and_reconnects_to_a_backup_with
         .collect();
     let gw = GatewayProc::start(&flags, &["--slow-start", "0s"]).await;
     gw.wait_up(3).await;
-    let (b, home) = shopper(&gw).await;
+    let (b, home) = gw.shopper("apple").await;
     let mut ws = connect(&gw, &b).await.unwrap();
     assert_eq!(hello(&mut ws).await["unit"], home.as_str());
     ws.send(Message::text("before")).await.unwrap();
@@ -256,7 +240,7 @@ async fn tunnels_are_capped_per_unit_and_closed_when_idle() {
     )
     .await;
     gw.wait_up(1).await;
-    let (b, _) = shopper(&gw).await;
+    let (b, _) = gw.shopper("apple").await;
     let mut first = connect(&gw, &b).await.unwrap();
     hello(&mut first).await;
 

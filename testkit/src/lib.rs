@@ -1303,6 +1303,23 @@ impl GatewayProc {
 }
 
 impl GatewayProc {
+    /// A new shopper through this gateway: its first request gives it a session and a unit,
+    /// then it adds `item` to the test app's cart there. Returns it and its unit.
+    pub async fn shopper(&self, item: &str) -> (Browser, String) {
+        let mut b = Browser::new();
+        let first = b.get(&self.url("/echo")).await;
+        assert_eq!(first.status, 200, "{}", first.body);
+        let home = first.json()["x-stickyfarm-unit"]
+            .as_str()
+            .expect("the app names its unit")
+            .to_owned();
+        let added = b
+            .post(&self.url(&format!("/_unit/{home}/cart/add?item={item}")))
+            .await;
+        assert_eq!(added.status, 200, "{}", added.body);
+        (b, home)
+    }
+
     /// SIGTERM and wait; whether it exited successfully within `within`.
     pub fn terminate(&mut self, within: Duration) -> bool {
         self.process.terminate(within)

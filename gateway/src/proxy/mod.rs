@@ -643,9 +643,8 @@ struct TunnelParts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::{AdminState, CheckOk, UnitSpec};
+    use crate::units::AdminState;
     use std::net::SocketAddr;
-    use tokio_util::sync::CancellationToken;
 
     fn settings(failback: Failback) -> ProxySettings {
         ProxySettings {
@@ -674,26 +673,8 @@ mod tests {
     /// A proxy over units `web-0`…`web-{n-1}`, all up.
     fn proxy(n: usize, failback: Failback) -> Proxy {
         let metrics = Arc::new(Metrics::new());
-        let farm = Arc::new(Farm::new(
-            metrics.clone(),
-            4,
-            Default::default(),
-            CancellationToken::new(),
-        ));
-        farm.apply(
-            (0..n)
-                .map(|i| UnitSpec {
-                    name: format!("web-{i}").parse().unwrap(),
-                    address: format!("127.0.0.1:{}", i + 1),
-                    instance: None,
-                    admin: AdminState::Enabled,
-                })
-                .collect(),
-        );
-        for u in farm.members().units.values() {
-            u.record_check(Ok(CheckOk::default()), Duration::ZERO, 2, 3);
-        }
-        Proxy::new(farm, metrics, settings(failback))
+        let farm = crate::units::test_farm(n, Default::default(), metrics.clone());
+        Proxy::new(Arc::new(farm), metrics, settings(failback))
     }
 
     fn route_to(wanted: Option<&str>, explicit: bool, has_session: bool) -> Route {
