@@ -18,6 +18,8 @@ mod ids;
 pub mod listener;
 #[cfg(feature = "logs")]
 pub mod logs;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod request_id;
 mod snapshot;
 pub mod token;

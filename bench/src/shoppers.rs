@@ -318,10 +318,15 @@ fn p99(mut v: Vec<u64>) -> u64 {
 /// Analyses the answers of a run in which `killed` was killed at `kill_ms`.
 pub fn analyze_failover(answers: &[Answer], killed: &str, kill_ms: u64) -> Failover {
     let ok = |a: &Answer| (200..300).contains(&a.status);
+    // Where each session was at the kill: the unit of its last answer *completed* before it.
+    // A request still in flight at the kill is retried on a backup and answered from there,
+    // although it was sent before: by sending time, its session would look as if it had
+    // never been on the killed unit.
+    let done_ms = |a: &Answer| a.sent_ms + a.latency_us / 1000;
     let mut last_before: BTreeMap<u32, &Answer> = BTreeMap::new();
-    for a in answers.iter().filter(|a| a.sent_ms < kill_ms && ok(a)) {
+    for a in answers.iter().filter(|a| done_ms(a) < kill_ms && ok(a)) {
         let e = last_before.entry(a.session).or_insert(a);
-        if a.sent_ms >= e.sent_ms {
+        if done_ms(a) >= done_ms(e) {
             *e = a;
         }
     }
@@ -334,8 +339,8 @@ pub fn analyze_failover(answers: &[Answer], killed: &str, kill_ms: u64) -> Failo
     for s in &affected {
         let served_again = answers
             .iter()
-            .filter(|a| a.session == *s && ok(a) && a.unit != killed && a.sent_ms >= kill_ms)
-            .map(|a| a.sent_ms + a.latency_us / 1000 - kill_ms)
+            .filter(|a| a.session == *s && ok(a) && a.unit != killed && done_ms(a) >= kill_ms)
+            .map(|a| done_ms(a) - kill_ms)
             .min();
         recovery = match (recovery, served_again) {
             (Some(r), Some(t)) => Some(r.max(t)),
@@ -422,6 +427,18 @@ mod tests {
         assert_eq!(f.recovery_ms, Some(253));
         assert_eq!(f.p99_before_us, 500);
         assert_eq!(f.max_after_us, 3_000);
+    }
+
+    #[test]
+    fn a_request_in_flight_at_the_kill_does_not_hide_where_its_session_was() {
+        let answers = vec![
+            a(900, 0, false, 200, "u0", 10_000),
+            // Sent before the kill at 1000, answered after it by the backup (a retry).
+            a(995, 0, false, 200, "u2", 15_000),
+        ];
+        let f = analyze_failover(&answers, "u0", 1000);
+        assert_eq!(f.affected, 1);
+        assert_eq!(f.recovery_ms, Some(10));
     }
 
     #[test]

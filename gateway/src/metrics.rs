@@ -90,7 +90,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric under the `stickyfarm_gateway` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("stickyfarm_gateway");
+        let mut root = stickyfarm_api::metrics::root("gateway");
+        let registry = root.sub_registry_with_prefix("stickyfarm_gateway");
         let m = Metrics {
             registry: Registry::default(),
             up: Family::default(),
@@ -207,7 +208,10 @@ impl Metrics {
                 .tunnels_ended
                 .get_or_create(&EndLabel { end: end.as_str() });
         }
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// Handles for one unit.

@@ -1563,6 +1563,18 @@ async fn a_request_id_is_kept_or_made_and_follows_the_request_through_both_hops(
     for log in [gw.log_text(), unit.sidecar.log_text()] {
         assert!(!log.contains("two words") && !log.contains("a\\\"b"));
     }
+    // Every component says what it is and which version it runs.
+    assert_eq!(
+        gw.metric("stickyfarm_build_info", "component=\"gateway\"")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        unit.sidecar
+            .metric("stickyfarm_build_info", "component=\"sidecar\"")
+            .await,
+        1.0
+    );
 }
 
 /// `--access-log json`: one line per request when its answer ends, with the unit, the keyed

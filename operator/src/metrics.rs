@@ -31,7 +31,8 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("stickyfarm_operator");
+        let mut root = stickyfarm_api::metrics::root("operator");
+        let registry = root.sub_registry_with_prefix("stickyfarm_operator");
         let reconciles = Family::<ResultLabel, Counter>::default();
         registry.register(
             "reconciles",
@@ -51,7 +52,7 @@ impl Default for Metrics {
         let leader = Gauge::default();
         registry.register("leader", "1 while this replica leads", leader.clone());
         Metrics {
-            registry,
+            registry: root,
             reconciles,
             duration,
             leader,

@@ -115,7 +115,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers every metric under the `stickyfarm_sidecar` prefix.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("stickyfarm_sidecar");
+        let mut root = stickyfarm_api::metrics::root("sidecar");
+        let registry = root.sub_registry_with_prefix("stickyfarm_sidecar");
         let m = Metrics {
             cache_hits: Counter::default(),
             cache_misses: Counter::default(),
@@ -228,7 +229,10 @@ impl Metrics {
         for outcome in WRITE_OUTCOMES {
             let _ = m.writes.get_or_create(&OutcomeLabel { outcome });
         }
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
     /// The text exposition format.
