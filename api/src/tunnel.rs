@@ -156,6 +156,7 @@ pub struct Tunnels {
     stop: CancellationToken,
     idle: Duration,
     stop_code: u16,
+    max_open: usize,
     open: Arc<AtomicUsize>,
 }
 
@@ -169,8 +170,22 @@ impl Tunnels {
             stop: CancellationToken::new(),
             idle,
             stop_code,
+            max_open: usize::MAX,
             open: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// At most `max_open` tunnels at once ([`Tunnels::full`] says when no more may open). An
+    /// upgraded connection leaves its listener's connection cap, so without this a client
+    /// could hold any number of sockets open.
+    pub fn at_most(mut self, max_open: usize) -> Tunnels {
+        self.max_open = max_open;
+        self
+    }
+
+    /// Whether as many tunnels as allowed are open.
+    pub fn full(&self) -> bool {
+        self.open() >= self.max_open
     }
 
     /// Tunnels open now.
@@ -482,6 +497,14 @@ mod tests {
         let mut far_rest = Vec::new();
         far_peer.read_to_end(&mut far_rest).await.unwrap();
         assert!(far_rest.is_empty());
+    }
+
+    #[test]
+    fn a_capped_set_of_tunnels_says_when_it_is_full() {
+        let tunnels = Tunnels::new(Duration::from_secs(1), CLOSE_GOING_AWAY).at_most(1);
+        assert!(!tunnels.full());
+        tunnels.open.fetch_add(1, Ordering::Relaxed);
+        assert!(tunnels.full());
     }
 
     #[tokio::test]

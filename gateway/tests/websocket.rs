@@ -275,3 +275,46 @@ async fn tunnels_are_capped_per_unit_and_closed_when_idle() {
     let mut second = connect(&gw, &b).await.unwrap();
     hello(&mut second).await;
 }
+
+/// An upgraded connection leaves its listener's connection cap, so a client that reaches a
+/// unit directly (past the NetworkPolicy) could hold any number of sockets open there; the
+/// sidecar caps its tunnels at --max-connections and refuses the next upgrade, while its
+/// ordinary requests go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unit_reached_directly_holds_no_more_tunnels_than_its_connection_cap() {
+    let db = TestDb::new().await;
+    let unit = Unit::start("web-0", &db.url, &["--max-connections", "2"]).await;
+    let direct = |addr: std::net::SocketAddr| async move {
+        let req = format!("ws://{addr}/ws").into_client_request().unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::connect_async(req),
+        )
+        .await
+        .expect("the handshake must finish")
+    };
+    let (mut first, _) = direct(unit.sidecar.public).await.unwrap();
+    let (mut second, _) = direct(unit.sidecar.public).await.unwrap();
+    assert_eq!(hello(&mut first).await["unit"], "web-0");
+    assert_eq!(hello(&mut second).await["unit"], "web-0");
+    match direct(unit.sidecar.public).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| "a WebSocket")),
+    }
+    let plain = reqwest::get(unit.sidecar.url("/echo")).await.unwrap();
+    assert_eq!(plain.status(), 200);
+    // One closes: room for one more.
+    first.close(None).await.unwrap();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut third = loop {
+        match direct(unit.sidecar.public).await {
+            Ok((ws, _)) => break ws,
+            Err(_) => {
+                assert!(Instant::now() < deadline, "a slot must free up");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert_eq!(hello(&mut third).await["unit"], "web-0");
+}

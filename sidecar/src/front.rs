@@ -186,6 +186,13 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     // A WebSocket (any HTTP/1.1 upgrade): the client's end of the tunnel, should the app
     // switch protocols. The session is attached to the upgrade request like to any other.
     let upgrade = stickyfarm_api::upgrade_protocol(&req);
+    if upgrade.is_some() && front.tunnels.full() {
+        tracing::warn!("refusing an upgrade: as many tunnels as --max-connections are open");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many open WebSockets on this unit; retry shortly\n",
+        );
+    }
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();

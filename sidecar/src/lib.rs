@@ -170,7 +170,10 @@ impl Sidecar {
             config.farm_settings.cookies.policy(),
             config.snapshot_max.as_u64() as usize,
             config.max_body_size.as_u64(),
-            Tunnels::new(config.tunnel_idle_timeout, tunnel::CLOSE_SERVICE_RESTART),
+            // As many as the listener's connections: the gateway caps them per unit, this
+            // bounds what a client that reaches the unit directly could hold open.
+            Tunnels::new(config.tunnel_idle_timeout, tunnel::CLOSE_SERVICE_RESTART)
+                .at_most(config.max_connections),
         ));
 
         let mut tasks = JoinSet::new();
