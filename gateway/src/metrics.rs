@@ -29,6 +29,9 @@ struct EndLabel {
     end: &'static str,
 }
 
+/// Status classes, the label values of per-class series.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// The response time histogram's buckets: 0.5 ms to 16 s, doubling.
 fn response_time_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -43,6 +46,8 @@ pub struct Metrics {
     tunnels_ended: Family<EndLabel, Counter>,
     responses: Family<StatusLabel, Counter>,
     response_seconds: Family<UnitLabel, Histogram, fn() -> Histogram>,
+    request_seconds: Family<StatusLabel, Histogram, fn() -> Histogram>,
+    connect_seconds: Family<UnitLabel, Histogram, fn() -> Histogram>,
     state_changes: Family<UnitLabel, Counter>,
     checks_ok: Family<UnitLabel, Counter>,
     checks_failed: Family<UnitLabel, Counter>,
@@ -70,15 +75,36 @@ pub struct UnitMetrics {
     pub(crate) replacements: Counter,
     responses: [Counter; 5],
     response_seconds: Histogram,
+    request_seconds: [Histogram; 5],
+    connect_seconds: Histogram,
 }
 
 impl UnitMetrics {
     /// Counts a response by status class and records how long the unit took to answer.
     pub(crate) fn record_response(&self, status: u16, took: std::time::Duration) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
-        self.responses[class].inc();
+        self.responses[status_class(status)].inc();
         self.response_seconds.observe(took.as_secs_f64());
     }
+
+    /// Records a whole request, from its arrival to its answer's last byte.
+    pub(crate) fn record_request(&self, status: u16, took: std::time::Duration) {
+        self.request_seconds[status_class(status)].observe(took.as_secs_f64());
+    }
+
+    /// Records opening a connection to the unit.
+    pub(crate) fn record_connect(&self, took: std::time::Duration) {
+        self.connect_seconds.observe(took.as_secs_f64());
+    }
+}
+
+/// The index of a status's class: 1xx → 0 … 5xx → 4.
+fn status_class(status: u16) -> usize {
+    usize::from((status / 100).clamp(1, 5)) - 1
+}
+
+/// Connect time buckets: 50 µs to about 1.6 s, doubling.
+fn connect_time_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
 }
 
 impl Default for Metrics {
@@ -100,6 +126,8 @@ impl Metrics {
             tunnels_ended: Family::default(),
             responses: Family::default(),
             response_seconds: Family::new_with_constructor(response_time_histogram),
+            request_seconds: Family::new_with_constructor(response_time_histogram),
+            connect_seconds: Family::new_with_constructor(connect_time_histogram),
             state_changes: Family::default(),
             checks_ok: Family::default(),
             checks_failed: Family::default(),
@@ -138,6 +166,16 @@ impl Metrics {
             "response_seconds",
             "Time from forwarding a request to a unit until its response head arrived, per unit",
             m.response_seconds.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "Time from a request's arrival to its answer's last byte, per unit and status class",
+            m.request_seconds.clone(),
+        );
+        registry.register(
+            "connect_seconds",
+            "Time to open a connection to a unit, per unit",
+            m.connect_seconds.clone(),
         );
         registry.register(
             "unit_state_changes",
@@ -233,9 +271,10 @@ impl Metrics {
             passive_failures: self.passive_failures.get_or_create(&l).clone(),
             ejections: self.ejections.get_or_create(&l).clone(),
             replacements: self.replacements.get_or_create(&l).clone(),
-            responses: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(|c| self.responses.get_or_create(&class(c)).clone()),
+            responses: CLASSES.map(|c| self.responses.get_or_create(&class(c)).clone()),
             response_seconds: self.response_seconds.get_or_create(&l).clone(),
+            request_seconds: CLASSES.map(|c| self.request_seconds.get_or_create(&class(c)).clone()),
+            connect_seconds: self.connect_seconds.get_or_create(&l).clone(),
         }
     }
 
@@ -248,6 +287,13 @@ impl Metrics {
         self.in_flight.remove(&l);
         self.tunnels.remove(&l);
         self.response_seconds.remove(&l);
+        self.connect_seconds.remove(&l);
+        for class in CLASSES {
+            self.request_seconds.remove(&StatusLabel {
+                unit: name.to_string(),
+                class,
+            });
+        }
     }
 
     pub(crate) fn failover(&self) {

@@ -415,6 +415,17 @@ impl Unit {
         self.metrics.record_response(status, took);
     }
 
+    /// Records a whole request to this unit, from its arrival at the gateway to its answer's
+    /// last byte.
+    pub fn record_request(&self, status: u16, took: Duration) {
+        self.metrics.record_request(status, took);
+    }
+
+    /// Records opening a new connection to this unit.
+    pub fn record_connect(&self, took: Duration) {
+        self.metrics.record_connect(took);
+    }
+
     /// Counts a request in flight; the guard counts it out when dropped.
     pub fn begin_request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

@@ -1671,4 +1671,36 @@ async fn the_access_log_has_a_line_per_request_and_no_credential() {
     assert_eq!(failover["failed_over"], true);
     assert_ne!(failover["unit"], home.as_str());
     assert_eq!(failover["session"], session);
+
+    // The same requests in the histograms: whole requests by unit and status class, new
+    // connections by unit, and at the home unit's sidecar the app's session-API calls (the
+    // cart's read and write) by method and route.
+    let home_2xx = format!("unit=\"{home}\",class=\"2xx\"");
+    assert!(
+        gw.metric("stickyfarm_gateway_request_seconds_count", &home_2xx)
+            .await
+            >= 3.0
+    );
+    assert!(
+        gw.metric(
+            "stickyfarm_gateway_connect_seconds_count",
+            &format!("unit=\"{home}\"")
+        )
+        .await
+            >= 1.0
+    );
+    let home_unit = units.iter().find(|u| u.sidecar.unit == home).unwrap();
+    for method in ["GET", "PUT"] {
+        let labels = format!(
+            "method=\"{method}\",route=\"/v1/sessions/{{id}}/tables/{{table}}\",class=\"2xx\""
+        );
+        assert!(
+            home_unit
+                .sidecar
+                .metric("stickyfarm_sidecar_session_api_seconds_count", &labels)
+                .await
+                >= 1.0,
+            "{labels}"
+        );
+    }
 }

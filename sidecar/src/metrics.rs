@@ -85,6 +85,18 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ApiLabel {
+    method: &'static str,
+    route: String,
+    class: &'static str,
+}
+
+/// 100 µs .. ~3 s, doubling.
+fn api_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 15))
+}
+
 /// All metrics of one sidecar.
 pub struct Metrics {
     registry: Registry,
@@ -96,6 +108,7 @@ pub struct Metrics {
     db_errors: Family<OpLabel, Counter>,
     writes: Family<OutcomeLabel, Counter>,
     write_through_seconds: Histogram,
+    session_api_seconds: Family<ApiLabel, Histogram, fn() -> Histogram>,
     sessions_created: Counter,
     sessions_issued: Counter,
     cache_memory_bytes: Gauge,
@@ -127,6 +140,7 @@ impl Metrics {
             writes: Family::default(),
             // 50 µs .. ~0.8 s
             write_through_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 15)),
+            session_api_seconds: Family::new_with_constructor(api_histogram),
             sessions_created: Counter::default(),
             sessions_issued: Counter::default(),
             cache_memory_bytes: Gauge::default(),
@@ -176,6 +190,11 @@ impl Metrics {
             "write_through_seconds",
             "Time to commit a table write to PostgreSQL",
             m.write_through_seconds.clone(),
+        );
+        registry.register(
+            "session_api_seconds",
+            "Time the session API took to answer the app, by method, route and status class",
+            m.session_api_seconds.clone(),
         );
         registry.register(
             "sessions_created",
@@ -267,6 +286,32 @@ impl Metrics {
     }
     pub(crate) fn write(&self, outcome: &'static str) {
         self.writes.get_or_create(&OutcomeLabel { outcome }).inc();
+    }
+    /// Records one session-API answer. `route` is the matched route's template, so the label
+    /// set stays bounded whatever the app asks.
+    pub(crate) fn session_api(
+        &self,
+        method: &http::Method,
+        route: &str,
+        status: u16,
+        seconds: f64,
+    ) {
+        let method = match *method {
+            http::Method::GET => "GET",
+            http::Method::PUT => "PUT",
+            http::Method::POST => "POST",
+            http::Method::DELETE => "DELETE",
+            _ => "other",
+        };
+        let class =
+            ["1xx", "2xx", "3xx", "4xx", "5xx"][usize::from((status / 100).clamp(1, 5)) - 1];
+        self.session_api_seconds
+            .get_or_create(&ApiLabel {
+                method,
+                route: route.to_owned(),
+                class,
+            })
+            .observe(seconds);
     }
     pub(crate) fn write_through(&self, seconds: f64) {
         self.write_through_seconds.observe(seconds);

@@ -18,7 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use serde_json::value::RawValue;
-use stickyfarm_api::{SessionId, TableName, headers};
+use stickyfarm_api::{SessionId, TableName, headers, request_id};
+use tracing::Instrument;
 
 use crate::cache::{CachedSession, Entry};
 use crate::store::StoreError;
@@ -54,8 +55,46 @@ pub fn router(tier: Arc<SessionTier>, limits: Limits) -> Router {
             "/v1/sessions/{id}/tables/{table}",
             get(get_table).put(put_table).delete(delete_table),
         )
+        .route_layer(axum::middleware::from_fn_with_state(tier.clone(), timed))
         .layer(DefaultBodyLimit::max(limits.max_table_size))
         .with_state(ApiState { tier, limits })
+}
+
+/// Times every answer of the API (`stickyfarm_sidecar_session_api_seconds`), and puts its log
+/// lines under the request id the app passed along, when it passed a valid one.
+async fn timed(
+    State(tier): State<Arc<SessionTier>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let id = req
+        .headers()
+        .get(request_id::HEADER)
+        .filter(|v| request_id::is_valid(v.as_bytes()))
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let resp = match id {
+        Some(id) => {
+            next.run(req)
+                .instrument(tracing::info_span!("request", request_id = id))
+                .await
+        }
+        None => next.run(req).await,
+    };
+    tier.metrics().session_api(
+        &method,
+        &route,
+        resp.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    resp
 }
 
 /// How deep arrays and objects nest in a JSON text (strings skipped). Bounded so a document

@@ -239,12 +239,18 @@ pub async fn attempt(
     fresh: bool,
 ) -> Attempt {
     let in_flight = unit.begin_request();
+    let connecting = Instant::now();
     let checkout = match unit
         .pool
         .checkout(&unit.spec.address, s.connect_timeout, fresh)
         .await
     {
-        Ok(c) => c,
+        Ok(c) => {
+            if !c.reused {
+                unit.record_connect(connecting.elapsed());
+            }
+            c
+        }
         Err(e) => {
             return Attempt::Failed {
                 failure: Failure::NotSent { reused: false },

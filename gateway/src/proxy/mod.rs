@@ -236,10 +236,7 @@ impl Proxy {
             .access_log
             .as_ref()
             .map(|log| Arrival::of(log, &req, remote, self.s.trust_forwarded));
-        let mut notes = Notes {
-            keep: arrival.is_some(),
-            ..Notes::default()
-        };
+        let mut notes = Notes::new(arrival.is_some());
         let mut resp = match self
             .handle_request(req, remote, &mut notes)
             .instrument(span)
@@ -459,6 +456,7 @@ impl Proxy {
                         unit,
                         sender,
                         in_flight,
+                        notes.arrived,
                         &link,
                         route.cookie_unit.as_ref(),
                     ));
@@ -556,10 +554,11 @@ impl Proxy {
     }
 }
 
-/// What the phases learned about a request, for its access log line.
-#[derive(Default)]
+/// What the phases learned about a request, for its metrics and access log line.
 struct Notes {
-    /// Whether anyone reads these (the access log is on).
+    /// When the request arrived.
+    arrived: std::time::Instant,
+    /// Whether anyone reads the rest (the access log is on).
     keep: bool,
     session: Option<Vec<u8>>,
     unit: Option<Arc<Unit>>,
@@ -569,6 +568,18 @@ struct Notes {
 }
 
 impl Notes {
+    fn new(keep: bool) -> Notes {
+        Notes {
+            arrived: std::time::Instant::now(),
+            keep,
+            session: None,
+            unit: None,
+            took: None,
+            retried: 0,
+            failed_over: false,
+        }
+    }
+
     fn served(&mut self, unit: &Arc<Unit>, took: Duration, attempts: u32, failed_over: bool) {
         if self.keep {
             self.unit = Some(unit.clone());
@@ -582,7 +593,6 @@ impl Notes {
 /// A request as it arrived, for its access log line.
 struct Arrival {
     at: std::time::SystemTime,
-    started: std::time::Instant,
     client: std::net::IpAddr,
     method: String,
     path: String,
@@ -593,7 +603,6 @@ impl Arrival {
     fn of<B>(log: &AccessLog, req: &Request<B>, remote: SocketAddr, trust_forwarded: bool) -> Self {
         Arrival {
             at: std::time::SystemTime::now(),
-            started: std::time::Instant::now(),
             client: client_address(remote, req.headers(), trust_forwarded),
             method: req.method().to_string(),
             path: log.path(req.uri()),
@@ -630,8 +639,8 @@ impl Arrival {
             failed_over: notes.failed_over,
             request_id: id.to_str().unwrap_or_default().to_owned(),
         };
-        let started = self.started;
-        resp.map(|body| Logged::new(body, log.clone(), record, started).boxed())
+        let arrived = notes.arrived;
+        resp.map(|body| Logged::new(body, log.clone(), record, arrived).boxed())
     }
 }
 /// What the forward phase holds for a tunnel when a unit switches protocols.
@@ -819,7 +828,7 @@ mod tests {
                 placement,
                 outbound,
                 None,
-                &mut Notes::default(),
+                &mut Notes::new(false),
             )
             .await;
         assert_eq!(answer.err(), Some(Refusal::NoUnit));

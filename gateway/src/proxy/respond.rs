@@ -5,6 +5,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::Response;
@@ -21,12 +22,14 @@ use stickyfarm_api::tunnel::Tunnels;
 
 /// The unit's answer for the client. `link`: the unit the client's links and cookie name from
 /// now on; `cookie_unit`: the one its routing cookie names today.
+#[allow(clippy::too_many_arguments)]
 pub fn respond(
     cookies: &CookiePolicy,
     response: Response<Incoming>,
     unit: Arc<Unit>,
     sender: Sender,
     in_flight: InFlight,
+    arrived: Instant,
     link: &UnitName,
     cookie_unit: Option<&UnitName>,
 ) -> Response<ResponseBody> {
@@ -35,7 +38,10 @@ pub fn respond(
     let body = Tracked {
         inner: body,
         done: false,
-        give_back: Some((unit, sender)),
+        status: parts.status.as_u16(),
+        arrived,
+        unit,
+        sender: Some(sender),
         _in_flight: in_flight,
     };
     Response::from_parts(parts, body.boxed())
@@ -104,20 +110,30 @@ pub fn client_head(
 }
 
 /// A unit's response body: counts the request in flight until the body ends, then returns the
-/// connection to the unit's pool (a connection with unread data is never reused).
+/// connection to the unit's pool (a connection with unread data is never reused) and records
+/// how long the whole request took.
 struct Tracked {
     inner: Incoming,
     done: bool,
-    give_back: Option<(Arc<Unit>, Sender)>,
+    status: u16,
+    arrived: Instant,
+    unit: Arc<Unit>,
+    sender: Option<Sender>,
     _in_flight: InFlight,
 }
 
 impl Tracked {
-    fn finish(&mut self) {
-        self.done = true;
-        if let Some((unit, sender)) = self.give_back.take() {
-            unit.pool.put_back(sender);
+    /// The body ended (`complete`), or the client went away before it did.
+    fn finish(&mut self, complete: bool) {
+        if self.done {
+            return;
         }
+        self.done = true;
+        if let Some(sender) = self.sender.take().filter(|_| complete) {
+            self.unit.pool.put_back(sender);
+        }
+        self.unit
+            .record_request(self.status, self.arrived.elapsed());
     }
 }
 
@@ -131,7 +147,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
-            self.finish();
+            self.finish(true);
         }
         r
     }
@@ -148,8 +164,7 @@ impl Body for Tracked {
 impl Drop for Tracked {
     fn drop(&mut self) {
         // Bodies the server never polls (HEAD, 204, 304) are complete already.
-        if !self.done && self.inner.is_end_stream() {
-            self.finish();
-        }
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
     }
 }
