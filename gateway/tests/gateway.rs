@@ -14,18 +14,11 @@ async fn three_units(db: &TestDb) -> Vec<Unit> {
     units
 }
 
-fn flags(units: &[Unit]) -> Vec<String> {
-    units
-        .iter()
-        .map(|u| format!("{}={}", u.sidecar.unit, u.sidecar.public))
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_requests_spread_and_follow_ups_stay_on_their_unit() {
     let db = TestDb::new().await;
     let units = three_units(&db).await;
-    let gw = GatewayProc::start(&flags(&units), &["--slow-start", "0s"]).await;
+    let gw = GatewayProc::start(&unit_flags(&units), &["--slow-start", "0s"]).await;
     gw.wait_up(3).await;
 
     // First requests: spread over every unit by the policy.
@@ -74,7 +67,7 @@ async fn first_requests_spread_and_follow_ups_stay_on_their_unit() {
 async fn killing_a_unit_loses_no_get_and_the_session_continues_on_a_backup() {
     let db = TestDb::new().await;
     let mut units = three_units(&db).await;
-    let gw = GatewayProc::start(&flags(&units), &[]).await;
+    let gw = GatewayProc::start(&unit_flags(&units), &[]).await;
     gw.wait_up(3).await;
 
     let mut b = Browser::new();
@@ -878,7 +871,7 @@ async fn readiness_follows_the_unit_list_and_kubernetes_discovery_needs_its_farm
 async fn the_apps_5xx_and_forged_signals_eject_no_unit() {
     let db = TestDb::new().await;
     let units = three_units(&db).await;
-    let gw = GatewayProc::start(&flags(&units), &["--check-interval", "60s"]).await;
+    let gw = GatewayProc::start(&unit_flags(&units), &["--check-interval", "60s"]).await;
     gw.wait_up(3).await;
     let mut shopper = Browser::new();
     let home = shopper.get(&gw.url("/echo")).await.json()["x-stickyfarm-unit"]
@@ -934,7 +927,7 @@ async fn a_unit_whose_app_is_gone_fails_over_what_never_reached_the_app() {
     // Health checks are made rare so that the requests, not a check, find the dead apps.
     let db = TestDb::new().await;
     let units = three_units(&db).await;
-    let gw = GatewayProc::start(&flags(&units), &["--check-interval", "60s"]).await;
+    let gw = GatewayProc::start(&unit_flags(&units), &["--check-interval", "60s"]).await;
     gw.wait_up(3).await;
     let (mut b, home) = gw.shopper("fig").await;
     let victim = units.iter().find(|u| u.sidecar.unit == home).unwrap();
@@ -1085,7 +1078,7 @@ async fn cookieless_requests_store_nothing_until_a_shopper_writes() {
     let db = TestDb::new().await;
     let units = three_units(&db).await;
     // From one address: the new-session limit (its own test) is off here.
-    let gw = GatewayProc::start(&flags(&units), &["--new-session-rate", "0"]).await;
+    let gw = GatewayProc::start(&unit_flags(&units), &["--new-session-rate", "0"]).await;
     gw.wait_up(3).await;
     let mut cache_before = 0.0;
     for u in &units {
@@ -1268,7 +1261,7 @@ async fn a_forged_host_cannot_poison_the_links_the_app_builds() {
 async fn the_units_health_check_is_not_reachable_through_the_gateway() {
     let db = TestDb::new().await;
     let unit = Unit::start("web-0", &db.url, &[]).await;
-    let gw = GatewayProc::start(&flags(std::slice::from_ref(&unit)), &[]).await;
+    let gw = GatewayProc::start(&unit_flags(std::slice::from_ref(&unit)), &[]).await;
     gw.wait_up(1).await;
     let client = reqwest::Client::new();
     for path in [
@@ -1589,7 +1582,7 @@ async fn the_access_log_has_a_line_per_request_and_no_credential() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("access.log");
     let gw = GatewayProc::start(
-        &flags(&units),
+        &unit_flags(&units),
         &[
             "--access-log",
             "json",

@@ -40,10 +40,7 @@ async fn at_trace_level_every_log_is_json_with_shared_fields_and_no_credential()
         Unit::start("web-0", &db.url, &TRACE_JSON).await,
         Unit::start("web-1", &db.url, &TRACE_JSON).await,
     ];
-    let flags: Vec<String> = units
-        .iter()
-        .map(|u| format!("{}={}", u.sidecar.unit, u.sidecar.public))
-        .collect();
+    let flags = unit_flags(&units);
     let mut gw_flags = TRACE_JSON.to_vec();
     gw_flags.extend(["--check-interval", "60s", "--rise", "1"]);
     let gw = GatewayProc::start(&flags, &gw_flags).await;

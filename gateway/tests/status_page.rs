@@ -53,10 +53,7 @@ async fn the_status_page_reads_on_a_phone_and_a_desktop_in_a_real_browser() {
     for name in ["webstore-0", "webstore-1", "webstore-2"] {
         units.push(Unit::start(name, &db.url, &[]).await);
     }
-    let flags: Vec<String> = units
-        .iter()
-        .map(|u| format!("{}={}", u.sidecar.unit, u.sidecar.public))
-        .collect();
+    let flags = unit_flags(&units);
     let gw = GatewayProc::start(&flags, &["--slow-start", "0s"]).await;
     gw.wait_up(3).await;
     let mut shoppers = 0;

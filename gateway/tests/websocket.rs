@@ -80,10 +80,7 @@ async fn a_websocket_carries_messages_both_ways_in_order_on_the_sessions_unit() 
         Unit::start("web-0", &db.url, &[]).await,
         Unit::start("web-1", &db.url, &[]).await,
     ];
-    let flags: Vec<String> = units
-        .iter()
-        .map(|u| format!("{}={}", u.sidecar.unit, u.sidecar.public))
-        .collect();
+    let flags = unit_flags(&units);
     let gw = GatewayProc::start(&flags, &["--slow-start", "0s"]).await;
     gw.wait_up(2).await;
     let (b, home) = gw.shopper("apple").await;
@@ -188,10 +185,7 @@ async fn when_its_unit_dies_the_client_gets_1012_and_reconnects_to_a_backup_with
         Unit::start("web-1", &db.url, &[]).await,
         Unit::start("web-2", &db.url, &[]).await,
     ];
-    let flags: Vec<String> = units
-        .iter()
-        .map(|u| format!("{}={}", u.sidecar.unit, u.sidecar.public))
-        .collect();
+    let flags = unit_flags(&units);
     let gw = GatewayProc::start(&flags, &["--slow-start", "0s"]).await;
     gw.wait_up(3).await;
     let (b, home) = gw.shopper("apple").await;

@@ -827,6 +827,14 @@ async fn cart_add(
         .into_response()
 }
 
+/// The gateway's `--unit NAME=HOST:PORT` values for `units`.
+pub fn unit_flags(units: &[Unit]) -> Vec<String> {
+    units
+        .iter()
+        .map(|u| format!("{}={}", u.sidecar.unit, u.sidecar.public))
+        .collect()
+}
+
 /// One sidecar with its own test app.
 pub struct Unit {
     pub app: TestApp,
