@@ -126,7 +126,9 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_LISTEN_INVALIDATIONS", default_value_t = true, action = ArgAction::Set)]
     pub listen_invalidations: bool,
 
-    /// Open connections per listener at most; more wait until one ends.
+    /// Open connections per listener at most; more wait until one ends. Also the most
+    /// upgraded connections (WebSockets) to the app at once: they no longer count as the
+    /// listener's, and more upgrades get 503.
     #[arg(long, env = "STICKYFARM_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections: usize,
 
