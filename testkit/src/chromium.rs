@@ -1,6 +1,7 @@
 //! A real browser for tests that look at pages as a person does: headless Chromium driven
 //! over WebDriver by chromedriver, both from Debian (`scripts/test` installs them).
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -50,6 +51,7 @@ fn tool(var: &str, default: &str) -> Option<PathBuf> {
 
 /// A WebDriver session in headless Chromium.
 pub struct Chromium {
+    closed: bool,
     driver: ChildProc,
     base: String,
     http: reqwest::Client,
@@ -63,7 +65,9 @@ impl Chromium {
         let port = free_port();
         let mut cmd = Command::new(chromedriver);
         cmd.arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1");
+            .arg("--allowed-ips=127.0.0.1")
+            // Its own process group, which the browser's processes join: see `Drop`.
+            .process_group(0);
         let driver = ChildProc::spawn("chromedriver", cmd);
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
@@ -105,6 +109,7 @@ impl Chromium {
             .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
             .to_owned();
         Chromium {
+            closed: false,
             driver,
             base: format!("{root}/session/{id}"),
             http,
@@ -197,5 +202,21 @@ impl Chromium {
     pub async fn close(mut self) {
         self.call(reqwest::Method::DELETE, "", None).await;
         self.driver.terminate(Duration::from_secs(5));
+        self.closed = true;
+    }
+}
+
+impl Drop for Chromium {
+    /// A test that fails before `close` must leave no browser behind: chromedriver's process
+    /// group (the browser's processes are in it) is killed.
+    fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
+        if let Some(pid) = self.driver.id() {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .status();
+        }
     }
 }

@@ -231,6 +231,11 @@ impl ChildProc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The process id, while the process has not been waited for.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// Panics with the process's log if it has exited (so a test fails at once, with the
     /// reason, instead of waiting for something that will never answer).
     pub fn assert_running(&mut self) {
