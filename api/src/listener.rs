@@ -2,7 +2,9 @@
 //! cap on open connections, header size and count (431), a deadline for a request head and for
 //! keep-alive idleness (slowloris), HTTP/2 stream limits (including hyper's defence against
 //! rapid reset), a lingering read of request bodies answered before they were read, and a
-//! graceful stop that finishes in-flight requests within a grace period.
+//! graceful stop that finishes in-flight requests within a grace period. A [`Handshake`] turns
+//! each accepted socket into the stream HTTP is spoken on: the socket itself ([`Plain`]) or a
+//! TLS session (the gateway's `tls` module).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -15,7 +17,8 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -160,8 +163,35 @@ where
     }
 }
 
-/// Serves `listener` until `stop`, then lets in-flight requests finish for up to `grace`.
-/// `service(remote)` makes the service of one connection.
+/// What happens on an accepted socket before HTTP: nothing ([`Plain`]), or a TLS handshake.
+/// It runs on the connection's own task under the head deadline
+/// ([`Limits::header_read_timeout`]), so a client that starts a handshake and stalls holds one
+/// connection slot for that long and never the accept loop.
+pub trait Handshake: Send + Sync + 'static {
+    /// The stream HTTP is spoken on.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// Completes the handshake on `socket`.
+    fn handshake(
+        &self,
+        socket: TcpStream,
+    ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+/// Plain HTTP: the socket is the stream.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Handshake for Plain {
+    type Stream = TcpStream;
+
+    async fn handshake(&self, socket: TcpStream) -> std::io::Result<TcpStream> {
+        Ok(socket)
+    }
+}
+
+/// Serves `listener` in plain HTTP until `stop`, then lets in-flight requests finish for up to
+/// `grace`. `service(remote)` makes the service of one connection.
 pub async fn serve<F, S, B>(
     listener: TcpListener,
     limits: Limits,
@@ -177,7 +207,28 @@ pub async fn serve<F, S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let server = builder(&limits);
+    serve_with(listener, limits, Arc::new(Plain), service, stop, grace).await
+}
+
+/// [`serve`] with a [`Handshake`] before HTTP on every connection.
+pub async fn serve_with<H, F, S, B>(
+    listener: TcpListener,
+    limits: Limits,
+    handshake: Arc<H>,
+    service: F,
+    stop: CancellationToken,
+    grace: Duration,
+) where
+    H: Handshake,
+    F: Fn(SocketAddr) -> S,
+    S: Service<hyper::Request<RequestBody>, Response = hyper::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let server = Arc::new(builder(&limits));
     let graceful = GracefulShutdown::new();
     let open = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     loop {
@@ -203,14 +254,30 @@ pub async fn serve<F, S, B>(
             _ = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        // With upgrades: a `101` hands the connection to the service's tunnel (WebSockets),
-        // which from then on is no longer this connection (see `tunnel::Tunnels`).
-        let conn = server
-            .serve_connection_with_upgrades(TokioIo::new(stream), Lingering(service(remote)))
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let (server, service, handshake) = (server.clone(), service(remote), handshake.clone());
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            let stream =
+                match tokio::time::timeout(limits.header_read_timeout, handshake.handshake(stream))
+                    .await
+                {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %remote, "handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "handshake not finished in time");
+                        return;
+                    }
+                };
+            // With upgrades: a `101` hands the connection to the service's tunnel
+            // (WebSockets), which from then on is no longer this connection (see
+            // `tunnel::Tunnels`).
+            let conn = server
+                .serve_connection_with_upgrades(TokioIo::new(stream), Lingering(service))
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, %remote, "client connection ended with an error");
             }
             drop(permit);
