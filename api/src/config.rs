@@ -106,6 +106,22 @@ pub struct GatewayFarmSettings {
     #[arg(long, env = "STICKYFARM_UNIT_ADDRESSING", value_enum, default_value_t = Addressing::Path)]
     pub unit_addressing: Addressing,
 
+    /// Upgraded connections (WebSockets) one unit may hold open through this gateway; more
+    /// get 503 with `Retry-After`. Each holds two sockets, and no longer counts against
+    /// --max-connections once upgraded.
+    #[arg(long, env = "STICKYFARM_MAX_TUNNELS_PER_UNIT", default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_tunnels_per_unit: usize,
+
+    /// An upgraded connection with no byte either way for this long is closed (WebSocket
+    /// clients get close code 1001); applications that stay quiet longer send pings.
+    #[arg(long, env = "STICKYFARM_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tunnel_idle_timeout: Duration,
+
+    /// With TLS: send `Strict-Transport-Security: max-age=<this>` with every answer that has
+    /// none (off unless given).
+    #[arg(long, env = "STICKYFARM_HSTS_MAX_AGE", value_parser = humantime::parse_duration)]
+    pub hsts_max_age: Option<Duration>,
+
     /// The farm's cookies, as the other components see them.
     #[command(flatten)]
     pub cookies: CookieSettings,
@@ -124,9 +140,17 @@ impl GatewayFarmSettings {
             ("rise", self.rise.to_string()),
             ("fall", self.fall.to_string()),
             ("unit_addressing", value_name(self.unit_addressing)),
+            (
+                "max_tunnels_per_unit",
+                self.max_tunnels_per_unit.to_string(),
+            ),
+            ("tunnel_idle_timeout", duration(self.tunnel_idle_timeout)),
         ];
         if let Some(host) = &self.farm_host {
             v.push(("farm_host", host.clone()));
+        }
+        if let Some(age) = self.hsts_max_age {
+            v.push(("hsts_max_age", duration(age)));
         }
         v.extend(self.cookies.values());
         v
@@ -155,6 +179,11 @@ pub struct SidecarFarmSettings {
     #[arg(long, env = "STICKYFARM_ABSOLUTE_TIMEOUT", default_value = "24h", value_parser = humantime::parse_duration)]
     pub absolute_timeout: Duration,
 
+    /// An upgraded connection (WebSocket) to the app with no byte either way for this long is
+    /// closed; the gateway's own --tunnel-idle-timeout (the same farm setting) ends it first.
+    #[arg(long, env = "STICKYFARM_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub tunnel_idle_timeout: Duration,
+
     /// The farm's cookies, as the other components see them.
     #[command(flatten)]
     pub cookies: CookieSettings,
@@ -167,6 +196,7 @@ impl SidecarFarmSettings {
             ("cache_disk_size", self.cache_disk_size.as_u64().to_string()),
             ("idle_timeout", duration(self.idle_timeout)),
             ("absolute_timeout", duration(self.absolute_timeout)),
+            ("tunnel_idle_timeout", duration(self.tunnel_idle_timeout)),
         ];
         v.extend(self.cookies.values());
         v
@@ -333,6 +363,12 @@ mod from_farm {
                     UnitAddressing::Path => Addressing::Path,
                     UnitAddressing::Host => Addressing::Host,
                 },
+                max_tunnels_per_unit: g.tunnels.max_per_unit as usize,
+                tunnel_idle_timeout: g.tunnels.idle_timeout.0,
+                hsts_max_age: g
+                    .tls
+                    .as_ref()
+                    .and_then(|t| t.hsts_max_age.as_ref().map(|d| d.0)),
                 cookies: CookieSettings::from_farm(spec),
             }
         }
@@ -352,6 +388,7 @@ mod from_farm {
                     .map_or(DEFAULT_CACHE_DISK_SIZE, |q| ByteSize::b(q.0)),
                 idle_timeout: sp.idle_timeout.0,
                 absolute_timeout: sp.absolute_timeout.0,
+                tunnel_idle_timeout: spec.gateway.tunnels.idle_timeout.0,
                 cookies: CookieSettings::from_farm(spec),
             }
         }
@@ -485,6 +522,24 @@ mod tests {
             Some(("absolute_timeout", "2h")),
         ),
         (
+            "gateway.tunnels.maxPerUnit",
+            "16",
+            Some(("max_tunnels_per_unit", "16")),
+            None,
+        ),
+        (
+            "gateway.tunnels.idleTimeout",
+            r#""5m""#,
+            Some(("tunnel_idle_timeout", "5m")),
+            Some(("tunnel_idle_timeout", "5m")),
+        ),
+        (
+            "gateway.tls",
+            r#"{"secretName": "shop-tls", "hstsMaxAge": "8760h"}"#,
+            Some(("hsts_max_age", "8760h")),
+            None,
+        ),
+        (
             "sidecar.cacheMemory",
             r#""32Mi""#,
             None,
@@ -536,6 +591,14 @@ mod tests {
         (
             "gateway.publicHost",
             "the gateway's place: the operator passes it as --public-host; farmctl takes --public-url or its own address",
+        ),
+        (
+            "gateway.tls.secretName",
+            "the gateway's place: the operator mounts the Secret and passes its files as --tls-cert and --tls-key; farmctl makes its own with --tls",
+        ),
+        (
+            "gateway.tls.redirectHttp",
+            "the gateway's place: the operator opens --redirect-listen and the Service's port 80",
         ),
         (
             "gateway.unitAddressing",

@@ -241,6 +241,9 @@ impl Default for SessionPersistence {
 #[x_kube(validation = Rule::new("self.unitAddressing != 'host' || has(self.farmHost)")
     .message("unitAddressing host needs farmHost (units are reached as <unit>.<farmHost>)")
     .reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.tls) || !self.tls.redirectHttp || self.port != 80")
+    .message("tls.redirectHttp uses the Service's port 80 for plain HTTP: give the gateway another port (443)")
+    .reason(Reason::FieldValueInvalid))]
 pub struct GatewaySettings {
     /// Gateway replicas (they agree on failover targets without talking to each other).
     #[serde(default = "one")]
@@ -279,6 +282,65 @@ pub struct GatewaySettings {
     /// The active health check (the patent's Server Status Check).
     #[serde(default)]
     pub health_check: HealthCheck,
+    /// TLS at the gateway: HTTPS (HTTP/2 and HTTP/1.1) with the certificate of a
+    /// `kubernetes.io/tls` Secret, such as cert-manager's Certificate makes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<GatewayTls>,
+    /// Upgraded connections (WebSockets) through the gateway.
+    #[serde(default)]
+    pub tunnels: TunnelSettings,
+}
+
+/// TLS at the gateway.
+#[derive(JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GatewayTls {
+    /// The `kubernetes.io/tls` Secret in the farm's namespace (keys `tls.crt`, `tls.key`). A
+    /// renewed Secret is picked up within about a minute without dropping connections.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub secret_name: String,
+    /// Also listen for plain HTTP (the Service's port 80) and redirect it to HTTPS (308).
+    #[serde(default)]
+    pub redirect_http: bool,
+    /// Send `Strict-Transport-Security: max-age=…` with every answer (e.g. `8760h`, a year). Off
+    /// unless set: once browsers have seen it, they refuse plain HTTP to the host for that long.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hsts_max_age: Option<DurationText>,
+}
+
+/// Upgraded connections (WebSockets) through the gateway.
+#[derive(JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TunnelSettings {
+    /// Upgraded connections one unit may hold open through each gateway replica; more get
+    /// 503 with `Retry-After`.
+    #[serde(default = "default_tunnels_per_unit")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub max_per_unit: u32,
+    /// An upgraded connection with no byte either way for this long is closed (WebSocket
+    /// clients get 1001); apps that stay quiet longer send pings.
+    #[serde(default = "default_tunnel_idle")]
+    pub idle_timeout: DurationText,
+}
+
+fn default_tunnels_per_unit() -> u32 {
+    4096
+}
+
+fn default_tunnel_idle() -> DurationText {
+    DurationText::from_str("1h").expect("valid default")
+}
+
+impl Default for TunnelSettings {
+    fn default() -> Self {
+        TunnelSettings {
+            max_per_unit: default_tunnels_per_unit(),
+            idle_timeout: default_tunnel_idle(),
+        }
+    }
 }
 
 fn one() -> Replicas {
@@ -301,6 +363,8 @@ impl Default for GatewaySettings {
             policy: BalancingPolicy::default(),
             failback: FailbackPolicy::default(),
             health_check: HealthCheck::default(),
+            tls: None,
+            tunnels: TunnelSettings::default(),
         }
     }
 }
@@ -749,6 +813,12 @@ impl ServerFarmSpec {
             fail(
                 "gateway",
                 "unitAddressing host needs farmHost (units are reached as <unit>.<farmHost>)",
+            );
+        }
+        if g.tls.as_ref().is_some_and(|t| t.redirect_http) && g.port.0 == 80 {
+            fail(
+                "gateway",
+                "tls.redirectHttp uses the Service's port 80 for plain HTTP: give the gateway another port (443)",
             );
         }
         let hc = &g.health_check;

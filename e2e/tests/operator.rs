@@ -254,6 +254,16 @@ async fn invalid_serverfarms_are_refused_by_the_api_server() -> anyhow::Result<(
             json!({"app": app, "sessionPersistence": {"sessionName": "sf_unit"}}),
             "sessionName must not be one of",
         ),
+        (
+            "shop",
+            json!({"app": app, "gateway": {"port": 80, "tls": {"secretName": "shop-tls", "redirectHttp": true}}}),
+            "tls.redirectHttp uses the Service's port 80",
+        ),
+        (
+            "shop",
+            json!({"app": app, "gateway": {"tls": {"secretName": "Shop_TLS"}}}),
+            "secretName",
+        ),
         ("shop.eu", json!({"app": app}), "DNS label"),
         // Nothing grants more than Pod Security "restricted".
         (
@@ -1124,6 +1134,154 @@ async fn secret_rights_stop_at(
 /// StatefulSet, Service and NetworkPolicy; its volume claim and credentials go or stay as its
 /// `deletePolicy` says. With `Retain`, switching back finds the same claim and the same
 /// password (PostgreSQL keeps the one it was initialised with).
+/// `spec.gateway.tls` on the real API server: the operator (as the chart's ServiceAccount)
+/// mounts the `kubernetes.io/tls` Secret whole into the gateway, points the gateway at its
+/// files, opens the redirect port on the Service and the NetworkPolicy; turning TLS off takes
+/// all of it away again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_mounts_the_tls_secret_into_the_gateway() -> anyhow::Result<()> {
+    let Some(c) = cluster().await else {
+        return Ok(());
+    };
+    let ns = "e2e-gateway-tls";
+    namespace(&c.admin, ns).await?;
+    let _op = operator_watching(&c, ns).await?;
+    let ca = stickyfarm_testkit::TestCa::new(&["shop.example"]);
+    let secrets: Api<Secret> = Api::namespaced(c.admin.clone(), ns);
+    let tls_secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "shop-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": ca.server_cert_pem, "tls.key": ca.server_key_pem}
+    }))?;
+    secrets
+        .patch(
+            "shop-tls",
+            &PatchParams::apply("kubectl-e2e").force(),
+            &Patch::Apply(&tls_secret),
+        )
+        .await?;
+    let farm = |gateway: Value| {
+        json!({
+            "apiVersion": "stickyfarm.dev/v1alpha1",
+            "kind": "ServerFarm",
+            "metadata": {"name": "shop"},
+            "spec": {"app": {"image": "registry.example/shop:1"}, "gateway": gateway}
+        })
+    };
+    let deployments: Api<Deployment> = Api::namespaced(c.admin.clone(), ns);
+    let services: Api<Service> = Api::namespaced(c.admin.clone(), ns);
+    let policies: Api<NetworkPolicy> = Api::namespaced(c.admin.clone(), ns);
+    let env_of = |d: &Deployment| -> BTreeMap<String, String> {
+        d.spec.template.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| Some((e.name, e.value?)))
+            .collect()
+    };
+    apply_farm(
+        &c.admin,
+        ns,
+        &farm(json!({"port": 443, "tls": {"secretName": "shop-tls", "redirectHttp": true}})),
+    )
+    .await?;
+    eventually(WAIT, "the gateway mounts the TLS Secret", || async {
+        Ok(deployments.get_opt("shop-gateway").await?.is_some_and(|d| {
+            env_of(&d).get("STICKYFARM_TLS_CERT").map(String::as_str)
+                == Some("/etc/stickyfarm/tls/tls.crt")
+        }))
+    })
+    .await?;
+    let d = deployments.get("shop-gateway").await?;
+    let env = env_of(&d);
+    assert_eq!(env["STICKYFARM_TLS_KEY"], "/etc/stickyfarm/tls/tls.key");
+    assert_eq!(
+        env["STICKYFARM_TLS_ORIGIN"],
+        format!("Secret {ns}/shop-tls")
+    );
+    assert_eq!(env["STICKYFARM_REDIRECT_PORT"], "443");
+    let pod = d.spec.template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "tls")
+        .context("the tls volume")?;
+    let secret = volume.secret.context("a Secret volume")?;
+    assert_eq!(secret.secret_name.as_deref(), Some("shop-tls"));
+    assert_eq!(secret.default_mode, Some(0o400));
+    let mount = pod.containers[0]
+        .volume_mounts
+        .clone()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name == "tls")
+        .context("the tls mount")?;
+    assert_eq!(
+        (mount.mount_path.as_str(), mount.read_only, mount.sub_path),
+        ("/etc/stickyfarm/tls", Some(true), None)
+    );
+    let ports: BTreeMap<String, i32> = services
+        .get("shop-gateway")
+        .await?
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        BTreeMap::from([("https".to_owned(), 443), ("http".to_owned(), 80)])
+    );
+    let open_ports = |p: NetworkPolicy| -> Vec<String> {
+        p.spec
+            .unwrap()
+            .ingress
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.from.is_none())
+            .flat_map(|r| r.ports.unwrap_or_default())
+            .filter_map(|p| p.port)
+            .map(|p| format!("{p:?}"))
+            .collect()
+    };
+    assert_eq!(
+        open_ports(policies.get("shop-gateway").await?),
+        ["Int(8000)", "Int(8001)"]
+    );
+
+    // TLS off: the mount, the files and the redirect go.
+    apply_farm(&c.admin, ns, &farm(json!({"port": 8080}))).await?;
+    eventually(WAIT, "the gateway no longer mounts the Secret", || async {
+        Ok(deployments
+            .get_opt("shop-gateway")
+            .await?
+            .is_some_and(|d| !env_of(&d).contains_key("STICKYFARM_TLS_CERT")))
+    })
+    .await?;
+    let pod = deployments
+        .get("shop-gateway")
+        .await?
+        .spec
+        .template
+        .spec
+        .unwrap();
+    assert!(pod.volumes.unwrap().iter().all(|v| v.name != "tls"));
+    eventually(WAIT, "the Service drops the redirect port", || async {
+        Ok(services
+            .get("shop-gateway")
+            .await?
+            .spec
+            .and_then(|s| s.ports)
+            .is_some_and(|p| p.len() == 1 && p[0].name.as_deref() == Some("http")))
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switching_to_an_external_database_prunes_the_managed_one_by_its_delete_policy()
 -> anyhow::Result<()> {

@@ -17,7 +17,8 @@ pub use stickyfarm_api::config::{Addressing, Failback, GatewayFarmSettings};
 #[derive(Debug, Clone, Parser)]
 #[command(name = "stickyfarm-gateway", version, about, long_about = None)]
 pub struct Config {
-    /// Client-facing address (HTTP/1.1, and HTTP/2 with prior knowledge).
+    /// Client-facing address: HTTP/1.1 and HTTP/2 with prior knowledge (h2c, behind a load
+    /// balancer that terminates TLS), or with --tls-cert HTTPS with ALPN h2 and http/1.1.
     #[arg(
         long,
         env = "STICKYFARM_GATEWAY_LISTEN",
@@ -82,9 +83,44 @@ pub struct Config {
     #[arg(long = "public-host", env = "STICKYFARM_PUBLIC_HOST", value_delimiter = ',', value_parser = parse_public_host)]
     pub public_hosts: Vec<String>,
 
-    /// Scheme clients use to reach the gateway (for unit URLs): `https` behind a TLS terminator.
+    /// Scheme clients use to reach the gateway (for unit URLs): `https` behind a TLS
+    /// terminator. With --tls-cert it is always `https`.
     #[arg(long, env = "STICKYFARM_PUBLIC_SCHEME", value_enum, default_value_t = Scheme::Http)]
     pub public_scheme: Scheme,
+
+    /// The TLS certificate chain (PEM, the server's certificate first): the client port then
+    /// speaks HTTPS only. Checked at start (readable, parseable, the key's, valid now) and
+    /// re-read every --tls-reload-interval; a new pair that fails the checks is refused and
+    /// the one in use stays.
+    #[arg(long, env = "STICKYFARM_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "STICKYFARM_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Where the certificate files come from, named in errors about them (the operator gives
+    /// `Secret <namespace>/<name>`).
+    #[arg(long, env = "STICKYFARM_TLS_ORIGIN")]
+    pub tls_origin: Option<String>,
+
+    /// How often the certificate files are checked for a new pair.
+    #[arg(long, env = "STICKYFARM_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub tls_reload_interval: Duration,
+
+    /// With TLS: also listen for plain HTTP here and answer every request with a `308`
+    /// redirect to the same path over HTTPS.
+    #[arg(
+        long,
+        env = "STICKYFARM_GATEWAY_REDIRECT_LISTEN",
+        requires = "tls_cert"
+    )]
+    pub redirect_listen: Option<SocketAddr>,
+
+    /// The port HTTPS redirects name (clients' port of the TLS listener, e.g. a Service's 443),
+    /// unless the matching --public-host names one.
+    #[arg(long, env = "STICKYFARM_REDIRECT_PORT", default_value_t = 443)]
+    pub redirect_port: u16,
 
     /// Random jitter of the interval, as a fraction (0.2 = ±20 %), so checks do not align.
     #[arg(long, env = "STICKYFARM_CHECK_JITTER", default_value_t = 0.2)]
@@ -175,17 +211,6 @@ pub struct Config {
     /// Concurrent HTTP/2 streams per client connection.
     #[arg(long, env = "STICKYFARM_HTTP2_MAX_STREAMS", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub http2_max_streams: u32,
-
-    /// Upgraded connections (WebSockets) one unit may hold open through this gateway; more
-    /// get 503 with `Retry-After`. Each holds two sockets, and no longer counts against
-    /// --max-connections once upgraded.
-    #[arg(long, env = "STICKYFARM_MAX_TUNNELS_PER_UNIT", default_value_t = 4096, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub max_tunnels_per_unit: usize,
-
-    /// An upgraded connection with no byte either way for this long is closed (WebSocket
-    /// clients get close code 1001); applications that stay quiet longer send pings.
-    #[arg(long, env = "STICKYFARM_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub tunnel_idle_timeout: Duration,
 
     /// How long shutdown waits for in-flight requests and open tunnels (then tunnels are
     /// closed, WebSocket clients with 1001).

@@ -14,7 +14,9 @@ pub mod pool;
 pub mod proxy;
 pub mod rate;
 pub mod ratelimit;
+pub mod redirect;
 pub mod status_page;
+pub mod tls;
 pub mod units;
 
 use std::net::SocketAddr;
@@ -34,8 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::AccessLog;
-use crate::config::Config;
-use crate::config::Discovery;
+use crate::config::{Config, Discovery, Scheme};
 use crate::discovery::{StaticSource, UnitSource};
 use crate::health::CheckConfig;
 use crate::kubernetes::KubernetesSource;
@@ -73,6 +74,9 @@ pub enum StartError {
     /// Neither `--unit` nor `--units-file` was given.
     #[error("no units: give --unit NAME=HOST:PORT or --units-file FILE")]
     NoUnitSource,
+    /// The TLS certificate or key is unusable.
+    #[error(transparent)]
+    Tls(#[from] tls::CertificateError),
     /// The access log file cannot be opened.
     #[error("cannot open the access log {path}: {source}; check --access-log-path")]
     AccessLog {
@@ -91,6 +95,8 @@ pub struct Gateway {
     pub admin_addr: SocketAddr,
     /// The control address actually bound, when unit actions are on (`--admin-token-file`).
     pub control_addr: Option<SocketAddr>,
+    /// The plain-HTTP redirect address actually bound (`--redirect-listen`).
+    pub redirect_addr: Option<SocketAddr>,
     /// The farm (status table), for tests and embedding.
     pub farm: Arc<Farm>,
     stop: CancellationToken,
@@ -133,7 +139,15 @@ impl Gateway {
         config: Config,
         source: Box<dyn UnitSource>,
     ) -> Result<Gateway, StartError> {
-        // Tokens first: a bad file stops the start before anything listens.
+        // Tokens and certificates first: a bad file stops the start before anything listens.
+        let certificates = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls::Certificates::load(tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                origin: config.tls_origin.clone(),
+            })?),
+            _ => None,
+        };
         let admin_token = config
             .admin_token_file
             .as_deref()
@@ -226,7 +240,11 @@ impl Gateway {
                     failback: config.farm_settings.failback,
                     farm_host: config.farm_settings.farm_host.clone(),
                     addressing: config.farm_settings.unit_addressing,
-                    scheme: config.public_scheme,
+                    scheme: if certificates.is_some() {
+                        Scheme::Https
+                    } else {
+                        config.public_scheme
+                    },
                     public_hosts: config.public_hosts.clone(),
                     slow_start: config.slow_start,
                     connect_timeout: config.connect_timeout,
@@ -239,8 +257,16 @@ impl Gateway {
                     new_session_rate: config.new_session_rate,
                     new_session_burst: config.new_session_burst,
                     gateway_token,
-                    max_tunnels_per_unit: config.max_tunnels_per_unit,
-                    tunnel_idle_timeout: config.tunnel_idle_timeout,
+                    max_tunnels_per_unit: config.farm_settings.max_tunnels_per_unit,
+                    tunnel_idle_timeout: config.farm_settings.tunnel_idle_timeout,
+                    // HSTS only over TLS: a browser ignores it on plain HTTP anyway.
+                    hsts: certificates
+                        .as_ref()
+                        .and(config.farm_settings.hsts_max_age)
+                        .map(|age| {
+                            HeaderValue::from_str(&format!("max-age={}", age.as_secs()))
+                                .expect("digits are a valid header value")
+                        }),
                 },
             )
             .with_access_log(access_log),
@@ -276,21 +302,69 @@ impl Gateway {
             header_read_timeout: config.header_read_timeout,
             max_concurrent_streams: config.http2_max_streams,
         };
-        tasks.spawn(listener::serve(
-            listener,
-            limits,
-            move |remote| {
+        let service = move |remote| {
+            let proxy = proxy.clone();
+            service_fn(move |req| {
                 let proxy = proxy.clone();
-                service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move {
-                        Ok::<_, std::convert::Infallible>(proxy.handle(req, remote).await)
-                    }
-                })
-            },
-            stop.clone(),
-            config.shutdown_grace,
-        ));
+                async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, remote).await) }
+            })
+        };
+        match certificates {
+            Some(certificates) => {
+                tasks.spawn(certificates.clone().watch(
+                    config.tls_reload_interval,
+                    metrics.clone(),
+                    stop.clone(),
+                ));
+                let handshake =
+                    tls::TlsHandshake::new(tls::server_config(certificates), metrics.clone());
+                tasks.spawn(listener::serve_with(
+                    listener,
+                    limits,
+                    Arc::new(handshake),
+                    service,
+                    stop.clone(),
+                    config.shutdown_grace,
+                ));
+            }
+            None => {
+                tasks.spawn(listener::serve(
+                    listener,
+                    limits,
+                    service,
+                    stop.clone(),
+                    config.shutdown_grace,
+                ));
+            }
+        }
+
+        let redirect_addr = match config.redirect_listen {
+            Some(at) => {
+                let redirect_listener = bind(at).await?;
+                let bound = redirect_listener
+                    .local_addr()
+                    .map_err(|source| StartError::Bind { addr: at, source })?;
+                let redirect = Arc::new(redirect::Redirect {
+                    public_hosts: config.public_hosts.clone(),
+                    port: config.redirect_port,
+                });
+                tasks.spawn(listener::serve(
+                    redirect_listener,
+                    limits,
+                    move |_| {
+                        let redirect = redirect.clone();
+                        service_fn(move |req| {
+                            let answer = redirect.answer(&req);
+                            async move { Ok::<_, std::convert::Infallible>(answer) }
+                        })
+                    },
+                    stop.clone(),
+                    Duration::from_secs(1),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
 
         let control_addr = match admin_token {
             Some(token) => {
@@ -327,11 +401,12 @@ impl Gateway {
             stop.clone(),
             Duration::from_secs(1),
         ));
-        tracing::info!(%addr, %admin_addr, ?control_addr, policy = ?config.farm_settings.policy, "stickyfarm gateway serving");
+        tracing::info!(%addr, tls = config.tls_cert.is_some(), ?redirect_addr, %admin_addr, ?control_addr, policy = ?config.farm_settings.policy, "stickyfarm gateway serving");
         Ok(Gateway {
             addr,
             admin_addr,
             control_addr,
+            redirect_addr,
             farm,
             stop,
             tasks,

@@ -25,6 +25,11 @@ struct KindLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndLabel {
     end: &'static str,
 }
@@ -60,6 +65,9 @@ pub struct Metrics {
     refused: Family<KindLabel, Counter>,
     control_refused: Counter,
     access_log_dropped: Counter,
+    tls_expiry: Gauge,
+    tls_reloads: Family<ResultLabel, Counter>,
+    tls_handshake_failures: Counter,
 }
 
 /// One unit's metric handles, taken once so the request path never looks up a label set.
@@ -140,6 +148,9 @@ impl Metrics {
             refused: Family::default(),
             control_refused: Counter::default(),
             access_log_dropped: Counter::default(),
+            tls_expiry: Gauge::default(),
+            tls_reloads: Family::default(),
+            tls_handshake_failures: Counter::default(),
         };
         registry.register("unit_up", "1 while the unit is in service", m.up.clone());
         registry.register(
@@ -237,6 +248,21 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind (a slow disk or pipe)",
             m.access_log_dropped.clone(),
         );
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "End of validity of the TLS certificate in use (Unix time); 0 without TLS",
+            m.tls_expiry.clone(),
+        );
+        registry.register(
+            "tls_reloads",
+            "Changes of the TLS certificate files: ok (now in use) or failed (refused; the previous certificate stays)",
+            m.tls_reloads.clone(),
+        );
+        registry.register(
+            "tls_handshake_failures",
+            "Client connections whose TLS handshake failed (no common protocol or cipher, not TLS, reset)",
+            m.tls_handshake_failures.clone(),
+        );
         // Every reason exists at zero, so a rate over it is defined before the first refusal.
         for kind in crate::proxy::Refusal::KINDS {
             let _ = m.refused.get_or_create(&KindLabel { kind });
@@ -320,6 +346,21 @@ impl Metrics {
         self.tunnels_ended
             .get_or_create(&EndLabel { end: end.as_str() })
             .inc();
+    }
+
+    pub(crate) fn tls_certificate(&self, not_after: i64) {
+        self.tls_expiry.set(not_after);
+    }
+
+    pub(crate) fn tls_reload(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.tls_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+    }
+
+    pub(crate) fn tls_handshake_failed(&self) {
+        self.tls_handshake_failures.inc();
     }
 
     pub(crate) fn refused(&self, kind: &'static str) {

@@ -141,11 +141,6 @@ pub struct Config {
     #[arg(long, env = "STICKYFARM_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
-    /// An upgraded connection (WebSocket) to the app with no byte either way for this long is
-    /// closed; the gateway's own --tunnel-idle-timeout usually ends it first.
-    #[arg(long, env = "STICKYFARM_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
-    pub tunnel_idle_timeout: Duration,
-
     /// How long shutdown waits for in-flight requests and open tunnels (then tunnels are
     /// closed, WebSocket clients with 1012 "service restart": they reconnect to a backup).
     #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]

@@ -172,8 +172,11 @@ impl Sidecar {
             config.max_body_size.as_u64(),
             // As many as the listener's connections: the gateway caps them per unit, this
             // bounds what a client that reaches the unit directly could hold open.
-            Tunnels::new(config.tunnel_idle_timeout, tunnel::CLOSE_SERVICE_RESTART)
-                .at_most(config.max_connections),
+            Tunnels::new(
+                config.farm_settings.tunnel_idle_timeout,
+                tunnel::CLOSE_SERVICE_RESTART,
+            )
+            .at_most(config.max_connections),
         ));
 
         let mut tasks = JoinSet::new();

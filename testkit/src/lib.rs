@@ -5,11 +5,12 @@
 #![allow(missing_docs)]
 
 pub mod chromium;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -209,14 +210,15 @@ pub struct ChildProc {
 }
 
 impl ChildProc {
-    /// Spawns `cmd` with stderr to a log file and stdout discarded.
+    /// Spawns `cmd` with stdout and stderr to a log file.
     pub fn spawn(label: &str, mut cmd: Command) -> ChildProc {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(format!("{label}.log"));
+        let file = std::fs::File::create(&log).unwrap();
         let child = cmd
             .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {label}: {e}"));
         ChildProc {
@@ -935,6 +937,17 @@ pub struct TestCa {
 }
 
 impl TestCa {
+    /// Writes `tls.crt`, `tls.key` and `ca.crt` into `dir`, as a `kubernetes.io/tls` Secret
+    /// holds them; returns the certificate's and the key's paths.
+    pub fn write(&self, dir: &Path) -> (PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, &self.server_cert_pem).unwrap();
+        std::fs::write(&key, &self.server_key_pem).unwrap();
+        std::fs::write(dir.join("ca.crt"), &self.ca_pem).unwrap();
+        (cert, key)
+    }
+
     /// A new CA and a server certificate for `names` (DNS names or IP addresses).
     pub fn new(names: &[&str]) -> TestCa {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();

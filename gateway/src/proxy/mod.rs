@@ -101,6 +101,8 @@ pub struct ProxySettings {
     pub max_tunnels_per_unit: usize,
     /// An upgraded connection with no byte either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// `Strict-Transport-Security` for answers that carry none (with TLS only).
+    pub hsts: Option<HeaderValue>,
 }
 
 /// The proxy.
@@ -253,6 +255,11 @@ impl Proxy {
             resp = arrival.log_when_sent(log, resp, notes, &id);
         }
         resp.headers_mut().insert(request_id::HEADER, id);
+        if let Some(hsts) = &self.s.hsts {
+            resp.headers_mut()
+                .entry(header::STRICT_TRANSPORT_SECURITY)
+                .or_insert_with(|| hsts.clone());
+        }
         resp
     }
 
@@ -676,6 +683,7 @@ mod tests {
             gateway_token: None,
             max_tunnels_per_unit: 2,
             tunnel_idle_timeout: Duration::from_secs(60),
+            hsts: None,
         }
     }
 

@@ -248,6 +248,7 @@ mod tests {
             gateway_token: None,
             max_tunnels_per_unit: 1,
             tunnel_idle_timeout: Duration::from_secs(1),
+            hsts: None,
         }
     }
 

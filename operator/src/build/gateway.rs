@@ -3,8 +3,8 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Service,
-    ServiceAccount, ServiceSpec,
+    Container, HTTPGetAction, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SecretVolumeSource, Service, ServiceAccount, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -19,6 +19,16 @@ use super::{FarmRef, Images, component, tokens};
 
 /// The gateway's client port inside the pod (the Service maps `spec.gateway.port` to it).
 pub const GATEWAY_PORT: i32 = 8000;
+/// With `spec.gateway.tls.redirectHttp`: the plain-HTTP port that redirects to HTTPS (the
+/// Service's port 80).
+pub const GATEWAY_REDIRECT_PORT: i32 = 8001;
+/// Where the gateway reads the TLS Secret: a whole-Secret volume (no `subPath`), so the kubelet
+/// updates the files when cert-manager renews the Secret and the gateway reloads them.
+const TLS_DIR: &str = "/etc/stickyfarm/tls";
+const TLS_VOLUME: &str = "tls";
+/// The Secret volume's mode: the certificate and key readable by the gateway's user only.
+const TLS_FILE_MODE: i32 = 0o400;
+
 /// The gateway's admin port, read-only: `/status`, `/metrics`, `/livez`, `/readyz`.
 pub const GATEWAY_ADMIN_PORT: i32 = 9465;
 /// The gateway's control port: unit actions with the admin token. No NetworkPolicy admits
@@ -111,6 +121,55 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
     if let Some(host) = &g.public_host {
         env.push(value("STICKYFARM_PUBLIC_HOST", host.clone()));
     }
+    let mut ports = vec![
+        port("http", GATEWAY_PORT),
+        port("admin", GATEWAY_ADMIN_PORT),
+        port("control", GATEWAY_CONTROL_PORT),
+    ];
+    let mut mounts = vec![tokens::mount()];
+    let mut volumes = vec![tokens::volume(
+        f,
+        &[
+            tokens::SecretFile::Token(tokens::ADMIN_TOKEN_KEY),
+            tokens::SecretFile::Token(tokens::GATEWAY_TOKEN_KEY),
+        ],
+    )];
+    if let Some(tls) = &g.tls {
+        env.extend([
+            value("STICKYFARM_TLS_CERT", format!("{TLS_DIR}/tls.crt")),
+            value("STICKYFARM_TLS_KEY", format!("{TLS_DIR}/tls.key")),
+            value(
+                "STICKYFARM_TLS_ORIGIN",
+                format!("Secret {}/{}", f.namespace, tls.secret_name),
+            ),
+        ]);
+        if tls.redirect_http {
+            env.extend([
+                value(
+                    "STICKYFARM_GATEWAY_REDIRECT_LISTEN",
+                    format!("0.0.0.0:{GATEWAY_REDIRECT_PORT}"),
+                ),
+                value("STICKYFARM_REDIRECT_PORT", g.port.0.to_string()),
+            ]);
+            ports.push(port("http-redirect", GATEWAY_REDIRECT_PORT));
+        }
+        mounts.push(VolumeMount {
+            name: TLS_VOLUME.into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: TLS_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                default_mode: Some(TLS_FILE_MODE),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     let mut pod_labels = f.labels(component::GATEWAY);
     pod_labels.extend(f.selector(component::GATEWAY));
     let probe = |path: &str, period| Probe {
@@ -146,12 +205,8 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
                         name: "gateway".into(),
                         image: Some(images.gateway.clone()),
                         env: Some(env),
-                        ports: Some(vec![
-                            port("http", GATEWAY_PORT),
-                            port("admin", GATEWAY_ADMIN_PORT),
-                            port("control", GATEWAY_CONTROL_PORT),
-                        ]),
-                        volume_mounts: Some(vec![tokens::mount()]),
+                        ports: Some(ports),
+                        volume_mounts: Some(mounts),
                         readiness_probe: Some(probe("/readyz", 5)),
                         liveness_probe: Some(probe("/livez", 10)),
                         resources: Some(ResourceRequirements {
@@ -168,13 +223,7 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
                         security_context: Some(restricted_container_security()),
                         ..Container::default()
                     }],
-                    volumes: Some(vec![tokens::volume(
-                        f,
-                        &[
-                            tokens::SecretFile::Token(tokens::ADMIN_TOKEN_KEY),
-                            tokens::SecretFile::Token(tokens::GATEWAY_TOKEN_KEY),
-                        ],
-                    )]),
+                    volumes: Some(volumes),
                     termination_grace_period_seconds: Some(30),
                     ..PodSpec::default()
                 }),
@@ -192,13 +241,21 @@ pub(crate) fn service(f: &FarmRef) -> Service {
         spec: Some(ServiceSpec {
             type_: Some(g.service_type.as_str().into()),
             selector: Some(f.selector(component::GATEWAY)),
-            ports: Some(vec![service_port(
-                "http",
-                i32::from(g.port.0),
-                GATEWAY_PORT,
-            )]),
+            ports: Some(service_ports(g)),
             ..ServiceSpec::default()
         }),
         status: None,
     }
+}
+
+/// The Service's ports: the farm's port (HTTPS with TLS), and with the redirect port 80.
+fn service_ports(
+    g: &stickyfarm_api::farm::GatewaySettings,
+) -> Vec<k8s_openapi::api::core::v1::ServicePort> {
+    let main = if g.tls.is_some() { "https" } else { "http" };
+    let mut ports = vec![service_port(main, i32::from(g.port.0), GATEWAY_PORT)];
+    if g.tls.as_ref().is_some_and(|t| t.redirect_http) {
+        ports.push(service_port("http", 80, GATEWAY_REDIRECT_PORT));
+    }
+    ports
 }

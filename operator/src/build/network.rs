@@ -11,7 +11,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelecto
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::database::POSTGRES_PORT;
-use super::gateway::{GATEWAY_ADMIN_PORT, GATEWAY_PORT};
+use super::gateway::{GATEWAY_ADMIN_PORT, GATEWAY_PORT, GATEWAY_REDIRECT_PORT};
 use super::units::{METRICS_PORT, SIDECAR_PORT};
 use super::{FarmRef, component};
 
@@ -96,6 +96,13 @@ pub(crate) fn policies(f: &FarmRef, scrapers: &Scrapers) -> Vec<NetworkPolicy> {
         }),
     };
     let scrape = |port| scrapers.clone().map(|peer| rule(Some(vec![peer]), port));
+    let redirect = f
+        .farm
+        .spec
+        .gateway
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.redirect_http);
     let mut out = vec![
         policy(
             f.headless_name(),
@@ -116,10 +123,14 @@ pub(crate) fn policies(f: &FarmRef, scrapers: &Scrapers) -> Vec<NetworkPolicy> {
             component::GATEWAY,
             // Clients come from anywhere the Service is exposed to. The control port
             // (GATEWAY_CONTROL_PORT) is deliberately in no rule.
-            [Some(rule(None, GATEWAY_PORT)), scrape(GATEWAY_ADMIN_PORT)]
-                .into_iter()
-                .flatten()
-                .collect(),
+            [
+                Some(rule(None, GATEWAY_PORT)),
+                redirect.then(|| rule(None, GATEWAY_REDIRECT_PORT)),
+                scrape(GATEWAY_ADMIN_PORT),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
         ),
     ];
     if f.farm.spec.database.external.is_none() {

@@ -1354,3 +1354,113 @@ fn every_pod_pulls_with_the_installations_secrets() {
     let both = Some(vec!["regcred".to_owned(), "mirror".to_owned()]);
     assert_eq!(pull(&d), [both.clone(), both.clone(), both]);
 }
+
+/// TLS from a Secret: mounted whole (the kubelet then updates the files on renewal, which a
+/// `subPath` mount would never see), readable by the gateway only, named in its errors; the
+/// redirect gets its own port, on the Service and in the NetworkPolicy.
+#[test]
+fn gateway_tls_mounts_the_secret_and_opens_the_redirect() {
+    let d = desired(
+        "app:\n  image: x\ngateway:\n  port: 443\n  tls: {secretName: shop-tls, redirectHttp: true, hstsMaxAge: 8760h}\n  tunnels: {maxPerUnit: 64, idleTimeout: 10m}\n",
+    );
+    let pod = d.gateway_deployment.spec.template.spec.as_ref().unwrap();
+    let gw = &pod.containers[0];
+    for (name, want) in [
+        ("STICKYFARM_TLS_CERT", "/etc/stickyfarm/tls/tls.crt"),
+        ("STICKYFARM_TLS_KEY", "/etc/stickyfarm/tls/tls.key"),
+        ("STICKYFARM_TLS_ORIGIN", "Secret prod/shop-tls"),
+        ("STICKYFARM_GATEWAY_REDIRECT_LISTEN", "0.0.0.0:8001"),
+        ("STICKYFARM_REDIRECT_PORT", "443"),
+        ("STICKYFARM_HSTS_MAX_AGE", "8760h"),
+        ("STICKYFARM_MAX_TUNNELS_PER_UNIT", "64"),
+        ("STICKYFARM_TUNNEL_IDLE_TIMEOUT", "10m"),
+    ] {
+        assert_eq!(env_value(gw, name), want, "{name}");
+    }
+    let volume = pod
+        .volumes
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|v| v.name == "tls")
+        .expect("the TLS volume");
+    let secret = volume.secret.as_ref().expect("a whole-Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("shop-tls"));
+    assert_eq!(secret.default_mode, Some(0o400));
+    let mount = gw
+        .volume_mounts
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|m| m.name == "tls")
+        .unwrap();
+    assert_eq!(mount.mount_path, "/etc/stickyfarm/tls");
+    assert_eq!(mount.read_only, Some(true));
+    assert!(mount.sub_path.is_none());
+
+    let ports = d
+        .gateway_service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .clone()
+        .unwrap();
+    let by_name = |n: &str| ports.iter().find(|p| p.name.as_deref() == Some(n)).unwrap();
+    assert_eq!(by_name("https").port, 443);
+    assert_eq!(by_name("http").port, 80);
+    assert_eq!(by_name("http").target_port, Some(IntOrString::Int(8001)));
+    let policy = d
+        .network_policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("shop-gateway"))
+        .unwrap();
+    let open: Vec<_> = policy
+        .spec
+        .as_ref()
+        .unwrap()
+        .ingress
+        .as_ref()
+        .unwrap()
+        .iter()
+        .filter(|r| r.from.is_none())
+        .flat_map(|r| r.ports.clone().unwrap())
+        .map(|p| p.port.unwrap())
+        .collect();
+    assert_eq!(open, [IntOrString::Int(8000), IntOrString::Int(8001)]);
+
+    // The sidecars' tunnels follow the same idle timeout.
+    assert_eq!(
+        env_value(
+            container(&d, "stickyfarm-sidecar"),
+            "STICKYFARM_TUNNEL_IDLE_TIMEOUT"
+        ),
+        "10m"
+    );
+    // Without TLS: no volume, no redirect, the Service's one port is http.
+    let plain = desired(MINIMAL);
+    let pod = plain
+        .gateway_deployment
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .unwrap();
+    assert!(
+        pod.volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .all(|v| v.name != "tls")
+    );
+    let ports = plain
+        .gateway_service
+        .spec
+        .as_ref()
+        .unwrap()
+        .ports
+        .clone()
+        .unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(ports[0].name.as_deref(), Some("http"));
+}
