@@ -41,6 +41,8 @@ pub struct UpOptions {
     pub address: IpAddr,
     /// The URL clients reach the farm by (default: the gateway's address over http).
     pub public_url: Option<reqwest::Url>,
+    /// Serve HTTPS with a certificate of the state folder's local CA.
+    pub tls: bool,
     /// Folder of the Stickyfarm binaries (default: next to farmctl).
     pub bin_dir: Option<PathBuf>,
     /// No periodic status line.
@@ -50,13 +52,14 @@ pub struct UpOptions {
 }
 
 /// The scheme and `host[:port]` unit links are built from: `--public-url`, or the gateway's
-/// own address over http.
+/// own address over http (https with `--tls`).
 fn public_link_base(
     public_url: Option<&reqwest::Url>,
     gateway: SocketAddr,
+    tls: bool,
 ) -> anyhow::Result<(&'static str, String)> {
     let Some(url) = public_url else {
-        return Ok(("http", gateway.to_string()));
+        return Ok((if tls { "https" } else { "http" }, gateway.to_string()));
     };
     let scheme = match url.scheme() {
         "http" => "http",
@@ -394,14 +397,23 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let mut manifest = farmctl::manifest::load(&opts.manifest)?;
     // Browsers drop Secure cookies from plain-HTTP answers: a farm served over http runs with
     // them off, and says so.
-    let over_https = opts
-        .public_url
-        .as_ref()
-        .is_some_and(|u| u.scheme() == "https");
+    let over_https = opts.tls
+        || opts
+            .public_url
+            .as_ref()
+            .is_some_and(|u| u.scheme() == "https");
     if manifest.spec.session_persistence.secure && !over_https {
         manifest.spec.session_persistence.secure = false;
         println!(
-            "farmctl: serving over plain HTTP, so cookies are not Secure (spec.sessionPersistence.secure applies with --public-url https://…)"
+            "farmctl: serving over plain HTTP, so cookies are not Secure (spec.sessionPersistence.secure applies with --tls or --public-url https://…)"
+        );
+    }
+    // `secure: false` declares a farm reached over plain HTTP; with --tls farmctl serves it
+    // over HTTPS only, where cookies without Secure would be the one thing left in the clear.
+    if opts.tls && !manifest.spec.session_persistence.secure {
+        manifest.spec.session_persistence.secure = true;
+        println!(
+            "farmctl: serving over HTTPS (--tls), so cookies are Secure although the manifest says secure: false"
         );
     }
     let bin_dir = match &opts.bin_dir {
@@ -518,8 +530,31 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     } else {
         opts.address
     };
-    let (public_scheme, public_host) =
-        public_link_base(opts.public_url.as_ref(), SocketAddr::new(shown_host, port))?;
+    let (public_scheme, public_host) = public_link_base(
+        opts.public_url.as_ref(),
+        SocketAddr::new(shown_host, port),
+        opts.tls,
+    )?;
+    let local_tls = if opts.tls {
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        names.extend(
+            opts.public_url
+                .as_ref()
+                .and_then(|u| u.host_str())
+                .map(str::to_owned),
+        );
+        if !opts.address.is_unspecified() {
+            names.push(opts.address.to_string());
+        }
+        names.sort();
+        names.dedup();
+        Some(
+            farmctl::tls::local_tls(&opts.state_dir.join("tls"), &names)
+                .context("making the farm's local TLS certificate")?,
+        )
+    } else {
+        None
+    };
     let mut gw = Command::new(&gateway_bin);
     gw.args(["--listen", &gateway_addr.to_string()])
         .args(["--admin-listen", &gateway_admin.to_string()])
@@ -534,6 +569,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         )))
         .args(["--public-scheme", public_scheme])
         .args(["--public-host", &public_host]);
+    if let Some(tls) = &local_tls {
+        gw.arg("--tls-cert")
+            .arg(&tls.cert)
+            .arg("--tls-key")
+            .arg(&tls.key);
+    }
     for p in &plans {
         gw.args(["--unit", &format!("{}={}", p.name, p.sidecar)]);
     }
@@ -547,7 +588,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&control);
     let listener = UnixListener::bind(&control)
         .with_context(|| format!("creating the control socket {}", control.display()))?;
-    let gateway_url = format!("http://{}", SocketAddr::new(shown_host, port));
+    let gateway_url = format!(
+        "{}://{}",
+        if opts.tls { "https" } else { "http" },
+        SocketAddr::new(shown_host, port)
+    );
     let mut state = FarmState {
         pid: std::process::id(),
         farm: manifest.metadata.name.to_string(),
@@ -619,6 +664,17 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     }
     write_state(&mut state)?;
     println!("farmctl: the farm is serving at {gateway_url}/");
+    if let Some(tls) = &local_tls {
+        let ca = tls.ca.display();
+        println!("farmctl: HTTPS with the local CA {ca} (kept across runs). Trust it:");
+        println!("farmctl:   curl --cacert {ca} {gateway_url}/");
+        println!(
+            "farmctl:   this machine: sudo cp {ca} /usr/local/share/ca-certificates/stickyfarm-local.crt && sudo update-ca-certificates"
+        );
+        println!(
+            "farmctl:   Chromium/Firefox: import {ca} as an authority (Settings → Certificates)"
+        );
+    }
     for u in &state.units {
         println!("farmctl:   unit {:<16} {}", u.name, u.url);
     }
@@ -822,15 +878,19 @@ mod tests {
         let gw: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let url = |u: &str| reqwest::Url::parse(u).unwrap();
         assert_eq!(
-            public_link_base(None, gw).unwrap(),
+            public_link_base(None, gw, false).unwrap(),
             ("http", "127.0.0.1:8080".to_owned())
         );
         assert_eq!(
-            public_link_base(Some(&url("https://shop.example:8443")), gw).unwrap(),
+            public_link_base(None, gw, true).unwrap(),
+            ("https", "127.0.0.1:8080".to_owned())
+        );
+        assert_eq!(
+            public_link_base(Some(&url("https://shop.example:8443")), gw, false).unwrap(),
             ("https", "shop.example:8443".to_owned())
         );
         assert_eq!(
-            public_link_base(Some(&url("https://shop.example/")), gw).unwrap(),
+            public_link_base(Some(&url("https://shop.example/")), gw, true).unwrap(),
             ("https", "shop.example".to_owned())
         );
         for bad in [
@@ -838,7 +898,10 @@ mod tests {
             "https://shop.example/shop",
             "https://u@shop.example",
         ] {
-            assert!(public_link_base(Some(&url(bad)), gw).is_err(), "{bad}");
+            assert!(
+                public_link_base(Some(&url(bad)), gw, false).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -47,6 +47,11 @@ enum Cmd {
         /// the production host, which farmctl does not serve).
         #[arg(long, value_name = "URL")]
         public_url: Option<reqwest::Url>,
+        /// Serve HTTPS (HTTP/2 and HTTP/1.1): farmctl keeps a local certificate authority in
+        /// the state folder (`tls/ca.crt`, printed at start with how to trust it) and issues the
+        /// gateway a certificate for localhost, 127.0.0.1 and the --public-url host.
+        #[arg(long)]
+        tls: bool,
         /// Folder of the Stickyfarm binaries (default: next to farmctl).
         #[arg(long)]
         bin_dir: Option<PathBuf>,
@@ -134,6 +139,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             port,
             address,
             public_url,
+            tls,
             bin_dir,
             quiet,
             logs,
@@ -145,6 +151,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 port,
                 address,
                 public_url,
+                tls,
                 bin_dir,
                 quiet,
                 logs,

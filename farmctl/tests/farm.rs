@@ -690,3 +690,114 @@ async fn the_cart_badge_follows_changes_in_other_tabs_and_survives_its_unit() {
     assert_eq!(after["marker"], "no reload", "tab 2 was never reloaded");
     browser.close().await;
 }
+
+/// `farmctl up --tls`: a local CA in the state folder, the shop over HTTPS on HTTP/2 and
+/// HTTP/1.1 for the names the farm is reached by, unit links over https, Secure cookies, and
+/// the CA kept across runs so a client that trusts it keeps trusting the farm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_with_tls_serves_the_shop_over_https_with_its_own_ca() {
+    use stickyfarm_testkit::tls::{TLS12, TLS13, TlsClient};
+    let db = TestDb::new().await;
+    let state_dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let start = || {
+        let mut cmd = Command::new(binary("farmctl"));
+        cmd.arg("--state-dir")
+            .arg(state_dir.path())
+            .arg("up")
+            .arg(example())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--tls",
+                "--database-url",
+                &db.url,
+            ]);
+        ChildProc::spawn("farmctl", cmd)
+    };
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let ca_file = state_dir.path().join("tls/ca.crt");
+    let mut farm = start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let ca = loop {
+        farm.assert_running();
+        if farm.log_text().contains("the farm is serving") {
+            break std::fs::read_to_string(&ca_file).unwrap();
+        }
+        assert!(Instant::now() < deadline, "the farm did not start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let log = farm.log_text();
+    assert!(
+        log.contains(&format!("curl --cacert {}", ca_file.display()))
+            && log.contains(&format!("https://127.0.0.1:{port}/")),
+        "farmctl says how to trust its CA: {log}"
+    );
+
+    for (versions, alpn, name, http) in [
+        (TLS13, &b"h2"[..], "localhost", http::Version::HTTP_2),
+        (TLS12, b"http/1.1", "127.0.0.1", http::Version::HTTP_11),
+    ] {
+        let client = TlsClient::new(&[&ca], versions, &[alpn]);
+        let page = eventually_ok(|| client.get(addr, name, "/", None)).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert_eq!(page.version, http);
+        assert!(page.body.contains("Served by unit"), "{}", page.body);
+        let cookies = page.set_cookies();
+        assert!(
+            !cookies.is_empty()
+                && cookies
+                    .iter()
+                    .all(|c| c.starts_with("__Host-") && c.contains("; Secure")),
+            "{cookies:?}"
+        );
+        let whoami = client
+            .get(addr, name, "/api/whoami", None)
+            .await
+            .unwrap()
+            .json();
+        assert!(
+            whoami["unit_url"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("https://127.0.0.1:{port}/_unit/")),
+            "{whoami}"
+        );
+    }
+    let issued = std::fs::read_to_string(state_dir.path().join("tls/tls.crt")).unwrap();
+    assert!(farm.terminate(Duration::from_secs(30)));
+
+    // Again: the CA stays (clients that trust it keep working), the certificate is new.
+    let mut farm = start();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !farm.log_text().contains("the farm is serving") {
+        farm.assert_running();
+        assert!(Instant::now() < deadline, "the farm did not start again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(std::fs::read_to_string(&ca_file).unwrap(), ca);
+    assert_ne!(
+        std::fs::read_to_string(state_dir.path().join("tls/tls.crt")).unwrap(),
+        issued
+    );
+    let client = TlsClient::new(&[&ca], TLS13, &[b"h2"]);
+    let page = eventually_ok(|| client.get(addr, "localhost", "/", None)).await;
+    assert_eq!(page.status, 200);
+    assert!(farm.terminate(Duration::from_secs(30)));
+}
+
+/// The first success of `attempt` within 30 s (the gateway may still be taking its units in).
+async fn eventually_ok<F, Fut, T>(attempt: F) -> T
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(e) => assert!(Instant::now() < deadline, "no success within 30 s: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
