@@ -117,6 +117,11 @@ pub struct GatewayFarmSettings {
     #[arg(long, env = "STICKYFARM_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub tunnel_idle_timeout: Duration,
 
+    /// What the app speaks: with `h2c`, requests that arrive over HTTP/2 go to the unit over
+    /// HTTP/2 (one multiplexed connection per unit), so gRPC's trailers reach the client.
+    #[arg(long, env = "STICKYFARM_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
+    pub app_protocol: AppProtocol,
+
     /// With TLS: send `Strict-Transport-Security: max-age=<this>` with every answer that has
     /// none (off unless given).
     #[arg(long, env = "STICKYFARM_HSTS_MAX_AGE", value_parser = humantime::parse_duration)]
@@ -145,6 +150,7 @@ impl GatewayFarmSettings {
                 self.max_tunnels_per_unit.to_string(),
             ),
             ("tunnel_idle_timeout", duration(self.tunnel_idle_timeout)),
+            ("app_protocol", value_name(self.app_protocol)),
         ];
         if let Some(host) = &self.farm_host {
             v.push(("farm_host", host.clone()));
@@ -184,6 +190,10 @@ pub struct SidecarFarmSettings {
     #[arg(long, env = "STICKYFARM_TUNNEL_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub tunnel_idle_timeout: Duration,
 
+    /// What the app speaks: `http1`, or `h2c` (HTTP/2 with prior knowledge, every request).
+    #[arg(long, env = "STICKYFARM_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
+    pub app_protocol: AppProtocol,
+
     /// The farm's cookies, as the other components see them.
     #[command(flatten)]
     pub cookies: CookieSettings,
@@ -197,6 +207,7 @@ impl SidecarFarmSettings {
             ("idle_timeout", duration(self.idle_timeout)),
             ("absolute_timeout", duration(self.absolute_timeout)),
             ("tunnel_idle_timeout", duration(self.tunnel_idle_timeout)),
+            ("app_protocol", value_name(self.app_protocol)),
         ];
         v.extend(self.cookies.values());
         v
@@ -282,6 +293,16 @@ fn value_name<E: ValueEnum>(e: E) -> String {
         .to_owned()
 }
 
+/// What the app speaks on its port (the farm's `app.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum AppProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    H2c,
+}
+
 /// Load-balancing policy of the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Policy {
@@ -317,6 +338,13 @@ pub enum Addressing {
 mod from_farm {
     use super::*;
     use crate::farm::{BalancingPolicy, FailbackPolicy, ServerFarmSpec, UnitAddressing};
+
+    fn app_protocol(spec: &ServerFarmSpec) -> AppProtocol {
+        match spec.app.protocol {
+            crate::farm::AppProtocol::Http1 => AppProtocol::Http1,
+            crate::farm::AppProtocol::H2c => AppProtocol::H2c,
+        }
+    }
 
     impl CookieSettings {
         /// The farm's cookies: its session cookie name and `secure`; with host-style unit
@@ -365,6 +393,7 @@ mod from_farm {
                 },
                 max_tunnels_per_unit: g.tunnels.max_per_unit as usize,
                 tunnel_idle_timeout: g.tunnels.idle_timeout.0,
+                app_protocol: app_protocol(spec),
                 hsts_max_age: g
                     .tls
                     .as_ref()
@@ -389,6 +418,7 @@ mod from_farm {
                 idle_timeout: sp.idle_timeout.0,
                 absolute_timeout: sp.absolute_timeout.0,
                 tunnel_idle_timeout: spec.gateway.tunnels.idle_timeout.0,
+                app_protocol: app_protocol(spec),
                 cookies: CookieSettings::from_farm(spec),
             }
         }
@@ -520,6 +550,12 @@ mod tests {
             r#""2h""#,
             None,
             Some(("absolute_timeout", "2h")),
+        ),
+        (
+            "app.protocol",
+            r#""h2c""#,
+            Some(("app_protocol", "h2c")),
+            Some(("app_protocol", "h2c")),
         ),
         (
             "gateway.tunnels.maxPerUnit",

@@ -122,6 +122,11 @@ pub struct AppSpec {
     /// Port the app listens on (inside the pod, behind the sidecar).
     #[serde(default = "default_app_port")]
     pub port: Port,
+    /// What the app speaks on its port: `http1` (HTTP/1.1), or `h2c` (HTTP/2 without TLS,
+    /// e.g. a gRPC server): requests that reach the gateway over HTTP/2 then stay HTTP/2 all
+    /// the way to the app, trailers included, with the same stickiness.
+    #[serde(default)]
+    pub protocol: AppProtocol,
     /// Environment variables (`valueFrom` works on Kubernetes only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
@@ -147,6 +152,17 @@ pub struct AppSpec {
         .message("app.startupProbe: httpGet.host and tcpSocket.host are not allowed: a probe checks its own pod, never another host")
         .reason(Reason::FieldValueForbidden))]
     pub startup_probe: Option<Probe>,
+}
+
+/// What the app speaks on its port.
+#[derive(JsonSchema, Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AppProtocol {
+    /// HTTP/1.1.
+    #[default]
+    Http1,
+    /// HTTP/2 with prior knowledge (no TLS): gRPC servers, HTTP/2 apps.
+    H2c,
 }
 
 /// CEL: a probe names no other host (the kubelet would connect wherever it says).

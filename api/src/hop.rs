@@ -19,8 +19,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
+    // `TE: trailers` is the one hop-by-hop value every hop must pass on: a gRPC client sends
+    // it to say it reads trailers, and gRPC servers refuse a request without it (RFC 9113
+    // §8.2.2 allows exactly this value in HTTP/2).
+    let trailers = headers
+        .get_all(TE)
+        .iter()
+        .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
         headers.remove(name);
+    }
+    if trailers {
+        headers.insert(TE, http::HeaderValue::from_static("trailers"));
     }
     for name in ALWAYS {
         headers.remove(name);
@@ -78,6 +88,18 @@ mod tests {
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn te_trailers_passes_and_every_other_te_goes() {
+        let mut h = HeaderMap::new();
+        h.insert("te", "Trailers".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h["te"], "trailers");
+        let mut h = HeaderMap::new();
+        h.insert("te", "gzip, trailers".parse().unwrap());
+        remove_hop_by_hop(&mut h);
+        assert!(!h.contains_key("te"), "only the exact value passes");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::{ArgAction, Parser, ValueEnum};
 
 use crate::access_log::AccessLogFormat;
 use crate::units::UnitSpec;
-pub use stickyfarm_api::config::{Addressing, Failback, GatewayFarmSettings};
+pub use stickyfarm_api::config::{Addressing, AppProtocol, Failback, GatewayFarmSettings};
 
 /// The Stickyfarm gateway: the farm's load balancer. First requests go to the least busy
 /// healthy unit; requests addressed to a unit (`/_unit/<unit>/…`, `<unit>.<farm host>` or the

@@ -259,6 +259,7 @@ impl Gateway {
                     gateway_token,
                     max_tunnels_per_unit: config.farm_settings.max_tunnels_per_unit,
                     tunnel_idle_timeout: config.farm_settings.tunnel_idle_timeout,
+                    app_protocol: config.farm_settings.app_protocol,
                     // HSTS only over TLS: a browser ignores it on plain HTTP anyway.
                     hsts: certificates
                         .as_ref()

@@ -1,4 +1,5 @@
-//! Pooled HTTP/1.1 connections to one unit.
+//! Connections to one unit: pooled HTTP/1.1 connections, and with `--app-protocol h2c` one
+//! multiplexed HTTP/2 connection (prior knowledge) for requests that arrived over HTTP/2.
 //!
 //! Hand-written over hyper's connection API rather than hyper-util's pooled client because
 //! failover needs the request back whenever it was not sent: hyper-util's client drops it on a
@@ -11,16 +12,36 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
 /// The body type sent to units.
 pub type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// A pooled connection's sender.
-pub type Sender = SendRequest<UpstreamBody>;
+/// A connection's sender.
+pub enum Sender {
+    /// An HTTP/1.1 connection: one request at a time, back to the pool after each.
+    Http1(http1::SendRequest<UpstreamBody>),
+    /// A handle on the unit's HTTP/2 connection: requests share it.
+    Http2(http2::SendRequest<UpstreamBody>),
+}
+
+impl Sender {
+    /// Sends `request`, or hands it back when the connection turned out closed before it was
+    /// sent (then it may go elsewhere, body and all).
+    pub async fn try_send_request(
+        &mut self,
+        request: http::Request<UpstreamBody>,
+    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<UpstreamBody>>> {
+        match self {
+            Sender::Http1(s) => s.try_send_request(request).await,
+            Sender::Http2(s) => s.try_send_request(request).await,
+        }
+    }
+}
 
 /// Connections idle longer than this are not reused: a unit's keep-alive may have closed them,
 /// and a request written into a closing connection cannot safely be replayed.
@@ -42,8 +63,9 @@ pub enum ConnectError {
 
 /// Idle connections to one unit.
 pub struct Pool {
-    idle: Mutex<Vec<(Sender, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
     max_idle: usize,
+    http2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
 
 /// A connection checked out of the pool (or freshly opened).
@@ -60,11 +82,12 @@ impl Pool {
         Pool {
             idle: Mutex::new(Vec::new()),
             max_idle,
+            http2: Mutex::new(None),
         }
     }
 
     /// An idle connection that is ready for a request, if any.
-    pub fn take_idle(&self) -> Option<Sender> {
+    pub fn take_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().expect("pool poisoned");
         while let Some((s, since)) = idle.pop() {
             if s.is_ready() && since.elapsed() < MAX_IDLE {
@@ -74,8 +97,12 @@ impl Pool {
         None
     }
 
-    /// Returns a connection whose response has been read completely.
+    /// Returns a connection whose response has been read completely (an HTTP/2 handle is
+    /// simply dropped: the connection stays shared).
     pub fn put_back(&self, sender: Sender) {
+        let Sender::Http1(sender) = sender else {
+            return;
+        };
         if sender.is_closed() {
             return;
         }
@@ -88,34 +115,95 @@ impl Pool {
     /// Drops every idle connection (the unit went out of service).
     pub fn clear(&self) {
         self.idle.lock().expect("pool poisoned").clear();
+        self.http2.lock().expect("pool poisoned").take();
     }
 
-    /// An idle connection (unless `fresh`), or a new one to `address`.
+    /// An idle connection (unless `fresh`), or a new one to `address`; `http2`: the unit's
+    /// shared HTTP/2 connection instead.
     pub async fn checkout(
         &self,
         address: &str,
         timeout: Duration,
         fresh: bool,
+        http2: bool,
     ) -> Result<Checkout, ConnectError> {
+        if http2 {
+            return self.checkout_http2(address, timeout, fresh).await;
+        }
         if !fresh && let Some(sender) = self.take_idle() {
             return Ok(Checkout {
-                sender,
+                sender: Sender::Http1(sender),
                 reused: true,
             });
         }
         Ok(Checkout {
-            sender: connect(address, timeout).await?,
+            sender: Sender::Http1(connect(address, timeout).await?),
+            reused: false,
+        })
+    }
+
+    async fn checkout_http2(
+        &self,
+        address: &str,
+        timeout: Duration,
+        fresh: bool,
+    ) -> Result<Checkout, ConnectError> {
+        if !fresh
+            && let Some(shared) = self
+                .http2
+                .lock()
+                .expect("pool poisoned")
+                .as_ref()
+                .filter(|s| !s.is_closed())
+        {
+            return Ok(Checkout {
+                sender: Sender::Http2(shared.clone()),
+                reused: true,
+            });
+        }
+        // Two requests may both open one here; the later one is kept, the other serves its
+        // request and closes.
+        let sender = connect_http2(address, timeout).await?;
+        *self.http2.lock().expect("pool poisoned") = Some(sender.clone());
+        Ok(Checkout {
+            sender: Sender::Http2(sender),
             reused: false,
         })
     }
 }
 
-/// Opens one HTTP/1.1 connection.
-pub async fn connect(address: &str, timeout: Duration) -> Result<Sender, ConnectError> {
+async fn open(address: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
     let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
         .await
         .map_err(|_| ConnectError::Timeout)??;
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens one HTTP/2 connection with prior knowledge (h2c).
+async fn connect_http2(
+    address: &str,
+    timeout: Duration,
+) -> Result<http2::SendRequest<UpstreamBody>, ConnectError> {
+    let stream = open(address, timeout).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "unit HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Opens one HTTP/1.1 connection.
+pub async fn connect(
+    address: &str,
+    timeout: Duration,
+) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
+    let stream = open(address, timeout).await?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     // With upgrades: after a `101` the connection becomes the unit's end of a tunnel.
     let conn = conn.with_upgrades();

@@ -15,6 +15,7 @@ use hyper::body::Body as _;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use stickyfarm_api::config::AppProtocol;
 use stickyfarm_api::request_id;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::tunnel::Tunnels;
@@ -48,7 +49,9 @@ pub struct Front {
     pub snapshot_max: usize,
     /// Largest request body forwarded to the app.
     pub max_body_size: u64,
-    /// Pooled HTTP/1.1 connections to the app.
+    /// What the app speaks.
+    app_protocol: AppProtocol,
+    /// Pooled connections to the app (HTTP/1.1, or HTTP/2 with h2c).
     pub client: Client<HttpConnector, Body>,
     /// A client that always opens a new connection: for the one replay of a request whose
     /// pooled connection broke.
@@ -85,10 +88,28 @@ impl Front {
             cookies,
             snapshot_max,
             max_body_size,
-            client: Self::app_client(),
-            fresh_client: Self::app_client_without_pool(),
+            app_protocol: AppProtocol::Http1,
+            client: Self::app_client(AppProtocol::Http1),
+            fresh_client: Self::app_client_without_pool(AppProtocol::Http1),
             headers,
             tunnels,
+        }
+    }
+
+    /// Speaks `protocol` to the app.
+    pub fn with_app_protocol(mut self, protocol: AppProtocol) -> Front {
+        self.app_protocol = protocol;
+        self.client = Self::app_client(protocol);
+        self.fresh_client = Self::app_client_without_pool(protocol);
+        self
+    }
+
+    /// The version a request goes to the app in: HTTP/2 to an h2c app, except an upgrade
+    /// (tunnels start as HTTP/1.1).
+    fn app_version(&self, upgrade: bool) -> http::Version {
+        match self.app_protocol {
+            AppProtocol::H2c if !upgrade => http::Version::HTTP_2,
+            _ => http::Version::HTTP_11,
         }
     }
 
@@ -104,15 +125,17 @@ impl Front {
     }
 
     /// A pooled client for the app.
-    pub fn app_client() -> Client<HttpConnector, Body> {
+    pub fn app_client(protocol: AppProtocol) -> Client<HttpConnector, Body> {
         Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
+            .http2_only(protocol == AppProtocol::H2c)
             .build(Self::app_connector())
     }
 
-    fn app_client_without_pool() -> Client<HttpConnector, Body> {
+    fn app_client_without_pool(protocol: AppProtocol) -> Client<HttpConnector, Body> {
         Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
+            .http2_only(protocol == AppProtocol::H2c)
             .build(Self::app_connector())
     }
 
@@ -245,7 +268,7 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         Err(_) => return plain(StatusCode::BAD_REQUEST, "malformed request target\n"),
     };
     let client_version = parts.version;
-    parts.version = http::Version::HTTP_11;
+    parts.version = front.app_version(upgrade.is_some());
     drop(resolved);
     let mut response = match ask_app(&front, parts, body).await {
         Ok(r) => r,

@@ -160,24 +160,27 @@ impl Sidecar {
                 .parse::<UnitBaseUrl>()
                 .expect("a unit path is a valid base URL")
         });
-        let front = Arc::new(Front::new(
-            tier.clone(),
-            config.unit.clone(),
-            default_unit_url,
-            gateway_token,
-            app,
-            config.app_timeout,
-            config.farm_settings.cookies.policy(),
-            config.snapshot_max.as_u64() as usize,
-            config.max_body_size.as_u64(),
-            // As many as the listener's connections: the gateway caps them per unit, this
-            // bounds what a client that reaches the unit directly could hold open.
-            Tunnels::new(
-                config.farm_settings.tunnel_idle_timeout,
-                tunnel::CLOSE_SERVICE_RESTART,
+        let front = Arc::new(
+            Front::new(
+                tier.clone(),
+                config.unit.clone(),
+                default_unit_url,
+                gateway_token,
+                app,
+                config.app_timeout,
+                config.farm_settings.cookies.policy(),
+                config.snapshot_max.as_u64() as usize,
+                config.max_body_size.as_u64(),
+                // As many as the listener's connections: the gateway caps them per unit, this
+                // bounds what a client that reaches the unit directly could hold open.
+                Tunnels::new(
+                    config.farm_settings.tunnel_idle_timeout,
+                    tunnel::CLOSE_SERVICE_RESTART,
+                )
+                .at_most(config.max_connections),
             )
-            .at_most(config.max_connections),
-        ));
+            .with_app_protocol(config.farm_settings.app_protocol),
+        );
 
         let mut tasks = JoinSet::new();
         let public = bind(config.listen).await?;

@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::config::AppProtocol;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -39,6 +40,7 @@ pub struct Outbound {
 /// The head and held body of a request, kept to send it again.
 pub struct Replay {
     method: Method,
+    version: http::Version,
     uri: Uri,
     headers: http::HeaderMap,
     body: Bytes,
@@ -49,6 +51,7 @@ impl Replay {
     pub fn request(&self) -> Request<UpstreamBody> {
         let mut r = Request::new(full_body(self.body.clone()));
         *r.method_mut() = self.method.clone();
+        *r.version_mut() = self.version;
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();
         r
@@ -81,17 +84,24 @@ pub async fn outbound(
 ) -> Result<Outbound, Refusal> {
     let (mut parts, body) = req.into_parts();
     let body_empty = hyper::body::Body::is_end_stream(&body);
-    let uri = upstream_head(s, &mut parts, route, remote)?;
+    let mut uri = upstream_head(s, &mut parts, route, remote)?;
+    let version = upstream_version(s, parts.version, route);
+    if version == http::Version::HTTP_2 {
+        // HTTP/2 names the host in `:authority`, taken from an absolute target.
+        uri = absolute(&uri, &route.host)?;
+    }
     let (upstream_body, held) = hold_for_replay(s, body, body_empty, &parts.headers).await?;
     let idempotent = is_idempotent(&parts.method);
     let replay = held.map(|body| Replay {
         method: parts.method.clone(),
+        version,
         uri: uri.clone(),
         headers: parts.headers.clone(),
         body,
     });
     let mut request = Request::new(upstream_body);
     *request.method_mut() = parts.method;
+    *request.version_mut() = version;
     *request.uri_mut() = uri;
     *request.headers_mut() = parts.headers;
     Ok(Outbound {
@@ -99,6 +109,30 @@ pub async fn outbound(
         replay,
         idempotent,
     })
+}
+
+/// The HTTP version towards the unit: HTTP/2 for a request that came over HTTP/2 when the app
+/// speaks h2c (gRPC needs it end to end: its status is in trailers), HTTP/1.1 otherwise, and
+/// always for an upgrade (a tunnel starts as HTTP/1.1).
+pub fn upstream_version(s: &ProxySettings, client: http::Version, route: &Route) -> http::Version {
+    if s.app_protocol == AppProtocol::H2c
+        && client == http::Version::HTTP_2
+        && route.upgrade.is_none()
+    {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    }
+}
+
+fn absolute(path: &Uri, host: &str) -> Result<Uri, Refusal> {
+    let path = path.path_and_query().map_or("/", |p| p.as_str());
+    Uri::builder()
+        .scheme("http")
+        .authority(host)
+        .path_and_query(path)
+        .build()
+        .map_err(|_| Refusal::BadTarget)
 }
 
 /// Rewrites a request head for the units: the path without its unit prefix, no hop-by-hop
@@ -242,7 +276,12 @@ pub async fn attempt(
     let connecting = Instant::now();
     let checkout = match unit
         .pool
-        .checkout(&unit.spec.address, s.connect_timeout, fresh)
+        .checkout(
+            &unit.spec.address,
+            s.connect_timeout,
+            fresh,
+            request.version() == http::Version::HTTP_2,
+        )
         .await
     {
         Ok(c) => {
@@ -369,6 +408,40 @@ pub fn after_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Addressing;
+
+    #[test]
+    fn http2_goes_upstream_only_to_an_h2c_app_and_never_for_an_upgrade() {
+        let remote: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        let mut s = super::super::route::tests::settings(&[], Addressing::Path);
+        let request = |version, upgrade: bool| {
+            let mut r = Request::get("/cart")
+                .version(version)
+                .header("host", "shop");
+            if upgrade {
+                r = r
+                    .header("connection", "upgrade")
+                    .header("upgrade", "websocket");
+            }
+            r.body(http_body_util::Empty::<Bytes>::new()).unwrap()
+        };
+        let version = |s: &ProxySettings, v, upgrade| {
+            let req = request(v, upgrade);
+            let route = super::super::route::route(s, &req, remote).unwrap();
+            upstream_version(s, req.version(), &route)
+        };
+        use http::Version as V;
+        // An HTTP/1.1 app gets HTTP/1.1 whatever the client spoke.
+        assert_eq!(version(&s, V::HTTP_2, false), V::HTTP_11);
+        s.app_protocol = AppProtocol::H2c;
+        assert_eq!(version(&s, V::HTTP_2, false), V::HTTP_2);
+        assert_eq!(version(&s, V::HTTP_11, false), V::HTTP_11);
+        assert_eq!(version(&s, V::HTTP_11, true), V::HTTP_11);
+        assert_eq!(
+            absolute(&"/x?y=1".parse().unwrap(), "shop.example:8443").unwrap(),
+            "http://shop.example:8443/x?y=1"
+        );
+    }
 
     fn step(f: Failure, held: bool, idempotent: bool, stale_used: bool) -> Step {
         after_failure(f, held, idempotent, stale_used).step

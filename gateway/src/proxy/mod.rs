@@ -41,7 +41,7 @@ use tracing::Instrument;
 
 use crate::access_log::{self, AccessLog, AccessRecord, Logged};
 use crate::balance::{self, Candidate, Policy};
-use crate::config::{Addressing, Failback, Scheme};
+use crate::config::{Addressing, AppProtocol, Failback, Scheme};
 use crate::metrics::Metrics;
 use crate::ratelimit::NewSessionLimit;
 use crate::units::{Farm, InFlight, Members, TunnelSlot, Unit, now_ms};
@@ -103,6 +103,8 @@ pub struct ProxySettings {
     pub tunnel_idle_timeout: Duration,
     /// `Strict-Transport-Security` for answers that carry none (with TLS only).
     pub hsts: Option<HeaderValue>,
+    /// What the app speaks: with h2c, HTTP/2 requests stay HTTP/2 to the unit.
+    pub app_protocol: AppProtocol,
 }
 
 /// The proxy.
@@ -684,6 +686,7 @@ mod tests {
             max_tunnels_per_unit: 2,
             tunnel_idle_timeout: Duration::from_secs(60),
             hsts: None,
+            app_protocol: AppProtocol::Http1,
         }
     }
 

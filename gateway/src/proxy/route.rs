@@ -194,7 +194,7 @@ pub fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::balance::Policy;
     use crate::config::{Failback, Scheme};
@@ -227,7 +227,7 @@ mod tests {
         assert!(addressed("/_unit/BAD/x", "shop", None).is_err());
     }
 
-    fn settings(public_hosts: &[&str], addressing: Addressing) -> ProxySettings {
+    pub(crate) fn settings(public_hosts: &[&str], addressing: Addressing) -> ProxySettings {
         ProxySettings {
             policy: Policy::LeastInFlight,
             failback: Failback::Stay,
@@ -249,6 +249,7 @@ mod tests {
             max_tunnels_per_unit: 1,
             tunnel_idle_timeout: Duration::from_secs(1),
             hsts: None,
+            app_protocol: stickyfarm_api::config::AppProtocol::Http1,
         }
     }
 
