@@ -3,6 +3,9 @@
 # Caches live outside the checkout so warm runs are quick.
 export STICKYFARM_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/stickyfarm"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$STICKYFARM_CACHE/target}"
+# No incremental data: these builds start from a fresh checkout, where it saves nothing, and
+# kept for every test binary it grows by gigabytes a run on disks that have little to spare.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 [ -d "$HOME/.cargo/bin" ] && export PATH="$HOME/.cargo/bin:$PATH"
 
 # Installs Debian packages that are missing (as root; otherwise says what to install).

@@ -23,6 +23,8 @@ pub mod metrics;
 pub mod request_id;
 mod snapshot;
 pub mod token;
+#[cfg(feature = "logs")]
+pub mod trace;
 #[cfg(feature = "server")]
 pub mod tunnel;
 mod unit;

@@ -18,6 +18,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+use crate::trace::{TraceError, Traces};
+
 /// The filter when none is given.
 pub const DEFAULT_FILTER: &str = "info";
 
@@ -44,6 +46,16 @@ pub struct LogSettings {
         default_value_t = LogFormat::Text
     )]
     pub format: LogFormat,
+
+    /// Export traces over OTLP (HTTP/protobuf) to this collector, e.g.
+    /// `http://otel-collector:4318` (spans go to `/v1/traces`); off when unset. The standard
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME` and `OTEL_TRACES_SAMPLER` apply.
+    #[arg(
+        long = "otlp-endpoint",
+        env = "OTEL_EXPORTER_OTLP_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub otlp_endpoint: Option<String>,
 }
 
 /// Log output format.
@@ -72,6 +84,9 @@ pub enum LogError {
     /// A logger was installed already (a second call in one process).
     #[error("the logger is already installed: {0}")]
     AlreadyInstalled(String),
+    /// Traces were asked for and cannot be exported.
+    #[error(transparent)]
+    Traces(#[from] TraceError),
 }
 
 fn parse_filter(s: &str) -> Result<String, String> {
@@ -85,17 +100,27 @@ impl Default for LogSettings {
         LogSettings {
             filter: DEFAULT_FILTER.to_owned(),
             format: LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
 
 impl LogSettings {
     /// Installs the process's logger, writing to standard error (standard output stays for
-    /// what a command prints).
-    pub fn init(&self) -> Result<(), LogError> {
+    /// what a command prints), and with an OTLP endpoint the export of `component`'s traces
+    /// ([`crate::trace`]). Keep the returned guard until the process ends: dropping it sends
+    /// the last spans.
+    pub fn init(&self, component: &'static str) -> Result<Option<Traces>, LogError> {
         self.subscriber(std::io::stderr)
             .try_init()
-            .map_err(|e| LogError::AlreadyInstalled(e.to_string()))
+            .map_err(|e| LogError::AlreadyInstalled(e.to_string()))?;
+        if self.otlp_endpoint.is_some() || crate::trace::requested() {
+            return Ok(Some(crate::trace::export(
+                component,
+                self.otlp_endpoint.as_deref(),
+            )?));
+        }
+        Ok(None)
     }
 
     /// The logger these settings describe, writing to `writer` (a test captures an in-process
@@ -127,11 +152,15 @@ impl LogSettings {
 
     /// The same settings as environment variables, for a process this one starts (farmctl's
     /// units and gateway, the operator's pods).
-    pub fn as_env(&self) -> [(&'static str, String); 2] {
-        [
+    pub fn as_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
             ("RUST_LOG", self.filter.clone()),
             ("STICKYFARM_LOG_FORMAT", self.format.as_str().to_owned()),
-        ]
+        ];
+        if let Some(endpoint) = &self.otlp_endpoint {
+            env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()));
+        }
+        env
     }
 }
 
@@ -171,6 +200,7 @@ mod tests {
         let settings = LogSettings {
             filter: "debug".into(),
             format: LogFormat::Json,
+            otlp_endpoint: None,
         };
         let logger = settings.subscriber(move || Sink(sink.clone()));
         tracing::subscriber::with_default(logger, || {
@@ -217,6 +247,7 @@ mod tests {
         let s = LogSettings {
             filter: "debug".into(),
             format: LogFormat::Json,
+            otlp_endpoint: Some("http://127.0.0.1:4318".into()),
         };
         let env = s.as_env();
         assert_eq!(env[0], ("RUST_LOG", "debug".to_owned()));

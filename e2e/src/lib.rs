@@ -220,6 +220,7 @@ fn capture_operator_logs() {
         let settings = stickyfarm_api::logs::LogSettings {
             filter: CAPTURE_FILTER.into(),
             format: stickyfarm_api::logs::LogFormat::Json,
+            otlp_endpoint: None,
         };
         let sink = out.clone();
         // Another logger installed first (a test's own) leaves nothing captured: the tests

@@ -26,6 +26,8 @@ struct Cli {
     command: Cmd,
 }
 
+// Parsed once per run: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the farm in FILE until Ctrl-C: PostgreSQL, one sidecar + app per unit, the gateway.
@@ -129,9 +131,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         _ => LogSettings {
             filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".to_owned()),
             format: LogFormat::Text,
+            otlp_endpoint: None,
         },
     };
-    logs.init().context("installing the logger")?;
+    let _traces = logs.init("farmctl").context("installing the logger")?;
     match cli.command {
         Cmd::Up {
             file,

@@ -6,10 +6,17 @@ use stickyfarm_gateway::Gateway;
 use stickyfarm_gateway::config::Config;
 use tokio::signal::unix::{SignalKind, signal};
 
+/// The name traces are exported under (`stickyfarm-gateway` unless OTEL_SERVICE_NAME says otherwise).
+const COMPONENT: &str = "gateway";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    config.logs.init().context("installing the logger")?;
+    // Kept to the end: dropping it sends the last spans when traces are exported.
+    let _traces = config
+        .logs
+        .init(COMPONENT)
+        .context("installing the logger")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let gateway = Gateway::start(config)
         .await

@@ -5,10 +5,17 @@ use clap::Parser;
 use stickyfarm_operator::config::Config;
 use tokio_util::sync::CancellationToken;
 
+/// The name traces are exported under (`stickyfarm-operator` unless OTEL_SERVICE_NAME says otherwise).
+const COMPONENT: &str = "operator";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    config.logs.init().context("installing the logger")?;
+    // Kept to the end: dropping it sends the last spans when traces are exported.
+    let _traces = config
+        .logs
+        .init(COMPONENT)
+        .context("installing the logger")?;
     let client = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;

@@ -18,6 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use stickyfarm_api::config::AppProtocol;
 use stickyfarm_api::request_id;
 use stickyfarm_api::token::Token;
+use stickyfarm_api::trace::Traced;
 use stickyfarm_api::tunnel::Tunnels;
 use stickyfarm_api::{
     ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, StoredId, UnitBaseUrl,
@@ -169,7 +170,11 @@ fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
 async fn forward(State(front): State<Arc<Front>>, mut req: Request) -> Response {
     let id = request_id::ensure(req.headers_mut());
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
-    let mut resp = forward_request(front, req).instrument(span).await;
+    // With trace export on, the gateway's trace continues here.
+    let traced = Traced::request("request", req.headers());
+    let mut resp = traced
+        .run(forward_request(front, req).instrument(span))
+        .await;
     resp.headers_mut().insert(request_id::HEADER, id);
     resp
 }
@@ -270,7 +275,10 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     let client_version = parts.version;
     parts.version = front.app_version(upgrade.is_some());
     drop(resolved);
-    let mut response = match ask_app(&front, parts, body).await {
+    // The app continues the trace under this span (its `traceparent` names it).
+    let app = Traced::phase("app");
+    app.inject(&mut parts.headers);
+    let mut response = match app.run(ask_app(&front, parts, body)).await {
         Ok(r) => r,
         Err(refusal) => return refusal,
     };

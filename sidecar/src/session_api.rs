@@ -80,13 +80,18 @@ async fn timed(
         .filter(|v| request_id::is_valid(v.as_bytes()))
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    // An app that traces passes its `traceparent`: its session calls join its request's trace.
+    let traced = stickyfarm_api::trace::Traced::request("session api", req.headers());
     let resp = match id {
         Some(id) => {
-            next.run(req)
-                .instrument(tracing::info_span!("request", request_id = id))
+            traced
+                .run(
+                    next.run(req)
+                        .instrument(tracing::info_span!("request", request_id = id)),
+                )
                 .await
         }
-        None => next.run(req).await,
+        None => traced.run(next.run(req)).await,
     };
     tier.metrics().session_api(
         &method,

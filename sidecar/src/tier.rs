@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
+use stickyfarm_api::trace::{KeyValue, Traced};
 
 use stickyfarm_api::{
     ClientCookies, Generation, InstanceId, SessionId, SessionIdKey, StoredId, TableName,
@@ -211,6 +212,12 @@ impl SessionTier {
     /// issues a new session id when there is no usable one. Never adopts a client-chosen id.
     /// A new id costs nothing (no row, no cache entry) until the app writes state to it.
     pub async fn resolve(&self, cookies: &ClientCookies) -> Result<ResolvedSession, TierError> {
+        Traced::phase("cache lookup")
+            .run(self.resolve_cookies(cookies))
+            .await
+    }
+
+    async fn resolve_cookies(&self, cookies: &ClientCookies) -> Result<ResolvedSession, TierError> {
         if !cookies.errors.is_empty() || cookies.conflicting_sessions {
             self.metrics.malformed_cookie();
         }
@@ -334,7 +341,10 @@ impl SessionTier {
         id: &SessionId,
         stored: StoredId,
     ) -> Result<Option<Entry>, TierError> {
-        let loaded = match self.store.load_session(stored).await? {
+        let loaded = match Traced::phase("database load")
+            .run(self.store.load_session(stored))
+            .await?
+        {
             Some(l) if l.live => l,
             expired => {
                 self.cache.remove(&stored);
@@ -422,9 +432,21 @@ impl SessionTier {
                 WriteCondition::Expect(current.tables.get(table.as_str()).map_or(0, |t| t.version))
             }
         };
+        // The write-through to PostgreSQL, a span of the trace when traces are exported.
+        let write = Traced::phase_with("write-through", || {
+            vec![KeyValue::new("stickyfarm.table", table.to_string())]
+        });
         let result = match doc {
-            Some(doc) => self.store.write_table(stored, table, doc, condition).await,
-            None => self.store.delete_table(stored, table, condition).await,
+            Some(doc) => {
+                write
+                    .run(self.store.write_table(stored, table, doc, condition))
+                    .await
+            }
+            None => {
+                write
+                    .run(self.store.delete_table(stored, table, condition))
+                    .await
+            }
         };
         match result {
             Ok(done) => {

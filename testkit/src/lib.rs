@@ -655,7 +655,11 @@ impl Drop for TestApp {
 fn stickyfarm_headers(h: &HeaderMap) -> serde_json::Value {
     let mut m = serde_json::Map::new();
     for (k, v) in h {
-        if k.as_str().starts_with("x-stickyfarm-") || k == "x-request-id" {
+        if k.as_str().starts_with("x-stickyfarm-")
+            || k == "x-request-id"
+            || k == "traceparent"
+            || k == "tracestate"
+        {
             m.insert(
                 k.as_str().to_owned(),
                 v.to_str().unwrap_or("<binary>").into(),

@@ -14,6 +14,7 @@ use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use stickyfarm_api::listener::RequestBody;
+use stickyfarm_api::trace::Traced;
 use stickyfarm_api::{headers, remove_hop_by_hop, remove_stickyfarm_headers};
 
 use super::ProxySettings;
@@ -274,16 +275,13 @@ pub async fn attempt(
 ) -> Attempt {
     let in_flight = unit.begin_request();
     let connecting = Instant::now();
-    let checkout = match unit
-        .pool
-        .checkout(
-            &unit.spec.address,
-            s.connect_timeout,
-            fresh,
-            request.version() == http::Version::HTTP_2,
-        )
-        .await
-    {
+    let checkout = unit.pool.checkout(
+        &unit.spec.address,
+        s.connect_timeout,
+        fresh,
+        request.version() == http::Version::HTTP_2,
+    );
+    let checkout = match Traced::phase("connect").run(checkout).await {
         Ok(c) => {
             if !c.reused {
                 unit.record_connect(connecting.elapsed());

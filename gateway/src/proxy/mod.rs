@@ -36,6 +36,7 @@ use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use stickyfarm_api::listener::RequestBody;
+use stickyfarm_api::trace::{KeyValue, Traced};
 use stickyfarm_api::{CookiePolicy, UnitName, headers, request_id};
 use tracing::Instrument;
 
@@ -241,9 +242,14 @@ impl Proxy {
             .as_ref()
             .map(|log| Arrival::of(log, &req, remote, self.s.trust_forwarded));
         let mut notes = Notes::new(arrival.is_some());
-        let mut resp = match self
-            .handle_request(req, remote, &mut notes)
-            .instrument(span)
+        // With trace export on, the client's trace (its `traceparent`) continues here.
+        let traced = Traced::request("request", req.headers());
+        let mut resp = match traced
+            .clone()
+            .run(
+                self.handle_request(req, remote, &mut notes)
+                    .instrument(span),
+            )
             .await
         {
             Ok(resp) => resp,
@@ -256,6 +262,8 @@ impl Proxy {
         if let (Some(log), Some(arrival)) = (&self.access_log, arrival) {
             resp = arrival.log_when_sent(log, resp, notes, &id);
         }
+        let status = resp.status().as_u16();
+        traced.set(|| KeyValue::new("http.response.status_code", i64::from(status)));
         resp.headers_mut().insert(request_id::HEADER, id);
         if let Some(hsts) = &self.s.hsts {
             resp.headers_mut()
@@ -272,13 +280,20 @@ impl Proxy {
         remote: SocketAddr,
         notes: &mut Notes,
     ) -> Result<Response<ResponseBody>, Refusal> {
-        let route = route::route(&self.s, &req, remote)?;
+        // Each phase is a span of the trace, when traces are exported.
+        let route = {
+            let _phase = Traced::phase("route").enter();
+            route::route(&self.s, &req, remote)?
+        };
         if notes.keep && route.has_session {
             notes.session = Some(route.key.clone());
         }
         self.admit(&route, &req, remote)?;
         let members = self.farm.members();
-        let placement = self.pick(&members, &route)?;
+        let placement = {
+            let _phase = Traced::phase("pick").enter();
+            self.pick(&members, &route)?
+        };
         // Taken before the request is consumed: the client's end of a tunnel, should the
         // unit switch protocols.
         let client_upgrade = route
@@ -334,6 +349,10 @@ impl Proxy {
             }),
             Some(_) => {
                 self.metrics.failover();
+                let _phase = Traced::phase_with("failover", || {
+                    vec![KeyValue::new("stickyfarm.from", name.to_string())]
+                })
+                .enter();
                 let tried = vec![name.clone()];
                 if let Some(moved) = self.moved_to(members, route, name) {
                     return Ok(moved);
@@ -435,7 +454,16 @@ impl Proxy {
                 ),
                 None => None,
             };
-            let (failure, error, returned) = match forward::attempt(&self.s, &unit, request, fresh)
+            let upstream = Traced::phase_with("upstream", || {
+                vec![
+                    KeyValue::new("stickyfarm.unit", unit.name().to_string()),
+                    KeyValue::new("stickyfarm.attempt", i64::from(attempts)),
+                ]
+            });
+            // The unit (and through it the app) continue the trace under this attempt.
+            upstream.inject(request.headers_mut());
+            let (failure, error, returned) = match upstream
+                .run(forward::attempt(&self.s, &unit, request, fresh))
                 .await
             {
                 Attempt::Answered {
@@ -512,6 +540,10 @@ impl Proxy {
                     tried.push(unit.name().clone());
                     // A session's retries go where its failovers go; a first request's anywhere.
                     let sticky = route.has_session || return_mode;
+                    let _phase = Traced::phase_with("failover", || {
+                        vec![KeyValue::new("stickyfarm.from", unit.name().to_string())]
+                    })
+                    .enter();
                     unit = match self.pick_new(members, &tried, &route.key, sticky) {
                         Some(b) => b,
                         None => break,
