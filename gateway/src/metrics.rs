@@ -267,6 +267,9 @@ impl Metrics {
         for kind in crate::proxy::Refusal::KINDS {
             let _ = m.refused.get_or_create(&KindLabel { kind });
         }
+        for result in ["ok", "failed"] {
+            let _ = m.tls_reloads.get_or_create(&ResultLabel { result });
+        }
         for end in stickyfarm_api::tunnel::TunnelEnd::ALL {
             let _ = m
                 .tunnels_ended
