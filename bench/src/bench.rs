@@ -260,31 +260,68 @@ impl Bench {
         cpus: Cpus,
         logs: &Path,
     ) -> anyhow::Result<(Proc, SocketAddr)> {
+        self.haproxy_as("haproxy", units, check_interval, None, cpus, logs)
+    }
+
+    /// [`Bench::haproxy`] under `label`, terminating TLS with `tls` (certificate and key in one
+    /// PEM, as HAProxy takes them) when given.
+    pub fn haproxy_as(
+        &self,
+        label: &str,
+        units: &[(String, SocketAddr)],
+        check_interval: &str,
+        tls: Option<&Path>,
+        cpus: Cpus,
+        logs: &Path,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
         let listen = free_addr()?;
         let servers: Vec<String> = units
             .iter()
             .map(|(n, a)| format!("    server {n} {a} check cookie {n}"))
             .collect();
+        let bind = match tls {
+            // The same ALPN offer as the gateway's; wrk speaks HTTP/1.1 over it.
+            Some(pem) => format!("{listen} ssl crt {} alpn h2,http/1.1", pem.display()),
+            None => listen.to_string(),
+        };
         let cfg = self.peer_config(
             "haproxy.cfg",
+            &format!("{label}.cfg"),
             &[
-                ("@LISTEN@", listen.to_string()),
+                ("@LISTEN@", bind),
                 ("@CHECK_INTERVAL@", check_interval.to_owned()),
                 ("    @SERVERS@", servers.join("\n")),
             ],
             logs,
         )?;
         let args = vec!["-db".into(), "-f".into(), cfg.display().to_string()];
-        let mut p = Proc::start(
-            "haproxy",
-            &system_program("haproxy"),
-            &args,
-            &[],
-            cpus,
-            logs,
-        )?;
+        let mut p = Proc::start(label, &system_program("haproxy"), &args, &[], cpus, logs)?;
         p.wait_listening(listen)?;
         Ok((p, listen))
+    }
+
+    /// A self-signed certificate for 127.0.0.1 in the work folder, made once: the gateway's
+    /// `tls.crt` and `tls.key`, and both in one PEM for HAProxy. Both proxies serve the same
+    /// ECDSA P-256 key, so they do the same cryptography.
+    pub fn tls_files(&self) -> anyhow::Result<TlsFiles> {
+        let dir = self.work.join("tls");
+        let files = TlsFiles {
+            cert: dir.join("tls.crt"),
+            key: dir.join("tls.key"),
+            both: dir.join("haproxy.pem"),
+        };
+        if files.both.exists() {
+            return Ok(files);
+        }
+        std::fs::create_dir_all(&dir)?;
+        let key = rcgen::KeyPair::generate()?;
+        let cert =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])?.self_signed(&key)?;
+        let (cert, key) = (cert.pem(), key.serialize_pem());
+        std::fs::write(&files.cert, &cert)?;
+        std::fs::write(&files.key, &key)?;
+        std::fs::write(&files.both, format!("{cert}{key}"))?;
+        Ok(files)
     }
 
     /// Starts nginx with `bench/peers/nginx.conf` over `units`.
@@ -302,6 +339,7 @@ impl Bench {
             .map(|(_, a)| format!("        server {a} max_fails=1 fail_timeout=2s;"))
             .collect();
         let cfg = self.peer_config(
+            "nginx.conf",
             "nginx.conf",
             &[
                 ("@LISTEN@", listen.to_string()),
@@ -327,6 +365,7 @@ impl Bench {
     fn peer_config(
         &self,
         name: &str,
+        out_name: &str,
         fill: &[(&str, String)],
         logs: &Path,
     ) -> anyhow::Result<PathBuf> {
@@ -339,10 +378,20 @@ impl Bench {
             }
             text = text.replace(k, v);
         }
-        let out = logs.join(name);
+        let out = logs.join(out_name);
         std::fs::write(&out, text)?;
         Ok(out)
     }
+}
+
+/// The benchmark's TLS certificate files.
+pub struct TlsFiles {
+    /// The certificate (PEM).
+    pub cert: PathBuf,
+    /// Its key (PEM).
+    pub key: PathBuf,
+    /// Both, for HAProxy.
+    pub both: PathBuf,
 }
 
 /// A unit of the farm: the app and its sidecar.
@@ -390,6 +439,30 @@ pub async fn wait_routed(url: &str, cookie: &str, unit: Option<&str>) -> anyhow:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bail!("{url} with cookie {cookie:?} was not answered by {unit:?} within 30 s (last: {last})")
+}
+
+/// [`wait_routed`] for an HTTPS `url` (the benchmark's own certificate, not checked), with
+/// curl: the load generators are the only other TLS clients here.
+pub async fn wait_routed_tls(url: &str, cookie: &str, unit: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sk", "--http1.1", "--max-time", "5", "-o", "/dev/null", "-D", "-", "-H"])
+            .arg(format!("Cookie: {cookie}"))
+            .arg(url)
+            .output()
+            .await?;
+        let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+        if head.starts_with("http/1.1 200")
+            && head.contains(&format!("{}: {unit}", crate::serve::UNIT_HEADER))
+        {
+            return Ok(());
+        }
+        last = head.lines().next().unwrap_or_default().to_owned();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{url} with cookie {cookie:?} was not answered by {unit} within 30 s (last: {last})")
 }
 
 /// Polls the gateway's status table until `n` units are up.

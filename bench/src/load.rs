@@ -173,8 +173,12 @@ impl Oha {
         .arg("-z")
         .arg(format!("{}s", self.duration.as_secs().max(1)))
         .args(["-t", "5s", "-H"])
-        .arg(format!("Cookie: {cookie}"))
-        .arg(url);
+        .arg(format!("Cookie: {cookie}"));
+        if url.starts_with("https://") {
+            // The benchmark's self-signed certificate.
+            cmd.arg("--insecure");
+        }
+        cmd.arg(url);
         let out = cmd
             .output()
             .with_context(|| format!("running {}", self.program.display()))?;

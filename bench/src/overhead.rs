@@ -1,10 +1,12 @@
 //! Scenario 1, proxy overhead: the same four backends directly, through the Stickyfarm gateway
-//! (sticky by unit address and by cookie), through HAProxy and through nginx; at fixed
-//! concurrency (wrk) and at a fixed rate below saturation (oha).
+//! (sticky by unit address and by cookie), through HAProxy and through nginx, and through the
+//! gateway and HAProxy terminating TLS with the same certificate; at fixed concurrency (wrk)
+//! and at a fixed rate below saturation (oha). Over TLS the clients keep their connections, so
+//! the figures are the cost of encrypting requests and answers, not of handshakes.
 
 use std::net::SocketAddr;
 
-use crate::bench::{Bench, measure, wait_routed};
+use crate::bench::{Bench, measure, wait_routed, wait_routed_tls};
 use crate::procs::Proc;
 use crate::stats::Rounds;
 
@@ -54,7 +56,25 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
         .await?;
     let (haproxy, ha) = b.haproxy(&backends, "1s", cpu, &logs)?;
     let (nginx, ng) = b.nginx(&backends, cpu, &logs)?;
-    let proxies = [gateway, haproxy, nginx];
+    let tls = b.tls_files()?;
+    let (cert, key) = (
+        tls.cert.display().to_string(),
+        tls.key.display().to_string(),
+    );
+    let tls_flags = [
+        "--check-interval",
+        "1s",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+    ];
+    let (gateway_tls, gw_tls) = b
+        .gateway(&backends, &tls_flags, cpu, &logs, "gateway-tls")
+        .await?;
+    let (haproxy_tls, ha_tls) =
+        b.haproxy_as("haproxy-tls", &backends, "1s", Some(&tls.both), cpu, &logs)?;
+    let proxies = [gateway, haproxy, nginx, gateway_tls, haproxy_tls];
 
     // 64 clients, each with its own cookie (the wrk script rotates through them).
     let clients = |cookie: fn(usize) -> String| (0..64).map(cookie).collect::<Vec<_>>();
@@ -90,12 +110,26 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
             cookies: clients(|i| format!("sf_session=client-{i:04}")),
             proxy: Some(2),
         },
+        Config {
+            name: "gateway over TLS, routing cookie",
+            url: format!("https://{gw_tls}/hello"),
+            cookies: clients(|i| format!("sf_unit=b{}", i % BACKENDS)),
+            proxy: Some(3),
+        },
+        Config {
+            name: "HAProxy over TLS, cookie insert",
+            url: format!("https://{ha_tls}/hello"),
+            cookies: clients(|i| format!("SERVERID=b{}", i % BACKENDS)),
+            proxy: Some(4),
+        },
     ];
     // Every proxy must have found its backends, and stick as told, before anything counts.
     wait_routed(&configs[1].url, "", Some("b0")).await?;
     wait_routed(&configs[2].url, "sf_unit=b1", Some("b1")).await?;
     wait_routed(&configs[3].url, "SERVERID=b2", Some("b2")).await?;
     wait_routed(&configs[4].url, "sf_session=client-0000", None).await?;
+    wait_routed_tls(&configs[5].url, "sf_unit=b3", "b3").await?;
+    wait_routed_tls(&configs[6].url, "SERVERID=b1", "b1").await?;
 
     let mut files = Vec::new();
     for (i, c) in configs.iter().enumerate() {
