@@ -179,11 +179,15 @@ impl Traced {
         Traced(Some(cx.with_span(span)))
     }
 
-    /// Runs `work` with this span current (its phases become children).
-    pub async fn run<F: Future>(self, work: F) -> F::Output {
+    /// Runs `work` with this span current (its phases become children). Not traced, `work`
+    /// runs as it is: no wrapper future is moved around on the request path (an `async fn`
+    /// wrapper here cost the gateway about a tenth of its throughput in copies).
+    pub fn run<F: Future>(self, work: F) -> Run<F> {
         match self.0 {
-            Some(cx) => work.with_context(cx).await,
-            None => work.await,
+            Some(cx) => Run::Traced {
+                work: Box::pin(work.with_context(cx)),
+            },
+            None => Run::Plain { work },
         }
     }
 
@@ -204,6 +208,33 @@ impl Traced {
     pub fn set(&self, attribute: impl FnOnce() -> KeyValue) {
         if let Some(cx) = &self.0 {
             cx.span().set_attribute(attribute());
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Traced::run`]: the work itself, or (traced) the work in its span's
+    /// context, boxed so that the untraced variant is no larger than the work.
+    #[project = RunProjection]
+    #[allow(missing_docs)]
+    pub enum Run<F> {
+        /// Not traced: the work itself.
+        Plain { #[pin] work: F },
+        /// Traced: the work with its span's context attached at every poll.
+        Traced { work: std::pin::Pin<Box<opentelemetry::trace::WithContext<F>>> },
+    }
+}
+
+impl<F: Future> Future for Run<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        match self.project() {
+            RunProjection::Plain { work } => work.poll(cx),
+            RunProjection::Traced { work } => work.as_mut().poll(cx),
         }
     }
 }

@@ -448,7 +448,17 @@ pub async fn wait_routed_tls(url: &str, cookie: &str, unit: &str) -> anyhow::Res
     let mut last = String::new();
     while Instant::now() < deadline {
         let out = tokio::process::Command::new("curl")
-            .args(["-sk", "--http1.1", "--max-time", "5", "-o", "/dev/null", "-D", "-", "-H"])
+            .args([
+                "-sk",
+                "--http1.1",
+                "--max-time",
+                "5",
+                "-o",
+                "/dev/null",
+                "-D",
+                "-",
+                "-H",
+            ])
             .arg(format!("Cookie: {cookie}"))
             .arg(url)
             .output()
