@@ -91,6 +91,15 @@ fn traceparent() -> String {
     format!("00-{TRACE_ID}-{CLIENT_SPAN}-01")
 }
 
+/// What the test app saw of `GET /echo` sent through the gateway with `headers`.
+async fn echo(gw: &GatewayProc, headers: &[(&str, &str)]) -> serde_json::Value {
+    let mut req = reqwest::Client::new().get(gw.url("/echo"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clients_trace_continues_through_gateway_sidecar_and_app_and_is_exported() {
     let db = TestDb::new().await;
@@ -103,17 +112,11 @@ async fn a_clients_trace_continues_through_gateway_sidecar_and_app_and_is_export
     .await;
     gw.wait_up(1).await;
 
-    let client = reqwest::Client::new();
-    let echo: serde_json::Value = client
-        .get(gw.url("/echo"))
-        .header("traceparent", traceparent())
-        .header("tracestate", "vendor=1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = echo(
+        &gw,
+        &[("traceparent", &traceparent()), ("tracestate", "vendor=1")],
+    )
+    .await;
     // The app is handed the same trace, under a parent of the sidecar's.
     let seen = echo["traceparent"]
         .as_str()
@@ -188,14 +191,6 @@ async fn without_an_endpoint_the_clients_traceparent_reaches_the_app_unchanged()
     let unit = Unit::start("web-0", &db.url, &[]).await;
     let gw = GatewayProc::start(&unit_flags(std::slice::from_ref(&unit)), &[]).await;
     gw.wait_up(1).await;
-    let echo: serde_json::Value = reqwest::Client::new()
-        .get(gw.url("/echo"))
-        .header("traceparent", traceparent())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let echo = echo(&gw, &[("traceparent", &traceparent())]).await;
     assert_eq!(echo["traceparent"], traceparent().as_str());
 }
