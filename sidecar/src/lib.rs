@@ -210,14 +210,27 @@ impl Sidecar {
                 tunnels.close(grace).await;
             }
         });
-        serve(
-            &mut tasks,
-            public,
-            front::router(front),
-            limits,
-            &stop,
-            grace,
-        );
+        // The session API and the admin port close only after the public port has drained:
+        // the app in this pod may still be finishing a request that reads or writes its
+        // session, and refusing that call would fail a request the drain promised to finish.
+        let after_public = CancellationToken::new();
+        tasks.spawn({
+            let public = listener::serve(
+                public,
+                limits,
+                {
+                    let router = front::router(front);
+                    move |_| TowerToHyperService::new(router.clone())
+                },
+                stop.clone(),
+                grace,
+            );
+            let after_public = after_public.clone();
+            async move {
+                public.await;
+                after_public.cancel();
+            }
+        });
         let api_router = session_api::router(
             tier.clone(),
             session_api::Limits {
@@ -232,7 +245,7 @@ impl Sidecar {
                 addr: path.display().to_string(),
                 source,
             })?;
-            let (router, stop) = (api_router.clone(), stop.clone());
+            let (router, stop) = (api_router.clone(), after_public.clone());
             tasks.spawn(async move {
                 let r = axum::serve(uds, router)
                     .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -242,7 +255,7 @@ impl Sidecar {
                 }
             });
         }
-        serve(&mut tasks, api, api_router, limits, &stop, grace);
+        serve(&mut tasks, api, api_router, limits, &after_public, grace);
         let admin_router = Router::new()
             .route(
                 "/metrics",
@@ -262,7 +275,14 @@ impl Sidecar {
                 }),
             )
             .route("/livez", get(|| async { "ok\n" }));
-        serve(&mut tasks, admin, admin_router, limits, &stop, grace);
+        serve(
+            &mut tasks,
+            admin,
+            admin_router,
+            limits,
+            &after_public,
+            grace,
+        );
 
         tasks.spawn(background::touch_loop(
             tier.clone(),

@@ -575,7 +575,8 @@ fn form_escape(s: &str) -> String {
 ///
 /// - `GET /echo`: the Stickyfarm headers (and `x-request-id`) it received, as JSON.
 /// - `GET /cart`: the cart as the app reads it through the session API.
-/// - `POST /cart/add?item=X`: read-modify-write of the cart with `If-Match`.
+/// - `POST /cart/add?item=X[&delay_ms=N]`: read-modify-write of the cart with `If-Match`
+///   (after a pause of N ms when asked: an app still busy when its pod is stopped).
 /// - `POST /upload`: how many body bytes reached the app.
 /// - `GET /fail`: 500, as an app answers input it cannot handle (any client can ask for it).
 /// - `GET /forged-unavailable`: 503 with the sidecar's unit-unavailable signal, as an app that
@@ -796,6 +797,10 @@ async fn cart_add(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     let sid = h["x-stickyfarm-session"].to_str().unwrap().to_owned();
+    // An app still working when its pod is told to stop (`delay_ms`), before it writes.
+    if let Some(ms) = q.get("delay_ms").and_then(|v| v.parse().ok()) {
+        tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    }
     let url = format!("{}/v1/sessions/{sid}/tables/cart", api_base(&state));
     // Optimistic concurrency: retry on 409, a bounded number of times, after a random pause
     // that grows with each conflict, so tabs racing for the same cart take turns instead of
