@@ -38,7 +38,7 @@ pub struct RunArgs {
     /// Sessions of the scale scenario; default 10 000, 200 with `--smoke`.
     #[arg(long)]
     pub scale_sessions: Option<usize>,
-    /// Only these scenarios (overhead, sessions, failover, scale); default all.
+    /// Only these scenarios (overhead, sessions, failover, scale, websocket); default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }

@@ -6,12 +6,12 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::procs::Cpus;
 
 /// What one load run measured.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct LoadResult {
     /// Requests completed.
     pub requests: u64,
@@ -236,7 +236,8 @@ fn parse_oha(stdout: &str) -> anyhow::Result<LoadResult> {
     })
 }
 
-fn pinned(program: &Path, cpus: Cpus) -> Command {
+/// `program`, run on `cpus` (through `taskset`) when given.
+pub(crate) fn pinned(program: &Path, cpus: Cpus) -> Command {
     match cpus {
         Some(c) => {
             let mut cmd = Command::new("taskset");

@@ -1,6 +1,6 @@
 //! `stickyfarm-bench`: the Stickyfarm benchmarks. `bench/run` builds everything and calls
-//! `stickyfarm-bench run`; `serve` (the shared backends) and `shoppers` (the failover load) are
-//! the processes it starts.
+//! `stickyfarm-bench run`; `serve` (the shared backends), `shoppers` (the failover load) and
+//! `ws-load` (the WebSocket load) are the processes it starts.
 
 mod bench;
 mod failover;
@@ -14,6 +14,8 @@ mod serve;
 mod sessions;
 mod shoppers;
 mod stats;
+mod websocket;
+mod ws_load;
 
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -22,7 +24,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 /// Benchmarks of Stickyfarm against HAProxy and nginx, of the cache against PostgreSQL, of
-/// failover under load and of scale.
+/// failover under load, of scale and of WebSockets.
 #[derive(Debug, Parser)]
 #[command(name = "stickyfarm-bench", version, about)]
 struct Cli {
@@ -40,8 +42,8 @@ enum Cmd {
         #[arg(long)]
         readme: Option<std::path::PathBuf>,
     },
-    /// A backend: `/hello` (a 1 KiB page), the health answer, and with `--session-api` the
-    /// app of a unit (`GET`/`PUT /state`).
+    /// A backend: `/hello` (a 1 KiB page), `/echo` (a WebSocket echo), the health answer, and
+    /// with `--session-api` the app of a unit (`GET`/`PUT /state`).
     Serve {
         /// Address to listen on.
         #[arg(long)]
@@ -55,29 +57,40 @@ enum Cmd {
     },
     /// Sticky shoppers against a farm, recording every answer (the failover load).
     Shoppers(shoppers::ShopperArgs),
+    /// WebSockets sending messages and checking their echoes (the WebSocket load).
+    WsLoad(ws_load::WsLoadArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime = |one_thread: bool| {
+        let mut b = if one_thread {
+            tokio::runtime::Builder::new_current_thread()
+        } else {
+            tokio::runtime::Builder::new_multi_thread()
+        };
+        b.enable_all().build().context("starting the async runtime")
+    };
     match cli.command {
         Cmd::Serve {
             listen,
             name,
             session_api,
-        } => rt.block_on(serve::serve(listen, name, session_api)),
-        Cmd::Shoppers(args) => rt.block_on(shoppers::run_shoppers(args)),
-        Cmd::Run { args, readme } => rt.block_on(run(args, readme)),
+        } => runtime(false)?.block_on(serve::serve(listen, name, session_api)),
+        Cmd::Shoppers(args) => runtime(false)?.block_on(shoppers::run_shoppers(args)),
+        // One thread, like wrk: the load generator has one CPU.
+        Cmd::WsLoad(args) => runtime(true)?.block_on(ws_load::run(args)),
+        Cmd::Run { args, readme } => runtime(false)?.block_on(run(args, readme)),
     }
 }
 
 async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     for scenario in &args.only {
-        if !["overhead", "sessions", "failover", "scale"].contains(&scenario.as_str()) {
-            bail!("unknown scenario {scenario:?}: use overhead, sessions, failover or scale");
+        if !["overhead", "sessions", "failover", "scale", "websocket"].contains(&scenario.as_str())
+        {
+            bail!(
+                "unknown scenario {scenario:?}: use overhead, sessions, failover, scale or websocket"
+            );
         }
     }
     if !plot::fonts_present() {
@@ -108,6 +121,12 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
         eprintln!("==> 1. proxy overhead");
         results.overhead = Some(overhead::run(&b).await?);
         timed("proxy overhead", t);
+    }
+    if wants("websocket") {
+        let t = Instant::now();
+        eprintln!("==> 5. WebSocket echo");
+        results.websocket = Some(websocket::run(&b).await?);
+        timed("WebSocket echo", t);
     }
     if wants("sessions") || wants("failover") || wants("scale") {
         let pg_port = procs::free_port()?;

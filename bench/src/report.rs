@@ -15,6 +15,7 @@ use crate::scale::Scale;
 use crate::sessions::Group;
 use crate::shoppers::Failover;
 use crate::stats::{Spread, Summary};
+use crate::websocket::{MESSAGE_SIZE, WebSocketEcho};
 
 /// What a run measured; a scenario left out with `--only` is `None`.
 #[derive(Default)]
@@ -27,6 +28,8 @@ pub struct Results {
     pub failover: Option<Failovers>,
     /// Scenario 4.
     pub scale: Option<Scale>,
+    /// Scenario 5.
+    pub websocket: Option<WebSocketEcho>,
 }
 
 impl Results {
@@ -71,6 +74,13 @@ impl Results {
             if s.bytes_per_session.iter().any(|b| !b.is_finite()) {
                 missing.push("scale: memory per session".into());
             }
+        }
+        if let Some(w) = &self.websocket {
+            check(
+                &mut missing,
+                "WebSocket echo".into(),
+                &w.rounds.summarize(None),
+            );
         }
         if missing.is_empty() {
             Ok(())
@@ -121,9 +131,20 @@ fn cpu(c: &Option<Spread>) -> String {
 
 /// The fixed-concurrency table (req/s, ratio, latency, CPU, failures).
 fn load_table(out: &mut String, rows: &[Summary], ratio_to: &str, cpu_of: &str) {
+    counted_table(out, rows, ratio_to, cpu_of, ("requests", "req"));
+}
+
+/// [`load_table`] counting `what` (plural and short, e.g. messages and msg) instead of requests.
+fn counted_table(
+    out: &mut String,
+    rows: &[Summary],
+    ratio_to: &str,
+    cpu_of: &str,
+    (what, short): (&str, &str),
+) {
     let _ = writeln!(
         out,
-        "| configuration | requests/s | req/s vs {ratio_to} | p50 ms | p99 ms | p99 vs {ratio_to} | p99.9 ms | {cpu_of} CPU s per 10k requests | failed / requests |"
+        "| configuration | {what}/s | {short}/s vs {ratio_to} | p50 ms | p99 ms | p99 vs {ratio_to} | p99.9 ms | {cpu_of} CPU s per 10k {what} | failed / {what} |"
     );
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for s in rows {
@@ -559,9 +580,93 @@ pub fn write(
             ],
         )?;
     }
+    if let Some(w) = &r.websocket {
+        websocket_section(
+            &mut md,
+            &mut readme,
+            w,
+            &out_dir.join(stamp("websocket")),
+            &stamp("websocket"),
+        )?;
+    }
     let path = out_dir.join(format!("{date}.md"));
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok((path, readme))
+}
+
+/// Scenario 5's section of the report, its plot, and its rows of the README table.
+fn websocket_section(
+    md: &mut String,
+    readme: &mut String,
+    w: &WebSocketEcho,
+    plot: &Path,
+    plot_name: &str,
+) -> anyhow::Result<()> {
+    // Ratios against the gateway, as in the overhead scenario.
+    let rows = w.rounds.summarize(Some(1));
+    let _ = writeln!(
+        md,
+        "## 5. WebSocket echo\n\nFour identical echo backends; {} WebSockets, their cookies spread over the backends, each sending a {MESSAGE_SIZE}-byte message and waiting for its echo before the next (`stickyfarm-bench ws-load`, one thread, on the load CPU). Every echo is checked against the message sent; a lost, altered or late (5 s) one counts as failed. A message/s is one round trip through the proxy both ways.\n",
+        w.connections
+    );
+    counted_table(md, &rows, "gateway", "proxy", ("messages", "msg"));
+    let _ = writeln!(md, "\n![WebSocket echo]({plot_name})\n");
+    let _ = writeln!(
+        readme,
+        "\n| WebSocket echo ({} WebSockets, {MESSAGE_SIZE} B) | messages/s | p50 ms | p99 ms | proxy CPU s / 10k messages |",
+        w.connections
+    );
+    let _ = writeln!(readme, "|---|---:|---:|---:|---:|");
+    for s in &rows {
+        let _ = writeln!(
+            readme,
+            "| {} | {} | {} | {} | {} |",
+            s.config,
+            num(s.rps.median),
+            ms(s.p50.median),
+            ms(s.p99.median),
+            s.cpu_per_10k
+                .map_or("—".into(), |v| format!("{:.2}", v.median))
+        );
+    }
+    let cats: Vec<String> = rows.iter().map(|s| s.config.clone()).collect();
+    let in_ms = |s: Spread| Spread {
+        median: s.median / 1000.0,
+        min: s.min / 1000.0,
+        max: s.max / 1000.0,
+    };
+    bar_panels(
+        plot,
+        &[
+            Panel {
+                title: format!(
+                    "Echoes at {} WebSockets (median, whiskers min–max)",
+                    w.connections
+                ),
+                y_desc: "messages/s".into(),
+                categories: cats.clone(),
+                series: vec![Bars {
+                    name: "messages/s".into(),
+                    values: rows.iter().map(|s| Some(s.rps)).collect(),
+                }],
+            },
+            Panel {
+                title: "Round-trip latency".into(),
+                y_desc: "ms".into(),
+                categories: cats,
+                series: vec![
+                    Bars {
+                        name: "p50".into(),
+                        values: rows.iter().map(|s| Some(in_ms(s.p50))).collect(),
+                    },
+                    Bars {
+                        name: "p99".into(),
+                        values: rows.iter().map(|s| Some(in_ms(s.p99))).collect(),
+                    },
+                ],
+            },
+        ],
+    )
 }
 
 /// Replaces the README's table between `<!-- bench:begin -->` and `<!-- bench:end -->`.

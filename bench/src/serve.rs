@@ -1,6 +1,6 @@
 //! The backends every configuration shares (`stickyfarm-bench serve`): a plain web server for
-//! the proxy comparison, and, behind a sidecar, an app that reads and writes session state the
-//! way a shop reads and writes its cart.
+//! the proxy comparison, a WebSocket echo for the WebSocket one, and, behind a sidecar, an app
+//! that reads and writes session state the way a shop reads and writes its cart.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,9 @@ use stickyfarm_api::{SessionSnapshot, headers, paths};
 
 /// The header that names the backend that answered.
 pub const UNIT_HEADER: &str = "x-bench-unit";
+
+/// The WebSocket that echoes every message (the WebSocket scenario).
+pub const ECHO_PATH: &str = "/echo";
 
 /// The table the app keeps its state in.
 const TABLE: &str = "cart";
@@ -44,6 +47,7 @@ pub async fn serve(
     let router = Router::new()
         .route(paths::HEALTH, get(health))
         .route("/hello", get(hello))
+        .route(ECHO_PATH, get(echo))
         .route("/state", get(read_state).put(write_state))
         .with_state(app);
     let listener = tokio::net::TcpListener::bind(listen)
@@ -66,6 +70,51 @@ async fn health(State(app): State<Arc<App>>) -> Response {
 
 async fn hello(State(app): State<Arc<App>>) -> Response {
     answer(&app, StatusCode::OK, app.page.clone())
+}
+
+/// `GET /echo`: the server side of the WebSocket handshake (RFC 6455 §4.2.2), then every text
+/// and binary message sent back as it came.
+async fn echo(State(app): State<Arc<App>>, mut req: axum::extract::Request) -> Response {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::{Message, handshake::derive_accept_key, protocol::Role};
+    let h = req.headers();
+    let asks = h
+        .get("upgrade")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(key) = h.get("sec-websocket-key").filter(|_| asks) else {
+        return answer(
+            &app,
+            StatusCode::BAD_REQUEST,
+            "a WebSocket upgrade is expected\n",
+        );
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let mut ws =
+            tokio_tungstenite::WebSocketStream::from_raw_socket(io, Role::Server, None).await;
+        while let Some(Ok(m)) = ws.next().await {
+            let echo = match m {
+                Message::Text(_) | Message::Binary(_) => m,
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if ws.send(echo).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws.flush().await;
+    });
+    let mut r = answer(&app, StatusCode::SWITCHING_PROTOCOLS, Bytes::new());
+    let h = r.headers_mut();
+    h.insert("connection", HeaderValue::from_static("upgrade"));
+    h.insert("upgrade", HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert("sec-websocket-accept", v);
+    }
+    r
 }
 
 fn session_of(h: &HeaderMap) -> Option<&str> {

@@ -308,11 +308,8 @@ pub struct Failover {
 }
 
 fn p99(mut v: Vec<u64>) -> u64 {
-    if v.is_empty() {
-        return 0;
-    }
     v.sort_unstable();
-    v[((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1]
+    crate::stats::nearest_rank(&v, 0.99)
 }
 
 /// Analyses the answers of a run in which `killed` was killed at `kill_ms`.

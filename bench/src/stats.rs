@@ -124,6 +124,14 @@ impl Rounds {
     }
 }
 
+/// The `q` quantile (0–1, nearest rank) of `sorted`, which must be sorted; 0 when empty.
+pub fn nearest_rank(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
 /// CPU seconds per 10k requests from two readings of a process's CPU time.
 pub fn cpu_per_10k(before: f64, after: f64, requests: u64) -> Option<f64> {
     (requests > 0).then(|| (after - before) / requests as f64 * 10_000.0)
@@ -162,6 +170,16 @@ mod tests {
             2.5
         );
         assert_eq!(Spread::of([f64::NAN]), None);
+    }
+
+    #[test]
+    fn nearest_rank_takes_the_rank_at_or_above_the_quantile() {
+        let v: Vec<u64> = (1..=200).collect();
+        assert_eq!(nearest_rank(&v, 0.5), 100);
+        assert_eq!(nearest_rank(&v, 0.99), 198);
+        assert_eq!(nearest_rank(&v, 0.999), 200);
+        assert_eq!(nearest_rank(&[7], 0.99), 7);
+        assert_eq!(nearest_rank(&[], 0.99), 0);
     }
 
     #[test]
