@@ -334,6 +334,39 @@ pub enum Addressing {
     Host,
 }
 
+/// The farm's trace export, as the standard OpenTelemetry variables every Stickyfarm binary
+/// reads ([`crate::logs::LogSettings`], [`crate::trace`]): the farm's collector, else
+/// `fallback_endpoint` (the operator's or farmctl's own); none when neither is set.
+/// `resource` names what the spans come from (`service.namespace=<farm>`, …) and is kept only
+/// when something is exported.
+#[cfg(feature = "farm")]
+pub fn trace_env(
+    spec: &crate::farm::ServerFarmSpec,
+    fallback_endpoint: Option<&str>,
+    resource: &[(&str, &str)],
+) -> Vec<(&'static str, String)> {
+    let t = &spec.tracing;
+    let Some(endpoint) = t
+        .otlp_endpoint
+        .as_deref()
+        .or(fallback_endpoint)
+        .filter(|e| !e.is_empty())
+    else {
+        return Vec::new();
+    };
+    let mut env = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.to_owned())];
+    if let Some(ratio) = t.sampling_ratio {
+        // A client's decision is followed; new traces are sampled at the ratio.
+        env.push(("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()));
+        env.push(("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()));
+    }
+    if !resource.is_empty() {
+        let attrs: Vec<String> = resource.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        env.push(("OTEL_RESOURCE_ATTRIBUTES", attrs.join(",")));
+    }
+    env
+}
+
 #[cfg(feature = "farm")]
 mod from_farm {
     use super::*;
@@ -593,6 +626,10 @@ mod tests {
     /// Kubernetes objects they shape, or where each environment takes them from.
     const ELSEWHERE: &[(&str, &str)] = &[
         (
+            "tracing",
+            "the standard OpenTelemetry variables (trace_env) on the gateway and every sidecar, in the operator's pods and farmctl's processes alike",
+        ),
+        (
             "replicas",
             "the unit StatefulSet's size; farmctl starts that many units",
         ),
@@ -791,6 +828,51 @@ mod tests {
                 .any(|(k, v)| k == "STICKYFARM_COOKIE_DOMAIN" && v == "shop.example")
         );
         assert!(env.iter().all(|(k, _)| k.starts_with("STICKYFARM_")));
+    }
+
+    #[test]
+    fn the_farms_collector_wins_over_the_fallback_and_nothing_is_exported_without_one() {
+        let farm = |p: fn(&mut Value)| spec(p);
+        let none = farm(|_| {});
+        assert!(trace_env(&none, None, &[("service.namespace", "shop")]).is_empty());
+        assert_eq!(
+            trace_env(&none, Some("http://collector:4318"), &[]),
+            vec![(
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http://collector:4318".into()
+            )]
+        );
+        let own = farm(|s| {
+            set(
+                s,
+                "tracing.otlpEndpoint",
+                json!("https://otel.observability:4318"),
+            );
+            set(s, "tracing.samplingRatio", json!(0.25));
+        });
+        let env = trace_env(
+            &own,
+            Some("http://collector:4318"),
+            &[
+                ("service.namespace", "shop"),
+                ("k8s.namespace.name", "prod"),
+            ],
+        );
+        assert_eq!(
+            env,
+            vec![
+                (
+                    "OTEL_EXPORTER_OTLP_ENDPOINT",
+                    "https://otel.observability:4318".into()
+                ),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".into()),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.25".into()),
+                (
+                    "OTEL_RESOURCE_ATTRIBUTES",
+                    "service.namespace=shop,k8s.namespace.name=prod".into()
+                ),
+            ]
+        );
     }
 
     #[test]

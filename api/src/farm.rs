@@ -106,6 +106,37 @@ pub struct ServerFarmSpec {
     /// Scheduling and security settings for the unit pods.
     #[serde(default, skip_serializing_if = "PodSettings::is_empty")]
     pub pod: PodSettings,
+    /// Where the gateway and the sidecars export their traces.
+    #[serde(default, skip_serializing_if = "TracingSettings::is_empty")]
+    pub tracing: TracingSettings,
+}
+
+/// Trace export of the farm's gateway and sidecars (OpenTelemetry, OTLP over HTTP/protobuf).
+/// Unset, the operator's own collector applies (its `OTEL_EXPORTER_OTLP_ENDPOINT`, the chart's
+/// `tracing.otlpEndpoint`); with neither, nothing is exported.
+#[derive(KubeSchema, Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TracingSettings {
+    /// The collector's base URL, e.g. `http://otel-collector.observability:4318` (spans go to
+    /// `/v1/traces`); `https://` verifies the collector against the system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 8, max = 2048),
+        regex(pattern = r"^https?://[^\s/?#]+(/[^\s?#]*)?$")
+    )]
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces recorded, 0 to 1 (default 1); a trace a client already started
+    /// follows the client's decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sampling_ratio: Option<f64>,
+}
+
+impl TracingSettings {
+    /// Nothing set.
+    pub fn is_empty(&self) -> bool {
+        self == &TracingSettings::default()
+    }
 }
 
 fn default_replicas() -> Replicas {

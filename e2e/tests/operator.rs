@@ -264,6 +264,17 @@ async fn invalid_serverfarms_are_refused_by_the_api_server() -> anyhow::Result<(
             json!({"app": app, "gateway": {"tls": {"secretName": "Shop_TLS"}}}),
             "secretName",
         ),
+        // A collector is a URL over HTTP(S); the share of traces kept is 0 to 1.
+        (
+            "shop",
+            json!({"app": app, "tracing": {"otlpEndpoint": "file:///etc/passwd"}}),
+            "spec.tracing.otlpEndpoint",
+        ),
+        (
+            "shop",
+            json!({"app": app, "tracing": {"samplingRatio": 2}}),
+            "spec.tracing.samplingRatio",
+        ),
         ("shop.eu", json!({"app": app}), "DNS label"),
         // Nothing grants more than Pod Security "restricted".
         (

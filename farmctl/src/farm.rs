@@ -176,6 +176,9 @@ struct Logs {
     dir: PathBuf,
     /// Passed to every process as `RUST_LOG` and `STICKYFARM_LOG_FORMAT`.
     settings: LogSettings,
+    /// The farm's trace export (`spec.tracing`, else farmctl's own `--otlp-endpoint`), as the
+    /// OpenTelemetry variables; they come after `settings` and so win over them.
+    traces: Vec<(&'static str, String)>,
 }
 
 /// Everything needed to (re)start a unit's processes.
@@ -202,6 +205,7 @@ fn log_file(logs: &Path, name: &str) -> anyhow::Result<std::fs::File> {
 fn spawn(mut cmd: Command, what: &str, logs: &Logs, log_name: &str) -> anyhow::Result<Child> {
     cmd.stdin(Stdio::null())
         .envs(logs.settings.as_env())
+        .envs(logs.traces.iter().cloned())
         .stdout(log_file(&logs.dir, log_name)?)
         .stderr(log_file(&logs.dir, log_name)?)
         // Its own process group: a Ctrl-C in the terminal reaches farmctl only, which then
@@ -503,6 +507,11 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         logs: Logs {
             dir: logs.clone(),
             settings: opts.logs.clone(),
+            traces: stickyfarm_api::config::trace_env(
+                &manifest.spec,
+                opts.logs.otlp_endpoint.as_deref(),
+                &[("service.namespace", manifest.metadata.name.as_str())],
+            ),
         },
         cache_dir: opts.state_dir.join("cache"),
     };

@@ -172,6 +172,7 @@ pub fn reconcile_until(
         drain_period: config.drain_period,
         resync: config.resync,
         scrapers: config.scrapers(),
+        trace_collector: config.logs.otlp_endpoint.clone(),
         allowed_service_types: config.allowed_service_types.clone(),
         farm_namespaces: config.farm_namespaces.clone(),
     };

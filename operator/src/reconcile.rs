@@ -77,6 +77,8 @@ pub struct Settings {
     pub resync: Duration,
     /// Who may scrape the farms' metrics ports.
     pub scrapers: Scrapers,
+    /// The operator's own trace collector, passed to farms that name none.
+    pub trace_collector: Option<String>,
     /// Gateway Service types farms may ask for (ClusterIP only, unless the chart allows more:
     /// a NodePort or LoadBalancer exposes the farm outside the cluster).
     pub allowed_service_types: Vec<ServiceType>,
@@ -298,6 +300,7 @@ async fn prepare(farm: &ServerFarm, ctx: &Context) -> Result<Prepared, Error> {
             unit_replicas: plan.unit_replicas,
             drain_since: plan.drain_since.map(|t| t.to_string()),
             database_roles,
+            trace_collector: ctx.settings.trace_collector.clone(),
         },
         plan,
         secret_problem: database_problem.or(tokens_problem).or(key_problem),

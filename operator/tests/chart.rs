@@ -452,6 +452,30 @@ fn image_pull_secrets_reach_the_operator_and_every_farm() {
     );
 }
 
+/// The chart's collector reaches the operator, which passes it on to farms that name none
+/// (`operator/src/build/tests.rs` shows where it lands in their pods).
+#[test]
+fn the_trace_collector_reaches_the_operator_only_when_set() {
+    let Some(docs) = render(&["tracing.otlpEndpoint=http://otel-collector.observability:4318"])
+    else {
+        return;
+    };
+    let pod = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"];
+    assert_eq!(
+        container_env(&pod["containers"][0], "OTEL_EXPORTER_OTLP_ENDPOINT")["value"],
+        "http://otel-collector.observability:4318"
+    );
+    let Some(docs) = render(&[]) else { return };
+    let pod = &find(&docs, "Deployment", "stickyfarm")["spec"]["template"]["spec"];
+    assert!(
+        pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "OTEL_EXPORTER_OTLP_ENDPOINT")
+    );
+}
+
 /// `values.schema.json`: a mistyped, misspelt or out-of-range value fails `helm template` and
 /// `helm install` before anything renders, and the error names the key.
 #[test]
@@ -472,6 +496,10 @@ fn bad_values_are_refused_naming_the_key() {
         ),
         ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
         ("watchNamespace=Shop", "/watchNamespace"),
+        (
+            "tracing.otlpEndpoint=file:///etc/passwd",
+            "/tracing/otlpEndpoint",
+        ),
     ] {
         let Some(result) = render_result(&[set]) else {
             return;

@@ -356,6 +356,7 @@ fn settings() -> Settings {
         drain_period: DRAIN,
         resync: Duration::from_secs(300),
         scrapers: Scrapers::in_namespaces(["stickyfarm-system"]),
+        trace_collector: None,
         allowed_service_types: vec![ServiceType::ClusterIP],
         farm_namespaces: Vec::new(),
     }

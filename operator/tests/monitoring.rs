@@ -401,6 +401,7 @@ fn monitors_and_rules_render_only_where_their_crds_are_served_or_when_forced() {
             unit_replicas: 2,
             drain_since: None,
             database_roles: DatabaseRoles::Separate,
+            trace_collector: None,
         },
     )
     .unwrap();

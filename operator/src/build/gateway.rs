@@ -15,7 +15,7 @@ use stickyfarm_api::config::{self, GatewayFarmSettings};
 use super::units::{
     field, port, restricted_container_security, restricted_pod_security, service_port, value,
 };
-use super::{FarmRef, Images, component, tokens};
+use super::{BuildInput, FarmRef, component, tokens};
 
 /// The gateway's client port inside the pod (the Service maps `spec.gateway.port` to it).
 pub const GATEWAY_PORT: i32 = 8000;
@@ -75,8 +75,8 @@ pub(crate) fn role_binding(f: &FarmRef) -> RoleBinding {
     }
 }
 
-pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
-    let g = &f.farm.spec.gateway;
+pub(crate) fn deployment(f: &FarmRef, input: &BuildInput) -> Deployment {
+    let (g, images) = (&f.farm.spec.gateway, &input.images);
     let mut env = vec![
         value(
             "STICKYFARM_GATEWAY_LISTEN",
@@ -112,6 +112,11 @@ pub(crate) fn deployment(f: &FarmRef, images: &Images) -> Deployment {
         ),
         value("STICKYFARM_LOG_FORMAT", "json".into()),
     ];
+    let traces = f.trace_env(input);
+    if !traces.is_empty() {
+        env.push(field("POD_NAME", "metadata.name"));
+        env.extend(traces);
+    }
     // What the farm declares, through the same contract farmctl renders and the gateway parses.
     env.extend(
         config::as_env(&GatewayFarmSettings::from_farm(&f.farm.spec))

@@ -24,7 +24,7 @@ mod units;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{EnvVar, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -87,6 +87,8 @@ pub struct BuildInput {
     pub drain_since: Option<String>,
     /// The managed database's roles (as its credentials Secret says).
     pub database_roles: DatabaseRoles,
+    /// The operator's own trace collector, for farms that name none (`spec.tracing`).
+    pub trace_collector: Option<String>,
 }
 
 /// The farm's objects, as they should be.
@@ -265,7 +267,7 @@ pub fn build(farm: &ServerFarm, input: &BuildInput) -> Result<Desired, BuildErro
         gateway_service_account: gateway::service_account(&f),
         gateway_role: gateway::role(&f),
         gateway_role_binding: gateway::role_binding(&f),
-        gateway_deployment: gateway::deployment(&f, &input.images),
+        gateway_deployment: gateway::deployment(&f, input),
         gateway_service: gateway::service(&f),
         database: database::managed(&f, &input.images, input.database_roles),
         network_policies: network::policies(&f, &input.scrapers),
@@ -281,6 +283,24 @@ pub(crate) struct FarmRef<'a> {
 }
 
 impl<'a> FarmRef<'a> {
+    /// The trace export of one of the farm's containers (`POD_NAME` must come before these in
+    /// the container's environment: the pod is named from it).
+    pub(crate) fn trace_env(&self, input: &BuildInput) -> Vec<EnvVar> {
+        let resource = [
+            ("service.namespace", self.name.as_str()),
+            ("k8s.namespace.name", self.namespace.as_str()),
+            ("k8s.pod.name", "$(POD_NAME)"),
+        ];
+        stickyfarm_api::config::trace_env(
+            &self.farm.spec,
+            input.trace_collector.as_deref(),
+            &resource,
+        )
+        .into_iter()
+        .map(|(name, v)| units::value(name, v))
+        .collect()
+    }
+
     pub(crate) fn new(farm: &'a ServerFarm) -> Result<Self, BuildError> {
         let name = farm.name_any();
         let namespace = farm

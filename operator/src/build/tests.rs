@@ -37,6 +37,7 @@ pub(crate) fn input() -> BuildInput {
         unit_replicas: 0,
         drain_since: None,
         database_roles: DatabaseRoles::Separate,
+        trace_collector: None,
     }
 }
 
@@ -1463,4 +1464,92 @@ fn gateway_tls_mounts_the_secret_and_opens_the_redirect() {
         .unwrap();
     assert_eq!(ports.len(), 1);
     assert_eq!(ports[0].name.as_deref(), Some("http"));
+}
+
+#[test]
+fn traces_go_to_the_farms_collector_else_the_operators_and_nowhere_without_either() {
+    let otel = |c: &Container| -> Vec<(String, String)> {
+        c.env
+            .iter()
+            .flatten()
+            .filter(|e| e.name.starts_with("OTEL_"))
+            .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+            .collect()
+    };
+    let gateway = |d: &Desired| {
+        d.gateway_deployment
+            .spec
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .clone()
+    };
+
+    // Neither: nothing is exported, and the pods are as before.
+    let plain = desired("app:\n  image: x\n");
+    assert!(otel(container(&plain, "stickyfarm-sidecar")).is_empty());
+    assert!(otel(&gateway(&plain)).is_empty());
+
+    // The operator's collector, for a farm that names none.
+    let with_operators = build(
+        &farm("app:\n  image: x\n"),
+        &BuildInput {
+            trace_collector: Some("http://otel.observability:4318".into()),
+            ..input()
+        },
+    )
+    .unwrap();
+    for c in [
+        container(&with_operators, "stickyfarm-sidecar").clone(),
+        gateway(&with_operators),
+    ] {
+        let env = otel(&c);
+        assert_eq!(
+            env[0],
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+                "http://otel.observability:4318".into()
+            ),
+            "{}",
+            c.name
+        );
+        // The pod is named from POD_NAME, which Kubernetes expands only when it comes first.
+        let names: Vec<&str> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+        let pod_name = names
+            .iter()
+            .position(|n| *n == "POD_NAME")
+            .expect("POD_NAME");
+        let attrs = names
+            .iter()
+            .position(|n| *n == "OTEL_RESOURCE_ATTRIBUTES")
+            .unwrap();
+        assert!(pod_name < attrs, "{}: {names:?}", c.name);
+        assert_eq!(
+            env_value(&c, "OTEL_RESOURCE_ATTRIBUTES"),
+            "service.namespace=shop,k8s.namespace.name=prod,k8s.pod.name=$(POD_NAME)"
+        );
+    }
+
+    // The farm's own collector and sampling win.
+    let own = build(
+        &farm("app:\n  image: x\ntracing:\n  otlpEndpoint: https://collector.tracing:4318\n  samplingRatio: 0.1\n"),
+        &BuildInput {
+            trace_collector: Some("http://otel.observability:4318".into()),
+            ..input()
+        },
+    )
+    .unwrap();
+    for c in [container(&own, "stickyfarm-sidecar").clone(), gateway(&own)] {
+        assert_eq!(
+            env_value(&c, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+            "https://collector.tracing:4318"
+        );
+        assert_eq!(
+            env_value(&c, "OTEL_TRACES_SAMPLER"),
+            "parentbased_traceidratio"
+        );
+        assert_eq!(env_value(&c, "OTEL_TRACES_SAMPLER_ARG"), "0.1");
+    }
 }

@@ -162,6 +162,7 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
         field("POD_UID", "metadata.uid"),
         value("STICKYFARM_LOG_FORMAT", "json".into()),
     ];
+    env.extend(f.trace_env(input));
     // What the farm declares, through the same contract farmctl renders and the sidecar parses.
     env.extend(
         config::as_env(&SidecarFarmSettings::from_farm(spec))
