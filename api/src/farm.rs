@@ -118,7 +118,7 @@ pub struct ServerFarmSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TracingSettings {
     /// The collector's base URL, e.g. `http://otel-collector.observability:4318` (spans go to
-    /// `/v1/traces`); `https://` verifies the collector against the system's trust store.
+    /// `/v1/traces`); `https://` verifies the collector against the system's trust store or `ca`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 8, max = 2048),
@@ -130,6 +130,10 @@ pub struct TracingSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub sampling_ratio: Option<f64>,
+    /// Verify an `https://` collector against this CA certificate (PEM, in a Secret of the
+    /// farm's namespace) instead of the system's trust store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<SecretKey>,
 }
 
 impl TracingSettings {

@@ -49,7 +49,8 @@ pub struct LogSettings {
 
     /// Export traces over OTLP (HTTP/protobuf) to this collector, e.g.
     /// `http://otel-collector:4318` (spans go to `/v1/traces`); off when unset. The standard
-    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME` and `OTEL_TRACES_SAMPLER` apply.
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `OTEL_SERVICE_NAME`, `OTEL_TRACES_SAMPLER` and, for an
+    /// `https://` collector with a private CA, `OTEL_EXPORTER_OTLP_CERTIFICATE` apply.
     #[arg(
         long = "otlp-endpoint",
         env = "OTEL_EXPORTER_OTLP_ENDPOINT",

@@ -4,7 +4,9 @@
 //!
 //! Off unless `--otlp-endpoint`/`OTEL_EXPORTER_OTLP_ENDPOINT` or
 //! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` is set (OTLP over HTTP/protobuf, e.g.
-//! `http://otel-collector:4318`). `OTEL_SERVICE_NAME` overrides the component's name,
+//! `http://otel-collector:4318`). An `https://` collector is verified against the system's trust
+//! store, or the CA that `OTEL_EXPORTER_OTLP_CERTIFICATE` names (a file that is not one stops
+//! the start). `OTEL_SERVICE_NAME` overrides the component's name,
 //! `OTEL_TRACES_SAMPLER`/`_ARG` the sampler (default: follow the client's decision, sample new
 //! traces). Off, nothing is added or replaced: a client's `traceparent` reaches the app
 //! unchanged, and every [`Traced`] is an empty `Option`.
@@ -71,23 +73,93 @@ impl Drop for Traces {
 
 /// The export could not be set up.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot export traces to the OTLP endpoint ({0}); check --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT (http://host:4318)"
-)]
-pub struct TraceError(String);
+pub enum TraceError {
+    /// The exporter refused its settings.
+    #[error(
+        "cannot export traces to the OTLP endpoint ({0}); check --otlp-endpoint or OTEL_EXPORTER_OTLP_ENDPOINT (http://host:4318)"
+    )]
+    Exporter(String),
+    /// The collector's CA certificate, named by a standard variable, is unusable.
+    #[error(
+        "cannot use {path} (from {var}) as the OTLP collector's CA certificate: {reason}; mount the PEM certificate there or unset {var}"
+    )]
+    Certificate {
+        /// The variable that named it.
+        var: &'static str,
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A second set-up in one process.
+    #[error("traces were set up twice in one process")]
+    Twice,
+}
+
+/// The variables naming the CA certificate (PEM) an `https://` collector is verified against,
+/// instead of the system's trust store; the traces-only one wins, as the specification says.
+pub const CERTIFICATE_VARS: [&str; 2] = [
+    "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE",
+    "OTEL_EXPORTER_OTLP_CERTIFICATE",
+];
+
+/// How long one export may take (the specification's default, 10 s).
+const EXPORT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The exporter's HTTP client: `https://` collectors are verified against the CA the standard
+/// variables name, else the system's trust store.
+fn http_client() -> Result<reqwest::blocking::Client, TraceError> {
+    let ca = CERTIFICATE_VARS.iter().find_map(|var| {
+        let path = std::env::var(var).ok().filter(|p| !p.is_empty())?;
+        Some((*var, path))
+    });
+    let ca = match ca {
+        Some((var, path)) => {
+            let bad = |reason: String| TraceError::Certificate {
+                var,
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(&path).map_err(|e| bad(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+            if certs.is_empty() {
+                return Err(bad("no PEM certificate in it".into()));
+            }
+            certs
+        }
+        None => Vec::new(),
+    };
+    // The blocking client runs a runtime of its own, which cannot be made on one of tokio's
+    // threads (the caller may be on one): it is made on a thread of its own.
+    std::thread::spawn(move || {
+        let mut b = reqwest::blocking::Client::builder().timeout(EXPORT_TIMEOUT);
+        for c in ca {
+            b = b.add_root_certificate(c);
+        }
+        b.build()
+    })
+    .join()
+    .map_err(|_| TraceError::Exporter("making its HTTP client panicked".into()))?
+    .map_err(|e| TraceError::Exporter(e.to_string()))
+}
 
 /// Sets up the export of `component`'s spans (batched, on a thread of the SDK's) to `endpoint`
 /// (a base URL: spans go to `/v1/traces`) or where the standard variables say.
 pub fn export(component: &'static str, endpoint: Option<&str>) -> Result<Traces, TraceError> {
-    use opentelemetry_otlp::WithExportConfig as _;
-    let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_http();
+    use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+    let mut exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_http_client(http_client()?);
     // The traces-only variable names the full URL and wins, as the specification says.
     if std::env::var_os(ENDPOINT_VARS[0]).is_none()
         && let Some(base) = endpoint.filter(|e| !e.is_empty())
     {
         exporter = exporter.with_endpoint(format!("{}/v1/traces", base.trim_end_matches('/')));
     }
-    let exporter = exporter.build().map_err(|e| TraceError(e.to_string()))?;
+    let exporter = exporter
+        .build()
+        .map_err(|e| TraceError::Exporter(e.to_string()))?;
     let service = std::env::var("OTEL_SERVICE_NAME")
         .ok()
         .filter(|s| !s.is_empty())
@@ -101,7 +173,7 @@ pub fn export(component: &'static str, endpoint: Option<&str>) -> Result<Traces,
         )
         .build();
     if TRACER.set(provider.tracer(component)).is_err() {
-        return Err(TraceError("set up twice in one process".into()));
+        return Err(TraceError::Twice);
     }
     tracing::info!(component, "exporting traces over OTLP");
     Ok(Traces { provider })

@@ -33,9 +33,12 @@ struct Receiver {
 }
 
 async fn receiver() -> Receiver {
-    let spans = Arc::new(Mutex::new(Vec::new()));
-    let store = spans.clone();
-    let app = axum::Router::new().route(
+    receiver_over(None).await
+}
+
+/// The receiver's route: decodes every export into `store`.
+fn collector(store: Arc<Mutex<Vec<Exported>>>) -> axum::Router {
+    axum::Router::new().route(
         "/v1/traces",
         axum::routing::post(move |body: Bytes| {
             let store = store.clone();
@@ -67,14 +70,49 @@ async fn receiver() -> Receiver {
                 ([("content-type", "application/x-protobuf")], Bytes::new())
             }
         }),
-    );
+    )
+}
+
+/// A receiver over plain HTTP, or over HTTPS with `ca`'s server certificate (as a collector
+/// outside the cluster, or behind its own CA, is reached).
+async fn receiver_over(ca: Option<&TestCa>) -> Receiver {
+    let spans = Arc::new(Mutex::new(Vec::new()));
+    let app = collector(spans.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
+    let Some(ca) = ca else {
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        return Receiver {
+            url: format!("http://{addr}"),
+            spans,
+            _task: task,
+        };
+    };
+    let acceptor = ca.acceptor();
     let task = tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, app) = (acceptor.clone(), app.clone());
+            tokio::spawn(async move {
+                // A client that does not trust the certificate gives up here.
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper_util::service::TowerToHyperService::new(app);
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
     });
     Receiver {
-        url: format!("http://{addr}"),
+        url: format!("https://{addr}"),
         spans,
         _task: task,
     }
@@ -193,4 +231,70 @@ async fn without_an_endpoint_the_clients_traceparent_reaches_the_app_unchanged()
     gw.wait_up(1).await;
     let echo = echo(&gw, &[("traceparent", &traceparent())]).await;
     assert_eq!(echo["traceparent"], traceparent().as_str());
+}
+
+/// A collector over HTTPS is verified: against the CA the standard variable names, spans
+/// arrive; trusting only the system's roots, the export is refused and nothing arrives while the
+/// farm serves on; a CA file that is not a certificate stops the start, naming the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_over_https_is_verified_against_the_named_ca() {
+    let db = TestDb::new().await;
+    let ca = TestCa::new(&["127.0.0.1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("collector-ca.crt");
+    std::fs::write(&ca_file, &ca.ca_pem).unwrap();
+    let ca_file = ca_file.display().to_string();
+    let unit = Unit::start("web-0", &db.url, &[]).await;
+    let units = unit_flags(std::slice::from_ref(&unit));
+
+    // Trusted through OTEL_EXPORTER_OTLP_CERTIFICATE: the gateway's spans arrive.
+    let otlp = receiver_over(Some(&ca)).await;
+    let mut gw = GatewayProc::start_with_env(
+        &units,
+        &["--otlp-endpoint", &otlp.url],
+        &[("OTEL_EXPORTER_OTLP_CERTIFICATE", &ca_file)],
+    )
+    .await;
+    gw.wait_up(1).await;
+    echo(&gw, &[("traceparent", &traceparent())]).await;
+    assert!(gw.terminate(Duration::from_secs(20)));
+    let got = otlp.spans.lock().unwrap().clone();
+    assert!(
+        got.iter()
+            .any(|s| s.trace_id == TRACE_ID && s.service == "stickyfarm-gateway"),
+        "no gateway span arrived over HTTPS: {got:?}\n{}",
+        gw.process.log_text()
+    );
+
+    // The same collector, not trusted (a certificate no system root signed): nothing is
+    // delivered, and requests are answered all the same.
+    let untrusted = receiver_over(Some(&ca)).await;
+    let mut gw = GatewayProc::start(&units, &["--otlp-endpoint", &untrusted.url]).await;
+    gw.wait_up(1).await;
+    let seen = echo(&gw, &[("traceparent", &traceparent())]).await;
+    assert_eq!(
+        seen["traceparent"].as_str().unwrap().split('-').nth(1),
+        Some(TRACE_ID)
+    );
+    assert!(gw.terminate(Duration::from_secs(20)));
+    assert!(
+        untrusted.spans.lock().unwrap().is_empty(),
+        "spans went to a collector whose certificate nothing vouches for"
+    );
+
+    // A CA file that holds no certificate: the gateway does not start, and says which file.
+    let bad = dir.path().join("not-a-ca.crt");
+    std::fs::write(&bad, "not a certificate\n").unwrap();
+    let out = std::process::Command::new(binary("stickyfarm-gateway"))
+        .args(["--listen", "127.0.0.1:0", "--unit", &units[0]])
+        .args(["--otlp-endpoint", &otlp.url])
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not-a-ca.crt") && err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE"),
+        "{err}"
+    );
 }

@@ -957,6 +957,25 @@ impl TestCa {
         (cert, key)
     }
 
+    /// A TLS server side with the server certificate (TLS 1.2 and 1.3, no ALPN).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let certs = vec![
+            rustls::pki_types::CertificateDer::from_pem_slice(self.server_cert_pem.as_bytes())
+                .unwrap(),
+        ];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.server_key_pem.as_bytes())
+            .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
     /// A new CA and a server certificate for `names` (DNS names or IP addresses).
     pub fn new(names: &[&str]) -> TestCa {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -996,21 +1015,7 @@ pub struct PgTlsFront {
 impl PgTlsFront {
     pub async fn start(target: SocketAddr, ca: &TestCa) -> PgTlsFront {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let certs = vec![
-            rustls::pki_types::CertificateDer::from_pem_slice(ca.server_cert_pem.as_bytes())
-                .unwrap(),
-        ];
-        let key =
-            rustls::pki_types::PrivateKeyDer::from_pem_slice(ca.server_key_pem.as_bytes()).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let acceptor = ca.acceptor();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
@@ -1218,8 +1223,18 @@ pub struct GatewayProc {
 impl GatewayProc {
     /// Starts `stickyfarm-gateway` with `units` (`NAME=HOST:PORT`) and extra flags.
     pub async fn start(units: &[String], extra: &[&str]) -> GatewayProc {
+        Self::start_with_env(units, extra, &[]).await
+    }
+
+    /// [`GatewayProc::start`] with these environment variables besides the test's own.
+    pub async fn start_with_env(
+        units: &[String],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> GatewayProc {
         let (port, admin, control) = (free_port(), free_port(), free_port());
         let mut cmd = Command::new(binary("stickyfarm-gateway"));
+        cmd.envs(env.iter().copied());
         cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(["--control-listen", &format!("127.0.0.1:{control}")])

@@ -175,6 +175,10 @@ pub(crate) fn deployment(f: &FarmRef, input: &BuildInput) -> Deployment {
             ..Volume::default()
         });
     }
+    if let Some((volume, mount)) = f.trace_ca() {
+        volumes.push(volume);
+        mounts.push(mount);
+    }
     let mut pod_labels = f.labels(component::GATEWAY);
     pod_labels.extend(f.selector(component::GATEWAY));
     let probe = |path: &str, period| Probe {

@@ -24,7 +24,9 @@ mod units;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{EnvVar, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    EnvVar, KeyToPath, SecretVolumeSource, Service, ServiceAccount, Volume, VolumeMount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
@@ -274,6 +276,12 @@ pub fn build(farm: &ServerFarm, input: &BuildInput) -> Result<Desired, BuildErro
     })
 }
 
+/// Where the gateway and the sidecars find the trace collector's CA (a directory of its own: a
+/// volume cannot be mounted inside another read-only Secret volume).
+const OTLP_CA_DIR: &str = "/etc/stickyfarm/otlp-ca";
+const OTLP_CA_FILE: &str = "ca.crt";
+const OTLP_CA_VOLUME: &str = "otlp-ca";
+
 /// The farm plus what every builder derives from it.
 pub(crate) struct FarmRef<'a> {
     pub(crate) farm: &'a ServerFarm,
@@ -291,14 +299,47 @@ impl<'a> FarmRef<'a> {
             ("k8s.namespace.name", self.namespace.as_str()),
             ("k8s.pod.name", "$(POD_NAME)"),
         ];
-        stickyfarm_api::config::trace_env(
+        let mut env: Vec<EnvVar> = stickyfarm_api::config::trace_env(
             &self.farm.spec,
             input.trace_collector.as_deref(),
             &resource,
         )
         .into_iter()
         .map(|(name, v)| units::value(name, v))
-        .collect()
+        .collect();
+        if !env.is_empty() && self.farm.spec.tracing.ca.is_some() {
+            env.push(units::value(
+                "OTEL_EXPORTER_OTLP_CERTIFICATE",
+                format!("{OTLP_CA_DIR}/{OTLP_CA_FILE}"),
+            ));
+        }
+        env
+    }
+
+    /// The collector's CA (`spec.tracing.ca`) as a volume and its mount, when the farm names one.
+    pub(crate) fn trace_ca(&self) -> Option<(Volume, VolumeMount)> {
+        let ca = self.farm.spec.tracing.ca.as_ref()?;
+        let volume = Volume {
+            name: OTLP_CA_VOLUME.into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(ca.secret_name.clone()),
+                items: Some(vec![KeyToPath {
+                    key: ca.key.clone(),
+                    path: OTLP_CA_FILE.into(),
+                    ..KeyToPath::default()
+                }]),
+                optional: Some(false),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        };
+        let mount = VolumeMount {
+            name: OTLP_CA_VOLUME.into(),
+            mount_path: OTLP_CA_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        };
+        Some((volume, mount))
     }
 
     pub(crate) fn new(farm: &'a ServerFarm) -> Result<Self, BuildError> {

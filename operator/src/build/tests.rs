@@ -1534,7 +1534,7 @@ fn traces_go_to_the_farms_collector_else_the_operators_and_nowhere_without_eithe
 
     // The farm's own collector and sampling win.
     let own = build(
-        &farm("app:\n  image: x\ntracing:\n  otlpEndpoint: https://collector.tracing:4318\n  samplingRatio: 0.1\n"),
+        &farm("app:\n  image: x\ntracing:\n  otlpEndpoint: https://collector.tracing:4318\n  samplingRatio: 0.1\n  ca: {secretName: collector-ca, key: ca.crt}\n"),
         &BuildInput {
             trace_collector: Some("http://otel.observability:4318".into()),
             ..input()
@@ -1551,5 +1551,35 @@ fn traces_go_to_the_farms_collector_else_the_operators_and_nowhere_without_eithe
             "parentbased_traceidratio"
         );
         assert_eq!(env_value(&c, "OTEL_TRACES_SAMPLER_ARG"), "0.1");
+        // The collector's CA, mounted from its Secret where the variable says.
+        let ca = env_value(&c, "OTEL_EXPORTER_OTLP_CERTIFICATE");
+        let mount = c
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "otlp-ca")
+            .unwrap_or_else(|| panic!("{}: no CA mount", c.name));
+        assert_eq!(ca, format!("{}/ca.crt", mount.mount_path));
+        assert_eq!(mount.read_only, Some(true));
     }
+    let gateway_pod = own.gateway_deployment.spec.template.spec.as_ref().unwrap();
+    let unit_pod = own.unit_statefulset.spec.template.spec.as_ref().unwrap();
+    for volumes in [&gateway_pod.volumes, &unit_pod.volumes] {
+        let v = volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == "otlp-ca")
+            .expect("the CA volume");
+        let secret = v.secret.as_ref().unwrap();
+        assert_eq!(secret.secret_name.as_deref(), Some("collector-ca"));
+        assert_eq!(secret.items.as_ref().unwrap()[0].key, "ca.crt");
+    }
+    // The app container gets neither: the CA is the sidecar's.
+    assert!(
+        container(&own, "app")
+            .volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name != "otlp-ca")
+    );
 }

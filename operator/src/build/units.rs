@@ -192,6 +192,9 @@ fn sidecar_container(f: &FarmRef, input: &BuildInput) -> Container {
             ..VolumeMount::default()
         });
     }
+    if let Some((_, mount)) = f.trace_ca() {
+        mounts.push(mount);
+    }
     if spec.sidecar.cache_disk.is_some() {
         env.push(value("STICKYFARM_CACHE_DISK_DIR", CACHE_DIR.into()));
         mounts.push(VolumeMount {
@@ -304,6 +307,9 @@ fn volumes(f: &FarmRef) -> Vec<Volume> {
             }),
             ..Volume::default()
         });
+    }
+    if let Some((volume, _)) = f.trace_ca() {
+        v.push(volume);
     }
     if let Some(disk) = &f.farm.spec.sidecar.cache_disk {
         v.push(Volume {
