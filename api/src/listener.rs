@@ -35,6 +35,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Take HTTP/2 extended CONNECT (RFC 8441: WebSockets over an HTTP/2 stream), announced in
+    /// the connection's settings. Only a port that translates such tunnels turns it on.
+    pub extended_connect: bool,
 }
 
 impl Default for Limits {
@@ -45,6 +48,7 @@ impl Default for Limits {
             max_headers: 100,
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 100,
+            extended_connect: false,
         }
     }
 }
@@ -73,6 +77,9 @@ pub fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         // Idle HTTP/2 connections are pinged; one that does not answer is closed.
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
+    if limits.extended_connect {
+        server.http2().enable_connect_protocol();
+    }
     server
 }
 

@@ -302,6 +302,13 @@ impl Gateway {
             max_headers: config.max_headers,
             header_read_timeout: config.header_read_timeout,
             max_concurrent_streams: config.http2_max_streams,
+            extended_connect: false,
+        };
+        // The client port alone takes WebSockets over HTTP/2 (RFC 8441), translated to each
+        // unit's HTTP/1.1 upgrade; the other ports open no tunnels.
+        let client_limits = listener::Limits {
+            extended_connect: true,
+            ..limits
         };
         let service = move |remote| {
             let proxy = proxy.clone();
@@ -321,7 +328,7 @@ impl Gateway {
                     tls::TlsHandshake::new(tls::server_config(certificates), metrics.clone());
                 tasks.spawn(listener::serve_with(
                     listener,
-                    limits,
+                    client_limits,
                     Arc::new(handshake),
                     service,
                     stop.clone(),
@@ -331,7 +338,7 @@ impl Gateway {
             None => {
                 tasks.spawn(listener::serve(
                     listener,
-                    limits,
+                    client_limits,
                     service,
                     stop.clone(),
                     config.shutdown_grace,

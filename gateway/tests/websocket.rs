@@ -312,3 +312,107 @@ async fn a_unit_reached_directly_holds_no_more_tunnels_than_its_connection_cap()
     };
     assert_eq!(hello(&mut third).await["unit"], "web-0");
 }
+
+/// An HTTP/2 connection to the gateway (prior knowledge, as h2c), and an extended CONNECT on
+/// it (RFC 8441) for `/ws` with `protocol` and the browser's cookies.
+async fn connect_h2(
+    gw: &GatewayProc,
+    b: &Browser,
+    protocol: &'static str,
+) -> http::Response<hyper::body::Incoming> {
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake::<_, http_body_util::Empty<bytes::Bytes>>(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(http::Method::CONNECT)
+        .uri(format!("http://{}/ws", gw.addr))
+        .header("cookie", b.cookie_header())
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("an answer within 10 s")
+        .unwrap()
+}
+
+/// RFC 8441: a WebSocket over an HTTP/2 stream. The gateway announces extended CONNECT,
+/// routes it like any request of the session, opens the unit's HTTP/1.1 upgrade with a key of
+/// its own, and answers `200`; messages then flow both ways on the stream, in order. Another
+/// `:protocol` is refused, and honest WebSockets go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_over_http2_extended_connect_reaches_the_sessions_unit() {
+    use tokio_tungstenite::tungstenite::protocol::Role;
+    let db = TestDb::new().await;
+    let units = [
+        Unit::start("web-0", &db.url, &[]).await,
+        Unit::start("web-1", &db.url, &[]).await,
+    ];
+    let gw = GatewayProc::start(&unit_flags(&units), &["--slow-start", "0s"]).await;
+    gw.wait_up(2).await;
+    let (b, home) = gw.shopper("apple").await;
+
+    // Not a WebSocket: 501, and nothing reached a unit.
+    let refused = connect_h2(&gw, &b, "connect-udp").await;
+    assert_eq!(refused.status(), 501);
+    assert_eq!(
+        gw.metric(
+            "stickyfarm_gateway_refused_total",
+            "kind=\"unsupported_tunnel\""
+        )
+        .await,
+        1.0
+    );
+
+    let mut answer = connect_h2(&gw, &b, "websocket").await;
+    assert_eq!(answer.status(), 200, "{:?}", answer.headers());
+    assert_eq!(answer.version(), http::Version::HTTP_2);
+    assert!(answer.headers().get("sec-websocket-accept").is_none());
+    let stream = hyper::upgrade::on(&mut answer)
+        .await
+        .expect("the stream is the tunnel");
+    let mut ws =
+        WebSocketStream::from_raw_socket(hyper_util::rt::TokioIo::new(stream), Role::Client, None)
+            .await;
+    let hi = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) => serde_json::from_str::<serde_json::Value>(&t).unwrap(),
+        other => panic!("expected the app's hello, got {other:?}"),
+    };
+    assert_eq!(hi["unit"], home.as_str());
+    assert_eq!(hi["session"], b.cookie("sf_session").unwrap());
+    assert_eq!(hi["items"], json!(["apple"]));
+    wait_for_metric(&gw, "stickyfarm_gateway_unit_tunnels", &home, 1.0).await;
+
+    // 1,000 messages each way, in order, none altered.
+    for i in 0..1_000 {
+        let body = format!("{i}:{}", "y".repeat(i % 200));
+        ws.send(Message::text(body.clone())).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), body),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    ws.close(None).await.unwrap();
+    // The close handshake completes and the tunnel is counted off its unit.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(m)) = ws.next().await {
+            if matches!(m, Message::Close(_)) {
+                return true;
+            }
+        }
+        true
+    })
+    .await;
+    assert_eq!(closed, Ok(true));
+    wait_for_metric(&gw, "stickyfarm_gateway_unit_tunnels", &home, 0.0).await;
+
+    // An HTTP/1.1 WebSocket of the same session is unaffected.
+    let mut h1 = connect(&gw, &b).await.unwrap();
+    assert_eq!(hello(&mut h1).await["unit"], home.as_str());
+}

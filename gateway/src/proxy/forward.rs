@@ -153,6 +153,13 @@ pub fn upstream_head(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, protocol.clone());
     }
+    if let Some(key) = &route.connect_key {
+        // An HTTP/2 extended CONNECT becomes the HTTP/1.1 upgrade request RFC 6455 describes.
+        parts.method = Method::GET;
+        h.insert(header::SEC_WEBSOCKET_KEY, key.clone());
+        h.entry(header::SEC_WEBSOCKET_VERSION)
+            .or_insert(HeaderValue::from_static("13"));
+    }
     if let Ok(v) = HeaderValue::from_str(&route.host) {
         h.insert(header::HOST, v.clone());
         h.insert(X_FORWARDED_HOST, v);

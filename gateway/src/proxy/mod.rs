@@ -578,6 +578,15 @@ impl Proxy {
             tracing::warn!("a unit switched protocols for a request that asked for no upgrade");
             return Err(Refusal::UnitFailed);
         };
+        // Standing in for an HTTP/2 client, the gateway checks the unit's answer to the key
+        // it made, as RFC 6455 has a client do: anything else is not that WebSocket.
+        if let Some(key) = &route.connect_key {
+            let accept = response.headers().get(http::header::SEC_WEBSOCKET_ACCEPT);
+            if accept.is_none_or(|a| a.as_bytes() != route::websocket_accept(key).as_bytes()) {
+                tracing::warn!(unit = %link, "a unit answered a WebSocket upgrade with the wrong Sec-WebSocket-Accept");
+                return Err(Refusal::UnitFailed);
+            }
+        }
         Ok(respond::switch_protocols(
             &self.s.cookies,
             &self.tunnels,
@@ -591,6 +600,7 @@ impl Proxy {
             },
             link,
             route.cookie_unit.as_ref(),
+            route.connect_key.is_some(),
         ))
     }
 }
@@ -739,6 +749,7 @@ mod tests {
             cookie_unit: None,
             key: b"a-session".to_vec(),
             upgrade: None,
+            connect_key: None,
         }
     }
 

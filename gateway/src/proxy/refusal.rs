@@ -35,11 +35,14 @@ pub enum Refusal {
     UnitTimeout,
     /// The unit holds as many open tunnels (WebSockets) as `--max-tunnels-per-unit` allows.
     TooManyTunnels,
+    /// An HTTP/2 extended CONNECT for a protocol other than WebSocket (RFC 8441 defines only
+    /// that one; the gateway cannot translate another to its unit).
+    UnsupportedTunnel,
 }
 
 impl Refusal {
     /// Every reason, for counters that exist before the first refusal.
-    pub const KINDS: [&'static str; 14] = [
+    pub const KINDS: [&'static str; 15] = [
         "bad_host",
         "bad_unit_address",
         "bad_target",
@@ -54,6 +57,7 @@ impl Refusal {
         "every_unit_failed",
         "unit_timeout",
         "too_many_tunnels",
+        "unsupported_tunnel",
     ];
 
     /// The reason it is counted under.
@@ -73,6 +77,7 @@ impl Refusal {
             Refusal::EveryUnitFailed => "every_unit_failed",
             Refusal::UnitTimeout => "unit_timeout",
             Refusal::TooManyTunnels => "too_many_tunnels",
+            Refusal::UnsupportedTunnel => "unsupported_tunnel",
         }
     }
 
@@ -91,6 +96,7 @@ impl Refusal {
             }
             Refusal::UnitFailed | Refusal::EveryUnitFailed => StatusCode::BAD_GATEWAY,
             Refusal::UnitTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::UnsupportedTunnel => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -118,6 +124,9 @@ impl Refusal {
             Refusal::TooManyTunnels => {
                 "the unit holds as many open connections (WebSockets) as it may; retry shortly"
             }
+            Refusal::UnsupportedTunnel => {
+                "only WebSockets can be opened with an HTTP/2 extended CONNECT (:protocol websocket)"
+            }
         }
     }
 
@@ -137,7 +146,7 @@ impl Refusal {
 mod tests {
     use super::*;
 
-    const EVERY: [Refusal; 14] = [
+    const EVERY: [Refusal; 15] = [
         Refusal::BadHost("x"),
         Refusal::BadUnitAddress("x"),
         Refusal::BadTarget,
@@ -152,6 +161,7 @@ mod tests {
         Refusal::EveryUnitFailed,
         Refusal::UnitTimeout,
         Refusal::TooManyTunnels,
+        Refusal::UnsupportedTunnel,
     ];
 
     #[test]

@@ -56,8 +56,9 @@ pub struct TunnelHold {
     pub slot: TunnelSlot,
 }
 
-/// The unit's `101 Switching Protocols` for the client, its connection spliced to the
-/// client's once both upgrades complete. The unit's connection is never pooled again.
+/// The unit's `101 Switching Protocols` for the client (a `200` to an HTTP/2 extended CONNECT:
+/// `over_h2`), its connection spliced to the client's once both upgrades complete. The unit's
+/// connection is never pooled again.
 #[allow(clippy::too_many_arguments)]
 pub fn switch_protocols(
     cookies: &CookiePolicy,
@@ -69,6 +70,7 @@ pub fn switch_protocols(
     hold: TunnelHold,
     link: &UnitName,
     cookie_unit: Option<&UnitName>,
+    over_h2: bool,
 ) -> Response<ResponseBody> {
     let far = hyper::upgrade::on(&mut response);
     let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
@@ -78,11 +80,18 @@ pub fn switch_protocols(
     });
     let (mut parts, _) = response.into_parts();
     client_head(cookies, &mut parts.headers, link, cookie_unit);
-    // Hop-by-hop, so removed above; the client needs them to take the switch.
-    parts
-        .headers
-        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    parts.headers.insert(header::UPGRADE, protocol.clone());
+    if over_h2 {
+        // RFC 8441: the stream is the tunnel once the CONNECT is answered with a 2xx; there
+        // is no switch to announce and no key to answer.
+        parts.status = http::StatusCode::OK;
+        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    } else {
+        // Hop-by-hop, so removed above; the client needs them to take the switch.
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, protocol.clone());
+    }
     Response::from_parts(
         parts,
         http_body_util::Empty::new()

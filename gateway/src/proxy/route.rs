@@ -1,6 +1,7 @@
 //! Route: what a request asks for, read from its head alone. Its host, the unit it names (by
 //! path `/_unit/<unit>/…`, host `<unit>.<farm host>`, or the `sf_unit` routing cookie), its
-//! session, the key that balances it, and whether it asks for a tunnel (HTTP/1.1 `Upgrade`).
+//! session, the key that balances it, and whether it asks for a tunnel (HTTP/1.1 `Upgrade`, or
+//! HTTP/2's extended CONNECT for a WebSocket, RFC 8441).
 //! Malformed requests are refused here with a 4xx, before any unit is chosen.
 
 use std::net::{IpAddr, SocketAddr};
@@ -33,8 +34,13 @@ pub struct Route {
     /// What balances a new session and picks a backup: the session id, else the client's
     /// address.
     pub key: Vec<u8>,
-    /// The protocol an HTTP/1.1 `Upgrade` request asks for (a WebSocket: `websocket`).
+    /// The protocol a tunnel asks for (a WebSocket: `websocket`), by an HTTP/1.1 `Upgrade` or
+    /// an HTTP/2 extended CONNECT.
     pub upgrade: Option<HeaderValue>,
+    /// An extended CONNECT's WebSocket: the unit gets an HTTP/1.1 upgrade with this
+    /// `Sec-WebSocket-Key` (made here; an HTTP/2 client sends none), its answer is checked
+    /// against it, and the client gets `200` instead of `101`.
+    pub connect_key: Option<HeaderValue>,
 }
 
 /// Reads a request's head. `Err` is the client's mistake, refused before any unit is chosen.
@@ -76,6 +82,10 @@ pub fn route<B: hyper::body::Body>(
             IpAddr::V6(ip) => ip.octets().to_vec(),
         },
     };
+    let (upgrade, connect_key) = match extended_connect(req)? {
+        Some(protocol) => (Some(protocol), Some(websocket_key())),
+        None => (stickyfarm_api::upgrade_protocol(req), None),
+    };
     Ok(Route {
         host,
         forward_path,
@@ -84,8 +94,44 @@ pub fn route<B: hyper::body::Body>(
         has_session: cookies.session.is_some(),
         cookie_unit: cookies.unit,
         key,
-        upgrade: stickyfarm_api::upgrade_protocol(req),
+        upgrade,
+        connect_key,
     })
+}
+
+/// RFC 8441: an HTTP/2 `CONNECT` with `:protocol` opens a tunnel on its stream. A WebSocket is
+/// translated to the HTTP/1.1 upgrade every unit understands; another protocol is refused.
+fn extended_connect<B>(req: &Request<B>) -> Result<Option<HeaderValue>, Refusal> {
+    let Some(protocol) = req.extensions().get::<hyper::ext::Protocol>() else {
+        return Ok(None);
+    };
+    if req.method() != http::Method::CONNECT {
+        return Ok(None);
+    }
+    if protocol.as_str().eq_ignore_ascii_case("websocket") {
+        Ok(Some(HeaderValue::from_static("websocket")))
+    } else {
+        Err(Refusal::UnsupportedTunnel)
+    }
+}
+
+/// A fresh `Sec-WebSocket-Key`: 16 random bytes in base64 (RFC 6455 §4.1).
+fn websocket_key() -> HeaderValue {
+    use base64::Engine as _;
+    let mut nonce = [0u8; 16];
+    getrandom::fill(&mut nonce).expect("the operating system's random source");
+    HeaderValue::from_str(&base64::engine::general_purpose::STANDARD.encode(nonce))
+        .expect("base64 is a header value")
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer to `key` (RFC 6455 §4.2.2).
+pub fn websocket_accept(key: &HeaderValue) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(key.as_bytes());
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
 }
 
 /// The `Content-Length` a request declares, if it is a number.
