@@ -21,6 +21,7 @@ pub mod logs;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod request_id;
+pub mod session_api;
 mod snapshot;
 pub mod token;
 #[cfg(feature = "logs")]

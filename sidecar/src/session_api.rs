@@ -12,13 +12,13 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use serde_json::json;
 use serde_json::value::RawValue;
-use stickyfarm_api::{SessionId, TableName, headers, request_id};
+use stickyfarm_api::{SessionId, SessionSnapshot, TableName, headers, request_id, session_api};
 use tracing::Instrument;
 
 use crate::cache::{CachedSession, Entry};
@@ -58,6 +58,79 @@ pub fn router(tier: Arc<SessionTier>, limits: Limits) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(tier.clone(), timed))
         .layer(DefaultBodyLimit::max(limits.max_table_size))
         .with_state(ApiState { tier, limits })
+}
+
+/// The session API as an OpenAPI 3.1 document, made from the handlers and the wire types
+/// themselves; `docs/session-api.openapi.json` is this, checked in (`tests/openapi.rs` fails
+/// when they differ).
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Stickyfarm session API",
+        description = "What an app calls on localhost (the sidecar's `--api-listen`, or its Unix socket) to keep its users' session state in the unit's cache, written through to PostgreSQL. The model is explained in docs/session-api.md. The webhook `proxiedRequest` describes the headers the sidecar adds to every request it forwards to the app.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    servers((url = "http://127.0.0.1:7070", description = "The sidecar's default API address, inside the pod")),
+    paths(get_session, delete_session, rotate_session, get_table, put_table, delete_table),
+    components(schemas(SessionSnapshot, stickyfarm_api::TableSnapshot, session_api::WriteAck, session_api::Rotated, session_api::ApiError)),
+    tags(
+        (name = "sessions", description = "A whole session: read, rotate the id, delete."),
+        (name = "tables", description = "One table (a JSON document with a version) of a session."),
+    )
+)]
+struct ApiDoc;
+
+/// The OpenAPI document of the session API, with the request the sidecar forwards to the app.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    let mut doc = ApiDoc::openapi();
+    doc.webhooks = Some(proxied_request());
+    doc
+}
+
+/// What the app receives: the client's request, with the sidecar's headers (any incoming
+/// `x-stickyfarm-*` header is removed first, so a client cannot forge them).
+fn proxied_request() -> utoipa::openapi::Paths {
+    use utoipa::openapi::path::{
+        HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem,
+    };
+    use utoipa::openapi::{ObjectBuilder, PathsBuilder, Required, ResponseBuilder, Type};
+    let header = |name: &str, required: bool, kind: Type, description: &str| {
+        ParameterBuilder::new()
+            .name(name)
+            .parameter_in(ParameterIn::Header)
+            .required(if required {
+                Required::True
+            } else {
+                Required::False
+            })
+            .description(Some(description))
+            .schema(Some(ObjectBuilder::new().schema_type(kind)))
+            .build()
+    };
+    let operation = OperationBuilder::new()
+        .operation_id(Some("proxiedRequest"))
+        .summary(Some("A client's request, as the sidecar forwards it to the app"))
+        .description(Some(
+            "Any method and path the client sent (shown here as GET): the sidecar removes the \
+             client's `x-stickyfarm-*` headers and hop-by-hop headers, then adds these. The app \
+             answers as it would without Stickyfarm; its answer goes back to the client.",
+        ))
+        .parameters(Some(vec![
+            header(headers::SESSION, true, Type::String, "The session id: the key of every session-API call for this request. A new client gets a new id (its cookie is set on the answer)."),
+            header(headers::UNIT, true, Type::String, "The name of the unit serving the request."),
+            header(headers::UNIT_URL, true, Type::String, "The unit's base URL, without a trailing slash: build the page's links from it so the client's next requests reach this unit."),
+            header(headers::INSTANCE, true, Type::String, "The serving sidecar's instance id (the pod's UID)."),
+            header(headers::GENERATION, true, Type::Integer, "The session's generation the snapshot reflects (0: no state yet)."),
+            header(headers::SNAPSHOT, false, Type::String, "The whole session (the SessionSnapshot schema as JSON, in unpadded base64url) when it is small enough: the app can read its state without calling the API."),
+            header(stickyfarm_api::request_id::HEADER, true, Type::String, "The request id: pass it on to the session API so both log it."),
+            header("traceparent", false, Type::String, "W3C trace context, when the farm exports traces: pass it on to the session API so its spans join the request's trace."),
+        ]))
+        .response("default", ResponseBuilder::new().description("The app's answer, as it would give it without Stickyfarm."))
+        .build();
+    PathsBuilder::new()
+        .path("proxiedRequest", PathItem::new(HttpMethod::Get, operation))
+        .build()
 }
 
 /// Times every answer of the API (`stickyfarm_sidecar_session_api_seconds`), and puts its log
@@ -129,21 +202,25 @@ fn json_depth(doc: &str) -> usize {
     deepest
 }
 
-/// An API error: a status and a JSON body `{"error": …}` that says what to do.
-struct ApiError(StatusCode, String, Option<u64>);
+/// A refusal: a status and the body every refusal has ([`session_api::ApiError`]: what failed
+/// and what to do; on 409 the table's current version, also as its `ETag`).
+struct ApiError(StatusCode, session_api::ApiError);
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>) -> ApiError {
+        ApiError(status, session_api::ApiError::new(error))
+    }
+}
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.1 });
-        if self.0 == StatusCode::CONFLICT {
-            body["current_version"] = json!(self.2);
-        }
-        let mut r = (self.0, axum::Json(body)).into_response();
+        let current = self.1.current_version.flatten();
+        let mut r = (self.0, axum::Json(self.1)).into_response();
         if self.0 == StatusCode::SERVICE_UNAVAILABLE {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
-        if let Some(v) = self.2 {
+        if let Some(v) = current {
             set_version(r.headers_mut(), v);
         }
         r
@@ -153,24 +230,24 @@ impl IntoResponse for ApiError {
 impl From<TierError> for ApiError {
     fn from(e: TierError) -> Self {
         match e {
-            TierError::SessionNotFound => ApiError(StatusCode::NOT_FOUND, e.to_string(), None),
+            TierError::SessionNotFound => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             TierError::TooManyTables { .. } => {
-                ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string(), None)
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
             }
-            TierError::Store(StoreError::Conflict { current }) => {
-                ApiError(StatusCode::CONFLICT, e.to_string(), current)
-            }
+            TierError::Store(StoreError::Conflict { current }) => ApiError(
+                StatusCode::CONFLICT,
+                session_api::ApiError::conflict(e.to_string(), current),
+            ),
             TierError::Store(StoreError::Unavailable(_)) => {
                 tracing::warn!(error = %e, "session API: PostgreSQL unavailable");
-                ApiError(
+                ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "the session store is unavailable; nothing was changed; retry shortly".into(),
-                    None,
+                    "the session store is unavailable; nothing was changed; retry shortly",
                 )
             }
             other => {
                 tracing::error!(error = %other, "session API failed");
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, other.to_string(), None)
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
             }
         }
     }
@@ -186,14 +263,29 @@ fn set_version(h: &mut HeaderMap, version: u64) {
 
 fn parse_id(id: &str) -> Result<SessionId, ApiError> {
     id.parse().map_err(|e: stickyfarm_api::ContractError| {
-        ApiError(StatusCode::BAD_REQUEST, e.to_string(), None)
+        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
     })
 }
 
 fn parse_table(t: &str) -> Result<TableName, ApiError> {
     t.parse().map_err(|e: stickyfarm_api::ContractError| {
-        ApiError(StatusCode::BAD_REQUEST, e.to_string(), None)
+        ApiError::new(StatusCode::BAD_REQUEST, e.to_string())
     })
+}
+
+/// A body that could not be read: too large (413, naming the limit, in the body every refusal
+/// has), or whatever else went wrong reading it.
+fn too_large_or(r: BytesRejection, limit: usize) -> ApiError {
+    if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the document is larger than {limit} bytes (--max-table-size); keep less in one table or split it into several"
+            ),
+        )
+    } else {
+        ApiError::new(r.status(), r.body_text())
+    }
 }
 
 /// `If-Match`: absent → the cached copy's version; `*` → any; `"N"` or `N` → exactly N.
@@ -203,10 +295,9 @@ fn precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
         return Ok(Precondition::CachedCopy);
     };
     let bad = || {
-        ApiError(
+        ApiError::new(
             StatusCode::BAD_REQUEST,
-            "If-Match must be * or one strong ETag such as \"3\" (the table's version)".into(),
-            None,
+            "If-Match must be * or one strong ETag such as \"3\" (the table's version)",
         )
     };
     if values.next().is_some() {
@@ -226,6 +317,21 @@ fn precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
         .map_err(|_| bad())
 }
 
+/// `GET /v1/sessions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    summary = "Read the whole session",
+    description = "Every table with its version. A session this unit issued that has no state yet reads as empty (generation 0).",
+    params(("id" = String, Path, description = "The session id (22 characters of base64url), as the sidecar passes it in `x-stickyfarm-session`.", pattern = "^[A-Za-z0-9_-]{22}$")),
+    responses(
+        (status = 200, description = "The session.", body = SessionSnapshot, headers(("x-stickyfarm-generation" = u64, description = "The session's generation."))),
+        (status = 400, description = "The id is malformed.", body = session_api::ApiError),
+        (status = 404, description = "No such session, or it expired.", body = session_api::ApiError),
+        (status = 503, description = "PostgreSQL is unavailable; retry.", body = session_api::ApiError, headers(("retry-after" = u64, description = "Seconds."))),
+    )
+)]
 async fn get_session(
     State(tier): State<Arc<SessionTier>>,
     Path(id): Path<String>,
@@ -275,13 +381,27 @@ async fn read_or_pending(tier: &SessionTier, id: SessionId) -> Result<SessionVie
 
 /// `POST /v1/sessions/{id}/rotate`: the session's state under a new id; the old id is dead.
 /// The client's cookie is reissued on the answer to the request during which the app rotated.
+#[utoipa::path(
+    post,
+    path = "/v1/sessions/{id}/rotate",
+    tag = "sessions",
+    summary = "Give the session a new id",
+    description = "On sign-in and sign-out (against session fixation): the same state and versions under a new id; the old id is deleted and announced to every unit; the absolute lifetime is unchanged. The client's cookie is reissued on the answer to the request during which the app rotated.",
+    params(("id" = String, Path, description = "The session id (22 characters of base64url), as the sidecar passes it in `x-stickyfarm-session`.", pattern = "^[A-Za-z0-9_-]{22}$")),
+    responses(
+        (status = 200, description = "The new id.", body = session_api::Rotated, headers(("x-stickyfarm-session" = String, description = "The new id."))),
+        (status = 400, description = "The id is malformed.", body = session_api::ApiError),
+        (status = 404, description = "No such session, or it expired.", body = session_api::ApiError),
+        (status = 503, description = "PostgreSQL is unavailable; nothing changed; retry.", body = session_api::ApiError, headers(("retry-after" = u64, description = "Seconds."))),
+    )
+)]
 async fn rotate_session(
     State(tier): State<Arc<SessionTier>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     let new = tier.rotate(id).await?;
-    let mut r = axum::Json(json!({ "id": new.to_string() })).into_response();
+    let mut r = axum::Json(session_api::Rotated { id: new }).into_response();
     r.headers_mut().insert(
         headers::SESSION,
         HeaderValue::from_str(&new.to_string()).expect("session ids are visible ASCII"),
@@ -289,6 +409,20 @@ async fn rotate_session(
     Ok(r)
 }
 
+/// `DELETE /v1/sessions/{id}` (logout).
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}",
+    tag = "sessions",
+    summary = "Delete the session (logout)",
+    params(("id" = String, Path, description = "The session id (22 characters of base64url), as the sidecar passes it in `x-stickyfarm-session`.", pattern = "^[A-Za-z0-9_-]{22}$")),
+    responses(
+        (status = 204, description = "Deleted on every unit."),
+        (status = 400, description = "The id is malformed.", body = session_api::ApiError),
+        (status = 404, description = "No such session, or it expired.", body = session_api::ApiError),
+        (status = 503, description = "PostgreSQL is unavailable; nothing changed; retry.", body = session_api::ApiError, headers(("retry-after" = u64, description = "Seconds."))),
+    )
+)]
 async fn delete_session(
     State(tier): State<Arc<SessionTier>>,
     Path(id): Path<String>,
@@ -301,6 +435,21 @@ async fn delete_session(
     }
 }
 
+/// `GET /v1/sessions/{id}/tables/{table}`.
+#[utoipa::path(
+    get,
+    path = "/v1/sessions/{id}/tables/{table}",
+    tag = "tables",
+    summary = "Read one table",
+    description = "The table's JSON document exactly as written, from this unit's cache when it holds the newest version, else from PostgreSQL.",
+    params(("id" = String, Path, description = "The session id (22 characters of base64url), as the sidecar passes it in `x-stickyfarm-session`.", pattern = "^[A-Za-z0-9_-]{22}$"), ("table" = String, Path, description = "The table's name.", pattern = "^[a-z0-9_-]{1,64}$")),
+    responses(
+        (status = 200, description = "The document.", body = Value, content_type = "application/json", headers(("etag" = String, description = "The table's version, `\"N\"`: name it in `If-Match`."), ("x-stickyfarm-version" = u64, description = "The same version, as a number."), ("x-stickyfarm-generation" = u64, description = "The session's generation."))),
+        (status = 400, description = "The id or the table name is malformed.", body = session_api::ApiError),
+        (status = 404, description = "No such table, or no such session.", body = session_api::ApiError),
+        (status = 503, description = "PostgreSQL is unavailable; retry.", body = session_api::ApiError, headers(("retry-after" = u64, description = "Seconds."))),
+    )
+)]
 async fn get_table(
     State(tier): State<Arc<SessionTier>>,
     Path((id, table)): Path<(String, String)>,
@@ -309,12 +458,11 @@ async fn get_table(
     let table = parse_table(&table)?;
     let s = read_or_pending(&tier, id).await?;
     let Some(t) = s.tables.get(table.as_str()) else {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!(
                 "the session has no table {table:?}; write it first (If-Match: \"0\" creates it)"
             ),
-            None,
         ));
     };
     let mut r = (
@@ -331,35 +479,54 @@ async fn get_table(
     Ok(r)
 }
 
+/// `PUT /v1/sessions/{id}/tables/{table}`.
+#[utoipa::path(
+    put,
+    path = "/v1/sessions/{id}/tables/{table}",
+    tag = "tables",
+    summary = "Write one table through to PostgreSQL",
+    description = "Answered only after PostgreSQL committed the write; every other unit then drops its copy. The first write to a session this unit issued stores the session.",
+    params(("id" = String, Path, description = "The session id (22 characters of base64url), as the sidecar passes it in `x-stickyfarm-session`.", pattern = "^[A-Za-z0-9_-]{22}$"), ("table" = String, Path, description = "The table's name.", pattern = "^[a-z0-9_-]{1,64}$"), ("If-Match" = Option<String>, Header, description = "`\"N\"`: only if the table is at version N (`\"0\"`: only if it does not exist); `*`: whatever its version; absent: only if it is at the version this unit has cached (a write after a read on this unit).")),
+    request_body(content = Value, content_type = "application/json", description = "One JSON document (at most --max-table-size bytes, nested at most --max-json-depth deep)."),
+    responses(
+        (status = 200, description = "Updated.", body = session_api::WriteAck, headers(("etag" = String, description = "The new version, `\"N\"`."), ("x-stickyfarm-version" = u64, description = "The new version."), ("x-stickyfarm-generation" = u64, description = "The session's generation."))),
+        (status = 201, description = "Created (version 1).", body = session_api::WriteAck, headers(("etag" = String, description = "`\"1\"`."), ("x-stickyfarm-version" = u64, description = "1."), ("x-stickyfarm-generation" = u64, description = "The session's generation."))),
+        (status = 400, description = "The body is not one JSON document, or an id, a name or If-Match is malformed.", body = session_api::ApiError),
+        (status = 404, description = "The session is gone, or this unit did not issue it.", body = session_api::ApiError),
+        (status = 409, description = "Stale: the table is at another version (`current_version`, also the ETag). Read it again, apply the change, write with that version.", body = session_api::ApiError, headers(("etag" = String, description = "The current version, when the table exists."))),
+        (status = 413, description = "The document is larger than --max-table-size (the limit is named).", body = session_api::ApiError),
+        (status = 422, description = "The document nests too deep, or the session would have too many tables (the limit is named).", body = session_api::ApiError),
+        (status = 503, description = "PostgreSQL is unavailable; nothing changed; retry.", body = session_api::ApiError, headers(("retry-after" = u64, description = "Seconds."))),
+    )
+)]
 async fn put_table(
     State(api): State<ApiState>,
     Path((id, table)): Path<(String, String)>,
     h: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let tier = api.tier;
     let id = parse_id(&id)?;
     let table = parse_table(&table)?;
     let pre = precondition(&h)?;
+    let body = body.map_err(|r| too_large_or(r, api.limits.max_table_size))?;
     let doc = std::str::from_utf8(&body)
         .ok()
         .filter(|s| serde_json::from_str::<&RawValue>(s).is_ok())
         .ok_or_else(|| {
-            ApiError(
+            ApiError::new(
                 StatusCode::BAD_REQUEST,
-                "the body must be one JSON document".into(),
-                None,
+                "the body must be one JSON document",
             )
         })?;
     let depth = json_depth(doc);
     if depth > api.limits.max_json_depth {
-        return Err(ApiError(
+        return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!(
                 "the document nests {depth} levels deep; at most {} are allowed (--max-json-depth)",
                 api.limits.max_json_depth
             ),
-            None,
         ));
     }
     let done = tier.write_table(id, &table, Some(doc), pre).await?;
@@ -370,7 +537,10 @@ async fn put_table(
     };
     let mut r = (
         status,
-        axum::Json(json!({ "version": done.version, "generation": done.generation })),
+        axum::Json(session_api::WriteAck {
+            version: done.version,
+            generation: done.generation,
+        }),
     )
         .into_response();
     set_version(r.headers_mut(), done.version);
@@ -379,6 +549,21 @@ async fn put_table(
     Ok(r)
 }
 
+/// `DELETE /v1/sessions/{id}/tables/{table}`.
+#[utoipa::path(
+    delete,
+    path = "/v1/sessions/{id}/tables/{table}",
+    tag = "tables",
+    summary = "Delete one table",
+    params(("id" = String, Path, description = "The session id (22 characters of base64url), as the sidecar passes it in `x-stickyfarm-session`.", pattern = "^[A-Za-z0-9_-]{22}$"), ("table" = String, Path, description = "The table's name.", pattern = "^[a-z0-9_-]{1,64}$"), ("If-Match" = Option<String>, Header, description = "`\"N\"`: only if the table is at version N (`\"0\"`: only if it does not exist); `*`: whatever its version; absent: only if it is at the version this unit has cached (a write after a read on this unit).")),
+    responses(
+        (status = 204, description = "Deleted.", headers(("x-stickyfarm-generation" = u64, description = "The session's generation."))),
+        (status = 400, description = "An id, a name or If-Match is malformed.", body = session_api::ApiError),
+        (status = 404, description = "No such session.", body = session_api::ApiError),
+        (status = 409, description = "Stale: the table is at another version (`current_version`).", body = session_api::ApiError),
+        (status = 503, description = "PostgreSQL is unavailable; nothing changed; retry.", body = session_api::ApiError, headers(("retry-after" = u64, description = "Seconds."))),
+    )
+)]
 async fn delete_table(
     State(tier): State<Arc<SessionTier>>,
     Path((id, table)): Path<(String, String)>,
