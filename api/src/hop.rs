@@ -4,8 +4,13 @@
 use http::HeaderMap;
 use http::header::{CONNECTION, HeaderName, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
 
-/// Headers that are hop-by-hop whether or not `Connection` names them.
-const ALWAYS: [&str; 3] = ["keep-alive", "proxy-connection", "proxy-authenticate"];
+/// Headers that are hop-by-hop whether or not `Connection` names them (as names: a `&str`
+/// name is parsed again on every use, twice per proxied request).
+const ALWAYS: [HeaderName; 3] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("proxy-authenticate"),
+];
 
 /// Removes hop-by-hop headers: the fixed set and every header that `Connection` names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {

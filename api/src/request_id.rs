@@ -6,10 +6,13 @@
 //! and in the app's headers, where a newline, quote or megabyte of text would forge log lines
 //! or fill disks. Anything else is replaced by a fresh id.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header.
 pub const HEADER: &str = "x-request-id";
+
+/// [`HEADER`] as a name: on the hot path a `&str` name is parsed on every use.
+pub const NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// The longest id kept from a client.
 pub const MAX_LEN: usize = 128;
@@ -55,14 +58,14 @@ pub fn generate() -> HeaderValue {
 /// The request's id: the one `headers` carry when there is exactly one and it is valid, else
 /// a fresh one, which then replaces whatever was there. Returns it.
 pub fn ensure(headers: &mut HeaderMap) -> HeaderValue {
-    let mut sent = headers.get_all(HEADER).iter();
+    let mut sent = headers.get_all(&NAME).iter();
     if let (Some(v), None) = (sent.next(), sent.next())
         && is_valid(v.as_bytes())
     {
         return v.clone();
     }
     let id = generate();
-    headers.insert(HEADER, id.clone());
+    headers.insert(NAME, id.clone());
     id
 }
 

@@ -53,6 +53,8 @@ pub use forward::{Attempt, Failure, Outbound, Step};
 pub use refusal::Refusal;
 pub use route::{Addressed, Route, addressed, client_address, request_host, unit_url};
 
+/// The unit's base URL header, as a name (a `&str` name is parsed again on every use).
+const UNIT_URL: http::HeaderName = http::HeaderName::from_static(headers::UNIT_URL);
 /// The body type of every answer the gateway gives.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 
@@ -264,7 +266,7 @@ impl Proxy {
         }
         let status = resp.status().as_u16();
         traced.set(|| KeyValue::new("http.response.status_code", i64::from(status)));
-        resp.headers_mut().insert(request_id::HEADER, id);
+        resp.headers_mut().insert(request_id::NAME, id);
         if let Some(hsts) = &self.s.hsts {
             resp.headers_mut()
                 .entry(header::STRICT_TRANSPORT_SECURITY)
@@ -443,7 +445,7 @@ impl Proxy {
                 _ => unit.name().clone(),
             };
             if let Ok(v) = HeaderValue::from_str(&unit_url(&self.s, &link, &route.host)) {
-                request.headers_mut().insert(headers::UNIT_URL, v);
+                request.headers_mut().insert(UNIT_URL, v);
             }
             // An upgrade stays on its unit: a full unit refuses it rather than moving the
             // session's connection elsewhere.

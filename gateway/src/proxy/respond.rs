@@ -47,6 +47,9 @@ pub fn respond(
     Response::from_parts(parts, body.boxed())
 }
 
+/// The sidecar's signal, as a name (a `&str` name is parsed again on every use).
+const UNIT_UNAVAILABLE: http::HeaderName = http::HeaderName::from_static(headers::UNIT_UNAVAILABLE);
+
 /// What an upgraded connection holds while it is open: the unit's in-flight count (balancing
 /// and drain see it) and one of its tunnel slots.
 pub struct TunnelHold {
@@ -109,7 +112,7 @@ pub fn client_head(
 ) {
     remove_hop_by_hop(h);
     // A signal between sidecar and gateway, never the client's to see.
-    h.remove(headers::UNIT_UNAVAILABLE);
+    h.remove(&UNIT_UNAVAILABLE);
     if cookie_unit != Some(link) {
         let c = cookies.set_cookie(FarmCookie::Unit, link.as_str());
         if let Ok(v) = HeaderValue::from_str(&c) {
