@@ -43,6 +43,9 @@ pub struct RunArgs {
     pub only: Vec<String>,
 }
 
+/// A backend's name and address, as the proxies are given it.
+pub type Backend = (String, SocketAddr);
+
 /// The shared context of a benchmark run.
 pub struct Bench {
     /// Settings as given.
@@ -155,6 +158,19 @@ impl Bench {
         )?;
         p.wait_listening(addr)?;
         Ok((p, addr))
+    }
+
+    /// Starts `count` plain backends `b0`, `b1`, … on the load CPU (what every proxy of a
+    /// comparison shares); returns their names and addresses, and the processes.
+    pub fn backends(&self, count: usize, logs: &Path) -> anyhow::Result<(Vec<Backend>, Vec<Proc>)> {
+        let (mut backends, mut procs) = (Vec::new(), Vec::new());
+        for i in 0..count {
+            let name = format!("b{i}");
+            let (p, addr) = self.backend(&name, None, self.placement.load, logs)?;
+            procs.push(p);
+            backends.push((name, addr));
+        }
+        Ok((backends, procs))
     }
 
     /// Starts a unit: the app and its sidecar; returns both and the sidecar's public address.

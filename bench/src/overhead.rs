@@ -4,10 +4,7 @@
 //! and at a fixed rate below saturation (oha). Over TLS the clients keep their connections, so
 //! the figures are the cost of encrypting requests and answers, not of handshakes.
 
-use std::net::SocketAddr;
-
 use crate::bench::{Bench, measure, wait_routed, wait_routed_tls};
-use crate::procs::Proc;
 use crate::stats::Rounds;
 
 /// Backends behind every proxy.
@@ -36,14 +33,7 @@ struct Config {
 /// Runs the scenario.
 pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
     let logs = b.logs("overhead")?;
-    let mut backends: Vec<(String, SocketAddr)> = Vec::new();
-    let mut procs: Vec<Proc> = Vec::new();
-    for i in 0..BACKENDS {
-        let name = format!("b{i}");
-        let (p, addr) = b.backend(&name, None, b.placement.load, &logs)?;
-        procs.push(p);
-        backends.push((name, addr));
-    }
+    let (backends, procs) = b.backends(BACKENDS, &logs)?;
     let cpu = b.placement.proxy;
     let (gateway, gw) = b
         .gateway(

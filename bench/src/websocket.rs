@@ -3,10 +3,7 @@
 //! sending a message and waiting for its echo before the next. What a proxy adds here is the
 //! cost of splicing an upgraded connection both ways, not of routing requests.
 
-use std::net::SocketAddr;
-
 use crate::bench::{Bench, measure, wait_routed};
-use crate::procs::Proc;
 use crate::serve::ECHO_PATH;
 use crate::stats::Rounds;
 use crate::ws_load::WsLoad;
@@ -28,14 +25,7 @@ pub struct WebSocketEcho {
 /// Runs the scenario.
 pub async fn run(b: &Bench) -> anyhow::Result<WebSocketEcho> {
     let logs = b.logs("websocket")?;
-    let mut backends: Vec<(String, SocketAddr)> = Vec::new();
-    let mut procs: Vec<Proc> = Vec::new();
-    for i in 0..BACKENDS {
-        let name = format!("b{i}");
-        let (p, addr) = b.backend(&name, None, b.placement.load, &logs)?;
-        procs.push(p);
-        backends.push((name, addr));
-    }
+    let (backends, procs) = b.backends(BACKENDS, &logs)?;
     let cpu = b.placement.proxy;
     let (gateway, gw) = b
         .gateway(

@@ -276,6 +276,29 @@ pub fn build(farm: &ServerFarm, input: &BuildInput) -> Result<Desired, BuildErro
     })
 }
 
+/// A volume of one key of a Secret (a CA certificate), as the file `file`; the pod does not
+/// start without it.
+pub(crate) fn secret_key_volume(
+    volume: &str,
+    key: &stickyfarm_api::farm::SecretKey,
+    file: &str,
+) -> Volume {
+    Volume {
+        name: volume.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(key.secret_name.clone()),
+            items: Some(vec![KeyToPath {
+                key: key.key.clone(),
+                path: file.into(),
+                ..KeyToPath::default()
+            }]),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
 /// Where the gateway and the sidecars find the trace collector's CA (a directory of its own: a
 /// volume cannot be mounted inside another read-only Secret volume).
 const OTLP_CA_DIR: &str = "/etc/stickyfarm/otlp-ca";
@@ -319,20 +342,7 @@ impl<'a> FarmRef<'a> {
     /// The collector's CA (`spec.tracing.ca`) as a volume and its mount, when the farm names one.
     pub(crate) fn trace_ca(&self) -> Option<(Volume, VolumeMount)> {
         let ca = self.farm.spec.tracing.ca.as_ref()?;
-        let volume = Volume {
-            name: OTLP_CA_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(ca.secret_name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ca.key.clone(),
-                    path: OTLP_CA_FILE.into(),
-                    ..KeyToPath::default()
-                }]),
-                optional: Some(false),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        };
+        let volume = secret_key_volume(OTLP_CA_VOLUME, ca, OTLP_CA_FILE);
         let mount = VolumeMount {
             name: OTLP_CA_VOLUME.into(),
             mount_path: OTLP_CA_DIR.into(),

@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretKeySelector, SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec,
-    Volume, VolumeMount, WeightedPodAffinityTerm,
+    HTTPGetAction, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -293,20 +293,11 @@ fn volumes(f: &FarmRef) -> Vec<Volume> {
         .as_ref()
         .and_then(|e| e.ca.as_ref())
     {
-        v.push(Volume {
-            name: POSTGRES_CA_VOLUME.into(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(ca.secret_name.clone()),
-                items: Some(vec![KeyToPath {
-                    key: ca.key.clone(),
-                    path: POSTGRES_CA_FILE.into(),
-                    ..KeyToPath::default()
-                }]),
-                optional: Some(false),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+        v.push(super::secret_key_volume(
+            POSTGRES_CA_VOLUME,
+            ca,
+            POSTGRES_CA_FILE,
+        ));
     }
     if let Some((volume, _)) = f.trace_ca() {
         v.push(volume);
