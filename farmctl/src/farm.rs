@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
 use farmctl::status::status_table;
-use nix::sys::signal::{Signal, kill};
+use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use stickyfarm_api::UnitName;
@@ -47,6 +47,8 @@ pub struct UpOptions {
     pub bin_dir: Option<PathBuf>,
     /// No periodic status line.
     pub quiet: bool,
+    /// Start each unit's app with this shell command instead of the image's local binary.
+    pub app_command: Option<String>,
     /// How the farm's processes log.
     pub logs: LogSettings,
 }
@@ -159,6 +161,29 @@ pub fn binary_for_image(image: &str, bin_dir: &Path) -> anyhow::Result<PathBuf> 
     }
 }
 
+/// How a unit's app is started on this machine.
+#[derive(Debug, Clone)]
+enum AppLauncher {
+    /// The local binary the manifest's image names (`stickyfarm-<name>` in the bin folder).
+    Binary(PathBuf),
+    /// Any command, run by `/bin/sh -c` in farmctl's folder (`--app-command`): an app in
+    /// another language, as its developers start it.
+    Command(String),
+}
+
+impl AppLauncher {
+    fn command(&self) -> Command {
+        match self {
+            AppLauncher::Binary(path) => Command::new(path),
+            AppLauncher::Command(line) => {
+                let mut c = Command::new("/bin/sh");
+                c.arg("-c").arg(line);
+                c
+            }
+        }
+    }
+}
+
 /// Ports and names of one unit.
 #[derive(Debug, Clone)]
 struct UnitPlan {
@@ -187,7 +212,7 @@ struct Launch {
     gateway_token: PathBuf,
     session_id_key: PathBuf,
     sidecar_bin: PathBuf,
-    app_bin: PathBuf,
+    app: AppLauncher,
     database_url: String,
     manifest: ServerFarmManifest,
     logs: Logs,
@@ -235,7 +260,7 @@ impl Launch {
     fn start_unit(&self, u: &UnitPlan) -> anyhow::Result<(Child, Child)> {
         let spec = &self.manifest.spec;
         let instance = uuid::Uuid::new_v4().to_string();
-        let mut app = Command::new(&self.app_bin);
+        let mut app = self.app.command();
         app.env("WEBSTORE_LISTEN", u.app.to_string())
             .env("PORT", u.app.port().to_string())
             .env("STICKYFARM_API_URL", format!("http://{}", u.api))
@@ -283,17 +308,25 @@ impl Launch {
     }
 }
 
+/// Signals the child's process group: every child is the leader of its own (see [`spawn`]),
+/// so an app command's own children (a shell's, npm's) get it too.
 fn signal(child: &Child, sig: Signal) {
     if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), sig);
+        let _ = killpg(Pid::from_raw(pid as i32), sig);
     }
+}
+
+/// SIGKILL to the child's process group, like a crashed pod, and its exit collected.
+async fn kill_now(child: &mut Child) {
+    signal(child, Signal::SIGKILL);
+    let _ = child.wait().await;
 }
 
 /// SIGTERM, then SIGKILL after `grace`.
 async fn stop_child(child: &mut Child, grace: Duration) {
     signal(child, Signal::SIGTERM);
     if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        let _ = child.kill().await;
+        kill_now(child).await;
     }
 }
 
@@ -361,8 +394,8 @@ async fn unit_supervisor(
                     let result = match procs.take() {
                         Some((mut s, mut a)) => {
                             // Like a crashed pod: no goodbye.
-                            let _ = s.kill().await;
-                            let _ = a.kill().await;
+                            kill_now(&mut s).await;
+                            kill_now(&mut a).await;
                             Ok(())
                         }
                         None => Err(format!("{} is not running", plan.name)),
@@ -372,8 +405,8 @@ async fn unit_supervisor(
                 }
                 Some(UnitCmd::Restart(ack)) => {
                     if let Some((mut s, mut a)) = procs.take() {
-                        let _ = s.kill().await;
-                        let _ = a.kill().await;
+                        kill_now(&mut s).await;
+                        kill_now(&mut a).await;
                     }
                     // A new pod: a new instance id.
                     let result = launch.start_unit(&plan).map(|p| procs = Some(p)).map_err(|e| format!("{e:#}"));
@@ -437,7 +470,15 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             );
         }
     }
-    let app_bin = binary_for_image(&manifest.spec.app.image, &bin_dir)?;
+    let app = match &opts.app_command {
+        Some(line) if line.trim().is_empty() => {
+            bail!(
+                "--app-command is empty: give the command that starts the app, e.g. 'node server.js'"
+            )
+        }
+        Some(line) => AppLauncher::Command(line.clone()),
+        None => AppLauncher::Binary(binary_for_image(&manifest.spec.app.image, &bin_dir)?),
+    };
     farmctl::manifest::local_app_env(&manifest, "")
         .map_err(|e| anyhow!("{}: {e}", opts.manifest.display()))?;
     if let Ok(state) = read_state(&opts.state_dir)
@@ -501,7 +542,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         gateway_token: tokens.gateway.clone(),
         session_id_key: tokens.session_id_key.clone(),
         sidecar_bin,
-        app_bin,
+        app,
         database_url: database_url.clone(),
         manifest: manifest.clone(),
         logs: Logs {

@@ -60,6 +60,14 @@ enum Cmd {
         /// No status line every 5 s.
         #[arg(long)]
         quiet: bool,
+        /// Start each unit's app with this command (run by `/bin/sh -c` in the current folder)
+        /// instead of the local binary the manifest's image names: an app in any language, as
+        /// you start it in development (`'node server.js'`, `'python manage.py runserver
+        /// 127.0.0.1:$PORT'`). It gets `PORT` (listen on 127.0.0.1 there),
+        /// `STICKYFARM_API_URL` (the unit's session API), `POD_NAME`, `POD_UID` and the
+        /// manifest's `app.env`; the manifest stays the document the operator takes.
+        #[arg(long, value_name = "COMMAND")]
+        app_command: Option<String>,
         /// The logs of the farm's gateway and sidecars (in the state folder's `logs/`) and of
         /// farmctl itself.
         #[command(flatten)]
@@ -145,6 +153,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tls,
             bin_dir,
             quiet,
+            app_command,
             logs,
         } => {
             farm::up(farm::UpOptions {
@@ -157,6 +166,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tls,
                 bin_dir,
                 quiet,
+                app_command,
                 logs,
             })
             .await

@@ -23,6 +23,11 @@ struct Farm {
 impl Farm {
     /// Starts the example farm; `database_url: None` makes farmctl start its own cluster.
     async fn up(database_url: Option<&str>) -> Farm {
+        Self::up_with(database_url, &[]).await
+    }
+
+    /// [`Farm::up`] with more `farmctl up` flags.
+    async fn up_with(database_url: Option<&str>, extra: &[&str]) -> Farm {
         let state_dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cmd = Command::new(binary("farmctl"));
@@ -30,7 +35,8 @@ impl Farm {
             .arg(state_dir.path())
             .arg("up")
             .arg(example())
-            .args(["--port", &port.to_string(), "--quiet"]);
+            .args(["--port", &port.to_string(), "--quiet"])
+            .args(extra);
         match database_url {
             Some(url) => {
                 cmd.args(["--database-url", url]);
@@ -800,4 +806,82 @@ where
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The parent of process `pid`, from `/proc`.
+fn parent_of(pid: u64) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // `pid (comm) state ppid …`; comm may hold spaces, so read after its closing parenthesis.
+    stat.rsplit_once(") ")?.1.split(' ').nth(1)?.parse().ok()
+}
+
+/// `--app-command`: each unit's app is whatever command starts it (here a shell line that
+/// notes its unit and port, then runs the shop as a child, as `npm start` runs node). The farm
+/// serves through it, and stopping the farm stops the command's children too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn up_runs_each_units_app_from_any_command_and_stops_its_children() {
+    let db = TestDb::new().await;
+    let marks = tempfile::tempdir().unwrap();
+    let started = marks.path().join("started");
+    let line = format!(
+        "echo \"$POD_NAME $PORT\" >> '{}'; '{}'",
+        started.display(),
+        binary("stickyfarm-webstore").display()
+    );
+    let mut farm = Farm::up_with(Some(&db.url), &["--app-command", &line]).await;
+
+    // Every unit's app was started by the command, with its unit's name and port.
+    let lines = std::fs::read_to_string(&started).unwrap();
+    let mut units: Vec<&str> = lines
+        .lines()
+        .map(|l| l.split(' ').next().unwrap())
+        .collect();
+    units.sort();
+    assert_eq!(units, ["webstore-0", "webstore-1", "webstore-2"], "{lines}");
+    assert!(
+        lines
+            .lines()
+            .all(|l| l.split(' ').nth(1).unwrap().parse::<u16>().is_ok())
+    );
+
+    // The shop serves through it.
+    let mut b = Browser::new();
+    let home = b.get(&format!("{}/", farm.url)).await;
+    assert!(home.body.contains("Stickyfarm Webstore"));
+
+    // The recorded app processes are the shells; their children are the shops.
+    let pids: Vec<u64> = farm.state()["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    let children: Vec<u64> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .filter(|p| parent_of(*p).is_some_and(|parent| pids.contains(&parent)))
+        .collect();
+    assert_eq!(children.len(), 3, "one shop under each unit's shell");
+
+    assert!(farm.process.terminate(Duration::from_secs(60)));
+    for p in pids.iter().chain(&children) {
+        assert!(!alive(*p), "process {p} outlived the farm");
+    }
+
+    // An empty command is refused before anything starts.
+    let out = Command::new(binary("farmctl"))
+        .arg("--state-dir")
+        .arg(marks.path())
+        .args(["up"])
+        .arg(example())
+        .args(["--app-command", " ", "--database-url", &db.url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--app-command is empty"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
