@@ -88,6 +88,21 @@ pub mod headers {
     pub const GATEWAY_TOKEN: &str = "x-stickyfarm-gateway-token";
 }
 
+/// The [`headers`] a proxy sets or reads on every request, as `http::HeaderName`s: a `&str`
+/// name is parsed again on every use, which showed in the gateway's profile.
+pub mod header_names {
+    use http::HeaderName;
+
+    use super::headers;
+
+    /// [`headers::UNIT_URL`].
+    pub const UNIT_URL: HeaderName = HeaderName::from_static(headers::UNIT_URL);
+    /// [`headers::UNIT_UNAVAILABLE`].
+    pub const UNIT_UNAVAILABLE: HeaderName = HeaderName::from_static(headers::UNIT_UNAVAILABLE);
+    /// [`headers::GATEWAY_TOKEN`].
+    pub const GATEWAY_TOKEN: HeaderName = HeaderName::from_static(headers::GATEWAY_TOKEN);
+}
+
 /// Label keys the operator puts on a farm's objects; the gateway finds units by them.
 pub mod labels {
     /// The farm an object belongs to.

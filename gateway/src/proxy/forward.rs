@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use stickyfarm_api::listener::RequestBody;
 use stickyfarm_api::trace::Traced;
-use stickyfarm_api::{headers, remove_hop_by_hop, remove_stickyfarm_headers};
+use stickyfarm_api::{header_names, remove_hop_by_hop, remove_stickyfarm_headers};
 
 use super::ProxySettings;
 use super::refusal::Refusal;
@@ -27,9 +27,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-// Stickyfarm's own headers as names: a `&str` name is parsed again on every use.
-const GATEWAY_TOKEN: HeaderName = HeaderName::from_static(headers::GATEWAY_TOKEN);
-const UNIT_UNAVAILABLE: HeaderName = HeaderName::from_static(headers::UNIT_UNAVAILABLE);
 
 /// The request towards the units, built once.
 pub struct Outbound {
@@ -183,7 +180,7 @@ pub fn upstream_head(
         HeaderValue::from_static(s.scheme.as_str()),
     );
     if let Some(token) = &s.gateway_token {
-        h.insert(GATEWAY_TOKEN, token.clone());
+        h.insert(header_names::GATEWAY_TOKEN, token.clone());
     }
     let for_ip = if remote.is_ipv6() {
         format!("\"[{ip}]\"")
@@ -316,11 +313,17 @@ pub async fn attempt(
             error: "the unit did not answer in time".into(),
             returned: None,
         },
-        Ok(Ok(response)) if response.headers().contains_key(&UNIT_UNAVAILABLE) => Attempt::Failed {
-            failure: Failure::Unavailable,
-            error: "the unit's app is not accepting connections".into(),
-            returned: None,
-        },
+        Ok(Ok(response))
+            if response
+                .headers()
+                .contains_key(&header_names::UNIT_UNAVAILABLE) =>
+        {
+            Attempt::Failed {
+                failure: Failure::Unavailable,
+                error: "the unit's app is not accepting connections".into(),
+                returned: None,
+            }
+        }
         Ok(Ok(response)) => Attempt::Answered {
             response,
             sender,

@@ -37,7 +37,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Body;
 use stickyfarm_api::listener::RequestBody;
 use stickyfarm_api::trace::{KeyValue, Traced};
-use stickyfarm_api::{CookiePolicy, UnitName, headers, request_id};
+use stickyfarm_api::{CookiePolicy, UnitName, header_names, request_id};
 use tracing::Instrument;
 
 use crate::access_log::{self, AccessLog, AccessRecord, Logged};
@@ -53,8 +53,6 @@ pub use forward::{Attempt, Failure, Outbound, Step};
 pub use refusal::Refusal;
 pub use route::{Addressed, Route, addressed, client_address, request_host, unit_url};
 
-/// The unit's base URL header, as a name (a `&str` name is parsed again on every use).
-const UNIT_URL: http::HeaderName = http::HeaderName::from_static(headers::UNIT_URL);
 /// The body type of every answer the gateway gives.
 pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
 
@@ -445,7 +443,7 @@ impl Proxy {
                 _ => unit.name().clone(),
             };
             if let Ok(v) = HeaderValue::from_str(&unit_url(&self.s, &link, &route.host)) {
-                request.headers_mut().insert(UNIT_URL, v);
+                request.headers_mut().insert(header_names::UNIT_URL, v);
             }
             // An upgrade stays on its unit: a full unit refuses it rather than moving the
             // session's connection elsewhere.

@@ -12,7 +12,7 @@ use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use stickyfarm_api::{CookiePolicy, FarmCookie, UnitName, headers, remove_hop_by_hop};
+use stickyfarm_api::{CookiePolicy, FarmCookie, UnitName, header_names, remove_hop_by_hop};
 
 use super::ResponseBody;
 use crate::metrics::Metrics;
@@ -46,9 +46,6 @@ pub fn respond(
     };
     Response::from_parts(parts, body.boxed())
 }
-
-/// The sidecar's signal, as a name (a `&str` name is parsed again on every use).
-const UNIT_UNAVAILABLE: http::HeaderName = http::HeaderName::from_static(headers::UNIT_UNAVAILABLE);
 
 /// What an upgraded connection holds while it is open: the unit's in-flight count (balancing
 /// and drain see it) and one of its tunnel slots.
@@ -112,7 +109,7 @@ pub fn client_head(
 ) {
     remove_hop_by_hop(h);
     // A signal between sidecar and gateway, never the client's to see.
-    h.remove(&UNIT_UNAVAILABLE);
+    h.remove(&header_names::UNIT_UNAVAILABLE);
     if cookie_unit != Some(link) {
         let c = cookies.set_cookie(FarmCookie::Unit, link.as_str());
         if let Ok(v) = HeaderValue::from_str(&c) {
