@@ -322,11 +322,27 @@ async fn kill_now(child: &mut Child) {
     let _ = child.wait().await;
 }
 
-/// SIGTERM, then SIGKILL after `grace`.
+/// SIGTERM to the child's process group, then SIGKILL after `grace`. What the child started
+/// (an app command's own children) may still be stopping when the child has exited: the
+/// group is waited for too, and what is left of it at the deadline is killed.
 async fn stop_child(child: &mut Child, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    let group = child.id().map(|pid| Pid::from_raw(pid as i32));
     signal(child, Signal::SIGTERM);
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+    if tokio::time::timeout_at(deadline, child.wait())
+        .await
+        .is_err()
+    {
         kill_now(child).await;
+    }
+    let Some(group) = group else { return };
+    // Signal 0 only asks whether any process of the group is left.
+    while killpg(group, None).is_ok() {
+        if tokio::time::Instant::now() >= deadline {
+            let _ = killpg(group, Signal::SIGKILL);
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

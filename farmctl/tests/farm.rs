@@ -86,6 +86,16 @@ impl Farm {
         farm
     }
 
+    /// The processes farmctl recorded (gateway, and each unit's sidecar and app).
+    fn pids(&self) -> Vec<u64> {
+        self.state()["pids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_u64().unwrap())
+            .collect()
+    }
+
     fn state(&self) -> Value {
         serde_json::from_str(
             &std::fs::read_to_string(self.state_dir.path().join("farm.json")).unwrap(),
@@ -150,22 +160,14 @@ async fn up_serves_the_shop_and_stops_leaving_no_process_behind() {
         page.body.contains("/_unit/webstore-"),
         "links point at the unit"
     );
-    let pids_of = |state: &Value| -> Vec<u64> {
-        state["pids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p.as_u64().unwrap())
-            .collect()
-    };
     eventually(
         Duration::from_secs(10),
         "gateway + 3 × (sidecar + app) recorded",
-        || async { pids_of(&farm.state()).len() == 7 },
+        || async { farm.pids().len() == 7 },
     )
     .await;
     let state = farm.state();
-    let pids = pids_of(&state);
+    let pids = farm.pids();
     assert!(pids.iter().all(|p| alive(*p)));
     let pg = state["postgres_data"].as_str().unwrap().to_owned();
     assert!(
@@ -327,12 +329,7 @@ async fn a_shopper_keeps_the_cart_when_its_unit_is_killed_and_checkout_is_exact(
 
     // Even if farmctl itself is SIGKILLed, its children do not outlive it.
     let mut farm = farm;
-    let pids: Vec<u64> = farm.state()["pids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap())
-        .collect();
+    let pids = farm.pids();
     assert!(!pids.is_empty());
     farm.process.kill();
     eventually(
@@ -823,10 +820,12 @@ async fn up_runs_each_units_app_from_any_command_and_stops_its_children() {
     let db = TestDb::new().await;
     let marks = tempfile::tempdir().unwrap();
     let started = marks.path().join("started");
+    // Something after the shop keeps the shell waiting as its parent (a shell may otherwise
+    // replace itself with its last command).
     let line = format!(
-        "echo \"$POD_NAME $PORT\" >> '{}'; '{}'",
-        started.display(),
-        binary("stickyfarm-webstore").display()
+        "echo \"$POD_NAME $PORT\" >> '{started}'; '{}'; echo \"$POD_NAME stopped\" >> '{started}'",
+        binary("stickyfarm-webstore").display(),
+        started = started.display(),
     );
     let mut farm = Farm::up_with(Some(&db.url), &["--app-command", &line]).await;
 
@@ -850,12 +849,13 @@ async fn up_runs_each_units_app_from_any_command_and_stops_its_children() {
     assert!(home.body.contains("Stickyfarm Webstore"));
 
     // The recorded app processes are the shells; their children are the shops.
-    let pids: Vec<u64> = farm.state()["pids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_u64().unwrap())
-        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "gateway + 3 × (sidecar + app) recorded",
+        || async { farm.pids().len() == 7 },
+    )
+    .await;
+    let pids = farm.pids();
     let children: Vec<u64> = std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
