@@ -110,6 +110,7 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
     network_policies_hold(kc, &client).await?;
     rolling_update_under_load(kc, &client, &base).await?;
     an_app_failing_its_liveness_probe_restarts_alone(kc, &client).await?;
+    an_express_farm_keeps_its_carts_when_a_unit_dies(kc, &client).await?;
 
     kubectl(
         kc,
@@ -306,6 +307,124 @@ async fn an_app_failing_its_liveness_probe_restarts_alone(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Ok(())
+}
+
+/// The shop in a second language as a second farm: examples/express-shop (express-session
+/// through adapters/node, its image assembled by e2e/node/images/build) from its own farm.yaml.
+/// A cart on one unit, that unit's pod killed, and the same link answers from another instance
+/// with the cart intact. Its namespace goes afterwards.
+async fn an_express_farm_keeps_its_carts_when_a_unit_dies(
+    kc: &Path,
+    client: &kube::Client,
+) -> anyhow::Result<()> {
+    const EXPRESS_NS: &str = "express-check";
+    const EXPRESS_FARM: &str = "express-shop";
+    apply_example_farm(kc, EXPRESS_NS, "express-shop/farm.yaml", EXPRESS_FARM)?;
+    let services: Api<Service> = Api::namespaced(client.clone(), EXPRESS_NS);
+    let spec = services
+        .get(&format!("{EXPRESS_FARM}-gateway"))
+        .await?
+        .spec
+        .context("a Service spec")?;
+    let ip = spec.cluster_ip.clone().context("a ClusterIP")?;
+    let port = spec
+        .ports
+        .as_ref()
+        .and_then(|p| p.first())
+        .context("a port")?
+        .port;
+    let mut b = Browser::new();
+    let me = b.get(&format!("http://{ip}:{port}/api/whoami")).await;
+    ensure!(
+        me.status == 200,
+        "the Express shop answers: {} {}",
+        me.status,
+        me.body
+    );
+    let me = me.json();
+    let unit = me["unit"]
+        .as_str()
+        .context("whoami names the unit")?
+        .to_owned();
+    let killed = me["instance"]
+        .as_str()
+        .context("and its instance")?
+        .to_owned();
+    // The unit's link, as the page gives it: absolute when the gateway knows the farm's public
+    // address, else a path on the gateway, resolved as a browser would (the Service here).
+    let unit_url = me["unit_url"].as_str().context("and its link")?;
+    let unit_url = if unit_url.starts_with('/') {
+        format!("http://{ip}:{port}{unit_url}")
+    } else {
+        unit_url.to_owned()
+    };
+    ensure!(
+        unit_url.contains(&format!("/_unit/{unit}")),
+        "the unit's link {unit_url} addresses the unit"
+    );
+    for (sku, qty) in [("apple", 2), ("tea", 1)] {
+        let added = b
+            .send(
+                Method::POST,
+                &format!("{unit_url}/api/cart/items"),
+                Some(&json!({"sku": sku, "qty": qty})),
+            )
+            .await;
+        ensure!(
+            added.status == 200,
+            "adding {sku}: {} {}",
+            added.status,
+            added.body
+        );
+    }
+    kubectl(
+        kc,
+        &[
+            "delete",
+            "pod",
+            "-n",
+            EXPRESS_NS,
+            &unit,
+            "--grace-period=0",
+            "--force",
+        ],
+    )?;
+    // Bounded: 60 s, polled every 250 ms. Every answer meanwhile has the whole cart; the last
+    // comes from another instance (a backup, or the unit's pod started again).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cart = b.get(&format!("{unit_url}/api/cart")).await;
+        ensure!(
+            cart.status == 200,
+            "the cart after the kill: {} {}",
+            cart.status,
+            cart.body
+        );
+        let cart = cart.json();
+        ensure!(
+            cart["items"] == json!({"apple": 2, "tea": 1}),
+            "the cart survived its unit: {cart}"
+        );
+        if cart["instance"].as_str() != Some(killed.as_str()) {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "{unit} still answered from the killed instance after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    kubectl(
+        kc,
+        &[
+            "delete",
+            "namespace",
+            EXPRESS_NS,
+            "--wait=true",
+            "--timeout=180s",
+        ],
+    )
+    .map(drop)
 }
 
 /// A shopper puts one more of `sku` into its cart (the shop's JSON API).

@@ -33,6 +33,7 @@ const api = new SessionApiClient();
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
 const visit = (req) => ({
   unit: req.get('x-stickyfarm-unit') || process.env.POD_NAME || 'local',
+  instance: req.get('x-stickyfarm-instance') || '',
   // Links built from the unit's base URL keep the client on its unit (docs/session-api.md).
   unitUrl: req.get('x-stickyfarm-unit-url') || '',
 });
@@ -88,19 +89,19 @@ app.post('/cart/add', (req, res, next) => {
 
 app.get('/api/whoami', (req, res) => {
   const v = visit(req);
-  res.json({ unit: v.unit, unit_url: v.unitUrl, user: req.session.user || null });
+  res.json({ unit: v.unit, unit_url: v.unitUrl, instance: v.instance, user: req.session.user || null });
 });
 
 app.get('/api/cart', (req, res) => {
   const v = visit(req);
   const cart = cartOf(req);
-  res.json({ unit: v.unit, unit_url: v.unitUrl, items: cart, total_cents: total(cart) });
+  res.json({ unit: v.unit, unit_url: v.unitUrl, instance: v.instance, items: cart, total_cents: total(cart) });
 });
 
 app.post('/api/cart/items', (req, res, next) => {
   add(req, req.body && req.body.sku, req.body && req.body.qty);
   const v = visit(req);
-  saved(req, res, next, () => res.json({ unit: v.unit, unit_url: v.unitUrl, items: cartOf(req) }));
+  saved(req, res, next, () => res.json({ unit: v.unit, unit_url: v.unitUrl, instance: v.instance, items: cartOf(req) }));
 });
 
 async function checkout(req) {
@@ -156,6 +157,8 @@ app.use((err, req, res, _next) => {
 });
 
 const port = Number(process.env.PORT || 3000);
-const server = app.listen(port, '127.0.0.1', () => console.log(`express-shop listening on 127.0.0.1:${port}`));
+// Loopback by default: only the sidecar beside it reaches the app (HOST=0.0.0.0 for probes).
+const host = process.env.HOST || '127.0.0.1';
+const server = app.listen(port, host, () => console.log(`express-shop listening on ${host}:${port}`));
 // The pod (or farmctl) stops the app with SIGTERM: finish what is in flight, then exit.
 process.on('SIGTERM', () => server.close(() => process.exit(0)));
