@@ -142,7 +142,8 @@ class SessionApiClient:
         body = json.dumps(value, separators=(",", ":")).encode()
         headers = {"content-type": "application/json", **_if_match(if_match)}
         status, _, rbody = self._call("PUT", self._table(sid, table), body, headers)
-        return self._expect(status, rbody, 200, 201)
+        ack: dict[str, int] = self._expect(status, rbody, 200, 201)
+        return ack
 
     def delete_table(self, sid: str, table: str, if_match: IfMatch = None) -> bool:
         status, _, body = self._call("DELETE", self._table(sid, table), None, _if_match(if_match))
@@ -162,7 +163,8 @@ class SessionApiClient:
     def rotate(self, sid: str) -> str:
         """Moves the session to a new id (sign-in, sign-out); returns the new id."""
         status, _, body = self._call("POST", f"/v1/sessions/{_segment('session id', sid)}/rotate")
-        return self._expect(status, body, 200)["id"]
+        new_id: str = self._expect(status, body, 200)["id"]
+        return new_id
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)
@@ -183,12 +185,14 @@ class SessionApiClient:
             else:
                 assert self._url is not None
                 conn = http.client.HTTPConnection(
-                    self._url.hostname, self._url.port or 80, timeout=self._timeout
+                    self._url.hostname or "127.0.0.1", self._url.port or 80, timeout=self._timeout
                 )
             self._local.conn = conn
         return conn
 
-    def _call(self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None):
+    def _call(
+        self, method: str, path: str, body: Optional[bytes] = None, headers: Optional[dict[str, str]] = None
+    ) -> tuple[int, dict[str, str], bytes]:
         for attempt in (0, 1):
             conn = self._connection()
             reused = conn.sock is not None

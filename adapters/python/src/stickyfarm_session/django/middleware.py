@@ -9,10 +9,12 @@ conflicting change 409, a document too large 413 or too deep 422 (nothing saved 
 from __future__ import annotations
 
 from importlib import import_module
+from typing import Any, Callable, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
-from django.http import JsonResponse
+from django.http import HttpRequest, JsonResponse
+from django.http.response import HttpResponseBase
 from django.utils.cache import patch_vary_headers
 from django.utils.deprecation import MiddlewareMixin
 
@@ -23,11 +25,11 @@ META_KEY = "HTTP_X_STICKYFARM_SESSION"
 
 
 class SessionMiddleware(MiddlewareMixin):
-    def __init__(self, get_response):
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
         super().__init__(get_response)
         self.SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 
-    def process_request(self, request):
+    def process_request(self, request: HttpRequest) -> None:
         key = request.META.get(META_KEY)
         if not key:
             raise ImproperlyConfigured(
@@ -36,8 +38,8 @@ class SessionMiddleware(MiddlewareMixin):
             )
         request.session = self.SessionStore(key)
 
-    def process_response(self, request, response):
-        session = getattr(request, "session", None)
+    def process_response(self, request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+        session = cast(Any, getattr(request, "session", None))
         if session is None:
             return response
         if session.accessed:

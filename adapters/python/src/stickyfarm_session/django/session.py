@@ -19,7 +19,7 @@ from django.contrib.sessions.backends.base import SessionBase
 from ..client import SessionApiClient, SessionApiError
 from ..merge import merge_session
 
-_clients: dict[tuple, SessionApiClient] = {}
+_clients: dict[tuple[Optional[str], Optional[str]], SessionApiClient] = {}
 _clients_lock = threading.Lock()
 
 
@@ -54,7 +54,13 @@ class SessionStore(SessionBase):
     # Django asks whether a key may be used; every id comes from the sidecar, so any
     # well-formed one may.
     def _validate_session_key(self, key: Optional[str]) -> bool:
-        return bool(key) and 1 <= len(key) <= 64
+        return key is not None and 1 <= len(key) <= 64
+
+    def _key(self) -> str:
+        if not self.session_key:
+            self.create()
+        assert self.session_key is not None
+        return self.session_key
 
     def load(self) -> dict[str, Any]:
         if not self.session_key:
@@ -78,18 +84,17 @@ class SessionStore(SessionBase):
         )
 
     def save(self, must_create: bool = False) -> None:
-        if not self.session_key:
-            self.create()
-        doc = self._get_session(no_load=must_create)
+        key = self._key()
+        doc = dict(self.items())
         version, base, attempt = self._version, self._base, dict(doc)
         for i in range(RETRIES + 1):
             try:
-                ack = client().put_table(self.session_key, table(), attempt, if_match=version)
+                ack = client().put_table(key, table(), attempt, if_match=version)
                 break
             except SessionApiError as e:
                 if e.status != 409 or i == RETRIES:
                     raise
-                current = client().get_table(self.session_key, table())
+                current = client().get_table(key, table())
                 now = current.value if current and isinstance(current.value, dict) else None
                 attempt = merge_session(base, doc, now)
                 version, base, doc = (current.version if current else 0), now, attempt
@@ -104,11 +109,8 @@ class SessionStore(SessionBase):
     def cycle_key(self) -> None:
         """On login: the sidecar gives the session a new id (the old one dies on every unit,
         the client's cookie is reissued); the data and its version move with it."""
-        data = self._session
-        old = self.session_key
-        if not old:
-            self.create()
-        self._session_key = client().rotate(old)
+        data = dict(self.items())
+        self._session_key = client().rotate(self._key())
         self._session_cache = data
         self.modified = True
 
