@@ -38,6 +38,12 @@ pub struct Limits {
     /// Take HTTP/2 extended CONNECT (RFC 8441: WebSockets over an HTTP/2 stream), announced in
     /// the connection's settings. Only a port that translates such tunnels turns it on.
     pub extended_connect: bool,
+    /// After the stop, how long open connections are kept (within the grace) before idle ones
+    /// are closed: a request that arrives on one meanwhile gets the service's own answer
+    /// (the sidecar's "unit stopping", which a gateway replays elsewhere) instead of a closed
+    /// connection, which for a request already written is indistinguishable from a crash.
+    /// Ends early when every connection has closed. Zero: idle connections close at once.
+    pub drain_linger: Duration,
 }
 
 impl Default for Limits {
@@ -49,6 +55,7 @@ impl Default for Limits {
             header_read_timeout: Duration::from_secs(10),
             max_concurrent_streams: 100,
             extended_connect: false,
+            drain_linger: Duration::ZERO,
         }
     }
 }
@@ -291,10 +298,25 @@ pub async fn serve_with<H, F, S, B>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    let lingered = linger(&graceful, limits.drain_linger.min(grace)).await;
+    if tokio::time::timeout(grace.saturating_sub(lingered), graceful.shutdown())
         .await
         .is_err()
     {
         tracing::warn!("in-flight requests did not finish within the shutdown grace");
     }
+}
+
+/// Keeps the open connections for up to `most` after the stop (see [`Limits::drain_linger`]);
+/// returns how long that took.
+async fn linger(graceful: &GracefulShutdown, most: Duration) -> Duration {
+    let started = tokio::time::Instant::now();
+    while graceful.count() > 0 {
+        let left = most.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+    }
+    started.elapsed()
 }

@@ -303,6 +303,9 @@ impl Gateway {
             header_read_timeout: config.header_read_timeout,
             max_concurrent_streams: config.http2_max_streams,
             extended_connect: false,
+            // Idle client connections close at the stop: a browser resends a request that
+            // failed on a reused connection before any answer came.
+            drain_linger: Duration::ZERO,
         };
         // The client port alone takes WebSockets over HTTP/2 (RFC 8441), translated to each
         // unit's HTTP/1.1 upgrade; the other ports open no tunnels.

@@ -143,6 +143,8 @@ pub struct Config {
 
     /// How long shutdown waits for in-flight requests and open tunnels (then tunnels are
     /// closed, WebSocket clients with 1012 "service restart": they reconnect to a backup).
+    /// New requests meanwhile, also on kept-alive connections (held open for a quarter of the
+    /// grace, at most 2 s), are refused as "unit stopping", which a gateway replays elsewhere.
     #[arg(long, env = "STICKYFARM_SHUTDOWN_GRACE", default_value = "20s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 

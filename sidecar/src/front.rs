@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use axum::Router;
 use axum::body::Body;
@@ -61,6 +62,9 @@ pub struct Front {
     headers: (HeaderValue, HeaderValue),
     /// Upgraded connections (WebSockets) between clients and the app.
     pub tunnels: Tunnels,
+    /// Cancelled when the sidecar is told to stop: from then on every new request is refused
+    /// as "unit stopping" (see [`stopping`]).
+    stopping: CancellationToken,
 }
 
 impl Front {
@@ -94,7 +98,14 @@ impl Front {
             fresh_client: Self::app_client_without_pool(AppProtocol::Http1),
             headers,
             tunnels,
+            stopping: CancellationToken::new(),
         }
+    }
+
+    /// Refuses every new request once `stop` is cancelled.
+    pub fn with_stop(mut self, stop: CancellationToken) -> Front {
+        self.stopping = stop;
+        self
     }
 
     /// Speaks `protocol` to the app.
@@ -168,6 +179,9 @@ fn plain(status: StatusCode, msg: impl Into<String>) -> Response {
 /// Forwards one client request to the app with its session attached, under its request id
 /// (the gateway's, or a new one for a request that did not come through a gateway).
 async fn forward(State(front): State<Arc<Front>>, mut req: Request) -> Response {
+    if front.stopping.is_cancelled() {
+        return stopping();
+    }
     let id = request_id::ensure(req.headers_mut());
     let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default());
     // With trace export on, the gateway's trace continues here.
@@ -428,6 +442,22 @@ fn unit_unavailable(msg: &str) -> Response {
     r
 }
 
+/// The answer to a request that arrives after the sidecar was told to stop (a pod being
+/// deleted; its app is stopping too). Nothing of it reached the app, and the unit-unavailable
+/// signal says so, so a gateway sends it to a backup whatever its method and takes the unit
+/// out. `Connection: close` ends the connection after this answer: the client's next request
+/// opens a new one, which the stopped listener refuses, again before anything was sent.
+fn stopping() -> Response {
+    let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "this unit is stopping\n");
+    r.headers_mut().insert(
+        headers::UNIT_UNAVAILABLE,
+        HeaderValue::from_static("stopping"),
+    );
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// Methods that change nothing (RFC 9110 §9.2.1): repeating one is harmless.
 fn is_safe(m: &http::Method) -> bool {
     matches!(
@@ -498,6 +528,9 @@ fn set_cookies(
 /// The gateway's test URL (FIG. 6): answers the fixed healthy text only when the app accepts
 /// connections, PostgreSQL answers and the cache stores and returns an entry.
 async fn health(State(front): State<Arc<Front>>) -> Response {
+    if front.stopping.is_cancelled() {
+        return stopping();
+    }
     let mut failures = Vec::new();
     let app = front.app.as_str().to_owned();
     let app_ok =

@@ -179,7 +179,8 @@ impl Sidecar {
                 )
                 .at_most(config.max_connections),
             )
-            .with_app_protocol(config.farm_settings.app_protocol),
+            .with_app_protocol(config.farm_settings.app_protocol)
+            .with_stop(stop.clone()),
         );
 
         let mut tasks = JoinSet::new();
@@ -214,10 +215,17 @@ impl Sidecar {
         // the app in this pod may still be finishing a request that reads or writes its
         // session, and refusing that call would fail a request the drain promised to finish.
         let after_public = CancellationToken::new();
+        // The public port keeps its open connections for a moment after the stop, so that a
+        // request a gateway writes on one meanwhile is refused as "unit stopping" (replayed on
+        // a backup) rather than lost with a closed connection; see `Limits::drain_linger`.
+        let public_limits = listener::Limits {
+            drain_linger: (grace / 4).min(Duration::from_secs(2)),
+            ..limits
+        };
         tasks.spawn({
             let public = listener::serve(
                 public,
-                limits,
+                public_limits,
                 {
                     let router = front::router(front);
                     move |_| TowerToHyperService::new(router.clone())
