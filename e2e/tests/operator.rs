@@ -1197,11 +1197,14 @@ async fn the_operator_mounts_the_tls_secret_into_the_gateway() -> anyhow::Result
         &farm(json!({"port": 443, "tls": {"secretName": "shop-tls", "redirectHttp": true}})),
     )
     .await?;
+    // The operator applies the gateway's Deployment, Service and NetworkPolicy one after
+    // another: wait for all three before reading them.
     eventually(WAIT, "the gateway mounts the TLS Secret", || async {
         Ok(deployments.get_opt("shop-gateway").await?.is_some_and(|d| {
             env_of(&d).get("STICKYFARM_TLS_CERT").map(String::as_str)
                 == Some("/etc/stickyfarm/tls/tls.crt")
-        }))
+        }) && services.get_opt("shop-gateway").await?.is_some()
+            && policies.get_opt("shop-gateway").await?.is_some())
     })
     .await?;
     let d = deployments.get("shop-gateway").await?;
