@@ -99,6 +99,21 @@ ensure_oha() {
     --root "$STICKYFARM_CACHE/tools/oha-$OHA_VERSION"
 }
 
+# The session adapters' toolchains (adapters/), from Debian's packages when missing.
+ensure_node() { command -v npm >/dev/null 2>&1 || ensure_packages nodejs npm; }
+ensure_maven() { command -v mvn >/dev/null 2>&1 || ensure_packages maven default-jdk-headless; }
+# The Python adapter, editable, with its pinned dev requirements, in a venv outside the
+# checkout: $ADAPTERS_VENV.
+adapters_python_venv() {
+  python3 -c 'import venv, ensurepip' 2>/dev/null || ensure_packages python3-venv
+  ADAPTERS_VENV="$STICKYFARM_CACHE/venv-adapters"
+  [ -x "$ADAPTERS_VENV/bin/pip" ] || python3 -m venv "$ADAPTERS_VENV"
+  "$ADAPTERS_VENV/bin/pip" install -q --disable-pip-version-check \
+    -r "$_scripts_dir/../adapters/python/requirements-dev.lock"
+  "$ADAPTERS_VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation --no-deps \
+    -e "$_scripts_dir/../adapters/python"
+}
+
 # Stickyfarm's images: the Dockerfile's final stages (`FROM runtime AS <component>`), one name
 # a line. e2e/kind builds them with Docker, e2e/node/images/build assembles them for the test
 # node: both from this one list.
