@@ -447,6 +447,9 @@ async fn unit_supervisor(
 
 /// Runs the farm until Ctrl-C, SIGTERM, or a gateway crash.
 pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
+    // Taken over before anything starts: a SIGTERM or Ctrl-C while the farm is still coming up
+    // then stops what has started, instead of killing farmctl with its children half-started.
+    let mut stop = StopSignals::install()?;
     let mut manifest = farmctl::manifest::load(&opts.manifest)?;
     // Browsers drop Secure cookies from plain-HTTP answers: a farm served over http runs with
     // them off, and says so.
@@ -726,7 +729,17 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             let _ = std::fs::remove_file(state_file(&opts.state_dir));
             bail!("the gateway did not start");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            () = stop.recv() => {
+                println!("farmctl: stopping the farm before it finished starting ...");
+                shutdown(&units, &mut gateway, private).await;
+                let _ = std::fs::remove_file(&control);
+                let _ = std::fs::remove_file(state_file(&opts.state_dir));
+                println!("farmctl: stopped");
+                return Ok(());
+            }
+        }
     }
     write_state(&mut state)?;
     println!("farmctl: the farm is serving at {gateway_url}/");
@@ -748,14 +761,12 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         "farmctl: `farmctl status`, `farmctl kill UNIT`, `farmctl restart UNIT`; Ctrl-C stops the farm"
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.tick().await;
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     let result = loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break Ok(()),
-            _ = term.recv() => break Ok(()),
+            () = stop.recv() => break Ok(()),
             status = gateway.wait() => {
                 break Err(anyhow!("the gateway exited ({}); stopping the farm; see {}",
                     status.map_or("unknown".into(), |s| s.to_string()), logs.join("gateway.log").display()));
@@ -814,6 +825,29 @@ async fn handle_command(line: &str, units: &BTreeMap<String, mpsc::Sender<UnitCm
         Ok(Ok(())) => "ok".into(),
         Ok(Err(e)) => format!("error: {e}"),
         Err(_) => "error: no answer".into(),
+    }
+}
+
+/// SIGTERM and SIGINT (Ctrl-C), both meaning "stop the farm".
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("handling SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("handling SIGINT")?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
     }
 }
 

@@ -150,6 +150,56 @@ fn processes_naming(needle: &str) -> Vec<String> {
     found
 }
 
+/// A SIGTERM while the farm is still coming up (units starting, private PostgreSQL running)
+/// stops what has started and exits cleanly, as it does once the farm serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_while_the_farm_starts_stops_everything_it_started() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(binary("farmctl"));
+    cmd.arg("--state-dir")
+        .arg(state_dir.path())
+        .arg("up")
+        .arg(example())
+        .args(["--port", &free_port().to_string(), "--quiet"])
+        .env_remove("DATABASE_URL");
+    let mut farmctl = ChildProc::spawn("farmctl", cmd);
+    // The state file appears once the processes are launched, before the units are up.
+    let state_file = state_dir.path().join("farm.json");
+    eventually(
+        Duration::from_secs(120),
+        "farmctl launched the farm",
+        || {
+            let exists = state_file.exists();
+            async move { exists }
+        },
+    )
+    .await;
+    let state: Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let pids: Vec<u64> = state["pids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    assert!(!pids.is_empty(), "{state}");
+    let pg = state["postgres_data"].as_str().unwrap().to_owned();
+
+    assert!(
+        farmctl.terminate(Duration::from_secs(60)),
+        "farmctl did not stop cleanly:\n{}",
+        farmctl.log_text()
+    );
+    for p in &pids {
+        assert!(!alive(*p), "process {p} outlived the farm");
+    }
+    assert!(
+        processes_naming(&pg).is_empty(),
+        "the private PostgreSQL stopped"
+    );
+    assert!(!state_file.exists(), "the state file is removed");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_serves_the_shop_and_stops_leaving_no_process_behind() {
     // No database given: farmctl starts (and removes) a private PostgreSQL cluster.
