@@ -245,6 +245,7 @@ impl From<TierError> for ApiError {
                     "the session store is unavailable; nothing was changed; retry shortly",
                 )
             }
+            TierError::Interrupted => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
             other => {
                 tracing::error!(error = %other, "session API failed");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
@@ -529,7 +530,9 @@ async fn put_table(
             ),
         ));
     }
-    let done = tier.write_table(id, &table, Some(doc), pre).await?;
+    let done = tier
+        .write_table(id, table, Some(doc.to_owned()), pre)
+        .await?;
     let status = if done.version == 1 {
         StatusCode::CREATED
     } else {
@@ -572,7 +575,7 @@ async fn delete_table(
     let id = parse_id(&id)?;
     let table = parse_table(&table)?;
     let pre = precondition(&h)?;
-    let done = tier.write_table(id, &table, None, pre).await?;
+    let done = tier.write_table(id, table, None, pre).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut()
         .insert(headers::GENERATION, HeaderValue::from(done.generation));

@@ -67,12 +67,38 @@ pub enum TierError {
         /// The limit.
         limit: usize,
     },
+    /// The runtime stopped while a change was under way (the sidecar is shutting down).
+    #[error(
+        "the sidecar stopped while the change was under way; it may or may not be committed: read the session again"
+    )]
+    Interrupted,
 }
 
 impl TierError {
     /// Whether the failure is an outage (answer 503 and retry later).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, TierError::Store(StoreError::Unavailable(_)))
+        matches!(
+            self,
+            TierError::Store(StoreError::Unavailable(_)) | TierError::Interrupted
+        )
+    }
+}
+
+/// Runs a change of PostgreSQL to its end even when the caller stops waiting (its client hung
+/// up and the request's future was dropped). A dropped statement may still commit in
+/// PostgreSQL; the cache must then follow it and the change must be announced, or this unit
+/// would go on serving the copy from before (and refuse the next write against it with 409),
+/// and so would every other unit holding one.
+async fn to_completion<T, F>(change: F) -> Result<T, TierError>
+where
+    F: std::future::Future<Output = Result<T, TierError>> + Send + 'static,
+    T: Send + 'static,
+{
+    use tracing::Instrument as _;
+    match tokio::spawn(change.in_current_span()).await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => Err(TierError::Interrupted),
     }
 }
 
@@ -399,13 +425,27 @@ impl SessionTier {
         ))
     }
 
-    /// Writes one table through to PostgreSQL, then to the cache. Acknowledged (returns) only
-    /// after PostgreSQL committed. On a refusal or an outage the cache holds nothing new.
+    /// Writes one table (`None`: deletes it) through to PostgreSQL, then to the cache.
+    /// Acknowledged (returns) only after PostgreSQL committed and the other units were told.
+    /// On a refusal or an outage the cache holds nothing new. Runs to its end even if the
+    /// caller stops waiting.
     pub async fn write_table(
+        self: &Arc<Self>,
+        id: SessionId,
+        table: TableName,
+        doc: Option<String>,
+        precondition: Precondition,
+    ) -> Result<Committed, TierError> {
+        let tier = self.clone();
+        to_completion(async move { tier.write_table_now(id, &table, doc, precondition).await })
+            .await
+    }
+
+    async fn write_table_now(
         &self,
         id: SessionId,
         table: &TableName,
-        doc: Option<&str>,
+        doc: Option<String>,
         precondition: Precondition,
     ) -> Result<Committed, TierError> {
         let stored = self.stored(&id);
@@ -436,7 +476,7 @@ impl SessionTier {
         let write = Traced::phase_with("write-through", || {
             vec![KeyValue::new("stickyfarm.table", table.to_string())]
         });
-        let result = match doc {
+        let result = match &doc {
             Some(doc) => {
                 write
                     .run(self.store.write_table(stored, table, doc, condition))
@@ -454,7 +494,7 @@ impl SessionTier {
                 if done.generation == current.generation + 1 {
                     let t = doc.map(|doc| CachedTable {
                         version: done.version,
-                        doc: doc.to_owned(),
+                        doc,
                     });
                     self.cache.insert(
                         stored,
@@ -486,7 +526,12 @@ impl SessionTier {
     /// Gives a session a new id (on sign-in and sign-out, so an id learnt before cannot ride
     /// the new privileges): the state moves to a new id issued here, the old id is dead on
     /// every unit. A session without state just gets a new id.
-    pub async fn rotate(&self, old: SessionId) -> Result<SessionId, TierError> {
+    pub async fn rotate(self: &Arc<Self>, old: SessionId) -> Result<SessionId, TierError> {
+        let tier = self.clone();
+        to_completion(async move { tier.rotate_now(old).await }).await
+    }
+
+    async fn rotate_now(&self, old: SessionId) -> Result<SessionId, TierError> {
         let now = unix_seconds();
         let new = self.issued.issue(now);
         {
@@ -527,8 +572,13 @@ impl SessionTier {
             .map(|(new, _)| *new)
     }
 
-    /// Deletes a session everywhere.
-    pub async fn delete_session(&self, id: SessionId) -> Result<bool, TierError> {
+    /// Deletes a session everywhere. Runs to its end even if the caller stops waiting.
+    pub async fn delete_session(self: &Arc<Self>, id: SessionId) -> Result<bool, TierError> {
+        let tier = self.clone();
+        to_completion(async move { tier.delete_session_now(id).await }).await
+    }
+
+    async fn delete_session_now(&self, id: SessionId) -> Result<bool, TierError> {
         let stored = self.stored(&id);
         let _guard = self.lock_for(&stored).lock().await;
         let existed = self.store.delete_session(stored).await?;

@@ -1742,3 +1742,80 @@ async fn a_forged_generation_cookie_cannot_force_a_reload_per_request() {
             >= 1.0
     );
 }
+
+/// A write whose client goes away while PostgreSQL is still working on it (the app's request
+/// was cancelled) runs to its end anyway: once committed it reaches this unit's cache and is
+/// announced to the others. Otherwise the unit would keep the copy from before (the next
+/// write against it refused with 409) and every other unit would too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_client_went_away_still_reaches_the_cache_and_the_other_units() {
+    use tokio::io::AsyncWriteExt;
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let b = Unit::start("web-1", &db.url, &[]).await;
+    let mut browser = Browser::new();
+    browser.get(&a.sidecar.url("/echo")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let r = put_cart(&client, &a, &sid, json!(["apple"]), None).await;
+    assert_eq!(r.status(), 201);
+    let cart_on = |unit: &Unit| {
+        let url = unit
+            .sidecar
+            .api_url(&format!("/v1/sessions/{sid}/tables/cart"));
+        let client = client.clone();
+        async move {
+            let r = client.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    assert_eq!(cart_on(&b).await, json!(["apple"]), "B holds a copy");
+
+    // Hold the session's row so the next write waits inside PostgreSQL.
+    let mut blocker = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM stickyfarm_sessions WHERE id = $1 FOR UPDATE")
+        .bind(stored_uuid(&sid))
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    // The write is sent, then its client hangs up while it waits.
+    let body = r#"["apple","pear"]"#;
+    let mut conn = tokio::net::TcpStream::connect(a.sidecar.api).await.unwrap();
+    conn.write_all(
+        format!(
+            "PUT /v1/sessions/{sid}/tables/cart HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), "the write waits for the row", || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%stickyfarm_session_tables%'",
+        )
+        .fetch_one(&db.pool)
+        .await
+        .unwrap()
+            == 1
+    })
+    .await;
+    drop(conn);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    blocker.commit().await.unwrap();
+
+    // Committed; A's cache follows it, and B heard of it.
+    eventually(Duration::from_secs(5), "the write committed", || async {
+        db.table(&sid, "cart").await == Some((2, json!(["apple", "pear"])))
+    })
+    .await;
+    eventually(Duration::from_secs(5), "B drops its old copy", || async {
+        cart_on(&b).await == json!(["apple", "pear"])
+    })
+    .await;
+    assert_eq!(cart_on(&a).await, json!(["apple", "pear"]));
+    let r = put_cart(&client, &a, &sid, json!(["plum"]), None).await;
+    assert_eq!(r.status(), 200, "A writes against the committed version");
+    assert_eq!(db.table(&sid, "cart").await, Some((3, json!(["plum"]))));
+}
