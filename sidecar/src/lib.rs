@@ -2,6 +2,7 @@
 //! it ([`front`] for clients, [`session_api`] for the app). `main.rs` only parses flags and
 //! waits for a signal; tests drive [`Sidecar::start`] directly or run the binary.
 
+pub mod announce;
 pub mod cache;
 pub mod config;
 pub mod front;

@@ -55,7 +55,8 @@ impl FlushReason {
 /// The PostgreSQL operations the store reports, and the outcomes of a table write: their
 /// counters exist at 0 from the start, so a scraper sees a series before its first increment
 /// (`rate()` and the chart's alerts would otherwise miss the first error).
-const DB_OPS: [&str; 11] = [
+const DB_OPS: [&str; 12] = [
+    "announce",
     "create_session",
     "delete_session",
     "delete_table",
@@ -117,6 +118,7 @@ pub struct Metrics {
     refuted_claims: Counter,
     notifications: Counter,
     listener_connected: Gauge,
+    announced: Family<OutcomeLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -149,6 +151,7 @@ impl Metrics {
             refuted_claims: Counter::default(),
             notifications: Counter::default(),
             listener_connected: Gauge::default(),
+            announced: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -188,7 +191,7 @@ impl Metrics {
         );
         registry.register(
             "write_through_seconds",
-            "Time to commit a table write to PostgreSQL",
+            "Time to commit a table write to PostgreSQL and announce it to the other units",
             m.write_through_seconds.clone(),
         );
         registry.register(
@@ -236,6 +239,14 @@ impl Metrics {
             "1 while the PostgreSQL invalidation listener is connected",
             m.listener_connected.clone(),
         );
+        registry.register(
+            "invalidations_announced",
+            "Committed changes announced to the other units (outcome sent, or given_up after PostgreSQL refused for 2 s); db_queries{op=\"announce\"} counts the batches",
+            m.announced.clone(),
+        );
+        for outcome in ["sent", "given_up"] {
+            let _ = m.announced.get_or_create(&OutcomeLabel { outcome });
+        }
         for reason in FlushReason::ALL {
             let _ = m.flushes.get_or_create(&ReasonLabel {
                 reason: reason.as_str(),
@@ -312,6 +323,12 @@ impl Metrics {
                 class,
             })
             .observe(seconds);
+    }
+    pub(crate) fn announced(&self, changes: u64, sent: bool) {
+        let outcome = if sent { "sent" } else { "given_up" };
+        self.announced
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc_by(changes);
     }
     pub(crate) fn write_through(&self, seconds: f64) {
         self.write_through_seconds.observe(seconds);

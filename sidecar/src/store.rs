@@ -1,8 +1,9 @@
 //! PostgreSQL: the truth behind every cache (the patent's database 220).
 //!
 //! Every write is one statement, so it is one round trip and one implicit transaction: the
-//! conditional table change, the session's generation bump and the invalidation notification
-//! commit together or not at all.
+//! conditional table change and the session's generation bump commit together or not at all.
+//! The other units learn of it from the [`Announcer`], after the commit and before the write
+//! is acknowledged (why not in the same transaction: the `announce` module).
 
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
@@ -13,6 +14,7 @@ use stickyfarm_api::{SessionId, SessionIdKey, StoredId, TableName};
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::announce::Announcer;
 use crate::metrics::Metrics;
 
 /// PostgreSQL advisory lock keys the sidecars take (the example shop takes 7197548 for its
@@ -139,6 +141,14 @@ pub enum Invalidation {
 }
 
 impl Invalidation {
+    /// The notification payload ([`Invalidation::parse`] reads it back).
+    pub fn payload(&self) -> String {
+        match self {
+            Invalidation::Generation(id, g) => format!("{}:{g}", id.as_uuid()),
+            Invalidation::Deleted(id) => format!("{}:deleted", id.as_uuid()),
+        }
+    }
+
     /// Parses a notification payload (`<stored id>:<generation>` or `<stored id>:deleted`).
     pub fn parse(payload: &str) -> Option<Self> {
         let (id, what) = payload.split_once(':')?;
@@ -157,6 +167,7 @@ pub struct Store {
     pool: PgPool,
     expiry: Expiry,
     metrics: Arc<Metrics>,
+    announcer: Announcer,
 }
 
 /// Connection settings of the store.
@@ -171,8 +182,9 @@ pub struct StoreOptions {
 }
 
 impl Store {
-    /// Creates the pool. Connections are opened lazily, so a sidecar starts (and serves cached
-    /// sessions, and answers 503 to writes) even while PostgreSQL is down.
+    /// Creates the pool and starts the announcer (so: within a Tokio runtime). Connections are
+    /// opened lazily, so a sidecar starts (and serves cached sessions, and answers 503 to
+    /// writes) even while PostgreSQL is down.
     pub fn connect_lazy(
         options: PgConnectOptions,
         store: &StoreOptions,
@@ -186,6 +198,7 @@ impl Store {
             .test_before_acquire(true)
             .connect_lazy_with(options);
         Store {
+            announcer: Announcer::start(pool.clone(), metrics.clone()),
             pool,
             expiry: store.expiry,
             metrics,
@@ -399,11 +412,15 @@ impl Store {
             .await;
         let row = self.observe(op, r)?;
         if let Some(row) = row {
-            self.metrics.write_through(started.elapsed().as_secs_f64());
-            return Ok(Committed {
+            let done = Committed {
                 version: row.get::<i64, _>(0) as u64,
                 generation: row.get::<i64, _>(1) as u64,
-            });
+            };
+            self.announcer
+                .announce([Invalidation::Generation(id, done.generation)])
+                .await;
+            self.metrics.write_through(started.elapsed().as_secs_f64());
+            return Ok(done);
         }
         // Nothing changed: find out whether the session is gone or the version moved on.
         let r = sqlx::query(
@@ -468,33 +485,32 @@ impl Store {
             .bind(new.as_uuid())
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "WITH d AS (DELETE FROM stickyfarm_sessions WHERE id = $1 RETURNING id)
-                 SELECT count(pg_notify($2, d.id::text || ':deleted')::text) FROM d",
-            )
-            .bind(old.as_uuid())
-            .bind(INVALIDATION_CHANNEL)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("DELETE FROM stickyfarm_sessions WHERE id = $1")
+                .bind(old.as_uuid())
+                .execute(&mut *tx)
+                .await?;
             tx.commit().await?;
             Ok(true)
         }
         .await;
-        self.observe("rotate_session", r)
+        let moved = self.observe("rotate_session", r)?;
+        if moved {
+            self.announcer.announce([Invalidation::Deleted(old)]).await;
+        }
+        Ok(moved)
     }
 
     /// Deletes a session and everything in it, and announces it. Returns whether it existed.
     pub async fn delete_session(&self, id: StoredId) -> Result<bool, StoreError> {
-        let r = sqlx::query(
-            "WITH d AS (DELETE FROM stickyfarm_sessions WHERE id = $1 RETURNING id)
-             SELECT count(pg_notify($2, d.id::text || ':deleted')::text) AS n FROM d",
-        )
-        .bind(id.as_uuid())
-        .bind(INVALIDATION_CHANNEL)
-        .fetch_one(&self.pool)
-        .await;
-        let row = self.observe("delete_session", r)?;
-        Ok(row.get::<i64, _>(0) > 0)
+        let r = sqlx::query("DELETE FROM stickyfarm_sessions WHERE id = $1")
+            .bind(id.as_uuid())
+            .execute(&self.pool)
+            .await;
+        let existed = self.observe("delete_session", r)?.rows_affected() > 0;
+        if existed {
+            self.announcer.announce([Invalidation::Deleted(id)]).await;
+        }
+        Ok(existed)
     }
 
     /// Marks sessions as used now (batched by the caller, so a cached read costs no query).
@@ -520,8 +536,8 @@ impl Store {
     ///
     /// Only one sidecar sweeps at a time (a transaction-scoped advisory lock); the others skip.
     pub async fn sweep_expired(&self, batch: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query_scalar::<_, i64>(
-            "WITH lock AS (SELECT pg_try_advisory_xact_lock($5) AS got),
+        let r = sqlx::query_scalar::<_, Uuid>(
+            "WITH lock AS (SELECT pg_try_advisory_xact_lock($4) AS got),
                   doomed AS (
                     SELECT id FROM stickyfarm_sessions
                      WHERE (SELECT got FROM lock)
@@ -531,21 +547,28 @@ impl Store {
                      FOR UPDATE SKIP LOCKED),
                   d AS (DELETE FROM stickyfarm_sessions s USING doomed WHERE s.id = doomed.id
                         RETURNING s.id)
-             SELECT count(pg_notify($4, d.id::text || ':deleted')::text) FROM d",
+             SELECT d.id FROM d",
         )
         .bind(self.expiry.idle.as_secs_f64())
         .bind(self.expiry.absolute.as_secs_f64())
         .bind(batch)
-        .bind(INVALIDATION_CHANNEL)
         .bind(SWEEP_LOCK)
-        .fetch_one(&self.pool)
+        .fetch_all(&self.pool)
         .await;
-        self.observe("sweep", r).map(|n| n as u64)
+        let swept = self.observe("sweep", r)?;
+        self.announcer
+            .announce(
+                swept
+                    .iter()
+                    .map(|id| Invalidation::Deleted(StoredId::from_uuid(*id))),
+            )
+            .await;
+        Ok(swept.len() as u64)
     }
 }
 
 // Each write is one statement: `live` (the session, if unexpired), `t` (the conditional table
-// change), then `s` (generation bump) and the notification. Parameters: $1 session, $2 table,
+// change), then `s` (generation bump). Parameters: $1 session, $2 table,
 // $3 document, $4 expected version, $5 idle and $6 absolute timeout in seconds.
 static INSERT_NEW: LazyLock<String> = LazyLock::new(|| {
     change_sql(
@@ -594,8 +617,16 @@ static DELETE_ANY: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
+/// The statement an unconditional table write runs (the conditional forms change the same
+/// rows), for the benchmark that measures PostgreSQL alone doing the sidecar's work.
+/// Parameters: $1 stored session id (uuid), $2 table name, $3 document (JSON text), $4 any
+/// non-null bigint, $5 idle and $6 absolute timeout in seconds.
+pub fn unconditional_write_sql() -> &'static str {
+    &UPSERT
+}
+
 fn change_sql(change: &str) -> String {
-    format!("{}, t AS ({change}) {}", live_cte(), bump_and_notify())
+    format!("{}, t AS ({change}) {}", live_cte(), bump_generation())
 }
 
 /// `live`: the session row, if the session exists and has not expired (parameters $1, $5, $6).
@@ -607,15 +638,13 @@ fn live_cte() -> &'static str {
            AND created_at > now() - make_interval(secs => $6))"
 }
 
-/// Given `t` (the changed table row, if any): bump the generation, notify, return both.
-fn bump_and_notify() -> &'static str {
+/// Given `t` (the changed table row, if any): bump the generation, return both.
+fn bump_generation() -> &'static str {
     ", s AS (UPDATE stickyfarm_sessions
                 SET generation = generation + 1, last_seen = now()
               WHERE id = $1 AND EXISTS (SELECT 1 FROM t)
              RETURNING id, generation)
-     SELECT t.version, s.generation,
-            pg_notify('stickyfarm_session', s.id::text || ':' || s.generation)::text AS notified
-       FROM t, s"
+     SELECT t.version, s.generation FROM t, s"
 }
 
 #[cfg(test)]
@@ -635,6 +664,9 @@ mod tests {
             Some(Invalidation::Deleted(id))
         );
         assert_eq!(Invalidation::parse("garbage"), None);
+        for inv in [Invalidation::Generation(id, 7), Invalidation::Deleted(id)] {
+            assert_eq!(Invalidation::parse(&inv.payload()), Some(inv));
+        }
         assert_eq!(Invalidation::parse(&format!("{u}:-1")), None);
     }
 }

@@ -1743,6 +1743,88 @@ async fn a_forged_generation_cookie_cannot_force_a_reload_per_request() {
     );
 }
 
+/// Writes announce themselves to the other units after their commit, many to one notifying
+/// transaction: under concurrent writes every committed change is announced exactly once,
+/// and a unit that hears of one always finds it committed in PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_are_each_announced_after_their_commit() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("stickyfarm_session").await.unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..24 {
+        let mut b = Browser::new();
+        b.get(&a.sidecar.url("/echo")).await;
+        sessions.push(b.cookie("sf_session").unwrap().to_owned());
+    }
+
+    // Two writes per session, all sessions at once.
+    let client = reqwest::Client::new();
+    let writes = sessions.iter().map(|sid| {
+        let (client, a) = (&client, &a);
+        async move {
+            for items in [json!(["apple"]), json!(["apple", "pear"])] {
+                let r = put_cart(client, a, sid, items, None).await;
+                assert!(r.status().is_success(), "{}", r.status());
+            }
+        }
+    });
+    futures::future::join_all(writes).await;
+    // Then half of them deleted.
+    for sid in &sessions[..12] {
+        let r = client
+            .delete(a.sidecar.api_url(&format!("/v1/sessions/{sid}")))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+
+    let mut heard = std::collections::BTreeSet::new();
+    while heard.len() < 24 * 2 + 12 {
+        let n = tokio::time::timeout(Duration::from_secs(10), listener.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {} announcements: {heard:?}", heard.len()))
+            .unwrap();
+        let payload = n.payload().to_owned();
+        let (id, what) = payload.split_once(':').unwrap();
+        let id: uuid::Uuid = id.parse().unwrap();
+        // What was announced is in PostgreSQL already.
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM stickyfarm_sessions WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&db.pool)
+                .await
+                .unwrap();
+        match what {
+            "deleted" => assert_eq!(generation, None, "{payload} announced before its commit"),
+            g => {
+                let g: i64 = g.parse().unwrap();
+                // The session may be deleted by now, never behind the announcement.
+                assert!(
+                    generation.is_none_or(|now| now >= g),
+                    "{payload} vs {generation:?}"
+                );
+            }
+        }
+        assert!(heard.insert(payload.clone()), "{payload} announced twice");
+    }
+    for (i, sid) in sessions.iter().enumerate() {
+        let u = stored_uuid(sid);
+        assert!(heard.contains(&format!("{u}:1")) && heard.contains(&format!("{u}:2")));
+        assert_eq!(heard.contains(&format!("{u}:deleted")), i < 12);
+    }
+    let sent = a
+        .sidecar
+        .metric(
+            "stickyfarm_sidecar_invalidations_announced_total",
+            "outcome=\"sent\"",
+        )
+        .await;
+    assert_eq!(sent, 60.0);
+}
+
 /// A write whose client goes away while PostgreSQL is still working on it (the app's request
 /// was cancelled) runs to its end anyway: once committed it reaches this unit's cache and is
 /// announced to the others. Otherwise the unit would keep the copy from before (the next
