@@ -6,6 +6,7 @@ mod bench;
 mod failover;
 mod load;
 mod overhead;
+mod pg_alone;
 mod plot;
 mod procs;
 mod report;

@@ -4,9 +4,12 @@
 //!
 //! A read is `GET /state`: the app takes the cart from the snapshot the sidecar attaches (up to
 //! 16 KiB) or with one call to the session API. A write is `PUT /state`: the app writes the cart
-//! through the API, which answers once PostgreSQL has it.
+//! through the API, which answers once PostgreSQL has it. Beside each write, PostgreSQL alone
+//! runs the sidecar's own write statement at the same concurrency (the ceiling, `pg_alone`),
+//! with and without a `pg_notify` in its transaction.
 
 use crate::bench::{Bench, measure};
+use crate::pg_alone::{PgBench, Statement};
 use crate::shoppers::{cart_of_size, open_sessions};
 use crate::stats::Rounds;
 
@@ -17,9 +20,19 @@ pub const SIZES: [(usize, &str); 2] = [(1024, "1 KiB"), (64 * 1024, "64 KiB")];
 pub struct Group {
     /// e.g. "read, 64 KiB cart".
     pub title: String,
-    /// Configurations "cache" and "no cache".
+    /// Configurations "cache" and "no cache"; a write group then PostgreSQL alone
+    /// ([`WRITE_CEILINGS`]).
     pub rounds: Rounds,
 }
+
+/// The configurations a write group adds after the two units.
+pub const WRITE_CEILINGS: [(&str, Statement); 2] = [
+    ("PostgreSQL alone: the write statement", Statement::Write),
+    (
+        "PostgreSQL alone: the write statement with its NOTIFY (as before)",
+        Statement::WriteAndNotify,
+    ),
+];
 
 /// Runs the scenario against PostgreSQL at `database_url`.
 pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
@@ -35,12 +48,21 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
     )?;
     let units = [&cached, &uncached];
     let sessions = if b.args.smoke { 16 } else { 256 };
+    let pgbench = PgBench::prepare(
+        database_url,
+        b.placement.load,
+        b.wrk.connections,
+        b.duration.as_secs(),
+        &logs,
+    )?;
 
     struct Setup {
         title: String,
         method: &'static str,
         body: Option<std::path::PathBuf>,
         cookies: [std::path::PathBuf; 2],
+        /// A write: the document PostgreSQL alone writes too.
+        doc: Option<String>,
     }
     let mut setups = Vec::new();
     for (size, label) in SIZES {
@@ -59,20 +81,28 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
             method: "GET",
             body: None,
             cookies: cookies.clone(),
+            doc: None,
         });
         setups.push(Setup {
             title: format!("write, {label} cart"),
             method: "PUT",
             body: Some(body),
             cookies,
+            doc: Some(cart),
         });
     }
 
     let mut groups: Vec<Group> = setups
         .iter()
-        .map(|s| Group {
-            title: s.title.clone(),
-            rounds: Rounds::new(["cache", "no cache (PostgreSQL)"]),
+        .map(|s| {
+            let mut configs = vec!["cache", "no cache (PostgreSQL)"];
+            if s.doc.is_some() {
+                configs.extend(WRITE_CEILINGS.map(|(name, _)| name));
+            }
+            Group {
+                title: s.title.clone(),
+                rounds: Rounds::new(configs),
+            }
         })
         .collect();
     for round in 0..b.runs {
@@ -88,6 +118,12 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
                         s.body.as_deref(),
                     )
                 })?);
+            }
+            if let Some(doc) = &s.doc {
+                for (i, (_, statement)) in WRITE_CEILINGS.iter().enumerate() {
+                    let tag = format!("{}-{round}-{i}", doc.len());
+                    samples.push(measure(None, || pgbench.write(doc, *statement, &tag))?);
+                }
             }
             g.rounds.rounds.push(samples);
         }

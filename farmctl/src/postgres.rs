@@ -34,6 +34,11 @@ pub struct PrivateCluster {
     pub url: String,
 }
 
+/// A program of the newest PostgreSQL server installed (`initdb`, `pgbench`, …).
+pub fn server_program(name: &str) -> Option<PathBuf> {
+    server_bin().map(|b| b.join(name)).filter(|p| p.exists())
+}
+
 fn server_bin() -> Option<PathBuf> {
     let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
