@@ -95,7 +95,9 @@ where
     T: Send + 'static,
 {
     use tracing::Instrument as _;
-    match tokio::spawn(change.in_current_span()).await {
+    // The task continues the request's trace and its log span, as the inline code did.
+    let change = Traced::current().run(change.in_current_span());
+    match tokio::spawn(change).await {
         Ok(done) => done,
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         Err(_) => Err(TierError::Interrupted),
