@@ -163,6 +163,25 @@ impl GatewayFarmSettings {
     }
 }
 
+/// How long a stopping sidecar keeps its open connections so that a request written on one
+/// meanwhile is refused as "unit stopping" (replayed on a backup) rather than lost with a
+/// closed connection: a quarter of its shutdown grace, at most [`SIDECAR_DRAIN_LINGER_MAX`].
+pub fn sidecar_drain_linger(shutdown_grace: Duration) -> Duration {
+    (shutdown_grace / 4).min(SIDECAR_DRAIN_LINGER_MAX)
+}
+
+/// The longest [`sidecar_drain_linger`].
+pub const SIDECAR_DRAIN_LINGER_MAX: Duration = Duration::from_secs(2);
+
+/// How long a unit's app keeps serving after its pod is told to stop, before it is sent
+/// SIGTERM itself (a pre-stop pause). Kubernetes signals every container of a pod at once, and
+/// an app that stops first closes the sidecar's kept-alive connections while the sidecar is
+/// still forwarding what it accepted before its own stop: a request already written on such a
+/// connection is lost (502), which for a POST the gateway may not replay. Longer than the
+/// sidecar's drain linger, so the app stops only once the sidecar forwards nothing new; the
+/// requests in flight then the app's own graceful stop finishes.
+pub const APP_STOP_DELAY: Duration = Duration::from_secs(3);
+
 /// The disk tier's size when the farm does not name one.
 pub const DEFAULT_CACHE_DISK_SIZE: ByteSize = ByteSize::mib(256);
 
@@ -466,6 +485,19 @@ mod tests {
 
     use super::*;
     use crate::farm::{ServerFarm, ServerFarmSpec};
+
+    #[test]
+    fn the_app_outlives_the_sidecars_drain_linger() {
+        assert!(APP_STOP_DELAY > SIDECAR_DRAIN_LINGER_MAX);
+        assert_eq!(
+            sidecar_drain_linger(Duration::from_secs(4)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            sidecar_drain_linger(Duration::from_secs(60)),
+            SIDECAR_DRAIN_LINGER_MAX
+        );
+    }
 
     #[derive(Parser)]
     struct Gateway {

@@ -220,7 +220,7 @@ impl Sidecar {
         // request a gateway writes on one meanwhile is refused as "unit stopping" (replayed on
         // a backup) rather than lost with a closed connection; see `Limits::drain_linger`.
         let public_limits = listener::Limits {
-            drain_linger: (grace / 4).min(Duration::from_secs(2)),
+            drain_linger: stickyfarm_api::config::sidecar_drain_linger(grace),
             ..limits
         };
         tasks.spawn({

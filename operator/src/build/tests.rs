@@ -236,6 +236,13 @@ fn unit_statefulset_runs_app_and_sidecar_with_defaults() {
     let app = container(&d, "app");
     assert_eq!(app.image.as_deref(), Some("registry.example/shop:1"));
     assert_eq!(app.ports.as_ref().unwrap()[0].container_port, 3000);
+    // The app is signalled only after the sidecar has stopped forwarding to it.
+    let pre_stop = app.lifecycle.as_ref().unwrap().pre_stop.as_ref().unwrap();
+    assert_eq!(
+        pre_stop.sleep.as_ref().map(|s| s.seconds),
+        Some(3),
+        "the app pauses before its SIGTERM"
+    );
     assert_eq!(
         env_value(app, "STICKYFARM_API_URL"),
         "http://127.0.0.1:7070"
