@@ -1,7 +1,7 @@
 //! The processes a benchmark starts: pinned to CPUs, logged to files, measured from /proc,
 //! and always stopped (on drop too, so a failed run leaves nothing behind).
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -216,9 +216,11 @@ pub fn rss_bytes(pid: u32) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// A free TCP port on loopback.
+/// A free TCP port on loopback, outside the kernel's ephemeral range: a port from
+/// `bind(…:0)` could be taken by one of the units' outgoing connections before the child that
+/// was handed it binds it (a bench run once lost a sidecar that way).
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(farmctl::ports::free_port([127, 0, 0, 1].into())?)
 }
 
 /// A loopback address with a free port.
