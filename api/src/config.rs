@@ -213,10 +213,19 @@ pub struct SidecarFarmSettings {
     #[arg(long, env = "STICKYFARM_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
     pub app_protocol: AppProtocol,
 
+    /// Percent of the memory tier kept for warm copies of the sessions this unit backs up
+    /// (0: no warm copies; the gateway still names backups, which then load cold).
+    #[arg(long, env = "STICKYFARM_WARM_BACKUP_PERCENT", default_value_t = DEFAULT_WARM_BACKUP_PERCENT,
+          value_parser = clap::value_parser!(u8).range(0..=50))]
+    pub warm_backup_percent: u8,
+
     /// The farm's cookies, as the other components see them.
     #[command(flatten)]
     pub cookies: CookieSettings,
 }
+
+/// The share of a unit's memory tier for warm copies when the farm does not name one.
+pub const DEFAULT_WARM_BACKUP_PERCENT: u8 = 25;
 
 impl SidecarFarmSettings {
     fn values(&self) -> Vec<(&'static str, String)> {
@@ -227,6 +236,7 @@ impl SidecarFarmSettings {
             ("absolute_timeout", duration(self.absolute_timeout)),
             ("tunnel_idle_timeout", duration(self.tunnel_idle_timeout)),
             ("app_protocol", value_name(self.app_protocol)),
+            ("warm_backup_percent", self.warm_backup_percent.to_string()),
         ];
         v.extend(self.cookies.values());
         v
@@ -471,6 +481,7 @@ mod from_farm {
                 absolute_timeout: sp.absolute_timeout.0,
                 tunnel_idle_timeout: spec.gateway.tunnels.idle_timeout.0,
                 app_protocol: app_protocol(spec),
+                warm_backup_percent: spec.sidecar.warm_backup_percent,
                 cookies: CookieSettings::from_farm(spec),
             }
         }
@@ -651,6 +662,12 @@ mod tests {
             r#""1Gi""#,
             None,
             Some(("cache_disk_size", "1073741824")),
+        ),
+        (
+            "sidecar.warmBackupPercent",
+            "10",
+            None,
+            Some(("warm_backup_percent", "10")),
         ),
     ];
 

@@ -221,6 +221,16 @@ pub struct SidecarSettings {
     /// size plus 64Mi of memory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+    /// Share of the memory tier, in percent, kept for warm copies of the sessions for which
+    /// this unit is the backup (0 turns warm backups off). Taken out of the memory tier, so
+    /// warm copies never evict the unit's own sessions.
+    #[serde(default = "default_warm_backup_percent")]
+    #[schemars(range(max = 50))]
+    pub warm_backup_percent: u8,
+}
+
+fn default_warm_backup_percent() -> u8 {
+    crate::config::DEFAULT_WARM_BACKUP_PERCENT
 }
 
 fn default_cache_memory() -> Quantity {
@@ -233,6 +243,7 @@ impl Default for SidecarSettings {
             cache_memory: default_cache_memory(),
             cache_disk: None,
             resources: None,
+            warm_backup_percent: default_warm_backup_percent(),
         }
     }
 }

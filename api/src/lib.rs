@@ -86,6 +86,9 @@ pub mod headers {
     /// (gateway → sidecar). A sidecar trusts the gateway's other headers (the unit base URL)
     /// only when it carries the token the sidecar was given; it never reaches the app.
     pub const GATEWAY_TOKEN: &str = "x-stickyfarm-gateway-token";
+    /// The unit the gateway would fail the request's session over to (gateway → sidecar,
+    /// believed only with the gateway token): the unit that keeps the session's warm copy.
+    pub const BACKUP: &str = "x-stickyfarm-backup";
 }
 
 /// The [`headers`] a proxy sets or reads on every request, as `http::HeaderName`s: a `&str`
@@ -101,6 +104,8 @@ pub mod header_names {
     pub const UNIT_UNAVAILABLE: HeaderName = HeaderName::from_static(headers::UNIT_UNAVAILABLE);
     /// [`headers::GATEWAY_TOKEN`].
     pub const GATEWAY_TOKEN: HeaderName = HeaderName::from_static(headers::GATEWAY_TOKEN);
+    /// [`headers::BACKUP`].
+    pub const BACKUP: HeaderName = HeaderName::from_static(headers::BACKUP);
 }
 
 /// Label keys the operator puts on a farm's objects; the gateway finds units by them.
@@ -198,8 +203,15 @@ pub const HEALTHY_ANSWER: &str = "stickyfarm-sidecar healthy";
 /// The body a healthy sidecar returns on [`paths::HEALTH`] (status 200).
 ///
 /// It names the unit and the instance id, so a gateway whose expected answer includes the
-/// instance id notices a replaced pod, and the number of sessions the unit's cache holds (the
-/// gateway's status page shows it).
-pub fn healthy_answer(unit: &UnitName, instance: &InstanceId, sessions: u64) -> String {
-    format!("{HEALTHY_ANSWER}\nunit: {unit}\ninstance: {instance}\nsessions: {sessions}\n")
+/// instance id notices a replaced pod, the number of sessions the unit's cache holds, and the
+/// warm copies it keeps of sessions it backs up (the gateway's status table shows both).
+pub fn healthy_answer(
+    unit: &UnitName,
+    instance: &InstanceId,
+    sessions: u64,
+    warm_copies: u64,
+) -> String {
+    format!(
+        "{HEALTHY_ANSWER}\nunit: {unit}\ninstance: {instance}\nsessions: {sessions}\nwarm copies: {warm_copies}\n"
+    )
 }

@@ -16,6 +16,12 @@ pub struct StatusRow {
     pub in_flight: u64,
     /// Requests answered.
     pub requests: u64,
+    /// Sessions the unit's cache holds.
+    #[serde(default)]
+    pub sessions: Option<u64>,
+    /// Warm copies it keeps of sessions it backs up.
+    #[serde(default)]
+    pub warm_copies: Option<u64>,
     /// Last check latency.
     pub last_latency_ms: Option<f64>,
     /// Instance id.
@@ -35,16 +41,19 @@ pub struct StatusDoc {
 pub fn render_status_table(rows: &[StatusRow]) -> String {
     use std::fmt::Write as _;
     let mut out = format!(
-        "{:<18} {:<8} {:<9} {:>9} {:>9} {:>10}  {:<10} LAST ERROR\n",
-        "UNIT", "STATE", "ADMIN", "IN-FLIGHT", "REQUESTS", "CHECK", "INSTANCE"
+        "{:<18} {:<8} {:<9} {:>9} {:>6} {:>9} {:>9} {:>10}  {:<10} LAST ERROR\n",
+        "UNIT", "STATE", "ADMIN", "SESSIONS", "WARM", "IN-FLIGHT", "REQUESTS", "CHECK", "INSTANCE"
     );
+    let count = |n: Option<u64>| n.map_or("-".to_owned(), |n| n.to_string());
     for r in rows {
         let _ = writeln!(
             out,
-            "{:<18} {:<8} {:<9} {:>9} {:>9} {:>10}  {:<10} {}",
+            "{:<18} {:<8} {:<9} {:>9} {:>6} {:>9} {:>9} {:>10}  {:<10} {}",
             r.name,
             r.state,
             r.admin,
+            count(r.sessions),
+            count(r.warm_copies),
             r.in_flight,
             r.requests,
             r.last_latency_ms
@@ -68,4 +77,36 @@ pub async fn status_table(client: &reqwest::Client, url: &str) -> anyhow::Result
         .json()
         .await?;
     Ok(doc.units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_shows_sessions_held_and_warm_copies() {
+        let doc: StatusDoc = serde_json::from_value(serde_json::json!({"units": [
+            {"name": "web-0", "state": "up", "admin": "enabled", "in_flight": 2, "requests": 90,
+             "last_latency_ms": 1.25, "instance": "0123456789ab", "last_error": null,
+             "sessions": 40, "warm_copies": 12},
+            // A gateway of an earlier version sends neither count.
+            {"name": "web-1", "state": "down", "admin": "enabled", "in_flight": 0, "requests": 3,
+             "last_latency_ms": null, "instance": null, "last_error": "refused"}
+        ]}))
+        .unwrap();
+        let table = render_status_table(&doc.units);
+        let lines: Vec<Vec<&str>> = table
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[0][..5],
+            ["UNIT", "STATE", "ADMIN", "SESSIONS", "WARM"]
+        );
+        assert_eq!(
+            lines[1][..7],
+            ["web-0", "up", "enabled", "40", "12", "2", "90"]
+        );
+        assert_eq!(lines[2][..5], ["web-1", "down", "enabled", "-", "-"]);
+    }
 }

@@ -68,14 +68,14 @@ fn weighted(candidates: &[Candidate], rng: &mut impl Rng) -> usize {
 
 /// Rendezvous (highest random weight) choice: the same key picks the same candidate on every
 /// gateway replica, and removing a candidate only moves the keys that were on it.
-pub fn rendezvous<'a>(
+pub fn rendezvous<T>(
     key: &[u8],
-    names: impl IntoIterator<Item = (usize, &'a str)>,
-) -> Option<usize> {
-    names
+    candidates: impl IntoIterator<Item = T>,
+    name: impl Fn(&T) -> &str,
+) -> Option<T> {
+    candidates
         .into_iter()
-        .max_by_key(|(_, name)| fnv1a(key, name.as_bytes()))
-        .map(|(i, _)| i)
+        .max_by_key(|c| fnv1a(key, name(c).as_bytes()))
 }
 
 /// FNV-1a over two byte strings: stable across processes and builds (unlike `RandomState`).
@@ -165,8 +165,7 @@ mod tests {
         let units = ["web-0", "web-1", "web-2", "web-3"];
         let keys: Vec<String> = (0..400).map(|i| format!("session-{i}")).collect();
         let choose = |names: &[&str], k: &str| {
-            rendezvous(k.as_bytes(), names.iter().enumerate().map(|(i, n)| (i, *n)))
-                .map(|i| names[i].to_owned())
+            rendezvous(k.as_bytes(), names.iter(), |n| n).map(|n| (*n).to_owned())
         };
         let before: Vec<_> = keys.iter().map(|k| choose(&units, k).unwrap()).collect();
         let again: Vec<_> = keys.iter().map(|k| choose(&units, k).unwrap()).collect();

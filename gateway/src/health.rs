@@ -125,11 +125,16 @@ pub fn evaluate(
             "answered as instance {got}, but the unit's pod is {want}"
         ));
     }
-    let sessions = body
-        .lines()
-        .find_map(|l| l.strip_prefix("sessions:"))
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    Ok(CheckOk { instance, sessions })
+    let count = |key: &str| {
+        body.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Ok(CheckOk {
+        instance,
+        sessions: count("sessions:"),
+        warm_copies: count("warm copies:"),
+    })
 }
 
 #[cfg(test)]
@@ -180,13 +185,12 @@ mod tests {
     fn the_sessions_a_unit_holds_are_read_from_its_answer() {
         let name: stickyfarm_api::UnitName = "web-0".parse().unwrap();
         let id = InstanceId::random();
-        let answer = stickyfarm_api::healthy_answer(&name, &id, 41);
-        assert_eq!(
-            evaluate(200, &answer, &cfg(), Some(id)).unwrap().sessions,
-            Some(41)
-        );
-        // An older sidecar's answer has no such line: unknown, not zero.
+        let answer = stickyfarm_api::healthy_answer(&name, &id, 41, 7);
+        let ok = evaluate(200, &answer, &cfg(), Some(id)).unwrap();
+        assert_eq!((ok.sessions, ok.warm_copies), (Some(41), Some(7)));
+        // An older sidecar's answer has no such lines: unknown, not zero.
         let old = format!("stickyfarm-sidecar healthy\nunit: web-0\ninstance: {id}\n");
-        assert_eq!(evaluate(200, &old, &cfg(), None).unwrap().sessions, None);
+        let ok = evaluate(200, &old, &cfg(), None).unwrap();
+        assert_eq!((ok.sessions, ok.warm_copies), (None, None));
     }
 }

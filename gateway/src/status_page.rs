@@ -92,12 +92,13 @@ fn summary(html: &mut String, units: &[UnitStatus], ctx: &PageContext) {
 }
 
 /// The columns, in order: heading and how a unit's cell is written.
-const COLUMNS: [&str; 12] = [
+const COLUMNS: [&str; 13] = [
     "Unit",
     "State",
     "Admin",
     "Instance",
     "Sessions",
+    "Warm copies",
     "In flight",
     "Req/s",
     "Answer",
@@ -126,7 +127,7 @@ fn table(html: &mut String, units: &[UnitStatus], ctx: &PageContext) {
 fn row(html: &mut String, u: &UnitStatus, ctx: &PageContext) {
     let state = health_word(u.state);
     let _ = write!(html, "<tr class=\"{state}\">");
-    let cells: [String; 12] = [
+    let cells: [String; 13] = [
         format!(
             "<span class=\"name\">{}</span><span class=\"addr\">{}</span>",
             escape(&u.name),
@@ -147,6 +148,7 @@ fn row(html: &mut String, u: &UnitStatus, ctx: &PageContext) {
             None => "–".to_owned(),
         },
         u.sessions.map_or("–".to_owned(), |s| s.to_string()),
+        u.warm_copies.map_or("–".to_owned(), |s| s.to_string()),
         u.in_flight.to_string(),
         number(u.requests_per_second),
         u.answer_ms
@@ -283,6 +285,7 @@ mod tests {
             requests_per_second: 12.5,
             answer_ms: Some(3.25),
             sessions: Some(40),
+            warm_copies: Some(9),
             instance: Some("3841ea54-0a4d-49df-9637-c4cf7065f1d6".into()),
             ejected_until_unix_ms: None,
             ejections: 0,

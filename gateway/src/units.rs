@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 use stickyfarm_api::{InstanceId, UnitName};
 use tokio_util::sync::CancellationToken;
@@ -109,6 +110,8 @@ pub struct CheckRecord {
     pub instance: Option<InstanceId>,
     /// The sessions its cache held at the last passed check.
     pub sessions: Option<u64>,
+    /// The warm copies it kept (of sessions it backs up) at the last passed check.
+    pub warm_copies: Option<u64>,
 }
 
 /// Passive ejection (outlier detection, as Envoy calls it): how far requests that prove a unit
@@ -194,6 +197,9 @@ pub struct Unit {
     /// Cancelled when the unit leaves the farm (stops its checker).
     pub removed: CancellationToken,
     metrics: UnitMetrics,
+    /// The name as a header value, made once (it names the unit as a session's backup on
+    /// every request).
+    name_header: HeaderValue,
 }
 
 impl Unit {
@@ -207,6 +213,9 @@ impl Unit {
         let m = metrics.unit(&spec.name);
         m.up.set(0);
         Unit {
+            // Unit names are DNS labels: always a valid header value.
+            name_header: HeaderValue::from_str(spec.name.as_str())
+                .expect("a unit name is a valid header value"),
             admin: AtomicU8::new(spec.admin.as_u8()),
             health: AtomicU8::new(0),
             in_flight: AtomicU64::new(0),
@@ -229,6 +238,11 @@ impl Unit {
     /// The unit's name.
     pub fn name(&self) -> &UnitName {
         &self.spec.name
+    }
+
+    /// The unit's name as a header value.
+    pub fn name_header(&self) -> &HeaderValue {
+        &self.name_header
     }
 
     /// Health now.
@@ -323,6 +337,7 @@ impl Unit {
                     c.instance = ok.instance;
                 }
                 c.sessions = ok.sessions;
+                c.warm_copies = ok.warm_copies;
                 self.metrics.checks_ok.inc();
                 let health = self.health();
                 if let Some(old) = replaced {
@@ -474,6 +489,7 @@ impl Unit {
             requests_per_second: self.rate.per_second(now),
             answer_ms: self.answer_time.average().map(|d| d.as_secs_f64() * 1000.0),
             sessions: c.sessions,
+            warm_copies: c.warm_copies,
             instance: c.instance.or(self.spec.instance).map(|i| i.to_string()),
             ejected_until_unix_ms: Some(self.ejected_until_ms.load(Ordering::Acquire))
                 .filter(|until| *until > now),
@@ -495,6 +511,8 @@ pub struct CheckOk {
     pub instance: Option<InstanceId>,
     /// The sessions the unit's cache holds, if the answer said.
     pub sessions: Option<u64>,
+    /// The warm copies the unit keeps of sessions it backs up, if the answer said.
+    pub warm_copies: Option<u64>,
 }
 
 /// Counts one request out of a unit's in-flight count when dropped.
@@ -552,6 +570,9 @@ pub struct UnitStatus {
     /// Sessions the unit's cache held at its last passed check.
     #[serde(default)]
     pub sessions: Option<u64>,
+    /// Warm copies of sessions it backs up, at its last passed check.
+    #[serde(default)]
+    pub warm_copies: Option<u64>,
     /// The instance id (pod UID) reported or expected.
     pub instance: Option<String>,
     /// Until when a passive ejection keeps the unit out (while it does).

@@ -26,6 +26,7 @@ const rows = [...document.querySelectorAll('tbody tr')].map(r => ({
   state: r.className,
   unit: r.querySelector('.name').textContent,
   sessions: r.querySelector('[data-label=Sessions]').textContent,
+  warm: r.querySelector('[data-label=\"Warm copies\"]').textContent,
   error: r.querySelector('[data-label=\"Last error\"]').textContent,
   cells: r.querySelectorAll('td').length,
 }));
@@ -109,10 +110,14 @@ async fn the_status_page_reads_on_a_phone_and_a_desktop_in_a_real_browser() {
     for (row, unit) in rows.iter().zip(status["units"].as_array().unwrap()) {
         assert_eq!(row["unit"], unit["name"]);
         assert_eq!(row["state"], unit["state"]);
-        assert_eq!(row["cells"], 12);
+        assert_eq!(row["cells"], 13);
         match unit["sessions"].as_u64() {
             Some(n) => assert_eq!(row["sessions"], n.to_string()),
             None => assert_eq!(row["sessions"], "–"),
+        }
+        match unit["warm_copies"].as_u64() {
+            Some(n) => assert_eq!(row["warm"], n.to_string()),
+            None => assert_eq!(row["warm"], "–"),
         }
     }
     assert_eq!(rows[1]["state"], "down");

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -22,6 +22,8 @@ use foyer::{
 use serde::{Deserialize, Serialize};
 use stickyfarm_api::{SessionId, StoredId};
 use thiserror::Error;
+
+use crate::warm::WarmCopies;
 
 /// One cached session: its generation and every table.
 #[derive(Debug, Serialize, Deserialize)]
@@ -47,6 +49,9 @@ pub struct CachedSession {
     /// small enough to be attached (`None`: too large).
     #[serde(skip)]
     snapshot: OnceLock<Option<Box<str>>>,
+    /// A hash of the backup unit last told to keep a warm copy of this session (0: none).
+    #[serde(skip)]
+    warm_backup: AtomicU64,
 }
 
 /// Length of the unpadded base64 text of `n` bytes.
@@ -90,7 +95,19 @@ impl CachedSession {
             expires_at: never(),
             claim_refuted_at: AtomicU64::new(0),
             snapshot: OnceLock::new(),
+            warm_backup: AtomicU64::new(0),
         }
+    }
+
+    /// Records that the backup `mark` (a hash of its name, not 0) was told of this copy's
+    /// generation; `true` when it was not already.
+    pub fn note_backup(&self, mark: u64) -> bool {
+        self.warm_backup.swap(mark, Ordering::Relaxed) != mark
+    }
+
+    /// A fresh copy of the same state (generation, tables, lifetime), as if just loaded.
+    pub fn copy(&self) -> Self {
+        CachedSession::new(self.generation, self.tables.clone()).expiring_at(self.expires_at)
     }
 
     /// Records at `now` (ms) that this copy, just loaded, is behind the generation the client
@@ -224,6 +241,8 @@ pub struct CacheOptions {
     pub disk: Option<(PathBuf, usize)>,
     /// Largest snapshot header attached to requests (counted in an entry's weight).
     pub snapshot_max: usize,
+    /// Percent of `memory_bytes` kept for warm copies (`crate::warm`); 0: none.
+    pub warm_percent: u8,
 }
 
 /// An entry handed out by the cache.
@@ -233,14 +252,20 @@ pub type Entry = HybridCacheEntry<StoredId, CachedSession>;
 #[derive(Clone)]
 pub struct SessionCache {
     inner: HybridCache<StoredId, CachedSession>,
+    warm: Option<Arc<WarmCopies>>,
 }
 
 impl SessionCache {
     /// Opens the cache.
     pub async fn open(options: &CacheOptions) -> Result<Self, CacheError> {
+        // The warm copies' share comes out of the memory tier, so they never evict the
+        // unit's own sessions.
+        let warm_bytes = options.memory_bytes / 100 * usize::from(options.warm_percent.min(50));
+        let warm =
+            (warm_bytes > 0).then(|| Arc::new(WarmCopies::new(warm_bytes, options.snapshot_max)));
         let builder = HybridCacheBuilder::new()
             .with_name("stickyfarm-sessions")
-            .memory(options.memory_bytes)
+            .memory(options.memory_bytes - warm_bytes)
             // foyer counts entries unless told how much each weighs.
             .with_weighter({
                 let snapshot_max = options.snapshot_max;
@@ -259,7 +284,7 @@ impl SessionCache {
             }
             None => builder.build().await?,
         };
-        Ok(SessionCache { inner })
+        Ok(SessionCache { inner, warm })
     }
 
     /// The cached copy, from memory or disk.
@@ -272,6 +297,11 @@ impl SessionCache {
                 None
             }
         }
+    }
+
+    /// The warm copies this unit keeps as a backup; `None` when the farm turned them off.
+    pub fn warm(&self) -> Option<&WarmCopies> {
+        self.warm.as_deref()
     }
 
     /// Stores a copy.
@@ -407,6 +437,7 @@ mod tests {
             memory_bytes: 1024 * 1024,
             disk: None,
             snapshot_max: 16 * 1024,
+            warm_percent: 0,
         })
         .await
         .unwrap();
@@ -432,6 +463,7 @@ mod tests {
             memory_bytes: 64 * 1024,
             disk: Some((dir.path().to_path_buf(), 16 * 1024 * 1024)),
             snapshot_max: 16 * 1024,
+            warm_percent: 0,
         };
         let cache = SessionCache::open(&opts).await.unwrap();
         let id = stored();

@@ -221,6 +221,18 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         }
     };
     let id = resolved.id;
+    // The unit the gateway would fail this session over to: the app's writes during this
+    // request announce it, and it keeps a warm copy (`crate::warm`).
+    let _backup = front
+        .came_through_gateway(req.headers())
+        .then(|| req.headers().get(headers::BACKUP))
+        .flatten()
+        .and_then(|v| v.to_str().ok()?.parse::<UnitName>().ok())
+        .and_then(|backup| {
+            front
+                .tier
+                .hint_backup(&id, resolved.session.as_ref(), backup)
+        });
     tracing::debug!(
         cached = resolved.session.is_some(),
         "session resolved; forwarding to the app"
@@ -554,7 +566,12 @@ async fn health(State(front): State<Arc<Front>>) -> Response {
     let mut r = if failures.is_empty() {
         (
             StatusCode::OK,
-            stickyfarm_api::healthy_answer(&front.unit, &instance, cache.sessions_held()),
+            stickyfarm_api::healthy_answer(
+                &front.unit,
+                &instance,
+                cache.sessions_held(),
+                cache.warm().map_or(0, |w| w.entries() as u64),
+            ),
         )
             .into_response()
     } else {

@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod session_api;
 pub mod store;
 pub mod tier;
+pub mod warm;
 
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -127,6 +128,7 @@ impl Sidecar {
                 .clone()
                 .map(|d| (d, config.farm_settings.cache_disk_size.as_u64() as usize)),
             snapshot_max: config.snapshot_max.as_u64() as usize,
+            warm_percent: config.farm_settings.warm_backup_percent,
         })
         .await?;
         let instance = config.pod_uid.unwrap_or_else(|| {
@@ -273,6 +275,9 @@ impl Sidecar {
                     let t = tier.clone();
                     move || async move {
                         m.set_cache_memory(t.cache().memory_usage(), t.cache().sessions_held());
+                        if let Some(w) = t.cache().warm() {
+                            m.set_warm_copies(w.entries(), w.bytes());
+                        }
                         (
                             [(
                                 axum::http::header::CONTENT_TYPE,
@@ -305,6 +310,10 @@ impl Sidecar {
         ));
         if config.listen_invalidations {
             tasks.spawn(background::invalidation_loop(tier.clone(), stop.clone()));
+            // Warm copies are fed by what the listener hears.
+            if tier.cache().warm().is_some() {
+                tasks.spawn(background::warm_loop(tier.clone(), stop.clone()));
+            }
         }
         tracing::info!(
             %public_addr, %api_addr, %admin_addr, unit = %config.unit, %instance,

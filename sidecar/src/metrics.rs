@@ -119,7 +119,16 @@ pub struct Metrics {
     notifications: Counter,
     listener_connected: Gauge,
     announced: Family<OutcomeLabel, Counter>,
+    warm_copies: Gauge,
+    warm_copy_bytes: Gauge,
+    warm_loads: Family<OutcomeLabel, Counter>,
+    warm_failovers: Family<OutcomeLabel, Counter>,
 }
+
+/// Outcomes of loading a warm copy.
+const WARM_LOAD_OUTCOMES: [&str; 4] = ["loaded", "gone", "failed", "skipped"];
+/// Outcomes of a failed-over session's first request finding a warm copy here.
+const WARM_FAILOVER_OUTCOMES: [&str; 2] = ["hit", "stale"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -152,6 +161,10 @@ impl Metrics {
             notifications: Counter::default(),
             listener_connected: Gauge::default(),
             announced: Family::default(),
+            warm_copies: Gauge::default(),
+            warm_copy_bytes: Gauge::default(),
+            warm_loads: Family::default(),
+            warm_failovers: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -244,6 +257,32 @@ impl Metrics {
             "Committed changes announced to the other units (outcome sent, or given_up after PostgreSQL refused for 2 s); db_queries{op=\"announce\"} counts the batches",
             m.announced.clone(),
         );
+        registry.register(
+            "warm_copies",
+            "Warm copies held of sessions this unit backs up",
+            m.warm_copies.clone(),
+        );
+        registry.register(
+            "warm_copy_bytes",
+            "Weight of the warm copies (out of the memory tier's share for them)",
+            m.warm_copy_bytes.clone(),
+        );
+        registry.register(
+            "warm_loads",
+            "Warm copies loaded after another unit announced a write naming this unit its backup, by outcome (loaded, gone, failed, skipped: queue full)",
+            m.warm_loads.clone(),
+        );
+        registry.register(
+            "warm_failovers",
+            "Failed-over sessions whose first request here found a warm copy: hit (PostgreSQL had that generation, no load), stale (discarded, loaded)",
+            m.warm_failovers.clone(),
+        );
+        for outcome in WARM_LOAD_OUTCOMES {
+            let _ = m.warm_loads.get_or_create(&OutcomeLabel { outcome });
+        }
+        for outcome in WARM_FAILOVER_OUTCOMES {
+            let _ = m.warm_failovers.get_or_create(&OutcomeLabel { outcome });
+        }
         for outcome in ["sent", "given_up"] {
             let _ = m.announced.get_or_create(&OutcomeLabel { outcome });
         }
@@ -338,6 +377,21 @@ impl Metrics {
         self.cache_memory_bytes.set(bytes as i64);
         self.cached_sessions
             .set(i64::try_from(sessions).unwrap_or(i64::MAX));
+    }
+    /// Records the warm copies held (read at each scrape).
+    pub fn set_warm_copies(&self, copies: usize, bytes: usize) {
+        self.warm_copies.set(copies as i64);
+        self.warm_copy_bytes.set(bytes as i64);
+    }
+    pub(crate) fn warm_load(&self, outcome: &'static str) {
+        self.warm_loads
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+    pub(crate) fn warm_failover(&self, outcome: &'static str) {
+        self.warm_failovers
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
     pub(crate) fn session_issued(&self) {
         self.sessions_issued.inc();

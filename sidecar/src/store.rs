@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Row};
-use stickyfarm_api::{SessionId, SessionIdKey, StoredId, TableName};
+use stickyfarm_api::{SessionId, SessionIdKey, StoredId, TableName, UnitName};
 use thiserror::Error;
 use uuid::Uuid;
 
@@ -135,10 +135,13 @@ pub struct Expiry {
 }
 
 /// An invalidation announced by a unit that committed a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invalidation {
     /// The session reached this generation.
     Generation(StoredId, u64),
+    /// The session reached this generation, and the named unit is its backup, which keeps a
+    /// warm copy (`crate::warm`).
+    Warm(StoredId, u64, UnitName),
     /// The session was deleted.
     Deleted(StoredId),
 }
@@ -148,20 +151,49 @@ impl Invalidation {
     pub fn payload(&self) -> String {
         match self {
             Invalidation::Generation(id, g) => format!("{}:{g}", id.as_uuid()),
+            Invalidation::Warm(id, g, backup) => format!("{}:{g}:{backup}", id.as_uuid()),
             Invalidation::Deleted(id) => format!("{}:deleted", id.as_uuid()),
         }
     }
 
-    /// Parses a notification payload (`<stored id>:<generation>` or `<stored id>:deleted`).
+    /// Parses a notification payload (`<stored id>:<generation>`,
+    /// `<stored id>:<generation>:<backup unit>` or `<stored id>:deleted`).
     pub fn parse(payload: &str) -> Option<Self> {
         let (id, what) = payload.split_once(':')?;
         let id = StoredId::from_uuid(Uuid::try_parse(id).ok()?);
         if what == "deleted" {
-            Some(Invalidation::Deleted(id))
-        } else {
-            what.parse().ok().map(|g| Invalidation::Generation(id, g))
+            return Some(Invalidation::Deleted(id));
+        }
+        match what.split_once(':') {
+            Some((g, backup)) => Some(Invalidation::Warm(
+                id,
+                g.parse().ok()?,
+                backup.parse().ok()?,
+            )),
+            None => what.parse().ok().map(|g| Invalidation::Generation(id, g)),
         }
     }
+
+    /// The session this is about.
+    pub fn session(&self) -> StoredId {
+        match self {
+            Invalidation::Generation(id, _)
+            | Invalidation::Warm(id, _, _)
+            | Invalidation::Deleted(id) => *id,
+        }
+    }
+}
+
+/// One table change as `Store::run_change` sends it.
+struct TableChange<'a> {
+    id: StoredId,
+    table: &'a TableName,
+    /// The new document (`None`: delete the table).
+    doc: Option<&'a str>,
+    /// The version the change is conditional on (0 with an unconditional statement).
+    expected: i64,
+    /// The session's backup, told with the announcement.
+    backup: Option<UnitName>,
 }
 
 /// The session store in PostgreSQL.
@@ -365,13 +397,21 @@ impl Store {
         self.observe("generation", r).map(|g| g.map(|g| g as u64))
     }
 
-    /// Writes one table, conditionally, bumps the session generation and announces it.
+    /// Announces a change that was made without a write (a session's backup told of the
+    /// generation it should keep warm).
+    pub async fn announce(&self, change: Invalidation) {
+        self.announcer.announce([change]).await;
+    }
+
+    /// Writes one table, conditionally, bumps the session generation and announces it (with
+    /// the session's backup, when a request named one).
     pub async fn write_table(
         &self,
         id: StoredId,
         table: &TableName,
         doc: &str,
         condition: WriteCondition,
+        backup: Option<UnitName>,
     ) -> Result<Committed, StoreError> {
         let expected = match condition {
             WriteCondition::Expect(v) => v as i64,
@@ -382,8 +422,14 @@ impl Store {
             WriteCondition::Expect(_) => &*UPDATE_AT_VERSION,
             WriteCondition::Unconditional => &*UPSERT,
         };
-        self.run_change("write_table", sql, id, table, Some(doc), expected)
-            .await
+        let change = TableChange {
+            id,
+            table,
+            doc: Some(doc),
+            expected,
+            backup,
+        };
+        self.run_change("write_table", sql, change).await
     }
 
     /// Deletes one table, conditionally, bumps the session generation and announces it.
@@ -392,6 +438,7 @@ impl Store {
         id: StoredId,
         table: &TableName,
         condition: WriteCondition,
+        backup: Option<UnitName>,
     ) -> Result<Committed, StoreError> {
         let sql = match condition {
             WriteCondition::Expect(_) => &*DELETE_AT_VERSION,
@@ -401,19 +448,29 @@ impl Store {
             WriteCondition::Expect(v) => v as i64,
             WriteCondition::Unconditional => 0,
         };
-        self.run_change("delete_table", sql, id, table, None, expected)
-            .await
+        let change = TableChange {
+            id,
+            table,
+            doc: None,
+            expected,
+            backup,
+        };
+        self.run_change("delete_table", sql, change).await
     }
 
     async fn run_change(
         &self,
         op: &'static str,
         sql: &'static str,
-        id: StoredId,
-        table: &TableName,
-        doc: Option<&str>,
-        expected: i64,
+        change: TableChange<'_>,
     ) -> Result<Committed, StoreError> {
+        let TableChange {
+            id,
+            table,
+            doc,
+            expected,
+            backup,
+        } = change;
         let started = Instant::now();
         let r = sqlx::query(sql)
             .bind(id.as_uuid())
@@ -430,9 +487,11 @@ impl Store {
                 version: row.get::<i64, _>(0) as u64,
                 generation: row.get::<i64, _>(1) as u64,
             };
-            self.announcer
-                .announce([Invalidation::Generation(id, done.generation)])
-                .await;
+            let change = match backup {
+                Some(backup) => Invalidation::Warm(id, done.generation, backup),
+                None => Invalidation::Generation(id, done.generation),
+            };
+            self.announcer.announce([change]).await;
             self.metrics.write_through(started.elapsed().as_secs_f64());
             return Ok(done);
         }

@@ -16,8 +16,9 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 use stickyfarm_api::trace::{KeyValue, Traced};
 
+use futures::StreamExt;
 use stickyfarm_api::{
-    ClientCookies, Generation, InstanceId, SessionId, SessionIdKey, StoredId, TableName,
+    ClientCookies, Generation, InstanceId, SessionId, SessionIdKey, StoredId, TableName, UnitName,
 };
 use thiserror::Error;
 use tokio::sync::Mutex;
@@ -27,6 +28,7 @@ use crate::cache::{CachedSession, CachedTable, Entry, SessionCache, unix_now};
 use crate::issued::IssuedIds;
 use crate::metrics::{FlushReason, Metrics};
 use crate::store::{Committed, Invalidation, Store, StoreError, WriteCondition};
+use crate::warm::{BackupHints, HintGuard};
 
 fn unix_seconds() -> u64 {
     unix_now() / 1000
@@ -49,6 +51,22 @@ const SWEEP_BATCH: u64 = 1000;
 /// that session reload it at most this often: the forger's requests are served from the cache
 /// meanwhile, and honest clients, whose claims PostgreSQL always holds, never wait.
 const REFUTED_CLAIM_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Warm copies taken from the queue at a time, and loaded concurrently.
+const WARM_BATCH: usize = 64;
+const WARM_LOADS_IN_FLIGHT: usize = 4;
+
+/// The mark a cached copy keeps of the backup told of it (`CachedSession::note_backup`): a
+/// stable hash of the unit's name, never 0.
+fn backup_mark(backup: &UnitName) -> u64 {
+    backup
+        .as_str()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+        .max(1)
+}
 
 /// A session-tier operation failed.
 #[derive(Debug, Error)]
@@ -123,6 +141,8 @@ pub enum Resolution {
     Cached,
     /// Loaded from PostgreSQL (a miss, or a flush by a freshness rule).
     Loaded,
+    /// A warm copy kept as this session's backup, current with PostgreSQL (failed over).
+    Warm,
     /// A new session id was issued (nothing stored until the app writes state).
     Created,
     /// A session id issued here earlier that has no state yet.
@@ -174,6 +194,8 @@ pub struct SessionTier {
     /// Sessions rotated lately: old id → (new id, when). The front hands the client the new
     /// cookie on the answer to the request during which the app rotated.
     rotations: StdMutex<HashMap<SessionId, (SessionId, u64)>>,
+    /// The backups the gateway named for the sessions whose requests are in flight.
+    hints: Arc<BackupHints>,
 }
 
 impl SessionTier {
@@ -194,7 +216,39 @@ impl SessionTier {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             hasher: Default::default(),
             to_touch: StdMutex::new(HashSet::new()),
+            hints: Arc::default(),
         }
+    }
+
+    /// Records, for as long as the returned guard lives (the request's), the unit the gateway
+    /// named as the session's backup: writes meanwhile announce it, and it keeps a warm copy.
+    /// `None` when the gateway named this unit itself.
+    ///
+    /// A session whose backup has not heard of its current generation (written during its
+    /// first request, before a cookie let the gateway name a backup; failed over here; or a
+    /// new backup after the units changed) is announced to it now, so it warms without
+    /// waiting for the next write.
+    pub fn hint_backup(
+        &self,
+        id: &SessionId,
+        session: Option<&Entry>,
+        backup: UnitName,
+    ) -> Option<HintGuard> {
+        if backup.as_str() == self.options.unit {
+            return None;
+        }
+        let stored = self.stored(id);
+        if let Some(e) = session
+            && e.note_backup(backup_mark(&backup))
+        {
+            let (store, generation, backup) = (self.store.clone(), e.generation, backup.clone());
+            tokio::spawn(async move {
+                store
+                    .announce(Invalidation::Warm(stored, generation, backup))
+                    .await
+            });
+        }
+        Some(self.hints.enter(stored, backup))
     }
 
     /// This unit's instance id.
@@ -313,6 +367,9 @@ impl SessionTier {
             self.metrics.hit();
             return Ok(Some((e, Resolution::Cached)));
         }
+        if let Some(e) = self.warm_copy_locked(&stored, min).await? {
+            return Ok(Some((e, Resolution::Warm)));
+        }
         self.metrics.miss();
         let loaded = self.load_locked(&id, stored).await?;
         if let Some(e) = &loaded
@@ -361,6 +418,65 @@ impl SessionTier {
                 .insert(stored.as_uuid());
         }
         Some(e)
+    }
+
+    /// The warm copy of a session this unit backs up, made this unit's own copy if PostgreSQL
+    /// has exactly its generation (one key lookup instead of loading every table); a copy
+    /// that is behind is discarded. The caller holds the session's lock.
+    async fn warm_copy_locked(
+        &self,
+        stored: &StoredId,
+        min: Generation,
+    ) -> Result<Option<Entry>, TierError> {
+        let Some(copy) = self.cache.warm().and_then(|w| w.take(stored)) else {
+            return Ok(None);
+        };
+        if copy.generation < min.0 || copy.expired(unix_now()) {
+            self.metrics.warm_failover("stale");
+            return Ok(None);
+        }
+        let current = Traced::phase("generation check")
+            .run(self.store.generation(*stored))
+            .await?;
+        if current != Some(copy.generation) {
+            self.metrics.warm_failover("stale");
+            return Ok(None);
+        }
+        self.metrics.warm_failover("hit");
+        Ok(Some(self.cache.insert(*stored, copy)))
+    }
+
+    /// Loads a warm copy of a session this unit backs up (queued by an announcement).
+    async fn load_warm_copy(&self, stored: StoredId) {
+        let Some(warm) = self.cache.warm() else {
+            return;
+        };
+        // This unit's own copy, when it holds one, is kept current by the announcements.
+        if self.cache.get(&stored).await.is_some() {
+            return;
+        }
+        match self.store.load_session(stored).await {
+            Ok(Some(l)) if l.live => {
+                let tables = l
+                    .tables
+                    .into_iter()
+                    .map(|(name, version, doc)| (name, CachedTable { version, doc }))
+                    .collect();
+                warm.store(
+                    stored,
+                    CachedSession::new(l.generation, tables).expiring_at(l.expires_at_ms),
+                );
+                self.metrics.warm_load("loaded");
+            }
+            Ok(_) => {
+                warm.forget_older(&stored, None);
+                self.metrics.warm_load("gone");
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "loading a warm copy failed; the session loads cold on failover");
+                self.metrics.warm_load("failed");
+            }
+        }
     }
 
     /// Loads from PostgreSQL into the cache. The caller holds the session's lock.
@@ -451,6 +567,7 @@ impl SessionTier {
         precondition: Precondition,
     ) -> Result<Committed, TierError> {
         let stored = self.stored(&id);
+        let backup = self.hints.backup_of(&stored);
         let _guard = self.lock_for(&stored).lock().await;
         let current = match self.cache.get(&stored).await {
             Some(e) => e,
@@ -481,12 +598,18 @@ impl SessionTier {
         let result = match &doc {
             Some(doc) => {
                 write
-                    .run(self.store.write_table(stored, table, doc, condition))
+                    .run(
+                        self.store
+                            .write_table(stored, table, doc, condition, backup.clone()),
+                    )
                     .await
             }
             None => {
                 write
-                    .run(self.store.delete_table(stored, table, condition))
+                    .run(
+                        self.store
+                            .delete_table(stored, table, condition, backup.clone()),
+                    )
                     .await
             }
         };
@@ -498,10 +621,12 @@ impl SessionTier {
                         version: done.version,
                         doc,
                     });
-                    self.cache.insert(
-                        stored,
-                        current.with_table(done.generation, table.as_str(), t),
-                    );
+                    let next = current.with_table(done.generation, table.as_str(), t);
+                    if let Some(b) = &backup {
+                        // The write's announcement told the backup.
+                        next.note_backup(backup_mark(b));
+                    }
+                    self.cache.insert(stored, next);
                 } else {
                     // Another table changed elsewhere in between: this copy is behind.
                     self.cache.remove(&stored);
@@ -591,22 +716,31 @@ impl SessionTier {
 
     /// Applies an invalidation announced by some unit (this one included).
     pub async fn invalidate(&self, inv: Invalidation) {
-        let id = match inv {
-            Invalidation::Generation(id, _) => id,
-            Invalidation::Deleted(id) => {
+        let id = inv.session();
+        let generation = match &inv {
+            Invalidation::Generation(_, g) | Invalidation::Warm(_, g, _) => Some(*g),
+            Invalidation::Deleted(_) => {
                 // Deleted anywhere (logout, expiry): a late write here must not bring it back.
                 self.issued.forget_stored(&id, unix_seconds());
-                id
+                None
             }
         };
+        if let Some(warm) = self.cache.warm() {
+            match &inv {
+                Invalidation::Warm(_, g, backup) if backup.as_str() == self.options.unit => {
+                    if !warm.queue(id, *g) {
+                        self.metrics.warm_load("skipped");
+                    }
+                }
+                // Another unit backs it up now (or it is gone): a copy here only goes stale.
+                _ => warm.forget_older(&id, generation),
+            }
+        }
         let _guard = self.lock_for(&id).lock().await;
         let Some(e) = self.cache.get(&id).await else {
             return;
         };
-        let stale = match inv {
-            Invalidation::Generation(_, g) => e.generation < g,
-            Invalidation::Deleted(_) => true,
-        };
+        let stale = generation.is_none_or(|g| e.generation < g);
         if stale {
             self.flush(&id, FlushReason::Notification);
         }
@@ -615,6 +749,9 @@ impl SessionTier {
     /// Drops every cached copy (after missed invalidations).
     pub async fn flush_all(&self) {
         self.cache.clear().await;
+        if let Some(warm) = self.cache.warm() {
+            warm.clear();
+        }
         self.metrics.full_flush();
     }
 
@@ -688,6 +825,24 @@ pub mod background {
                     }
                 }
             }
+        }
+    }
+
+    /// Loads the warm copies the announcements queued, a few at a time, until cancelled.
+    pub async fn warm_loop(tier: Arc<SessionTier>, stop: CancellationToken) {
+        let Some(warm) = tier.cache.warm() else {
+            return;
+        };
+        loop {
+            let batch = tokio::select! {
+                b = warm.next_batch(WARM_BATCH) => b,
+                _ = stop.cancelled() => return,
+            };
+            // A few loads at a time: warming must not take the pool from the unit's own
+            // requests.
+            futures::stream::iter(batch)
+                .for_each_concurrent(WARM_LOADS_IN_FLIGHT, |(id, _)| tier.load_warm_copy(id))
+                .await;
         }
     }
 

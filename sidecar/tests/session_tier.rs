@@ -935,7 +935,7 @@ async fn health_answer_names_unit_and_instance_and_fails_without_the_app() {
     assert_eq!(
         r.text().await.unwrap(),
         format!(
-            "stickyfarm-sidecar healthy\nunit: web-7\ninstance: {}\nsessions: 0\n",
+            "stickyfarm-sidecar healthy\nunit: web-7\ninstance: {}\nsessions: 0\nwarm copies: 0\n",
             a.sidecar.instance
         )
     );
@@ -950,7 +950,12 @@ async fn health_answer_names_unit_and_instance_and_fails_without_the_app() {
         .send()
         .await
         .unwrap();
-    assert!(r.text().await.unwrap().ends_with("\nsessions: 1\n"));
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .ends_with("\nsessions: 1\nwarm copies: 0\n")
+    );
     // Other reserved paths are not forwarded to the app.
     let r = client
         .get(a.sidecar.url("/_stickyfarm/anything"))

@@ -134,6 +134,21 @@ pub struct Placement {
 #[derive(Debug, Clone, Copy)]
 struct GatewayAnswer;
 
+/// The backup of the session keyed `key` when the units in `exclude` are out: the first unit
+/// in rendezvous order that takes sessions, so every request of the session, on every gateway
+/// replica, finds the same one. The gateway fails a session over to it, and names it to the
+/// serving unit beforehand so it keeps a warm copy.
+fn backup_of<'m>(members: &'m Members, exclude: &[UnitName], key: &[u8]) -> Option<&'m Arc<Unit>> {
+    balance::rendezvous(
+        key,
+        members
+            .units
+            .values()
+            .filter(|u| u.takes_new_sessions() && !exclude.contains(u.name())),
+        |u| u.name().as_str(),
+    )
+}
+
 fn text_response(refusal: Refusal) -> Response<ResponseBody> {
     let mut r = Response::new(
         Full::new(Bytes::from(format!("{}\n", refusal.message())))
@@ -195,22 +210,14 @@ impl Proxy {
         key: &[u8],
         deterministic: bool,
     ) -> Option<Arc<Unit>> {
+        if deterministic {
+            return backup_of(members, exclude, key).cloned();
+        }
         let eligible: Vec<&Arc<Unit>> = members
             .units
             .values()
             .filter(|u| u.takes_new_sessions() && !exclude.contains(u.name()))
             .collect();
-        if deterministic {
-            // Every request of this session, on every gateway replica, picks the same backup.
-            let i = balance::rendezvous(
-                key,
-                eligible
-                    .iter()
-                    .enumerate()
-                    .map(|(i, u)| (i, u.name().as_str())),
-            )?;
-            return Some(eligible[i].clone());
-        }
         let now = now_ms();
         let candidates: Vec<Candidate> = eligible
             .iter()
@@ -444,6 +451,21 @@ impl Proxy {
             };
             if let Ok(v) = HeaderValue::from_str(&unit_url(&self.s, &link, &route.host)) {
                 request.headers_mut().insert(header_names::UNIT_URL, v);
+            }
+            // The unit this session fails over to from here keeps a warm copy of it.
+            let backup = route
+                .has_session
+                .then(|| backup_of(members, std::slice::from_ref(unit.name()), &route.key))
+                .flatten();
+            match backup {
+                Some(b) => {
+                    request
+                        .headers_mut()
+                        .insert(header_names::BACKUP, b.name_header().clone());
+                }
+                None => {
+                    request.headers_mut().remove(header_names::BACKUP);
+                }
             }
             // An upgrade stays on its unit: a full unit refuses it rather than moving the
             // session's connection elsewhere.
