@@ -218,6 +218,7 @@ impl Bench {
         Ok(Unit {
             name: name.to_owned(),
             public,
+            admin,
             sidecar,
             app,
         })
@@ -416,6 +417,8 @@ pub struct Unit {
     pub name: String,
     /// The sidecar's public address (what the proxies forward to).
     pub public: SocketAddr,
+    /// The sidecar's metrics address.
+    pub admin: SocketAddr,
     /// The sidecar.
     pub sidecar: Proc,
     /// The app.
@@ -423,6 +426,20 @@ pub struct Unit {
 }
 
 impl Unit {
+    /// The sum of the sidecar's samples of metric `name` whose labels contain `labels`.
+    pub async fn metric(&self, name: &str, labels: &str) -> anyhow::Result<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| l.contains(labels))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum())
+    }
+
     /// Kills both processes at once, as when a pod's node dies.
     pub fn kill(&mut self) {
         self.sidecar.kill_now();

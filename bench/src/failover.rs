@@ -1,8 +1,12 @@
 //! Scenario 3, failover under load: sticky shoppers (a separate process, reading their cart
 //! and writing it every fifth request) on three units; the unit holding the most sessions is
 //! killed (app and sidecar, SIGKILL). Choosing it by placement, not by name, keeps a run from
-//! having nothing to fail over when the proxy happened to place no session on a fixed unit. Through the Stickyfarm gateway and, for comparison, HAProxy with the same check
-//! interval and thresholds in front of the same units.
+//! having nothing to fail over when the proxy happened to place no session on a fixed unit.
+//! Through the Stickyfarm gateway with warm backups (the default), the same with warm backups
+//! off (`--warm-backup-percent 0`: every failed-over session loads cold), and, for comparison,
+//! HAProxy with the same check interval and thresholds in front of the same units. The
+//! surviving units' counters tell how many failed-over sessions were served from a warm copy
+//! and how many reads had to load from PostgreSQL from the kill to the end.
 
 use std::io::BufRead as _;
 use std::time::{Duration, Instant};
@@ -14,7 +18,11 @@ use crate::procs::Proc;
 use crate::shoppers::{ANSWERED, Answer, Failover, analyze_failover, busiest_unit};
 
 /// The proxies compared.
-pub const PROXIES: [&str; 2] = ["Stickyfarm gateway", "HAProxy"];
+pub const PROXIES: [&str; 3] = [
+    "Stickyfarm gateway",
+    "Stickyfarm, warm backups off",
+    "HAProxy",
+];
 
 /// Results: per proxy, one [`Failover`] per run, and the answers of the last run (for the plot)
 /// with the kill time.
@@ -38,8 +46,8 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Failovers> {
     } else {
         (Duration::from_secs(3), Duration::from_secs(10))
     };
-    let mut runs = vec![Vec::new(), Vec::new()];
-    let mut last = vec![(Vec::new(), 0), (Vec::new(), 0)];
+    let mut runs = vec![Vec::new(); PROXIES.len()];
+    let mut last = vec![(Vec::new(), 0); PROXIES.len()];
     for round in 0..b.runs {
         for (p, proxy) in PROXIES.iter().enumerate() {
             eprintln!("  failover, {proxy}: round {}/{}", round + 1, b.runs);
@@ -70,14 +78,18 @@ async fn one_run(
     logs: &std::path::Path,
 ) -> anyhow::Result<(Failover, Vec<Answer>, u64)> {
     let cpu = b.placement.proxy;
+    let unit_flags: &[&str] = match proxy {
+        1 => &["--warm-backup-percent", "0"],
+        _ => &[],
+    };
     let mut units = Vec::new();
     for i in 0..3 {
-        units.push(b.unit(&format!("u{i}"), database_url, &[], cpu, logs)?);
+        units.push(b.unit(&format!("u{i}"), database_url, unit_flags, cpu, logs)?);
     }
     let members: Vec<(String, std::net::SocketAddr)> =
         units.iter().map(|u| (u.name.clone(), u.public)).collect();
     let (_proxy_proc, addr) = match proxy {
-        0 => {
+        0 | 1 => {
             b.gateway(
                 &members,
                 &[
@@ -134,20 +146,61 @@ async fn one_run(
         })?;
     wait_for_line(&mut load, &shoppers_log, ANSWERED)?;
     tokio::time::sleep(warm).await;
+    let survivors: Vec<&crate::bench::Unit> = units
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != killed)
+        .map(|(_, u)| u)
+        .collect();
+    let before = BackupCounters::of(&survivors).await?;
     let kill_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
     units[killed].kill();
     // The shoppers stop on their own after `total`.
     load.wait_exit(total + Duration::from_secs(30))?;
+    let survivors: Vec<&crate::bench::Unit> = units
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != killed)
+        .map(|(_, u)| u)
+        .collect();
+    let after = BackupCounters::of(&survivors).await?;
     let answers: Vec<Answer> = std::io::BufReader::new(
         std::fs::File::open(&out).with_context(|| format!("opening {}", out.display()))?,
     )
     .lines()
     .map(|l| Ok(serde_json::from_str(&l?)?))
     .collect::<anyhow::Result<_>>()?;
-    let f = analyze_failover(&answers, &units[killed].name, kill_ms);
+    let mut f = analyze_failover(&answers, &units[killed].name, kill_ms);
+    f.warm_hits = after.warm_hits - before.warm_hits;
+    f.backup_loads = after.loads - before.loads;
     Ok((f, answers, kill_ms))
+}
+
+/// What the surviving units counted: failed-over sessions served from a warm copy, and reads
+/// that loaded from PostgreSQL.
+struct BackupCounters {
+    warm_hits: u64,
+    loads: u64,
+}
+
+impl BackupCounters {
+    async fn of(units: &[&crate::bench::Unit]) -> anyhow::Result<Self> {
+        let mut c = BackupCounters {
+            warm_hits: 0,
+            loads: 0,
+        };
+        for u in units {
+            c.warm_hits += u
+                .metric("stickyfarm_sidecar_warm_failovers_total", "outcome=\"hit\"")
+                .await? as u64;
+            c.loads += u
+                .metric("stickyfarm_sidecar_cache_misses_total", "")
+                .await? as u64;
+        }
+        Ok(c)
+    }
 }
 
 fn wait_for_line(p: &mut Proc, log: &std::path::Path, line: &str) -> anyhow::Result<()> {

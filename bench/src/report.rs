@@ -460,15 +460,18 @@ pub fn write(
     if let Some(f) = &r.failover {
         let _ = writeln!(
             md,
-            "## 3. Failover under load\n\n{} shoppers, one request each every {} ms (every fifth a 1 KiB cart write), on three units; after a warm-up the unit holding the most sessions (app and sidecar) is killed with SIGKILL. Checks every 500 ms, 3 failures take a unit out, 2 passes bring it back, a connection error takes it out at once — the same on both. Recovery: from the kill until the last session that the killed unit served was answered by another unit.\n",
+            "## 3. Failover under load\n\n{} shoppers, one request each every {} ms (every fifth a 1 KiB cart write), on three units; after a warm-up the unit holding the most sessions (app and sidecar) is killed with SIGKILL. Checks every 500 ms, 3 failures take a unit out, 2 passes bring it back, a connection error takes it out at once — the same on all. The Stickyfarm gateway runs twice: with warm backups (each session's backup keeps a warm copy, the default) and with them off (`--warm-backup-percent 0`), so the two differ only in that. Recovery: from the kill until the last session that the killed unit served was answered by another unit.\n",
             f.shoppers,
             f.interval.as_millis()
         );
         let _ = writeln!(
             md,
-            "| proxy | failed reads | failed writes | requests | sessions on the killed unit | recovery ms | p99 ms before | p99 ms in the 2 s after | slowest ms after |"
+            "| proxy | failed reads | failed writes | requests | sessions on the killed unit | recovery ms | p99 ms before | p99 ms in the 2 s after | p99 after ÷ before | slowest ms after | failed-over sessions served from a warm copy | reads loaded from PostgreSQL on the backups after the kill |"
         );
-        let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            md,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         let _ = writeln!(
             readme,
             "\n| failover (one of three units killed under load) | failed reads | failed writes | recovery ms | slowest request ms |"
@@ -495,7 +498,7 @@ pub fn write(
             );
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 PROXIES[p],
                 sum(|r| r.failed_reads),
                 sum(|r| r.failed_writes),
@@ -504,7 +507,14 @@ pub fn write(
                 rec_text,
                 show(sp(|r| r.p99_before_us as f64), true),
                 show(sp(|r| r.p99_after_us as f64), true),
+                sp(|r| r.p99_after_us as f64 / r.p99_before_us.max(1) as f64)
+                    .map_or("–".into(), |s| spread(&s, |v| format!("{v:.2}×"))),
                 show(sp(|r| r.max_after_us as f64), true),
+                // The share of the killed unit's sessions whose first request on a backup
+                // found a warm copy current with PostgreSQL.
+                sp(|r| 100.0 * r.warm_hits as f64 / r.affected.max(1) as f64)
+                    .map_or("–".into(), |s| spread(&s, |v| format!("{v:.0} %"))),
+                show(sp(|r| r.backup_loads as f64), false),
             );
             let _ = writeln!(
                 readme,

@@ -305,6 +305,11 @@ pub struct Failover {
     pub p99_after_us: u64,
     /// The slowest request sent in the 2 s after the kill, µs.
     pub max_after_us: u64,
+    /// Failed-over sessions whose first request on a backup was served from a warm copy
+    /// (filled in by the scenario from the surviving units' counters).
+    pub warm_hits: u64,
+    /// Reads on the surviving units that loaded from PostgreSQL, from the kill to the end.
+    pub backup_loads: u64,
 }
 
 fn p99(mut v: Vec<u64>) -> u64 {
@@ -359,6 +364,8 @@ pub fn analyze_failover(answers: &[Answer], killed: &str, kill_ms: u64) -> Failo
         p99_before_us: p99(window(kill_ms.saturating_sub(1000), kill_ms).collect()),
         p99_after_us: p99(window(kill_ms, kill_ms + 2000).collect()),
         max_after_us: window(kill_ms, kill_ms + 2000).max().unwrap_or(0),
+        warm_hits: 0,
+        backup_loads: 0,
     }
 }
 
