@@ -57,3 +57,27 @@ mod tests {
         );
     }
 }
+
+/// The sum of the samples of metric `name` (a counter's `_total` included in the name) whose
+/// label text contains `labels`, read from a `/metrics` answer in the text exposition format;
+/// 0 when there are none. How the tests and the benchmarks read a component's counters.
+pub fn sample_sum(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[cfg(test)]
+mod sample_tests {
+    #[test]
+    fn samples_are_summed_by_name_and_labels() {
+        let text =
+            "# HELP x_total X\nx_total{op=\"a\"} 2\nx_total{op=\"b\"} 3\nx_total_seconds 9\nx 4\n";
+        assert_eq!(super::sample_sum(text, "x_total", ""), 5.0);
+        assert_eq!(super::sample_sum(text, "x_total", "op=\"b\""), 3.0);
+        assert_eq!(super::sample_sum(text, "x", ""), 4.0);
+        assert_eq!(super::sample_sum(text, "y", ""), 0.0);
+    }
+}

@@ -432,12 +432,7 @@ impl Unit {
             .await?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| l.contains(labels))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum())
+        Ok(stickyfarm_api::metrics::sample_sum(&text, name, labels))
     }
 
     /// Kills both processes at once, as when a pod's node dies.

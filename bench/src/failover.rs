@@ -146,26 +146,14 @@ async fn one_run(
         })?;
     wait_for_line(&mut load, &shoppers_log, ANSWERED)?;
     tokio::time::sleep(warm).await;
-    let survivors: Vec<&crate::bench::Unit> = units
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != killed)
-        .map(|(_, u)| u)
-        .collect();
-    let before = BackupCounters::of(&survivors).await?;
+    let before = BackupCounters::of(&units, killed).await?;
     let kill_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
     units[killed].kill();
     // The shoppers stop on their own after `total`.
     load.wait_exit(total + Duration::from_secs(30))?;
-    let survivors: Vec<&crate::bench::Unit> = units
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| *i != killed)
-        .map(|(_, u)| u)
-        .collect();
-    let after = BackupCounters::of(&survivors).await?;
+    let after = BackupCounters::of(&units, killed).await?;
     let answers: Vec<Answer> = std::io::BufReader::new(
         std::fs::File::open(&out).with_context(|| format!("opening {}", out.display()))?,
     )
@@ -186,12 +174,13 @@ struct BackupCounters {
 }
 
 impl BackupCounters {
-    async fn of(units: &[&crate::bench::Unit]) -> anyhow::Result<Self> {
+    /// Summed over every unit but the `killed` one.
+    async fn of(units: &[crate::bench::Unit], killed: usize) -> anyhow::Result<Self> {
         let mut c = BackupCounters {
             warm_hits: 0,
             loads: 0,
         };
-        for u in units {
+        for (_, u) in units.iter().enumerate().filter(|(i, _)| *i != killed) {
             c.warm_hits += u
                 .metric("stickyfarm_sidecar_warm_failovers_total", "outcome=\"hit\"")
                 .await? as u64;

@@ -307,11 +307,7 @@ pub async fn scrape_metric(admin: SocketAddr, name: &str, labels: &str) -> f64 {
         .text()
         .await
         .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l.contains(labels))
-        .filter(|l| l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    stickyfarm_api::metrics::sample_sum(&text, name, labels)
 }
 
 /// The admin token every test gateway takes unit actions with.
