@@ -221,10 +221,10 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         }
     };
     let id = resolved.id;
+    let from_gateway = front.came_through_gateway(req.headers());
     // The unit the gateway would fail this session over to: the app's writes during this
     // request announce it, and it keeps a warm copy (`crate::warm`).
-    let _backup = front
-        .came_through_gateway(req.headers())
+    let _backup = from_gateway
         .then(|| req.headers().get(headers::BACKUP))
         .flatten()
         .and_then(|v| v.to_str().ok()?.parse::<UnitName>().ok())
@@ -250,8 +250,7 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
-    let unit_url = front
-        .came_through_gateway(&parts.headers)
+    let unit_url = from_gateway
         .then(|| parts.headers.get(headers::UNIT_URL))
         .flatten()
         .and_then(|v| v.to_str().ok())

@@ -9,6 +9,8 @@
 //! 3. Every unit listens for committed changes (PostgreSQL `NOTIFY`) and drops older copies;
 //!    after the listener lost its connection, the whole cache is dropped.
 //! 4. Every write is conditional on a version: a stale copy can never be written back.
+//! 5. A backup's warm copy of a failed-over session (`crate::warm`) is taken only when
+//!    PostgreSQL holds exactly its generation; otherwise the session is loaded.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;

@@ -17,6 +17,7 @@
 //! at once.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
@@ -59,9 +60,16 @@ impl BackupHints {
     /// Concurrent requests of one session share the entry; the latest name wins.
     pub fn enter(self: &Arc<Self>, id: StoredId, backup: UnitName) -> HintGuard {
         let mut shard = self.shard(&id).lock().expect("backup hints poisoned");
-        let entry = shard.entry(id).or_insert_with(|| (backup.clone(), 0));
-        entry.0 = backup;
-        entry.1 += 1;
+        match shard.entry(id) {
+            Entry::Occupied(mut held) => {
+                let (name, requests) = held.get_mut();
+                *name = backup;
+                *requests += 1;
+            }
+            Entry::Vacant(slot) => {
+                slot.insert((backup, 1));
+            }
+        }
         HintGuard {
             hints: self.clone(),
             id,
