@@ -127,6 +127,15 @@ pub struct GatewayFarmSettings {
     #[arg(long, env = "STICKYFARM_HSTS_MAX_AGE", value_parser = humantime::parse_duration)]
     pub hsts_max_age: Option<Duration>,
 
+    /// After units were added: a session with no request for this long, on a unit holding
+    /// more than its share, moves to the least loaded unit at its next request (`0s`: never).
+    #[arg(long, env = "STICKYFARM_REBALANCE_IDLE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub rebalance_idle: Duration,
+
+    /// How long after units were added idle sessions are moved.
+    #[arg(long, env = "STICKYFARM_REBALANCE_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub rebalance_window: Duration,
+
     /// The farm's cookies, as the other components see them.
     #[command(flatten)]
     pub cookies: CookieSettings,
@@ -151,6 +160,8 @@ impl GatewayFarmSettings {
             ),
             ("tunnel_idle_timeout", duration(self.tunnel_idle_timeout)),
             ("app_protocol", value_name(self.app_protocol)),
+            ("rebalance_idle", duration(self.rebalance_idle)),
+            ("rebalance_window", duration(self.rebalance_window)),
         ];
         if let Some(host) = &self.farm_host {
             v.push(("farm_host", host.clone()));
@@ -456,6 +467,8 @@ mod from_farm {
                 max_tunnels_per_unit: g.tunnels.max_per_unit as usize,
                 tunnel_idle_timeout: g.tunnels.idle_timeout.0,
                 app_protocol: app_protocol(spec),
+                rebalance_idle: g.rebalance.idle_after.0,
+                rebalance_window: g.rebalance.window.0,
                 hsts_max_age: g
                     .tls
                     .as_ref()
@@ -662,6 +675,18 @@ mod tests {
             r#""1Gi""#,
             None,
             Some(("cache_disk_size", "1073741824")),
+        ),
+        (
+            "gateway.rebalance.idleAfter",
+            r#""30s""#,
+            Some(("rebalance_idle", "30s")),
+            None,
+        ),
+        (
+            "gateway.rebalance.window",
+            r#""5m""#,
+            Some(("rebalance_window", "5m")),
+            None,
         ),
         (
             "sidecar.warmBackupPercent",

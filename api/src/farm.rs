@@ -351,6 +351,40 @@ pub struct GatewaySettings {
     /// Upgraded connections (WebSockets) through the gateway.
     #[serde(default)]
     pub tunnels: TunnelSettings,
+    /// Moving idle sessions to units added by a scale-up.
+    #[serde(default)]
+    pub rebalance: RebalanceSettings,
+}
+
+/// After units are added, sessions idle for `idleAfter` on a unit that holds more than its
+/// share move to the least loaded unit at their next request (addressed by the routing
+/// cookie; a link naming a unit is never moved), for `window` after the scale-up.
+#[derive(JsonSchema, Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RebalanceSettings {
+    /// A session with no request for this long may move (`0s`: never rebalance).
+    #[serde(default = "default_rebalance_idle")]
+    pub idle_after: DurationText,
+    /// How long after units were added sessions are moved.
+    #[serde(default = "default_rebalance_window")]
+    pub window: DurationText,
+}
+
+fn default_rebalance_idle() -> DurationText {
+    DurationText::from_str("10s").expect("valid default")
+}
+
+fn default_rebalance_window() -> DurationText {
+    DurationText::from_str("10m").expect("valid default")
+}
+
+impl Default for RebalanceSettings {
+    fn default() -> Self {
+        RebalanceSettings {
+            idle_after: default_rebalance_idle(),
+            window: default_rebalance_window(),
+        }
+    }
 }
 
 /// TLS at the gateway.
@@ -427,6 +461,7 @@ impl Default for GatewaySettings {
             health_check: HealthCheck::default(),
             tls: None,
             tunnels: TunnelSettings::default(),
+            rebalance: RebalanceSettings::default(),
         }
     }
 }

@@ -89,6 +89,11 @@ pub mod headers {
     /// The unit the gateway would fail the request's session over to (gateway → sidecar,
     /// believed only with the gateway token): the unit that keeps the session's warm copy.
     pub const BACKUP: &str = "x-stickyfarm-backup";
+    /// Asks a sidecar to release the request's session if it has been idle for at least this
+    /// many milliseconds (gateway → sidecar, believed only with the gateway token): the
+    /// sidecar then drops its copy and answers 503 with [`UNIT_UNAVAILABLE`] `released`
+    /// without reaching the app, and the gateway sends the request to a less loaded unit.
+    pub const RELEASE_IF_IDLE: &str = "x-stickyfarm-release-if-idle";
 }
 
 /// The [`headers`] a proxy sets or reads on every request, as `http::HeaderName`s: a `&str`
@@ -106,6 +111,8 @@ pub mod header_names {
     pub const GATEWAY_TOKEN: HeaderName = HeaderName::from_static(headers::GATEWAY_TOKEN);
     /// [`headers::BACKUP`].
     pub const BACKUP: HeaderName = HeaderName::from_static(headers::BACKUP);
+    /// [`headers::RELEASE_IF_IDLE`].
+    pub const RELEASE_IF_IDLE: HeaderName = HeaderName::from_static(headers::RELEASE_IF_IDLE);
 }
 
 /// Label keys the operator puts on a farm's objects; the gateway finds units by them.
@@ -196,6 +203,10 @@ pub mod paths {
         }
     }
 }
+
+/// The [`headers::UNIT_UNAVAILABLE`] value of a sidecar that released the request's session
+/// for rebalancing ([`headers::RELEASE_IF_IDLE`]).
+pub const RELEASED: &str = "released";
 
 /// The fixed first line of a healthy answer of [`paths::HEALTH`].
 pub const HEALTHY_ANSWER: &str = "stickyfarm-sidecar healthy";

@@ -66,6 +66,21 @@ fn weighted(candidates: &[Candidate], rng: &mut impl Rng) -> usize {
     candidates.len() - 1
 }
 
+/// Rebalancing after a scale-up: where a session of a unit holding `home` sessions should
+/// move, given the sessions of the other units that take new ones (`others`), or `None` when it
+/// should stay. It moves when its unit holds more than 1.2× the mean, to the unit holding the
+/// fewest, if that one is at or below the mean and at least two fewer than its unit (so two
+/// units never trade sessions back and forth).
+pub fn rebalance_target(home: u64, others: &[u64]) -> Option<usize> {
+    let total: u64 = home + others.iter().sum::<u64>();
+    let mean = total as f64 / (others.len() + 1) as f64;
+    if (home as f64) <= 1.2 * mean {
+        return None;
+    }
+    let (i, &fewest) = others.iter().enumerate().min_by_key(|(_, n)| **n)?;
+    (fewest as f64 <= mean && fewest + 2 <= home).then_some(i)
+}
+
 /// Rendezvous (highest random weight) choice: the same key picks the same candidate on every
 /// gateway replica, and removing a candidate only moves the keys that were on it.
 pub fn rendezvous<T>(
@@ -158,6 +173,22 @@ mod tests {
             pick(Policy::LeastInFlight, &[], &mut rng, &AtomicUsize::new(0)),
             None
         );
+    }
+
+    #[test]
+    fn only_a_unit_above_its_share_gives_sessions_and_only_to_the_emptiest() {
+        // 3 units with 10 each, 3 new ones: move to a new one.
+        assert_eq!(rebalance_target(10, &[10, 10, 0, 0, 0]), Some(2));
+        // Within 1.2× of the mean (5.5 here): stay.
+        assert_eq!(rebalance_target(6, &[5, 5, 6, 6, 5]), None);
+        // The emptiest is above the mean: nowhere to go.
+        assert_eq!(rebalance_target(9, &[8, 8, 0]), Some(2));
+        assert_eq!(rebalance_target(3, &[2, 2]), None);
+        // Small farms never trade one session back and forth.
+        assert_eq!(rebalance_target(2, &[1]), None);
+        assert_eq!(rebalance_target(2, &[0]), Some(0));
+        // Alone: nowhere to go.
+        assert_eq!(rebalance_target(9, &[]), None);
     }
 
     #[test]

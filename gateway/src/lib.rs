@@ -41,7 +41,7 @@ use crate::discovery::{StaticSource, UnitSource};
 use crate::health::CheckConfig;
 use crate::kubernetes::KubernetesSource;
 use crate::metrics::Metrics;
-use crate::proxy::{Proxy, ProxySettings};
+use crate::proxy::{Proxy, ProxySettings, Rebalance};
 use crate::units::{EjectionPolicy, Farm};
 
 /// The gateway could not start.
@@ -260,6 +260,12 @@ impl Gateway {
                     max_tunnels_per_unit: config.farm_settings.max_tunnels_per_unit,
                     tunnel_idle_timeout: config.farm_settings.tunnel_idle_timeout,
                     app_protocol: config.farm_settings.app_protocol,
+                    rebalance: (!config.farm_settings.rebalance_idle.is_zero()).then_some(
+                        Rebalance {
+                            idle: config.farm_settings.rebalance_idle,
+                            window: config.farm_settings.rebalance_window,
+                        },
+                    ),
                     // HSTS only over TLS: a browser ignores it on plain HTTP anyway.
                     hsts: certificates
                         .as_ref()

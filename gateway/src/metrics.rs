@@ -61,6 +61,7 @@ pub struct Metrics {
     replacements: Family<UnitLabel, Counter>,
     pub(crate) ejections_refused: Counter,
     failovers: Counter,
+    rebalanced: Counter,
     retries: Counter,
     refused: Family<KindLabel, Counter>,
     control_refused: Counter,
@@ -144,6 +145,7 @@ impl Metrics {
             replacements: Family::default(),
             ejections_refused: Counter::default(),
             failovers: Counter::default(),
+            rebalanced: Counter::default(),
             retries: Counter::default(),
             refused: Family::default(),
             control_refused: Counter::default(),
@@ -227,6 +229,11 @@ impl Metrics {
             "failovers",
             "Requests sent to a backup because their unit was out of service",
             m.failovers.clone(),
+        );
+        registry.register(
+            "rebalanced_sessions",
+            "Idle sessions moved to a less loaded unit after a scale-up (their unit released them)",
+            m.rebalanced.clone(),
         );
         registry.register(
             "retries",
@@ -327,6 +334,10 @@ impl Metrics {
 
     pub(crate) fn failover(&self) {
         self.failovers.inc();
+    }
+
+    pub(crate) fn rebalanced(&self) {
+        self.rebalanced.inc();
     }
 
     pub(crate) fn ejection_refused(&self) {

@@ -5,7 +5,7 @@
 
 use crate::rate::{AnswerTime, RateMeter};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -197,6 +197,10 @@ pub struct Unit {
     /// Cancelled when the unit leaves the farm (stops its checker).
     pub removed: CancellationToken,
     metrics: UnitMetrics,
+    /// Sessions its cache held at the last passed check (`u64::MAX`: unknown).
+    sessions_held: AtomicU64,
+    /// Sessions moved here (positive) or away (negative) by rebalancing since that check.
+    moved: AtomicI64,
     /// The name as a header value, made once (it names the unit as a session's backup on
     /// every request).
     name_header: HeaderValue,
@@ -213,6 +217,8 @@ impl Unit {
         let m = metrics.unit(&spec.name);
         m.up.set(0);
         Unit {
+            sessions_held: AtomicU64::new(u64::MAX),
+            moved: AtomicI64::new(0),
             // Unit names are DNS labels: always a valid header value.
             name_header: HeaderValue::from_str(spec.name.as_str())
                 .expect("a unit name is a valid header value"),
@@ -238,6 +244,18 @@ impl Unit {
     /// The unit's name.
     pub fn name(&self) -> &UnitName {
         &self.spec.name
+    }
+
+    /// The sessions it holds as rebalancing counts them: at its last passed check, plus those
+    /// moved here and less those moved away since. `None` until a check said.
+    pub fn session_estimate(&self) -> Option<u64> {
+        let held = self.sessions_held.load(Ordering::Relaxed);
+        (held != u64::MAX).then(|| (held as i64 + self.moved.load(Ordering::Relaxed)).max(0) as u64)
+    }
+
+    /// Counts a session moved here (`1`) or away (`-1`) until the next check.
+    pub fn note_moved(&self, sessions: i64) {
+        self.moved.fetch_add(sessions, Ordering::Relaxed);
     }
 
     /// The unit's name as a header value.
@@ -338,6 +356,9 @@ impl Unit {
                 }
                 c.sessions = ok.sessions;
                 c.warm_copies = ok.warm_copies;
+                self.sessions_held
+                    .store(ok.sessions.unwrap_or(u64::MAX), Ordering::Relaxed);
+                self.moved.store(0, Ordering::Relaxed);
                 self.metrics.checks_ok.inc();
                 let health = self.health();
                 if let Some(old) = replaced {
@@ -593,6 +614,9 @@ pub struct UnitStatus {
 pub struct Members {
     /// Units by name.
     pub units: BTreeMap<UnitName, Arc<Unit>>,
+    /// When a unit name last joined a farm that had units before (a scale-up; Unix ms; 0:
+    /// never). Rebalancing moves idle sessions for a while after it.
+    pub grew_at_ms: u64,
 }
 
 /// The farm as the gateway sees it.
@@ -678,6 +702,10 @@ impl Farm {
         let current = self.members.load_full();
         let mut next = BTreeMap::new();
         let mut added = Vec::new();
+        // A new name in a farm that had units: more units than before (a replaced pod keeps
+        // its unit's name).
+        let grew =
+            !current.units.is_empty() && specs.iter().any(|s| !current.units.contains_key(&s.name));
         for spec in specs {
             match current.units.get(&spec.name) {
                 Some(u) if u.spec.address == spec.address && u.spec.instance == spec.instance => {
@@ -709,7 +737,11 @@ impl Farm {
                 u.removed.cancel();
             }
         }
-        self.members.store(Arc::new(Members { units: next }));
+        let grew_at_ms = if grew { now_ms() } else { current.grew_at_ms };
+        self.members.store(Arc::new(Members {
+            units: next,
+            grew_at_ms,
+        }));
         added
     }
 

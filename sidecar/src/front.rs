@@ -206,6 +206,18 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
             .iter()
             .map(|v| v.as_bytes()),
     );
+    let from_gateway = front.came_through_gateway(req.headers());
+    // Rebalancing: the gateway would move this session to a less loaded unit if it is idle
+    // here. Checked before the session is resolved, which counts as a use.
+    if let Some(idle_ms) = from_gateway
+        .then(|| req.headers().get(headers::RELEASE_IF_IDLE))
+        .flatten()
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        && let Some(id) = &cookies.session
+        && front.tier.release_if_idle(id, idle_ms).await
+    {
+        return released();
+    }
     let resolved = match front.tier.resolve(&cookies).await {
         Ok(r) => r,
         Err(e) if e.is_unavailable() => {
@@ -221,7 +233,6 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         }
     };
     let id = resolved.id;
-    let from_gateway = front.came_through_gateway(req.headers());
     // The unit the gateway would fail this session over to: the app's writes during this
     // request announce it, and it keeps a warm copy (`crate::warm`).
     let _backup = from_gateway
@@ -450,6 +461,20 @@ fn unit_unavailable(msg: &str) -> Response {
     let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, msg);
     r.headers_mut()
         .insert(headers::UNIT_UNAVAILABLE, HeaderValue::from_static("app"));
+    r
+}
+
+/// The answer when the session was released for rebalancing: nothing reached the app, and
+/// the gateway sends the request to the less loaded unit it chose.
+fn released() -> Response {
+    let mut r = plain(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "this session moves to another unit\n",
+    );
+    r.headers_mut().insert(
+        headers::UNIT_UNAVAILABLE,
+        HeaderValue::from_static(stickyfarm_api::RELEASED),
+    );
     r
 }
 

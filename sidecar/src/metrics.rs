@@ -25,11 +25,14 @@ pub enum FlushReason {
     /// PostgreSQL no longer has the session (deleted elsewhere: noticed by the touches, even
     /// without a notification).
     Gone,
+    /// Idle on a unit holding more than its share after a scale-up: released to the
+    /// gateway, which moved the session to a less loaded unit.
+    Released,
 }
 
 impl FlushReason {
     /// Every reason, so that each counter exists (at 0) from the start.
-    const ALL: [FlushReason; 7] = [
+    const ALL: [FlushReason; 8] = [
         FlushReason::InstanceMismatch,
         FlushReason::NewerGeneration,
         FlushReason::Notification,
@@ -37,6 +40,7 @@ impl FlushReason {
         FlushReason::Idle,
         FlushReason::Expired,
         FlushReason::Gone,
+        FlushReason::Released,
     ];
 
     fn as_str(self) -> &'static str {
@@ -48,6 +52,7 @@ impl FlushReason {
             FlushReason::Idle => "idle",
             FlushReason::Expired => "expired",
             FlushReason::Gone => "gone",
+            FlushReason::Released => "released",
         }
     }
 }

@@ -222,6 +222,22 @@ impl SessionTier {
         }
     }
 
+    /// Releases `id`'s session if this unit's copy was unused for `idle_ms` or longer: the
+    /// copy is dropped, and the gateway, told so, moves the session to a less loaded unit
+    /// (rebalancing after a scale-up). A session this unit does not hold is not released:
+    /// whether it is idle is unknown here.
+    pub async fn release_if_idle(&self, id: &SessionId, idle_ms: u64) -> bool {
+        let stored = self.stored(id);
+        let _guard = self.lock_for(&stored).lock().await;
+        match self.cache.get(&stored).await {
+            Some(e) if e.idle_for(unix_now(), idle_ms) => {
+                self.flush(&stored, FlushReason::Released);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records, for as long as the returned guard lives (the request's), the unit the gateway
     /// named as the session's backup: writes meanwhile announce it, and it keeps a warm copy.
     /// `None` when the gateway named this unit itself.

@@ -264,6 +264,8 @@ pub enum Failure {
     },
     /// The sidecar answered that its app refused the connection: nothing reached the app.
     Unavailable,
+    /// The sidecar released the session for rebalancing, as asked: nothing reached the app.
+    Released,
     /// The connection broke when the request may have reached the app.
     Broken {
         /// From the pool.
@@ -318,9 +320,21 @@ pub async fn attempt(
                 .headers()
                 .contains_key(&header_names::UNIT_UNAVAILABLE) =>
         {
+            let released = response
+                .headers()
+                .get(&header_names::UNIT_UNAVAILABLE)
+                .is_some_and(|v| v == stickyfarm_api::RELEASED);
             Attempt::Failed {
-                failure: Failure::Unavailable,
-                error: "the unit's app is not accepting connections".into(),
+                failure: if released {
+                    Failure::Released
+                } else {
+                    Failure::Unavailable
+                },
+                error: if released {
+                    "the unit released the session to a less loaded unit".into()
+                } else {
+                    "the unit's app is not accepting connections".into()
+                },
                 returned: None,
             }
         }
@@ -387,8 +401,9 @@ pub fn after_failure(
             step: Step::NextUnit,
             blame_unit: true,
         },
-        // Nothing reached the app: a backup gets it if we still hold it.
-        Failure::Unavailable => Verdict {
+        // Nothing reached the app: a backup gets it if we still hold it. (A release the
+        // gateway asked for is followed before any verdict; one it did not ask for is this.)
+        Failure::Unavailable | Failure::Released => Verdict {
             step: if held {
                 Step::NextUnit
             } else {

@@ -106,6 +106,17 @@ pub struct ProxySettings {
     pub hsts: Option<HeaderValue>,
     /// What the app speaks: with h2c, HTTP/2 requests stay HTTP/2 to the unit.
     pub app_protocol: AppProtocol,
+    /// Rebalancing after a scale-up: `None` never; else sessions idle this long move.
+    pub rebalance: Option<Rebalance>,
+}
+
+/// When idle sessions move to less loaded units (`balance::rebalance_target` decides where).
+#[derive(Debug, Clone, Copy)]
+pub struct Rebalance {
+    /// A session with no request for this long may move.
+    pub idle: Duration,
+    /// For this long after units were added.
+    pub window: Duration,
 }
 
 /// The proxy.
@@ -332,6 +343,40 @@ impl Proxy {
         self.s.failback == Failback::Return
     }
 
+    /// Where a session on `home` moves if `home` finds it idle, and after how long idle (ms):
+    /// within the rebalancing window after a scale-up, for a session addressed by its routing
+    /// cookie (a link naming a unit stays there), never in failback `return` (the client would
+    /// be sent home again).
+    fn rebalance_target(
+        &self,
+        members: &Members,
+        home: &Arc<Unit>,
+        route: &Route,
+    ) -> Option<(Arc<Unit>, u64)> {
+        let r = self.s.rebalance?;
+        let since_growth = now_ms().saturating_sub(members.grew_at_ms);
+        if members.grew_at_ms == 0
+            || since_growth > r.window.as_millis() as u64
+            || route.explicit
+            || !route.has_session
+            || route.upgrade.is_some()
+            || self.return_mode()
+        {
+            return None;
+        }
+        let others: Vec<&Arc<Unit>> = members
+            .units
+            .values()
+            .filter(|u| u.takes_new_sessions() && !Arc::ptr_eq(u, home))
+            .collect();
+        let loads: Vec<u64> = others
+            .iter()
+            .map(|u| u.session_estimate())
+            .collect::<Option<_>>()?;
+        let i = balance::rebalance_target(home.session_estimate()?, &loads)?;
+        Some((others[i].clone(), r.idle.as_millis() as u64))
+    }
+
     /// The pick phase: the unit a request names if it serves its sessions, else a backup (the
     /// one its routing cookie names when that serves, else the first in rendezvous order of
     /// the session, so all its tabs and every gateway replica agree); a first request is
@@ -436,6 +481,12 @@ impl Proxy {
             idempotent,
         } = outbound;
         let return_mode = self.return_mode();
+        // Rebalancing: a session on the unit its request named may move to a less loaded
+        // one, if its unit finds it idle. Only when the request can be sent again.
+        let mut moving = match (&route.wanted, replay.is_some() && tried.is_empty()) {
+            (Some(w), true) if w == unit.name() => self.rebalance_target(members, &unit, route),
+            _ => None,
+        };
         let mut retries = 0;
         let mut fresh = false;
         let mut stale_retry_used = false;
@@ -465,6 +516,16 @@ impl Proxy {
                 }
                 None => {
                     request.headers_mut().remove(header_names::BACKUP);
+                }
+            }
+            match moving.as_ref().filter(|_| attempts == 1) {
+                Some((_, idle)) => {
+                    request
+                        .headers_mut()
+                        .insert(header_names::RELEASE_IF_IDLE, HeaderValue::from(*idle));
+                }
+                None => {
+                    request.headers_mut().remove(header_names::RELEASE_IF_IDLE);
                 }
             }
             // An upgrade stays on its unit: a full unit refuses it rather than moving the
@@ -526,6 +587,21 @@ impl Proxy {
                     returned,
                 } => (failure, error, returned),
             };
+            if let (Failure::Released, Some((target, _))) = (failure, moving.take()) {
+                // Its unit found the session idle and dropped its copy: the less loaded unit
+                // loads it, and the answer's routing cookie names that unit from now on.
+                unit.note_moved(-1);
+                target.note_moved(1);
+                self.metrics.rebalanced();
+                tracing::debug!(from = %unit.name(), to = %target.name(), "moving an idle session to a less loaded unit");
+                unit = target;
+                request = match replay.as_ref().map(|r| r.request()) {
+                    Some(r) => r,
+                    None => break,
+                };
+                continue;
+            }
+            moving = None;
             reached_a_unit |= matches!(failure, Failure::Broken { .. });
             let verdict =
                 forward::after_failure(failure, replay.is_some(), idempotent, stale_retry_used);
@@ -751,6 +827,7 @@ mod tests {
             tunnel_idle_timeout: Duration::from_secs(60),
             hsts: None,
             app_protocol: AppProtocol::Http1,
+            rebalance: None,
         }
     }
 

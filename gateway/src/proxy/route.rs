@@ -296,6 +296,7 @@ pub(crate) mod tests {
             tunnel_idle_timeout: Duration::from_secs(1),
             hsts: None,
             app_protocol: stickyfarm_api::config::AppProtocol::Http1,
+            rebalance: None,
         }
     }
 
