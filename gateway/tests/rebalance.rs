@@ -19,6 +19,22 @@ fn units_yaml(units: &[Unit]) -> String {
     s
 }
 
+/// A farm whose gateway reads its units from a file (so the test can add some), with these
+/// rebalancing flags; the folder holding the file lives as long as the returned guard.
+async fn farm(
+    units: &[Unit],
+    rebalance: &[&str],
+) -> (GatewayProc, std::path::PathBuf, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("units.yaml");
+    std::fs::write(&file, units_yaml(units)).unwrap();
+    let mut flags = vec!["--units-file", file.to_str().unwrap()];
+    flags.extend_from_slice(rebalance);
+    let gw = GatewayProc::start(&[], &flags).await;
+    gw.wait_up(units.len()).await;
+    (gw, file, dir)
+}
+
 async fn released(units: &[Unit]) -> f64 {
     let mut n = 0.0;
     for u in units {
@@ -39,22 +55,11 @@ async fn after_a_scale_up_idle_sessions_move_to_the_new_units_and_nothing_is_los
         Unit::start("web-0", &db.url, &[]).await,
         Unit::start("web-1", &db.url, &[]).await,
     ];
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("units.yaml");
-    std::fs::write(&file, units_yaml(&units)).unwrap();
-    let gw = GatewayProc::start(
-        &[],
-        &[
-            "--units-file",
-            file.to_str().unwrap(),
-            "--rebalance-idle",
-            "300ms",
-            "--rebalance-window",
-            "1m",
-        ],
+    let (gw, file, _dir) = farm(
+        &units,
+        &["--rebalance-idle", "300ms", "--rebalance-window", "1m"],
     )
     .await;
-    gw.wait_up(2).await;
 
     // 16 shoppers with an item each, on the two units.
     let mut shoppers = Vec::new();
@@ -162,20 +167,7 @@ async fn after_a_scale_up_idle_sessions_move_to_the_new_units_and_nothing_is_los
 async fn rebalancing_off_moves_nothing() {
     let db = TestDb::new().await;
     let mut units = vec![Unit::start("web-0", &db.url, &[]).await];
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("units.yaml");
-    std::fs::write(&file, units_yaml(&units)).unwrap();
-    let gw = GatewayProc::start(
-        &[],
-        &[
-            "--units-file",
-            file.to_str().unwrap(),
-            "--rebalance-idle",
-            "0s",
-        ],
-    )
-    .await;
-    gw.wait_up(1).await;
+    let (gw, file, _dir) = farm(&units, &["--rebalance-idle", "0s"]).await;
     let mut shoppers = Vec::new();
     for i in 0..4 {
         shoppers.push(gw.shopper(&format!("i{i}")).await);
