@@ -198,6 +198,8 @@ pub struct SessionTier {
     rotations: StdMutex<HashMap<SessionId, (SessionId, u64)>>,
     /// The backups the gateway named for the sessions whose requests are in flight.
     hints: Arc<BackupHints>,
+    /// Whether the invalidation listener is connected to PostgreSQL now.
+    listening: std::sync::atomic::AtomicBool,
 }
 
 impl SessionTier {
@@ -219,14 +221,20 @@ impl SessionTier {
             hasher: Default::default(),
             to_touch: StdMutex::new(HashSet::new()),
             hints: Arc::default(),
+            listening: Default::default(),
         }
     }
 
     /// Releases `id`'s session if this unit's copy was unused for `idle_ms` or longer: the
     /// copy is dropped, and the gateway, told so, moves the session to a less loaded unit
     /// (rebalancing after a scale-up). A session this unit does not hold is not released:
-    /// whether it is idle is unknown here.
+    /// whether it is idle is unknown here. Nor is any while PostgreSQL seems unreachable (the
+    /// listener lost it): the other unit could not load the session, and this one can still
+    /// serve it from its cache.
     pub async fn release_if_idle(&self, id: &SessionId, idle_ms: u64) -> bool {
+        if !self.listening.load(std::sync::atomic::Ordering::Relaxed) {
+            return false;
+        }
         let stored = self.stored(id);
         let _guard = self.lock_for(&stored).lock().await;
         match self.cache.get(&stored).await {
@@ -893,6 +901,8 @@ pub mod background {
             };
             backoff = Duration::from_millis(100);
             tier.metrics.listener_connected(true);
+            tier.listening
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             if !first {
                 tracing::info!("invalidation listener reconnected; dropping every cached session");
                 tier.flush_all().await;
@@ -916,6 +926,8 @@ pub mod background {
                     Ok(None) | Err(_) => {
                         tracing::warn!("invalidation listener lost its PostgreSQL connection");
                         tier.metrics.listener_connected(false);
+                        tier.listening
+                            .store(false, std::sync::atomic::Ordering::Relaxed);
                         break;
                     }
                 }
