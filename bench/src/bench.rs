@@ -38,7 +38,8 @@ pub struct RunArgs {
     /// Sessions of the scale scenario; default 10 000, 200 with `--smoke`.
     #[arg(long)]
     pub scale_sessions: Option<usize>,
-    /// Only these scenarios (overhead, sessions, failover, scale, websocket); default all.
+    /// Only these scenarios (overhead, sessions, failover, scale, websocket, rebalance);
+    /// default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }
@@ -234,6 +235,21 @@ impl Bench {
         logs: &Path,
         label: &str,
     ) -> anyhow::Result<(Proc, SocketAddr)> {
+        self.gateway_expecting(units, units.len(), extra, cpus, logs, label)
+            .await
+    }
+
+    /// [`Bench::gateway`], waiting for `expect_up` units in service (those of a `--units-file`
+    /// in `extra` as well as `units`).
+    pub async fn gateway_expecting(
+        &self,
+        units: &[(String, SocketAddr)],
+        expect_up: usize,
+        extra: &[&str],
+        cpus: Cpus,
+        logs: &Path,
+        label: &str,
+    ) -> anyhow::Result<(Proc, SocketAddr)> {
         let (listen, admin) = (free_addr()?, free_addr()?);
         let mut args: Vec<String> = vec![
             "--listen".into(),
@@ -265,7 +281,7 @@ impl Bench {
             logs,
         )?;
         p.wait_listening(listen)?;
-        wait_units_up(&mut p, admin, units.len()).await?;
+        wait_units_up(&mut p, admin, expect_up).await?;
         Ok((p, listen))
     }
 

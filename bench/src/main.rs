@@ -9,6 +9,7 @@ mod overhead;
 mod pg_alone;
 mod plot;
 mod procs;
+mod rebalance;
 mod report;
 mod scale;
 mod serve;
@@ -87,10 +88,18 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     for scenario in &args.only {
-        if !["overhead", "sessions", "failover", "scale", "websocket"].contains(&scenario.as_str())
+        if ![
+            "overhead",
+            "sessions",
+            "failover",
+            "scale",
+            "websocket",
+            "rebalance",
+        ]
+        .contains(&scenario.as_str())
         {
             bail!(
-                "unknown scenario {scenario:?}: use overhead, sessions, failover, scale or websocket"
+                "unknown scenario {scenario:?}: use overhead, sessions, failover, scale, websocket or rebalance"
             );
         }
     }
@@ -129,7 +138,7 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
         results.websocket = Some(websocket::run(&b).await?);
         timed("WebSocket echo", t);
     }
-    if wants("sessions") || wants("failover") || wants("scale") {
+    if wants("sessions") || wants("failover") || wants("scale") || wants("rebalance") {
         let pg_port = procs::free_port()?;
         let pg = farmctl::postgres::PrivateCluster::start(&scratch, pg_port)
             .context("starting a private PostgreSQL for the benchmarks")?;
@@ -150,6 +159,12 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
             eprintln!("==> 4. scale");
             results.scale = Some(scale::run(&b, &pg.url).await?);
             timed("scale", t);
+        }
+        if wants("rebalance") {
+            let t = Instant::now();
+            eprintln!("==> 6. rebalancing after a scale-up");
+            results.rebalance = Some(rebalance::run(&b, &pg.url).await?);
+            timed("rebalancing", t);
         }
         pg.stop();
     }

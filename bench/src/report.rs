@@ -30,6 +30,8 @@ pub struct Results {
     pub scale: Option<Scale>,
     /// Scenario 5.
     pub websocket: Option<WebSocketEcho>,
+    /// Scenario 6.
+    pub rebalance: Option<crate::rebalance::Rebalancing>,
 }
 
 impl Results {
@@ -65,6 +67,16 @@ impl Results {
                     missing.push(format!(
                         "failover: {} (no requests or no affected session)",
                         PROXIES[p]
+                    ));
+                }
+            }
+        }
+        if let Some(r) = &self.rebalance {
+            for (arm, runs) in r.runs.iter().enumerate() {
+                if runs.is_empty() || runs.iter().any(|x| x.requests == 0) {
+                    missing.push(format!(
+                        "rebalance: {} (no requests after the scale-up)",
+                        crate::rebalance::ARMS[arm]
                     ));
                 }
             }
@@ -607,6 +619,9 @@ pub fn write(
             &stamp("websocket"),
         )?;
     }
+    if let Some(r) = &r.rebalance {
+        rebalance_section(&mut md, &mut readme, r);
+    }
     let path = out_dir.join(format!("{date}.md"));
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok((path, readme))
@@ -701,6 +716,57 @@ pub fn update_readme(readme: &Path, table: &str, report: &str) -> anyhow::Result
         &text[e..]
     );
     std::fs::write(readme, new).with_context(|| format!("writing {}", readme.display()))
+}
+
+/// Scenario 6's table: time to balance after a scale-up, with rebalancing and without.
+fn rebalance_section(md: &mut String, readme: &mut String, r: &crate::rebalance::Rebalancing) {
+    use crate::rebalance::{ARMS, UNITS_AFTER, UNITS_BEFORE};
+    let _ = writeln!(
+        md,
+        "## 6. Rebalancing after a scale-up\n\n{} shoppers with sessions on {UNITS_BEFORE} units, each reading its 1 KiB cart every {}–{} s (its own think time, fixed per shopper); then {} more units join (the gateway's units file is rewritten) and the run watches for {} s. Every second it counts where each session's latest answer came from. Balanced: the busiest unit holds at most 1.2× the mean. Rebalancing with idle {} against the same with `--rebalance-idle 0s`.\n",
+        r.sessions,
+        r.think.0.as_secs_f64(),
+        r.think.1.as_secs_f64(),
+        UNITS_AFTER - UNITS_BEFORE,
+        r.watch.as_secs(),
+        r.idle
+    );
+    let _ = writeln!(
+        md,
+        "| arm | balanced after s | busiest ÷ mean at the end | sessions moved | requests after the scale-up | failed |"
+    );
+    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        readme,
+        "\n| rebalancing after 3 → 6 units | balanced after s | busiest ÷ mean at the end | failed |"
+    );
+    let _ = writeln!(readme, "|---|---:|---:|---:|");
+    for (arm, runs) in r.runs.iter().enumerate() {
+        let never = runs.iter().filter(|x| x.balanced_after_s.is_none()).count();
+        let balanced = Spread::of(runs.iter().filter_map(|x| x.balanced_after_s));
+        let balanced = match balanced {
+            Some(s) if never == 0 => spread(&s, |v| format!("{v:.0}")),
+            Some(s) => format!("{} ({never} runs never)", spread(&s, |v| format!("{v:.0}"))),
+            None => "never".to_owned(),
+        };
+        let ratio = Spread::of(runs.iter().map(|x| x.final_ratio))
+            .map_or("–".to_owned(), |s| spread(&s, |v| format!("{v:.2}×")));
+        let moved = Spread::of(runs.iter().map(|x| x.moved as f64))
+            .map_or("–".to_owned(), |s| spread(&s, |v| format!("{v:.0}")));
+        let requests: u64 = runs.iter().map(|x| x.requests).sum();
+        let failed: u64 = runs.iter().map(|x| x.failed).sum();
+        let _ = writeln!(
+            md,
+            "| {} | {balanced} | {ratio} | {moved} | {requests} | {failed} |",
+            ARMS[arm]
+        );
+        let _ = writeln!(
+            readme,
+            "| {} | {balanced} | {ratio} | {failed} |",
+            ARMS[arm]
+        );
+    }
+    let _ = writeln!(md, "\nRequests and failures are totals over all runs.\n");
 }
 
 #[cfg(test)]

@@ -63,7 +63,7 @@ pub fn cart_of_size(bytes: usize) -> String {
     cart
 }
 
-async fn send(
+pub(crate) async fn send(
     client: &reqwest::Client,
     jar: &mut Jar,
     method: reqwest::Method,
