@@ -661,7 +661,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     let base = link(&cart["unit_url"])?;
 
     step(&format!(
-        "kubectl delete pod {FARM}-db-0: writes answer 503, then recover, nothing lost"
+        "kubectl delete pod {FARM}-db-0: writes answer 503 or wait, then recover, nothing lost"
     ));
     let (old_db_uid, _) = pod_state(&client, NS, &format!("{FARM}-db-0"))
         .await?
@@ -677,12 +677,20 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
             "--wait=false",
         ],
     )?;
+    // Writes go on through the replacement: each is accepted (committed) or refused with 503
+    // (nothing stored), never anything else. Recovered: a write accepted once the new database
+    // pod is ready. A replacement quicker than the sidecars' acquire timeout (2 s) may refuse
+    // none: the writes then just wait for the new pod.
     let (mut accepted, mut refused, mut recovered) = (0u32, 0u32, false);
     let deadline = Instant::now() + Duration::from_secs(180);
     for _ in 0..2000 {
         if Instant::now() > deadline {
             break;
         }
+        let replaced = matches!(
+            pod_state(&client, NS, &format!("{FARM}-db-0")).await?,
+            Some((uid, true)) if uid != old_db_uid
+        );
         let p = b
             .send(
                 Method::POST,
@@ -693,7 +701,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         match p.status {
             200 => {
                 accepted += 1;
-                if refused > 0 {
+                if replaced {
                     recovered = true;
                     break;
                 }
@@ -707,13 +715,10 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ensure!(
-        refused > 0,
-        "no write was refused while the database pod was replaced ({accepted} accepted)"
-    );
-    ensure!(
         recovered,
-        "writes did not recover within 3 minutes ({refused} refused)"
+        "writes did not recover on a new database pod within 3 minutes ({accepted} accepted, {refused} refused)"
     );
+    eprintln!("database pod replaced: {accepted} writes accepted, {refused} refused with 503");
     let cart = get_json(&mut b, &url("/api/cart")).await?;
     ensure!(
         cart["items"] == json!({"apple": 2, "tea": 1, "coffee": 3, "honey": accepted}),
