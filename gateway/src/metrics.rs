@@ -48,6 +48,7 @@ pub struct Metrics {
     up: Family<UnitLabel, Gauge>,
     in_flight: Family<UnitLabel, Gauge>,
     tunnels: Family<UnitLabel, Gauge>,
+    draining_sessions: Family<UnitLabel, Gauge>,
     tunnels_ended: Family<EndLabel, Counter>,
     responses: Family<StatusLabel, Counter>,
     response_seconds: Family<UnitLabel, Histogram, fn() -> Histogram>,
@@ -62,6 +63,7 @@ pub struct Metrics {
     pub(crate) ejections_refused: Counter,
     failovers: Counter,
     rebalanced: Counter,
+    drained: Counter,
     retries: Counter,
     refused: Family<KindLabel, Counter>,
     control_refused: Counter,
@@ -76,6 +78,7 @@ pub struct UnitMetrics {
     pub(crate) up: Gauge,
     pub(crate) in_flight: Gauge,
     pub(crate) tunnels: Gauge,
+    pub(crate) draining_sessions: Gauge,
     pub(crate) state_changes: Counter,
     pub(crate) checks_ok: Counter,
     pub(crate) checks_failed: Counter,
@@ -132,6 +135,7 @@ impl Metrics {
             up: Family::default(),
             in_flight: Family::default(),
             tunnels: Family::default(),
+            draining_sessions: Family::default(),
             tunnels_ended: Family::default(),
             responses: Family::default(),
             response_seconds: Family::new_with_constructor(response_time_histogram),
@@ -146,6 +150,7 @@ impl Metrics {
             ejections_refused: Counter::default(),
             failovers: Counter::default(),
             rebalanced: Counter::default(),
+            drained: Counter::default(),
             retries: Counter::default(),
             refused: Family::default(),
             control_refused: Counter::default(),
@@ -164,6 +169,11 @@ impl Metrics {
             "unit_tunnels",
             "Upgraded connections (WebSockets) open per unit; each also counts in flight",
             m.tunnels.clone(),
+        );
+        registry.register(
+            "unit_draining_sessions",
+            "Sessions a draining unit still holds by its last check (drain progress; 0 when not draining)",
+            m.draining_sessions.clone(),
         );
         registry.register(
             "tunnels_ended",
@@ -236,6 +246,11 @@ impl Metrics {
             m.rebalanced.clone(),
         );
         registry.register(
+            "drained_sessions",
+            "Sessions moved off a draining unit to their backup at their next request (their unit released them)",
+            m.drained.clone(),
+        );
+        registry.register(
             "retries",
             "Requests retried on a backup after a failed attempt",
             m.retries.clone(),
@@ -301,6 +316,7 @@ impl Metrics {
             up: self.up.get_or_create(&l).clone(),
             in_flight: self.in_flight.get_or_create(&l).clone(),
             tunnels: self.tunnels.get_or_create(&l).clone(),
+            draining_sessions: self.draining_sessions.get_or_create(&l).clone(),
             state_changes: self.state_changes.get_or_create(&l).clone(),
             checks_ok: self.checks_ok.get_or_create(&l).clone(),
             checks_failed: self.checks_failed.get_or_create(&l).clone(),
@@ -322,6 +338,7 @@ impl Metrics {
         self.up.remove(&l);
         self.in_flight.remove(&l);
         self.tunnels.remove(&l);
+        self.draining_sessions.remove(&l);
         self.response_seconds.remove(&l);
         self.connect_seconds.remove(&l);
         for class in CLASSES {
@@ -336,8 +353,12 @@ impl Metrics {
         self.failovers.inc();
     }
 
-    pub(crate) fn rebalanced(&self) {
-        self.rebalanced.inc();
+    /// Counts a session its unit released, by why it moved.
+    pub(crate) fn moved(&self, reason: crate::proxy::MoveReason) {
+        match reason {
+            crate::proxy::MoveReason::Drain => self.drained.inc(),
+            crate::proxy::MoveReason::Rebalance => self.rebalanced.inc(),
+        };
     }
 
     pub(crate) fn ejection_refused(&self) {

@@ -279,6 +279,9 @@ impl Unit {
         if old != admin {
             tracing::info!(unit = %self.spec.name, from = ?old, to = ?admin, "unit admin state changed");
         }
+        if admin != AdminState::Draining {
+            self.metrics.draining_sessions.set(0);
+        }
     }
 
     /// May get new sessions (first requests, backups).
@@ -358,6 +361,12 @@ impl Unit {
                 c.warm_copies = ok.warm_copies;
                 self.sessions_held
                     .store(ok.sessions.unwrap_or(u64::MAX), Ordering::Relaxed);
+                let draining = self.admin() == AdminState::Draining;
+                self.metrics.draining_sessions.set(if draining {
+                    ok.sessions.unwrap_or(0) as i64
+                } else {
+                    0
+                });
                 self.moved.store(0, Ordering::Relaxed);
                 self.metrics.checks_ok.inc();
                 let health = self.health();

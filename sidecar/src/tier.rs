@@ -225,18 +225,22 @@ impl SessionTier {
         }
     }
 
-    /// Releases `id`'s session if this unit's copy was unused for `idle_ms` or longer: the
-    /// copy is dropped, and the gateway, told so, moves the session to a less loaded unit
-    /// (rebalancing after a scale-up). A session this unit does not hold is not released:
-    /// whether it is idle is unknown here. Nor is any while PostgreSQL seems unreachable (the
-    /// listener lost it): the other unit could not load the session, and this one can still
-    /// serve it from its cache.
+    /// Releases `id`'s session if this unit's copy was unused for `idle_ms` or longer and no
+    /// other request of it is in flight here: the copy is dropped, and the gateway, told so,
+    /// moves the session (off a draining unit, or to a less loaded unit after a scale-up). A
+    /// request in flight could still write, and two units would then serve the session at
+    /// once. A session this unit does not hold is not released: whether it is idle is unknown
+    /// here. Nor is any while PostgreSQL seems unreachable (the listener lost it): the other
+    /// unit could not load the session, and this one can still serve it from its cache.
     pub async fn release_if_idle(&self, id: &SessionId, idle_ms: u64) -> bool {
         if !self.listening.load(std::sync::atomic::Ordering::Relaxed) {
             return false;
         }
         let stored = self.stored(id);
         let _guard = self.lock_for(&stored).lock().await;
+        if self.hints.in_flight(&stored) {
+            return false;
+        }
         match self.cache.get(&stored).await {
             Some(e) if e.idle_for(unix_now(), idle_ms) => {
                 self.flush(&stored, FlushReason::Released);

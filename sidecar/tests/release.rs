@@ -122,3 +122,68 @@ async fn a_session_is_released_only_when_the_gateway_asks_it_is_idle_and_postgre
         "loaded again"
     );
 }
+
+/// A session with another request in flight here is not released, however long it was idle
+/// before: that request may still write, and two units would serve the session at once (a
+/// drain asks to release every session at once, with no idle time). Once the request is
+/// done the session is released, and what it wrote is what the next unit loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_with_a_request_in_flight_is_not_released() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let mut shopper = Browser::new();
+    assert_eq!(
+        shopper
+            .post(&a.sidecar.url("/cart/add?item=fig"))
+            .await
+            .status,
+        200
+    );
+    eventually(Duration::from_secs(5), "the listener connected", || async {
+        a.sidecar
+            .metric("stickyfarm_sidecar_invalidation_listener_connected", "")
+            .await
+            == 1.0
+    })
+    .await;
+    let token = ("x-stickyfarm-gateway-token", GATEWAY_TOKEN);
+    let now = ("x-stickyfarm-release-if-idle", "0");
+
+    // A slow write through the gateway's path (it names a backup, as the gateway does on
+    // every request of a session while the farm has another unit).
+    let slow = {
+        let url = a.sidecar.url("/cart/add?item=tea&delay_ms=800");
+        let cookies = shopper.cookie_header();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("cookie", cookies)
+                .header("x-stickyfarm-gateway-token", GATEWAY_TOKEN)
+                .header("x-stickyfarm-backup", "web-1")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        read_with(&a, &shopper, &[token, now]).await,
+        (200, None),
+        "served here while its write is in flight"
+    );
+    assert_eq!(released(&a).await, 0.0);
+    assert_eq!(slow.await.unwrap(), 200);
+
+    assert_eq!(
+        read_with(&a, &shopper, &[token, now]).await,
+        (503, Some("released".to_owned()))
+    );
+    assert_eq!(released(&a).await, 1.0);
+    let (_, doc) = db
+        .table(shopper.cookie("sf_session").unwrap(), "cart")
+        .await
+        .unwrap();
+    assert_eq!(doc, json!(["fig", "tea"]), "the write in flight was kept");
+}

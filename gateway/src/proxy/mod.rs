@@ -45,7 +45,7 @@ use crate::balance::{self, Candidate, Policy};
 use crate::config::{Addressing, AppProtocol, Failback, Scheme};
 use crate::metrics::Metrics;
 use crate::ratelimit::NewSessionLimit;
-use crate::units::{Farm, InFlight, Members, TunnelSlot, Unit, now_ms};
+use crate::units::{AdminState, Farm, InFlight, Members, TunnelSlot, Unit, now_ms};
 use hyper::upgrade::OnUpgrade;
 use stickyfarm_api::tunnel::Tunnels;
 
@@ -117,6 +117,23 @@ pub struct Rebalance {
     pub idle: Duration,
     /// For this long after units were added.
     pub window: Duration,
+}
+
+/// Why a session leaves the unit that holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MoveReason {
+    /// Its unit is draining (scale-down, `farmctl drain`, a terminating pod).
+    Drain,
+    /// Units were added and its unit holds more than its share.
+    Rebalance,
+}
+
+/// A session's move, if its unit releases it.
+struct Move {
+    to: Arc<Unit>,
+    /// Released only if unused for this long (ms) and with no other request in flight.
+    idle_ms: u64,
+    reason: MoveReason,
 }
 
 /// The proxy.
@@ -343,25 +360,41 @@ impl Proxy {
         self.s.failback == Failback::Return
     }
 
-    /// Where a session on `home` moves if `home` finds it idle, and after how long idle (ms):
-    /// within the rebalancing window after a scale-up, for a session addressed by its routing
-    /// cookie (a link naming a unit stays there), never in failback `return` (the client would
-    /// be sent home again).
-    fn rebalance_target(
-        &self,
-        members: &Members,
-        home: &Arc<Unit>,
-        route: &Route,
-    ) -> Option<(Arc<Unit>, u64)> {
+    /// Whether the session of this request leaves `home`, its unit, if `home` releases it:
+    /// off a draining unit at once, else after a scale-up if it is idle.
+    fn move_target(&self, members: &Members, home: &Arc<Unit>, route: &Route) -> Option<Move> {
+        if route.explicit || !route.has_session || route.upgrade.is_some() || self.return_mode() {
+            // A link naming a unit stays there (it moves through the cookie path only); a
+            // WebSocket is one long request; in failback `return` the client would be sent
+            // home again.
+            return None;
+        }
+        self.drain_target(members, home, route)
+            .or_else(|| self.rebalance_target(members, home))
+    }
+
+    /// Where a session on a draining `home` goes: its backup, which keeps its warm copy and
+    /// is where it would fail over when `home` is removed. Asked to release it whenever no
+    /// other request of it is in flight there, so a drain moves every active session at its
+    /// next request instead of waiting for the unit's removal.
+    fn drain_target(&self, members: &Members, home: &Arc<Unit>, route: &Route) -> Option<Move> {
+        if home.admin() != AdminState::Draining {
+            return None;
+        }
+        let to = backup_of(members, std::slice::from_ref(home.name()), &route.key)?;
+        Some(Move {
+            to: to.clone(),
+            idle_ms: 0,
+            reason: MoveReason::Drain,
+        })
+    }
+
+    /// Where a session on `home` moves if `home` finds it idle, and after how long idle: within
+    /// the rebalancing window after a scale-up, to a unit `balance::rebalance_target` picks.
+    fn rebalance_target(&self, members: &Members, home: &Arc<Unit>) -> Option<Move> {
         let r = self.s.rebalance?;
         let since_growth = now_ms().saturating_sub(members.grew_at_ms);
-        if members.grew_at_ms == 0
-            || since_growth > r.window.as_millis() as u64
-            || route.explicit
-            || !route.has_session
-            || route.upgrade.is_some()
-            || self.return_mode()
-        {
+        if members.grew_at_ms == 0 || since_growth > r.window.as_millis() as u64 {
             return None;
         }
         let others: Vec<&Arc<Unit>> = members
@@ -374,7 +407,11 @@ impl Proxy {
             .map(|u| u.session_estimate())
             .collect::<Option<_>>()?;
         let i = balance::rebalance_target(home.session_estimate()?, &loads)?;
-        Some((others[i].clone(), r.idle.as_millis() as u64))
+        Some(Move {
+            to: others[i].clone(),
+            idle_ms: r.idle.as_millis() as u64,
+            reason: MoveReason::Rebalance,
+        })
     }
 
     /// The pick phase: the unit a request names if it serves its sessions, else a backup (the
@@ -394,11 +431,23 @@ impl Proxy {
             });
         };
         match members.units.get(name) {
-            Some(u) if u.serves_its_sessions() => Ok(Placement {
-                unit: u.clone(),
-                home: Some(name.clone()),
-                tried: Vec::new(),
-            }),
+            Some(u) if u.serves_its_sessions() => {
+                // A session that already moved off its draining unit (`drain_target`) lives
+                // where its routing cookie points: a link naming the old unit follows it.
+                if u.admin() == AdminState::Draining
+                    && let Some(moved) = self.moved_to(members, route, name)
+                {
+                    return Ok(Placement {
+                        tried: Vec::new(),
+                        ..moved
+                    });
+                }
+                Ok(Placement {
+                    unit: u.clone(),
+                    home: Some(name.clone()),
+                    tried: Vec::new(),
+                })
+            }
             Some(_) => {
                 self.metrics.failover();
                 let _phase = Traced::phase_with("failover", || {
@@ -481,10 +530,11 @@ impl Proxy {
             idempotent,
         } = outbound;
         let return_mode = self.return_mode();
-        // Rebalancing: a session on the unit its request named may move to a less loaded
-        // one, if its unit finds it idle. Only when the request can be sent again.
+        // A session on the unit its request named may move (off a draining unit, or to a less
+        // loaded one after a scale-up) if its unit releases it. Only when the request can be
+        // sent again.
         let mut moving = match (&route.wanted, replay.is_some() && tried.is_empty()) {
-            (Some(w), true) if w == unit.name() => self.rebalance_target(members, &unit, route),
+            (Some(w), true) if w == unit.name() => self.move_target(members, &unit, route),
             _ => None,
         };
         let mut retries = 0;
@@ -519,10 +569,10 @@ impl Proxy {
                 }
             }
             match moving.as_ref().filter(|_| attempts == 1) {
-                Some((_, idle)) => {
+                Some(m) => {
                     request
                         .headers_mut()
-                        .insert(header_names::RELEASE_IF_IDLE, HeaderValue::from(*idle));
+                        .insert(header_names::RELEASE_IF_IDLE, HeaderValue::from(m.idle_ms));
                 }
                 None => {
                     request.headers_mut().remove(header_names::RELEASE_IF_IDLE);
@@ -587,14 +637,14 @@ impl Proxy {
                     returned,
                 } => (failure, error, returned),
             };
-            if let (Failure::Released, Some((target, _))) = (failure, moving.take()) {
-                // Its unit found the session idle and dropped its copy: the less loaded unit
-                // loads it, and the answer's routing cookie names that unit from now on.
+            if let (Failure::Released, Some(m)) = (failure, moving.take()) {
+                // Its unit found the session idle and dropped its copy: the target loads it,
+                // and the answer's routing cookie names that unit from now on.
                 unit.note_moved(-1);
-                target.note_moved(1);
-                self.metrics.rebalanced();
-                tracing::debug!(from = %unit.name(), to = %target.name(), "moving an idle session to a less loaded unit");
-                unit = target;
+                m.to.note_moved(1);
+                self.metrics.moved(m.reason);
+                tracing::debug!(from = %unit.name(), to = %m.to.name(), reason = ?m.reason, "moving a session its unit released");
+                unit = m.to;
                 request = match replay.as_ref().map(|r| r.request()) {
                     Some(r) => r,
                     None => break,
