@@ -3,7 +3,7 @@
 //! running processes, and a farm reached as a user in the cluster reaches it — a DNS name
 //! answered by CoreDNS, a Service port that differs from its target port, kube-proxy's virtual
 //! IP, NetworkPolicies enforced (kube-router's firewall), probes as the kubelet runs them — and
-//! a rolling update of the app's image under load that loses nothing.
+//! scaling down and a rolling update of the app's image, under load, that lose nothing.
 //!
 //! Runs when `STICKYFARM_E2E_HOST_NODE=1` says the cluster's node runs on this machine (its
 //! containers' processes are visible here); `e2e/cluster/up --node` prints that export.
@@ -108,7 +108,7 @@ async fn a_farm_on_a_real_node_runs_confined_and_is_reached_through_dns_and_serv
     containers_run_confined(&client).await?;
     let base = reached_through_dns_and_a_service(&client).await?;
     network_policies_hold(kc, &client).await?;
-    rolling_update_under_load(kc, &client, &base).await?;
+    scaling_down_and_a_rolling_update_lose_nothing(kc, &client, &base).await?;
     an_app_failing_its_liveness_probe_restarts_alone(kc, &client).await?;
     an_express_farm_keeps_its_carts_when_a_unit_dies(kc, &client).await?;
 
@@ -566,14 +566,271 @@ async fn network_policies_hold(kc: &Path, client: &kube::Client) -> anyhow::Resu
     Ok(())
 }
 
-/// The app's image changes while shoppers keep using their carts through the gateway's Service:
-/// the StatefulSet replaces every unit pod, one at a time, and not one request fails nor one
-/// item is lost. The new image is the same shop under another tag (`ctr images tag` on the
-/// node, as a user's push of a new version would give).
-async fn rolling_update_under_load(
+/// The shop's products; each shopper buys one of them.
+const CATALOG: [&str; 6] = ["apple", "bread", "cheese", "coffee", "honey", "tea"];
+/// Adds stop here, below the shop's limit of 99 of one product.
+const MAX_HELD: u64 = 90;
+
+/// Shoppers using their carts through the gateway's Service, with what each was told: its
+/// cart as acknowledged and the unit that answered it last.
+struct Shoppers {
+    list: Vec<Shopper>,
+    requests: u32,
+    failures: Vec<String>,
+}
+
+struct Shopper {
+    b: Browser,
+    sku: String,
+    want: Value,
+    unit: String,
+}
+
+impl Shoppers {
+    /// `n` shoppers with a first item each, placed by the gateway.
+    async fn start(base: &str, n: usize) -> anyhow::Result<Self> {
+        let mut list = Vec::new();
+        for i in 0..n {
+            let mut b = Browser::new();
+            let sku = CATALOG[i % CATALOG.len()].to_owned();
+            let p = add_one(&mut b, base, &sku).await;
+            ensure!(
+                p.status == 200,
+                "shopper {i}'s first item: {} {}",
+                p.status,
+                p.body
+            );
+            list.push(Shopper {
+                b,
+                want: json!({ (sku.clone()): 1 }),
+                sku,
+                unit: String::new(),
+            });
+        }
+        let mut s = Shoppers {
+            list,
+            requests: 0,
+            failures: Vec::new(),
+        };
+        s.round(base, 0).await;
+        s.settled("placing the shoppers")?;
+        Ok(s)
+    }
+
+    /// One round: every shopper reads its cart, and in every fifth round adds one more item
+    /// (up to 90; not replayed by the gateway, so a failure shows). A read must answer the cart as
+    /// acknowledged so far.
+    async fn round(&mut self, base: &str, round: u32) {
+        for (i, s) in self.list.iter_mut().enumerate() {
+            self.requests += 1;
+            let held = s.want[&s.sku].as_u64().unwrap_or(0);
+            if round % 5 == 4 && held < MAX_HELD {
+                let p = add_one(&mut s.b, base, &s.sku).await;
+                if p.status == 200 {
+                    s.want[&s.sku] = json!(s.want[&s.sku].as_u64().unwrap_or(0) + 1);
+                } else {
+                    self.failures
+                        .push(format!("shopper {i} add: {} {}", p.status, p.body));
+                }
+                continue;
+            }
+            let p =
+                s.b.send(Method::GET, &format!("{base}/api/cart"), None)
+                    .await;
+            let cart = p.json();
+            if p.status != 200 {
+                self.failures
+                    .push(format!("shopper {i} read: {} {}", p.status, p.body));
+            } else if cart["items"] != s.want {
+                self.failures
+                    .push(format!("shopper {i} cart {} != {}", cart["items"], s.want));
+            } else {
+                s.unit = cart["unit"].as_str().unwrap_or_default().to_owned();
+            }
+        }
+    }
+
+    /// The units the shoppers were last answered by.
+    fn units(&self) -> std::collections::BTreeSet<&str> {
+        self.list.iter().map(|s| s.unit.as_str()).collect()
+    }
+
+    /// Fails, naming them, if any request failed or lost an item so far.
+    fn settled(&self, what: &str) -> anyhow::Result<()> {
+        ensure!(
+            self.failures.is_empty(),
+            "{what}: {} of {} requests failed or lost items: {:?}",
+            self.failures.len(),
+            self.requests,
+            &self.failures[..self.failures.len().min(10)]
+        );
+        Ok(())
+    }
+}
+
+/// The farm's unit pods: (name, ready, app image), terminating ones left out.
+async fn unit_pods(client: &kube::Client) -> anyhow::Result<Vec<(String, bool, String)>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let list = pods
+        .list(&kube::api::ListParams::default().labels(&format!(
+            "stickyfarm.dev/farm={FARM},stickyfarm.dev/component=unit"
+        )))
+        .await?;
+    let mut units: Vec<_> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .map(|p| {
+            let image = p
+                .spec
+                .as_ref()
+                .and_then(|s| s.containers.iter().find(|c| c.name == "app"))
+                .and_then(|c| c.image.clone())
+                .unwrap_or_default();
+            (
+                p.metadata.name.clone().unwrap_or_default(),
+                stickyfarm_operator::status::pod_ready(p),
+                image,
+            )
+        })
+        .collect();
+    units.sort();
+    Ok(units)
+}
+
+/// `kubectl scale` of the farm.
+fn scale(kc: &Path, replicas: u32) -> anyhow::Result<()> {
+    kubectl(
+        kc,
+        &[
+            "scale",
+            "-n",
+            NS,
+            &format!("serverfarm/{FARM}"),
+            &format!("--replicas={replicas}"),
+        ],
+    )
+    .map(drop)
+}
+
+/// Scaling down and a rolling update of the app's image, each under a steady load of shoppers
+/// through the gateway's Service: not one request fails, not one acknowledged item is lost,
+/// and every session goes on on a unit that stays. The farm grows to 6 units and shoppers are
+/// placed until the 3 to be removed hold some; then 6 → 3: the removed units drain (their
+/// sessions move at their next request) and go. Then the app's image changes: the
+/// StatefulSet replaces every unit pod, one at a time. The new image is the same shop under
+/// another tag (`ctr images tag` on the node, as a user's push of a new version would give).
+async fn scaling_down_and_a_rolling_update_lose_nothing(
     kc: &Path,
     client: &kube::Client,
     base: &str,
+) -> anyhow::Result<()> {
+    scale(kc, 6)?;
+    let grown = Instant::now();
+    loop {
+        let pods = unit_pods(client).await?;
+        if pods.len() == 6 && pods.iter().all(|p| p.1) {
+            break;
+        }
+        ensure!(
+            grown.elapsed() < Duration::from_secs(240),
+            "6 unit pods ready within 240 s: {pods:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Shoppers, until the units to be removed hold at least 3 of them (the gateway ramps new
+    // units up, so this may take a while). Bounded: 48 shoppers, 120 s.
+    let removed = [
+        format!("{FARM}-3"),
+        format!("{FARM}-4"),
+        format!("{FARM}-5"),
+    ];
+    let mut shoppers = Shoppers::start(base, 8).await?;
+    let placing = Instant::now();
+    loop {
+        let on_removed = shoppers
+            .list
+            .iter()
+            .filter(|s| removed.contains(&s.unit))
+            .count();
+        if on_removed >= 3 {
+            break;
+        }
+        ensure!(
+            shoppers.list.len() < 48 && placing.elapsed() < Duration::from_secs(120),
+            "the gateway placed no 3 of {} shoppers on {removed:?}: {:?}",
+            shoppers.list.len(),
+            shoppers.units()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let more = Shoppers::start(base, 4).await?;
+        shoppers.list.extend(more.list);
+        shoppers.requests += more.requests;
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "{} shoppers on {:?}",
+        shoppers.list.len(),
+        shoppers.units()
+    );
+
+    // 6 → 3 under load. Bounded: at most 240 s and 2,000 rounds.
+    scale(kc, 3)?;
+    let started = Instant::now();
+    let mut all_moved = None;
+    let mut round = 0u32;
+    loop {
+        ensure!(
+            started.elapsed() < Duration::from_secs(240) && round < 2000,
+            "the removed units were not gone within 240 s ({} requests)",
+            shoppers.requests
+        );
+        shoppers.round(base, round).await;
+        round += 1;
+        if all_moved.is_none()
+            && shoppers
+                .units()
+                .iter()
+                .all(|u| !removed.iter().any(|r| r == u))
+        {
+            all_moved = Some(started.elapsed());
+        }
+        if round.is_multiple_of(10) && unit_pods(client).await?.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let removal = started.elapsed();
+    // One more round on the units that stay.
+    shoppers.round(base, 1).await;
+    let units = shoppers.units();
+    let _ = writeln!(
+        std::io::stderr(),
+        "scale 6 -> 3: {} requests; every session off the removed units after {all_moved:?}, \
+         the removed pods gone after {removal:?}; {} failed; now on {units:?}",
+        shoppers.requests,
+        shoppers.failures.len()
+    );
+    shoppers.settled("scaling 6 -> 3")?;
+    ensure!(
+        all_moved.is_some_and(|t| t < removal),
+        "every session moved off the draining units before they went ({all_moved:?}, {removal:?})"
+    );
+    ensure!(
+        units.iter().all(|u| !removed.iter().any(|r| r == u)),
+        "every session goes on on a unit that stays: {units:?}"
+    );
+
+    rolling_update(kc, client, base, &mut shoppers).await
+}
+
+/// The app's image changes under the shoppers' load (see
+/// `scaling_down_and_a_rolling_update_lose_nothing`).
+async fn rolling_update(
+    kc: &Path,
+    client: &kube::Client,
+    base: &str,
+    shoppers: &mut Shoppers,
 ) -> anyhow::Result<()> {
     let dir = std::env::var("STICKYFARM_CLUSTER_DIR")
         .unwrap_or_else(|_| "/tmp/stickyfarm-cluster".into());
@@ -599,98 +856,35 @@ async fn rolling_update_under_load(
         "ctr images tag: {}",
         String::from_utf8_lossy(&tagged.stderr)
     );
-
-    // Four shoppers with a cart each, placed by the gateway.
-    const SKUS: [&str; 4] = ["apple", "bread", "tea", "coffee"];
-    let mut shoppers = Vec::new();
-    for (i, sku) in SKUS.iter().enumerate() {
-        let mut b = Browser::new();
-        let p = add_one(&mut b, base, sku).await;
-        ensure!(
-            p.status == 200,
-            "shopper {i}'s first item: {} {}",
-            p.status,
-            p.body
-        );
-        shoppers.push((b, json!({ (*sku): 1 })));
-    }
     patch_app(kc, json!({"image": new_image}))?;
-
-    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
     let rolled = || async {
-        let list = pods
-            .list(&kube::api::ListParams::default().labels(&format!(
-                "stickyfarm.dev/farm={FARM},stickyfarm.dev/component=unit"
-            )))
-            .await?;
-        anyhow::Ok(
-            list.items.len() == 3
-                && list.items.iter().all(|p| {
-                    p.metadata.deletion_timestamp.is_none()
-                        && stickyfarm_operator::status::pod_ready(p)
-                        && p.spec.as_ref().is_some_and(|s| {
-                            s.containers.iter().any(|c| {
-                                c.name == "app" && c.image.as_deref() == Some(new_image.as_str())
-                            })
-                        })
-                }),
-        )
+        let pods = unit_pods(client).await?;
+        anyhow::Ok(pods.len() == 3 && pods.iter().all(|p| p.1 && p.2 == new_image))
     };
-    // Bounded: at most 240 s and 2,000 rounds; each round every shopper reads its cart, and
-    // every fifth round adds an item.
+    // Bounded: at most 240 s and 2,000 rounds.
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(240);
-    let mut failures = Vec::new();
-    let mut requests = 0u32;
-    for round in 0..2000u32 {
-        if Instant::now() > deadline {
-            bail!("the rolling update did not finish within 240 s ({requests} requests)");
-        }
-        for (i, (b, want)) in shoppers.iter_mut().enumerate() {
-            requests += 1;
-            if round % 5 == 4 {
-                let sku = SKUS[i];
-                let p = add_one(b, base, sku).await;
-                if p.status == 200 {
-                    want[sku] = json!(want[sku].as_u64().unwrap_or(0) + 1);
-                } else {
-                    failures.push(format!("shopper {i} add: {} {}", p.status, p.body));
-                }
-            } else {
-                let p = b.send(Method::GET, &format!("{base}/api/cart"), None).await;
-                if p.status != 200 {
-                    failures.push(format!("shopper {i} read: {} {}", p.status, p.body));
-                } else if p.json()["items"] != *want {
-                    failures.push(format!("shopper {i} cart {} != {want}", p.json()["items"]));
-                }
-            }
-        }
-        if round % 10 == 9 && rolled().await? {
+    let before = shoppers.requests;
+    let mut round = 0u32;
+    loop {
+        ensure!(
+            started.elapsed() < Duration::from_secs(240) && round < 2000,
+            "the rolling update did not finish within 240 s"
+        );
+        shoppers.round(base, round).await;
+        round += 1;
+        if round.is_multiple_of(10) && rolled().await? {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    ensure!(rolled().await?, "every unit runs {new_image}");
+    shoppers.round(base, 1).await;
     let _ = writeln!(
         std::io::stderr(),
-        "rolling update to {new_image}: {requests} requests in {:?}, {} failed",
+        "rolling update to {new_image}: {} requests in {:?}, {} failed; now on {:?}",
+        shoppers.requests - before,
         started.elapsed(),
-        failures.len()
+        shoppers.failures.len(),
+        shoppers.units()
     );
-    ensure!(
-        failures.is_empty(),
-        "{} of {requests} requests failed or lost items during the rolling update: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(10)]
-    );
-    for (i, (b, want)) in shoppers.iter_mut().enumerate() {
-        let p = b.send(Method::GET, &format!("{base}/api/cart"), None).await;
-        ensure!(
-            p.status == 200 && p.json()["items"] == *want,
-            "shopper {i}'s cart after the update: {} {}",
-            p.status,
-            p.body
-        );
-    }
-    Ok(())
+    shoppers.settled("the rolling update")
 }
