@@ -212,6 +212,81 @@ pub fn failover_timeline(path: &Path, runs: &[(&str, &[Answer], u64)]) -> anyhow
     write_png(&svg, path)
 }
 
+/// One line of a line chart: a legend entry and its (x, y) points.
+pub struct Line<'a> {
+    pub name: &'a str,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A line chart with a dashed horizontal line at `goal` (the target a scenario judges by).
+pub fn lines(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[Line<'_>],
+    goal: f64,
+) -> anyhow::Result<()> {
+    let (w, h) = (1200u32, 420u32);
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (w, h)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let points = || series.iter().flat_map(|s| s.points.iter());
+        let x_max = points().map(|p| p.0).fold(1.0f64, f64::max);
+        let y_max = points()
+            .map(|p| p.1)
+            .filter(|y| y.is_finite())
+            .fold(goal, f64::max)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .map_err(err)?;
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        for (i, s) in series.iter().enumerate() {
+            let color = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied().filter(|p| p.1.is_finite()),
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?
+                .label(s.name)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
+        }
+        chart
+            .draw_series(DashedLineSeries::new(
+                vec![(0.0, goal), (x_max, goal)],
+                6,
+                4,
+                BLACK.stroke_width(1),
+            ))
+            .map_err(err)?
+            .label(format!("goal: {goal}"))
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(1)));
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 14))
+            .draw()
+            .map_err(err)?;
+        root.present().map_err(err)?;
+    }
+    write_png(&svg, path)
+}
+
 fn write_png(svg: &str, path: &Path) -> anyhow::Result<()> {
     let mut opt = resvg::usvg::Options::default();
     {

@@ -34,6 +34,8 @@ pub struct RebalanceRun {
     pub balanced_after_s: Option<f64>,
     /// The busiest unit's sessions ÷ the mean at the end.
     pub final_ratio: f64,
+    /// The same, each second after the scale-up (the plot).
+    pub ratios: Vec<f64>,
     /// Sessions whose unit changed after the scale-up.
     pub moved: u64,
     /// Requests after the scale-up, and those that failed.
@@ -172,9 +174,11 @@ async fn one_run(
     *scaled_at.lock().unwrap() = Some(scaled);
     let mut balanced_after_s = None;
     let mut final_ratio = f64::NAN;
+    let mut ratios = Vec::new();
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
         final_ratio = busiest_ratio(&current, &units);
+        ratios.push(final_ratio);
         if balanced_after_s.is_none() && final_ratio <= BALANCED {
             balanced_after_s = Some(scaled.elapsed().as_secs_f64());
         }
@@ -193,6 +197,7 @@ async fn one_run(
     Ok(RebalanceRun {
         balanced_after_s,
         final_ratio,
+        ratios,
         moved,
         requests,
         failed,

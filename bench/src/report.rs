@@ -621,6 +621,12 @@ pub fn write(
     }
     if let Some(r) = &r.rebalance {
         rebalance_section(&mut md, &mut readme, r);
+        let _ = writeln!(
+            md,
+            "![busiest unit ÷ mean after the scale-up]({})\n",
+            stamp("rebalancing")
+        );
+        rebalance_plot(&out_dir.join(stamp("rebalancing")), r)?;
     }
     let path = out_dir.join(format!("{date}.md"));
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
@@ -767,6 +773,32 @@ fn rebalance_section(md: &mut String, readme: &mut String, r: &crate::rebalance:
         );
     }
     let _ = writeln!(md, "\nRequests and failures are totals over all runs.\n");
+}
+
+/// Scenario 6's plot: the busiest unit's share over time, each arm's first run.
+fn rebalance_plot(path: &Path, r: &crate::rebalance::Rebalancing) -> anyhow::Result<()> {
+    let series: Vec<crate::plot::Line<'_>> = r
+        .runs
+        .iter()
+        .enumerate()
+        .filter_map(|(arm, runs)| {
+            let run = runs.first()?;
+            Some(crate::plot::Line {
+                name: crate::rebalance::ARMS[arm],
+                points: (1..)
+                    .map(f64::from)
+                    .zip(run.ratios.iter().copied())
+                    .collect(),
+            })
+        })
+        .collect();
+    crate::plot::lines(
+        path,
+        "Rebalancing after 3 -> 6 units: the busiest unit's sessions ÷ the mean (first run of each arm)",
+        ("seconds since the scale-up", "busiest ÷ mean"),
+        &series,
+        1.2,
+    )
 }
 
 #[cfg(test)]
