@@ -510,6 +510,27 @@ pub fn kubectl(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {
     run_tool(&kubectl_program(), args, kubeconfig)
 }
 
+/// `kubectl scale` of the farm `farm` in `namespace` to `replicas` units (its scale
+/// subresource, as a user or an autoscaler scales it).
+pub fn scale_farm(
+    kubeconfig: &Path,
+    namespace: &str,
+    farm: &str,
+    replicas: u32,
+) -> anyhow::Result<()> {
+    kubectl(
+        kubeconfig,
+        &[
+            "scale",
+            "-n",
+            namespace,
+            &format!("serverfarm/{farm}"),
+            &format!("--replicas={replicas}"),
+        ],
+    )
+    .map(drop)
+}
+
 /// `kubectl stickyfarm args`: kubectl finds the plugin `kubectl-stickyfarm` of this build (the
 /// folder of the test binaries' build, where `cargo build --bins` puts it) on its PATH.
 pub fn kubectl_stickyfarm(kubeconfig: &Path, args: &[&str]) -> anyhow::Result<String> {

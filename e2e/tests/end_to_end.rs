@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use stickyfarm_api::farm::ServerFarm;
 use stickyfarm_e2e::{
     OPERATOR_PODS, Reach, admin, apply_example_farm, eventually, helm_run, install_chart_with_pods,
-    kubeconfig, kubectl, kubectl_stickyfarm, pods_run,
+    kubeconfig, kubectl, kubectl_stickyfarm, pods_run, scale_farm,
 };
 use stickyfarm_testkit::{Browser, stored_uuid_with};
 
@@ -94,20 +94,6 @@ async fn gateway_units(admin: &Reach) -> anyhow::Result<Vec<(String, String, Str
             (s("name"), s("state"), s("admin"), s("instance"))
         })
         .collect())
-}
-
-/// `kubectl scale -n shop serverfarm/webstore --replicas=N`.
-fn scale(kc: &Path, replicas: u32) -> anyhow::Result<String> {
-    kubectl(
-        kc,
-        &[
-            "scale",
-            "-n",
-            NS,
-            &format!("serverfarm/{FARM}"),
-            &format!("--replicas={replicas}"),
-        ],
-    )
 }
 
 /// How many objects of a kind in the suite's namespace match `lp`.
@@ -605,13 +591,13 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
     step(
         "kubectl scale --replicas=5, then 2: removed units drain (their sessions move) before they go",
     );
-    scale(kc, 5)?;
+    scale_farm(kc, NS, FARM, 5)?;
     units_up(&gw_admin, 5, Duration::from_secs(180)).await?;
     let mut late = Browser::new();
     let me = get_json(&mut late, &url(&format!("/_unit/{FARM}-4/api/whoami"))).await?;
     ensure!(me["unit"] == format!("{FARM}-4"), "{me}");
     add_to_cart(&mut late, &link(&me["unit_url"])?, "bread", 1).await?;
-    scale(kc, 2)?;
+    scale_farm(kc, NS, FARM, 2)?;
     let removed = [
         format!("{FARM}-2"),
         format!("{FARM}-3"),
@@ -790,7 +776,7 @@ async fn a_user_installs_shops_and_the_farm_survives_failures_scaling_and_upgrad
         Ok(pods.len() == 1 && matches!(pod_state(&client, RELEASE_NS, &pods[0]).await?, Some((uid, true)) if uid != operator_uid))
     })
     .await?;
-    scale(kc, 3)?;
+    scale_farm(kc, NS, FARM, 3)?;
     units_up(&gw_admin, 3, Duration::from_secs(120)).await?;
     let cart = get_json(&mut b, &url("/api/cart")).await?;
     ensure!(

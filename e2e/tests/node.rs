@@ -21,7 +21,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use stickyfarm_e2e::{
     OPERATOR_PODS, admin, apply_example_farm, install_chart_with_pods, kubeconfig, kubectl,
-    switched_on,
+    scale_farm, switched_on,
 };
 use stickyfarm_testkit::Browser;
 
@@ -698,21 +698,6 @@ async fn unit_pods(client: &kube::Client) -> anyhow::Result<Vec<(String, bool, S
     Ok(units)
 }
 
-/// `kubectl scale` of the farm.
-fn scale(kc: &Path, replicas: u32) -> anyhow::Result<()> {
-    kubectl(
-        kc,
-        &[
-            "scale",
-            "-n",
-            NS,
-            &format!("serverfarm/{FARM}"),
-            &format!("--replicas={replicas}"),
-        ],
-    )
-    .map(drop)
-}
-
 /// Scaling down and a rolling update of the app's image, each under a steady load of shoppers
 /// through the gateway's Service: not one request fails, not one acknowledged item is lost,
 /// and every session goes on on a unit that stays. The farm grows to 6 units and shoppers are
@@ -725,7 +710,7 @@ async fn scaling_down_and_a_rolling_update_lose_nothing(
     client: &kube::Client,
     base: &str,
 ) -> anyhow::Result<()> {
-    scale(kc, 6)?;
+    scale_farm(kc, NS, FARM, 6)?;
     let grown = Instant::now();
     loop {
         let pods = unit_pods(client).await?;
@@ -775,7 +760,7 @@ async fn scaling_down_and_a_rolling_update_lose_nothing(
     );
 
     // 6 → 3 under load. Bounded: at most 240 s and 2,000 rounds.
-    scale(kc, 3)?;
+    scale_farm(kc, NS, FARM, 3)?;
     let started = Instant::now();
     let mut all_moved = None;
     let mut round = 0u32;

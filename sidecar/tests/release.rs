@@ -28,17 +28,10 @@ async fn read_with(
     (status, signal)
 }
 
-async fn released(unit: &Unit) -> f64 {
-    unit.sidecar
-        .metric("stickyfarm_sidecar_flushes_total", "reason=\"released\"")
-        .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_is_released_only_when_the_gateway_asks_it_is_idle_and_postgresql_is_there() {
-    let db = TestDb::new().await;
-    let proxy = PgProxy::start(db.pg_addr()).await;
-    let a = Unit::start("web-0", &db.url_via(proxy.port), &[]).await;
+/// A unit on `database_url` whose listener is connected, and a shopper with a fig in its cart
+/// there.
+async fn unit_with_a_cart(database_url: &str) -> (Unit, Browser) {
+    let a = Unit::start("web-0", database_url, &[]).await;
     let mut shopper = Browser::new();
     assert_eq!(
         shopper
@@ -54,6 +47,20 @@ async fn a_session_is_released_only_when_the_gateway_asks_it_is_idle_and_postgre
             == 1.0
     })
     .await;
+    (a, shopper)
+}
+
+async fn released(unit: &Unit) -> f64 {
+    unit.sidecar
+        .metric("stickyfarm_sidecar_flushes_total", "reason=\"released\"")
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_is_released_only_when_the_gateway_asks_it_is_idle_and_postgresql_is_there() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(db.pg_addr()).await;
+    let (a, mut shopper) = unit_with_a_cart(&db.url_via(proxy.port)).await;
     let token = ("x-stickyfarm-gateway-token", GATEWAY_TOKEN);
     let now = ("x-stickyfarm-release-if-idle", "0");
 
@@ -130,22 +137,7 @@ async fn a_session_is_released_only_when_the_gateway_asks_it_is_idle_and_postgre
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_with_a_request_in_flight_is_not_released() {
     let db = TestDb::new().await;
-    let a = Unit::start("web-0", &db.url, &[]).await;
-    let mut shopper = Browser::new();
-    assert_eq!(
-        shopper
-            .post(&a.sidecar.url("/cart/add?item=fig"))
-            .await
-            .status,
-        200
-    );
-    eventually(Duration::from_secs(5), "the listener connected", || async {
-        a.sidecar
-            .metric("stickyfarm_sidecar_invalidation_listener_connected", "")
-            .await
-            == 1.0
-    })
-    .await;
+    let (a, shopper) = unit_with_a_cart(&db.url).await;
     let token = ("x-stickyfarm-gateway-token", GATEWAY_TOKEN);
     let now = ("x-stickyfarm-release-if-idle", "0");
 
