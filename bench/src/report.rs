@@ -478,7 +478,7 @@ pub fn write(
         );
         let _ = writeln!(
             md,
-            "| proxy | failed reads | failed writes | requests | sessions on the killed unit | recovery ms | p99 ms before | p99 ms in the 2 s after | p99 after ÷ before | slowest ms after | failed-over sessions served from a warm copy | reads loaded from PostgreSQL on the backups after the kill |"
+            "| proxy | failed reads | failed writes | requests | sessions on the killed unit | recovery ms | p99 ms in the 2 s before | p99 ms in the 2 s after | p99 after ÷ before | slowest ms after | failed-over sessions served from a warm copy | reads loaded from PostgreSQL on the backups after the kill |"
         );
         let _ = writeln!(
             md,

@@ -299,7 +299,8 @@ pub struct Failover {
     /// From the kill until the last affected session was answered by another unit, ms; `None`
     /// when some never were.
     pub recovery_ms: Option<u64>,
-    /// p99 latency in the second before the kill, µs.
+    /// p99 latency of requests sent in the 2 s before the kill, µs: a window as long as the
+    /// one after, so both p99s are the same rank among about as many requests.
     pub p99_before_us: u64,
     /// p99 latency of requests sent in the 2 s after the kill, µs.
     pub p99_after_us: u64,
@@ -361,7 +362,7 @@ pub fn analyze_failover(answers: &[Answer], killed: &str, kill_ms: u64) -> Failo
         failed_writes: answers.iter().filter(|a| a.write && !ok(a)).count() as u64,
         affected: affected.len() as u64,
         recovery_ms: if affected.is_empty() { None } else { recovery },
-        p99_before_us: p99(window(kill_ms.saturating_sub(1000), kill_ms).collect()),
+        p99_before_us: p99(window(kill_ms.saturating_sub(2000), kill_ms).collect()),
         p99_after_us: p99(window(kill_ms, kill_ms + 2000).collect()),
         max_after_us: window(kill_ms, kill_ms + 2000).max().unwrap_or(0),
         warm_hits: 0,
