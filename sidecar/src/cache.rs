@@ -31,7 +31,7 @@ pub struct CachedSession {
     /// Generation this copy reflects.
     pub generation: u64,
     /// Tables by name.
-    pub tables: BTreeMap<String, CachedTable>,
+    pub tables: Tables,
     /// Unix milliseconds of the last read through this unit (drives idle expiry).
     #[serde(skip, default = "now_atomic")]
     last_access: AtomicU64,
@@ -72,6 +72,94 @@ pub struct CachedTable {
     pub doc: String,
 }
 
+/// A session's tables in name order: a sorted vector, exactly as long as it needs to be.
+/// Sessions hold a few tables, and a `BTreeMap` allocates room for eleven with its first
+/// entry (about 600 bytes per cached session, more than half of a 1 KiB cart).
+#[derive(Debug, Clone, Default)]
+pub struct Tables(Vec<(Box<str>, CachedTable)>);
+
+impl Tables {
+    fn find(&self, name: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(n, _)| (**n).cmp(name))
+    }
+
+    /// The table `name`.
+    pub fn get(&self, name: &str) -> Option<&CachedTable> {
+        self.find(name).ok().map(|i| &self.0[i].1)
+    }
+
+    /// Whether there is a table `name`.
+    pub fn contains_key(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
+    /// How many tables.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The tables in name order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &CachedTable)> {
+        self.0.iter().map(|(n, t)| (&**n, t))
+    }
+
+    /// Sets the table `name`.
+    pub fn insert(&mut self, name: &str, table: CachedTable) {
+        match self.find(name) {
+            Ok(i) => self.0[i].1 = table,
+            Err(i) => {
+                self.0.reserve_exact(1);
+                self.0.insert(i, (name.into(), table));
+            }
+        }
+    }
+
+    /// Removes the table `name`, if there is one.
+    pub fn remove(&mut self, name: &str) {
+        if let Ok(i) = self.find(name) {
+            self.0.remove(i);
+            self.0.shrink_to_fit();
+        }
+    }
+}
+
+impl FromIterator<(String, CachedTable)> for Tables {
+    fn from_iter<I: IntoIterator<Item = (String, CachedTable)>>(iter: I) -> Self {
+        let mut tables = Tables::default();
+        for (name, table) in iter {
+            tables.insert(&name, table);
+        }
+        tables
+    }
+}
+
+impl std::ops::Index<&str> for Tables {
+    type Output = CachedTable;
+
+    fn index(&self, name: &str) -> &CachedTable {
+        self.get(name).expect("no such table")
+    }
+}
+
+impl Serialize for Tables {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for Tables {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(BTreeMap::<String, CachedTable>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
+}
+
 fn now_atomic() -> AtomicU64 {
     AtomicU64::new(unix_now())
 }
@@ -86,7 +174,7 @@ pub fn unix_now() -> u64 {
 
 impl CachedSession {
     /// A copy at `generation` with these tables.
-    pub fn new(generation: u64, tables: BTreeMap<String, CachedTable>) -> Self {
+    pub fn new(generation: u64, tables: Tables) -> Self {
         CachedSession {
             generation,
             tables,
@@ -137,7 +225,7 @@ impl CachedSession {
     pub fn with_table(&self, generation: u64, name: &str, table: Option<CachedTable>) -> Self {
         let mut tables = self.tables.clone();
         match table {
-            Some(t) => tables.insert(name.to_owned(), t),
+            Some(t) => tables.insert(name, t),
             None => tables.remove(name),
         };
         let next = CachedSession::new(generation, tables).expiring_at(self.expires_at);
@@ -391,6 +479,41 @@ mod tests {
         let decoded = URL_SAFE_NO_PAD.decode(header).unwrap();
         assert_eq!(decoded, s.snapshot_json(id).as_bytes());
         assert!(s.snapshot_header(id, 10).is_none());
+    }
+
+    #[test]
+    fn tables_stay_in_name_order_and_hold_no_spare_room() {
+        let t = |v: u64| CachedTable {
+            version: v,
+            doc: "{}".to_owned(),
+        };
+        let s = session(1, &[("orders", 1, "[]"), ("cart", 2, "{}")]);
+        let names: Vec<&str> = s.tables.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["cart", "orders"]);
+        assert_eq!(
+            s.tables.0.capacity(),
+            2,
+            "no room for eleven, as a BTreeMap node has"
+        );
+        // A write replaces one table or adds one, in order; a delete removes it.
+        let next = s.with_table(2, "cart", Some(t(3)));
+        assert_eq!((next.tables.len(), next.tables["cart"].version), (2, 3));
+        let next = next.with_table(3, "a_first", Some(t(1)));
+        let names: Vec<&str> = next.tables.iter().map(|(n, _)| n).collect();
+        assert_eq!(names, ["a_first", "cart", "orders"]);
+        assert_eq!(next.tables.0.capacity(), 3);
+        let next = next.with_table(4, "cart", None);
+        assert!(!next.tables.contains_key("cart") && next.tables.get("orders").is_some());
+        assert_eq!(next.tables.0.capacity(), 2);
+        // The disk tier's encoding is a map by name, as before.
+        let json = serde_json::to_value(&next.tables).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"a_first": {"version": 1, "doc": "{}"}, "orders": {"version": 1, "doc": "[]"}})
+        );
+        let back: Tables = serde_json::from_value(json).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back["orders"].doc, "[]");
     }
 
     #[test]

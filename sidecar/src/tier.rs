@@ -12,7 +12,7 @@
 //! 5. A backup's warm copy of a failed-over session (`crate::warm`) is taken only when
 //!    PostgreSQL holds exactly its generation; otherwise the session is loaded.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CachedSession, CachedTable, Entry, SessionCache, unix_now};
+use crate::cache::{CachedSession, CachedTable, Entry, SessionCache, Tables, unix_now};
 use crate::issued::IssuedIds;
 use crate::metrics::{FlushReason, Metrics};
 use crate::store::{Committed, Invalidation, Store, StoreError, WriteCondition};
@@ -569,7 +569,8 @@ impl SessionTier {
         let lifetime = self.store.expiry().absolute.as_millis() as u64;
         Ok(self.cache.insert(
             stored,
-            CachedSession::new(0, BTreeMap::new()).expiring_at(unix_now().saturating_add(lifetime)),
+            CachedSession::new(0, Tables::default())
+                .expiring_at(unix_now().saturating_add(lifetime)),
         ))
     }
 

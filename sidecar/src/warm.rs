@@ -226,7 +226,6 @@ impl WarmCopies {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
 
     use stickyfarm_api::{SessionId, SessionIdKey};
 
@@ -240,13 +239,15 @@ mod tests {
     fn copy(generation: u64, doc: &str) -> CachedSession {
         CachedSession::new(
             generation,
-            BTreeMap::from([(
+            [(
                 "cart".to_owned(),
                 CachedTable {
                     version: generation,
                     doc: doc.to_owned(),
                 },
-            )]),
+            )]
+            .into_iter()
+            .collect(),
         )
     }
 
