@@ -562,7 +562,7 @@ pub fn write(
         load_table(&mut md, &rows, "2 units", "gateway");
         let _ = writeln!(
             md,
-            "\n| farm | sidecar memory per cached session |\n|---|---:|"
+            "\n| farm | sidecar memory per cached session | copies per session (own + warm) | memory per copy |\n|---|---:|---:|---:|"
         );
         let _ = writeln!(
             readme,
@@ -570,8 +570,16 @@ pub fn write(
             s.sessions
         );
         let _ = writeln!(readme, "|---|---:|---:|---:|");
-        for (row, bytes) in rows.iter().zip(&s.bytes_per_session) {
-            let _ = writeln!(md, "| {} | {:.1} KiB |", row.config, bytes / 1024.0);
+        for ((row, bytes), (per_copy, copies)) in
+            rows.iter().zip(&s.bytes_per_session).zip(&s.bytes_per_copy)
+        {
+            let _ = writeln!(
+                md,
+                "| {} | {:.1} KiB | {copies:.2} | {:.2} KiB |",
+                row.config,
+                bytes / 1024.0,
+                per_copy / 1024.0
+            );
             let _ = writeln!(
                 readme,
                 "| {} | {} | {} | {:.1} KiB |",

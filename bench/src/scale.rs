@@ -18,6 +18,9 @@ pub struct Scale {
     pub rounds: Rounds,
     /// Per farm: sidecars' resident memory added per cached session, bytes.
     pub bytes_per_session: Vec<f64>,
+    /// Per farm: the same per copy held (each unit's own sessions, and the warm copies its
+    /// backups keep of them), and copies per session.
+    pub bytes_per_copy: Vec<(f64, f64)>,
     /// Sessions per farm.
     pub sessions: usize,
 }
@@ -39,6 +42,7 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
     let cpu = b.placement.proxy;
     let mut farms = Vec::new();
     let mut bytes_per_session = Vec::new();
+    let mut bytes_per_copy = Vec::new();
     for n in FARMS {
         eprintln!("  scale: {n} units, opening {sessions} sessions");
         let logs = b.logs(&format!("scale-{n}"))?;
@@ -73,8 +77,18 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
         let before = rss(&units);
         let cookies = logs.join("cookies.txt");
         open_sessions(&format!("http://{addr}"), sessions, &cart, 32, &cookies).await?;
+        // The backups load their warm copies after each write's announcement: give them a
+        // moment to catch up before counting.
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
         let after = rss(&units);
-        bytes_per_session.push(after.saturating_sub(before) as f64 / sessions as f64);
+        let grown = after.saturating_sub(before) as f64;
+        bytes_per_session.push(grown / sessions as f64);
+        let mut copies = 0.0;
+        for u in &units {
+            copies += u.metric("stickyfarm_sidecar_cached_sessions", "").await?
+                + u.metric("stickyfarm_sidecar_warm_copies", "").await?;
+        }
+        bytes_per_copy.push((grown / copies.max(1.0), copies / sessions as f64));
         farms.push(Farm {
             units,
             gateway,
@@ -102,6 +116,7 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
     Ok(Scale {
         rounds,
         bytes_per_session,
+        bytes_per_copy,
         sessions,
     })
 }
