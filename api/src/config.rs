@@ -193,6 +193,11 @@ pub const SIDECAR_DRAIN_LINGER_MAX: Duration = Duration::from_secs(2);
 /// requests in flight then the app's own graceful stop finishes.
 pub const APP_STOP_DELAY: Duration = Duration::from_secs(3);
 
+/// The unit pods' `terminationGracePeriodSeconds`: how long a stopping unit pod may take
+/// before the kubelet kills it (longer than the sidecar's default shutdown grace of 20 s plus
+/// [`APP_STOP_DELAY`]). It also bounds a scale-down's drain (the operator's `scale`).
+pub const UNIT_TERMINATION_GRACE: Duration = Duration::from_secs(30);
+
 /// The disk tier's size when the farm does not name one.
 pub const DEFAULT_CACHE_DISK_SIZE: ByteSize = ByteSize::mib(256);
 

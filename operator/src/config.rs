@@ -31,7 +31,9 @@ pub struct Config {
     /// Watch only this namespace (default: all).
     #[arg(long, env = "STICKYFARM_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
-    /// How long a removed unit drains before its pod is deleted.
+    /// How long a removed unit drains before its pod is deleted; at most the unit pods'
+    /// terminationGracePeriodSeconds (30 s): the drain moves sessions at their next request,
+    /// and a longer one would only keep idle sessions in place.
     #[arg(long, env = "STICKYFARM_DRAIN_PERIOD", default_value = "30s", value_parser = humantime::parse_duration)]
     pub drain_period: Duration,
     /// How often every farm is reconciled even when nothing changed.

@@ -162,6 +162,14 @@ pub fn reconcile_until(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let drain_period = crate::scale::bounded_drain_period(config.drain_period);
+    if drain_period < config.drain_period {
+        tracing::warn!(
+            configured = ?config.drain_period,
+            applied = ?drain_period,
+            "--drain-period is longer than the unit pods' terminationGracePeriodSeconds; drains end after that: sessions move at their next request, a longer drain would only keep idle ones in place"
+        );
+    }
     let settings = Settings {
         images: Images {
             sidecar: config.sidecar_image.clone(),
@@ -169,7 +177,7 @@ pub fn reconcile_until(
             postgres: config.postgres_image.clone(),
             pull_secrets: config.image_pull_secrets.clone(),
         },
-        drain_period: config.drain_period,
+        drain_period,
         resync: config.resync,
         scrapers: config.scrapers(),
         trace_collector: config.logs.otlp_endpoint.clone(),

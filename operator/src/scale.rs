@@ -2,14 +2,26 @@
 //!
 //! A StatefulSet always removes its highest ordinals. When `spec.replicas` drops, the operator
 //! keeps the StatefulSet at its size, labels the extra units' Services `draining` (the gateway
-//! gives them no new sessions but keeps routing the ones they hold), and only after the drain
-//! period shrinks the StatefulSet and deletes their Services. Their remaining sessions then fail
-//! over like after a crash, reloading from PostgreSQL. The start of the drain is kept in an
+//! gives them no new sessions and moves each session they hold to its backup at its next
+//! request), and only after the drain period (at most the unit pods'
+//! `terminationGracePeriodSeconds`, [`bounded_drain_period`]) shrinks the StatefulSet and
+//! deletes their Services. A session idle for the whole drain then fails over to the same
+//! backup whenever it comes back. The start of the drain is kept in an
 //! annotation on the StatefulSet, so an operator restart (or a new leader) continues it.
 
 use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use stickyfarm_api::config::UNIT_TERMINATION_GRACE;
+
+/// The drain period the operator applies: the configured one, at most the unit pods'
+/// `terminationGracePeriodSeconds`. A drain moves every session of a draining unit at its next
+/// request (the gateway asks the unit to release it and sends it to its backup), so active
+/// sessions leave within seconds; a longer drain would only keep idle sessions in place, and
+/// they fail over to the same backup (its warm copy, or PostgreSQL) whenever they come back.
+pub fn bounded_drain_period(configured: Duration) -> Duration {
+    configured.min(UNIT_TERMINATION_GRACE)
+}
 
 /// Annotation on the unit StatefulSet: when the current drain started (RFC 3339).
 pub const DRAIN_SINCE_ANNOTATION: &str = "stickyfarm.dev/drain-since";
@@ -122,6 +134,16 @@ mod tests {
         let p = plan(2, seen, at(30), PERIOD);
         assert_eq!(p.unit_replicas, 2, "units 2, 3, 4 go");
         assert_eq!((p.drain_since, p.requeue_after), (None, None));
+    }
+
+    #[test]
+    fn a_drain_lasts_at_most_the_unit_pods_termination_grace() {
+        assert_eq!(bounded_drain_period(PERIOD), PERIOD);
+        assert_eq!(
+            bounded_drain_period(Duration::from_secs(600)),
+            UNIT_TERMINATION_GRACE
+        );
+        assert_eq!(bounded_drain_period(Duration::ZERO), Duration::ZERO);
     }
 
     #[test]

@@ -80,7 +80,9 @@ pub(crate) fn statefulset(f: &FarmRef, input: &BuildInput, replicas: u32) -> Sta
                         .then(|| pod.node_selector.clone()),
                     tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
                     priority_class_name: pod.priority_class_name.clone(),
-                    termination_grace_period_seconds: Some(30),
+                    termination_grace_period_seconds: Some(
+                        stickyfarm_api::config::UNIT_TERMINATION_GRACE.as_secs() as i64,
+                    ),
                     ..PodSpec::default()
                 }),
             },
