@@ -238,7 +238,9 @@ impl SessionTier {
         }
         let stored = self.stored(id);
         let _guard = self.lock_for(&stored).lock().await;
-        if self.hints.in_flight(&stored) {
+        // A request in flight here named a backup (the gateway names one on every request of
+        // a session while the farm has another unit).
+        if self.hints.backup_of(&stored).is_some() {
             return false;
         }
         match self.cache.get(&stored).await {

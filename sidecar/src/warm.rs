@@ -82,13 +82,6 @@ impl BackupHints {
         shard.get(id).map(|(name, _)| name.clone())
     }
 
-    /// Whether a request of `id` that named a backup is in flight here (the gateway names one
-    /// on every request of a session while the farm has another unit).
-    pub fn in_flight(&self, id: &StoredId) -> bool {
-        let shard = self.shard(id).lock().expect("backup hints poisoned");
-        shard.contains_key(id)
-    }
-
     fn leave(&self, id: &StoredId) {
         let mut shard = self.shard(id).lock().expect("backup hints poisoned");
         if let Some(entry) = shard.get_mut(id) {
@@ -226,7 +219,6 @@ impl WarmCopies {
 
 #[cfg(test)]
 mod tests {
-
     use stickyfarm_api::{SessionId, SessionIdKey};
 
     use super::*;
