@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 use crate::load::{LoadResult, Oha, Wrk};
-use crate::procs::{Cpus, Placement, Proc, free_addr};
+use crate::procs::{Cpus, Placement, Proc, Run, free_addr};
 use crate::stats::{Sample, cpu_per_10k};
 
 /// Settings of `stickyfarm-bench run`.
@@ -231,11 +231,11 @@ impl Bench {
         &self,
         units: &[(String, SocketAddr)],
         extra: &[&str],
-        cpus: Cpus,
+        run: impl Into<Run>,
         logs: &Path,
         label: &str,
     ) -> anyhow::Result<(Proc, SocketAddr)> {
-        self.gateway_expecting(units, units.len(), extra, cpus, logs, label)
+        self.gateway_expecting(units, units.len(), extra, run, logs, label)
             .await
     }
 
@@ -246,10 +246,11 @@ impl Bench {
         units: &[(String, SocketAddr)],
         expect_up: usize,
         extra: &[&str],
-        cpus: Cpus,
+        run: impl Into<Run>,
         logs: &Path,
         label: &str,
     ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let run = run.into();
         let (listen, admin) = (free_addr()?, free_addr()?);
         let mut args: Vec<String> = vec![
             "--listen".into(),
@@ -274,10 +275,10 @@ impl Bench {
             &self.bin("stickyfarm-gateway"),
             &args,
             &[
-                ("TOKIO_WORKER_THREADS", "1".into()),
+                ("TOKIO_WORKER_THREADS", run.workers.to_string()),
                 ("RUST_LOG", "warn".into()),
             ],
-            cpus,
+            run.cpus,
             logs,
         )?;
         p.wait_listening(listen)?;
@@ -304,9 +305,10 @@ impl Bench {
         units: &[(String, SocketAddr)],
         check_interval: &str,
         tls: Option<&Path>,
-        cpus: Cpus,
+        run: impl Into<Run>,
         logs: &Path,
     ) -> anyhow::Result<(Proc, SocketAddr)> {
+        let run = run.into();
         let listen = free_addr()?;
         let servers: Vec<String> = units
             .iter()
@@ -323,12 +325,20 @@ impl Bench {
             &[
                 ("@LISTEN@", bind),
                 ("@CHECK_INTERVAL@", check_interval.to_owned()),
+                ("@THREADS@", run.workers.to_string()),
                 ("    @SERVERS@", servers.join("\n")),
             ],
             logs,
         )?;
         let args = vec!["-db".into(), "-f".into(), cfg.display().to_string()];
-        let mut p = Proc::start(label, &system_program("haproxy"), &args, &[], cpus, logs)?;
+        let mut p = Proc::start(
+            label,
+            &system_program("haproxy"),
+            &args,
+            &[],
+            run.cpus,
+            logs,
+        )?;
         p.wait_listening(listen)?;
         Ok((p, listen))
     }

@@ -2,13 +2,21 @@
 //! (sticky by unit address and by cookie), through HAProxy and through nginx, and through the
 //! gateway and HAProxy terminating TLS with the same certificate; at fixed concurrency (wrk)
 //! and at a fixed rate below saturation (oha). Over TLS the clients keep their connections, so
-//! the figures are the cost of encrypting requests and answers, not of handshakes.
+//! the figures are the cost of encrypting requests and answers, not of handshakes. Last, the
+//! gateway with two workers against HAProxy with two threads, both free to use both CPUs.
 
 use crate::bench::{Bench, measure, wait_routed, wait_routed_tls};
+use crate::procs::Run;
 use crate::stats::Rounds;
 
 /// Backends behind every proxy.
 const BACKENDS: usize = 4;
+
+/// The two-worker configurations (gateway, HAProxy), compared with each other.
+pub const TWO_WORKERS: (&str, &str) = (
+    "gateway, 2 workers on both CPUs, routing cookie",
+    "HAProxy, nbthread 2 on both CPUs, cookie insert",
+);
 
 /// Results of the scenario.
 pub struct Overhead {
@@ -64,7 +72,32 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
         .await?;
     let (haproxy_tls, ha_tls) =
         b.haproxy_as("haproxy-tls", &backends, "1s", Some(&tls.both), cpu, &logs)?;
-    let proxies = [gateway, haproxy, nginx, gateway_tls, haproxy_tls];
+    // Two workers each, on both CPUs (not pinned): what a proxy given the whole machine does,
+    // sharing it with the load generator and the backends (which stay on their CPU).
+    let both = Run {
+        cpus: None,
+        workers: 2,
+    };
+    let (gateway_two, gw_two) = b
+        .gateway(
+            &backends,
+            &["--check-interval", "1s"],
+            both,
+            &logs,
+            "gateway-2-workers",
+        )
+        .await?;
+    let (haproxy_two, ha_two) =
+        b.haproxy_as("haproxy-2-threads", &backends, "1s", None, both, &logs)?;
+    let proxies = [
+        gateway,
+        haproxy,
+        nginx,
+        gateway_tls,
+        haproxy_tls,
+        gateway_two,
+        haproxy_two,
+    ];
 
     // 64 clients, each with its own cookie (the wrk script rotates through them).
     let clients = |cookie: fn(usize) -> String| (0..64).map(cookie).collect::<Vec<_>>();
@@ -112,6 +145,18 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
             cookies: clients(|i| format!("SERVERID=b{}", i % BACKENDS)),
             proxy: Some(4),
         },
+        Config {
+            name: TWO_WORKERS.0,
+            url: format!("http://{gw_two}/hello"),
+            cookies: clients(|i| format!("sf_unit=b{}", i % BACKENDS)),
+            proxy: Some(5),
+        },
+        Config {
+            name: TWO_WORKERS.1,
+            url: format!("http://{ha_two}/hello"),
+            cookies: clients(|i| format!("SERVERID=b{}", i % BACKENDS)),
+            proxy: Some(6),
+        },
     ];
     // Every proxy must have found its backends, and stick as told, before anything counts.
     wait_routed(&configs[1].url, "", Some("b0")).await?;
@@ -120,6 +165,8 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
     wait_routed(&configs[4].url, "sf_session=client-0000", None).await?;
     wait_routed_tls(&configs[5].url, "sf_unit=b3", "b3").await?;
     wait_routed_tls(&configs[6].url, "SERVERID=b1", "b1").await?;
+    wait_routed(&configs[7].url, "sf_unit=b2", Some("b2")).await?;
+    wait_routed(&configs[8].url, "SERVERID=b3", Some("b3")).await?;
 
     let mut files = Vec::new();
     for (i, c) in configs.iter().enumerate() {

@@ -13,6 +13,22 @@ use nix::unistd::Pid;
 /// Which CPUs a process may run on (`taskset -c`), or `None` to leave it to the scheduler.
 pub type Cpus = Option<&'static str>;
 
+/// Where a proxy runs and with how many workers (gateway `TOKIO_WORKER_THREADS`, HAProxy
+/// `nbthread`). A bare [`Cpus`] is one worker there: the like-for-like comparison.
+#[derive(Debug, Clone, Copy)]
+pub struct Run {
+    /// CPUs it may use.
+    pub cpus: Cpus,
+    /// Worker threads.
+    pub workers: usize,
+}
+
+impl From<Cpus> for Run {
+    fn from(cpus: Cpus) -> Run {
+        Run { cpus, workers: 1 }
+    }
+}
+
 /// A started process.
 pub struct Proc {
     /// What it is, for messages.
@@ -125,6 +141,11 @@ impl Proc {
         rss_bytes(self.pid())
     }
 
+    /// Its threads' context switches so far ([`context_switches`]).
+    pub fn context_switches(&self) -> u64 {
+        context_switches(self.pid())
+    }
+
     /// Kills it at once (a crashed pod).
     pub fn kill_now(&mut self) {
         let _ = kill(Pid::from_raw(self.pid() as i32), Signal::SIGKILL);
@@ -202,6 +223,26 @@ fn children(pid: u32) -> Vec<u32> {
 /// master).
 pub fn tree_cpu_seconds(pid: u32) -> f64 {
     process_cpu_seconds(pid) + children(pid).into_iter().map(tree_cpu_seconds).sum::<f64>()
+}
+
+/// Context switches (voluntary and not) of every thread of a process so far: a thread gives up
+/// its CPU when it waits for the next event, and more processes sharing a CPU, each woken for
+/// fewer requests, show as more switches per request.
+pub fn context_switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("status")).ok())
+        .map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// VmRSS of a process in bytes.

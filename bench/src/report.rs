@@ -9,12 +9,12 @@ use anyhow::{Context as _, bail};
 
 use crate::bench::{Bench, system_program};
 use crate::failover::{Failovers, PROXIES};
-use crate::overhead::Overhead;
+use crate::overhead::{Overhead, TWO_WORKERS};
 use crate::plot::{Bars, Panel, bar_panels, failover_timeline};
-use crate::scale::Scale;
+use crate::scale::{Cost, Scale};
 use crate::sessions::Group;
 use crate::shoppers::Failover;
-use crate::stats::{Spread, Summary};
+use crate::stats::{Rounds, Spread, Summary};
 use crate::websocket::{MESSAGE_SIZE, WebSocketEcho};
 
 /// What a run measured; a scenario left out with `--only` is `None`.
@@ -262,7 +262,7 @@ pub fn write(
          - Peers and tools: {}; nginx {}; {}; {}\n\
          - Each figure: median of {} runs (min–max in brackets), configurations run alternately; ratios are taken within a run, then their median.\n\
          - Load: wrk, one thread, {} connections, {} s per run; oha for fixed rates (latency measured from when each request was due).\n\
-         - CPU: {pin}. Every proxy has one worker (gateway `TOKIO_WORKER_THREADS=1`, HAProxy `nbthread 1`, nginx `worker_processes 1`). CPU seconds are user + system time of the measured process (and its children) from `/proc`.\n",
+         - CPU: {pin}. Every proxy has one worker (gateway `TOKIO_WORKER_THREADS=1`, HAProxy `nbthread 1`, nginx `worker_processes 1`), except the two-worker pair of scenario 1. CPU seconds are user + system time of the measured process (and its children) from `/proc`.\n",
         if b.args.smoke { " --smoke" } else { "" },
         machine(),
         first_line(&system_program("haproxy").display().to_string(), &["-v"]),
@@ -285,6 +285,10 @@ pub fn write(
             "## 1. Proxy overhead\n\nFour identical backends (a 1 KiB page). Clients' cookies spread over them (the unit-address case names one unit). Ratios are against the gateway with a unit address.\n\n### Fixed concurrency\n"
         );
         load_table(&mut md, &closed, "gateway", "proxy");
+        let two = two_workers(&o.closed);
+        if let Some(line) = &two {
+            let _ = writeln!(md, "\n{line}");
+        }
         let _ = writeln!(
             md,
             "\n### Fixed rate: {} requests/s (a third of the slowest configuration's throughput)\n",
@@ -383,6 +387,9 @@ pub fn write(
                 c.cpu_per_10k
                     .map_or("—".into(), |v| format!("{:.2}", v.median))
             );
+        }
+        if let Some(line) = &two {
+            let _ = writeln!(readme, "\n{line}");
         }
     }
 
@@ -560,6 +567,7 @@ pub fn write(
             s.sessions
         );
         load_table(&mut md, &rows, "2 units", "gateway");
+        scale_costs(&mut md, s);
         let _ = writeln!(
             md,
             "\n| farm | sidecar memory per cached session | copies per session (own + warm) | memory per copy |\n|---|---:|---:|---:|"
@@ -832,6 +840,45 @@ mod readme_tests {
                 .join(report)
                 .is_file(),
             "the report the table comes from ({report}) is in the repository"
+        );
+    }
+}
+
+/// The two-worker comparison in a sentence: the gateway's requests/s over HAProxy's, taken
+/// within each round.
+fn two_workers(closed: &Rounds) -> Option<String> {
+    let at = |name: &str| closed.configs.iter().position(|c| c == name);
+    let (gw, ha) = (at(TWO_WORKERS.0)?, at(TWO_WORKERS.1)?);
+    let rps = closed.ratio(gw, ha, &|s| s.load.rps);
+    let cpu = closed.ratio(gw, ha, &|s| s.cpu_per_10k.unwrap_or(f64::NAN));
+    rps.as_ref()?;
+    Some(format!(
+        "Two workers (gateway `TOKIO_WORKER_THREADS=2`, HAProxy `nbthread 2`), neither pinned: both share the two CPUs with wrk and the backends, which stay on CPU 0. Gateway vs HAProxy: requests/s {}, CPU per request {}.",
+        ratio(&rps),
+        ratio(&cpu)
+    ))
+}
+
+/// Where a farm's CPU went per request, by process role, and how often its processes switched:
+/// what makes a larger farm on the same CPU slower.
+fn scale_costs(md: &mut String, s: &Scale) {
+    let _ = writeln!(
+        md,
+        "\nWhere the CPU under test went, per 10k requests (median over runs), and context switches of the farm's processes per request:\n\n| farm | gateway CPU s | sidecars CPU s | apps CPU s | total | context switches per request |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for (i, name) in s.rounds.configs.iter().enumerate() {
+        let of = |f: &dyn Fn(&Cost) -> f64| {
+            Spread::of(s.costs.iter().filter_map(|r| r.get(i)).map(f))
+                .map_or(f64::NAN, |v| v.median)
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            of(&|c| c.gateway),
+            of(&|c| c.sidecars),
+            of(&|c| c.apps),
+            of(&|c| c.gateway + c.sidecars + c.apps),
+            of(&|c| c.switches),
         );
     }
 }

@@ -23,6 +23,60 @@ pub struct Scale {
     pub bytes_per_copy: Vec<(f64, f64)>,
     /// Sessions per farm.
     pub sessions: usize,
+    /// `costs[round][farm]`: where the CPU went while wrk read through that farm.
+    pub costs: Vec<Vec<Cost>>,
+}
+
+/// What a farm's processes spent per request in one run: why a larger farm on the same CPU
+/// serves fewer requests per second.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    /// CPU seconds per 10k requests: the gateway, the sidecars together, the apps together.
+    pub gateway: f64,
+    /// The sidecars.
+    pub sidecars: f64,
+    /// The apps.
+    pub apps: f64,
+    /// Context switches of all of them per request.
+    pub switches: f64,
+}
+
+/// A reading of a farm's processes' CPU time and context switches.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
+    gateway: f64,
+    sidecars: f64,
+    apps: f64,
+    switches: u64,
+}
+
+impl Farm {
+    fn read(&self) -> Reading {
+        let units = &self.units;
+        Reading {
+            gateway: self.gateway.cpu_seconds(),
+            sidecars: units.iter().map(|u| u.sidecar.cpu_seconds()).sum(),
+            apps: units.iter().map(|u| u.app.cpu_seconds()).sum(),
+            switches: self.gateway.context_switches()
+                + units
+                    .iter()
+                    .map(|u| u.sidecar.context_switches() + u.app.context_switches())
+                    .sum::<u64>(),
+        }
+    }
+}
+
+impl Cost {
+    fn between(before: Reading, after: Reading, requests: u64) -> Cost {
+        let per_10k = |b: f64, a: f64| (a - b) / requests.max(1) as f64 * 10_000.0;
+        Cost {
+            gateway: per_10k(before.gateway, after.gateway),
+            sidecars: per_10k(before.sidecars, after.sidecars),
+            apps: per_10k(before.apps, after.apps),
+            switches: after.switches.saturating_sub(before.switches) as f64
+                / requests.max(1) as f64,
+        }
+    }
 }
 
 struct Farm {
@@ -97,16 +151,21 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
         });
     }
     let mut rounds = Rounds::new(FARMS.iter().map(|n| format!("{n} units")));
+    let mut costs = Vec::new();
     for round in 0..b.runs {
         eprintln!("  scale: round {}/{}", round + 1, b.runs);
-        let mut samples = Vec::new();
+        let (mut samples, mut round_costs) = (Vec::new(), Vec::new());
         for f in &farms {
-            samples.push(measure(Some(&f.gateway), || {
+            let before = f.read();
+            let sample = measure(Some(&f.gateway), || {
                 b.wrk
                     .run(&format!("http://{}/state", f.addr), &f.cookies, "GET", None)
-            })?);
+            })?;
+            round_costs.push(Cost::between(before, f.read(), sample.load.requests));
+            samples.push(sample);
         }
         rounds.rounds.push(samples);
+        costs.push(round_costs);
     }
     for f in &mut farms {
         for u in &mut f.units {
@@ -118,5 +177,6 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
         bytes_per_session,
         bytes_per_copy,
         sessions,
+        costs,
     })
 }

@@ -102,10 +102,7 @@ impl Rounds {
                 };
                 let ratio = |f: &dyn Fn(&Sample) -> f64| {
                     let r = reference.filter(|&r| r != c)?;
-                    Spread::of(self.rounds.iter().filter_map(|round| {
-                        let (x, base) = (round.get(c)?, round.get(r)?);
-                        Some(f(x) / f(base))
-                    }))
+                    self.ratio(c, r, f)
                 };
                 Summary {
                     config: self.configs[c].clone(),
@@ -121,6 +118,15 @@ impl Rounds {
                 }
             })
             .collect()
+    }
+
+    /// Configuration `c`'s figure `f` over configuration `base`'s, taken within each round
+    /// (they ran back to back), then summarised.
+    pub fn ratio(&self, c: usize, base: usize, f: &dyn Fn(&Sample) -> f64) -> Option<Spread> {
+        Spread::of(self.rounds.iter().filter_map(|round| {
+            let (x, b) = (round.get(c)?, round.get(base)?);
+            Some(f(x) / f(b))
+        }))
     }
 }
 
