@@ -817,33 +817,6 @@ fn rebalance_plot(path: &Path, r: &crate::rebalance::Rebalancing) -> anyhow::Res
     )
 }
 
-#[cfg(test)]
-mod readme_tests {
-    /// `bench/run` rewrites the README's table between these markers: a README without them
-    /// would fail a full run only after every scenario had been measured.
-    #[test]
-    fn the_readme_has_the_markers_bench_run_rewrites() {
-        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-            .expect("README.md at the workspace root");
-        let begin = readme
-            .find("<!-- bench:begin -->")
-            .expect("the begin marker");
-        let end = readme.find("<!-- bench:end -->").expect("the end marker");
-        assert!(begin < end, "the markers are in order");
-        let table = &readme[begin..end];
-        let report = table
-            .split('`')
-            .nth(1)
-            .expect("the table names the report it comes from");
-        assert!(
-            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-                .join(report)
-                .is_file(),
-            "the report the table comes from ({report}) is in the repository"
-        );
-    }
-}
-
 /// The two-worker comparison in a sentence: the gateway's requests/s over HAProxy's, taken
 /// within each round.
 fn two_workers(closed: &Rounds) -> Option<String> {
@@ -879,6 +852,33 @@ fn scale_costs(md: &mut String, s: &Scale) {
             of(&|c| c.apps),
             of(&|c| c.gateway + c.sidecars + c.apps),
             of(&|c| c.switches),
+        );
+    }
+}
+
+#[cfg(test)]
+mod readme_tests {
+    /// `bench/run` rewrites the README's table between these markers: a README without them
+    /// would fail a full run only after every scenario had been measured.
+    #[test]
+    fn the_readme_has_the_markers_bench_run_rewrites() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md at the workspace root");
+        let begin = readme
+            .find("<!-- bench:begin -->")
+            .expect("the begin marker");
+        let end = readme.find("<!-- bench:end -->").expect("the end marker");
+        assert!(begin < end, "the markers are in order");
+        let table = &readme[begin..end];
+        let report = table
+            .split('`')
+            .nth(1)
+            .expect("the table names the report it comes from");
+        assert!(
+            std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .join(report)
+                .is_file(),
+            "the report the table comes from ({report}) is in the repository"
         );
     }
 }
