@@ -314,4 +314,26 @@ mod tests {
         assert!(rss_bytes(me) > 1024 * 1024);
         assert_eq!(tree_cpu_seconds(u32::MAX), 0.0);
     }
+
+    #[test]
+    fn counts_the_context_switches_of_every_thread() {
+        let me = std::process::id();
+        let before = context_switches(me);
+        // A thread that sleeps gives up its CPU each time: voluntary switches, counted under
+        // its own task (read while it lives: an ended thread's task is gone from /proc).
+        let (slept, read) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+        let sleeper = std::thread::spawn(move || {
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            slept.0.send(()).unwrap();
+            let _ = read.1.recv();
+        });
+        slept.1.recv().unwrap();
+        let after = context_switches(me);
+        read.0.send(()).unwrap();
+        sleeper.join().unwrap();
+        assert!(after >= before + 20, "{before} → {after}");
+        assert_eq!(context_switches(u32::MAX), 0);
+    }
 }

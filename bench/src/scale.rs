@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use crate::bench::{Bench, Unit, measure};
 use crate::procs::Proc;
 use crate::shoppers::{cart_of_size, open_sessions};
-use crate::stats::Rounds;
+use crate::stats::{Rounds, cpu_per_10k};
 
 /// Farm sizes.
 pub const FARMS: [usize; 3] = [2, 4, 8];
@@ -68,7 +68,7 @@ impl Farm {
 
 impl Cost {
     fn between(before: Reading, after: Reading, requests: u64) -> Cost {
-        let per_10k = |b: f64, a: f64| (a - b) / requests.max(1) as f64 * 10_000.0;
+        let per_10k = |b: f64, a: f64| cpu_per_10k(b, a, requests).unwrap_or(f64::NAN);
         Cost {
             gateway: per_10k(before.gateway, after.gateway),
             sidecars: per_10k(before.sidecars, after.sidecars),
