@@ -17,7 +17,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
-    HybridCacheEntry, RecoverMode,
+    HybridCacheEntry, RecoverMode, Source,
 };
 use serde::{Deserialize, Serialize};
 use stickyfarm_api::{SessionId, StoredId};
@@ -336,6 +336,35 @@ pub struct CacheOptions {
 /// An entry handed out by the cache.
 pub type Entry = HybridCacheEntry<StoredId, CachedSession>;
 
+/// Where a cache hit was found: an operator sizing the memory tier needs to see how many reads
+/// the disk tier served (a slower hit, but still no PostgreSQL query).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HitTier {
+    /// The memory tier.
+    Memory,
+    /// The disk tier (`--cache-disk-dir`).
+    Disk,
+}
+
+impl HitTier {
+    /// Where foyer found `entry`.
+    pub fn of(entry: &Entry) -> HitTier {
+        match entry.source() {
+            Source::Disk => HitTier::Disk,
+            // Outer (a value a loader fetched) does not happen: the cache never fetches.
+            Source::Memory | Source::Outer => HitTier::Memory,
+        }
+    }
+
+    /// The `tier` label of the hit counter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HitTier::Memory => "memory",
+            HitTier::Disk => "disk",
+        }
+    }
+}
+
 /// The session cache.
 #[derive(Clone)]
 pub struct SessionCache {
@@ -577,6 +606,31 @@ mod tests {
         // splits the capacity over shards, so allow some slack above 16.)
         assert!(present <= 20, "{present} large sessions kept in 1 MiB");
         assert!(present >= 1);
+    }
+
+    #[tokio::test]
+    async fn a_hit_names_the_tier_that_held_the_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = SessionCache::open(&CacheOptions {
+            memory_bytes: 1024 * 1024,
+            disk: Some((dir.path().to_path_buf(), 16 * 1024 * 1024)),
+            snapshot_max: 16 * 1024,
+            warm_percent: 0,
+        })
+        .await
+        .unwrap();
+        let id = stored();
+        cache.insert(id, session(3, &[("cart", 3, "[1]")]));
+        let e = cache.get(&id).await.expect("just inserted");
+        assert_eq!(HitTier::of(&e), HitTier::Memory);
+        drop(e);
+        // Evicted from memory, it is written to the disk tier and read back from there.
+        cache.inner.memory().evict_all();
+        cache.inner.storage().wait().await;
+        let e = cache.get(&id).await.expect("the disk tier holds it");
+        assert_eq!(HitTier::of(&e), HitTier::Disk);
+        assert_eq!(e.generation, 3);
+        assert_eq!(e.tables["cart"].doc, "[1]");
     }
 
     #[tokio::test]

@@ -7,6 +7,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::cache::HitTier;
+
 /// Why a cached session was dropped.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum FlushReason {
@@ -77,6 +79,11 @@ const DB_OPS: [&str; 12] = [
 const WRITE_OUTCOMES: [&str; 4] = ["committed", "conflict", "session_gone", "failed"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TierLabel {
+    tier: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -106,7 +113,7 @@ fn api_histogram() -> Histogram {
 /// All metrics of one sidecar.
 pub struct Metrics {
     registry: Registry,
-    cache_hits: Counter,
+    cache_hits: Family<TierLabel, Counter>,
     cache_misses: Counter,
     flushes: Family<ReasonLabel, Counter>,
     full_flushes: Counter,
@@ -147,7 +154,7 @@ impl Metrics {
         let mut root = stickyfarm_api::metrics::root("sidecar");
         let registry = root.sub_registry_with_prefix("stickyfarm_sidecar");
         let m = Metrics {
-            cache_hits: Counter::default(),
+            cache_hits: Family::default(),
             cache_misses: Counter::default(),
             flushes: Family::default(),
             full_flushes: Counter::default(),
@@ -174,7 +181,7 @@ impl Metrics {
         };
         registry.register(
             "cache_hits",
-            "Session reads served from the cache",
+            "Session reads served from the cache, by tier (memory, disk)",
             m.cache_hits.clone(),
         );
         registry.register(
@@ -303,6 +310,11 @@ impl Metrics {
         for outcome in WRITE_OUTCOMES {
             let _ = m.writes.get_or_create(&OutcomeLabel { outcome });
         }
+        for tier in [HitTier::Memory, HitTier::Disk] {
+            let _ = m.cache_hits.get_or_create(&TierLabel {
+                tier: tier.as_str(),
+            });
+        }
         Metrics {
             registry: root,
             ..m
@@ -317,8 +329,12 @@ impl Metrics {
         out
     }
 
-    pub(crate) fn hit(&self) {
-        self.cache_hits.inc();
+    pub(crate) fn hit(&self, tier: HitTier) {
+        self.cache_hits
+            .get_or_create(&TierLabel {
+                tier: tier.as_str(),
+            })
+            .inc();
     }
     pub(crate) fn miss(&self) {
         self.cache_misses.inc();

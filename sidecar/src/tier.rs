@@ -26,7 +26,7 @@ use thiserror::Error;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{CachedSession, CachedTable, Entry, SessionCache, Tables, unix_now};
+use crate::cache::{CachedSession, CachedTable, Entry, HitTier, SessionCache, Tables, unix_now};
 use crate::issued::IssuedIds;
 use crate::metrics::{FlushReason, Metrics};
 use crate::store::{Committed, Invalidation, Store, StoreError, WriteCondition};
@@ -384,7 +384,7 @@ impl SessionTier {
     ) -> Result<Option<(Entry, Resolution)>, TierError> {
         let stored = self.stored(&id);
         if let Some(e) = self.cached_fresh(&id, &stored, min).await {
-            self.metrics.hit();
+            self.metrics.hit(HitTier::of(&e));
             return Ok(Some((e, Resolution::Cached)));
         }
         // Not cached: an id issued here that never got state has no row, so no query for it (a
@@ -396,7 +396,7 @@ impl SessionTier {
         let _guard = self.lock_for(&stored).lock().await;
         // Another request may have loaded it while this one waited for the lock.
         if let Some(e) = self.cached_fresh(&id, &stored, min).await {
-            self.metrics.hit();
+            self.metrics.hit(HitTier::of(&e));
             return Ok(Some((e, Resolution::Cached)));
         }
         if let Some(e) = self.warm_copy_locked(&stored, min).await? {

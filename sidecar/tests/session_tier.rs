@@ -1145,6 +1145,20 @@ async fn a_burst_through_a_small_cache_with_a_disk_tier_loses_nothing() {
         assert_eq!(r.status(), 201);
         sessions.push((sid, items));
     }
+    // foyer writes what memory evicts to disk in the background.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let hits = |tier: &'static str| {
+        let a = &a;
+        async move {
+            a.sidecar
+                .metric(
+                    "stickyfarm_sidecar_cache_hits_total",
+                    &format!("tier=\"{tier}\""),
+                )
+                .await
+        }
+    };
+    let disk_hits_before = hits("disk").await;
     for (sid, items) in &sessions {
         let r = client
             .get(
@@ -1158,6 +1172,11 @@ async fn a_burst_through_a_small_cache_with_a_disk_tier_loses_nothing() {
         let got: Vec<String> = r.json().await.unwrap();
         assert_eq!(&got, items);
     }
+    // Most of them no longer fit in memory: the disk tier served reads, and says so.
+    assert!(
+        hits("disk").await > disk_hits_before,
+        "no read was counted as a disk-tier hit"
+    );
     // Every entry also matches PostgreSQL, the only place that must hold it.
     for (sid, items) in sessions.iter().step_by(20) {
         assert_eq!(db.table(sid, "cart").await, Some((1, json!(items))));
