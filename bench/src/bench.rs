@@ -38,8 +38,12 @@ pub struct RunArgs {
     /// Sessions of the scale scenario; default 10 000, 200 with `--smoke`.
     #[arg(long)]
     pub scale_sessions: Option<usize>,
-    /// Only these scenarios (overhead, sessions, failover, scale, websocket, rebalance);
-    /// default all.
+    /// Session counts of the capacity scenario, growing (e.g. `10000,100000,1000000`, the
+    /// default; 100, 300 and 1 000 with `--smoke`).
+    #[arg(long, value_delimiter = ',')]
+    pub capacity_sessions: Option<Vec<usize>>,
+    /// Only these scenarios (overhead, sessions, failover, scale, websocket, rebalance,
+    /// capacity); default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
 }

@@ -67,6 +67,23 @@ impl Wrk {
         method: &str,
         body: Option<&Path>,
     ) -> anyhow::Result<LoadResult> {
+        self.run_in_order(url, cookies, method, body, false)
+    }
+
+    /// Runs wrk reading (`GET`) `url`, each request with the `Cookie` line of a session picked
+    /// at random from `cookies`.
+    pub fn read_at_random(&self, url: &str, cookies: &Path) -> anyhow::Result<LoadResult> {
+        self.run_in_order(url, cookies, "GET", None, true)
+    }
+
+    fn run_in_order(
+        &self,
+        url: &str,
+        cookies: &Path,
+        method: &str,
+        body: Option<&Path>,
+        random: bool,
+    ) -> anyhow::Result<LoadResult> {
         let secs = self.duration.as_secs().max(1);
         let mut cmd = pinned(&self.program, self.cpus);
         cmd.args(["-t1", "--latency"])
@@ -79,9 +96,10 @@ impl Wrk {
             .arg(url)
             .arg("--")
             .arg(cookies)
-            .arg(method);
-        if let Some(b) = body {
-            cmd.arg(b);
+            .arg(method)
+            .arg(body.map_or("-".into(), |b| b.as_os_str().to_owned()));
+        if random {
+            cmd.arg("random");
         }
         let out = cmd
             .output()

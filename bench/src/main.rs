@@ -3,6 +3,7 @@
 //! `ws-load` (the WebSocket load) are the processes it starts.
 
 mod bench;
+mod capacity;
 mod failover;
 mod load;
 mod overhead;
@@ -26,7 +27,7 @@ use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 
 /// Benchmarks of Stickyfarm against HAProxy and nginx, of the cache against PostgreSQL, of
-/// failover under load, of scale and of WebSockets.
+/// failover under load, of scale, of WebSockets and of a unit holding a million sessions.
 #[derive(Debug, Parser)]
 #[command(name = "stickyfarm-bench", version, about)]
 struct Cli {
@@ -95,11 +96,12 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
             "scale",
             "websocket",
             "rebalance",
+            "capacity",
         ]
         .contains(&scenario.as_str())
         {
             bail!(
-                "unknown scenario {scenario:?}: use overhead, sessions, failover, scale, websocket or rebalance"
+                "unknown scenario {scenario:?}: use overhead, sessions, failover, scale, websocket, rebalance or capacity"
             );
         }
     }
@@ -138,7 +140,10 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
         results.websocket = Some(websocket::run(&b).await?);
         timed("WebSocket echo", t);
     }
-    if wants("sessions") || wants("failover") || wants("scale") || wants("rebalance") {
+    if ["sessions", "failover", "scale", "rebalance", "capacity"]
+        .iter()
+        .any(|s| wants(s))
+    {
         let pg_port = procs::free_port()?;
         let pg = farmctl::postgres::PrivateCluster::start(&scratch, pg_port)
             .context("starting a private PostgreSQL for the benchmarks")?;
@@ -165,6 +170,12 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
             eprintln!("==> 6. rebalancing after a scale-up");
             results.rebalance = Some(rebalance::run(&b, &pg.url).await?);
             timed("rebalancing", t);
+        }
+        if wants("capacity") {
+            let t = Instant::now();
+            eprintln!("==> 7. sessions at scale");
+            results.capacity = Some(capacity::run(&b, &pg.url).await?);
+            timed("sessions at scale", t);
         }
         pg.stop();
     }

@@ -27,6 +27,19 @@ pub enum Statement {
     WriteAndNotify,
 }
 
+/// libpq's environment for the database at `url`, for PostgreSQL's own programs (pgbench,
+/// psql): the password stays out of their argv.
+pub fn libpq_env(url: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let u = reqwest::Url::parse(url).context("the benchmark database's URL")?;
+    Ok(vec![
+        ("PGHOST", u.host_str().unwrap_or("127.0.0.1").to_owned()),
+        ("PGPORT", u.port().unwrap_or(5432).to_string()),
+        ("PGUSER", u.username().to_owned()),
+        ("PGPASSWORD", u.password().unwrap_or_default().to_owned()),
+        ("PGDATABASE", u.path().trim_start_matches('/').to_owned()),
+    ])
+}
+
 /// pgbench against one database.
 pub struct PgBench {
     program: PathBuf,
@@ -50,14 +63,7 @@ impl PgBench {
         let program = farmctl::postgres::server_program("pgbench").context(
             "pgbench not found with the PostgreSQL server (Debian's postgresql package)",
         )?;
-        let u = reqwest::Url::parse(url).context("the benchmark database's URL")?;
-        let env = vec![
-            ("PGHOST", u.host_str().unwrap_or("127.0.0.1").to_owned()),
-            ("PGPORT", u.port().unwrap_or(5432).to_string()),
-            ("PGUSER", u.username().to_owned()),
-            ("PGPASSWORD", u.password().unwrap_or_default().to_owned()),
-            ("PGDATABASE", u.path().trim_start_matches('/').to_owned()),
-        ];
+        let env = libpq_env(url)?;
         let pg = PgBench {
             program,
             env,

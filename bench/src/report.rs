@@ -8,6 +8,7 @@ use std::process::Command;
 use anyhow::{Context as _, bail};
 
 use crate::bench::{Bench, system_program};
+use crate::capacity::Capacity;
 use crate::failover::{Failovers, PROXIES};
 use crate::overhead::{Overhead, TWO_WORKERS};
 use crate::plot::{Bars, Panel, bar_panels, failover_timeline};
@@ -32,6 +33,8 @@ pub struct Results {
     pub websocket: Option<WebSocketEcho>,
     /// Scenario 6.
     pub rebalance: Option<crate::rebalance::Rebalancing>,
+    /// Scenario 7.
+    pub capacity: Option<Capacity>,
 }
 
 impl Results {
@@ -85,6 +88,21 @@ impl Results {
             check(&mut missing, "scale".into(), &s.rounds.summarize(None));
             if s.bytes_per_session.iter().any(|b| !b.is_finite()) {
                 missing.push("scale: memory per session".into());
+            }
+        }
+        if let Some(c) = &self.capacity {
+            for step in &c.steps {
+                check(
+                    &mut missing,
+                    format!("sessions at scale, {}", step.sessions),
+                    &step.rounds.summarize(None),
+                );
+                if step.hits.iter().any(|h| h.shares().is_none()) {
+                    missing.push(format!(
+                        "sessions at scale, {}: no hit or miss counted",
+                        step.sessions
+                    ));
+                }
             }
         }
         if let Some(w) = &self.websocket {
@@ -644,6 +662,10 @@ pub fn write(
         );
         rebalance_plot(&out_dir.join(stamp("rebalancing")), r)?;
     }
+    if let Some(c) = &r.capacity {
+        capacity_section(&mut md, &mut readme, c, &stamp("capacity"));
+        capacity_plot(&out_dir.join(stamp("capacity")), c)?;
+    }
     let path = out_dir.join(format!("{date}.md"));
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok((path, readme))
@@ -718,6 +740,111 @@ fn websocket_section(
                         name: "p99".into(),
                         values: rows.iter().map(|s| Some(in_ms(s.p99))).collect(),
                     },
+                ],
+            },
+        ],
+    )
+}
+
+/// Scenario 7's section of the report and its rows of the README table.
+fn capacity_section(md: &mut String, readme: &mut String, c: &Capacity, plot_name: &str) {
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let _ = writeln!(
+        md,
+        "## 7. Sessions at scale\n\nOne unit (memory tier {:.0} MiB, disk tier {:.0} MiB on a folder of the run) holding more and more sessions with 1 KiB carts, put into PostgreSQL with `COPY` and each read once through the unit (the warm-up) so that it holds them all. wrk then reads sessions picked at random; the same reads go to a unit with the cache off (every read from PostgreSQL). Where the cached unit found its reads comes from its `cache_hits_total{{tier}}` and `cache_misses_total` counters over the run; memory is the sidecar's resident set once it held every session ({:.0} MiB before the first), per session its growth since then divided by the sessions, disk the disk tier's allocated bytes.\n",
+        mib(c.memory_tier),
+        mib(c.disk_tier),
+        mib(c.rss_start)
+    );
+    let _ = writeln!(
+        md,
+        "| sessions | cache req/s | vs PostgreSQL | p50 ms | p99 ms | p99.9 ms | PostgreSQL req/s | PostgreSQL p99 ms | p99 vs PostgreSQL | reads from memory / disk / PostgreSQL | sidecar memory | per session | disk tier | warm-up s |"
+    );
+    let _ = writeln!(
+        md,
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+    );
+    let _ = writeln!(
+        readme,
+        "\n| sessions at scale (one unit) | requests/s | p99 ms | p99 vs PostgreSQL | reads from memory / disk / PostgreSQL |"
+    );
+    let _ = writeln!(readme, "|---:|---:|---:|---:|---|");
+    for step in &c.steps {
+        let rows = step.rounds.summarize(Some(1));
+        let (cache, pg) = (&rows[0], &rows[1]);
+        let shares = match (step.share(0), step.share(1), step.share(2)) {
+            (Some(m), Some(d), Some(p)) => {
+                format!("{:.1} / {:.1} / {:.1} %", m.median, d.median, p.median)
+            }
+            _ => "–".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {shares} | {:.0} MiB | {:.2} KiB | {:.0} MiB | {:.0} |",
+            step.sessions,
+            spread(&cache.rps, num),
+            ratio(&cache.rps_ratio),
+            spread(&cache.p50, ms),
+            spread(&cache.p99, ms),
+            spread(&cache.p999, ms),
+            spread(&pg.rps, num),
+            spread(&pg.p99, ms),
+            ratio(&cache.p99_ratio),
+            mib(step.rss_bytes),
+            step.rss_per_session(c.rss_start) / 1024.0,
+            mib(step.disk_bytes),
+            step.warm_secs,
+        );
+        let _ = writeln!(
+            readme,
+            "| {} | {} | {} | {} | {shares} |",
+            step.sessions,
+            num(cache.rps.median),
+            ms(cache.p99.median),
+            ratio(&cache.p99_ratio),
+        );
+    }
+    let _ = writeln!(md, "\n![sessions at scale]({plot_name})\n");
+}
+
+/// Scenario 7's plot: read p99 of both units, and where the cached unit found its reads, by
+/// session count.
+fn capacity_plot(path: &Path, c: &Capacity) -> anyhow::Result<()> {
+    let cats: Vec<String> = c.steps.iter().map(|s| s.sessions.to_string()).collect();
+    let in_ms = |s: Spread| Spread {
+        median: s.median / 1000.0,
+        min: s.min / 1000.0,
+        max: s.max / 1000.0,
+    };
+    let p99 = |config: usize| Bars {
+        name: crate::capacity::CONFIGS[config].into(),
+        values: c
+            .steps
+            .iter()
+            .map(|s| Some(in_ms(s.rounds.summarize(None)[config].p99)))
+            .collect(),
+    };
+    let share = |i: usize, name: &str| Bars {
+        name: name.into(),
+        values: c.steps.iter().map(|s| s.share(i)).collect(),
+    };
+    bar_panels(
+        path,
+        &[
+            Panel {
+                title: "Read p99 by sessions held (median, whiskers min–max)".into(),
+                y_desc: "ms".into(),
+                categories: cats.clone(),
+                series: vec![p99(0), p99(1)],
+            },
+            Panel {
+                title: "Where the cached unit found its reads".into(),
+                y_desc: "% of reads".into(),
+                categories: cats,
+                series: vec![
+                    share(0, "memory tier"),
+                    share(1, "disk tier"),
+                    share(2, "PostgreSQL"),
                 ],
             },
         ],
