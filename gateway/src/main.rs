@@ -12,8 +12,7 @@ const COMPONENT: &str = "gateway";
 /// mimalloc instead of glibc's malloc: every proxied request allocates its head, routing key and
 /// forwarding headers, and glibc's malloc and free were 8 % of the gateway's CPU; with mimalloc
 /// they are 2 % and one worker forwards about 15 % more requests per CPU second
-/// (`bench/results/2026-12-05-gateway.md`). The sidecar keeps glibc's: there mimalloc made each
-/// cached session 13 % larger.
+/// (`bench/results/2026-12-05-gateway.md`). The sidecar uses it too, for its memory.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -9,8 +9,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -45,10 +45,6 @@ pub struct CachedSession {
     /// reach (0: never). Honest claims never are: a unit hands out only committed generations.
     #[serde(skip)]
     claim_refuted_at: AtomicU64,
-    /// The encoded snapshot header, computed at most once per copy, and kept only when it is
-    /// small enough to be attached (`None`: too large).
-    #[serde(skip)]
-    snapshot: OnceLock<Option<Box<str>>>,
     /// A hash of the backup unit last told to keep a warm copy of this session (0: none).
     #[serde(skip)]
     warm_backup: AtomicU64,
@@ -182,7 +178,6 @@ impl CachedSession {
             last_touch: now_atomic(),
             expires_at: never(),
             claim_refuted_at: AtomicU64::new(0),
-            snapshot: OnceLock::new(),
             warm_backup: AtomicU64::new(0),
         }
     }
@@ -276,20 +271,19 @@ impl CachedSession {
         out
     }
 
-    /// The snapshot as a header value (base64url of the JSON), or `None` when it is larger
-    /// than `max_len` bytes.
-    pub fn snapshot_header(&self, id: SessionId, max_len: usize) -> Option<&str> {
-        self.snapshot
-            .get_or_init(|| {
-                let json = self.snapshot_json(id);
-                // Never encode (and keep) a snapshot that will not be attached.
-                (base64_len(json.len()) <= max_len)
-                    .then(|| URL_SAFE_NO_PAD.encode(json).into_boxed_str())
-            })
-            .as_deref()
-            .filter(|v| v.len() <= max_len)
+    /// The snapshot as a header value (base64url of the JSON), or `None` when it would be
+    /// longer than `max_len` bytes.
+    ///
+    /// Encoded for each request, not kept with the copy: a kept header was about 1.4 KiB
+    /// beside every 1 KiB cart that had been read once, more than the cart itself, while
+    /// encoding it takes about a microsecond per KiB (`bench/results/2026-12-05-memory.md`).
+    pub fn snapshot_header(&self, id: SessionId, max_len: usize) -> Option<String> {
+        let json = self.snapshot_json(id);
+        // Never encode a snapshot that will not be attached.
+        (base64_len(json.len()) <= max_len).then(|| URL_SAFE_NO_PAD.encode(json))
     }
 
+    /// Bytes of document text and table names.
     fn weight_of_tables(&self) -> usize {
         self.tables
             .iter()
@@ -297,20 +291,17 @@ impl CachedSession {
             .sum()
     }
 
-    /// Approximate bytes this copy occupies, for the cache's byte capacity: the tables, and
-    /// the snapshot header it will hold once a request attaches it (when it fits `snapshot_max`).
-    pub fn weight(&self, snapshot_max: usize) -> usize {
-        // Struct, key and map overhead, plus the text itself.
-        let tables = self.weight_of_tables();
-        let snapshot = base64_len(64 + tables);
-        128 + tables
-            + if snapshot <= snapshot_max {
-                snapshot
-            } else {
-                0
-            }
+    /// Approximate bytes this copy occupies, for the cache's byte capacity: the tables' text,
+    /// and what holding a copy costs besides (the copy itself, its table list, foyer's record
+    /// and index entry, the allocator's rounding), measured as resident memory by the
+    /// capacity benchmark (`bench/run --only capacity`), which reports both side by side.
+    pub fn weight(&self) -> usize {
+        COPY_OVERHEAD + self.weight_of_tables()
     }
 }
+
+/// Bytes a cached copy costs beyond its tables' text (see [`CachedSession::weight`]).
+const COPY_OVERHEAD: usize = 300;
 
 /// The cache could not be built.
 #[derive(Debug, Error)]
@@ -327,8 +318,6 @@ pub struct CacheOptions {
     pub memory_bytes: usize,
     /// Optional disk tier: folder and capacity in bytes.
     pub disk: Option<(PathBuf, usize)>,
-    /// Largest snapshot header attached to requests (counted in an entry's weight).
-    pub snapshot_max: usize,
     /// Percent of `memory_bytes` kept for warm copies (`crate::warm`); 0: none.
     pub warm_percent: u8,
 }
@@ -378,16 +367,12 @@ impl SessionCache {
         // The warm copies' share comes out of the memory tier, so they never evict the
         // unit's own sessions.
         let warm_bytes = options.memory_bytes / 100 * usize::from(options.warm_percent.min(50));
-        let warm =
-            (warm_bytes > 0).then(|| Arc::new(WarmCopies::new(warm_bytes, options.snapshot_max)));
+        let warm = (warm_bytes > 0).then(|| Arc::new(WarmCopies::new(warm_bytes)));
         let builder = HybridCacheBuilder::new()
             .with_name("stickyfarm-sessions")
             .memory(options.memory_bytes - warm_bytes)
             // foyer counts entries unless told how much each weighs.
-            .with_weighter({
-                let snapshot_max = options.snapshot_max;
-                move |_: &StoredId, v: &CachedSession| v.weight(snapshot_max)
-            })
+            .with_weighter(|_: &StoredId, v: &CachedSession| v.weight())
             .storage();
         let inner = match &options.disk {
             Some((dir, bytes)) => {
@@ -436,10 +421,11 @@ impl SessionCache {
         self.inner.memory().entries()
     }
 
-    /// Sessions held in memory: the copies less the health check's probe entry (written by
-    /// the first health check, within seconds of the start).
+    /// Sessions held in memory: the copies less the health check's probe entry, when there is
+    /// one (a unit nobody health-checks has none).
     pub fn sessions_held(&self) -> u64 {
-        (self.memory_entries() as u64).saturating_sub(1)
+        let probe = u64::from(self.inner.memory().contains(&StoredId::PROBE));
+        (self.memory_entries() as u64).saturating_sub(probe)
     }
 
     /// Drops a copy.
@@ -549,27 +535,20 @@ mod tests {
     fn weight_grows_with_content() {
         let small = session(1, &[("cart", 1, "{}")]);
         let big = session(1, &[("cart", 1, &format!("\"{}\"", "x".repeat(65536)))]);
-        assert!(big.weight(0) >= small.weight(0) + 65536);
+        assert!(big.weight() >= small.weight() + 65536);
     }
 
     #[test]
-    fn the_snapshot_is_weighed_and_kept_only_when_it_fits() {
+    fn the_snapshot_is_encoded_only_when_it_fits_and_never_kept() {
         let id = SessionId::generate();
         let doc = format!("\"{}\"", "x".repeat(3000));
         let s = session(1, &[("cart", 1, &doc)]);
-        // Counted when it will be attached: about 4/3 of the JSON, on top of the tables.
-        let fits = s.weight(16 * 1024);
-        assert!(fits >= s.weight(0) + 4000, "{fits} vs {}", s.weight(0));
-        let attached = s.snapshot_header(id, 16 * 1024).unwrap().len();
-        assert!(
-            fits >= s.weight(0) + attached,
-            "the estimate covers the real header"
-        );
-        // Too large for the header: not counted, not encoded, not kept.
-        let s = session(1, &[("cart", 1, &doc)]);
-        assert_eq!(s.weight(1024), s.weight(0));
+        let before = s.weight();
+        let attached = s.snapshot_header(id, 16 * 1024).unwrap();
+        assert!(attached.len() >= 4000, "about 4/3 of the JSON");
+        // The copy weighs what it did: the header went with the request.
+        assert_eq!(s.weight(), before);
         assert!(s.snapshot_header(id, 1024).is_none());
-        assert!(s.snapshot.get().is_some_and(Option::is_none));
     }
 
     #[test]
@@ -588,7 +567,6 @@ mod tests {
         let cache = SessionCache::open(&CacheOptions {
             memory_bytes: 1024 * 1024,
             disk: None,
-            snapshot_max: 16 * 1024,
             warm_percent: 0,
         })
         .await
@@ -609,12 +587,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sessions_held_counts_sessions_not_the_health_probe() {
+        let cache = SessionCache::open(&CacheOptions {
+            memory_bytes: 1024 * 1024,
+            disk: None,
+            warm_percent: 0,
+        })
+        .await
+        .unwrap();
+        for _ in 0..2 {
+            cache.insert(stored(), session(1, &[("cart", 1, "[]")]));
+        }
+        assert_eq!(
+            cache.sessions_held(),
+            2,
+            "no probe yet: every copy is a session"
+        );
+        cache.insert(StoredId::PROBE, CachedSession::new(1, Tables::default()));
+        assert_eq!((cache.memory_entries(), cache.sessions_held()), (3, 2));
+    }
+
+    #[tokio::test]
     async fn a_hit_names_the_tier_that_held_the_copy() {
         let dir = tempfile::tempdir().unwrap();
         let cache = SessionCache::open(&CacheOptions {
             memory_bytes: 1024 * 1024,
             disk: Some((dir.path().to_path_buf(), 16 * 1024 * 1024)),
-            snapshot_max: 16 * 1024,
             warm_percent: 0,
         })
         .await
@@ -639,7 +637,6 @@ mod tests {
         let opts = CacheOptions {
             memory_bytes: 64 * 1024,
             disk: Some((dir.path().to_path_buf(), 16 * 1024 * 1024)),
-            snapshot_max: 16 * 1024,
             warm_percent: 0,
         };
         let cache = SessionCache::open(&opts).await.unwrap();

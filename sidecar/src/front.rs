@@ -291,7 +291,12 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     if front.snapshot_max > 0
         && let Some(snap) = session.snapshot_header(id, front.snapshot_max)
     {
-        h.insert(headers::SNAPSHOT, value(snap));
+        // The encoded text becomes the header's bytes as it is: no second copy.
+        h.insert(
+            headers::SNAPSHOT,
+            HeaderValue::from_maybe_shared(bytes::Bytes::from(snap))
+                .expect("base64url is visible ASCII"),
+        );
     }
     let served_generation = session.generation;
     let path_and_query = parts

@@ -127,7 +127,6 @@ impl Sidecar {
                 .cache_disk_dir
                 .clone()
                 .map(|d| (d, config.farm_settings.cache_disk_size.as_u64() as usize)),
-            snapshot_max: config.snapshot_max.as_u64() as usize,
             warm_percent: config.farm_settings.warm_backup_percent,
         })
         .await?;

@@ -375,7 +375,8 @@ impl Store {
         let mut tables = Vec::with_capacity(rows.len());
         for row in rows.iter().filter(|_| live) {
             if let Some(name) = row.get::<Option<String>, _>(1) {
-                tables.push((name, row.get::<i64, _>(2) as u64, row.get::<String, _>(3)));
+                let doc = compact_jsonb_text(row.get::<String, _>(3));
+                tables.push((name, row.get::<i64, _>(2) as u64, doc));
             }
         }
         Ok(Some(LoadedSession {
@@ -720,9 +721,55 @@ fn bump_generation() -> &'static str {
      SELECT t.version, s.generation FROM t, s"
 }
 
+/// `jsonb`'s text form without the spaces PostgreSQL puts after every `:` and `,`.
+///
+/// A loaded document is held in the cache and attached to every request, and those spaces
+/// make a 1 KiB cart about 12 % longer than the app wrote it. The text stays the same JSON:
+/// only whitespace outside strings goes (string contents, escapes included, are kept).
+fn compact_jsonb_text(text: String) -> String {
+    let mut bytes = text.into_bytes();
+    let (mut in_string, mut escaped) = (false, false);
+    bytes.retain(|&b| {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            return true;
+        }
+        if b == b'"' {
+            in_string = true;
+        }
+        !b.is_ascii_whitespace()
+    });
+    // Copied into a block of its own length rather than shrunk: an allocator may keep a
+    // shrunk block where it is (mimalloc does when it shrinks by less than half), and the
+    // spaces would stay allocated for as long as the copy is cached.
+    let exact = bytes.as_slice().to_vec();
+    // Only ASCII bytes outside strings were removed: the rest is the UTF-8 it was.
+    String::from_utf8(exact).expect("removing ASCII whitespace keeps UTF-8 valid")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn jsonb_text_loses_its_spaces_but_not_its_strings() {
+        let text = r#"{"a b": "c, d: e", "n": [1, 2, {"q": "\" x \\"}], "é": "ü ü"}"#;
+        let compact = compact_jsonb_text(text.to_owned());
+        assert_eq!(
+            compact,
+            r#"{"a b":"c, d: e","n":[1,2,{"q":"\" x \\"}],"é":"ü ü"}"#
+        );
+        assert_eq!(compact.capacity(), compact.len(), "no spare room kept");
+        let same = |t: &str| serde_json::from_str::<serde_json::Value>(t).unwrap();
+        assert_eq!(same(&compact), same(text));
+        assert_eq!(compact_jsonb_text("\"  \"".to_owned()), "\"  \"");
+        assert_eq!(compact_jsonb_text("7".to_owned()), "7");
+    }
 
     #[test]
     fn invalidation_payloads() {

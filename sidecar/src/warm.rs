@@ -121,10 +121,10 @@ pub struct WarmCopies {
 
 impl WarmCopies {
     /// Warm copies weighing at most `bytes` in all (weighed like the memory tier's copies).
-    pub fn new(bytes: usize, snapshot_max: usize) -> Self {
+    pub fn new(bytes: usize) -> Self {
         let cache = CacheBuilder::new(bytes.max(1))
             .with_name("stickyfarm-warm-copies")
-            .with_weighter(move |_: &StoredId, v: &CachedSession| v.weight(snapshot_max))
+            .with_weighter(|_: &StoredId, v: &CachedSession| v.weight())
             .build();
         WarmCopies {
             cache,
@@ -259,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_sessions_come_out_once_with_their_latest_generation() {
-        let warm = WarmCopies::new(1 << 20, 0);
+        let warm = WarmCopies::new(1 << 20);
         let (a, b) = (stored(), stored());
         assert!(warm.queue(a, 1));
         assert!(warm.queue(a, 3));
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn an_older_copy_never_replaces_a_newer_one_and_older_ones_are_forgotten() {
-        let warm = WarmCopies::new(1 << 20, 0);
+        let warm = WarmCopies::new(1 << 20);
         let id = stored();
         warm.store(id, copy(5, r#"{"n":5}"#));
         warm.store(id, copy(4, r#"{"n":4}"#));
@@ -294,7 +294,7 @@ mod tests {
 
     #[test]
     fn warm_copies_stay_within_their_share() {
-        let warm = WarmCopies::new(64 * 1024, 0);
+        let warm = WarmCopies::new(64 * 1024);
         let doc = "x".repeat(1000);
         for _ in 0..1000 {
             warm.store(stored(), copy(1, &doc));
