@@ -1,5 +1,5 @@
 //! Scenario 7, sessions at scale: one unit holding more and more sessions (10 000, then
-//! 100 000, then 1 000 000, 1 KiB carts) in its memory tier (the farm's default 64 MiB) and
+//! 100 000, then 1 000 000, 1 KiB carts) in its memory tier (192 MiB: room for 100 000) and
 //! foyer's disk tier on a folder of this run; at each size wrk reads sessions picked at random,
 //! and the same reads go to a unit with the cache off (every read from PostgreSQL), the peer.
 //!
@@ -8,8 +8,8 @@
 //! Each new session is then read once through the unit, which loads it into its cache, so the
 //! unit holds every session, as one that served them all would. Reported per size: req/s and
 //! latency of both units, where the cached unit's reads were found (memory tier, disk tier,
-//! PostgreSQL: the sidecar's hit and miss counters), its resident memory and the disk tier's
-//! size.
+//! PostgreSQL: the sidecar's hit and miss counters), its resident memory beside what the cache's
+//! weigher counts for the copies it holds in memory, and the disk tier's size.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,6 +33,9 @@ const SMOKE_SIZES: [usize; 3] = [100, 300, 1_000];
 
 /// The configurations of each size.
 pub const CONFIGS: [&str; 2] = ["cache (memory + disk tier)", "no cache (PostgreSQL)"];
+
+/// What the session's number adds to its cart (`,"n":"0000042"`).
+const NUMBER_FIELD: usize = r#","n":"0000000""#.len();
 
 /// Reads of the warm-up in flight at once.
 const WARM_CONCURRENCY: usize = 32;
@@ -59,6 +62,10 @@ pub struct Step {
     pub hits: Vec<Hits>,
     /// The cached sidecar's resident memory once it held every session, bytes.
     pub rss_bytes: u64,
+    /// Copies in its memory tier then (the sidecar's `cached_sessions`).
+    pub held: f64,
+    /// What the cache's weigher counted for them, bytes (`cache_memory_bytes`).
+    pub weighed: f64,
     /// The disk tier's files, bytes allocated.
     pub disk_bytes: u64,
     /// How long reading every new session once took (the warm-up), seconds.
@@ -70,6 +77,17 @@ impl Step {
     /// bytes, from `rss_start`.
     pub fn rss_per_session(&self, rss_start: u64) -> f64 {
         self.rss_bytes.saturating_sub(rss_start) as f64 / self.sessions.max(1) as f64
+    }
+
+    /// Bytes the weigher counts per copy held in memory; `None` when none is.
+    pub fn weighed_per_copy(&self) -> Option<f64> {
+        (self.held > 0.0).then(|| self.weighed / self.held)
+    }
+
+    /// Whether every session was in the memory tier, so that the resident growth per session
+    /// is what one cached copy costs, comparable with [`Step::weighed_per_copy`].
+    pub fn all_in_memory(&self) -> bool {
+        self.held >= self.sessions as f64
     }
 
     /// Share `i` of [`Hits::shares`] (0 memory, 1 disk, 2 PostgreSQL) over the rounds.
@@ -169,7 +187,8 @@ impl Seeded {
 }
 
 /// The SQL that adds the sessions listed in `ids` (stored id, number), each with a `cart`
-/// table at version 1, as the sidecar's first write leaves them.
+/// table at version 1, as the sidecar's first write leaves them. The cart carries the
+/// session's number as seven digits, [`NUMBER_FIELD`] bytes.
 fn seed_script(ids: &Path, instance: &InstanceId, cart: &str) -> String {
     format!(
         "CREATE TEMP TABLE seed (id uuid NOT NULL, n int NOT NULL);\n\
@@ -177,7 +196,7 @@ fn seed_script(ids: &Path, instance: &InstanceId, cart: &str) -> String {
          INSERT INTO stickyfarm_sessions (id, generation, created_by)\n\
          \x20 SELECT id, 1, '{instance}' FROM seed;\n\
          INSERT INTO stickyfarm_session_tables (session_id, name, version, doc)\n\
-         \x20 SELECT id, 'cart', 1, jsonb_set('{cart}'::jsonb, '{{n}}', to_jsonb(n)) FROM seed;\n",
+         \x20 SELECT id, 'cart', 1, jsonb_set('{cart}'::jsonb, '{{n}}', to_jsonb(lpad(n::text, 7, '0'))) FROM seed;\n",
         ids = ids.display(),
         // A literal: double its quotes.
         cart = cart.replace('\'', "''"),
@@ -259,10 +278,12 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Capacity> {
     }
     let logs = b.logs("capacity")?;
     // The smoke run's memory tier is small, so its thousand sessions reach the disk tier too.
+    // A full run's holds 100 000 sessions (about 1.3 KiB each by the weigher), so that step
+    // measures what a cached copy really costs; a million spill into the disk tier.
     let (memory_tier, disk_tier): (u64, u64) = if b.args.smoke {
         (1 << 20, 64 << 20)
     } else {
-        (64 << 20, 8 << 30)
+        (192 << 20, 8 << 30)
     };
     let disk_dir = logs.join("disk");
     let instance = InstanceId::random();
@@ -297,7 +318,8 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Capacity> {
         psql: farmctl::postgres::server_program("psql")
             .context("psql not found with the PostgreSQL server (Debian's postgresql package)")?,
         env: libpq_env(database_url)?,
-        cart: cart_of_size(1024),
+        // 1 KiB with the number each session's cart gets.
+        cart: cart_of_size(1024 - NUMBER_FIELD),
     };
 
     let mut steps = Vec::new();
@@ -316,6 +338,12 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Capacity> {
             rounds: Rounds::new(CONFIGS),
             hits: Vec::new(),
             rss_bytes: cached.sidecar.rss_bytes(),
+            held: cached
+                .metric("stickyfarm_sidecar_cached_sessions", "")
+                .await?,
+            weighed: cached
+                .metric("stickyfarm_sidecar_cache_memory_bytes", "")
+                .await?,
             disk_bytes: disk_usage(&disk_dir),
             warm_secs,
         };
@@ -396,7 +424,9 @@ mod tests {
         let sql = seed_script(Path::new("/tmp/ids.tsv"), &instance, r#"{"items":[]}"#);
         assert!(sql.contains("\\copy seed FROM '/tmp/ids.tsv'"));
         assert!(sql.contains(&format!("SELECT id, 1, '{instance}' FROM seed")));
-        assert!(sql.contains(r#"jsonb_set('{"items":[]}'::jsonb, '{n}', to_jsonb(n))"#));
+        assert!(sql.contains(
+            r#"jsonb_set('{"items":[]}'::jsonb, '{n}', to_jsonb(lpad(n::text, 7, '0')))"#
+        ));
         let quoted = seed_script(Path::new("/tmp/ids.tsv"), &instance, r#"{"a":"it's"}"#);
         assert!(quoted.contains(r#"'{"a":"it''s"}'::jsonb"#));
     }

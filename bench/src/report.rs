@@ -751,18 +751,18 @@ fn capacity_section(md: &mut String, readme: &mut String, c: &Capacity, plot_nam
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let _ = writeln!(
         md,
-        "## 7. Sessions at scale\n\nOne unit (memory tier {:.0} MiB, disk tier {:.0} MiB on a folder of the run) holding more and more sessions with 1 KiB carts, put into PostgreSQL with `COPY` and each read once through the unit (the warm-up) so that it holds them all. wrk then reads sessions picked at random; the same reads go to a unit with the cache off (every read from PostgreSQL). Where the cached unit found its reads comes from its `cache_hits_total{{tier}}` and `cache_misses_total` counters over the run; memory is the sidecar's resident set once it held every session ({:.0} MiB before the first), per session its growth since then divided by the sessions, disk the disk tier's allocated bytes.\n",
+        "## 7. Sessions at scale\n\nOne unit (memory tier {:.0} MiB, disk tier {:.0} MiB on a folder of the run) holding more and more sessions with 1 KiB carts, put into PostgreSQL with `COPY` and each read once through the unit (the warm-up) so that it holds them all. wrk then reads sessions picked at random; the same reads go to a unit with the cache off (every read from PostgreSQL). Where the cached unit found its reads comes from its `cache_hits_total{{tier}}` and `cache_misses_total` counters over the run; memory is the sidecar's resident set once it held every session ({:.0} MiB before the first), per session its growth since then divided by the sessions, beside what the cache's weigher counts per copy it holds in memory (its byte capacity is spent by that count: when every session is in memory, the two should agree); disk is the disk tier's allocated bytes.\n",
         mib(c.memory_tier),
         mib(c.disk_tier),
         mib(c.rss_start)
     );
     let _ = writeln!(
         md,
-        "| sessions | cache req/s | vs PostgreSQL | p50 ms | p99 ms | p99.9 ms | PostgreSQL req/s | PostgreSQL p99 ms | p99 vs PostgreSQL | reads from memory / disk / PostgreSQL | sidecar memory | per session | disk tier | warm-up s |"
+        "| sessions | cache req/s | vs PostgreSQL | p50 ms | p99 ms | p99.9 ms | PostgreSQL req/s | PostgreSQL p99 ms | p99 vs PostgreSQL | reads from memory / disk / PostgreSQL | sidecar memory | per session | in memory | weigher per copy | disk tier | warm-up s |"
     );
     let _ = writeln!(
         md,
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"
     );
     let _ = writeln!(
         readme,
@@ -780,7 +780,7 @@ fn capacity_section(md: &mut String, readme: &mut String, c: &Capacity, plot_nam
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {shares} | {:.0} MiB | {:.2} KiB | {:.0} MiB | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {shares} | {:.0} MiB | {:.2} KiB | {} | {} | {:.0} MiB | {:.0} |",
             step.sessions,
             spread(&cache.rps, num),
             ratio(&cache.rps_ratio),
@@ -792,6 +792,13 @@ fn capacity_section(md: &mut String, readme: &mut String, c: &Capacity, plot_nam
             ratio(&cache.p99_ratio),
             mib(step.rss_bytes),
             step.rss_per_session(c.rss_start) / 1024.0,
+            if step.all_in_memory() {
+                "all".to_owned()
+            } else {
+                format!("{:.0}", step.held)
+            },
+            step.weighed_per_copy()
+                .map_or("–".into(), |w| format!("{:.2} KiB", w / 1024.0)),
             mib(step.disk_bytes),
             step.warm_secs,
         );

@@ -3,6 +3,7 @@
 //! steady load of the failover scenario, recording every answer for [`analyze_failover`].
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -44,22 +45,26 @@ impl Jar {
     }
 }
 
-/// A JSON cart of about `bytes` bytes: line items, as a shop keeps them.
+/// A JSON cart of exactly `bytes` bytes (at least 64): line items, as a shop keeps them, and a
+/// note that makes up the rest. Exactly, so that "a 1 KiB cart" is one: the memory a cached
+/// copy costs is measured against its size.
 pub fn cart_of_size(bytes: usize) -> String {
+    const TAIL: &str = r#"],"note":""}"#;
     let mut cart = String::from(r#"{"items":["#);
-    let mut i = 0;
-    while cart.len() + 2 < bytes {
-        if i > 0 {
-            cart.push(',');
-        }
-        cart.push_str(&format!(
-            r#"{{"sku":"sku-{i:05}","qty":{},"price_cents":{}}}"#,
+    for i in 0.. {
+        let item = format!(
+            r#"{}{{"sku":"sku-{i:05}","qty":{},"price_cents":{}}}"#,
+            if i > 0 { "," } else { "" },
             i % 5 + 1,
             199 + i
-        ));
-        i += 1;
+        );
+        if cart.len() + item.len() + TAIL.len() > bytes {
+            break;
+        }
+        cart.push_str(&item);
     }
-    cart.push_str("]}");
+    let note = bytes.saturating_sub(cart.len() + TAIL.len());
+    let _ = write!(cart, r#"],"note":"{}"}}"#, "x".repeat(note));
     cart
 }
 
@@ -476,9 +481,9 @@ mod tests {
 
     #[test]
     fn carts_have_the_asked_size() {
-        for size in [1024, 64 * 1024] {
+        for size in [64, 1000, 1024, 64 * 1024] {
             let c = cart_of_size(size);
-            assert!(c.len() >= size && c.len() < size + 100, "{}", c.len());
+            assert_eq!(c.len(), size);
             serde_json::from_str::<serde_json::Value>(&c).unwrap();
         }
     }
