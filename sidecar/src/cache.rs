@@ -276,7 +276,7 @@ impl CachedSession {
     ///
     /// Encoded for each request, not kept with the copy: a kept header was about 1.4 KiB
     /// beside every 1 KiB cart that had been read once, more than the cart itself, while
-    /// encoding it takes about a microsecond per KiB (`bench/results/2026-12-05-memory.md`).
+    /// encoding one takes about half a microsecond (`bench/results/2026-12-05-memory.md`).
     pub fn snapshot_header(&self, id: SessionId, max_len: usize) -> Option<String> {
         let json = self.snapshot_json(id);
         // Never encode a snapshot that will not be attached.

@@ -12,7 +12,7 @@ const COMPONENT: &str = "sidecar";
 /// mimalloc instead of glibc's malloc, for the cache's sake: cached copies are allocated between
 /// the short-lived buffers of the requests that load them, and glibc's arenas kept the holes
 /// those buffers left, 3.4 KiB of resident memory per cached 1 KiB session where the copies
-/// themselves hold 1.3 KiB. With mimalloc the process grows by what the copies hold (1.34 KiB
+/// themselves hold 1.3 KiB. With mimalloc the process grows by what the copies hold (1.33 KiB
 /// per session over 100 000, `bench/run --only capacity`), and serves reads with less CPU.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
