@@ -456,6 +456,16 @@ mod tests {
         stickyfarm_api::SessionIdKey::new(b"test key").stored(&SessionId::generate())
     }
 
+    async fn memory_only(memory_bytes: usize) -> SessionCache {
+        SessionCache::open(&CacheOptions {
+            memory_bytes,
+            disk: None,
+            warm_percent: 0,
+        })
+        .await
+        .unwrap()
+    }
+
     fn session(generation: u64, docs: &[(&str, u64, &str)]) -> CachedSession {
         CachedSession::new(
             generation,
@@ -564,13 +574,7 @@ mod tests {
 
     #[tokio::test]
     async fn byte_capacity_evicts_by_size_not_count() {
-        let cache = SessionCache::open(&CacheOptions {
-            memory_bytes: 1024 * 1024,
-            disk: None,
-            warm_percent: 0,
-        })
-        .await
-        .unwrap();
+        let cache = memory_only(1024 * 1024).await;
         let big = format!("\"{}\"", "x".repeat(64 * 1024));
         let ids: Vec<_> = (0..64).map(|_| stored()).collect();
         for id in &ids {
@@ -588,13 +592,7 @@ mod tests {
 
     #[tokio::test]
     async fn sessions_held_counts_sessions_not_the_health_probe() {
-        let cache = SessionCache::open(&CacheOptions {
-            memory_bytes: 1024 * 1024,
-            disk: None,
-            warm_percent: 0,
-        })
-        .await
-        .unwrap();
+        let cache = memory_only(1024 * 1024).await;
         for _ in 0..2 {
             cache.insert(stored(), session(1, &[("cart", 1, "[]")]));
         }

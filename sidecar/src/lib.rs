@@ -7,6 +7,7 @@ pub mod cache;
 pub mod config;
 pub mod front;
 pub mod issued;
+mod json;
 pub mod metrics;
 pub mod session_api;
 pub mod store;

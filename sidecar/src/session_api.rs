@@ -22,6 +22,7 @@ use stickyfarm_api::{SessionId, SessionSnapshot, TableName, headers, request_id,
 use tracing::Instrument;
 
 use crate::cache::{CachedSession, Entry};
+use crate::json::Structure;
 use crate::store::StoreError;
 use crate::tier::{Precondition, SessionTier, TierError};
 
@@ -178,19 +179,10 @@ async fn timed(
 /// How deep arrays and objects nest in a JSON text (strings skipped). Bounded so a document
 /// cannot make anything that walks it later (the app, PostgreSQL's jsonb) recurse without end.
 fn json_depth(doc: &str) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for b in doc.bytes() {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut structure = Structure::default();
+    for b in doc.bytes().filter(|&b| structure.is_structure(b)) {
         match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);

@@ -15,6 +15,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::announce::Announcer;
+use crate::json::Structure;
 use crate::metrics::Metrics;
 
 /// PostgreSQL advisory lock keys the sidecars take (the example shop takes 7197548 for its
@@ -728,22 +729,8 @@ fn bump_generation() -> &'static str {
 /// only whitespace outside strings goes (string contents, escapes included, are kept).
 fn compact_jsonb_text(text: String) -> String {
     let mut bytes = text.into_bytes();
-    let (mut in_string, mut escaped) = (false, false);
-    bytes.retain(|&b| {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            return true;
-        }
-        if b == b'"' {
-            in_string = true;
-        }
-        !b.is_ascii_whitespace()
-    });
+    let mut structure = Structure::default();
+    bytes.retain(|&b| !(structure.is_structure(b) && b.is_ascii_whitespace()));
     // Copied into a block of its own length rather than shrunk: an allocator may keep a
     // shrunk block where it is (mimalloc does when it shrinks by less than half), and the
     // spaces would stay allocated for as long as the copy is cached.
