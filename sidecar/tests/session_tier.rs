@@ -1315,6 +1315,51 @@ async fn browser_with_cookie(unit: &Unit, cookie: &str) -> String {
 /// a change made in PostgreSQL behind the sidecar's back is served at once, and the cache never
 /// answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_loaded_from_postgres_is_held_without_jsonb_spaces() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let b = Unit::start("web-1", &db.url, &[]).await;
+    let mut browser = Browser::new();
+    assert_eq!(browser.get(&a.sidecar.url("/echo")).await.status, 200);
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let cart = json!({"items": ["a b", "c\"d"], "note": "x: y, z"});
+    assert_eq!(
+        put_cart(&client, &a, &sid, cart.clone(), None)
+            .await
+            .status(),
+        201
+    );
+    // PostgreSQL's own text of it has a space after every `:` and `,`.
+    let stored: String =
+        sqlx::query_scalar("SELECT doc::text FROM stickyfarm_session_tables WHERE session_id = $1")
+            .bind(stored_uuid(&sid))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(stored.contains("\": "), "{stored}");
+
+    // Unit b never saw the session: it loads it, and holds and serves it without the spaces,
+    // strings untouched.
+    let text = client
+        .get(
+            b.sidecar
+                .api_url(&format!("/v1/sessions/{sid}/tables/cart")),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, r#"{"note":"x: y, z","items":["a b","c\"d"]}"#);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        cart
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cache_reads_off_every_read_comes_from_postgres() {
     let db = TestDb::new().await;
     let a = Unit::start("web-0", &db.url, &["--cache-reads", "false"]).await;
