@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use stickyfarm_api::{SessionId, StoredId};
 use thiserror::Error;
 
+use crate::json::Doc;
 use crate::warm::WarmCopies;
 
 /// One cached session: its generation and every table.
@@ -65,7 +66,7 @@ pub struct CachedTable {
     /// The table's version.
     pub version: u64,
     /// The JSON document as text.
-    pub doc: String,
+    pub doc: Doc,
 }
 
 /// A session's tables in name order: a sorted vector, exactly as long as it needs to be.
@@ -278,6 +279,13 @@ impl CachedSession {
     /// beside every 1 KiB cart that had been read once, more than the cart itself, while
     /// encoding one takes about half a microsecond (`bench/results/2026-12-05-memory.md`).
     pub fn snapshot_header(&self, id: SessionId, max_len: usize) -> Option<String> {
+        // A snapshot is longer than its documents: most that do not fit are ruled out by that
+        // alone, before the JSON is built (for a 64 KiB cart the copy took a tenth of the
+        // unit's CPU per read, `bench/results/2026-12-05-reads.md`).
+        let docs: usize = self.tables.iter().map(|(_, t)| t.doc.len()).sum();
+        if base64_len(docs) > max_len {
+            return None;
+        }
         let json = self.snapshot_json(id);
         // Never encode a snapshot that will not be attached.
         (base64_len(json.len()) <= max_len).then(|| URL_SAFE_NO_PAD.encode(json))
@@ -475,7 +483,7 @@ mod tests {
                         n.to_string(),
                         CachedTable {
                             version: *v,
-                            doc: d.to_string(),
+                            doc: Doc::from(*d),
                         },
                     )
                 })
@@ -510,7 +518,7 @@ mod tests {
     fn tables_stay_in_name_order_and_hold_no_spare_room() {
         let t = |v: u64| CachedTable {
             version: v,
-            doc: "{}".to_owned(),
+            doc: Doc::from("{}"),
         };
         let s = session(1, &[("orders", 1, "[]"), ("cart", 2, "{}")]);
         let names: Vec<&str> = s.tables.iter().map(|(n, _)| n).collect();
@@ -559,6 +567,12 @@ mod tests {
         // The copy weighs what it did: the header went with the request.
         assert_eq!(s.weight(), before);
         assert!(s.snapshot_header(id, 1024).is_none());
+        // At the edge the whole snapshot is what counts, not its documents alone: one byte
+        // short refuses it although the document would fit.
+        let exact = attached.len();
+        assert_eq!(s.snapshot_header(id, exact), Some(attached));
+        assert!(base64_len(doc.len()) < exact);
+        assert!(s.snapshot_header(id, exact - 1).is_none());
     }
 
     #[test]

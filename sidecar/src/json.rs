@@ -1,6 +1,77 @@
-//! Walking JSON text without parsing it: which bytes are structure, which are inside strings.
-//! The sidecar keeps documents as the text it was given and only ever needs to look at their
-//! structure (how deep they nest, where `jsonb`'s spaces are), so a parse would be wasted.
+//! JSON documents as text: held and handed out shared ([`Doc`]), and walked without parsing
+//! ([`Structure`]: which bytes are structure, which are inside strings). The sidecar keeps
+//! documents as the text it was given and only ever needs to look at their structure (how deep
+//! they nest, where `jsonb`'s spaces are), so a parse would be wasted.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A table's JSON document as text, shared rather than copied once it is taken in.
+///
+/// A copy is handed out on every read: as the session API's answer (a 64 KiB cart copied for
+/// each `GET` cost the unit about a fifth of its CPU per read, `bench/results/2026-12-05-reads.md`),
+/// into the copy a write makes of the other tables, into a warm copy. Sharing the text makes each
+/// of those a count increment. The text is immutable: a write replaces the table's `Doc`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Doc(Arc<str>);
+
+impl Doc {
+    /// The text as a response body, without copying it.
+    pub fn body(&self) -> bytes::Bytes {
+        bytes::Bytes::from_owner(self.clone())
+    }
+}
+
+impl From<&str> for Doc {
+    /// Copies `text` into a block of exactly its length (with the count).
+    fn from(text: &str) -> Self {
+        Doc(Arc::from(text))
+    }
+}
+
+impl std::ops::Deref for Doc {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<[u8]> for Doc {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for Doc {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl std::fmt::Display for Doc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Debug for Doc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for Doc {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Doc {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Doc::from(String::deserialize(deserializer)?.as_str()))
+    }
+}
 
 /// Follows a JSON text byte by byte and tells whether each byte is structure (outside every
 /// string) or string content, escapes included.
@@ -34,6 +105,31 @@ impl Structure {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_doc_is_handed_out_without_a_copy() {
+        let doc = Doc::from(r#"{"items":[{"sku":"a","qty":2}]}"#);
+        let body = doc.body();
+        assert_eq!(&body[..], doc.as_bytes());
+        assert_eq!(
+            body.as_ptr(),
+            doc.as_ptr(),
+            "the body is the cached text itself"
+        );
+        let copy = doc.clone();
+        assert_eq!(copy.as_ptr(), doc.as_ptr());
+        // It outlives the cached copy it came from.
+        drop((doc, copy));
+        assert_eq!(&body[..], br#"{"items":[{"sku":"a","qty":2}]}"#);
+    }
+
+    #[test]
+    fn a_doc_is_written_and_read_as_a_plain_string() {
+        let doc = Doc::from(r#"[1,"é"]"#);
+        let json = serde_json::to_string(&doc).unwrap();
+        assert_eq!(json, r#""[1,\"é\"]""#);
+        assert_eq!(serde_json::from_str::<Doc>(&json).unwrap(), doc);
+    }
 
     #[test]
     fn string_content_and_escapes_are_not_structure() {

@@ -22,7 +22,7 @@ use stickyfarm_api::{SessionId, SessionSnapshot, TableName, headers, request_id,
 use tracing::Instrument;
 
 use crate::cache::{CachedSession, Entry};
-use crate::json::Structure;
+use crate::json::{Doc, Structure};
 use crate::store::StoreError;
 use crate::tier::{Precondition, SessionTier, TierError};
 
@@ -463,7 +463,7 @@ async fn get_table(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        t.doc.clone(),
+        t.doc.body(),
     )
         .into_response();
     set_version(r.headers_mut(), t.version);
@@ -523,7 +523,7 @@ async fn put_table(
         ));
     }
     let done = tier
-        .write_table(id, table, Some(doc.to_owned()), pre)
+        .write_table(id, table, Some(Doc::from(doc)), pre)
         .await?;
     let status = if done.version == 1 {
         StatusCode::CREATED

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CachedSession, CachedTable, Entry, HitTier, SessionCache, Tables, unix_now};
 use crate::issued::IssuedIds;
+use crate::json::Doc;
 use crate::metrics::{FlushReason, Metrics};
 use crate::store::{Committed, Invalidation, Store, StoreError, WriteCondition};
 use crate::warm::{BackupHints, HintGuard};
@@ -584,7 +585,7 @@ impl SessionTier {
         self: &Arc<Self>,
         id: SessionId,
         table: TableName,
-        doc: Option<String>,
+        doc: Option<Doc>,
         precondition: Precondition,
     ) -> Result<Committed, TierError> {
         let tier = self.clone();
@@ -596,7 +597,7 @@ impl SessionTier {
         &self,
         id: SessionId,
         table: &TableName,
-        doc: Option<String>,
+        doc: Option<Doc>,
         precondition: Precondition,
     ) -> Result<Committed, TierError> {
         let stored = self.stored(&id);

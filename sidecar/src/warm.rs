@@ -223,6 +223,7 @@ mod tests {
 
     use super::*;
     use crate::cache::CachedTable;
+    use crate::json::Doc;
 
     fn stored() -> StoredId {
         SessionIdKey::new(b"test key").stored(&SessionId::generate())
@@ -235,7 +236,7 @@ mod tests {
                 "cart".to_owned(),
                 CachedTable {
                     version: generation,
-                    doc: doc.to_owned(),
+                    doc: Doc::from(doc),
                 },
             )]
             .into_iter()
@@ -286,7 +287,7 @@ mod tests {
         warm.store(id, copy(7, r#"{"n":7}"#));
         let taken = warm.take(&id).unwrap();
         assert_eq!(
-            (taken.generation, taken.tables["cart"].doc.as_str()),
+            (taken.generation, &*taken.tables["cart"].doc),
             (7, r#"{"n":7}"#)
         );
         assert!(warm.take(&id).is_none(), "taken out");
