@@ -9,10 +9,10 @@ use serde::{Deserialize, Serialize};
 
 /// A table's JSON document as text, shared rather than copied once it is taken in.
 ///
-/// A copy is handed out on every read: as the session API's answer (a 64 KiB cart copied for
-/// each `GET` cost the unit about a fifth of its CPU per read, `bench/results/2026-12-05-reads.md`),
-/// into the copy a write makes of the other tables, into a warm copy. Sharing the text makes each
-/// of those a count increment. The text is immutable: a write replaces the table's `Doc`.
+/// The text goes out on every read: as the session API's answer (copying a 64 KiB cart for
+/// each `GET` was about 8 % of the unit's CPU per read, `bench/results/2026-12-05-reads.md`),
+/// into the copy a write makes of the other tables, into a warm copy. Sharing the text makes
+/// each of those a count increment. The text never changes: a write replaces the table's `Doc`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Doc(Arc<str>);
 
