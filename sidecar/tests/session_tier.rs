@@ -24,6 +24,17 @@ async fn put_cart(
     req.send().await.unwrap()
 }
 
+async fn get_cart(client: &reqwest::Client, unit: &Unit, session: &str) -> reqwest::Response {
+    client
+        .get(
+            unit.sidecar
+                .api_url(&format!("/v1/sessions/{session}/tables/cart")),
+        )
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_session_is_stored_on_its_first_write_and_then_served_from_the_cache() {
     let db = TestDb::new().await;
@@ -1160,14 +1171,7 @@ async fn a_burst_through_a_small_cache_with_a_disk_tier_loses_nothing() {
     };
     let disk_hits_before = hits("disk").await;
     for (sid, items) in &sessions {
-        let r = client
-            .get(
-                a.sidecar
-                    .api_url(&format!("/v1/sessions/{sid}/tables/cart")),
-            )
-            .send()
-            .await
-            .unwrap();
+        let r = get_cart(&client, &a, sid).await;
         assert_eq!(r.status(), 200);
         let got: Vec<String> = r.json().await.unwrap();
         assert_eq!(&got, items);
@@ -1341,17 +1345,7 @@ async fn a_document_loaded_from_postgres_is_held_without_jsonb_spaces() {
 
     // Unit b never saw the session: it loads it, and holds and serves it without the spaces,
     // strings untouched.
-    let text = client
-        .get(
-            b.sidecar
-                .api_url(&format!("/v1/sessions/{sid}/tables/cart")),
-        )
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = get_cart(&client, &b, &sid).await.text().await.unwrap();
     assert_eq!(text, r#"{"note":"x: y, z","items":["a b","c\"d"]}"#);
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&text).unwrap(),
@@ -1729,14 +1723,7 @@ async fn an_earlier_versions_sessions_are_rekeyed_and_another_key_is_refused() {
         [stored_uuid(&sid_text)],
         "re-keyed, tables along"
     );
-    let r = reqwest::Client::new()
-        .get(
-            a.sidecar
-                .api_url(&format!("/v1/sessions/{sid}/tables/cart")),
-        )
-        .send()
-        .await
-        .unwrap();
+    let r = get_cart(&reqwest::Client::new(), &a, &sid.to_string()).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.json::<serde_json::Value>().await.unwrap(),
