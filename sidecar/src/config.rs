@@ -49,7 +49,9 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: String,
 
-    /// Largest number of PostgreSQL connections.
+    /// Largest number of pooled PostgreSQL connections (writes, loads, announcements). The unit
+    /// holds two more: its invalidation listener's, and one for failed-over sessions'
+    /// generation checks.
     #[arg(long, env = "STICKYFARM_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 

@@ -6,6 +6,7 @@ pub mod announce;
 pub mod cache;
 pub mod config;
 pub mod front;
+pub mod generations;
 pub mod issued;
 mod json;
 pub mod metrics;

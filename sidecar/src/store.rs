@@ -15,6 +15,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::announce::Announcer;
+use crate::generations::{self, GenerationChecks};
 use crate::json::{Doc, Structure};
 use crate::metrics::Metrics;
 
@@ -204,6 +205,7 @@ pub struct Store {
     expiry: Expiry,
     metrics: Arc<Metrics>,
     announcer: Announcer,
+    checks: GenerationChecks,
 }
 
 /// Connection settings of the store.
@@ -226,6 +228,20 @@ impl Store {
         store: &StoreOptions,
         metrics: Arc<Metrics>,
     ) -> Store {
+        // Failed-over sessions' generation checks get a connection of their own, opened now and
+        // kept (the `generations` module says why).
+        let checks_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(store.acquire_timeout)
+            // No ping first: a connection PostgreSQL closed fails one attempt and is replaced.
+            .test_before_acquire(false)
+            .connect_lazy_with(
+                options
+                    .clone()
+                    .application_name(generations::APPLICATION_NAME),
+            );
         let pool = PgPoolOptions::new()
             .max_connections(store.max_connections)
             .min_connections(0)
@@ -246,6 +262,7 @@ impl Store {
             .connect_lazy_with(options);
         Store {
             announcer: Announcer::start(pool.clone(), metrics.clone()),
+            checks: GenerationChecks::start(checks_pool, metrics.clone()),
             pool,
             expiry: store.expiry,
             metrics,
@@ -388,8 +405,12 @@ impl Store {
         }))
     }
 
-    /// The current generation of a live session.
+    /// The current generation of a session; asked on the generation checks' own connection
+    /// ([`GenerationChecks`]), and on the shared pool when that cannot answer.
     pub async fn generation(&self, id: StoredId) -> Result<Option<u64>, StoreError> {
+        if let Some(generation) = self.checks.generation(id).await {
+            return Ok(generation);
+        }
         let r = sqlx::query_scalar::<_, i64>(
             "SELECT generation FROM stickyfarm_sessions WHERE id = $1",
         )
