@@ -207,19 +207,26 @@ pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
     // `answered` once every session has had an answer under load: on a starved machine the
     // first requests can start late, and a kill before them would find no session to fail over.
     let unanswered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(jars.len()));
+    let schedule = Schedule {
+        interval: args.interval,
+        write_every: args.write_every.max(1),
+        shoppers: jars.len() as u32,
+    };
+    let start = tokio::time::Instant::now();
     let tasks = jars.into_iter().enumerate().map(|(i, mut jar)| {
         let (client, url, cart) = (client.clone(), url.clone(), cart.clone());
         let unanswered = unanswered.clone();
-        let (interval, write_every) = (args.interval, args.write_every.max(1));
+        let shopper = i as u32;
         tokio::spawn(async move {
             let mut answers = Vec::new();
-            let mut tick = tokio::time::interval(interval);
+            let mut tick =
+                tokio::time::interval_at(start + schedule.offset(shopper), schedule.interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut n = 0u32;
             while Instant::now() < deadline {
                 tick.tick().await;
                 n += 1;
-                let write = n.is_multiple_of(write_every);
+                let write = schedule.is_write(shopper, n);
                 let (method, body) = if write {
                     (reqwest::Method::PUT, Some(cart.as_str()))
                 } else {
@@ -258,6 +265,31 @@ pub async fn run_shoppers(args: ShopperArgs) -> anyhow::Result<()> {
         }
     }
     std::fs::write(&args.out, out).with_context(|| format!("writing {}", args.out.display()))
+}
+
+/// When each shopper sends. Independent shoppers are not in step: their requests are spread
+/// evenly over one interval, and so are their writes. In step (as they once were), all of them
+/// sent within a millisecond or two and every fifth tick all of them wrote at once, so a
+/// failover measured the queue of that burst (30 writes at once, each a notifying commit) more
+/// than the failover itself.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    interval: Duration,
+    write_every: u32,
+    shoppers: u32,
+}
+
+impl Schedule {
+    /// How long after the start shopper `shopper` (from 0) sends its first request.
+    fn offset(&self, shopper: u32) -> Duration {
+        self.interval * shopper / self.shoppers.max(1)
+    }
+
+    /// Whether request `request` (from 1) of shopper `shopper` is a write: every
+    /// `write_every`-th, shifted by the shopper's number so that each tick has its share.
+    fn is_write(&self, shopper: u32, request: u32) -> bool {
+        (request + shopper).is_multiple_of(self.write_every)
+    }
 }
 
 /// The line the shoppers print once every session has been answered under load.
@@ -304,6 +336,10 @@ pub struct Failover {
     /// From the kill until the last affected session was answered by another unit, ms; `None`
     /// when some never were.
     pub recovery_ms: Option<u64>,
+    /// The slowest of the affected sessions' first answers from another unit, µs, from when
+    /// the shopper sent it: what a failover cost the shopper waiting on it, without the time
+    /// until the shopper's next request that the recovery time includes.
+    pub slowest_failed_over_us: u64,
     /// p99 latency of requests sent in the 2 s before the kill, µs: a window as long as the
     /// one after, so both p99s are the same rank among about as many requests.
     pub p99_before_us: u64,
@@ -344,14 +380,17 @@ pub fn analyze_failover(answers: &[Answer], killed: &str, kill_ms: u64) -> Failo
         .map(|a| a.session)
         .collect();
     let mut recovery = Some(0u64);
+    let mut slowest_failed_over_us = 0;
     for s in &affected {
         let served_again = answers
             .iter()
             .filter(|a| a.session == *s && ok(a) && a.unit != killed && done_ms(a) >= kill_ms)
-            .map(|a| done_ms(a) - kill_ms)
-            .min();
+            .min_by_key(|a| done_ms(a));
+        if let Some(a) = served_again {
+            slowest_failed_over_us = slowest_failed_over_us.max(a.latency_us);
+        }
         recovery = match (recovery, served_again) {
-            (Some(r), Some(t)) => Some(r.max(t)),
+            (Some(r), Some(a)) => Some(r.max(done_ms(a) - kill_ms)),
             _ => None,
         };
     }
@@ -367,6 +406,7 @@ pub fn analyze_failover(answers: &[Answer], killed: &str, kill_ms: u64) -> Failo
         failed_writes: answers.iter().filter(|a| a.write && !ok(a)).count() as u64,
         affected: affected.len() as u64,
         recovery_ms: if affected.is_empty() { None } else { recovery },
+        slowest_failed_over_us,
         p99_before_us: p99(window(kill_ms.saturating_sub(2000), kill_ms).collect()),
         p99_after_us: p99(window(kill_ms, kill_ms + 2000).collect()),
         max_after_us: window(kill_ms, kill_ms + 2000).max().unwrap_or(0),
@@ -435,6 +475,7 @@ mod tests {
         assert_eq!((f.failed_reads, f.failed_writes), (1, 1));
         assert_eq!(f.affected, 1);
         assert_eq!(f.recovery_ms, Some(253));
+        assert_eq!(f.slowest_failed_over_us, 3_000);
         assert_eq!(f.p99_before_us, 500);
         assert_eq!(f.max_after_us, 3_000);
     }
@@ -449,6 +490,59 @@ mod tests {
         let f = analyze_failover(&answers, "u0", 1000);
         assert_eq!(f.affected, 1);
         assert_eq!(f.recovery_ms, Some(10));
+        // The shopper waited from 995 to 1010.
+        assert_eq!(f.slowest_failed_over_us, 15_000);
+    }
+
+    #[test]
+    fn the_slowest_failed_over_request_is_each_sessions_first_answer_elsewhere() {
+        let answers = vec![
+            a(900, 0, false, 200, "u0", 500),
+            a(910, 1, false, 200, "u0", 500),
+            a(920, 2, false, 200, "u1", 500),
+            // Kill at 1000. Session 0 is answered after 4 ms, session 1 after 9 ms; their
+            // later answers and session 2 (never on u0) are slower but not failovers.
+            a(1005, 0, false, 200, "u2", 4_000),
+            a(1015, 1, false, 200, "u1", 9_000),
+            a(1025, 0, true, 200, "u2", 30_000),
+            a(1030, 2, true, 200, "u1", 40_000),
+        ];
+        let f = analyze_failover(&answers, "u0", 1000);
+        assert_eq!(f.affected, 2);
+        assert_eq!(f.recovery_ms, Some(24));
+        assert_eq!(f.slowest_failed_over_us, 9_000);
+        assert_eq!(f.max_after_us, 40_000);
+    }
+
+    #[test]
+    fn shoppers_and_their_writes_are_spread_over_the_interval() {
+        let s = Schedule {
+            interval: Duration::from_millis(20),
+            write_every: 5,
+            shoppers: 30,
+        };
+        let offsets: Vec<Duration> = (0..30).map(|i| s.offset(i)).collect();
+        assert_eq!(offsets[0], Duration::ZERO);
+        assert_eq!(offsets[15], Duration::from_millis(10));
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]));
+        assert!(offsets[29] < s.interval);
+        // Each shopper writes every fifth request, and every tick a fifth of them write.
+        for shopper in 0..30 {
+            let writes: Vec<u32> = (1..=10).filter(|&n| s.is_write(shopper, n)).collect();
+            assert_eq!(writes.len(), 2, "shopper {shopper}: {writes:?}");
+            assert_eq!(writes[1] - writes[0], 5);
+        }
+        for request in 1..=10 {
+            assert_eq!((0..30).filter(|&i| s.is_write(i, request)).count(), 6);
+        }
+        // One shopper, or one write per request, still works.
+        let one = Schedule {
+            interval: Duration::from_millis(20),
+            write_every: 1,
+            shoppers: 1,
+        };
+        assert_eq!(one.offset(0), Duration::ZERO);
+        assert!(one.is_write(0, 1) && one.is_write(0, 2));
     }
 
     #[test]
