@@ -5,14 +5,18 @@
 //! before the copy is served (`SessionTier::warm_copy_locked`). Those checks come exactly when a
 //! unit has died: its sessions reach their backups together, while the backups' pools are busy
 //! with their own writes. On the shared pool a check that found no idle connection waited for a
-//! new one to be opened, about 50 ms on the bench's busy machine (2026-12-05, failover
-//! scenario), and that wait was the slowest failed-over request. Here a check never waits
-//! behind writes or a connection's set-up: the connection is opened at start and kept, and
-//! every check waiting at one moment goes in one statement, so a
-//! unit's worth of failovers costs a few round trips, not one each.
+//! new one to be opened: about 50 ms on the bench's busy machine, the slowest checks
+//! (`bench/results/2026-12-05-spread-failover.md`). Here a check never waits behind writes or a
+//! connection's set-up: the connection is opened at start and kept, and every check waiting at
+//! one moment goes in one statement, so a unit's worth of failovers costs a few round trips,
+//! not one each. A client cannot make more checks than failovers: each takes the session's warm
+//! copy, so a forged instance cookie finds none the second time.
 //!
-//! A check that cannot be made here (PostgreSQL refused the batch twice) is answered "ask
-//! again" and the caller asks on the shared pool, so errors are reported as before.
+//! A check is answered by a statement that started after it was queued, so it sees every
+//! commit made before it asked. When PostgreSQL takes no connection within the acquire timeout
+//! the check is answered "unreachable" at once (the shared pool would wait as long again); when
+//! the statement fails otherwise, twice, "ask again", and the caller asks on the shared pool, so
+//! those errors are reported as before.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,10 +36,20 @@ pub const APPLICATION_NAME: &str = "stickyfarm-sidecar-checks";
 /// Most sessions one statement checks.
 const MAX_BATCH: usize = 1024;
 
+/// What a generation check came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// The session's generation; `None` when it has no row.
+    Generation(Option<u64>),
+    /// PostgreSQL took no connection within the acquire timeout.
+    Unreachable,
+    /// The statement failed: ask on another connection.
+    AskAgain,
+}
+
 struct Check {
     id: Uuid,
-    /// `None`: the check could not be made here.
-    answer: oneshot::Sender<Option<Option<u64>>>,
+    answer: oneshot::Sender<Checked>,
 }
 
 /// The handle the store checks through; cheap to clone.
@@ -53,17 +67,17 @@ impl GenerationChecks {
         GenerationChecks { queue }
     }
 
-    /// The session's generation in PostgreSQL (`Some(None)`: no such row); `None` when the
-    /// check could not be made here and the caller should ask on its own connection.
-    pub async fn generation(&self, id: StoredId) -> Option<Option<u64>> {
+    /// The session's generation in PostgreSQL.
+    pub async fn generation(&self, id: StoredId) -> Checked {
         let (answer, wait) = oneshot::channel();
-        self.queue
-            .send(Check {
-                id: id.as_uuid(),
-                answer,
-            })
-            .ok()?;
-        wait.await.ok().flatten()
+        let check = Check {
+            id: id.as_uuid(),
+            answer,
+        };
+        if self.queue.send(check).is_err() {
+            return Checked::AskAgain;
+        }
+        wait.await.unwrap_or(Checked::AskAgain)
     }
 }
 
@@ -104,30 +118,37 @@ async fn check(pool: &PgPool, batch: &mut Vec<Check>, metrics: &Metrics) {
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
     let found = query_retrying(pool, &ids, metrics).await;
     for check in batch.drain(..) {
-        let answer = found.as_ref().map(|found| found.get(&check.id).copied());
+        let answer = match &found {
+            Ok(found) => Checked::Generation(found.get(&check.id).copied()),
+            Err(failed) => *failed,
+        };
         let _ = check.answer.send(answer);
     }
 }
 
 /// One retry: a connection PostgreSQL closed (a restart, an idle cut) fails the first attempt,
-/// and the pool opens a fresh one for the second.
+/// and the pool opens a fresh one for the second. Not when no connection could be had at all:
+/// that took the whole acquire timeout already.
 async fn query_retrying(
     pool: &PgPool,
     ids: &[Uuid],
     metrics: &Metrics,
-) -> Option<HashMap<Uuid, u64>> {
+) -> Result<HashMap<Uuid, u64>, Checked> {
     for attempt in 0..2 {
         metrics.db_query("generations");
         match query(pool, ids).await {
-            Ok(found) => return Some(found),
+            Ok(found) => return Ok(found),
             Err(e) => {
                 metrics.db_error("generations");
                 tracing::debug!(error = %e, attempt, checks = ids.len(),
                     "checking generations on the checks' connection failed");
+                if matches!(e, sqlx::Error::PoolTimedOut) {
+                    return Err(Checked::Unreachable);
+                }
             }
         }
     }
-    None
+    Err(Checked::AskAgain)
 }
 
 async fn query(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, u64>, sqlx::Error> {

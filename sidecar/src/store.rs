@@ -15,7 +15,7 @@ use thiserror::Error;
 use uuid::Uuid;
 
 use crate::announce::Announcer;
-use crate::generations::{self, GenerationChecks};
+use crate::generations::{self, Checked, GenerationChecks};
 use crate::json::{Doc, Structure};
 use crate::metrics::Metrics;
 
@@ -408,8 +408,11 @@ impl Store {
     /// The current generation of a session; asked on the generation checks' own connection
     /// ([`GenerationChecks`]), and on the shared pool when that cannot answer.
     pub async fn generation(&self, id: StoredId) -> Result<Option<u64>, StoreError> {
-        if let Some(generation) = self.checks.generation(id).await {
-            return Ok(generation);
+        match self.checks.generation(id).await {
+            Checked::Generation(generation) => return Ok(generation),
+            // The shared pool would wait as long again for a connection.
+            Checked::Unreachable => return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
+            Checked::AskAgain => {}
         }
         let r = sqlx::query_scalar::<_, i64>(
             "SELECT generation FROM stickyfarm_sessions WHERE id = $1",

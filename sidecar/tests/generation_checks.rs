@@ -10,17 +10,37 @@ use sqlx::postgres::PgConnectOptions;
 use stickyfarm_api::{SessionId, SessionIdKey, StoredId, TableName};
 use stickyfarm_sidecar::generations::APPLICATION_NAME;
 use stickyfarm_sidecar::metrics::Metrics;
-use stickyfarm_sidecar::store::{Expiry, Store, StoreOptions, WriteCondition};
+use stickyfarm_sidecar::store::{Expiry, Store, StoreError, StoreOptions, WriteCondition};
 use stickyfarm_testkit::TestDb;
 
-/// The store's count of generation statements on the checks' connection.
-fn generation_statements(metrics: &Metrics) -> u64 {
+/// A counter of the store's, by operation: `queries` or `errors`.
+fn db_counter(metrics: &Metrics, kind: &str, op: &str) -> u64 {
+    let prefix = format!("stickyfarm_sidecar_db_{kind}_total{{op=\"{op}\"}} ");
     metrics
         .encode()
         .lines()
-        .find(|l| l.starts_with("stickyfarm_sidecar_db_queries_total{op=\"generations\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The store's count of generation statements on the checks' connection.
+fn generation_statements(metrics: &Metrics) -> u64 {
+    db_counter(metrics, "queries", "generations")
+}
+
+fn store_at(url: &str, acquire_timeout: Duration, metrics: Arc<Metrics>) -> Store {
+    Store::connect_lazy(
+        PgConnectOptions::from_str(url).unwrap(),
+        &StoreOptions {
+            max_connections: 4,
+            acquire_timeout,
+            expiry: Expiry {
+                idle: Duration::from_secs(3600),
+                absolute: Duration::from_secs(86_400),
+            },
+        },
+        metrics,
+    )
 }
 
 async fn checks_connections(db: &TestDb) -> i64 {
@@ -49,18 +69,7 @@ async fn check_all(store: &Store, ids: &[StoredId]) -> Vec<Option<u64>> {
 async fn a_burst_of_checks_is_answered_on_one_connection_in_one_statement() {
     let db = TestDb::new().await;
     let metrics = Arc::new(Metrics::new());
-    let store = Store::connect_lazy(
-        PgConnectOptions::from_str(&db.url).unwrap(),
-        &StoreOptions {
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-            expiry: Expiry {
-                idle: Duration::from_secs(3600),
-                absolute: Duration::from_secs(86_400),
-            },
-        },
-        metrics.clone(),
-    );
+    let store = store_at(&db.url, Duration::from_secs(5), metrics.clone());
     let key = SessionIdKey::new(b"generation-checks-test-key-0123456789abcdef");
     store.migrate(&key).await.unwrap();
 
@@ -132,4 +141,26 @@ async fn a_burst_of_checks_is_answered_on_one_connection_in_one_statement() {
     }
     assert_eq!(check_all(&store, &ids).await, expected);
     assert_eq!(checks_connections(&db).await, 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_reported_once_not_asked_again_on_the_shared_pool() {
+    // Nothing listens there: every connection attempt is refused until the acquire timeout.
+    let url = format!(
+        "postgres://stickyfarm:unused@127.0.0.1:{}/postgres",
+        stickyfarm_testkit::free_port()
+    );
+    let metrics = Arc::new(Metrics::new());
+    let store = store_at(&url, Duration::from_millis(300), metrics.clone());
+    let key = SessionIdKey::new(b"generation-checks-test-key-0123456789abcdef");
+    let id = key.stored(&SessionId::generate());
+    let err = store
+        .generation(id)
+        .await
+        .expect_err("no PostgreSQL, no generation");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    // One attempt on the checks' connection, no retry after a timeout, and no second wait on
+    // the shared pool (op "generation").
+    assert_eq!(db_counter(&metrics, "errors", "generations"), 1);
+    assert_eq!(db_counter(&metrics, "queries", "generation"), 0);
 }
