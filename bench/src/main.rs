@@ -83,7 +83,32 @@ fn main() -> anyhow::Result<()> {
         Cmd::Shoppers(args) => runtime(false)?.block_on(shoppers::run_shoppers(args)),
         // One thread, like wrk: the load generator has one CPU.
         Cmd::WsLoad(args) => runtime(true)?.block_on(ws_load::run(args)),
-        Cmd::Run { args, readme } => runtime(false)?.block_on(run(args, readme)),
+        Cmd::Run { args, readme } => runtime(false)?.block_on(async {
+            // A signal ends the run by dropping it: the processes it started and its private
+            // PostgreSQL are then stopped by their `Drop`, as after an error. (Ctrl-C reaches
+            // the whole process group anyway; a SIGTERM to this process alone used to leave
+            // them running.) A step that blocks, such as one load run, finishes first.
+            tokio::select! {
+                done = run(args, readme) => done,
+                signal = stop_signal() => bail!("stopped by {signal}; stopped what it had started"),
+            }
+        }),
+    }
+}
+
+/// Waits for SIGTERM or SIGINT and names it.
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // No handler, no early end: the run goes on as it would have.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }
 
