@@ -7,20 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::PgConnectOptions;
+use stickyfarm_api::metrics::sample_sum;
 use stickyfarm_api::{SessionId, SessionIdKey, StoredId, TableName};
 use stickyfarm_sidecar::generations::APPLICATION_NAME;
 use stickyfarm_sidecar::metrics::Metrics;
 use stickyfarm_sidecar::store::{Expiry, Store, StoreError, StoreOptions, WriteCondition};
-use stickyfarm_testkit::TestDb;
+use stickyfarm_testkit::{SESSION_ID_KEY, TestDb};
 
 /// A counter of the store's, by operation: `queries` or `errors`.
 fn db_counter(metrics: &Metrics, kind: &str, op: &str) -> u64 {
-    let prefix = format!("stickyfarm_sidecar_db_{kind}_total{{op=\"{op}\"}} ");
-    metrics
-        .encode()
-        .lines()
-        .find_map(|l| l.strip_prefix(prefix.as_str())?.parse().ok())
-        .unwrap_or(0)
+    sample_sum(
+        &metrics.encode(),
+        &format!("stickyfarm_sidecar_db_{kind}_total"),
+        &format!("op=\"{op}\""),
+    ) as u64
 }
 
 /// The store's count of generation statements on the checks' connection.
@@ -70,7 +70,7 @@ async fn a_burst_of_checks_is_answered_on_one_connection_in_one_statement() {
     let db = TestDb::new().await;
     let metrics = Arc::new(Metrics::new());
     let store = store_at(&db.url, Duration::from_secs(5), metrics.clone());
-    let key = SessionIdKey::new(b"generation-checks-test-key-0123456789abcdef");
+    let key = SessionIdKey::new(SESSION_ID_KEY.as_bytes());
     store.migrate(&key).await.unwrap();
 
     // Twenty sessions written 1 to 4 times (so generations differ), twenty never stored.
@@ -152,7 +152,7 @@ async fn an_unreachable_postgres_is_reported_once_not_asked_again_on_the_shared_
     );
     let metrics = Arc::new(Metrics::new());
     let store = store_at(&url, Duration::from_millis(300), metrics.clone());
-    let key = SessionIdKey::new(b"generation-checks-test-key-0123456789abcdef");
+    let key = SessionIdKey::new(SESSION_ID_KEY.as_bytes());
     let id = key.stored(&SessionId::generate());
     let err = store
         .generation(id)
