@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::connections::Connections;
 use crate::metrics::Metrics;
 use crate::store::{INVALIDATION_CHANNEL, Invalidation};
 
@@ -48,9 +48,9 @@ pub struct Announcer {
 impl Announcer {
     /// Starts the announcing task on the current Tokio runtime. It ends once every handle is
     /// dropped and the queue is empty.
-    pub fn start(pool: PgPool, metrics: Arc<Metrics>) -> Announcer {
+    pub fn start(connections: Connections, metrics: Arc<Metrics>) -> Announcer {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx, metrics));
+        tokio::spawn(run(connections, rx, metrics));
         Announcer { queue }
     }
 
@@ -76,11 +76,15 @@ impl Announcer {
 
 /// Sends whatever is queued, one batch at a time: while a batch is in flight the next one
 /// gathers, so the batch grows with the write rate and a lone write waits for nobody.
-async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>, metrics: Arc<Metrics>) {
+async fn run(
+    connections: Connections,
+    mut rx: mpsc::UnboundedReceiver<Pending>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let payloads: Vec<&str> = batch.iter().map(|p| p.payload.as_str()).collect();
-        let announced = send_retrying(&pool, &payloads, &metrics).await;
+        let announced = send_retrying(&connections, &payloads, &metrics).await;
         metrics.announced(payloads.len() as u64, announced);
         for p in batch.drain(..) {
             let _ = p.sent.send(());
@@ -88,12 +92,12 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Pending>, metrics: Ar
     }
 }
 
-async fn send_retrying(pool: &PgPool, payloads: &[&str], metrics: &Metrics) -> bool {
+async fn send_retrying(connections: &Connections, payloads: &[&str], metrics: &Metrics) -> bool {
     let give_up = tokio::time::Instant::now() + RETRY_FOR;
     let mut backoff = Duration::from_millis(20);
     loop {
         metrics.db_query("announce");
-        match send(pool, payloads).await {
+        match send(connections, payloads).await {
             Ok(()) => return true,
             Err(e) => {
                 metrics.db_error("announce");
@@ -110,11 +114,12 @@ async fn send_retrying(pool: &PgPool, payloads: &[&str], metrics: &Metrics) -> b
 }
 
 /// One statement, so one round trip and one implicit transaction for the whole batch.
-async fn send(pool: &PgPool, payloads: &[&str]) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p")
+async fn send(connections: &Connections, payloads: &[&str]) -> Result<(), sqlx::Error> {
+    let statement = sqlx::query("SELECT count(pg_notify($1, p)) FROM unnest($2::text[]) AS p")
         .bind(INVALIDATION_CHANNEL)
-        .bind(payloads)
-        .fetch_one(pool)
+        .bind(payloads);
+    connections
+        .run(async |c| statement.fetch_one(c).await)
         .await
         .map(|_| ())
 }

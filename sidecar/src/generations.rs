@@ -22,11 +22,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::PgPool;
 use stickyfarm_api::StoredId;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use crate::connections::Connections;
 use crate::metrics::Metrics;
 
 /// The `application_name` of the checks' connection (so it can be told apart in
@@ -59,11 +59,12 @@ pub struct GenerationChecks {
 }
 
 impl GenerationChecks {
-    /// Starts the checking task on the current Tokio runtime, over `pool` (of one connection
-    /// that is never closed for idleness or age). It ends once every handle is dropped.
-    pub fn start(pool: PgPool, metrics: Arc<Metrics>) -> GenerationChecks {
+    /// Starts the checking task on the current Tokio runtime, over `connections` (of a pool of
+    /// one connection that is never closed for idleness or age). It ends once every handle is
+    /// dropped.
+    pub fn start(connections: Connections, metrics: Arc<Metrics>) -> GenerationChecks {
         let (queue, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(pool, rx, metrics));
+        tokio::spawn(run(connections, rx, metrics));
         GenerationChecks { queue }
     }
 
@@ -84,7 +85,11 @@ impl GenerationChecks {
 /// Opens the connection, then checks whatever is queued, one batch at a time: while a batch
 /// is in flight the next one gathers, so a lone check waits for nobody and a burst shares its
 /// round trips.
-async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Check>, metrics: Arc<Metrics>) {
+async fn run(
+    connections: Connections,
+    mut rx: mpsc::UnboundedReceiver<Check>,
+    metrics: Arc<Metrics>,
+) {
     let mut batch = Vec::new();
     // Opened before the first failover needs it. A check that comes first (PostgreSQL was
     // unreachable until then) opens it itself, and is not kept waiting behind this.
@@ -94,29 +99,34 @@ async fn run(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Check>, metrics: Arc<
             if n == 0 {
                 return;
             }
-            check(&pool, &mut batch, &metrics).await;
+            check(&connections, &mut batch, &metrics).await;
         }
-        () = open(&pool) => {}
+        () = open(&connections) => {}
     }
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        check(&pool, &mut batch, &metrics).await;
+        check(&connections, &mut batch, &metrics).await;
     }
 }
 
 /// Opens the pool's connection, retrying until PostgreSQL takes it.
-async fn open(pool: &PgPool) {
+async fn open(connections: &Connections) {
     let mut backoff = Duration::from_millis(100);
-    while let Err(e) = pool.acquire().await {
-        tracing::debug!(error = %e, "opening the generation checks' connection failed; retrying");
+    loop {
+        match connections.acquire().await {
+            Ok(connection) => return connection.finished(),
+            Err(e) => {
+                tracing::debug!(error = %e, "opening the generation checks' connection failed; retrying");
+            }
+        }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 
 /// Answers every check of `batch` (and empties it).
-async fn check(pool: &PgPool, batch: &mut Vec<Check>, metrics: &Metrics) {
+async fn check(connections: &Connections, batch: &mut Vec<Check>, metrics: &Metrics) {
     let ids: Vec<Uuid> = batch.iter().map(|c| c.id).collect();
-    let found = query_retrying(pool, &ids, metrics).await;
+    let found = query_retrying(connections, &ids, metrics).await;
     for check in batch.drain(..) {
         let answer = match &found {
             Ok(found) => Checked::Generation(found.get(&check.id).copied()),
@@ -130,13 +140,13 @@ async fn check(pool: &PgPool, batch: &mut Vec<Check>, metrics: &Metrics) {
 /// and the pool opens a fresh one for the second. Not when no connection could be had at all:
 /// that took the whole acquire timeout already.
 async fn query_retrying(
-    pool: &PgPool,
+    connections: &Connections,
     ids: &[Uuid],
     metrics: &Metrics,
 ) -> Result<HashMap<Uuid, u64>, Checked> {
     for attempt in 0..2 {
         metrics.db_query("generations");
-        match query(pool, ids).await {
+        match query(connections, ids).await {
             Ok(found) => return Ok(found),
             Err(e) => {
                 metrics.db_error("generations");
@@ -151,11 +161,12 @@ async fn query_retrying(
     Err(Checked::AskAgain)
 }
 
-async fn query(pool: &PgPool, ids: &[Uuid]) -> Result<HashMap<Uuid, u64>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64)> =
+async fn query(connections: &Connections, ids: &[Uuid]) -> Result<HashMap<Uuid, u64>, sqlx::Error> {
+    let statement =
         sqlx::query_as("SELECT id, generation FROM stickyfarm_sessions WHERE id = ANY($1)")
-            .bind(ids)
-            .fetch_all(pool)
-            .await?;
+            .bind(ids);
+    let rows: Vec<(Uuid, i64)> = connections
+        .run(async |c| statement.fetch_all(c).await)
+        .await?;
     Ok(rows.into_iter().map(|(id, g)| (id, g as u64)).collect())
 }

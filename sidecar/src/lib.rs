@@ -5,6 +5,7 @@
 pub mod announce;
 pub mod cache;
 pub mod config;
+pub mod connections;
 pub mod front;
 pub mod generations;
 pub mod issued;
@@ -347,7 +348,7 @@ impl Sidecar {
             self.tasks.abort_all();
         }
         self.tier.cache().close().await;
-        self.tier.store().pool().close().await;
+        self.tier.store().close().await;
         tracing::info!("stickyfarm sidecar stopped");
     }
 }

@@ -9,12 +9,13 @@ use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Row};
+use sqlx::{Connection as _, PgPool, Row};
 use stickyfarm_api::{SessionId, SessionIdKey, StoredId, TableName, UnitName};
 use thiserror::Error;
 use uuid::Uuid;
 
 use crate::announce::Announcer;
+use crate::connections::Connections;
 use crate::generations::{self, Checked, GenerationChecks};
 use crate::json::{Doc, Structure};
 use crate::metrics::Metrics;
@@ -23,9 +24,6 @@ use crate::metrics::Metrics;
 /// tables; each key serialises one kind of work across units).
 const SWEEP_LOCK: i64 = 7_197_547;
 const KEY_ADOPTION_LOCK: i64 = 7_197_549;
-
-/// A pooled connection idle this long is pinged before it is used again.
-const PING_WHEN_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// The channel on which committed changes are announced to every unit.
 pub const INVALIDATION_CHANNEL: &str = "stickyfarm_session";
@@ -201,7 +199,8 @@ struct TableChange<'a> {
 /// The session store in PostgreSQL.
 #[derive(Clone)]
 pub struct Store {
-    pool: PgPool,
+    connections: Connections,
+    listener_pool: PgPool,
     expiry: Expiry,
     metrics: Arc<Metrics>,
     announcer: Announcer,
@@ -246,32 +245,51 @@ impl Store {
             .max_connections(store.max_connections)
             .min_connections(0)
             .acquire_timeout(store.acquire_timeout)
-            // Connections that died with an outage are noticed before use, not by a request:
-            // one that sat idle is pinged first. One in steady use is not: a ping is a round
-            // trip to PostgreSQL before every statement (sqlx's `test_before_acquire`), which
-            // under write load held each connection a third longer.
-            .test_before_acquire(false)
-            .before_acquire(|conn, meta| {
-                Box::pin(async move {
-                    if meta.idle_for >= PING_WHEN_IDLE_FOR {
-                        sqlx::Connection::ping(conn).await?;
-                    }
-                    Ok(true)
-                })
-            })
+            // Statements reuse a connection that finished less than `connections::KEEP_FOR`
+            // ago without a ping; any connection sqlx hands out has been idle longer (or failed),
+            // so it is pinged first, and one that died with an outage is noticed before use, not
+            // by a request.
+            .test_before_acquire(true)
+            .connect_lazy_with(options.clone());
+        // The invalidation listener holds its connection for good: outside the shared pool, so
+        // it never waits behind statements, nor they behind it.
+        let listener_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .acquire_timeout(store.acquire_timeout)
             .connect_lazy_with(options);
+        let connections = Connections::new(pool, store.max_connections, store.acquire_timeout);
         Store {
-            announcer: Announcer::start(pool.clone(), metrics.clone()),
-            checks: GenerationChecks::start(checks_pool, metrics.clone()),
-            pool,
+            announcer: Announcer::start(connections.clone(), metrics.clone()),
+            checks: GenerationChecks::start(
+                Connections::new(checks_pool, 1, store.acquire_timeout),
+                metrics.clone(),
+            ),
+            connections,
+            listener_pool,
             expiry: store.expiry,
             metrics,
         }
     }
 
-    /// The pool, for the invalidation listener.
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// The invalidation listener's pool (of one connection).
+    pub fn listener_pool(&self) -> &PgPool {
+        &self.listener_pool
+    }
+
+    /// The invalidation listener lost its connection, so the others most likely went with it:
+    /// the kept ones go back to sqlx, which pings each before its next use, and no request is
+    /// the one to find a connection dead.
+    pub fn connection_lost(&self) {
+        self.connections.release_all();
+    }
+
+    /// Closes every connection to PostgreSQL (at shutdown).
+    pub async fn close(&self) {
+        self.connections.release_all();
+        self.connections.pool().close().await;
+        self.listener_pool.close().await;
     }
 
     /// Applies the embedded migrations (sqlx holds a PostgreSQL advisory lock meanwhile, so many
@@ -280,13 +298,26 @@ impl Store {
     /// once; one whose ids were made with another key is refused
     /// ([`StoreError::KeyMismatch`]) rather than served as if it held no sessions.
     pub async fn migrate(&self, key: &SessionIdKey) -> Result<(), StoreError> {
-        MIGRATOR.run(&self.pool).await?;
+        let mut conn = self
+            .connections
+            .acquire()
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        MIGRATOR.run(&mut *conn).await?;
+        conn.finished();
         self.adopt_key(key).await
     }
 
     async fn adopt_key(&self, key: &SessionIdKey) -> Result<(), StoreError> {
         let ours = key.fingerprint();
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        // Once, at start: the connection goes back to sqlx afterwards (never kept), which also
+        // rolls back the transaction an early return leaves open.
+        let mut conn = self
+            .connections
+            .acquire()
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        let mut tx = conn.begin().await.map_err(StoreError::from_sqlx)?;
         // One unit at a time: the others wait here and then find the key recorded.
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(KEY_ADOPTION_LOCK)
@@ -348,20 +379,22 @@ impl Store {
 
     /// Checks that PostgreSQL answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        let r = sqlx::query("SELECT 1").execute(&self.pool).await;
+        let r = self
+            .connections
+            .run(async |c| sqlx::query("SELECT 1").execute(c).await)
+            .await;
         self.observe("ping", r).map(|_| ())
     }
 
     /// Inserts a new, empty session; `false` when a row with this id exists already (live or
     /// expired: the caller decides).
     pub async fn create_session(&self, id: StoredId, created_by: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO stickyfarm_sessions (id, created_by) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id.as_uuid())
-        .bind(created_by)
-        .execute(&self.pool)
-        .await;
+        .bind(created_by);
+        let r = self.connections.run(async |c| query.execute(c).await).await;
         self.observe("create_session", r)
             .map(|r| r.rows_affected() == 1)
     }
@@ -369,7 +402,7 @@ impl Store {
     /// Loads a session with all its tables, in one consistent snapshot; `live` is false when it
     /// exists but expired (not swept yet): its id is spent.
     pub async fn load_session(&self, id: StoredId) -> Result<Option<LoadedSession>, StoreError> {
-        let r = sqlx::query(
+        let query = sqlx::query(
             "SELECT s.generation, t.name, t.version, t.doc::text AS doc,
                     (extract(epoch FROM s.created_at + make_interval(secs => $3)) * 1000)::bigint,
                     s.last_seen > now() - make_interval(secs => $2)
@@ -380,9 +413,11 @@ impl Store {
         )
         .bind(id.as_uuid())
         .bind(self.expiry.idle.as_secs_f64())
-        .bind(self.expiry.absolute.as_secs_f64())
-        .fetch_all(&self.pool)
-        .await;
+        .bind(self.expiry.absolute.as_secs_f64());
+        let r = self
+            .connections
+            .run(async |c| query.fetch_all(c).await)
+            .await;
         let rows = self.observe("load_session", r)?;
         let Some(first) = rows.first() else {
             return Ok(None);
@@ -414,12 +449,14 @@ impl Store {
             Checked::Unreachable => return Err(StoreError::Unavailable(sqlx::Error::PoolTimedOut)),
             Checked::AskAgain => {}
         }
-        let r = sqlx::query_scalar::<_, i64>(
+        let query = sqlx::query_scalar::<_, i64>(
             "SELECT generation FROM stickyfarm_sessions WHERE id = $1",
         )
-        .bind(id.as_uuid())
-        .fetch_optional(&self.pool)
-        .await;
+        .bind(id.as_uuid());
+        let r = self
+            .connections
+            .run(async |c| query.fetch_optional(c).await)
+            .await;
         self.observe("generation", r).map(|g| g.map(|g| g as u64))
     }
 
@@ -498,14 +535,16 @@ impl Store {
             backup,
         } = change;
         let started = Instant::now();
-        let r = sqlx::query(sql)
+        let query = sqlx::query(sql)
             .bind(id.as_uuid())
             .bind(table.as_str())
             .bind(doc)
             .bind(expected)
             .bind(self.expiry.idle.as_secs_f64())
-            .bind(self.expiry.absolute.as_secs_f64())
-            .fetch_optional(&self.pool)
+            .bind(self.expiry.absolute.as_secs_f64());
+        let r = self
+            .connections
+            .run(async |c| query.fetch_optional(c).await)
             .await;
         let row = self.observe(op, r)?;
         if let Some(row) = row {
@@ -522,7 +561,7 @@ impl Store {
             return Ok(done);
         }
         // Nothing changed: find out whether the session is gone or the version moved on.
-        let r = sqlx::query(
+        let query = sqlx::query(
             "SELECT (SELECT version FROM stickyfarm_session_tables WHERE session_id = $1 AND name = $2),
                     EXISTS (SELECT 1 FROM stickyfarm_sessions
                              WHERE id = $1
@@ -532,9 +571,11 @@ impl Store {
         .bind(id.as_uuid())
         .bind(table.as_str())
         .bind(self.expiry.idle.as_secs_f64())
-        .bind(self.expiry.absolute.as_secs_f64())
-        .fetch_one(&self.pool)
-        .await;
+        .bind(self.expiry.absolute.as_secs_f64());
+        let r = self
+            .connections
+            .run(async |c| query.fetch_one(c).await)
+            .await;
         let row = self.observe("explain_refusal", r)?;
         if !row.get::<bool, _>(1) {
             return Err(StoreError::SessionGone);
@@ -554,9 +595,11 @@ impl Store {
         new: StoredId,
         created_by: &str,
     ) -> Result<bool, StoreError> {
-        let r: Result<bool, sqlx::Error> = async {
-            let mut tx = self.pool.begin().await?;
-            let moved = sqlx::query(
+        let r: Result<bool, sqlx::Error> = self
+            .connections
+            .run(async |c| {
+                let mut tx = c.begin().await?;
+                let moved = sqlx::query(
                 "INSERT INTO stickyfarm_sessions (id, generation, created_at, last_seen, created_by)
                  SELECT $2, generation, created_at, now(), $3 FROM stickyfarm_sessions
                   WHERE id = $1
@@ -572,10 +615,12 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            if moved == 0 {
-                return Ok(false);
-            }
-            sqlx::query(
+                if moved == 0 {
+                    // Ended here, so the connection is kept clean for the next statement.
+                    tx.rollback().await?;
+                    return Ok(false);
+                }
+                sqlx::query(
                 "INSERT INTO stickyfarm_session_tables (session_id, name, version, doc, updated_at)
                  SELECT $2, name, version, doc, updated_at FROM stickyfarm_session_tables
                   WHERE session_id = $1",
@@ -584,14 +629,14 @@ impl Store {
             .bind(new.as_uuid())
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM stickyfarm_sessions WHERE id = $1")
-                .bind(old.as_uuid())
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(true)
-        }
-        .await;
+                sqlx::query("DELETE FROM stickyfarm_sessions WHERE id = $1")
+                    .bind(old.as_uuid())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(true)
+            })
+            .await;
         let moved = self.observe("rotate_session", r)?;
         if moved {
             self.announcer.announce([Invalidation::Deleted(old)]).await;
@@ -601,10 +646,8 @@ impl Store {
 
     /// Deletes a session and everything in it, and announces it. Returns whether it existed.
     pub async fn delete_session(&self, id: StoredId) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM stickyfarm_sessions WHERE id = $1")
-            .bind(id.as_uuid())
-            .execute(&self.pool)
-            .await;
+        let query = sqlx::query("DELETE FROM stickyfarm_sessions WHERE id = $1").bind(id.as_uuid());
+        let r = self.connections.run(async |c| query.execute(c).await).await;
         let existed = self.observe("delete_session", r)?.rows_affected() > 0;
         if existed {
             self.announcer.announce([Invalidation::Deleted(id)]).await;
@@ -616,12 +659,14 @@ impl Store {
     /// Returns the ids that still exist: the others were deleted (a logout on another unit, a
     /// sweep), which the caller learns here even when a notification was missed.
     pub async fn touch(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
-        let r = sqlx::query_scalar::<_, Uuid>(
+        let query = sqlx::query_scalar::<_, Uuid>(
             "UPDATE stickyfarm_sessions SET last_seen = now() WHERE id = ANY($1) RETURNING id",
         )
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await;
+        .bind(ids);
+        let r = self
+            .connections
+            .run(async |c| query.fetch_all(c).await)
+            .await;
         self.observe("touch", r)
     }
 
@@ -635,7 +680,7 @@ impl Store {
     ///
     /// Only one sidecar sweeps at a time (a transaction-scoped advisory lock); the others skip.
     pub async fn sweep_expired(&self, batch: i64) -> Result<u64, StoreError> {
-        let r = sqlx::query_scalar::<_, Uuid>(
+        let query = sqlx::query_scalar::<_, Uuid>(
             "WITH lock AS (SELECT pg_try_advisory_xact_lock($4) AS got),
                   doomed AS (
                     SELECT id FROM stickyfarm_sessions
@@ -651,9 +696,11 @@ impl Store {
         .bind(self.expiry.idle.as_secs_f64())
         .bind(self.expiry.absolute.as_secs_f64())
         .bind(batch)
-        .bind(SWEEP_LOCK)
-        .fetch_all(&self.pool)
-        .await;
+        .bind(SWEEP_LOCK);
+        let r = self
+            .connections
+            .run(async |c| query.fetch_all(c).await)
+            .await;
         let swept = self.observe("sweep", r)?;
         self.announcer
             .announce(

@@ -888,7 +888,7 @@ pub mod background {
         let mut backoff = Duration::from_millis(100);
         loop {
             let listener = async {
-                let mut l = PgListener::connect_with(tier.store.pool()).await?;
+                let mut l = PgListener::connect_with(tier.store.listener_pool()).await?;
                 l.listen(INVALIDATION_CHANNEL).await?;
                 Ok::<_, sqlx::Error>(l)
             };
@@ -933,6 +933,7 @@ pub mod background {
                     }
                     Ok(None) | Err(_) => {
                         tracing::warn!("invalidation listener lost its PostgreSQL connection");
+                        tier.store.connection_lost();
                         tier.metrics.listener_connected(false);
                         tier.listening
                             .store(false, std::sync::atomic::Ordering::Relaxed);
