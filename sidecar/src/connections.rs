@@ -101,14 +101,17 @@ impl Connections {
     /// The most recently finished connection, if it was kept for less than [`KEEP_FOR`]; one
     /// kept longer goes back to sqlx with every one below it (they are older still).
     fn take_kept(&self) -> Option<PoolConnection<Postgres>> {
-        let mut kept = self.inner.kept.lock().expect("kept connections poisoned");
-        let recent = kept.pop()?;
+        let recent = self
+            .inner
+            .kept
+            .lock()
+            .expect("kept connections poisoned")
+            .pop()?;
         if recent.since.elapsed() < KEEP_FOR {
             return Some(recent.conn);
         }
-        let stale: Vec<Kept> = kept.drain(..).collect();
-        drop(kept);
-        drop((recent, stale));
+        drop(recent);
+        self.release_all();
         None
     }
 
