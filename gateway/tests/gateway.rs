@@ -210,6 +210,32 @@ async fn stopping_a_unit_under_writes_fails_no_post_and_loses_no_item() {
     );
 }
 
+/// The unit closes a kept-alive connection once it has idled a while (a sidecar does after
+/// its header read timeout). A POST that comes later must not be written into that closed
+/// connection: it could not be replayed, and with one unit the shopper would get a 502.
+/// Every POST is answered, and the unit got each exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posts_after_the_unit_closed_its_idle_connections_are_each_delivered_once() {
+    let unit = FakeUnit::closing_idle_after("web-0", Duration::from_millis(100)).await;
+    let gw = GatewayProc::start(&[unit.flag()], &[]).await;
+    gw.wait_up(1).await;
+    let client = reqwest::Client::new();
+    const POSTS: usize = 8;
+    for i in 0..POSTS {
+        let r = client
+            .post(gw.url("/cart/add"))
+            .body(format!("item-{i}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "post {i}: {}", r.text().await.unwrap());
+        // Long enough for the unit to close the gateway's idle connection.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(unit.count("POST"), POSTS);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_follow_rise_and_fall_thresholds() {
     let fake = FakeUnit::start("web-0").await;

@@ -1081,6 +1081,16 @@ pub struct FakeUnit {
 
 impl FakeUnit {
     pub async fn start(name: &str) -> FakeUnit {
+        FakeUnit::start_with(name, None).await
+    }
+
+    /// A unit that closes a kept-alive connection when no new request arrives within
+    /// `idle` (as a sidecar does after its header read timeout).
+    pub async fn closing_idle_after(name: &str, idle: Duration) -> FakeUnit {
+        FakeUnit::start_with(name, Some(idle)).await
+    }
+
+    async fn start_with(name: &str, idle_close: Option<Duration>) -> FakeUnit {
         use http_body_util::BodyExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1163,8 +1173,14 @@ impl FakeUnit {
                         }
                     },
                 );
+                let mut builder = hyper::server::conn::http1::Builder::new();
+                if let Some(idle) = idle_close {
+                    builder
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(idle);
+                }
                 tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    let _ = builder
                         .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                         .await;
                 });
