@@ -43,8 +43,6 @@ pub async fn check_loop(unit: Arc<Unit>, cfg: Arc<CheckConfig>) {
             Err(_) => Err(format!("no answer within {:?}", cfg.timeout)),
         };
         unit.record_check(result, started.elapsed(), cfg.rise, cfg.fall);
-        // Idle connections have no task watching them: here the ones the unit closed go.
-        unit.pool.sweep();
         let factor = 1.0 + cfg.jitter * (rand::rng().random::<f64>() * 2.0 - 1.0);
         let pause = cfg.interval.mul_f64(factor.max(0.0));
         tokio::select! {
@@ -58,8 +56,7 @@ async fn probe(unit: &Unit, cfg: &CheckConfig) -> Result<CheckOk, String> {
     // A fresh connection each time: the check proves the unit accepts connections now.
     let mut sender = pool::connect(&unit.spec.address, cfg.timeout)
         .await
-        .map_err(|e| e.to_string())?
-        .detach();
+        .map_err(|e| e.to_string())?;
     let req = http::Request::get(&cfg.path)
         .header(http::header::HOST, "stickyfarm-gateway")
         .header(http::header::USER_AGENT, "stickyfarm-gateway health check")

@@ -6,19 +6,8 @@
 //! connect error, so a POST could only be retried by buffering its body. Here a connect error
 //! or a connection found closed before sending hands the request back untouched
 //! (`try_send_request`), and the body keeps streaming.
-//!
-//! An HTTP/1.1 connection has no task of its own: whoever holds it drives it ([`Http1`]). The
-//! request's task polls it while it waits for the answer's head and while the answer's body
-//! streams (`proxy::respond`), and the pool polls it when it is handed out and on each sweep,
-//! so a connection the unit closed while it was idle is seen closed and never used. A spawned
-//! task per connection, hyper's usual arrangement, costs every request two more task wake-ups
-//! (one each way) on the gateway's one worker. An HTTP/2 connection is shared by many
-//! requests and keeps its own task; so does a connection after a `101` (a tunnel).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,77 +21,10 @@ use tokio::net::TcpStream;
 /// The body type sent to units.
 pub type UpstreamBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// hyper's state of one HTTP/1.1 connection: reads and writes the socket when polled. (Its
-/// type, with upgrades, cannot be named outside hyper.)
-type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send + Sync>>;
-
-/// An HTTP/1.1 connection to a unit, driven by whoever holds it.
-pub struct Http1 {
-    sender: http1::SendRequest<UpstreamBody>,
-    /// `None` once the connection has ended (closed by either side, or failed).
-    driver: Option<Driver>,
-}
-
-impl Http1 {
-    /// Moves the connection on as far as it can go now (reads an answer, writes a request),
-    /// asking to be woken through `cx` when it can go further.
-    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
-        drive(&mut self.driver, cx);
-    }
-
-    /// Whether a request can go into this connection now. Drives it once first, so that a
-    /// close that has arrived while nobody polled it (the unit's keep-alive ran out) is seen.
-    fn is_usable(&mut self) -> bool {
-        self.poll_drive(&mut Context::from_waker(Waker::noop()));
-        self.driver.is_some() && self.sender.is_ready()
-    }
-
-    /// Sends `request` and waits for the answer's head, driving the connection meanwhile.
-    async fn try_send_request(
-        &mut self,
-        request: http::Request<UpstreamBody>,
-    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<UpstreamBody>>> {
-        // hyper queues the request here; the driver writes it and reads the answer. Should
-        // the connection end first, hyper hands a request it never wrote back.
-        let mut answer = std::pin::pin!(self.sender.try_send_request(request));
-        let driver = &mut self.driver;
-        std::future::poll_fn(|cx| {
-            drive(driver, cx);
-            answer.as_mut().poll(cx)
-        })
-        .await
-    }
-
-    /// Hands the connection to a task of its own, for a holder that will not drive it: the
-    /// unit's end of a tunnel after a `101`, a health check. The sender stays usable.
-    pub fn detach(mut self) -> http1::SendRequest<UpstreamBody> {
-        if let Some(driver) = self.driver.take() {
-            tokio::spawn(async move { ended(driver.await) });
-        }
-        self.sender
-    }
-}
-
-/// Polls a connection's driver once; forgets it when the connection has ended.
-fn drive(driver: &mut Option<Driver>, cx: &mut Context<'_>) {
-    if let Some(d) = driver.as_mut()
-        && let Poll::Ready(result) = d.as_mut().poll(cx)
-    {
-        ended(result);
-        *driver = None;
-    }
-}
-
-fn ended(result: hyper::Result<()>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "unit connection ended with an error");
-    }
-}
-
 /// A connection's sender.
 pub enum Sender {
     /// An HTTP/1.1 connection: one request at a time, back to the pool after each.
-    Http1(Http1),
+    Http1(http1::SendRequest<UpstreamBody>),
     /// A handle on the unit's HTTP/2 connection: requests share it.
     Http2(http2::SendRequest<UpstreamBody>),
 }
@@ -115,23 +37,8 @@ impl Sender {
         request: http::Request<UpstreamBody>,
     ) -> Result<http::Response<Incoming>, TrySendError<http::Request<UpstreamBody>>> {
         match self {
-            Sender::Http1(c) => c.try_send_request(request).await,
+            Sender::Http1(s) => s.try_send_request(request).await,
             Sender::Http2(s) => s.try_send_request(request).await,
-        }
-    }
-
-    /// Drives an HTTP/1.1 connection while its answer's body streams (an HTTP/2 connection
-    /// drives itself).
-    pub fn poll_drive(&mut self, cx: &mut Context<'_>) {
-        if let Sender::Http1(c) = self {
-            c.poll_drive(cx);
-        }
-    }
-
-    /// Gives an HTTP/1.1 connection a task of its own, for the tunnel a `101` opened.
-    pub fn detach(self) {
-        if let Sender::Http1(c) = self {
-            c.detach();
         }
     }
 }
@@ -156,7 +63,7 @@ pub enum ConnectError {
 
 /// Idle connections to one unit.
 pub struct Pool {
-    idle: Mutex<Vec<(Http1, Instant)>>,
+    idle: Mutex<Vec<(http1::SendRequest<UpstreamBody>, Instant)>>,
     max_idle: usize,
     http2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
@@ -179,13 +86,12 @@ impl Pool {
         }
     }
 
-    /// An idle connection that is ready for a request, if any; the closed and the expired
-    /// ones met on the way are dropped.
-    fn take_idle(&self) -> Option<Http1> {
+    /// An idle connection that is ready for a request, if any.
+    pub fn take_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
         let mut idle = self.idle.lock().expect("pool poisoned");
-        while let Some((mut c, since)) = idle.pop() {
-            if since.elapsed() < MAX_IDLE && c.is_usable() {
-                return Some(c);
+        while let Some((s, since)) = idle.pop() {
+            if s.is_ready() && since.elapsed() < MAX_IDLE {
+                return Some(s);
             }
         }
         None
@@ -194,31 +100,16 @@ impl Pool {
     /// Returns a connection whose response has been read completely (an HTTP/2 handle is
     /// simply dropped: the connection stays shared).
     pub fn put_back(&self, sender: Sender) {
-        let Sender::Http1(c) = sender else {
+        let Sender::Http1(sender) = sender else {
             return;
         };
-        if c.driver.is_none() || c.sender.is_closed() {
+        if sender.is_closed() {
             return;
         }
         let mut idle = self.idle.lock().expect("pool poisoned");
         if idle.len() < self.max_idle {
-            idle.push((c, Instant::now()));
+            idle.push((sender, Instant::now()));
         }
-    }
-
-    /// Drops the idle connections the unit has closed, or that idled too long. Nobody polls
-    /// an idle connection, so without this a closed one would keep its socket until it was
-    /// next handed out; the health checks call it once per check.
-    pub fn sweep(&self) {
-        self.idle
-            .lock()
-            .expect("pool poisoned")
-            .retain_mut(|(c, since)| since.elapsed() < MAX_IDLE && c.is_usable());
-    }
-
-    /// How many idle connections the pool holds.
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().expect("pool poisoned").len()
     }
 
     /// Drops every idle connection (the unit went out of service).
@@ -299,28 +190,38 @@ async fn connect_http2(
         .timer(hyper_util::rt::TokioTimer::new())
         .handshake(TokioIo::new(stream))
         .await?;
-    tokio::spawn(async move { ended(conn.await) });
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "unit HTTP/2 connection ended with an error");
+        }
+    });
     Ok(sender)
 }
 
 /// Opens one HTTP/1.1 connection.
-pub async fn connect(address: &str, timeout: Duration) -> Result<Http1, ConnectError> {
+pub async fn connect(
+    address: &str,
+    timeout: Duration,
+) -> Result<http1::SendRequest<UpstreamBody>, ConnectError> {
     let stream = open(address, timeout).await?;
     let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
     // With upgrades: after a `101` the connection becomes the unit's end of a tunnel.
-    Ok(Http1 {
-        sender,
-        driver: Some(Box::pin(conn.with_upgrades())),
-    })
+    let conn = conn.with_upgrades();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "unit connection ended with an error");
+        }
+    });
+    Ok(sender)
 }
 
 #[cfg(test)]
 mod tests {
     //! Against a unit played by a plain blocking HTTP/1.1 server on loopback, on threads of
-    //! its own, so that the runtime's task count is the client's alone.
+    //! its own, so that it closes connections exactly when a test says.
 
     use super::*;
-    use hyper::body::Body as _;
+    use http_body_util::BodyExt as _;
     use std::io::{Read as _, Write as _};
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -421,25 +322,13 @@ mod tests {
             .unwrap()
     }
 
-    /// One request over `sender`, its body read while the reader drives the connection (as
-    /// the gateway's answer body does); the connection goes back to `pool`.
+    /// One request over `sender`, its body read; the connection goes back to `pool`.
     async fn exchange(pool: &Pool, mut sender: Sender) -> String {
         let answer = sender.try_send_request(get()).await.expect("answered");
         assert_eq!(answer.status(), 200);
-        let mut body = answer.into_body();
-        let mut read = Vec::new();
-        while let Some(frame) = std::future::poll_fn(|cx| {
-            sender.poll_drive(cx);
-            Pin::new(&mut body).poll_frame(cx)
-        })
-        .await
-        {
-            if let Ok(data) = frame.expect("body").into_data() {
-                read.extend_from_slice(&data);
-            }
-        }
+        let body = answer.into_body().collect().await.expect("body");
         pool.put_back(sender);
-        String::from_utf8(read).unwrap()
+        String::from_utf8(body.to_bytes().to_vec()).unwrap()
     }
 
     async fn checkout(pool: &Pool, unit: &FakeUnit) -> Checkout {
@@ -448,32 +337,16 @@ mod tests {
             .expect("connected")
     }
 
-    fn alive_tasks() -> usize {
-        tokio::runtime::Handle::current()
-            .metrics()
-            .num_alive_tasks()
-    }
-
     #[tokio::test]
-    async fn a_connection_is_driven_by_its_holder_and_reused() {
+    async fn a_connection_whose_answer_was_read_is_reused() {
         let unit = FakeUnit::start(Unit::KeepsAlive);
         let pool = Pool::new(4);
-        let tasks = alive_tasks();
         for round in 0..3 {
             let c = checkout(&pool, &unit).await;
             assert_eq!(c.reused, round > 0, "round {round}");
             assert_eq!(exchange(&pool, c.sender).await, "ok");
-            assert_eq!(
-                alive_tasks(),
-                tasks,
-                "no task of its own for the connection"
-            );
         }
         assert_eq!(unit.accepted(), 1);
-        assert_eq!(pool.idle_count(), 1);
-        // A connection the unit keeps open survives a sweep.
-        pool.sweep();
-        assert_eq!(pool.idle_count(), 1);
     }
 
     #[tokio::test]
@@ -482,26 +355,12 @@ mod tests {
         let pool = Pool::new(4);
         let c = checkout(&pool, &unit).await;
         assert_eq!(exchange(&pool, c.sender).await, "ok");
-        assert_eq!(pool.idle_count(), 1, "idle and open when put back");
-        // The unit closes it while nobody polls it; the close arrives.
+        // The unit closes it while it idles in the pool; the close arrives.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let c = checkout(&pool, &unit).await;
         assert!(!c.reused, "the closed connection was handed out");
         assert_eq!(exchange(&pool, c.sender).await, "ok");
         assert_eq!(unit.accepted(), 2);
-    }
-
-    #[tokio::test]
-    async fn a_sweep_drops_the_idle_connections_the_unit_closed() {
-        let unit = FakeUnit::start(Unit::ClosesIdleAfter(Duration::from_millis(30)));
-        let pool = Pool::new(4);
-        let (a, b) = (checkout(&pool, &unit).await, checkout(&pool, &unit).await);
-        exchange(&pool, a.sender).await;
-        exchange(&pool, b.sender).await;
-        assert_eq!(pool.idle_count(), 2);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        pool.sweep();
-        assert_eq!(pool.idle_count(), 0);
     }
 
     #[tokio::test]

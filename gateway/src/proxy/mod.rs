@@ -612,9 +612,6 @@ impl Proxy {
                     notes.served(&unit, took, attempts, !tried.is_empty());
                     tracing::debug!(unit = %unit.name(), status = response.status().as_u16(), ?took, "the unit answered");
                     if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
-                        // The tunnel outlives this request: its connection needs a driver
-                        // of its own.
-                        sender.detach();
                         return self.switch_protocols(
                             route,
                             response,

@@ -154,10 +154,6 @@ impl Body for Tracked {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        // The connection fills the body as it is driven: the body's own task drives it.
-        if let Some(sender) = self.sender.as_mut() {
-            sender.poll_drive(cx);
-        }
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
             self.finish(true);
