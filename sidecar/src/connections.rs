@@ -18,17 +18,30 @@
 //!   where the pool's idle timeout and the ping before reuse apply as before.
 //!
 //! The list and sqlx's pool share one limit: a statement first takes one of `max_connections`
-//! permits (in arrival order), then a kept connection or a new one from sqlx, which then always
-//! has room. Without the permits a statement waiting inside sqlx's `acquire` would not see a
+//! permits (in arrival order), then a kept connection or one from sqlx, which then always has
+//! room. Without the permits a statement waiting inside sqlx's `acquire` would not see a
 //! connection finished into the list, and would time out beside idle connections.
+//!
+//! **One fetch from sqlx at a time.** A statement that finds no kept connection fetches one
+//! from sqlx only when no other statement is fetching; otherwise it waits for whichever comes
+//! first: a connection another statement finished, or the end of that fetch (then it may
+//! fetch in turn). A fetch may have to open a connection: a new PostgreSQL backend and a
+//! SCRAM exchange, whose 4,096 rounds of HMAC cost the unit's CPU milliseconds. A statement
+//! takes a fraction of one. So when a unit dies and its sessions arrive at a backup all at
+//! once, they go through the connections the backup has, and the pool grows by one connection
+//! at a time while they wait, rather than by one per statement (the failover scenario saw a
+//! dozen opened within 60 ms of a kill, on both CPUs the failed-over requests needed;
+//! `bench/results/2026-12-06-one-fetch.md`). A sustained load still grows the pool to
+//! `max_connections`, one connection after another. HikariCP opens connections the same way.
 
 use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// How long a finished connection is kept for the next statement before it goes back to sqlx
 /// (which pings it before its next use: it may have died meanwhile).
@@ -46,6 +59,11 @@ struct Inner {
     acquire_timeout: Duration,
     /// Finished connections, the most recently finished last.
     kept: Mutex<Vec<Kept>>,
+    /// Whether a statement is fetching a connection from sqlx.
+    fetching: AtomicBool,
+    /// Wakes a statement waiting for a connection: one was finished or went back to sqlx, or
+    /// a fetch ended.
+    available: Notify,
 }
 
 struct Kept {
@@ -63,6 +81,8 @@ impl Connections {
             permits: Arc::new(Semaphore::new(max_connections as usize)),
             acquire_timeout,
             kept: Mutex::new(Vec::new()),
+            fetching: AtomicBool::new(false),
+            available: Notify::new(),
         });
         tokio::spawn(sweep(Arc::downgrade(&inner)));
         Connections { inner }
@@ -73,8 +93,9 @@ impl Connections {
         &self.inner.pool
     }
 
-    /// A connection for one statement or transaction: a kept one, or one from sqlx. Fails with
-    /// `PoolTimedOut` (as sqlx's own acquire does) when none could be had in time.
+    /// A connection for one statement or transaction: a kept one, or one from sqlx (one
+    /// statement fetching at a time, the module says why). Fails with `PoolTimedOut` (as sqlx's
+    /// own acquire does) when none could be had in time.
     pub async fn acquire(&self) -> Result<Connection, sqlx::Error> {
         let inner = &self.inner;
         tokio::time::timeout(inner.acquire_timeout, async {
@@ -84,9 +105,18 @@ impl Connections {
                 .acquire_owned()
                 .await
                 .map_err(|_| sqlx::Error::PoolClosed)?;
-            let conn = match self.take_kept() {
-                Some(conn) => conn,
-                None => inner.pool.acquire().await?,
+            let conn = loop {
+                // Registered before looking, so a connection finished in between wakes it.
+                let available = inner.available.notified();
+                tokio::pin!(available);
+                available.as_mut().enable();
+                if let Some(conn) = self.take_kept() {
+                    break conn;
+                }
+                if let Some(_fetch) = Fetch::start(inner) {
+                    break inner.pool.acquire().await?;
+                }
+                available.await;
             };
             Ok(Connection {
                 conn: Some(conn),
@@ -160,6 +190,23 @@ impl Inner {
     }
 }
 
+/// The one fetch from sqlx in progress; its end (or its cancellation) lets a waiting
+/// statement look again.
+struct Fetch<'a>(&'a Inner);
+
+impl<'a> Fetch<'a> {
+    fn start(inner: &'a Inner) -> Option<Fetch<'a>> {
+        (!inner.fetching.swap(true, Ordering::AcqRel)).then_some(Fetch(inner))
+    }
+}
+
+impl Drop for Fetch<'_> {
+    fn drop(&mut self) {
+        self.0.fetching.store(false, Ordering::Release);
+        self.0.available.notify_one();
+    }
+}
+
 async fn sweep(inner: Weak<Inner>) {
     let mut every = tokio::time::interval(KEEP_FOR);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,6 +247,16 @@ impl Connection {
             self.finished();
         }
         result
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // Kept by `finished`, or back to sqlx now: either way a waiting statement can have it.
+        drop(self.conn.take());
+        if let Some(home) = self.home.upgrade() {
+            home.available.notify_one();
+        }
     }
 }
 

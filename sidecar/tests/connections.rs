@@ -205,3 +205,63 @@ async fn connections_kept_too_long_go_back_to_sqlx_and_the_pool_closes() {
         .await
         .expect("the pool closed");
 }
+
+/// A dozen statements at once on a unit holding one connection (sessions arriving at a backup
+/// when a unit dies): they go through the open connection while at most a few more open,
+/// instead of one new connection, backend and SCRAM exchange per statement.
+#[tokio::test]
+async fn a_burst_goes_through_the_open_connections_while_the_pool_grows_one_at_a_time() {
+    let db = TestDb::new().await;
+    let connections = connections(&db, 16, Duration::from_secs(10));
+    connections.run(async |c| backend(c).await).await.unwrap();
+    assert_eq!(connections.pool().size(), 1);
+
+    let burst = (0..12).map(|_| {
+        let connections = connections.clone();
+        async move { connections.run(async |c| backend(c).await).await }
+    });
+    let backends: std::collections::BTreeSet<i32> = futures::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|r| r.expect("every statement of the burst ran"))
+        .collect();
+    let opened = connections.pool().size();
+    assert!(
+        opened <= 4,
+        "{opened} connections for a burst of 12 short statements (one per statement before)"
+    );
+    assert!(backends.len() as u32 <= opened);
+}
+
+/// The statement fetching from sqlx is cancelled while it waits (its request went away): the
+/// next statement fetches in its place rather than waiting for a fetch that will never end.
+#[tokio::test]
+async fn a_cancelled_fetch_lets_the_next_statement_fetch() {
+    let db = TestDb::new().await;
+    // sqlx may open one connection; the unit allows two statements at once.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .test_before_acquire(false)
+        .connect_lazy_with(PgConnectOptions::from_str(&db.url).unwrap());
+    let connections = Connections::new(pool, 2, Duration::from_secs(10));
+    let held = connections.acquire().await.unwrap();
+
+    // Fetches, and waits inside sqlx for the one connection, until it is cancelled.
+    let cancelled = tokio::time::timeout(Duration::from_millis(200), connections.acquire()).await;
+    assert!(
+        cancelled.is_err(),
+        "no connection while the only one is held"
+    );
+
+    // The held connection goes back to sqlx (not kept): only a fetch can get it now.
+    drop(held);
+    let n: i32 = tokio::time::timeout(
+        Duration::from_secs(5),
+        connections.run(async |c| sqlx::query_scalar("SELECT 7").fetch_one(c).await),
+    )
+    .await
+    .expect("the next statement fetched: the cancelled fetch did not block it")
+    .unwrap();
+    assert_eq!(n, 7);
+}
