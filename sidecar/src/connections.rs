@@ -196,7 +196,8 @@ struct Fetch<'a>(&'a Inner);
 
 impl<'a> Fetch<'a> {
     fn start(inner: &'a Inner) -> Option<Fetch<'a>> {
-        (!inner.fetching.swap(true, Ordering::AcqRel)).then_some(Fetch(inner))
+        // `then`, not `then_some`: a `Fetch` made and dropped here would end the real one.
+        (!inner.fetching.swap(true, Ordering::AcqRel)).then(|| Fetch(inner))
     }
 }
 
