@@ -217,103 +217,12 @@ pub async fn connect(
 
 #[cfg(test)]
 mod tests {
-    //! Against a unit played by a plain blocking HTTP/1.1 server on loopback, on threads of
-    //! its own, so that it closes connections exactly when a test says.
+    //! Against `testkit`'s fake unit on loopback (a hyper server that can close idle
+    //! connections after a header read timeout, as a sidecar does).
 
     use super::*;
     use http_body_util::BodyExt as _;
-    use std::io::{Read as _, Write as _};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-
-    /// What the unit does with a connection.
-    #[derive(Clone, Copy)]
-    enum Unit {
-        /// Answers every request and keeps the connection.
-        KeepsAlive,
-        /// Answers, then closes the connection this long after (its keep-alive ran out).
-        ClosesIdleAfter(Duration),
-        /// Closes every connection as soon as it accepts it.
-        ClosesAtOnce,
-    }
-
-    struct FakeUnit {
-        address: String,
-        accepted: Arc<AtomicUsize>,
-        stop: Arc<AtomicBool>,
-        thread: Option<std::thread::JoinHandle<()>>,
-    }
-
-    impl FakeUnit {
-        fn start(behaviour: Unit) -> FakeUnit {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let address = listener.local_addr().unwrap().to_string();
-            let accepted = Arc::new(AtomicUsize::new(0));
-            let stop = Arc::new(AtomicBool::new(false));
-            let (count, stopping) = (accepted.clone(), stop.clone());
-            let thread = std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stopping.load(Ordering::SeqCst) {
-                        return;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    count.fetch_add(1, Ordering::SeqCst);
-                    std::thread::spawn(move || serve(stream, behaviour));
-                }
-            });
-            FakeUnit {
-                address,
-                accepted,
-                stop,
-                thread: Some(thread),
-            }
-        }
-
-        fn accepted(&self) -> usize {
-            self.accepted.load(Ordering::SeqCst)
-        }
-    }
-
-    impl Drop for FakeUnit {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            // Wakes the accept loop so it sees the stop.
-            let _ = std::net::TcpStream::connect(&self.address);
-            if let Some(t) = self.thread.take() {
-                t.join().unwrap();
-            }
-        }
-    }
-
-    fn serve(mut stream: std::net::TcpStream, behaviour: Unit) {
-        if let Unit::ClosesAtOnce = behaviour {
-            return;
-        }
-        stream
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        loop {
-            let n = match stream.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            head.extend_from_slice(&buf[..n]);
-            if !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                continue;
-            }
-            head.clear();
-            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-            if stream.write_all(answer).is_err() {
-                return;
-            }
-            if let Unit::ClosesIdleAfter(after) = behaviour {
-                std::thread::sleep(after);
-                return;
-            }
-        }
-    }
+    use stickyfarm_testkit::FakeUnit;
 
     fn get() -> http::Request<UpstreamBody> {
         http::Request::get("/cart")
@@ -322,52 +231,56 @@ mod tests {
             .unwrap()
     }
 
-    /// One request over `sender`, its body read; the connection goes back to `pool`.
-    async fn exchange(pool: &Pool, mut sender: Sender) -> String {
+    /// One request over `sender`, its body read; the connection goes back to `pool`. The
+    /// fake unit echoes the path it got.
+    async fn exchange(pool: &Pool, mut sender: Sender) {
         let answer = sender.try_send_request(get()).await.expect("answered");
         assert_eq!(answer.status(), 200);
-        let body = answer.into_body().collect().await.expect("body");
+        let body = answer.into_body().collect().await.expect("body").to_bytes();
+        let echo: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echo["path"], "/cart");
         pool.put_back(sender);
-        String::from_utf8(body.to_bytes().to_vec()).unwrap()
     }
 
     async fn checkout(pool: &Pool, unit: &FakeUnit) -> Checkout {
-        pool.checkout(&unit.address, Duration::from_secs(5), false, false)
+        pool.checkout(&unit.addr.to_string(), Duration::from_secs(5), false, false)
             .await
             .expect("connected")
     }
 
     #[tokio::test]
     async fn a_connection_whose_answer_was_read_is_reused() {
-        let unit = FakeUnit::start(Unit::KeepsAlive);
+        let unit = FakeUnit::start("web-0").await;
         let pool = Pool::new(4);
         for round in 0..3 {
             let c = checkout(&pool, &unit).await;
             assert_eq!(c.reused, round > 0, "round {round}");
-            assert_eq!(exchange(&pool, c.sender).await, "ok");
+            exchange(&pool, c.sender).await;
         }
-        assert_eq!(unit.accepted(), 1);
+        assert_eq!(unit.connections_accepted(), 1);
+        assert_eq!(unit.count("GET"), 3);
     }
 
     #[tokio::test]
     async fn an_idle_connection_the_unit_closed_is_never_handed_out() {
-        let unit = FakeUnit::start(Unit::ClosesIdleAfter(Duration::from_millis(30)));
+        let unit = FakeUnit::closing_idle_after("web-0", Duration::from_millis(30)).await;
         let pool = Pool::new(4);
         let c = checkout(&pool, &unit).await;
-        assert_eq!(exchange(&pool, c.sender).await, "ok");
+        exchange(&pool, c.sender).await;
         // The unit closes it while it idles in the pool; the close arrives.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let c = checkout(&pool, &unit).await;
         assert!(!c.reused, "the closed connection was handed out");
-        assert_eq!(exchange(&pool, c.sender).await, "ok");
-        assert_eq!(unit.accepted(), 2);
+        exchange(&pool, c.sender).await;
+        assert_eq!(unit.connections_accepted(), 2);
     }
 
     #[tokio::test]
     async fn a_request_into_a_connection_found_closed_comes_back_unsent() {
-        let unit = FakeUnit::start(Unit::ClosesAtOnce);
+        // Closes every connection before any request head arrives.
+        let unit = FakeUnit::closing_idle_after("web-0", Duration::ZERO).await;
         let mut sender = Sender::Http1(
-            connect(&unit.address, Duration::from_secs(5))
+            connect(&unit.addr.to_string(), Duration::from_secs(5))
                 .await
                 .unwrap(),
         );
@@ -380,5 +293,6 @@ mod tests {
             .take_message()
             .expect("the request comes back: it was never written");
         assert_eq!(request.uri(), "/cart");
+        assert_eq!(unit.count("GET"), 0);
     }
 }

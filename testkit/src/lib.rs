@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::pem::PemObject as _;
@@ -1076,6 +1076,7 @@ pub struct FakeUnit {
     pub healthy: Arc<AtomicBool>,
     pub instance: Arc<std::sync::Mutex<String>>,
     counts: Arc<std::sync::Mutex<BTreeMap<String, usize>>>,
+    accepted: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -1097,17 +1098,20 @@ impl FakeUnit {
         let healthy = Arc::new(AtomicBool::new(true));
         let instance = Arc::new(std::sync::Mutex::new(uuid::Uuid::new_v4().to_string()));
         let counts = Arc::new(std::sync::Mutex::new(BTreeMap::new()));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let (h, i, c, n) = (
             healthy.clone(),
             instance.clone(),
             counts.clone(),
             name.to_owned(),
         );
+        let connections = accepted.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
+                connections.fetch_add(1, Ordering::SeqCst);
                 let (h, i, c, n) = (h.clone(), i.clone(), c.clone(), n.clone());
                 let service = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
@@ -1192,8 +1196,14 @@ impl FakeUnit {
             healthy,
             instance,
             counts,
+            accepted,
             task,
         }
+    }
+
+    /// Connections it has accepted (health checks' included).
+    pub fn connections_accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Requests seen with this method (health checks excluded).
