@@ -46,6 +46,10 @@ pub struct RunArgs {
     /// capacity); default all.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
+    /// Keep the run's scratch folder (every process's log, the failover runs' answers and kill
+    /// times) instead of removing it at the end; its path is printed.
+    #[arg(long)]
+    pub keep_logs: bool,
 }
 
 /// A backend's name and address, as the proxies are given it.

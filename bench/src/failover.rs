@@ -150,7 +150,20 @@ async fn one_run(
     let kill_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
+    let killing = Instant::now();
     units[killed].kill();
+    let reaped = killing.elapsed();
+    // Beside the shoppers' answers, so a run's log folder can be analysed on its own: when the
+    // unit was killed, which, and how long its two processes took to end.
+    std::fs::write(
+        logs.join("kill_ms"),
+        format!(
+            "{kill_ms} {} {}\n",
+            units[killed].name,
+            humantime::format_duration(reaped)
+        ),
+    )
+    .context("writing the kill time")?;
     // The shoppers stop on their own after `total`.
     load.wait_exit(total + Duration::from_secs(30))?;
     let after = BackupCounters::of(&units, killed).await?;

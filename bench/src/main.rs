@@ -134,6 +134,7 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
         bail!("the DejaVu fonts are missing: install the Debian package fonts-dejavu-core");
     }
     let only = args.only.clone();
+    let keep_logs = args.keep_logs;
     let wants = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
     let scratch = std::env::temp_dir().join(format!("stickyfarm-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
@@ -211,6 +212,10 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
         report::update_readme(&readme, &table, &path.display().to_string())?;
         eprintln!("README table updated: {}", readme.display());
     }
-    let _ = std::fs::remove_dir_all(&scratch);
+    if keep_logs {
+        eprintln!("logs kept: {}", scratch.display());
+    } else {
+        let _ = std::fs::remove_dir_all(&scratch);
+    }
     Ok(())
 }
