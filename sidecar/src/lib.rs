@@ -252,9 +252,7 @@ impl Sidecar {
             },
         );
         if let Some(path) = &config.api_socket {
-            // A socket left by a previous run would make bind fail.
-            let _ = std::fs::remove_file(path);
-            let uds = tokio::net::UnixListener::bind(path).map_err(|source| StartError::Bind {
+            let uds = bind_api_socket(path).map_err(|source| StartError::Bind {
                 addr: path.display().to_string(),
                 source,
             })?;
@@ -406,4 +404,39 @@ fn serve(
         stop.clone(),
         grace,
     ));
+}
+
+/// Binds the session API's Unix socket at `path`, usable by every user who can reach it (mode
+/// 0666).
+///
+/// The app often runs as another user than the sidecar: each container runs as its image's
+/// user unless the pod says otherwise. Connecting to a Unix socket takes write permission on
+/// it, which the usual umask (0022) leaves to the sidecar's user alone, so the app's session
+/// calls would fail with "permission denied". 0666 grants no more than the API's loopback
+/// port already grants every process of the pod; the socket's folder (the pod's shared volume)
+/// decides who reaches it. It is bound under a temporary name and renamed into place once its
+/// mode is set, so an app never finds it there and unusable; the rename also replaces a
+/// socket a previous run left.
+fn bind_api_socket(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the socket path must end in a file name",
+        )
+    })?;
+    let mut temporary = std::ffi::OsString::from(".");
+    temporary.push(name);
+    temporary.push(format!(".{}", std::process::id()));
+    let temporary = path.with_file_name(temporary);
+    let _ = std::fs::remove_file(&temporary);
+    let bound = tokio::net::UnixListener::bind(&temporary).and_then(|listener| {
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o666))?;
+        std::fs::rename(&temporary, path)?;
+        Ok(listener)
+    });
+    if bound.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    bound
 }

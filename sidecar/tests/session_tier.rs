@@ -1239,6 +1239,75 @@ async fn session_api_over_a_unix_socket_and_delete() {
     assert_eq!(r.status(), 404);
 }
 
+/// The app usually runs as another user than the sidecar (each container as its image's user).
+/// Connecting to a Unix socket takes write permission on it: with the sidecar's umask alone the
+/// app's session calls were refused ("permission denied") while the loopback port took them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_api_socket_serves_an_app_running_as_another_user() {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::os::unix::process::CommandExt as _;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The pod's shared volume: every container may enter it.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("api.sock");
+    // A socket left by an earlier run is replaced.
+    std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let a = Unit::start(
+        "web-0",
+        &db.url,
+        &["--api-socket", socket.to_str().unwrap()],
+    )
+    .await;
+    let mut browser = Browser::new();
+    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o666,
+        "connectable by every user"
+    );
+    assert!(
+        !std::fs::read_dir(dir.path())
+            .unwrap()
+            .any(|e| e.unwrap().file_name() != "api.sock"),
+        "no temporary socket left beside it"
+    );
+
+    if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+        eprintln!("not root: the call as another user (uid 65534) is left out");
+        return;
+    }
+    let path = socket.clone();
+    let url = format!("http://unit/v1/sessions/{sid}/tables/cart");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--unix-socket",
+            ])
+            .arg(&path)
+            .arg(&url)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("curl runs (scripts/test installs it)")
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "the cart read as uid 65534; curl said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_shuts_down_cleanly() {
     let db = TestDb::new().await;
