@@ -1187,21 +1187,30 @@ async fn a_burst_through_a_small_cache_with_a_disk_tier_loses_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_api_over_a_unix_socket_and_delete() {
-    use http_body_util::{BodyExt, Empty};
-    let db = TestDb::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("api.sock");
-    let a = Unit::start(
+/// A unit serving its session API on `socket` too, and the id of a session whose cart it
+/// holds (`["apple"]`).
+async fn unit_with_a_cart_on_a_socket(db: &TestDb, socket: &std::path::Path) -> (Unit, String) {
+    let unit = Unit::start(
         "web-0",
         &db.url,
         &["--api-socket", socket.to_str().unwrap()],
     )
     .await;
     let mut browser = Browser::new();
-    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    browser
+        .post(&unit.sidecar.url("/cart/add?item=apple"))
+        .await;
     let sid = browser.cookie("sf_session").unwrap().to_owned();
+    (unit, sid)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_api_over_a_unix_socket_and_delete() {
+    use http_body_util::{BodyExt, Empty};
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let (a, sid) = unit_with_a_cart_on_a_socket(&db, &socket).await;
 
     let stream = tokio::net::UnixStream::connect(&socket).await.unwrap();
     let (mut send, conn) =
@@ -1253,15 +1262,7 @@ async fn the_session_api_socket_serves_an_app_running_as_another_user() {
     let socket = dir.path().join("api.sock");
     // A socket left by an earlier run is replaced.
     std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let a = Unit::start(
-        "web-0",
-        &db.url,
-        &["--api-socket", socket.to_str().unwrap()],
-    )
-    .await;
-    let mut browser = Browser::new();
-    browser.post(&a.sidecar.url("/cart/add?item=apple")).await;
-    let sid = browser.cookie("sf_session").unwrap().to_owned();
+    let (_unit, sid) = unit_with_a_cart_on_a_socket(&db, &socket).await;
     let meta = std::fs::metadata(&socket).unwrap();
     assert_eq!(
         meta.permissions().mode() & 0o777,
