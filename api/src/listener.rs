@@ -1,10 +1,11 @@
-//! Serving a TCP listener with the limits every Stickyfarm port applies (feature `server`): a
+//! Serving a listener with the limits every Stickyfarm port applies (feature `server`): a
 //! cap on open connections, header size and count (431), a deadline for a request head and for
 //! keep-alive idleness (slowloris), HTTP/2 stream limits (including hyper's defence against
 //! rapid reset), a lingering read of request bodies answered before they were read, and a
-//! graceful stop that finishes in-flight requests within a grace period. A [`Handshake`] turns
-//! each accepted socket into the stream HTTP is spoken on: the socket itself ([`Plain`]) or a
-//! TLS session (the gateway's `tls` module).
+//! graceful stop that finishes in-flight requests within a grace period. A [`Listener`] is a
+//! TCP port or a Unix socket (the sidecar's session API for its app): the limits are the same
+//! on both. A [`Handshake`] turns each accepted socket into the stream HTTP is spoken on: the
+//! socket itself ([`Plain`]) or a TLS session (the gateway's `tls` module).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -18,7 +19,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -177,18 +178,52 @@ where
     }
 }
 
-/// What happens on an accepted socket before HTTP: nothing ([`Plain`]), or a TLS handshake.
-/// It runs on the connection's own task under the head deadline
+/// Where a port's connections come from.
+pub trait Listener: Send + 'static {
+    /// An accepted connection.
+    type Socket: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Who connected, handed to the service and named in the logs.
+    type Peer: std::fmt::Debug + Clone + Send + 'static;
+
+    /// The next connection, set up as every port wants it.
+    fn accept_socket(
+        &self,
+    ) -> impl std::future::Future<Output = std::io::Result<(Self::Socket, Self::Peer)>> + Send;
+}
+
+impl Listener for TcpListener {
+    type Socket = TcpStream;
+    type Peer = SocketAddr;
+
+    async fn accept_socket(&self) -> std::io::Result<(TcpStream, SocketAddr)> {
+        let (socket, remote) = self.accept().await?;
+        // Answers are written whole; Nagle would hold their last segment for the peer's ACK.
+        let _ = socket.set_nodelay(true);
+        Ok((socket, remote))
+    }
+}
+
+impl Listener for UnixListener {
+    type Socket = UnixStream;
+    type Peer = tokio::net::unix::SocketAddr;
+
+    async fn accept_socket(&self) -> std::io::Result<(UnixStream, Self::Peer)> {
+        self.accept().await
+    }
+}
+
+/// What happens on an accepted socket `S` before HTTP: nothing ([`Plain`]), or a TLS
+/// handshake. It runs on the connection's own task under the head deadline
 /// ([`Limits::header_read_timeout`]), so a client that starts a handshake and stalls holds one
 /// connection slot for that long and never the accept loop.
-pub trait Handshake: Send + Sync + 'static {
+pub trait Handshake<S>: Send + Sync + 'static {
     /// The stream HTTP is spoken on.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
     /// Completes the handshake on `socket`.
     fn handshake(
         &self,
-        socket: TcpStream,
+        socket: S,
     ) -> impl std::future::Future<Output = std::io::Result<Self::Stream>> + Send;
 }
 
@@ -196,24 +231,25 @@ pub trait Handshake: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Plain;
 
-impl Handshake for Plain {
-    type Stream = TcpStream;
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Handshake<S> for Plain {
+    type Stream = S;
 
-    async fn handshake(&self, socket: TcpStream) -> std::io::Result<TcpStream> {
+    async fn handshake(&self, socket: S) -> std::io::Result<S> {
         Ok(socket)
     }
 }
 
 /// Serves `listener` in plain HTTP until `stop`, then lets in-flight requests finish for up to
 /// `grace`. `service(remote)` makes the service of one connection.
-pub async fn serve<F, S, B>(
-    listener: TcpListener,
+pub async fn serve<L, F, S, B>(
+    listener: L,
     limits: Limits,
     service: F,
     stop: CancellationToken,
     grace: Duration,
 ) where
-    F: Fn(SocketAddr) -> S,
+    L: Listener,
+    F: Fn(L::Peer) -> S,
     S: Service<hyper::Request<RequestBody>, Response = hyper::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -225,16 +261,17 @@ pub async fn serve<F, S, B>(
 }
 
 /// [`serve`] with a [`Handshake`] before HTTP on every connection.
-pub async fn serve_with<H, F, S, B>(
-    listener: TcpListener,
+pub async fn serve_with<L, H, F, S, B>(
+    listener: L,
     limits: Limits,
     handshake: Arc<H>,
     service: F,
     stop: CancellationToken,
     grace: Duration,
 ) where
-    H: Handshake,
-    F: Fn(SocketAddr) -> S,
+    L: Listener,
+    H: Handshake<L::Socket>,
+    F: Fn(L::Peer) -> S,
     S: Service<hyper::Request<RequestBody>, Response = hyper::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -256,7 +293,7 @@ pub async fn serve_with<H, F, S, B>(
             _ = stop.cancelled() => break,
         };
         let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
+            accepted = listener.accept_socket() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
@@ -267,8 +304,8 @@ pub async fn serve_with<H, F, S, B>(
             },
             _ = stop.cancelled() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let (server, service, handshake) = (server.clone(), service(remote), handshake.clone());
+        let (server, service, handshake) =
+            (server.clone(), service(remote.clone()), handshake.clone());
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let stream =
@@ -277,11 +314,11 @@ pub async fn serve_with<H, F, S, B>(
                 {
                     Ok(Ok(stream)) => stream,
                     Ok(Err(e)) => {
-                        tracing::debug!(error = %e, %remote, "handshake failed");
+                        tracing::debug!(error = %e, ?remote, "handshake failed");
                         return;
                     }
                     Err(_) => {
-                        tracing::debug!(%remote, "handshake not finished in time");
+                        tracing::debug!(?remote, "handshake not finished in time");
                         return;
                     }
                 };
@@ -292,7 +329,7 @@ pub async fn serve_with<H, F, S, B>(
                 .serve_connection_with_upgrades(TokioIo::new(stream), Lingering(service))
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {
-                tracing::debug!(error = %e, %remote, "client connection ended with an error");
+                tracing::debug!(error = %e, ?remote, "client connection ended with an error");
             }
             drop(permit);
         });

@@ -98,3 +98,70 @@ async fn a_client_that_never_stops_sending_is_disconnected() {
     );
     stop.cancel();
 }
+
+/// A Unix socket (the sidecar's session API for its app) is served with the same limits as a
+/// TCP port. With room for one connection, a client that starts a request head and stalls
+/// holds the port only until the head deadline: it is disconnected without an answer, and the
+/// client queued behind it is answered only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unix_socket_has_the_connection_cap_and_the_head_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("api.sock");
+    let stop = CancellationToken::new();
+    tokio::spawn(listener::serve(
+        tokio::net::UnixListener::bind(&path).unwrap(),
+        Limits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_millis(300),
+            ..Limits::default()
+        },
+        |_| {
+            service_fn(|_req: hyper::Request<RequestBody>| async {
+                Ok::<_, Infallible>(Response::new("served\n".to_owned()))
+            })
+        },
+        stop.clone(),
+        Duration::from_secs(1),
+    ));
+
+    let mut stalled = tokio::net::UnixStream::connect(&path).await.unwrap();
+    stalled
+        .write_all(b"GET /cart HTTP/1.1\r\nHost: unit\r\n")
+        .await
+        .unwrap();
+    // Give the port time to accept the stalled client before the second one arrives.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut queued = tokio::net::UnixStream::connect(&path).await.unwrap();
+    queued
+        .write_all(b"GET /cart HTTP/1.1\r\nHost: unit\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+
+    let (stalled_ended, queued_answer) = tokio::time::timeout(Duration::from_secs(10), async {
+        let (mut s, mut q) = (Vec::new(), Vec::new());
+        // Whichever ends first is what the cap and the deadline decide.
+        tokio::select! {
+            r = stalled.read_to_end(&mut s) => {
+                r.unwrap();
+                assert!(q.is_empty());
+                queued.read_to_end(&mut q).await.unwrap();
+                (true, String::from_utf8_lossy(&q).into_owned())
+            }
+            r = queued.read_to_end(&mut q) => {
+                r.unwrap();
+                (false, String::from_utf8_lossy(&q).into_owned())
+            }
+        }
+    })
+    .await
+    .expect("the stalled client is disconnected and the queued one answered");
+    assert!(
+        stalled_ended,
+        "the queued client was answered while the stalled one held the only slot: {queued_answer}"
+    );
+    assert!(
+        queued_answer.starts_with("HTTP/1.1 200") && queued_answer.ends_with("served\n"),
+        "{queued_answer}"
+    );
+    stop.cancel();
+}

@@ -364,7 +364,7 @@ impl TlsHandshake {
     }
 }
 
-impl Handshake for TlsHandshake {
+impl Handshake<TcpStream> for TlsHandshake {
     type Stream = tokio_rustls::server::TlsStream<TcpStream>;
 
     async fn handshake(&self, socket: TcpStream) -> std::io::Result<Self::Stream> {

@@ -256,15 +256,17 @@ impl Sidecar {
                 addr: path.display().to_string(),
                 source,
             })?;
-            let (router, stop) = (api_router.clone(), after_public.clone());
-            tasks.spawn(async move {
-                let r = axum::serve(uds, router)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!(error = %e, "session API (Unix socket) failed");
-                }
-            });
+            // The same limits and graceful stop as the API's TCP port: the app is the only
+            // client, but one that leaks connections or stalls mid-request must not hold the
+            // sidecar's descriptors or its stop.
+            serve(
+                &mut tasks,
+                uds,
+                api_router.clone(),
+                limits,
+                &after_public,
+                grace,
+            );
         }
         serve(&mut tasks, api, api_router, limits, &after_public, grace);
         let admin_router = Router::new()
@@ -391,7 +393,7 @@ fn local(l: &TcpListener, addr: SocketAddr) -> Result<SocketAddr, StartError> {
 /// Serves `router` on `listener` with the port limits until `stop`.
 fn serve(
     tasks: &mut JoinSet<()>,
-    listener: TcpListener,
+    listener: impl listener::Listener,
     router: Router,
     limits: listener::Limits,
     stop: &CancellationToken,
