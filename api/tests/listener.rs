@@ -139,8 +139,11 @@ async fn a_unix_socket_has_the_connection_cap_and_the_head_deadline() {
 
     let (stalled_ended, queued_answer) = tokio::time::timeout(Duration::from_secs(10), async {
         let (mut s, mut q) = (Vec::new(), Vec::new());
-        // Whichever ends first is what the cap and the deadline decide.
+        // Whichever ends first is what the cap and the deadline decide. Once the stalled
+        // client is let go, the queued one may be answered before this task looks again:
+        // `biased` looks at the stalled one first, so that counts as the right order.
         tokio::select! {
+            biased;
             r = stalled.read_to_end(&mut s) => {
                 r.unwrap();
                 assert!(q.is_empty());
