@@ -21,6 +21,8 @@ pub mod logs;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod request_id;
+#[cfg(feature = "server")]
+pub mod runtime;
 pub mod session_api;
 mod snapshot;
 pub mod token;

@@ -17,8 +17,14 @@ const COMPONENT: &str = "sidecar";
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // One worker: the single-threaded scheduler (see `stickyfarm_api::runtime`).
+    stickyfarm_api::runtime::build()
+        .context("starting the async runtime")?
+        .block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     let config = Config::parse();
     // Kept to the end: dropping it sends the last spans when traces are exported.
     let _traces = config
