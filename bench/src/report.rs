@@ -294,6 +294,8 @@ pub fn write(
     );
     let mut readme = String::new();
     let stamp = |p: &str| format!("{date}-{p}.png");
+    // What the README shows under its tables: (alt text, file in `out_dir`), in scenario order.
+    let mut plots: Vec<(&str, String)> = Vec::new();
 
     if let Some(o) = &r.overhead {
         let closed = o.closed.summarize(Some(1));
@@ -314,6 +316,7 @@ pub fn write(
         );
         load_table(&mut md, &open, "gateway", "proxy");
         let _ = writeln!(md, "\n![proxy overhead]({})\n", stamp("overhead"));
+        plots.push(("proxy overhead", stamp("overhead")));
         let cats: Vec<String> = closed.iter().map(|s| s.config.clone()).collect();
         let lat = |rows: &[Summary]| {
             vec![
@@ -457,6 +460,7 @@ pub fn write(
             );
         }
         let _ = writeln!(md, "![sessions]({})\n", stamp("sessions"));
+        plots.push(("session state: cache against PostgreSQL", stamp("sessions")));
         bar_panels(
             &out_dir.join(stamp("sessions")),
             &[
@@ -577,6 +581,7 @@ pub fn write(
             .map(|(p, (a, k))| (PROXIES[p], a.as_slice(), *k))
             .collect();
         failover_timeline(&out_dir.join(stamp("failover")), &timeline)?;
+        plots.push(("failover under load", stamp("failover")));
     }
 
     if let Some(s) = &r.scale {
@@ -618,6 +623,7 @@ pub fn write(
             );
         }
         let _ = writeln!(md, "\n![scale]({})\n", stamp("scale"));
+        plots.push(("scale", stamp("scale")));
         bar_panels(
             &out_dir.join(stamp("scale")),
             &[
@@ -654,6 +660,7 @@ pub fn write(
             &out_dir.join(stamp("websocket")),
             &stamp("websocket"),
         )?;
+        plots.push(("WebSocket echo", stamp("websocket")));
     }
     if let Some(r) = &r.rebalance {
         rebalance_section(&mut md, &mut readme, r);
@@ -663,11 +670,14 @@ pub fn write(
             stamp("rebalancing")
         );
         rebalance_plot(&out_dir.join(stamp("rebalancing")), r)?;
+        plots.push(("rebalancing after a scale-up", stamp("rebalancing")));
     }
     if let Some(c) = &r.capacity {
         capacity_section(&mut md, &mut readme, c, &stamp("capacity"));
         capacity_plot(&out_dir.join(stamp("capacity")), c)?;
+        plots.push(("sessions at scale", stamp("capacity")));
     }
+    readme.push_str(&plot_gallery(out_dir, &plots));
     let path = out_dir.join(format!("{date}.md"));
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     Ok((path, readme))
@@ -860,6 +870,25 @@ fn capacity_plot(path: &Path, c: &Capacity) -> anyhow::Result<()> {
     )
 }
 
+/// The plots under the README's tables, two to a row at a page's width: HTML `img` tags,
+/// because Markdown images cannot be given a width. Paths are `out_dir`'s as given, which
+/// `bench/run` passes relative to the README (`bench/results`).
+fn plot_gallery(out_dir: &Path, plots: &[(&str, String)]) -> String {
+    if plots.is_empty() {
+        return String::new();
+    }
+    let mut html = String::from("\n<p>\n");
+    for (alt, file) in plots {
+        let _ = writeln!(
+            html,
+            "<img alt=\"{alt}\" src=\"{}\" width=\"49%\">",
+            out_dir.join(file).display()
+        );
+    }
+    html.push_str("</p>\n");
+    html
+}
+
 /// Replaces the README's table between `<!-- bench:begin -->` and `<!-- bench:end -->`.
 pub fn update_readme(readme: &Path, table: &str, report: &str) -> anyhow::Result<()> {
     let text =
@@ -1016,5 +1045,31 @@ mod readme_tests {
                 .is_file(),
             "the report the table comes from ({report}) is in the repository"
         );
+        for plot in table.split("src=\"").skip(1) {
+            let plot = plot.split('"').next().expect("a quoted path");
+            assert!(
+                std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                    .join(plot)
+                    .is_file(),
+                "the plot {plot} the README shows is in the repository"
+            );
+        }
+    }
+
+    #[test]
+    fn the_plots_are_shown_by_their_path_from_the_readme() {
+        let plots = [
+            ("proxy overhead", "2026-12-06-overhead.png".to_owned()),
+            ("scale", "2026-12-06-scale.png".to_owned()),
+        ];
+        let html = super::plot_gallery(std::path::Path::new("bench/results"), &plots);
+        assert_eq!(
+            html,
+            "\n<p>\n\
+             <img alt=\"proxy overhead\" src=\"bench/results/2026-12-06-overhead.png\" width=\"49%\">\n\
+             <img alt=\"scale\" src=\"bench/results/2026-12-06-scale.png\" width=\"49%\">\n\
+             </p>\n"
+        );
+        assert_eq!(super::plot_gallery(std::path::Path::new("x"), &[]), "");
     }
 }
