@@ -5,6 +5,7 @@
 mod bench;
 mod capacity;
 mod failover;
+mod goals;
 mod load;
 mod overhead;
 mod pg_alone;

@@ -12,6 +12,16 @@ use crate::stats::Rounds;
 /// Backends behind every proxy.
 const BACKENDS: usize = 4;
 
+/// The configurations the gateway's goals compare (`goals.rs`): the gateway by unit address
+/// and by routing cookie, against HAProxy and nginx, one worker each.
+pub const GATEWAY_UNIT: &str = "gateway, unit address";
+/// See [`GATEWAY_UNIT`].
+pub const GATEWAY_COOKIE: &str = "gateway, routing cookie";
+/// See [`GATEWAY_UNIT`].
+pub const HAPROXY: &str = "HAProxy, cookie insert";
+/// See [`GATEWAY_UNIT`].
+pub const NGINX: &str = "nginx, cookie hash";
+
 /// The two-worker configurations (gateway, HAProxy), compared with each other.
 pub const TWO_WORKERS: (&str, &str) = (
     "gateway, 2 workers on both CPUs, routing cookie",
@@ -109,26 +119,26 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
             proxy: None,
         },
         Config {
-            name: "gateway, unit address",
+            name: GATEWAY_UNIT,
             url: format!("http://{gw}/_unit/b0/hello"),
             // The routing cookie the gateway sets, kept as a browser keeps it.
             cookies: vec!["sf_unit=b0".into()],
             proxy: Some(0),
         },
         Config {
-            name: "gateway, routing cookie",
+            name: GATEWAY_COOKIE,
             url: format!("http://{gw}/hello"),
             cookies: clients(|i| format!("sf_unit=b{}", i % BACKENDS)),
             proxy: Some(0),
         },
         Config {
-            name: "HAProxy, cookie insert",
+            name: HAPROXY,
             url: format!("http://{ha}/hello"),
             cookies: clients(|i| format!("SERVERID=b{}", i % BACKENDS)),
             proxy: Some(1),
         },
         Config {
-            name: "nginx, cookie hash",
+            name: NGINX,
             url: format!("http://{ng}/hello"),
             cookies: clients(|i| format!("sf_session=client-{i:04}")),
             proxy: Some(2),

@@ -292,7 +292,13 @@ pub fn write(
         b.wrk.connections,
         b.duration.as_secs(),
     );
-    let mut readme = String::new();
+    // The goals first, in the report and in the README: the run's verdict before its tables.
+    let goals = goals_table(&crate::goals::judge(r));
+    let _ = writeln!(
+        md,
+        "## Goals\n\nEach goal is a figure of this run against its peer in the same run (or a count, a time, a size); it is met when the median over the runs is. A goal whose scenario did not run, or did not reach the size the goal is about, is not measured.\n\n{goals}"
+    );
+    let mut readme = format!("{goals}\n");
     let stamp = |p: &str| format!("{date}-{p}.png");
     // What the README shows under its tables: (alt text, file in `out_dir`), in scenario order.
     let mut plots: Vec<(&str, String)> = Vec::new();
@@ -870,6 +876,43 @@ fn capacity_plot(path: &Path, c: &Capacity) -> anyhow::Result<()> {
     )
 }
 
+/// The goals as a table: figure, this run's median (min–max), target, verdict.
+fn goals_table(goals: &[crate::goals::Goal]) -> String {
+    use crate::goals::{Target, Unit, Verdict};
+    let mut t = String::from("| goal | this run | target | |\n|---|---:|---:|---|\n");
+    for g in goals {
+        let number = |v: f64| match g.unit {
+            Unit::Ratio => format!("{v:.2}×"),
+            Unit::Count => format!("{v:.0}"),
+            Unit::Ms | Unit::Percent => format!("{v:.0}"),
+            Unit::KiB => format!("{v:.2}"),
+        };
+        let suffix = match g.unit {
+            Unit::Ratio | Unit::Count => "",
+            Unit::Ms => " ms",
+            Unit::KiB => " KiB",
+            Unit::Percent => " %",
+        };
+        let value = g
+            .value
+            .map_or("—".into(), |v| format!("{}{suffix}", spread(&v, number)));
+        let target = match g.target {
+            Target::AtLeast(x) => format!("≥ {}{suffix}", number(x)),
+            Target::AtMost(x) => format!("≤ {}{suffix}", number(x)),
+            Target::Within(lo, hi) => format!("{}–{}{suffix}", number(lo), number(hi)),
+            Target::Reported => "—".into(),
+        };
+        let verdict = match g.verdict {
+            Verdict::Met => "met",
+            Verdict::NotMet => "**not met**",
+            Verdict::Reported => "reported",
+            Verdict::NotMeasured => "not measured",
+        };
+        let _ = writeln!(t, "| {} | {value} | {target} | {verdict} |", g.figure);
+    }
+    t
+}
+
 /// The plots under the README's tables, two to a row at a page's width: HTML `img` tags,
 /// because Markdown images cannot be given a width. Paths are `out_dir`'s as given, which
 /// `bench/run` passes relative to the README (`bench/results`).
@@ -985,10 +1028,9 @@ fn rebalance_plot(path: &Path, r: &crate::rebalance::Rebalancing) -> anyhow::Res
 /// The two-worker comparison in a sentence: the gateway's requests/s over HAProxy's, taken
 /// within each round.
 fn two_workers(closed: &Rounds) -> Option<String> {
-    let at = |name: &str| closed.configs.iter().position(|c| c == name);
-    let (gw, ha) = (at(TWO_WORKERS.0)?, at(TWO_WORKERS.1)?);
-    let rps = closed.ratio(gw, ha, &|s| s.load.rps);
-    let cpu = closed.ratio(gw, ha, &|s| s.cpu_per_10k.unwrap_or(f64::NAN));
+    let (gw, ha) = TWO_WORKERS;
+    let rps = closed.ratio_of(gw, ha, &|s| s.load.rps);
+    let cpu = closed.ratio_of(gw, ha, &|s| s.cpu_per_10k.unwrap_or(f64::NAN));
     rps.as_ref()?;
     Some(format!(
         "Two workers (gateway `TOKIO_WORKER_THREADS=2`, HAProxy `nbthread 2`), neither pinned: both share the two CPUs with wrk and the backends, which stay on CPU 0. Gateway vs HAProxy: requests/s {}, CPU per request {}.",

@@ -12,9 +12,14 @@ use crate::stats::{Rounds, cpu_per_10k};
 /// Farm sizes.
 pub const FARMS: [usize; 3] = [2, 4, 8];
 
+/// The configuration name of a farm of `units`.
+pub fn farm_name(units: usize) -> String {
+    format!("{units} units")
+}
+
 /// Results of the scenario.
 pub struct Scale {
-    /// Configurations "2 units", "4 units", "8 units".
+    /// Configurations "2 units", "4 units", "8 units" ([`farm_name`]).
     pub rounds: Rounds,
     /// Per farm: sidecars' resident memory added per cached session, bytes.
     pub bytes_per_session: Vec<f64>,
@@ -150,7 +155,7 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
             cookies,
         });
     }
-    let mut rounds = Rounds::new(FARMS.iter().map(|n| format!("{n} units")));
+    let mut rounds = Rounds::new(FARMS.iter().map(|&n| farm_name(n)));
     let mut costs = Vec::new();
     for round in 0..b.runs {
         eprintln!("  scale: round {}/{}", round + 1, b.runs);

@@ -25,6 +25,12 @@ pub struct Group {
     pub rounds: Rounds,
 }
 
+/// A group's title: "read, 1 KiB cart", "write, 64 KiB cart".
+pub fn group_title(write: bool, size_label: &str) -> String {
+    let kind = if write { "write" } else { "read" };
+    format!("{kind}, {size_label} cart")
+}
+
 /// The configurations a write group adds after the two units.
 pub const WRITE_CEILINGS: [(&str, Statement); 2] = [
     ("PostgreSQL alone: the write statement", Statement::Write),
@@ -77,14 +83,14 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
         }
         let cookies: [std::path::PathBuf; 2] = cookies.try_into().expect("two units");
         setups.push(Setup {
-            title: format!("read, {label} cart"),
+            title: group_title(false, label),
             method: "GET",
             body: None,
             cookies: cookies.clone(),
             doc: None,
         });
         setups.push(Setup {
-            title: format!("write, {label} cart"),
+            title: group_title(true, label),
             method: "PUT",
             body: Some(body),
             cookies,

@@ -120,6 +120,13 @@ impl Rounds {
             .collect()
     }
 
+    /// [`Rounds::ratio`] of the configurations named `c` and `base`; `None` when either did
+    /// not run.
+    pub fn ratio_of(&self, c: &str, base: &str, f: &dyn Fn(&Sample) -> f64) -> Option<Spread> {
+        let at = |name: &str| self.configs.iter().position(|x| x == name);
+        self.ratio(at(c)?, at(base)?, f)
+    }
+
     /// Configuration `c`'s figure `f` over configuration `base`'s, taken within each round
     /// (they ran back to back), then summarised.
     pub fn ratio(&self, c: usize, base: usize, f: &dyn Fn(&Sample) -> f64) -> Option<Spread> {
