@@ -281,18 +281,16 @@ fn growth(s: Option<&Scale>, c: Option<&Capacity>) -> Vec<Goal> {
             Unit::Ms,
             largest.and_then(|s| {
                 Spread::of(s.rounds.rounds.iter().filter_map(|r| r.first()).map(p99))
-                    .map(|v| scale(v, 1e-3))
+                    .map(|v| v.map(|us| us / 1000.0))
             }),
         ),
         Goal::new(
             format!("{count} sessions in one unit: reads found in the cache (memory or disk)"),
             Target::Reported,
             Unit::Percent,
-            largest.and_then(|s| s.share(2)).map(|pg| Spread {
-                median: 100.0 - pg.median,
-                min: 100.0 - pg.max,
-                max: 100.0 - pg.min,
-            }),
+            largest
+                .and_then(|s| s.share(2))
+                .map(|pg| pg.map(|share| 100.0 - share)),
         ),
     ]
 }
@@ -332,14 +330,6 @@ fn failover(f: Option<&Failovers>) -> Vec<Goal> {
         ),
         if never { recovery.failed() } else { recovery },
     ]
-}
-
-fn scale(s: Spread, by: f64) -> Spread {
-    Spread {
-        median: s.median * by,
-        min: s.min * by,
-        max: s.max * by,
-    }
 }
 
 #[cfg(test)]

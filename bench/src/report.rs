@@ -347,13 +347,7 @@ pub fn write(
                     values: b
                         .values
                         .into_iter()
-                        .map(|v| {
-                            v.map(|s| Spread {
-                                median: s.median / 1000.0,
-                                min: s.min / 1000.0,
-                                max: s.max / 1000.0,
-                            })
-                        })
+                        .map(|v| v.map(|s| s.map(|us| us / 1000.0)))
                         .collect(),
                 })
                 .collect()
@@ -440,11 +434,7 @@ pub fn write(
             cats.push(g.title.clone());
             rps_c.push(Some(s[0].rps));
             rps_n.push(Some(s[1].rps));
-            let m = |x: Spread| Spread {
-                median: x.median / 1000.0,
-                min: x.min / 1000.0,
-                max: x.max / 1000.0,
-            };
+            let m = |x: Spread| x.map(|us| us / 1000.0);
             p99_c.push(Some(m(s[0].p99)));
             p99_n.push(Some(m(s[1].p99)));
             // The ratio the write path is held to: the sidecar's writes against PostgreSQL alone.
@@ -725,11 +715,7 @@ fn websocket_section(
         );
     }
     let cats: Vec<String> = rows.iter().map(|s| s.config.clone()).collect();
-    let in_ms = |s: Spread| Spread {
-        median: s.median / 1000.0,
-        min: s.min / 1000.0,
-        max: s.max / 1000.0,
-    };
+    let in_ms = |s: Spread| s.map(|us| us / 1000.0);
     bar_panels(
         plot,
         &[
@@ -836,11 +822,7 @@ fn capacity_section(md: &mut String, readme: &mut String, c: &Capacity, plot_nam
 /// session count.
 fn capacity_plot(path: &Path, c: &Capacity) -> anyhow::Result<()> {
     let cats: Vec<String> = c.steps.iter().map(|s| s.sessions.to_string()).collect();
-    let in_ms = |s: Spread| Spread {
-        median: s.median / 1000.0,
-        min: s.min / 1000.0,
-        max: s.max / 1000.0,
-    };
+    let in_ms = |s: Spread| s.map(|us| us / 1000.0);
     let p99 = |config: usize| Bars {
         name: crate::capacity::CONFIGS[config].into(),
         values: c
@@ -883,8 +865,7 @@ fn goals_table(goals: &[crate::goals::Goal]) -> String {
     for g in goals {
         let number = |v: f64| match g.unit {
             Unit::Ratio => format!("{v:.2}×"),
-            Unit::Count => format!("{v:.0}"),
-            Unit::Ms | Unit::Percent => format!("{v:.0}"),
+            Unit::Count | Unit::Ms | Unit::Percent => format!("{v:.0}"),
             Unit::KiB => format!("{v:.2}"),
         };
         let suffix = match g.unit {

@@ -36,6 +36,19 @@ impl Spread {
     }
 }
 
+impl Spread {
+    /// The same spread of `f` of the figure, for a monotonic `f` (a unit change, `100 − x`):
+    /// min and max stay the smaller and the larger.
+    pub fn map(self, f: impl Fn(f64) -> f64) -> Spread {
+        let (a, b) = (f(self.min), f(self.max));
+        Spread {
+            median: f(self.median),
+            min: a.min(b),
+            max: a.max(b),
+        }
+    }
+}
+
 /// One configuration's result in one run.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sample {
@@ -166,6 +179,19 @@ mod tests {
             },
             cpu_per_10k: Some(rps / 1000.0),
         }
+    }
+
+    #[test]
+    fn a_mapped_spread_keeps_min_below_max() {
+        let s = Spread {
+            median: 20.0,
+            min: 10.0,
+            max: 40.0,
+        };
+        let ms = s.map(|v| v / 10.0);
+        assert_eq!((ms.median, ms.min, ms.max), (2.0, 1.0, 4.0));
+        let rest = s.map(|v| 100.0 - v);
+        assert_eq!((rest.median, rest.min, rest.max), (80.0, 60.0, 90.0));
     }
 
     #[test]
