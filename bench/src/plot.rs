@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::{Context as _, anyhow};
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::shoppers::Answer;
 use crate::stats::Spread;
@@ -42,6 +43,35 @@ pub struct Panel {
 
 type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
+/// A bar chart's margin and the width of its value axis, in pixels.
+const MARGIN: usize = 12;
+const Y_LABELS: usize = 80;
+/// Size of the category names under the bars, in pixels; a DejaVu Sans character is about 0.6
+/// of it wide.
+const CATEGORY_FONT: usize = 13;
+
+/// `label` in lines of at most `max_chars` characters, broken between words (a longer word
+/// keeps a line of its own).
+fn wrap_label(label: &str, max_chars: usize) -> Vec<String> {
+    let mut lines: Vec<String> = Vec::new();
+    for word in label.split(' ') {
+        match lines.last_mut() {
+            Some(line) if line.chars().count() + 1 + word.chars().count() <= max_chars => {
+                line.push(' ');
+                line.push_str(word);
+            }
+            _ => lines.push(word.to_owned()),
+        }
+    }
+    lines
+}
+
+/// Decimals that tell a value axis's ticks apart: plotters steps by 1, 2 or 5 times a power of
+/// ten, about a tenth of the axis.
+fn axis_decimals(top: f64) -> usize {
+    (1.0 - top.log10().floor()).clamp(0.0, 4.0) as usize
+}
+
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("drawing the plot: {e}")
 }
@@ -72,37 +102,47 @@ fn draw_bars(area: &Area<'_>, p: &Panel) -> anyhow::Result<()> {
         .max(1e-9)
         // Headroom for the legend.
         * if p.series.len() > 1 { 1.4 } else { 1.15 };
+    // Category names are wrapped to the width of their slot, so that long ones do not run
+    // into their neighbours.
+    let slot_px = (area.dim_in_pixel().0 as usize).saturating_sub(MARGIN * 2 + Y_LABELS) / n.max(1);
+    let labels: Vec<Vec<String>> = p
+        .categories
+        .iter()
+        .map(|c| wrap_label(c, slot_px * 10 / (CATEGORY_FONT * 6)))
+        .collect();
+    let lines = labels.iter().map(Vec::len).max().unwrap_or(1) as u32;
     let mut chart = ChartBuilder::on(area)
         .caption(&p.title, ("sans-serif", 20))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(80)
+        .margin(MARGIN as u32)
+        .x_label_area_size(12 + lines * (CATEGORY_FONT as u32 + 3))
+        .y_label_area_size(Y_LABELS as u32)
         .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), 0f64..top)
         .map_err(err)?;
-    let cats = p.categories.clone();
+    let decimals = axis_decimals(top);
     chart
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(2 * n + 1)
-        .x_label_formatter(&|x| {
-            let i = x.round();
-            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < cats.len() {
-                cats[i as usize].clone()
-            } else {
-                String::new()
-            }
-        })
+        .x_label_formatter(&|_| String::new())
         .y_desc(&p.y_desc)
-        .y_label_formatter(&|v| {
-            if top >= 100.0 {
-                format!("{v:.0}")
-            } else {
-                format!("{v:.1}")
-            }
-        })
+        .y_label_formatter(&|v| format!("{v:.decimals$}"))
         .label_style(("sans-serif", 14))
         .draw()
         .map_err(err)?;
+    let base = area.get_base_pixel();
+    let style = TextStyle::from(("sans-serif", CATEGORY_FONT as u32).into_font())
+        .pos(Pos::new(HPos::Center, VPos::Top));
+    for (c, lines) in labels.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(c as f64, 0.0));
+        for (i, line) in lines.iter().enumerate() {
+            let at = (
+                x - base.0,
+                y - base.1 + 6 + i as i32 * (CATEGORY_FONT as i32 + 3),
+            );
+            area.draw(&Text::new(line.clone(), at, style.clone()))
+                .map_err(err)?;
+        }
+    }
     let k = p.series.len().max(1) as f64;
     let width = 0.8 / k;
     for (si, s) in p.series.iter().enumerate() {
@@ -313,4 +353,35 @@ fn write_png(svg: &str, path: &Path) -> anyhow::Result<()> {
 /// Whether the fonts the plots need are there.
 pub fn fonts_present() -> bool {
     Path::new(FONTS).join("DejaVuSans.ttf").exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn category_names_wrap_between_words() {
+        assert_eq!(
+            wrap_label("HAProxy over TLS, 2 workers on both CPUs", 16),
+            ["HAProxy over", "TLS, 2 workers", "on both CPUs"]
+        );
+        assert_eq!(
+            wrap_label("direct to a backend", 40),
+            ["direct to a backend"]
+        );
+        // A word longer than the line keeps a line of its own, whole.
+        assert_eq!(
+            wrap_label("a nbthread-2-everywhere b", 5),
+            ["a", "nbthread-2-everywhere", "b"]
+        );
+    }
+
+    #[test]
+    fn axis_ticks_get_the_decimals_that_tell_them_apart() {
+        // CPU seconds per 10k requests, ticks every 0.05.
+        assert_eq!(axis_decimals(0.5), 2);
+        assert_eq!(axis_decimals(5.0), 1);
+        assert_eq!(axis_decimals(20.0), 0);
+        assert_eq!(axis_decimals(50_000.0), 0);
+    }
 }
