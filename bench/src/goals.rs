@@ -281,7 +281,7 @@ fn growth(s: Option<&Scale>, c: Option<&Capacity>) -> Vec<Goal> {
             Unit::Ms,
             largest.and_then(|s| {
                 Spread::of(s.rounds.rounds.iter().filter_map(|r| r.first()).map(p99))
-                    .map(|v| v.map(|us| us / 1000.0))
+                    .map(Spread::in_ms)
             }),
         ),
         Goal::new(

@@ -132,9 +132,9 @@ fn draw_bars(area: &Area<'_>, p: &Panel) -> anyhow::Result<()> {
     let base = area.get_base_pixel();
     let style = TextStyle::from(("sans-serif", CATEGORY_FONT as u32).into_font())
         .pos(Pos::new(HPos::Center, VPos::Top));
-    for (c, lines) in labels.iter().enumerate() {
+    for (c, name) in labels.iter().enumerate() {
         let (x, y) = chart.backend_coord(&(c as f64, 0.0));
-        for (i, line) in lines.iter().enumerate() {
+        for (i, line) in name.iter().enumerate() {
             let at = (
                 x - base.0,
                 y - base.1 + 6 + i as i32 * (CATEGORY_FONT as i32 + 3),

@@ -344,11 +344,7 @@ pub fn write(
             bars.into_iter()
                 .map(|b| Bars {
                     name: b.name,
-                    values: b
-                        .values
-                        .into_iter()
-                        .map(|v| v.map(|s| s.map(|us| us / 1000.0)))
-                        .collect(),
+                    values: b.values.into_iter().map(|v| v.map(Spread::in_ms)).collect(),
                 })
                 .collect()
         };
@@ -434,9 +430,8 @@ pub fn write(
             cats.push(g.title.clone());
             rps_c.push(Some(s[0].rps));
             rps_n.push(Some(s[1].rps));
-            let m = |x: Spread| x.map(|us| us / 1000.0);
-            p99_c.push(Some(m(s[0].p99)));
-            p99_n.push(Some(m(s[1].p99)));
+            p99_c.push(Some(s[0].p99.in_ms()));
+            p99_n.push(Some(s[1].p99.in_ms()));
             // The ratio the write path is held to: the sidecar's writes against PostgreSQL alone.
             let (alone, vs_alone) = s.get(2).map_or(("—".into(), "—".into()), |a| {
                 (
@@ -715,7 +710,6 @@ fn websocket_section(
         );
     }
     let cats: Vec<String> = rows.iter().map(|s| s.config.clone()).collect();
-    let in_ms = |s: Spread| s.map(|us| us / 1000.0);
     bar_panels(
         plot,
         &[
@@ -738,11 +732,11 @@ fn websocket_section(
                 series: vec![
                     Bars {
                         name: "p50".into(),
-                        values: rows.iter().map(|s| Some(in_ms(s.p50))).collect(),
+                        values: rows.iter().map(|s| Some(s.p50.in_ms())).collect(),
                     },
                     Bars {
                         name: "p99".into(),
-                        values: rows.iter().map(|s| Some(in_ms(s.p99))).collect(),
+                        values: rows.iter().map(|s| Some(s.p99.in_ms())).collect(),
                     },
                 ],
             },
@@ -822,13 +816,12 @@ fn capacity_section(md: &mut String, readme: &mut String, c: &Capacity, plot_nam
 /// session count.
 fn capacity_plot(path: &Path, c: &Capacity) -> anyhow::Result<()> {
     let cats: Vec<String> = c.steps.iter().map(|s| s.sessions.to_string()).collect();
-    let in_ms = |s: Spread| s.map(|us| us / 1000.0);
     let p99 = |config: usize| Bars {
         name: crate::capacity::CONFIGS[config].into(),
         values: c
             .steps
             .iter()
-            .map(|s| Some(in_ms(s.rounds.summarize(None)[config].p99)))
+            .map(|s| Some(s.rounds.summarize(None)[config].p99.in_ms()))
             .collect(),
     };
     let share = |i: usize, name: &str| Bars {

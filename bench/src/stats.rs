@@ -34,9 +34,7 @@ impl Spread {
             max: v[n - 1],
         })
     }
-}
 
-impl Spread {
     /// The same spread of `f` of the figure, for a monotonic `f` (a unit change, `100 − x`):
     /// min and max stay the smaller and the larger.
     pub fn map(self, f: impl Fn(f64) -> f64) -> Spread {
@@ -46,6 +44,11 @@ impl Spread {
             min: a.min(b),
             max: a.max(b),
         }
+    }
+
+    /// A spread of latencies in µs (as wrk reports them), in ms.
+    pub fn in_ms(self) -> Spread {
+        self.map(|us| us / 1000.0)
     }
 }
 
