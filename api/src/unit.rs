@@ -26,7 +26,7 @@ impl UnitName {
 
     /// The path-style address of this unit on the gateway, without a trailing slash.
     pub fn path_prefix(&self) -> String {
-        format!("{}{}", paths::UNIT_PREFIX, self.0)
+        [paths::UNIT_PREFIX, self.0.as_str()].concat()
     }
 }
 

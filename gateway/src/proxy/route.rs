@@ -214,8 +214,11 @@ pub fn unit_url(s: &ProxySettings, unit: &UnitName, request_host: &str) -> Strin
                 .map_or(String::new(), |(_, p)| format!(":{p}"));
             format!("{scheme}://{unit}.{farm_host}{port}")
         }
+        // Joined rather than `format!`ted: built for every request, and the formatting
+        // machinery cost more than the rest of the routing phase
+        // (`bench/results/2026-12-06-instructions.md`).
         _ => match public {
-            Some(host) => format!("{scheme}://{host}{}", unit.path_prefix()),
+            Some(host) => [scheme, "://", host, paths::UNIT_PREFIX, unit.as_str()].concat(),
             None => unit.path_prefix(),
         },
     }
