@@ -87,6 +87,9 @@ check_chart() {
   fi
 }
 
+# A loopback port free right now (the kernel's pick), for a process a script starts.
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
 # oha (load at a fixed rate for the benchmarks), built once from crates.io at a pinned version
 # with its own lock file.
 OHA_VERSION=1.16.0

@@ -12,9 +12,12 @@ const ALWAYS: [HeaderName; 3] = [
     HeaderName::from_static("proxy-authenticate"),
 ];
 
-/// Whether `name` is hop-by-hop by itself (`Connection` among them, which names the others).
+/// The standard headers that are hop-by-hop by themselves (`Connection` names the others).
+const STANDARD: [HeaderName; 5] = [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE];
+
+/// Whether `name` is hop-by-hop by itself.
 fn always_hop_by_hop(name: &HeaderName) -> bool {
-    [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE].contains(name) || ALWAYS.contains(name)
+    STANDARD.contains(name) || ALWAYS.contains(name)
 }
 
 /// Removes hop-by-hop headers: the fixed set and every header that `Connection` names.
@@ -43,7 +46,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
         .get_all(TE)
         .iter()
         .any(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in [CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE] {
+    for name in STANDARD {
         headers.remove(name);
     }
     if trailers {
