@@ -127,8 +127,11 @@ impl Pool {
         fresh: bool,
         http2: bool,
     ) -> Result<Checkout, ConnectError> {
+        // Connecting is boxed: its futures (TCP connect, the handshake) are large, and inline
+        // they would make every request's future that large, copied on each move even when a
+        // pooled connection is taken.
         if http2 {
-            return self.checkout_http2(address, timeout, fresh).await;
+            return Box::pin(self.checkout_http2(address, timeout, fresh)).await;
         }
         if !fresh && let Some(sender) = self.take_idle() {
             return Ok(Checkout {
@@ -137,7 +140,7 @@ impl Pool {
             });
         }
         Ok(Checkout {
-            sender: Sender::Http1(connect(address, timeout).await?),
+            sender: Sender::Http1(Box::pin(connect(address, timeout)).await?),
             reused: false,
         })
     }

@@ -394,6 +394,20 @@ impl SessionTier {
         if self.issued.never_written(&id, unix_seconds()) {
             return Ok(None);
         }
+        // Boxed: the miss path's futures (the lock, PostgreSQL's queries) are kilobytes, and
+        // inline they would make every request's future that large, copied on each move even
+        // when the cache answers.
+        Box::pin(self.read_after_miss(id, stored, min)).await
+    }
+
+    /// [`Self::read_at_least`] once the cache had no usable copy: under the session's lock, the
+    /// cache once more, then the warm copy, then PostgreSQL.
+    async fn read_after_miss(
+        &self,
+        id: SessionId,
+        stored: StoredId,
+        min: Generation,
+    ) -> Result<Option<(Entry, Resolution)>, TierError> {
         let _guard = self.lock_for(&stored).lock().await;
         // Another request may have loaded it while this one waited for the lock.
         if let Some(e) = self.cached_fresh(&id, &stored, min).await {

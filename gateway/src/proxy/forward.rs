@@ -247,8 +247,9 @@ async fn hold_for_replay(
     }
     match declared_length(headers) {
         Some(len) if len <= s.replay_body_max => {
-            let bytes = Limited::new(body, len as usize)
-                .collect()
+            // Boxed: only requests with a body wait here, and inline the collection would
+            // grow every request's future.
+            let bytes = Box::pin(Limited::new(body, len as usize).collect())
                 .await
                 .map_err(|_| Refusal::BodyUnreadable)?
                 .to_bytes();
