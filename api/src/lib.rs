@@ -105,8 +105,20 @@ pub mod header_names {
 
     use super::headers;
 
+    /// [`headers::SESSION`].
+    pub const SESSION: HeaderName = HeaderName::from_static(headers::SESSION);
+    /// [`headers::UNIT`].
+    pub const UNIT: HeaderName = HeaderName::from_static(headers::UNIT);
     /// [`headers::UNIT_URL`].
     pub const UNIT_URL: HeaderName = HeaderName::from_static(headers::UNIT_URL);
+    /// [`headers::INSTANCE`].
+    pub const INSTANCE: HeaderName = HeaderName::from_static(headers::INSTANCE);
+    /// [`headers::GENERATION`].
+    pub const GENERATION: HeaderName = HeaderName::from_static(headers::GENERATION);
+    /// [`headers::SNAPSHOT`].
+    pub const SNAPSHOT: HeaderName = HeaderName::from_static(headers::SNAPSHOT);
+    /// [`headers::TABLE_VERSION`].
+    pub const TABLE_VERSION: HeaderName = HeaderName::from_static(headers::TABLE_VERSION);
     /// [`headers::UNIT_UNAVAILABLE`].
     pub const UNIT_UNAVAILABLE: HeaderName = HeaderName::from_static(headers::UNIT_UNAVAILABLE);
     /// [`headers::GATEWAY_TOKEN`].

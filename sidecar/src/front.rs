@@ -23,7 +23,7 @@ use stickyfarm_api::trace::Traced;
 use stickyfarm_api::tunnel::Tunnels;
 use stickyfarm_api::{
     ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, StoredId, UnitBaseUrl,
-    UnitName, headers, paths, remove_hop_by_hop, remove_stickyfarm_headers,
+    UnitName, header_names, paths, remove_hop_by_hop, remove_stickyfarm_headers,
 };
 use tracing::Instrument;
 
@@ -131,7 +131,7 @@ impl Front {
     pub fn came_through_gateway(&self, headers: &http::HeaderMap) -> bool {
         self.gateway_token.as_ref().is_some_and(|token| {
             headers
-                .get(headers::GATEWAY_TOKEN)
+                .get(header_names::GATEWAY_TOKEN)
                 .is_some_and(|v| token.matches(v.as_bytes()))
         })
     }
@@ -189,7 +189,7 @@ async fn forward(State(front): State<Arc<Front>>, mut req: Request) -> Response 
     let mut resp = traced
         .run(forward_request(front, req).instrument(span))
         .await;
-    resp.headers_mut().insert(request_id::HEADER, id);
+    resp.headers_mut().insert(request_id::NAME, id);
     resp
 }
 
@@ -210,7 +210,7 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     // Rebalancing: the gateway would move this session to a less loaded unit if it is idle
     // here. Checked before the session is resolved, which counts as a use.
     if let Some(idle_ms) = from_gateway
-        .then(|| req.headers().get(headers::RELEASE_IF_IDLE))
+        .then(|| req.headers().get(header_names::RELEASE_IF_IDLE))
         .flatten()
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && let Some(id) = &cookies.session
@@ -236,7 +236,7 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     // The unit the gateway would fail this session over to: the app's writes during this
     // request announce it, and it keeps a warm copy (`crate::warm`).
     let _backup = from_gateway
-        .then(|| req.headers().get(headers::BACKUP))
+        .then(|| req.headers().get(header_names::BACKUP))
         .flatten()
         .and_then(|v| v.to_str().ok()?.parse::<UnitName>().ok())
         .and_then(|backup| {
@@ -262,7 +262,7 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
 
     let (mut parts, body) = req.into_parts();
     let unit_url = from_gateway
-        .then(|| parts.headers.get(headers::UNIT_URL))
+        .then(|| parts.headers.get(header_names::UNIT_URL))
         .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<UnitBaseUrl>().ok())
@@ -273,10 +273,10 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         ask_to_switch(&mut parts.headers, protocol);
     }
     let h = &mut parts.headers;
-    h.insert(headers::SESSION, value(&id.to_string()));
-    h.insert(headers::UNIT, front.headers.0.clone());
-    h.insert(headers::UNIT_URL, value(unit_url.as_str()));
-    h.insert(headers::INSTANCE, front.headers.1.clone());
+    h.insert(header_names::SESSION, value(&id.to_string()));
+    h.insert(header_names::UNIT, front.headers.0.clone());
+    h.insert(header_names::UNIT_URL, value(unit_url.as_str()));
+    h.insert(header_names::INSTANCE, front.headers.1.clone());
     // A session without state (just issued, or pending its first write) is generation 0 with
     // no tables: the app sees it exactly like an empty stored one.
     let empty;
@@ -287,13 +287,16 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
             &empty
         }
     };
-    h.insert(headers::GENERATION, value(&session.generation.to_string()));
+    h.insert(
+        header_names::GENERATION,
+        value(&session.generation.to_string()),
+    );
     if front.snapshot_max > 0
         && let Some(snap) = session.snapshot_header(id, front.snapshot_max)
     {
         // The encoded text becomes the header's bytes as it is: no second copy.
         h.insert(
-            headers::SNAPSHOT,
+            header_names::SNAPSHOT,
             HeaderValue::from_maybe_shared(bytes::Bytes::from(snap))
                 .expect("base64url is visible ASCII"),
         );
@@ -344,7 +347,7 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     }
     // The unit-unavailable signal is the sidecar's alone: the gateway takes the unit out on it,
     // so an app (or a client that makes the app echo headers) must not be able to send it.
-    parts.headers.remove(headers::UNIT_UNAVAILABLE);
+    parts.headers.remove(header_names::UNIT_UNAVAILABLE);
     // Answer in the client's protocol version, whatever the app spoke to us.
     parts.version = client_version;
 
@@ -464,8 +467,10 @@ fn app_failure_answer(front: &Front, failure: AppFailure, repeatable: bool) -> R
 /// may send it elsewhere (it counts as a passive failure of the unit there).
 fn unit_unavailable(msg: &str) -> Response {
     let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, msg);
-    r.headers_mut()
-        .insert(headers::UNIT_UNAVAILABLE, HeaderValue::from_static("app"));
+    r.headers_mut().insert(
+        header_names::UNIT_UNAVAILABLE,
+        HeaderValue::from_static("app"),
+    );
     r
 }
 
@@ -477,7 +482,7 @@ fn released() -> Response {
         "this session moves to another unit\n",
     );
     r.headers_mut().insert(
-        headers::UNIT_UNAVAILABLE,
+        header_names::UNIT_UNAVAILABLE,
         HeaderValue::from_static(stickyfarm_api::RELEASED),
     );
     r
@@ -491,7 +496,7 @@ fn released() -> Response {
 fn stopping() -> Response {
     let mut r = plain(StatusCode::SERVICE_UNAVAILABLE, "this unit is stopping\n");
     r.headers_mut().insert(
-        headers::UNIT_UNAVAILABLE,
+        header_names::UNIT_UNAVAILABLE,
         HeaderValue::from_static("stopping"),
     );
     r.headers_mut()
@@ -612,7 +617,7 @@ async fn health(State(front): State<Arc<Front>>) -> Response {
             .into_response()
     };
     r.headers_mut()
-        .insert(headers::INSTANCE, front.headers.1.clone());
+        .insert(header_names::INSTANCE, front.headers.1.clone());
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r

@@ -18,7 +18,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::value::RawValue;
-use stickyfarm_api::{SessionId, SessionSnapshot, TableName, headers, request_id, session_api};
+use stickyfarm_api::{
+    SessionId, SessionSnapshot, TableName, header_names, headers, request_id, session_api,
+};
 use tracing::Instrument;
 
 use crate::cache::{CachedSession, Entry};
@@ -150,7 +152,7 @@ async fn timed(
         .to_owned();
     let id = req
         .headers()
-        .get(request_id::HEADER)
+        .get(request_id::NAME)
         .filter(|v| request_id::is_valid(v.as_bytes()))
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
@@ -251,7 +253,7 @@ fn set_version(h: &mut HeaderMap, version: u64) {
         header::ETAG,
         HeaderValue::from_str(&format!("\"{version}\"")).expect("digits"),
     );
-    h.insert(headers::TABLE_VERSION, HeaderValue::from(version));
+    h.insert(header_names::TABLE_VERSION, HeaderValue::from(version));
 }
 
 fn parse_id(id: &str) -> Result<SessionId, ApiError> {
@@ -340,7 +342,7 @@ async fn get_session(
     )
         .into_response();
     r.headers_mut()
-        .insert(headers::GENERATION, HeaderValue::from(s.generation));
+        .insert(header_names::GENERATION, HeaderValue::from(s.generation));
     Ok(r)
 }
 
@@ -396,7 +398,7 @@ async fn rotate_session(
     let new = tier.rotate(id).await?;
     let mut r = axum::Json(session_api::Rotated { id: new }).into_response();
     r.headers_mut().insert(
-        headers::SESSION,
+        header_names::SESSION,
         HeaderValue::from_str(&new.to_string()).expect("session ids are visible ASCII"),
     );
     Ok(r)
@@ -468,7 +470,7 @@ async fn get_table(
         .into_response();
     set_version(r.headers_mut(), t.version);
     r.headers_mut()
-        .insert(headers::GENERATION, HeaderValue::from(s.generation));
+        .insert(header_names::GENERATION, HeaderValue::from(s.generation));
     Ok(r)
 }
 
@@ -540,7 +542,7 @@ async fn put_table(
         .into_response();
     set_version(r.headers_mut(), done.version);
     r.headers_mut()
-        .insert(headers::GENERATION, HeaderValue::from(done.generation));
+        .insert(header_names::GENERATION, HeaderValue::from(done.generation));
     Ok(r)
 }
 
@@ -570,7 +572,7 @@ async fn delete_table(
     let done = tier.write_table(id, table, None, pre).await?;
     let mut r = StatusCode::NO_CONTENT.into_response();
     r.headers_mut()
-        .insert(headers::GENERATION, HeaderValue::from(done.generation));
+        .insert(header_names::GENERATION, HeaderValue::from(done.generation));
     Ok(r)
 }
 
