@@ -31,6 +31,8 @@ pub mod trace;
 #[cfg(feature = "server")]
 pub mod tunnel;
 mod unit;
+#[cfg(feature = "server")]
+pub mod upstream;
 
 pub use cookies::{
     ClientCookies, CookiePolicy, FarmCookie, HOST_PREFIX, SESSION_COOKIE_NAME_PATTERN,

@@ -9,8 +9,8 @@ use http_body_util::{BodyExt, Empty, Limited};
 use rand::Rng;
 use stickyfarm_api::InstanceId;
 
-use crate::pool;
 use crate::units::{CheckOk, Unit};
+use stickyfarm_api::upstream;
 
 /// How units are checked.
 #[derive(Debug, Clone)]
@@ -54,7 +54,7 @@ pub async fn check_loop(unit: Arc<Unit>, cfg: Arc<CheckConfig>) {
 
 async fn probe(unit: &Unit, cfg: &CheckConfig) -> Result<CheckOk, String> {
     // A fresh connection each time: the check proves the unit accepts connections now.
-    let mut sender = pool::connect(&unit.spec.address, cfg.timeout)
+    let mut sender = upstream::connect(&unit.spec.address, cfg.timeout)
         .await
         .map_err(|e| e.to_string())?;
     let req = http::Request::get(&cfg.path)

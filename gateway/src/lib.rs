@@ -10,7 +10,6 @@ pub mod discovery;
 pub mod health;
 pub mod kubernetes;
 pub mod metrics;
-pub mod pool;
 pub mod proxy;
 pub mod rate;
 pub mod ratelimit;

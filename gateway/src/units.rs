@@ -16,7 +16,7 @@ use stickyfarm_api::{InstanceId, UnitName};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, UnitMetrics};
-use crate::pool::Pool;
+use stickyfarm_api::upstream::Pool;
 
 /// A unit as discovery reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,7 +193,7 @@ pub struct Unit {
     answer_time: AnswerTime,
     check: Mutex<CheckRecord>,
     /// Pooled connections to the unit.
-    pub pool: Pool,
+    pub pool: Arc<Pool>,
     /// Cancelled when the unit leaves the farm (stops its checker).
     pub removed: CancellationToken,
     metrics: UnitMetrics,
@@ -234,7 +234,7 @@ impl Unit {
             rate: RateMeter::default(),
             answer_time: AnswerTime::default(),
             check: Mutex::new(CheckRecord::default()),
-            pool: Pool::new(max_idle_connections),
+            pool: Arc::new(Pool::new(max_idle_connections)),
             removed,
             metrics: m,
             spec,

@@ -20,8 +20,8 @@ use stickyfarm_api::{header_names, remove_hop_by_hop, remove_stickyfarm_headers}
 use super::ProxySettings;
 use super::refusal::Refusal;
 use super::route::{Route, declared_length};
-use crate::pool::{Sender, UpstreamBody};
 use crate::units::{InFlight, Unit};
+use stickyfarm_api::upstream::{Sender, UpstreamBody};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");

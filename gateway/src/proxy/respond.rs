@@ -16,9 +16,9 @@ use stickyfarm_api::{CookiePolicy, FarmCookie, UnitName, header_names, remove_ho
 
 use super::ResponseBody;
 use crate::metrics::Metrics;
-use crate::pool::Sender;
 use crate::units::{InFlight, TunnelSlot, Unit};
 use stickyfarm_api::tunnel::Tunnels;
+use stickyfarm_api::upstream::{Pooled, Sender};
 
 /// The unit's answer for the client. `link`: the unit the client's links and cookie name from
 /// now on; `cookie_unit`: the one its routing cookie names today.
@@ -36,12 +36,11 @@ pub fn respond(
     let (mut parts, body) = response.into_parts();
     client_head(cookies, &mut parts.headers, link, cookie_unit);
     let body = Tracked {
-        inner: body,
+        inner: Pooled::new(body, sender, unit.pool.clone()),
         done: false,
         status: parts.status.as_u16(),
         arrived,
         unit,
-        sender: Some(sender),
         _in_flight: in_flight,
     };
     Response::from_parts(parts, body.boxed())
@@ -118,29 +117,25 @@ pub fn client_head(
     }
 }
 
-/// A unit's response body: counts the request in flight until the body ends, then returns the
-/// connection to the unit's pool (a connection with unread data is never reused) and records
-/// how long the whole request took.
+/// A unit's response body: counts the request in flight until the body ends, and records how
+/// long the whole request took. The connection goes back to the unit's pool when the body ends
+/// ([`Pooled`]).
 struct Tracked {
-    inner: Incoming,
+    inner: Pooled,
     done: bool,
     status: u16,
     arrived: Instant,
     unit: Arc<Unit>,
-    sender: Option<Sender>,
     _in_flight: InFlight,
 }
 
 impl Tracked {
-    /// The body ended (`complete`), or the client went away before it did.
-    fn finish(&mut self, complete: bool) {
+    /// The body ended, or the client went away before it did.
+    fn finish(&mut self) {
         if self.done {
             return;
         }
         self.done = true;
-        if let Some(sender) = self.sender.take().filter(|_| complete) {
-            self.unit.pool.put_back(sender);
-        }
         self.unit
             .record_request(self.status, self.arrived.elapsed());
     }
@@ -156,7 +151,7 @@ impl Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
-            self.finish(true);
+            self.finish();
         }
         r
     }
@@ -172,8 +167,6 @@ impl Body for Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        // Bodies the server never polls (HEAD, 204, 304) are complete already.
-        let complete = self.inner.is_end_stream();
-        self.finish(complete);
+        self.finish();
     }
 }

@@ -1,0 +1,293 @@
+//! Pooled connections to one upstream: the gateway's to a unit, the sidecar's to its app.
+//! HTTP/1.1 connections are kept idle between requests; with h2c one multiplexed HTTP/2
+//! connection (prior knowledge) is shared by the requests that go over HTTP/2.
+//!
+//! Hand-written over hyper's connection API rather than hyper-util's pooled client for two
+//! reasons. Failover needs the request back whenever it was not sent: hyper-util's client
+//! drops it on a connect error, so a POST could only be retried by buffering its body. Here a
+//! connect error or a connection found closed before sending hands the request back untouched
+//! (`try_send_request`), and the body keeps streaming. And it is cheaper: hyper-util's pool
+//! hashes its `(scheme, authority)` key with SipHash twice per request and sends through a
+//! generic connector stack; counted in the sidecar, that was about 12,000 instructions per
+//! cached read (`bench/results/2026-12-06-sidecar-read.md`). One upstream has one pool, so
+//! there is no key at all.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::{TrySendError, http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+/// The gateway's body type sent upstream.
+pub type UpstreamBody = BoxBody<Bytes, BoxError>;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request body that can go upstream over either protocol (hyper's bounds): the gateway's
+/// [`UpstreamBody`], the sidecar's axum body.
+pub trait SendBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+impl<B> SendBody for B where B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Unpin + 'static {}
+
+/// A connection's sender.
+pub enum Sender<B = UpstreamBody> {
+    /// An HTTP/1.1 connection: one request at a time, back to the pool after each.
+    Http1(http1::SendRequest<B>),
+    /// A handle on the upstream's HTTP/2 connection: requests share it.
+    Http2(http2::SendRequest<B>),
+}
+
+impl<B: SendBody> Sender<B> {
+    /// Sends `request`, or hands it back when the connection turned out closed before it was
+    /// sent (then it may go elsewhere, body and all).
+    pub async fn try_send_request(
+        &mut self,
+        request: http::Request<B>,
+    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<B>>> {
+        match self {
+            Sender::Http1(s) => s.try_send_request(request).await,
+            Sender::Http2(s) => s.try_send_request(request).await,
+        }
+    }
+}
+
+/// Connections idle longer than this are not reused: the upstream's keep-alive may have closed them,
+/// and a request written into a closing connection cannot safely be replayed.
+const MAX_IDLE: Duration = Duration::from_secs(20);
+
+/// Opening a connection failed; nothing was sent.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// TCP connect failed.
+    #[error("connecting failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// TCP connect took too long.
+    #[error("connecting timed out")]
+    Timeout,
+    /// The HTTP/1.1 handshake failed.
+    #[error("the HTTP handshake failed: {0}")]
+    Handshake(#[from] hyper::Error),
+}
+
+/// Idle connections to one upstream.
+pub struct Pool<B = UpstreamBody> {
+    idle: Mutex<Vec<(http1::SendRequest<B>, Instant)>>,
+    max_idle: usize,
+    http2: Mutex<Option<http2::SendRequest<B>>>,
+}
+
+/// A connection checked out of the pool (or freshly opened).
+pub struct Checkout<B = UpstreamBody> {
+    /// The sender.
+    pub sender: Sender<B>,
+    /// Whether it came from the pool (an error on it says less about the upstream's health).
+    pub reused: bool,
+}
+
+impl<B: SendBody> Pool<B> {
+    /// An empty pool keeping at most `max_idle` connections.
+    pub fn new(max_idle: usize) -> Pool<B> {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            http2: Mutex::new(None),
+        }
+    }
+
+    /// An idle connection that is ready for a request, if any.
+    pub fn take_idle(&self) -> Option<http1::SendRequest<B>> {
+        let mut idle = self.idle.lock().expect("pool poisoned");
+        while let Some((s, since)) = idle.pop() {
+            if s.is_ready() && since.elapsed() < MAX_IDLE {
+                return Some(s);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose response has been read completely (an HTTP/2 handle is
+    /// simply dropped: the connection stays shared).
+    pub fn put_back(&self, sender: Sender<B>) {
+        let Sender::Http1(sender) = sender else {
+            return;
+        };
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool poisoned");
+        if idle.len() < self.max_idle {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// Drops every idle connection (the upstream went out of service).
+    pub fn clear(&self) {
+        self.idle.lock().expect("pool poisoned").clear();
+        self.http2.lock().expect("pool poisoned").take();
+    }
+
+    /// An idle connection (unless `fresh`), or a new one to `address`; `http2`: the
+    /// upstream's shared HTTP/2 connection instead.
+    pub async fn checkout(
+        &self,
+        address: &str,
+        timeout: Duration,
+        fresh: bool,
+        http2: bool,
+    ) -> Result<Checkout<B>, ConnectError> {
+        // Connecting is boxed: its futures (TCP connect, the handshake) are large, and inline
+        // they would make every request's future that large, copied on each move even when a
+        // pooled connection is taken.
+        if http2 {
+            return Box::pin(self.checkout_http2(address, timeout, fresh)).await;
+        }
+        if !fresh && let Some(sender) = self.take_idle() {
+            return Ok(Checkout {
+                sender: Sender::Http1(sender),
+                reused: true,
+            });
+        }
+        Ok(Checkout {
+            sender: Sender::Http1(Box::pin(connect(address, timeout)).await?),
+            reused: false,
+        })
+    }
+
+    async fn checkout_http2(
+        &self,
+        address: &str,
+        timeout: Duration,
+        fresh: bool,
+    ) -> Result<Checkout<B>, ConnectError> {
+        if !fresh
+            && let Some(shared) = self
+                .http2
+                .lock()
+                .expect("pool poisoned")
+                .as_ref()
+                .filter(|s| !s.is_closed())
+        {
+            return Ok(Checkout {
+                sender: Sender::Http2(shared.clone()),
+                reused: true,
+            });
+        }
+        // Two requests may both open one here; the later one is kept, the other serves its
+        // request and closes.
+        let sender = connect_http2(address, timeout).await?;
+        *self.http2.lock().expect("pool poisoned") = Some(sender.clone());
+        Ok(Checkout {
+            sender: Sender::Http2(sender),
+            reused: false,
+        })
+    }
+}
+
+async fn open(address: &str, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Opens one HTTP/2 connection with prior knowledge (h2c).
+async fn connect_http2<B: SendBody>(
+    address: &str,
+    timeout: Duration,
+) -> Result<http2::SendRequest<B>, ConnectError> {
+    let stream = open(address, timeout).await?;
+    let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        .timer(hyper_util::rt::TokioTimer::new())
+        .handshake(TokioIo::new(stream))
+        .await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Opens one HTTP/1.1 connection.
+pub async fn connect<B: SendBody>(
+    address: &str,
+    timeout: Duration,
+) -> Result<http1::SendRequest<B>, ConnectError> {
+    let stream = open(address, timeout).await?;
+    let (sender, conn) = http1::handshake(TokioIo::new(stream)).await?;
+    // With upgrades: after a `101` the connection becomes the upstream's end of a tunnel.
+    let conn = conn.with_upgrades();
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// An upstream's answer body that hands its connection back to the pool once read to the end.
+/// A connection whose answer was not read completely (the client went away) is never reused:
+/// what is left of the answer would be read as the next one's.
+pub struct Pooled<B: SendBody = UpstreamBody> {
+    inner: Incoming,
+    sender: Option<Sender<B>>,
+    pool: Arc<Pool<B>>,
+}
+
+impl<B: SendBody> Pooled<B> {
+    /// `inner`, read from `sender`'s connection, which goes back to `pool` when it ends.
+    pub fn new(inner: Incoming, sender: Sender<B>, pool: Arc<Pool<B>>) -> Pooled<B> {
+        Pooled {
+            inner,
+            sender: Some(sender),
+            pool,
+        }
+    }
+
+    fn give_back(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.pool.put_back(sender);
+        }
+    }
+}
+
+impl<B: SendBody> Body for Pooled<B> {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = r {
+            self.give_back();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl<B: SendBody> Drop for Pooled<B> {
+    fn drop(&mut self) {
+        // Bodies the server never polls (HEAD, 204, 304) are complete already.
+        if self.inner.is_end_stream() {
+            self.give_back();
+        }
+    }
+}
