@@ -13,14 +13,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Body as _;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use stickyfarm_api::config::AppProtocol;
 use stickyfarm_api::request_id;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::trace::Traced;
 use stickyfarm_api::tunnel::Tunnels;
+use stickyfarm_api::upstream::{Pool, Pooled, Sender};
 use stickyfarm_api::{
     ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, StoredId, UnitBaseUrl,
     UnitName, header_names, paths, remove_hop_by_hop, remove_stickyfarm_headers,
@@ -53,11 +51,8 @@ pub struct Front {
     pub max_body_size: u64,
     /// What the app speaks.
     app_protocol: AppProtocol,
-    /// Pooled connections to the app (HTTP/1.1, or HTTP/2 with h2c).
-    pub client: Client<HttpConnector, Body>,
-    /// A client that always opens a new connection: for the one replay of a request whose
-    /// pooled connection broke.
-    fresh_client: Client<HttpConnector, Body>,
+    /// Pooled connections to the app (HTTP/1.1, or one shared HTTP/2 connection with h2c).
+    app_connections: Arc<Pool<Body>>,
     /// The unit name and instance id as header values, made once: they never change.
     headers: (HeaderValue, HeaderValue),
     /// Upgraded connections (WebSockets) between clients and the app.
@@ -94,8 +89,7 @@ impl Front {
             snapshot_max,
             max_body_size,
             app_protocol: AppProtocol::Http1,
-            client: Self::app_client(AppProtocol::Http1),
-            fresh_client: Self::app_client_without_pool(AppProtocol::Http1),
+            app_connections: Arc::new(Pool::new(APP_MAX_IDLE)),
             headers,
             tunnels,
             stopping: CancellationToken::new(),
@@ -111,8 +105,6 @@ impl Front {
     /// Speaks `protocol` to the app.
     pub fn with_app_protocol(mut self, protocol: AppProtocol) -> Front {
         self.app_protocol = protocol;
-        self.client = Self::app_client(protocol);
-        self.fresh_client = Self::app_client_without_pool(protocol);
         self
     }
 
@@ -134,28 +126,6 @@ impl Front {
                 .get(header_names::GATEWAY_TOKEN)
                 .is_some_and(|v| token.matches(v.as_bytes()))
         })
-    }
-
-    /// A pooled client for the app.
-    pub fn app_client(protocol: AppProtocol) -> Client<HttpConnector, Body> {
-        Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .http2_only(protocol == AppProtocol::H2c)
-            .build(Self::app_connector())
-    }
-
-    fn app_client_without_pool(protocol: AppProtocol) -> Client<HttpConnector, Body> {
-        Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .http2_only(protocol == AppProtocol::H2c)
-            .build(Self::app_connector())
-    }
-
-    fn app_connector() -> HttpConnector {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(2)));
-        connector
     }
 }
 
@@ -307,22 +277,24 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    parts.uri = match http::Uri::builder()
-        .scheme("http")
-        .authority(front.app.clone())
-        .path_and_query(path_and_query)
-        .build()
-    {
+    let client_version = parts.version;
+    parts.version = front.app_version(upgrade.is_some());
+    parts.uri = match app_target(&front.app, path_and_query, parts.version) {
         Ok(u) => u,
         Err(_) => return plain(StatusCode::BAD_REQUEST, "malformed request target\n"),
     };
-    let client_version = parts.version;
-    parts.version = front.app_version(upgrade.is_some());
+    // HTTP/1.1 names the host in a header: the client's when it sent one, else the app's
+    // (an HTTP/2 client names it in the target, which the app does not get over HTTP/1.1).
+    if parts.version == http::Version::HTTP_11 && !parts.headers.contains_key(header::HOST) {
+        parts
+            .headers
+            .insert(header::HOST, value(front.app.as_str()));
+    }
     drop(resolved);
     // The app continues the trace under this span (its `traceparent` names it).
     let app = Traced::phase("app");
     app.inject(&mut parts.headers);
-    let mut response = match app.run(ask_app(&front, parts, body)).await {
+    let (mut response, connection) = match app.run(ask_app(&front, parts, body)).await {
         Ok(r) => r,
         Err(refusal) => return refusal,
     };
@@ -366,7 +338,29 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         Generation(generation),
         &mut parts.headers,
     );
+    if switched {
+        // The connection is the app's end of the tunnel now, never pooled again.
+        drop(connection);
+        return Response::from_parts(parts, Body::new(body));
+    }
+    let body = Pooled::new(body, connection, front.app_connections.clone());
     Response::from_parts(parts, Body::new(body))
+}
+
+/// The request target the app gets: origin form over HTTP/1.1 (`/path?query`, as a server
+/// expects it from a client), the full URI over HTTP/2 (its `:scheme` and `:authority`).
+fn app_target(
+    app: &http::uri::Authority,
+    path_and_query: String,
+    version: http::Version,
+) -> Result<http::Uri, http::Error> {
+    let target = http::Uri::builder();
+    let target = if version == http::Version::HTTP_2 {
+        target.scheme("http").authority(app.clone())
+    } else {
+        target
+    };
+    target.path_and_query(path_and_query).build()
 }
 
 /// `Connection: upgrade` and `Upgrade: <protocol>`, hop-by-hop and so removed with the rest,
@@ -378,15 +372,27 @@ fn ask_to_switch(h: &mut http::HeaderMap, protocol: &HeaderValue) {
 
 /// Why the app gave no answer.
 enum AppFailure {
-    /// Nothing reached the app (it refused the connection).
-    Refused(hyper_util::client::legacy::Error),
+    /// Nothing reached the app (it refused the connection, or closed a new one unused).
+    Refused(String),
     /// The client's body passed `--max-body-size`.
     BodyTooLarge,
     /// The connection broke before an answer.
-    Broken(hyper_util::client::legacy::Error),
+    Broken(hyper::Error),
     /// No answer within `--app-timeout`.
     Timeout,
 }
+
+/// How long opening a connection to the app may take: it is on the same pod, so a connect that
+/// takes longer means the app is not listening (then the gateway asks another unit).
+const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Idle connections kept to the app. At most as many as requests were in flight at once,
+/// which the client connections (`--max-connections`) bound already; an idle connection
+/// costs a descriptor on each side and nothing else.
+const APP_MAX_IDLE: usize = 1024;
+
+/// The app's answer and the connection it came on (back to the pool once the body is read).
+type AppAnswer = (http::Response<hyper::body::Incoming>, Sender<Body>);
 
 /// Phase "ask the app": sends the request and returns the app's answer, or the answer the
 /// client gets instead. A bodiless safe request (GET, HEAD, OPTIONS) whose connection broke
@@ -397,7 +403,7 @@ async fn ask_app(
     front: &Front,
     parts: http::request::Parts,
     body: Body,
-) -> Result<Response<hyper::body::Incoming>, Response> {
+) -> Result<AppAnswer, Response> {
     let repeatable = is_safe(&parts.method) && body.is_end_stream();
     let replay = repeatable.then(|| {
         let mut again = Request::new(Body::empty());
@@ -411,28 +417,53 @@ async fn ask_app(
     // read (it refused the connection, or answered first) the listener reads and drops, so
     // the gateway gets to read the answer (`listener::RequestBody`).
     let body = Body::new(Limited::new(body, front.max_body_size as usize));
-    let first = send_to_app(front, &front.client, Request::from_parts(parts, body)).await;
+    let first = send_to_app(front, Request::from_parts(parts, body), false).await;
     let outcome = match (first, replay) {
         (Err(AppFailure::Broken(e)), Some(again)) => {
             tracing::info!(error = %e, "the connection to the app broke; asking once more on a new one");
-            send_to_app(front, &front.fresh_client, again).await
+            send_to_app(front, again, true).await
         }
         (outcome, _) => outcome,
     };
     outcome.map_err(|failure| app_failure_answer(front, failure, repeatable))
 }
 
-async fn send_to_app(
+/// Sends `req` to the app within `--app-timeout`, over a pooled connection unless `fresh`.
+async fn send_to_app(front: &Front, req: Request, fresh: bool) -> Result<AppAnswer, AppFailure> {
+    tokio::time::timeout(front.app_timeout, exchange(front, req, fresh))
+        .await
+        .unwrap_or(Err(AppFailure::Timeout))
+}
+
+/// One exchange with the app. A request that a pooled connection hands back unsent (the app
+/// had closed it while it idled) goes once more over a new connection, whatever its method:
+/// nothing of it reached the app, and its body is still unread.
+async fn exchange(
     front: &Front,
-    client: &Client<HttpConnector, Body>,
-    req: Request,
-) -> Result<Response<hyper::body::Incoming>, AppFailure> {
-    match tokio::time::timeout(front.app_timeout, client.request(req)).await {
-        Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) if e.is_connect() => Err(AppFailure::Refused(e)),
-        Ok(Err(e)) if passed_body_limit(&e) => Err(AppFailure::BodyTooLarge),
-        Ok(Err(e)) => Err(AppFailure::Broken(e)),
-        Err(_) => Err(AppFailure::Timeout),
+    mut req: Request,
+    mut fresh: bool,
+) -> Result<AppAnswer, AppFailure> {
+    let http2 = req.version() == http::Version::HTTP_2;
+    loop {
+        let checkout = front
+            .app_connections
+            .checkout(front.app.as_str(), APP_CONNECT_TIMEOUT, fresh, http2)
+            .await
+            .map_err(|e| AppFailure::Refused(e.to_string()))?;
+        let mut sender = checkout.sender;
+        let mut failed = match sender.try_send_request(req).await {
+            Ok(answer) => return Ok((answer, sender)),
+            Err(e) => e,
+        };
+        match failed.take_message() {
+            Some(unsent) if checkout.reused => {
+                req = unsent;
+                fresh = true;
+            }
+            Some(_) => return Err(AppFailure::Refused(failed.into_error().to_string())),
+            None if passed_body_limit(failed.error()) => return Err(AppFailure::BodyTooLarge),
+            None => return Err(AppFailure::Broken(failed.into_error())),
+        }
     }
 }
 

@@ -325,6 +325,92 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
     server.abort();
 }
 
+/// What the app gets is what a server expects from a client: the request target in origin
+/// form (`/path?query`, not the sidecar's absolute URI) and the client's `Host`. And the
+/// sidecar keeps its connection to the app: a second request, once the first answer was read,
+/// goes over the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_gets_origin_form_targets_over_one_kept_connection() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU32::new(0));
+    let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let server = {
+        let (accepted, heads) = (accepted.clone(), heads.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut conn, _)) = listener.accept().await else {
+                    return;
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let heads = heads.clone();
+                // Bodiless requests, one after another, each answered and the connection kept.
+                tokio::spawn(async move {
+                    loop {
+                        let mut head = Vec::new();
+                        let mut byte = [0u8; 1];
+                        while !head.ends_with(b"\r\n\r\n") {
+                            if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                                return;
+                            }
+                            head.push(byte[0]);
+                        }
+                        heads
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&head).to_lowercase());
+                        if conn
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        })
+    };
+    let db = TestDb::new().await;
+    let sidecar = SidecarProc::start(SidecarSpec {
+        unit: "web-0",
+        database_url: &db.url,
+        app,
+        extra: vec![],
+        instance: None,
+    })
+    .await;
+    let client = reqwest::Client::new();
+    for path in ["/cart?page=2", "/checkout"] {
+        let r = client
+            .get(sidecar.url(path))
+            .header("host", "shop.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+    }
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(heads[0].starts_with("get /cart?page=2 http/1.1\r\n"), "{}", heads[0]);
+    assert!(heads[1].starts_with("get /checkout http/1.1\r\n"), "{}", heads[1]);
+    for head in &heads {
+        assert!(head.contains("\r\nhost: shop.example\r\n"), "{head}");
+        assert_eq!(head.matches("\r\nhost:").count(), 1, "{head}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the second request reused the first one's connection"
+    );
+    server.abort();
+}
+
 /// TLS to PostgreSQL with `sslmode=verify-full` and a CA from a file (a mounted Secret on
 /// Kubernetes): with the CA that signed the server's certificate the unit writes through as
 /// always; a server whose certificate another CA signed, or that was made for another name,
