@@ -63,6 +63,13 @@ enum Cmd {
     Shoppers(shoppers::ShopperArgs),
     /// WebSockets sending messages and checking their echoes (the WebSocket load).
     WsLoad(ws_load::WsLoadArgs),
+    /// Prints the JSON cart of exactly `--bytes` bytes the scenarios store (`bench/instructions`
+    /// stores the same one).
+    Cart {
+        /// Its size in bytes (at least 64).
+        #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(64..))]
+        bytes: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +83,10 @@ fn main() -> anyhow::Result<()> {
         b.enable_all().build().context("starting the async runtime")
     };
     match cli.command {
+        Cmd::Cart { bytes } => {
+            print!("{}", shoppers::cart_of_size(bytes as usize));
+            Ok(())
+        }
         Cmd::Serve {
             listen,
             name,
