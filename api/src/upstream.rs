@@ -233,33 +233,31 @@ pub async fn connect<B: SendBody>(
     Ok(sender)
 }
 
-/// An upstream's answer body that hands its connection back to the pool once read to the end.
-/// A connection whose answer was not read completely (the client went away) is never reused:
-/// what is left of the answer would be read as the next one's.
-pub struct Pooled<B: SendBody = UpstreamBody> {
+/// An upstream's answer body that calls `at_end` once: with `true` when it was read to the end,
+/// or with `false` when it is dropped before (a client that went away). A body the server never
+/// polls (HEAD, 204, 304) counts as read when nothing of it was left.
+pub struct AtEnd<F: FnOnce(bool) + Unpin> {
     inner: Incoming,
-    sender: Option<Sender<B>>,
-    pool: Arc<Pool<B>>,
+    at_end: Option<F>,
 }
 
-impl<B: SendBody> Pooled<B> {
-    /// `inner`, read from `sender`'s connection, which goes back to `pool` when it ends.
-    pub fn new(inner: Incoming, sender: Sender<B>, pool: Arc<Pool<B>>) -> Pooled<B> {
-        Pooled {
+impl<F: FnOnce(bool) + Unpin> AtEnd<F> {
+    /// `inner`, with `at_end` called when it ends or is dropped.
+    pub fn new(inner: Incoming, at_end: F) -> AtEnd<F> {
+        AtEnd {
             inner,
-            sender: Some(sender),
-            pool,
+            at_end: Some(at_end),
         }
     }
 
-    fn give_back(&mut self) {
-        if let Some(sender) = self.sender.take() {
-            self.pool.put_back(sender);
+    fn end(&mut self, complete: bool) {
+        if let Some(at_end) = self.at_end.take() {
+            at_end(complete);
         }
     }
 }
 
-impl<B: SendBody> Body for Pooled<B> {
+impl<F: FnOnce(bool) + Unpin> Body for AtEnd<F> {
     type Data = Bytes;
     type Error = hyper::Error;
 
@@ -269,7 +267,7 @@ impl<B: SendBody> Body for Pooled<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
-            self.give_back();
+            self.end(true);
         }
         r
     }
@@ -283,11 +281,24 @@ impl<B: SendBody> Body for Pooled<B> {
     }
 }
 
-impl<B: SendBody> Drop for Pooled<B> {
+impl<F: FnOnce(bool) + Unpin> Drop for AtEnd<F> {
     fn drop(&mut self) {
-        // Bodies the server never polls (HEAD, 204, 304) are complete already.
-        if self.inner.is_end_stream() {
-            self.give_back();
-        }
+        let complete = self.inner.is_end_stream();
+        self.end(complete);
     }
+}
+
+/// An upstream's answer body that hands its connection back to `pool` once read to the end. A
+/// connection whose answer was not read completely is never reused: what is left of the answer
+/// would be read as the next one's.
+pub fn returning<B: SendBody>(
+    inner: Incoming,
+    sender: Sender<B>,
+    pool: Arc<Pool<B>>,
+) -> AtEnd<impl FnOnce(bool) + Unpin> {
+    AtEnd::new(inner, move |complete| {
+        if complete {
+            pool.put_back(sender);
+        }
+    })
 }

@@ -193,7 +193,7 @@ pub struct Unit {
     answer_time: AnswerTime,
     check: Mutex<CheckRecord>,
     /// Pooled connections to the unit.
-    pub pool: Arc<Pool>,
+    pub pool: Pool,
     /// Cancelled when the unit leaves the farm (stops its checker).
     pub removed: CancellationToken,
     metrics: UnitMetrics,
@@ -234,7 +234,7 @@ impl Unit {
             rate: RateMeter::default(),
             answer_time: AnswerTime::default(),
             check: Mutex::new(CheckRecord::default()),
-            pool: Arc::new(Pool::new(max_idle_connections)),
+            pool: Pool::new(max_idle_connections),
             removed,
             metrics: m,
             spec,

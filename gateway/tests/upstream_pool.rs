@@ -3,11 +3,12 @@
 //! connections after a header read timeout, as a sidecar does). Here rather than in the api
 //! crate, which cannot depend on the testkit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
-use stickyfarm_api::upstream::{Checkout, Pool, Sender, UpstreamBody, connect};
+use stickyfarm_api::upstream::{Checkout, Pool, Sender, UpstreamBody, connect, returning};
 use stickyfarm_testkit::FakeUnit;
 
 fn get() -> http::Request<UpstreamBody> {
@@ -84,4 +85,28 @@ async fn a_request_into_a_connection_found_closed_comes_back_unsent() {
         .expect("the request comes back: it was never written");
     assert_eq!(request.uri(), "/cart");
     assert_eq!(unit.count("GET"), 0);
+}
+
+#[tokio::test]
+async fn a_connection_goes_back_only_once_its_answer_was_read_to_the_end() {
+    let unit = FakeUnit::start("web-0").await;
+    let pool = Arc::new(Pool::new(4));
+
+    // The client went away before the answer's body was read: its connection is not reused,
+    // or the next request would read the rest of this answer as its own.
+    let mut sender = checkout(&pool, &unit).await.sender;
+    let answer = sender.try_send_request(get()).await.expect("answered");
+    drop(returning(answer.into_body(), sender, pool.clone()));
+    let c = checkout(&pool, &unit).await;
+    assert!(!c.reused, "a connection with an unread answer was reused");
+
+    // Read to the end: back in the pool, and the next request goes over it.
+    let mut sender = c.sender;
+    let answer = sender.try_send_request(get()).await.expect("answered");
+    let body = returning(answer.into_body(), sender, pool.clone());
+    let echo = body.collect().await.expect("body").to_bytes();
+    assert!(!echo.is_empty());
+    let c = checkout(&pool, &unit).await;
+    assert!(c.reused, "a connection whose answer was read was not reused");
+    assert_eq!(unit.connections_accepted(), 2);
 }

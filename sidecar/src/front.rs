@@ -18,7 +18,7 @@ use stickyfarm_api::request_id;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::trace::Traced;
 use stickyfarm_api::tunnel::Tunnels;
-use stickyfarm_api::upstream::{Pool, Pooled, Sender};
+use stickyfarm_api::upstream::{self, Pool, Sender};
 use stickyfarm_api::{
     ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, StoredId, UnitBaseUrl,
     UnitName, header_names, paths, remove_hop_by_hop, remove_stickyfarm_headers,
@@ -343,7 +343,7 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         drop(connection);
         return Response::from_parts(parts, Body::new(body));
     }
-    let body = Pooled::new(body, connection, front.app_connections.clone());
+    let body = upstream::returning(body, connection, front.app_connections.clone());
     Response::from_parts(parts, Body::new(body))
 }
 

@@ -397,8 +397,16 @@ async fn the_app_gets_origin_form_targets_over_one_kept_connection() {
     }
     let heads = heads.lock().unwrap().clone();
     assert_eq!(heads.len(), 2, "{heads:?}");
-    assert!(heads[0].starts_with("get /cart?page=2 http/1.1\r\n"), "{}", heads[0]);
-    assert!(heads[1].starts_with("get /checkout http/1.1\r\n"), "{}", heads[1]);
+    assert!(
+        heads[0].starts_with("get /cart?page=2 http/1.1\r\n"),
+        "{}",
+        heads[0]
+    );
+    assert!(
+        heads[1].starts_with("get /checkout http/1.1\r\n"),
+        "{}",
+        heads[1]
+    );
     for head in &heads {
         assert!(head.contains("\r\nhost: shop.example\r\n"), "{head}");
         assert_eq!(head.matches("\r\nhost:").count(), 1, "{head}");

@@ -2,23 +2,20 @@
 //! signals removed, the routing cookie set when the serving unit changed, and a body that
 //! counts the request in flight until it ends and then returns the connection to the pool.
 
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::Response;
 use http::header::{self, HeaderValue};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use stickyfarm_api::{CookiePolicy, FarmCookie, UnitName, header_names, remove_hop_by_hop};
 
 use super::ResponseBody;
 use crate::metrics::Metrics;
 use crate::units::{InFlight, TunnelSlot, Unit};
 use stickyfarm_api::tunnel::Tunnels;
-use stickyfarm_api::upstream::{Pooled, Sender};
+use stickyfarm_api::upstream::{AtEnd, Sender};
 
 /// The unit's answer for the client. `link`: the unit the client's links and cookie name from
 /// now on; `cookie_unit`: the one its routing cookie names today.
@@ -35,14 +32,16 @@ pub fn respond(
 ) -> Response<ResponseBody> {
     let (mut parts, body) = response.into_parts();
     client_head(cookies, &mut parts.headers, link, cookie_unit);
-    let body = Tracked {
-        inner: Pooled::new(body, sender, unit.pool.clone()),
-        done: false,
-        status: parts.status.as_u16(),
-        arrived,
-        unit,
-        _in_flight: in_flight,
-    };
+    // The request counts in flight until its answer ends; then the connection goes back to the
+    // unit's pool (only when the answer was read to the end) and the whole request is recorded.
+    let status = parts.status.as_u16();
+    let body = AtEnd::new(body, move |complete| {
+        if complete {
+            unit.pool.put_back(sender);
+        }
+        unit.record_request(status, arrived.elapsed());
+        drop(in_flight);
+    });
     Response::from_parts(parts, body.boxed())
 }
 
@@ -114,59 +113,5 @@ pub fn client_head(
         if let Ok(v) = HeaderValue::from_str(&c) {
             h.append(header::SET_COOKIE, v);
         }
-    }
-}
-
-/// A unit's response body: counts the request in flight until the body ends, and records how
-/// long the whole request took. The connection goes back to the unit's pool when the body ends
-/// ([`Pooled`]).
-struct Tracked {
-    inner: Pooled,
-    done: bool,
-    status: u16,
-    arrived: Instant,
-    unit: Arc<Unit>,
-    _in_flight: InFlight,
-}
-
-impl Tracked {
-    /// The body ended, or the client went away before it did.
-    fn finish(&mut self) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        self.unit
-            .record_request(self.status, self.arrived.elapsed());
-    }
-}
-
-impl Body for Tracked {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = r {
-            self.finish();
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl Drop for Tracked {
-    fn drop(&mut self) {
-        self.finish();
     }
 }
