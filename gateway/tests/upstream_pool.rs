@@ -107,6 +107,9 @@ async fn a_connection_goes_back_only_once_its_answer_was_read_to_the_end() {
     let echo = body.collect().await.expect("body").to_bytes();
     assert!(!echo.is_empty());
     let c = checkout(&pool, &unit).await;
-    assert!(c.reused, "a connection whose answer was read was not reused");
+    assert!(
+        c.reused,
+        "a connection whose answer was read was not reused"
+    );
     assert_eq!(unit.connections_accepted(), 2);
 }

@@ -35,6 +35,20 @@ async fn get_cart(client: &reqwest::Client, unit: &Unit, session: &str) -> reqwe
         .unwrap()
 }
 
+/// Reads one request head (up to its blank line) from a raw app's connection, byte by byte so
+/// that nothing of the next request is taken; `None` when the sidecar closed it first.
+async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_session_is_stored_on_its_first_write_and_then_served_from_the_cache() {
     let db = TestDb::new().await;
@@ -249,7 +263,7 @@ async fn oversized_bodies_are_refused_on_the_public_port() {
 async fn a_broken_app_connection_replays_safe_requests_only() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = listener.local_addr().unwrap();
@@ -265,15 +279,9 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
                 };
                 let (break_next, seen) = (break_next.clone(), seen.clone());
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if conn.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let text = String::from_utf8_lossy(&head).to_string();
+                    let Some(text) = read_head(&mut conn).await else {
+                        return;
+                    };
                     let method = text.split(' ').next().unwrap_or_default().to_owned();
                     seen.lock().unwrap().push(method);
                     if break_next
@@ -333,7 +341,7 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
 async fn the_app_gets_origin_form_targets_over_one_kept_connection() {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncWriteExt as _;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app = listener.local_addr().unwrap();
@@ -350,19 +358,8 @@ async fn the_app_gets_origin_form_targets_over_one_kept_connection() {
                 let heads = heads.clone();
                 // Bodiless requests, one after another, each answered and the connection kept.
                 tokio::spawn(async move {
-                    loop {
-                        let mut head = Vec::new();
-                        let mut byte = [0u8; 1];
-                        while !head.ends_with(b"\r\n\r\n") {
-                            if conn.read(&mut byte).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            head.push(byte[0]);
-                        }
-                        heads
-                            .lock()
-                            .unwrap()
-                            .push(String::from_utf8_lossy(&head).to_lowercase());
+                    while let Some(head) = read_head(&mut conn).await {
+                        heads.lock().unwrap().push(head.to_lowercase());
                         if conn
                             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                             .await
