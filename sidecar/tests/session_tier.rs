@@ -49,6 +49,23 @@ async fn read_head(conn: &mut tokio::net::TcpStream) -> Option<String> {
     }
     Some(String::from_utf8_lossy(&head).into_owned())
 }
+
+/// A raw app on loopback, without an HTTP library, so a test sees the bytes the sidecar sends:
+/// `serve` handles each connection it accepts on a task of its own. Abort the handle to stop it.
+async fn raw_app<F, Fut>(serve: F) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            tokio::spawn(serve(conn));
+        }
+    });
+    (addr, server)
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_session_is_stored_on_its_first_write_and_then_served_from_the_cache() {
     let db = TestDb::new().await;
@@ -265,40 +282,34 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::io::AsyncWriteExt as _;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
     // How many of the next requests the app drops without an answer.
     let break_next = Arc::new(AtomicU32::new(1));
     let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let server = {
+    let (app, server) = raw_app({
         let (break_next, seen) = (break_next.clone(), seen.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
+        move |mut conn| {
+            let (break_next, seen) = (break_next.clone(), seen.clone());
+            async move {
+                let Some(text) = read_head(&mut conn).await else {
                     return;
                 };
-                let (break_next, seen) = (break_next.clone(), seen.clone());
-                tokio::spawn(async move {
-                    let Some(text) = read_head(&mut conn).await else {
-                        return;
-                    };
-                    let method = text.split(' ').next().unwrap_or_default().to_owned();
-                    seen.lock().unwrap().push(method);
-                    if break_next
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok()
-                    {
-                        return; // dropped: no answer at all
-                    }
-                    let _ = conn
-                        .write_all(
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
-                        )
-                        .await;
-                });
+                let method = text.split(' ').next().unwrap_or_default().to_owned();
+                seen.lock().unwrap().push(method);
+                if break_next
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    return; // dropped: no answer at all
+                }
+                let _ = conn
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
             }
-        })
-    };
+        }
+    })
+    .await;
     let db = TestDb::new().await;
     let sidecar = SidecarProc::start(SidecarSpec {
         unit: "web-0",
@@ -343,35 +354,29 @@ async fn the_app_gets_origin_form_targets_over_one_kept_connection() {
     use std::sync::atomic::{AtomicU32, Ordering};
     use tokio::io::AsyncWriteExt as _;
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let app = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicU32::new(0));
     let heads = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let server = {
+    let (app, server) = raw_app({
         let (accepted, heads) = (accepted.clone(), heads.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut conn, _)) = listener.accept().await else {
-                    return;
-                };
-                accepted.fetch_add(1, Ordering::SeqCst);
-                let heads = heads.clone();
-                // Bodiless requests, one after another, each answered and the connection kept.
-                tokio::spawn(async move {
-                    while let Some(head) = read_head(&mut conn).await {
-                        heads.lock().unwrap().push(head.to_lowercase());
-                        if conn
-                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
+        move |mut conn| {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let heads = heads.clone();
+            // Bodiless requests, one after another, each answered and the connection kept.
+            async move {
+                while let Some(head) = read_head(&mut conn).await {
+                    heads.lock().unwrap().push(head.to_lowercase());
+                    if conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
                     }
-                });
+                }
             }
-        })
-    };
+        }
+    })
+    .await;
     let db = TestDb::new().await;
     let sidecar = SidecarProc::start(SidecarSpec {
         unit: "web-0",
