@@ -229,6 +229,12 @@ pub struct SidecarFarmSettings {
     #[arg(long, env = "STICKYFARM_APP_PROTOCOL", value_enum, default_value_t = AppProtocol::Http1)]
     pub app_protocol: AppProtocol,
 
+    /// How long the app keeps an idle HTTP/1.1 connection open: its keep-alive timeout (5 s
+    /// in Node.js and uvicorn, 2 s in gunicorn). The sidecar reuses an idle connection only
+    /// while it is well inside that ([`app_connection_reuse`]); `0s`: never.
+    #[arg(long, env = "STICKYFARM_APP_KEEP_ALIVE_TIMEOUT", default_value = DEFAULT_APP_KEEP_ALIVE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub app_keep_alive_timeout: Duration,
+
     /// Percent of the memory tier kept for warm copies of the sessions this unit backs up
     /// (0: no warm copies; the gateway still names backups, which then load cold).
     #[arg(long, env = "STICKYFARM_WARM_BACKUP_PERCENT", default_value_t = DEFAULT_WARM_BACKUP_PERCENT,
@@ -239,6 +245,25 @@ pub struct SidecarFarmSettings {
     #[command(flatten)]
     pub cookies: CookieSettings,
 }
+
+/// The app's keep-alive timeout when the farm does not name one: Node.js's and uvicorn's.
+pub const DEFAULT_APP_KEEP_ALIVE_TIMEOUT: &str = "5s";
+
+/// How long the sidecar reuses an idle connection to an app that closes idle connections after
+/// `keep_alive`: a second less (half of it when that is shorter).
+///
+/// An app closes an idle connection without reading what arrived on it. A request the sidecar
+/// wrote just as the app's timer fired is lost, and a POST cannot be sent again: its client
+/// would get 502, the known race of every proxy in front of Node.js. The sidecar's idle clock
+/// starts when it has read an answer, after the app's started, and the margin covers that and
+/// the time a request takes to reach the app on a busy machine.
+pub fn app_connection_reuse(keep_alive: Duration) -> Duration {
+    keep_alive.saturating_sub((keep_alive / 2).min(Duration::from_secs(1)))
+}
+
+/// How long the gateway reuses an idle connection to a unit: below the sidecar's
+/// `--header-read-timeout` (30 s unless set), after which the sidecar closes it.
+pub const UNIT_CONNECTION_REUSE: Duration = Duration::from_secs(20);
 
 /// The share of a unit's memory tier for warm copies when the farm does not name one.
 pub const DEFAULT_WARM_BACKUP_PERCENT: u8 = 25;
@@ -252,6 +277,10 @@ impl SidecarFarmSettings {
             ("absolute_timeout", duration(self.absolute_timeout)),
             ("tunnel_idle_timeout", duration(self.tunnel_idle_timeout)),
             ("app_protocol", value_name(self.app_protocol)),
+            (
+                "app_keep_alive_timeout",
+                duration(self.app_keep_alive_timeout),
+            ),
             ("warm_backup_percent", self.warm_backup_percent.to_string()),
         ];
         v.extend(self.cookies.values());
@@ -499,6 +528,7 @@ mod from_farm {
                 absolute_timeout: sp.absolute_timeout.0,
                 tunnel_idle_timeout: spec.gateway.tunnels.idle_timeout.0,
                 app_protocol: app_protocol(spec),
+                app_keep_alive_timeout: spec.app.keep_alive_timeout.0,
                 warm_backup_percent: spec.sidecar.warm_backup_percent,
                 cookies: CookieSettings::from_farm(spec),
             }
@@ -526,6 +556,18 @@ mod tests {
             sidecar_drain_linger(Duration::from_secs(60)),
             SIDECAR_DRAIN_LINGER_MAX
         );
+    }
+
+    #[test]
+    fn an_idle_app_connection_is_reused_only_well_inside_the_apps_keep_alive() {
+        let reuse = |ms| app_connection_reuse(Duration::from_millis(ms)).as_millis();
+        // Node.js and uvicorn, gunicorn, a long-lived server: a second's margin.
+        assert_eq!(reuse(5_000), 4_000);
+        assert_eq!(reuse(2_000), 1_000);
+        assert_eq!(reuse(75_000), 74_000);
+        // Shorter: half of it.
+        assert_eq!(reuse(1_000), 500);
+        assert_eq!(reuse(0), 0);
     }
 
     #[derive(Parser)]
@@ -650,6 +692,12 @@ mod tests {
             r#""h2c""#,
             Some(("app_protocol", "h2c")),
             Some(("app_protocol", "h2c")),
+        ),
+        (
+            "app.keepAliveTimeout",
+            r#""2s""#,
+            None,
+            Some(("app_keep_alive_timeout", "2s")),
         ),
         (
             "gateway.tunnels.maxPerUnit",

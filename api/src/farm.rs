@@ -162,6 +162,12 @@ pub struct AppSpec {
     /// the way to the app, trailers included, with the same stickiness.
     #[serde(default)]
     pub protocol: AppProtocol,
+    /// How long the app keeps an idle connection open (its keep-alive timeout: 5s in Node.js
+    /// and uvicorn, 2s in gunicorn). The sidecar stops reusing an idle connection a second
+    /// before (half way, for a timeout under 2s), so that no request is written into one the
+    /// app is closing, which loses it: a POST then fails its client with 502.
+    #[serde(default = "default_app_keep_alive")]
+    pub keep_alive_timeout: DurationText,
     /// Environment variables (`valueFrom` works on Kubernetes only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<EnvVar>,
@@ -202,6 +208,10 @@ pub enum AppProtocol {
 
 /// CEL: a probe names no other host (the kubelet would connect wherever it says).
 const PROBE_STAYS_IN_POD: &str = "(!has(self.httpGet) || !has(self.httpGet.host)) && (!has(self.tcpSocket) || !has(self.tcpSocket.host))";
+
+fn default_app_keep_alive() -> DurationText {
+    DurationText::from_str(crate::config::DEFAULT_APP_KEEP_ALIVE_TIMEOUT).expect("valid default")
+}
 
 fn default_app_port() -> Port {
     Port(3000)

@@ -58,10 +58,6 @@ impl<B: SendBody> Sender<B> {
     }
 }
 
-/// Connections idle longer than this are not reused: the upstream's keep-alive may have closed them,
-/// and a request written into a closing connection cannot safely be replayed.
-const MAX_IDLE: Duration = Duration::from_secs(20);
-
 /// Opening a connection failed; nothing was sent.
 #[derive(Debug, Error)]
 pub enum ConnectError {
@@ -80,6 +76,7 @@ pub enum ConnectError {
 pub struct Pool<B = UpstreamBody> {
     idle: Mutex<Vec<(http1::SendRequest<B>, Instant)>>,
     max_idle: usize,
+    reuse_within: Duration,
     http2: Mutex<Option<http2::SendRequest<B>>>,
 }
 
@@ -92,11 +89,19 @@ pub struct Checkout<B = UpstreamBody> {
 }
 
 impl<B: SendBody> Pool<B> {
-    /// An empty pool keeping at most `max_idle` connections.
-    pub fn new(max_idle: usize) -> Pool<B> {
+    /// An empty pool keeping at most `max_idle` connections, each reused only while it has
+    /// idled less than `reuse_within`.
+    ///
+    /// `reuse_within` must end before the upstream's own keep-alive timeout does. A server
+    /// closes an idle connection without reading what arrives on it, so a request written just
+    /// as it closes is lost; one that is not safe to repeat (a POST) then fails its client.
+    /// Past the window the connection is dropped unused and the request goes over a new one.
+    /// `Duration::ZERO`: never reused.
+    pub fn new(max_idle: usize, reuse_within: Duration) -> Pool<B> {
         Pool {
             idle: Mutex::new(Vec::new()),
             max_idle,
+            reuse_within,
             http2: Mutex::new(None),
         }
     }
@@ -105,7 +110,7 @@ impl<B: SendBody> Pool<B> {
     pub fn take_idle(&self) -> Option<http1::SendRequest<B>> {
         let mut idle = self.idle.lock().expect("pool poisoned");
         while let Some((s, since)) = idle.pop() {
-            if s.is_ready() && since.elapsed() < MAX_IDLE {
+            if s.is_ready() && since.elapsed() < self.reuse_within {
                 return Some(s);
             }
         }
@@ -118,7 +123,7 @@ impl<B: SendBody> Pool<B> {
         let Sender::Http1(sender) = sender else {
             return;
         };
-        if sender.is_closed() {
+        if sender.is_closed() || self.reuse_within.is_zero() {
             return;
         }
         let mut idle = self.idle.lock().expect("pool poisoned");

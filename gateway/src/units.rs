@@ -16,6 +16,7 @@ use stickyfarm_api::{InstanceId, UnitName};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, UnitMetrics};
+use stickyfarm_api::config::UNIT_CONNECTION_REUSE;
 use stickyfarm_api::upstream::Pool;
 
 /// A unit as discovery reports it.
@@ -234,7 +235,7 @@ impl Unit {
             rate: RateMeter::default(),
             answer_time: AnswerTime::default(),
             check: Mutex::new(CheckRecord::default()),
-            pool: Pool::new(max_idle_connections),
+            pool: Pool::new(max_idle_connections, UNIT_CONNECTION_REUSE),
             removed,
             metrics: m,
             spec,

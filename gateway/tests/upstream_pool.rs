@@ -11,6 +11,9 @@ use http_body_util::{BodyExt as _, Full};
 use stickyfarm_api::upstream::{Checkout, Pool, Sender, UpstreamBody, connect, returning};
 use stickyfarm_testkit::FakeUnit;
 
+/// Longer than any test here takes between two requests.
+const REUSE: Duration = Duration::from_secs(20);
+
 fn get() -> http::Request<UpstreamBody> {
     http::Request::get("/cart")
         .header(http::header::HOST, "shop")
@@ -42,7 +45,7 @@ async fn checkout(pool: &Pool, unit: &FakeUnit) -> Checkout {
 #[tokio::test]
 async fn a_connection_whose_answer_was_read_is_reused() {
     let unit = FakeUnit::start("web-0").await;
-    let pool = Pool::new(4);
+    let pool = Pool::new(4, REUSE);
     for round in 0..3 {
         let c = checkout(&pool, &unit).await;
         assert_eq!(c.reused, round > 0, "round {round}");
@@ -55,7 +58,7 @@ async fn a_connection_whose_answer_was_read_is_reused() {
 #[tokio::test]
 async fn an_idle_connection_the_unit_closed_is_never_handed_out() {
     let unit = FakeUnit::closing_idle_after("web-0", Duration::from_millis(30)).await;
-    let pool = Pool::new(4);
+    let pool = Pool::new(4, REUSE);
     let c = checkout(&pool, &unit).await;
     exchange(&pool, c.sender).await;
     // The unit closes it while it idles in the pool; the close arrives.
@@ -64,6 +67,36 @@ async fn an_idle_connection_the_unit_closed_is_never_handed_out() {
     assert!(!c.reused, "the closed connection was handed out");
     exchange(&pool, c.sender).await;
     assert_eq!(unit.connections_accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_the_reuse_window_is_dropped_though_still_open() {
+    // The unit would keep it (no idle close); the window is what ends its reuse, before an
+    // upstream with a shorter keep-alive than it says could close it under a request.
+    let unit = FakeUnit::start("web-0").await;
+    let pool = Pool::new(4, Duration::from_millis(100));
+    let c = checkout(&pool, &unit).await;
+    exchange(&pool, c.sender).await;
+    let c = checkout(&pool, &unit).await;
+    assert!(c.reused, "inside the window");
+    exchange(&pool, c.sender).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let c = checkout(&pool, &unit).await;
+    assert!(
+        !c.reused,
+        "a connection idle past the window was handed out"
+    );
+    exchange(&pool, c.sender).await;
+    assert_eq!(unit.connections_accepted(), 2);
+
+    // A zero window never keeps one.
+    let never = Pool::new(4, Duration::ZERO);
+    for _ in 0..2 {
+        let c = checkout(&never, &unit).await;
+        assert!(!c.reused);
+        exchange(&never, c.sender).await;
+    }
+    assert_eq!(unit.connections_accepted(), 4);
 }
 
 #[tokio::test]
@@ -90,7 +123,7 @@ async fn a_request_into_a_connection_found_closed_comes_back_unsent() {
 #[tokio::test]
 async fn a_connection_goes_back_only_once_its_answer_was_read_to_the_end() {
     let unit = FakeUnit::start("web-0").await;
-    let pool = Arc::new(Pool::new(4));
+    let pool = Arc::new(Pool::new(4, REUSE));
 
     // The client went away before the answer's body was read: its connection is not reused,
     // or the next request would read the rest of this answer as its own.

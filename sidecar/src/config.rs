@@ -139,7 +139,8 @@ pub struct Config {
     pub max_header_size: ByteSize,
 
     /// A client must send a request head within this, also between keep-alive requests
-    /// (slowloris); the gateway's pooled connections simply reconnect after it.
+    /// (slowloris). Keep it above 20 s, how long the gateway reuses an idle connection
+    /// (`UNIT_CONNECTION_REUSE`): it must give one up before the sidecar closes it.
     #[arg(long, env = "STICKYFARM_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
 
@@ -165,5 +166,28 @@ impl Config {
     /// session never looks idle to the sweep.
     pub fn touch_interval(&self) -> Duration {
         (self.farm_settings.idle_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use stickyfarm_api::config::UNIT_CONNECTION_REUSE;
+
+    use super::Config;
+
+    #[test]
+    fn the_gateway_gives_up_an_idle_connection_before_the_sidecar_closes_it() {
+        let config = Config::try_parse_from([
+            "stickyfarm-sidecar",
+            "--database-url",
+            "postgres://x",
+            "--unit",
+            "web-0",
+            "--session-id-key-file",
+            "/k",
+        ])
+        .expect("the defaults parse");
+        assert!(UNIT_CONNECTION_REUSE < config.header_read_timeout);
     }
 }

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Body as _;
-use stickyfarm_api::config::AppProtocol;
+use stickyfarm_api::config::{AppProtocol, app_connection_reuse};
 use stickyfarm_api::request_id;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::trace::Traced;
@@ -72,6 +72,7 @@ impl Front {
         gateway_token: Option<Token>,
         app: http::uri::Authority,
         app_timeout: Duration,
+        app_keep_alive: Duration,
         cookies: CookiePolicy,
         snapshot_max: usize,
         max_body_size: u64,
@@ -89,7 +90,10 @@ impl Front {
             snapshot_max,
             max_body_size,
             app_protocol: AppProtocol::Http1,
-            app_connections: Arc::new(Pool::new(APP_MAX_IDLE)),
+            app_connections: Arc::new(Pool::new(
+                APP_MAX_IDLE,
+                app_connection_reuse(app_keep_alive),
+            )),
             headers,
             tunnels,
             stopping: CancellationToken::new(),

@@ -25,6 +25,7 @@ use axum::Router;
 use axum::routing::get;
 use hyper_util::service::TowerToHyperService;
 use sqlx::postgres::PgConnectOptions;
+use stickyfarm_api::config::UNIT_CONNECTION_REUSE;
 use stickyfarm_api::listener;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::tunnel::{self, Tunnels};
@@ -173,6 +174,7 @@ impl Sidecar {
                 gateway_token,
                 app,
                 config.app_timeout,
+                config.farm_settings.app_keep_alive_timeout,
                 config.farm_settings.cookies.policy(),
                 config.snapshot_max.as_u64() as usize,
                 config.max_body_size.as_u64(),
@@ -198,6 +200,14 @@ impl Sidecar {
             local(&admin, config.admin_listen)?,
         );
 
+        if config.header_read_timeout <= UNIT_CONNECTION_REUSE {
+            tracing::warn!(
+                header_read_timeout = ?config.header_read_timeout,
+                gateway_reuse = ?UNIT_CONNECTION_REUSE,
+                "--header-read-timeout is not above how long the gateway reuses an idle connection: \
+                 a request the gateway writes just as this unit closes one is lost; raise it"
+            );
+        }
         let limits = listener::Limits {
             max_connections: config.max_connections,
             max_header_size: config.max_header_size.as_u64() as usize,

@@ -348,6 +348,92 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
 /// form (`/path?query`, not the sidecar's absolute URI) and the client's `Host`. And the
 /// sidecar keeps its connection to the app: a second request, once the first answer was read,
 /// goes over the same one.
+/// Node.js closes a connection idle for its keep-alive timeout without reading what arrives
+/// on it; a request the sidecar writes just then is lost, and a POST cannot be sent again. The
+/// raw app here makes that moment certain: a request on a connection that idled for its
+/// keep-alive timeout is dropped unanswered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_after_the_apps_keep_alive_timeout_goes_over_a_new_connection() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::Instant;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    const KEEP_ALIVE: Duration = Duration::from_secs(1);
+    let (accepted, answered, lost) = (
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(AtomicU32::new(0)),
+        Arc::new(AtomicU32::new(0)),
+    );
+    let (app, server) = raw_app({
+        let (accepted, answered, lost) = (accepted.clone(), answered.clone(), lost.clone());
+        move |mut conn| {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (answered, lost) = (answered.clone(), lost.clone());
+            async move {
+                let mut idle_since = Instant::now();
+                while let Some(head) = read_head(&mut conn).await {
+                    if idle_since.elapsed() >= KEEP_ALIVE {
+                        lost.fetch_add(1, Ordering::SeqCst);
+                        return;
+                    }
+                    let length = head
+                        .to_lowercase()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: ")?.trim().parse().ok())
+                        .unwrap_or(0);
+                    let mut body = vec![0; length];
+                    if conn.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    // Counted before the answer goes out, which the test may see first.
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    if conn
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    idle_since = Instant::now();
+                }
+            }
+        }
+    })
+    .await;
+    let db = TestDb::new().await;
+    let sidecar = SidecarProc::start(SidecarSpec {
+        unit: "web-0",
+        database_url: &db.url,
+        app,
+        extra: vec!["--app-keep-alive-timeout".into(), "1s".into()],
+        instance: None,
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let post = || {
+        client
+            .post(sidecar.url("/cart/add"))
+            .body("item=apple")
+            .send()
+    };
+    for _ in 0..2 {
+        assert_eq!(post().await.unwrap().status(), 200, "within the timeout");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept connection");
+    tokio::time::sleep(KEEP_ALIVE + Duration::from_millis(200)).await;
+    let r = post().await.unwrap();
+    assert_eq!(r.status(), 200, "the POST after the app's timeout was lost");
+    assert_eq!(
+        lost.load(Ordering::SeqCst),
+        0,
+        "a request went into an expired connection"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    assert_eq!(answered.load(Ordering::SeqCst), 3);
+    server.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_gets_origin_form_targets_over_one_kept_connection() {
     use std::sync::Arc;
