@@ -136,6 +136,10 @@ fn broken_serverfarms_are_refused_with_readable_messages() {
             json!({"app": app, "sidecar": {"cacheMemory": "64MB"}}),
             "64MB",
         ),
+        (
+            json!({"app": {"image": "x", "keepAliveTimeout": "0s"}}),
+            "keepAliveTimeout",
+        ),
         (json!({"app": app, "gateway": {"port": 70000}}), "maximum"),
         (
             json!({"app": app, "gateway": {"unitAddressing": "host"}}),
