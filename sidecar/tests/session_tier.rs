@@ -66,6 +66,20 @@ where
     });
     (addr, server)
 }
+
+/// A sidecar (unit `web-0`, on a database of its own) in front of `app`, with `extra` flags.
+async fn sidecar_in_front_of(app: std::net::SocketAddr, extra: &[&str]) -> (TestDb, SidecarProc) {
+    let db = TestDb::new().await;
+    let sidecar = SidecarProc::start(SidecarSpec {
+        unit: "web-0",
+        database_url: &db.url,
+        app,
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        instance: None,
+    })
+    .await;
+    (db, sidecar)
+}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_session_is_stored_on_its_first_write_and_then_served_from_the_cache() {
     let db = TestDb::new().await;
@@ -310,15 +324,7 @@ async fn a_broken_app_connection_replays_safe_requests_only() {
         }
     })
     .await;
-    let db = TestDb::new().await;
-    let sidecar = SidecarProc::start(SidecarSpec {
-        unit: "web-0",
-        database_url: &db.url,
-        app,
-        extra: vec![],
-        instance: None,
-    })
-    .await;
+    let (_db, sidecar) = sidecar_in_front_of(app, &[]).await;
     let client = reqwest::Client::new();
     let r = client.get(sidecar.url("/page")).send().await.unwrap();
     assert_eq!(r.status(), 200, "the GET is answered on the second try");
@@ -401,15 +407,7 @@ async fn a_post_after_the_apps_keep_alive_timeout_goes_over_a_new_connection() {
         }
     })
     .await;
-    let db = TestDb::new().await;
-    let sidecar = SidecarProc::start(SidecarSpec {
-        unit: "web-0",
-        database_url: &db.url,
-        app,
-        extra: vec!["--app-keep-alive-timeout".into(), "1s".into()],
-        instance: None,
-    })
-    .await;
+    let (_db, sidecar) = sidecar_in_front_of(app, &["--app-keep-alive-timeout", "1s"]).await;
     let client = reqwest::Client::new();
     let post = || {
         client
@@ -463,15 +461,7 @@ async fn the_app_gets_origin_form_targets_over_one_kept_connection() {
         }
     })
     .await;
-    let db = TestDb::new().await;
-    let sidecar = SidecarProc::start(SidecarSpec {
-        unit: "web-0",
-        database_url: &db.url,
-        app,
-        extra: vec![],
-        instance: None,
-    })
-    .await;
+    let (_db, sidecar) = sidecar_in_front_of(app, &[]).await;
     let client = reqwest::Client::new();
     for path in ["/cart?page=2", "/checkout"] {
         let r = client
