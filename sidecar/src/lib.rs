@@ -151,6 +151,7 @@ impl Sidecar {
                 cache_reads: config.cache_reads,
                 max_tables: config.max_tables as usize,
                 session_id_key,
+                listens: config.listen_invalidations,
             },
         ));
 

@@ -30,11 +30,14 @@ pub enum FlushReason {
     /// Idle on a unit holding more than its share after a scale-up: released to the
     /// gateway, which moved the session to a less loaded unit.
     Released,
+    /// Read while the invalidation listener was not connected throughout (at start, or while
+    /// it reconnects): served once, not kept, since a write announced meanwhile went unheard.
+    Unheard,
 }
 
 impl FlushReason {
     /// Every reason, so that each counter exists (at 0) from the start.
-    const ALL: [FlushReason; 8] = [
+    const ALL: [FlushReason; 9] = [
         FlushReason::InstanceMismatch,
         FlushReason::NewerGeneration,
         FlushReason::Notification,
@@ -43,6 +46,7 @@ impl FlushReason {
         FlushReason::Expired,
         FlushReason::Gone,
         FlushReason::Released,
+        FlushReason::Unheard,
     ];
 
     fn as_str(self) -> &'static str {
@@ -55,6 +59,7 @@ impl FlushReason {
             FlushReason::Expired => "expired",
             FlushReason::Gone => "gone",
             FlushReason::Released => "released",
+            FlushReason::Unheard => "unheard",
         }
     }
 }

@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 use stickyfarm_api::trace::{KeyValue, Traced};
@@ -181,6 +182,10 @@ pub struct TierOptions {
     /// The farm's key for stored session ids: PostgreSQL, notifications and this cache know
     /// sessions only by their stored id.
     pub session_id_key: SessionIdKey,
+    /// Whether an invalidation listener runs (`--listen-invalidations`). Without one (behind
+    /// PgBouncer) copies are kept regardless, and only the cookies' instance and generation
+    /// checks find stale ones.
+    pub listens: bool,
 }
 
 /// The cache and write-through core.
@@ -199,8 +204,9 @@ pub struct SessionTier {
     rotations: StdMutex<HashMap<SessionId, (SessionId, u64)>>,
     /// The backups the gateway named for the sessions whose requests are in flight.
     hints: Arc<BackupHints>,
-    /// Whether the invalidation listener is connected to PostgreSQL now.
-    listening: std::sync::atomic::AtomicBool,
+    /// The invalidation listener's connections: odd while it is connected to PostgreSQL, one
+    /// more at every connect and every loss (see [`SessionTier::keep_if_heard`]).
+    hearing: AtomicU64,
 }
 
 impl SessionTier {
@@ -222,7 +228,7 @@ impl SessionTier {
             hasher: Default::default(),
             to_touch: StdMutex::new(HashSet::new()),
             hints: Arc::default(),
-            listening: Default::default(),
+            hearing: AtomicU64::new(0),
         }
     }
 
@@ -234,7 +240,7 @@ impl SessionTier {
     /// here. Nor is any while PostgreSQL seems unreachable (the listener lost it): the other
     /// unit could not load the session, and this one can still serve it from its cache.
     pub async fn release_if_idle(&self, id: &SessionId, idle_ms: u64) -> bool {
-        if !self.listening.load(std::sync::atomic::Ordering::Relaxed) {
+        if !self.listening() {
             return false;
         }
         let stored = self.stored(id);
@@ -321,6 +327,41 @@ impl SessionTier {
         self.cache.remove(id);
         self.metrics.flush(reason);
         tracing::debug!(session = ?id, ?reason, "flushed cached session");
+    }
+
+    /// Whether the invalidation listener is connected now.
+    fn listening(&self) -> bool {
+        self.hearing.load(Ordering::SeqCst) % 2 == 1
+    }
+
+    /// Records that the invalidation listener connected (`true`: it listens from now on) or
+    /// lost its connection.
+    fn set_listening(&self, up: bool) {
+        if self.listening() != up {
+            self.hearing.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A mark taken before a session is read from PostgreSQL (or written): what
+    /// [`SessionTier::keep_if_heard`] compares with.
+    fn hearing_mark(&self) -> u64 {
+        self.hearing.load(Ordering::SeqCst)
+    }
+
+    /// Caches `copy`, made from what PostgreSQL said after `mark`, and returns it. The copy
+    /// stays cached only if the listener was connected at `mark` and has been since: a write
+    /// another unit committed in between was then heard (and waits for this session's lock to
+    /// flush it). Otherwise its announcement may be lost (the listener was starting, or
+    /// reconnecting after its flush of everything), and the copy serves this one request
+    /// only; the next one reads PostgreSQL again. A unit that cached a session before its
+    /// listener first connected would serve it, stale, until it expired.
+    fn keep_if_heard(&self, stored: StoredId, copy: CachedSession, mark: u64) -> Entry {
+        let entry = self.cache.insert(stored, copy);
+        let heard = mark % 2 == 1 && self.hearing_mark() == mark;
+        if self.options.listens && !heard {
+            self.flush(&stored, FlushReason::Unheard);
+        }
+        entry
     }
 
     /// Finds the session of a request from its cookies, applying the freshness rules, and
@@ -482,6 +523,7 @@ impl SessionTier {
             self.metrics.warm_failover("stale");
             return Ok(None);
         }
+        let mark = self.hearing_mark();
         let current = Traced::phase("generation check")
             .run(self.store.generation(*stored))
             .await?;
@@ -490,7 +532,7 @@ impl SessionTier {
             return Ok(None);
         }
         self.metrics.warm_failover("hit");
-        Ok(Some(self.cache.insert(*stored, copy)))
+        Ok(Some(self.keep_if_heard(*stored, copy, mark)))
     }
 
     /// Loads a warm copy of a session this unit backs up (queued by an announcement).
@@ -532,6 +574,7 @@ impl SessionTier {
         id: &SessionId,
         stored: StoredId,
     ) -> Result<Option<Entry>, TierError> {
+        let mark = self.hearing_mark();
         let loaded = match Traced::phase("database load")
             .run(self.store.load_session(stored))
             .await?
@@ -551,9 +594,10 @@ impl SessionTier {
             .into_iter()
             .map(|(name, version, doc)| (name, CachedTable { version, doc }))
             .collect();
-        Ok(Some(self.cache.insert(
+        Ok(Some(self.keep_if_heard(
             stored,
             CachedSession::new(loaded.generation, tables).expiring_at(loaded.expires_at_ms),
+            mark,
         )))
     }
 
@@ -567,6 +611,7 @@ impl SessionTier {
         // Remembered before the row exists: a concurrent request then asks the database rather
         // than take the session for one without state.
         self.issued.mark_created(id, unix_seconds());
+        let mark = self.hearing_mark();
         if !self
             .store
             .create_session(stored, &self.options.unit)
@@ -584,10 +629,11 @@ impl SessionTier {
         }
         self.metrics.session_created();
         let lifetime = self.store.expiry().absolute.as_millis() as u64;
-        Ok(self.cache.insert(
+        Ok(self.keep_if_heard(
             stored,
             CachedSession::new(0, Tables::default())
                 .expiring_at(unix_now().saturating_add(lifetime)),
+            mark,
         ))
     }
 
@@ -617,6 +663,7 @@ impl SessionTier {
         let stored = self.stored(&id);
         let backup = self.hints.backup_of(&stored);
         let _guard = self.lock_for(&stored).lock().await;
+        let mark = self.hearing_mark();
         let current = match self.cache.get(&stored).await {
             Some(e) => e,
             None => match self.load_locked(&id, stored).await? {
@@ -674,7 +721,7 @@ impl SessionTier {
                         // The write's announcement told the backup.
                         next.note_backup(backup_mark(b));
                     }
-                    self.cache.insert(stored, next);
+                    self.keep_if_heard(stored, next, mark);
                 } else {
                     // Another table changed elsewhere in between: this copy is behind.
                     self.cache.remove(&stored);
@@ -923,8 +970,7 @@ pub mod background {
             };
             backoff = Duration::from_millis(100);
             tier.metrics.listener_connected(true);
-            tier.listening
-                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tier.set_listening(true);
             if !first {
                 tracing::info!("invalidation listener reconnected; dropping every cached session");
                 tier.flush_all().await;
@@ -949,8 +995,7 @@ pub mod background {
                         tracing::warn!("invalidation listener lost its PostgreSQL connection");
                         tier.store.connection_lost();
                         tier.metrics.listener_connected(false);
-                        tier.listening
-                            .store(false, std::sync::atomic::Ordering::Relaxed);
+                        tier.set_listening(false);
                         break;
                     }
                 }

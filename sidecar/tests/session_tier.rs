@@ -1779,6 +1779,99 @@ async fn the_cache_ends_sessions_itself_without_notifications() {
     );
 }
 
+/// A unit hears other units' writes only through its invalidation listener. A copy it read
+/// from PostgreSQL while the listener was not connected (at start, or while it reconnects)
+/// may already be behind a write it never heard of: it serves that one request and is not
+/// kept. Here unit b's listener loses its connection and cannot reconnect (its database
+/// proxy refuses new connections; the pool's open ones go on working).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_read_while_the_listener_is_down_is_not_kept() {
+    let db = TestDb::new().await;
+    let a = Unit::start("web-0", &db.url, &[]).await;
+    let proxy = PgProxy::start(db.pg_addr()).await;
+    let b = Unit::start("web-1", &db.url_via(proxy.port), &[]).await;
+    let listening = || async {
+        b.sidecar
+            .metric("stickyfarm_sidecar_invalidation_listener_connected", "")
+            .await
+    };
+    // A unit answers before its listener has connected; here both have.
+    for unit in [&a, &b] {
+        eventually(
+            Duration::from_secs(10),
+            "the listener connected",
+            || async {
+                unit.sidecar
+                    .metric("stickyfarm_sidecar_invalidation_listener_connected", "")
+                    .await
+                    == 1.0
+            },
+        )
+        .await;
+    }
+    let mut shopper = Browser::new();
+    shopper.post(&a.sidecar.url("/cart/add?item=apple")).await;
+    let sid = shopper.cookie("sf_session").unwrap().to_owned();
+
+    proxy.refuse_new();
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND query ILIKE 'listen%'",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(ended.len(), 2, "both units' listeners");
+    eventually(Duration::from_secs(10), "b's listener is down", || async {
+        listening().await == 0.0
+    })
+    .await;
+
+    // A second tab through b: b reads the session (its cookies now name b and what it read).
+    let mut tab = Browser::new();
+    tab.cookies.insert("sf_session".into(), sid.clone());
+    let p = tab.get(&b.sidecar.url("/cart")).await.json();
+    assert_eq!(p["items"], json!(["apple"]));
+    // Written on a; the announcement does not reach b.
+    shopper.post(&a.sidecar.url("/cart/add?item=pear")).await;
+    let p = tab.get(&b.sidecar.url("/cart")).await.json();
+    assert_eq!(p["session"], sid.as_str());
+    assert_eq!(
+        p["items"],
+        json!(["apple", "pear"]),
+        "b served a stale copy"
+    );
+    assert!(
+        b.sidecar
+            .metric("stickyfarm_sidecar_flushes_total", "unheard")
+            .await
+            >= 2.0
+    );
+
+    // Once the listener is back, b keeps its copies again and hears a's writes.
+    proxy.restore();
+    eventually(Duration::from_secs(15), "b's listener is back", || async {
+        listening().await == 1.0
+    })
+    .await;
+    let loads = || async {
+        b.sidecar
+            .metric("stickyfarm_sidecar_db_queries_total", "op=\"load_session\"")
+            .await
+    };
+    tab.get(&b.sidecar.url("/cart")).await;
+    let before = loads().await;
+    let p = tab.get(&b.sidecar.url("/cart")).await.json();
+    assert_eq!(p["items"], json!(["apple", "pear"]));
+    assert_eq!(loads().await, before, "served from the cache");
+    shopper.post(&a.sidecar.url("/cart/add?item=plum")).await;
+    eventually(Duration::from_secs(10), "b hears a's write", || async {
+        tab.clone().get(&b.sidecar.url("/cart")).await.json()["items"]
+            == json!(["apple", "pear", "plum"])
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_rotates_the_session_id_and_the_old_one_is_dead_everywhere() {
     let db = TestDb::new().await;

@@ -879,48 +879,62 @@ impl Unit {
 }
 
 /// A TCP proxy in front of PostgreSQL that a test can cut (every connection closed, new ones
-/// refused) and restore: a database that goes away and comes back, on real sockets.
+/// refused), make refuse new connections only, and restore: a database that goes away and
+/// comes back, on real sockets.
 pub struct PgProxy {
     pub port: u16,
-    up: watch::Sender<bool>,
+    state: watch::Sender<ProxyState>,
     task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProxyState {
+    Open,
+    RefusingNew,
+    Cut,
 }
 
 impl PgProxy {
     pub async fn start(target: SocketAddr) -> PgProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (up, up_rx) = watch::channel(true);
+        let (state, state_rx) = watch::channel(ProxyState::Open);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else {
                     return;
                 };
-                if !*up_rx.borrow() {
+                if *state_rx.borrow() != ProxyState::Open {
                     drop(inbound); // refused: closed at once
                     continue;
                 }
-                let mut rx = up_rx.clone();
+                let mut rx = state_rx.clone();
                 tokio::spawn(async move {
                     let Ok(mut outbound) = TcpStream::connect(target).await else {
                         return;
                     };
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = rx.wait_for(|up| !*up) => {} // cut: both sockets close
+                        _ = rx.wait_for(|s| *s == ProxyState::Cut) => {} // cut: both sockets close
                     }
                 });
             }
         });
-        PgProxy { port, up, task }
+        PgProxy { port, state, task }
     }
 
+    /// Every connection closed, new ones refused.
     pub fn cut(&self) {
-        let _ = self.up.send(false);
+        let _ = self.state.send(ProxyState::Cut);
+    }
+
+    /// New connections refused; the open ones keep working.
+    pub fn refuse_new(&self) {
+        let _ = self.state.send(ProxyState::RefusingNew);
     }
 
     pub fn restore(&self) {
-        let _ = self.up.send(true);
+        let _ = self.state.send(ProxyState::Open);
     }
 }
 
