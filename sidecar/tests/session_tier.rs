@@ -1795,20 +1795,7 @@ async fn a_copy_read_while_the_listener_is_down_is_not_kept() {
             .metric("stickyfarm_sidecar_invalidation_listener_connected", "")
             .await
     };
-    // A unit answers before its listener has connected; here both have.
-    for unit in [&a, &b] {
-        eventually(
-            Duration::from_secs(10),
-            "the listener connected",
-            || async {
-                unit.sidecar
-                    .metric("stickyfarm_sidecar_invalidation_listener_connected", "")
-                    .await
-                    == 1.0
-            },
-        )
-        .await;
-    }
+    // Both listeners are connected: `Unit::start` waits for them.
     let mut shopper = Browser::new();
     shopper.post(&a.sidecar.url("/cart/add?item=apple")).await;
     let sid = shopper.cookie("sf_session").unwrap().to_owned();

@@ -384,22 +384,34 @@ impl SidecarProc {
             process: ChildProc::spawn(&format!("sidecar {}", spec.unit), cmd),
             _tokens: tokens,
         };
-        p.wait_listening().await;
+        // Started means hearing other units' writes too: a unit answers before its invalidation
+        // listener has connected, and until then it keeps no copy in its cache, which a test
+        // counting PostgreSQL loads would see.
+        let hears = !spec
+            .extra
+            .windows(2)
+            .any(|w| w[0] == "--listen-invalidations" && w[1] == "false");
+        p.wait_listening(hears).await;
         p
     }
 
-    async fn wait_listening(&self) {
+    async fn wait_listening(&self, hears: bool) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if TcpStream::connect(self.admin).await.is_ok()
                 && TcpStream::connect(self.public).await.is_ok()
+                && (!hears
+                    || self
+                        .metric("stickyfarm_sidecar_invalidation_listener_connected", "")
+                        .await
+                        == 1.0)
             {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "sidecar {} did not start in 30 s; log:\n{}",
+            "sidecar {} did not start (or its invalidation listener did not connect) in 30 s; log:\n{}",
             self.unit,
             self.log_text()
         );
