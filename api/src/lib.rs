@@ -42,7 +42,7 @@ pub use error::ContractError;
 pub use hop::{remove_hop_by_hop, remove_stickyfarm_headers, upgrade_protocol};
 pub use ids::{Generation, InstanceId, SessionId, SessionIdKey, StoredId, TableName};
 pub use snapshot::{SessionSnapshot, TableSnapshot};
-pub use unit::{UnitBaseUrl, UnitName, UnitPath, parse_unit_host, parse_unit_path};
+pub use unit::{UnitBaseUrl, UnitName, UnitPath, is_valid_host, parse_unit_host, parse_unit_path};
 
 /// Cookie names set by Stickyfarm. All are `HttpOnly` and `SameSite=Lax`.
 pub mod cookie_names {

@@ -3,7 +3,8 @@
 
 use proptest::prelude::*;
 use stickyfarm_api::{
-    SessionId, UnitName, parse_client_cookies, parse_unit_host, parse_unit_path, paths,
+    SessionId, UnitName, is_valid_host, parse_client_cookies, parse_unit_host, parse_unit_path,
+    paths,
 };
 
 fn config() -> ProptestConfig {
@@ -53,6 +54,27 @@ proptest! {
                 "a dot segment passed: {}", p.rest);
         }
         let _ = paths::is_internal(&path);
+    }
+
+    #[test]
+    fn a_host_accepted_is_an_authority_with_a_host(raw in proptest::collection::vec(any::<u8>(), 0..40),
+                                                   texty in "[\\[\\]:@%\"/?#a-f0-9.x -]{0,24}") {
+        // Never more lenient than `http`'s own authority parser, which the gateway used
+        // before: what passes is an authority without user info and with a host.
+        for h in [raw.as_slice(), texty.as_bytes()] {
+            if is_valid_host(h) {
+                let text = std::str::from_utf8(h).expect("an accepted host is ASCII");
+                let authority: http::uri::Authority = text.parse().expect("an authority");
+                prop_assert!(!authority.host().is_empty() && !text.contains(['@', '"', '%']), "{text:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn ordinary_hosts_are_accepted(name in "[a-z0-9-]{1,20}(\\.[a-z0-9-]{1,20}){0,3}(:[0-9]{1,5})?",
+                                   ip6 in "\\[[0-9a-f:]{2,39}\\](:[0-9]{1,5})?") {
+        prop_assert!(is_valid_host(name.as_bytes()), "{name:?}");
+        prop_assert!(is_valid_host(ip6.as_bytes()), "{ip6:?}");
     }
 
     #[test]

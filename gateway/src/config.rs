@@ -271,10 +271,7 @@ impl Scheme {
 }
 
 fn parse_public_host(s: &str) -> Result<String, String> {
-    let authority: http::uri::Authority = s
-        .parse()
-        .map_err(|_| format!("expected host[:port], got {s:?}"))?;
-    if s.contains('@') || authority.host().is_empty() {
+    if !stickyfarm_api::is_valid_host(s.as_bytes()) {
         return Err(format!("expected host[:port], got {s:?}"));
     }
     Ok(s.to_ascii_lowercase())

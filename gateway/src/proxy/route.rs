@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use http::Request;
 use http::header::{self, HeaderName, HeaderValue};
-use stickyfarm_api::{UnitName, parse_unit_host, parse_unit_path, paths};
+use stickyfarm_api::{UnitName, is_valid_host, parse_unit_host, parse_unit_path, paths};
 
 use super::ProxySettings;
 use super::refusal::Refusal;
@@ -224,19 +224,21 @@ pub fn unit_url(s: &ProxySettings, unit: &UnitName, request_host: &str) -> Strin
     }
 }
 
-/// The request's host (`:authority` or `Host`), validated.
+/// The request's host (`:authority`, an absolute target's, or `Host`), validated: user info
+/// in an authority is refused too (RFC 9113 §8.3.1 forbids it in `:authority`).
 pub fn request_host<B>(req: &Request<B>) -> Result<String, &'static str> {
-    if let Some(a) = req.uri().authority() {
-        return Ok(a.as_str().to_owned());
-    }
-    let mut values = req.headers().get_all(header::HOST).iter();
-    let v = values.next().ok_or("missing Host header")?;
-    if values.next().is_some() {
-        return Err("more than one Host header");
-    }
-    let text = v.to_str().map_err(|_| "malformed Host header")?;
-    let authority: http::uri::Authority = text.parse().map_err(|_| "malformed Host header")?;
-    if text.contains('@') || authority.host().is_empty() {
+    let text = match req.uri().authority() {
+        Some(a) => a.as_str(),
+        None => {
+            let mut values = req.headers().get_all(header::HOST).iter();
+            let v = values.next().ok_or("missing Host header")?;
+            if values.next().is_some() {
+                return Err("more than one Host header");
+            }
+            v.to_str().map_err(|_| "malformed Host header")?
+        }
+    };
+    if !is_valid_host(text.as_bytes()) {
         return Err("malformed Host header");
     }
     Ok(text.to_owned())
@@ -363,6 +365,12 @@ pub(crate) mod tests {
             );
         }
         assert!(request_host(&Request::get("/").body(()).unwrap()).is_err());
+        let absolute = |target: &str| Request::get(target).body(()).unwrap();
+        assert_eq!(
+            request_host(&absolute("http://shop.example:8000/cart")).unwrap(),
+            "shop.example:8000"
+        );
+        assert!(request_host(&absolute("http://user@shop.example/cart")).is_err());
         let two = Request::get("/")
             .header(header::HOST, "a")
             .header(header::HOST, "b")
