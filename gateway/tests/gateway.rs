@@ -357,6 +357,20 @@ async fn bad_input_is_refused_and_others_keep_being_served() {
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     let r = raw_http(gw.addr, b"GET / HTTP/1.1\r\nHost: u@evil\r\n\r\n", t).await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    // The host an absolute target names is held to the same rules as `Host`; a quote would
+    // end `Forwarded`'s quoted host and a port of letters is no port.
+    for head in [
+        &b"GET http://u@evil/ HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: shop\";for=1.2.3.4\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: shop:http\r\nConnection: close\r\n\r\n",
+    ] {
+        let r = raw_http(gw.addr, head, t).await;
+        assert!(
+            r.starts_with("HTTP/1.1 400"),
+            "{}: {r}",
+            String::from_utf8_lossy(head)
+        );
+    }
     let r = raw_http(gw.addr, b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", t).await;
     assert!(r.starts_with("HTTP/1.1 400"), "{r}");
     // Path traversal in unit addresses: 400, and nothing reached a unit.
