@@ -182,8 +182,11 @@ impl Bench {
         Ok((backends, procs))
     }
 
-    /// Starts a unit: the app and its sidecar; returns both and the sidecar's public address.
-    pub fn unit(
+    /// Starts a unit: the app and its sidecar; returns both and the sidecar's public address,
+    /// once the sidecar hears invalidations. Before that it keeps no copy of what it reads
+    /// (`SessionTier::keep_if_heard`), so a measurement started earlier would time reads
+    /// from PostgreSQL as cached ones.
+    pub async fn unit(
         &self,
         name: &str,
         database_url: &str,
@@ -224,13 +227,20 @@ impl Bench {
             logs,
         )?;
         sidecar.wait_listening(public)?;
-        Ok(Unit {
+        let mut unit = Unit {
             name: name.to_owned(),
             public,
             admin,
             sidecar,
             app,
-        })
+        };
+        if !extra
+            .windows(2)
+            .any(|f| f == ["--listen-invalidations", "false"])
+        {
+            unit.wait_hearing().await?;
+        }
+        Ok(unit)
     }
 
     /// Starts the Stickyfarm gateway over `units` (name, address) with one worker thread, and
@@ -467,6 +477,24 @@ impl Unit {
             .text()
             .await?;
         Ok(stickyfarm_api::metrics::sample_sum(&text, name, labels))
+    }
+
+    /// Waits until the sidecar's invalidation listener has connected (or it dies, or 30 s
+    /// pass).
+    async fn wait_hearing(&mut self) -> anyhow::Result<()> {
+        const CONNECTED: &str = "stickyfarm_sidecar_invalidation_listener_connected";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            self.sidecar.check_running()?;
+            if self.metric(CONNECTED, "").await.ok() == Some(1.0) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        anyhow::bail!(
+            "sidecar {}: its invalidation listener did not connect to PostgreSQL within 30 s",
+            self.name
+        )
     }
 
     /// Kills both processes at once, as when a pod's node dies.

@@ -302,14 +302,18 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Capacity> {
         instance.to_string(),
     ];
     let tiers: Vec<&str> = tiers.iter().map(String::as_str).collect();
-    let cached = b.unit("capacity-cached", database_url, &tiers, cpu, &logs)?;
-    let uncached = b.unit(
-        "capacity-pg",
-        database_url,
-        &["--cache-reads", "false", "--warm-backup-percent", "0"],
-        cpu,
-        &logs,
-    )?;
+    let cached = b
+        .unit("capacity-cached", database_url, &tiers, cpu, &logs)
+        .await?;
+    let uncached = b
+        .unit(
+            "capacity-pg",
+            database_url,
+            &["--cache-reads", "false", "--warm-backup-percent", "0"],
+            cpu,
+            &logs,
+        )
+        .await?;
     let rss_start = cached.sidecar.rss_bytes();
     let mut seeded = Seeded {
         cookies: Vec::new(),

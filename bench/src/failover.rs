@@ -84,7 +84,10 @@ async fn one_run(
     };
     let mut units = Vec::new();
     for i in 0..3 {
-        units.push(b.unit(&format!("u{i}"), database_url, unit_flags, cpu, logs)?);
+        units.push(
+            b.unit(&format!("u{i}"), database_url, unit_flags, cpu, logs)
+                .await?,
+        );
     }
     let members: Vec<(String, std::net::SocketAddr)> =
         units.iter().map(|u| (u.name.clone(), u.public)).collect();

@@ -114,7 +114,10 @@ async fn one_run(
     let cpu = b.placement.proxy;
     let mut units = Vec::new();
     for i in 0..UNITS_AFTER {
-        units.push(b.unit(&format!("r{i}"), database_url, &[], cpu, logs)?);
+        units.push(
+            b.unit(&format!("r{i}"), database_url, &[], cpu, logs)
+                .await?,
+        );
     }
     let file = logs.join("units.yaml");
     std::fs::write(&file, units_file(&units[..UNITS_BEFORE]))?;

@@ -112,13 +112,16 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Scale> {
             // pools far slower than release builds: they may wait longer for a connection (the
             // smoke run judges no timing).
             let acquire = if b.args.smoke { "15s" } else { "2s" };
-            units.push(b.unit(
-                &format!("s{n}-{i}"),
-                database_url,
-                &["--db-max-connections", "4", "--db-acquire-timeout", acquire],
-                cpu,
-                &logs,
-            )?);
+            units.push(
+                b.unit(
+                    &format!("s{n}-{i}"),
+                    database_url,
+                    &["--db-max-connections", "4", "--db-acquire-timeout", acquire],
+                    cpu,
+                    &logs,
+                )
+                .await?,
+            );
         }
         let members: Vec<(String, SocketAddr)> =
             units.iter().map(|u| (u.name.clone(), u.public)).collect();

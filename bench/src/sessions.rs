@@ -44,14 +44,16 @@ pub const WRITE_CEILINGS: [(&str, Statement); 2] = [
 pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
     let logs = b.logs("sessions")?;
     let cpu = b.placement.proxy;
-    let cached = b.unit("cached", database_url, &[], cpu, &logs)?;
-    let uncached = b.unit(
-        "uncached",
-        database_url,
-        &["--cache-reads", "false"],
-        cpu,
-        &logs,
-    )?;
+    let cached = b.unit("cached", database_url, &[], cpu, &logs).await?;
+    let uncached = b
+        .unit(
+            "uncached",
+            database_url,
+            &["--cache-reads", "false"],
+            cpu,
+            &logs,
+        )
+        .await?;
     let units = [&cached, &uncached];
     let sessions = if b.args.smoke { 16 } else { 256 };
     let pgbench = PgBench::prepare(
