@@ -145,7 +145,7 @@ pub fn upstream_head(
     route: &Route,
     remote: SocketAddr,
 ) -> Result<Uri, Refusal> {
-    let uri: Uri = route.forward_path.parse().map_err(|_| Refusal::BadTarget)?;
+    let uri = target_for_unit(&mut parts.uri, &route.forward_path)?;
     let h = &mut parts.headers;
     remove_hop_by_hop(h);
     remove_stickyfarm_headers(h);
@@ -187,6 +187,20 @@ pub fn upstream_head(
         h.insert(FORWARDED, v);
     }
     Ok(uri)
+}
+
+/// The request target the unit gets: `forward_path` in origin form. The client's own target is
+/// taken as it is when it already is that (most requests: no unit prefix, not absolute), so
+/// it is not parsed and copied a second time.
+fn target_for_unit(client: &mut Uri, forward_path: &str) -> Result<Uri, Refusal> {
+    let unchanged = client.scheme().is_none()
+        && client.authority().is_none()
+        && client.path_and_query().map(|p| p.as_str()) == Some(forward_path);
+    if unchanged {
+        Ok(std::mem::take(client))
+    } else {
+        forward_path.parse().map_err(|_| Refusal::BadTarget)
+    }
 }
 
 /// An IP address as the forwarding headers carry it. An IPv4 address is written here rather
@@ -468,6 +482,28 @@ pub fn after_failure(
 mod tests {
     use super::*;
     use crate::config::Addressing;
+
+    #[test]
+    fn the_unit_gets_the_forward_path_in_origin_form() {
+        let cases = [
+            // (the client's target, the route's forward path, what the unit gets, taken as is)
+            ("/cart?x=1", "/cart?x=1", "/cart?x=1", true),
+            ("/_unit/web-1/cart", "/cart", "/cart", false),
+            ("http://shop/cart", "/cart", "/cart", false),
+        ];
+        for (client, forward_path, wanted, taken) in cases {
+            let mut uri: Uri = client.parse().unwrap();
+            let got = target_for_unit(&mut uri, forward_path).unwrap();
+            assert_eq!(got, wanted, "{client}");
+            assert!(got.scheme().is_none() && got.authority().is_none(), "{client}");
+            // Taken: the client's target is left empty; parsed: left as it was.
+            assert_eq!(uri == "/", taken, "{client}");
+        }
+        assert_eq!(
+            target_for_unit(&mut Uri::default(), "/a b"),
+            Err(Refusal::BadTarget)
+        );
+    }
 
     #[test]
     fn an_address_is_written_as_its_display_writes_it() {
