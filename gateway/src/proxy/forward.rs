@@ -160,8 +160,15 @@ pub fn upstream_head(
         h.entry(header::SEC_WEBSOCKET_VERSION)
             .or_insert(HeaderValue::from_static("13"));
     }
-    if let Ok(v) = HeaderValue::from_str(&route.host) {
-        h.insert(header::HOST, v.clone());
+    // The client's `Host` is kept as it is when it names the route's host (the usual case);
+    // an absolute target's or HTTP/2's `:authority` replaces it.
+    let host = match h.get(header::HOST) {
+        Some(v) if v.as_bytes() == route.host.as_bytes() => Some(v.clone()),
+        _ => HeaderValue::from_str(&route.host).ok().inspect(|v| {
+            h.insert(header::HOST, v.clone());
+        }),
+    };
+    if let Some(v) = host {
         h.insert(X_FORWARDED_HOST, v);
     }
     let ip = ip_text(remote.ip());
@@ -495,7 +502,10 @@ mod tests {
             let mut uri: Uri = client.parse().unwrap();
             let got = target_for_unit(&mut uri, forward_path).unwrap();
             assert_eq!(got, wanted, "{client}");
-            assert!(got.scheme().is_none() && got.authority().is_none(), "{client}");
+            assert!(
+                got.scheme().is_none() && got.authority().is_none(),
+                "{client}"
+            );
             // Taken: the client's target is left empty; parsed: left as it was.
             assert_eq!(uri == "/", taken, "{client}");
         }
@@ -532,6 +542,43 @@ mod tests {
             forwarded("2001:db8::7", true, "shop", Scheme::Https),
             "for=\"[2001:db8::7]\";host=\"shop\";proto=https"
         );
+    }
+
+    #[test]
+    fn the_unit_gets_the_requests_host_and_its_target_in_origin_form() {
+        let remote: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        let s = super::super::route::tests::settings(&[], Addressing::Path);
+        // (target, Host header, the unit's Host and X-Forwarded-Host, the unit's target)
+        let cases = [
+            ("/cart", "shop.example:8000", "shop.example:8000", "/cart"),
+            // An absolute target's host wins over the Host header (RFC 9112 §3.2.2).
+            (
+                "http://other.example/cart",
+                "shop.example",
+                "other.example",
+                "/cart",
+            ),
+            (
+                "/_unit/web-1/cart?x=1",
+                "shop.example",
+                "shop.example",
+                "/cart?x=1",
+            ),
+        ];
+        for (target, host, wanted_host, wanted_target) in cases {
+            let req = Request::get(target)
+                .header(header::HOST, host)
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let route = super::super::route::route(&s, &req, remote).unwrap();
+            let (mut parts, _) = req.into_parts();
+            let uri = upstream_head(&s, &mut parts, &route, remote).unwrap();
+            assert_eq!(uri, wanted_target, "{target}");
+            let h = &parts.headers;
+            assert_eq!(h.get_all(header::HOST).iter().count(), 1, "{target}");
+            assert_eq!(h[header::HOST], wanted_host, "{target}");
+            assert_eq!(h[X_FORWARDED_HOST], wanted_host, "{target}");
+        }
     }
 
     #[test]
