@@ -180,7 +180,7 @@ pub fn upstream_head(
         (true, Some(prev)) => format!("{prev}, {ip}"),
         _ => ip,
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = owned_value(xff) {
         h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(
@@ -190,10 +190,16 @@ pub fn upstream_head(
     if let Some(token) = &s.gateway_token {
         h.insert(header_names::GATEWAY_TOKEN, token.clone());
     }
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+    if let Ok(v) = owned_value(forwarded) {
         h.insert(FORWARDED, v);
     }
     Ok(uri)
+}
+
+/// A header value made of text built for it, taken over rather than copied. Built with its
+/// exact length, the text becomes the value without a further allocation.
+pub(crate) fn owned_value(text: String) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(Bytes::from(text))
 }
 
 /// The request target the unit gets: `forward_path` in origin form. The client's own target is
@@ -218,7 +224,8 @@ fn ip_text(ip: IpAddr) -> String {
     let IpAddr::V4(v4) = ip else {
         return ip.to_string();
     };
-    let mut text = String::with_capacity(15);
+    let digits = |o: u8| 1 + usize::from(o >= 10) + usize::from(o >= 100);
+    let mut text = String::with_capacity(3 + v4.octets().into_iter().map(digits).sum::<usize>());
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
             text.push('.');
@@ -236,7 +243,9 @@ fn ip_text(ip: IpAddr) -> String {
 
 /// `Forwarded: for=…;host="…";proto=…` (RFC 7239; an IPv6 address quoted in brackets).
 fn forwarded(ip: &str, ipv6: bool, host: &str, scheme: Scheme) -> String {
-    let mut v = String::with_capacity(ip.len() + host.len() + 32);
+    let quotes = if ipv6 { 4 } else { 0 };
+    let len = "for=".len() + quotes + ip.len() + ";host=\"".len() + host.len();
+    let mut v = String::with_capacity(len + "\";proto=".len() + scheme.as_str().len());
     v.push_str("for=");
     if ipv6 {
         v.push_str("\"[");
@@ -528,20 +537,22 @@ mod tests {
             "::ffff:10.1.2.3",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(ip), ip.to_string());
+            let text = ip_text(ip);
+            assert_eq!(text, ip.to_string());
+            if ip.is_ipv4() {
+                assert_eq!(text.len(), text.capacity(), "{ip}");
+            }
         }
     }
 
     #[test]
     fn forwarded_names_the_client_host_and_scheme() {
-        assert_eq!(
-            forwarded("10.0.0.7", false, "shop:8000", Scheme::Http),
-            "for=10.0.0.7;host=\"shop:8000\";proto=http"
-        );
-        assert_eq!(
-            forwarded("2001:db8::7", true, "shop", Scheme::Https),
-            "for=\"[2001:db8::7]\";host=\"shop\";proto=https"
-        );
+        let v4 = forwarded("10.0.0.7", false, "shop:8000", Scheme::Http);
+        assert_eq!(v4, "for=10.0.0.7;host=\"shop:8000\";proto=http");
+        let v6 = forwarded("2001:db8::7", true, "shop", Scheme::Https);
+        assert_eq!(v6, "for=\"[2001:db8::7]\";host=\"shop\";proto=https");
+        // Made at their exact length, they become header values without another copy.
+        assert_eq!((v4.len(), v6.len()), (v4.capacity(), v6.capacity()));
     }
 
     #[test]

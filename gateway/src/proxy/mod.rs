@@ -550,9 +550,7 @@ impl Proxy {
                 (Some(h), true) => h.clone(),
                 _ => unit.name().clone(),
             };
-            // Taken over as it is, not copied: it is built for every attempt.
-            let url = Bytes::from(unit_url(&self.s, &link, &route.host));
-            if let Ok(v) = HeaderValue::from_maybe_shared(url) {
+            if let Ok(v) = forward::owned_value(unit_url(&self.s, &link, &route.host)) {
                 request.headers_mut().insert(header_names::UNIT_URL, v);
             }
             // The unit this session fails over to from here keeps a warm copy of it.
