@@ -558,25 +558,30 @@ impl Proxy {
                 .has_session
                 .then(|| backup_of(members, std::slice::from_ref(unit.name()), &route.key))
                 .flatten();
+            // The first attempt's head carries no Stickyfarm header (`upstream_head` removed the
+            // client's): only a later one may hold what an earlier attempt set.
+            let retry = attempts > 1;
             match backup {
                 Some(b) => {
                     request
                         .headers_mut()
                         .insert(header_names::BACKUP, b.name_header().clone());
                 }
-                None => {
+                None if retry => {
                     request.headers_mut().remove(header_names::BACKUP);
                 }
+                None => {}
             }
-            match moving.as_ref().filter(|_| attempts == 1) {
+            match moving.as_ref().filter(|_| !retry) {
                 Some(m) => {
                     request
                         .headers_mut()
                         .insert(header_names::RELEASE_IF_IDLE, HeaderValue::from(m.idle_ms));
                 }
-                None => {
+                None if retry => {
                     request.headers_mut().remove(header_names::RELEASE_IF_IDLE);
                 }
+                None => {}
             }
             // An upgrade stays on its unit: a full unit refuses it rather than moving the
             // session's connection elsewhere.
