@@ -11,10 +11,10 @@
 -- requests, errors and latency percentiles in microseconds.
 
 -- The cookie lines live outside the Lua heap: one block of text and an array of where each line
--- starts and how long it is. Held as a million Lua strings, they made LuaJIT's collector (its
--- string table grows and shrinks with each request's garbage, rehashing every string at once)
--- pause wrk for up to 44 ms, so the load generator's own pauses showed in a million sessions'
--- p99.9; this way a million cookies cost wrk no more than a hundred thousand.
+-- starts and how long it is. Held as a million Lua strings, they stalled wrk for up to 45 ms at
+-- a time (most likely LuaJIT's string table, rehashed whole as each request's garbage grows
+-- it), and a million sessions' read p99 measured those stalls, not the unit; this way a million
+-- cookies cost wrk no more than a hundred thousand (bench/results/2026-12-07-million-sessions.md).
 local ffi = require("ffi")
 ffi.cdef [[ void *malloc(size_t size); ]]
 
