@@ -1,6 +1,7 @@
 //! Stickyfarm's performance goals, judged from one run's own figures. Each goal is a ratio
 //! against the peer measured in the same run (or a count, a time, a size), summarised over the
-//! runs as a median with min–max; a goal is met when its median is. A goal whose scenario did
+//! runs as a median with min–max; a goal is met when its median is, except a goal its target
+//! states for every run (recovery from a kill), which is met when its worst run is. A goal whose scenario did
 //! not run (`--only`), or did not reach the size the goal is about (a smoke run), is listed as
 //! not measured rather than left out, so the report always shows the whole list.
 
@@ -43,7 +44,7 @@ pub enum Unit {
 /// The judgement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// The median meets the target.
+    /// The median meets the target (the worst run, for a target promised for every run).
     Met,
     /// It does not.
     NotMet,
@@ -92,6 +93,21 @@ impl Goal {
             value,
             verdict,
         }
+    }
+
+    /// Judged on the worst run instead of the median, for a target that promises something of
+    /// every run: a median under the bound with one run over it would not keep that promise.
+    fn in_every_run(mut self) -> Goal {
+        if let (Some(v), Verdict::Met | Verdict::NotMet) = (self.value, self.verdict) {
+            let ok = match self.target {
+                Target::AtLeast(x) => v.min >= x,
+                Target::AtMost(x) => v.max <= x,
+                Target::Within(lo, hi) => lo <= v.min && v.max <= hi,
+                Target::Reported => unreachable!("a reported goal has no verdict to judge"),
+            };
+            self.verdict = if ok { Verdict::Met } else { Verdict::NotMet };
+        }
+        self
     }
 
     /// A goal that is not met whatever the figure says (a run that never recovered).
@@ -305,16 +321,19 @@ fn failover(f: Option<&Failovers>) -> Vec<Goal> {
         runs.and_then(|r| Spread::of([r.iter().map(g).sum::<u64>() as f64]))
     };
     let never = runs.is_some_and(|r| r.iter().any(|r| r.recovery_ms.is_none()));
+    // Every session served again within 30 ms of the kill: a promise for each run, so the
+    // slowest run decides, not the median.
     let recovery = Goal::new(
         if never {
-            "recovery from a unit's kill (some runs never recovered)"
+            "recovery from a unit's kill, slowest run (some runs never recovered)"
         } else {
-            "recovery from a unit's kill"
+            "recovery from a unit's kill, slowest run"
         },
         Target::AtMost(30.0),
         Unit::Ms,
         runs.and_then(|r| Spread::of(r.iter().filter_map(|r| r.recovery_ms).map(|v| v as f64))),
-    );
+    )
+    .in_every_run();
     vec![
         Goal::new(
             "failed reads through the gateway, all runs",
@@ -484,13 +503,18 @@ mod tests {
             shoppers: 30,
             interval: std::time::Duration::from_millis(20),
         };
-        let f = failovers(vec![run(0, Some(20)), run(1, Some(25)), run(0, Some(40))]);
+        let f = failovers(vec![run(0, Some(20)), run(1, Some(25)), run(0, Some(28))]);
         let goals = failover(Some(&f));
         // HAProxy's 5 failed reads are its own; the gateway's runs add up to 1.
         assert_eq!(goals[0].value.unwrap().median, 1.0);
         assert_eq!(goals[0].verdict, Verdict::NotMet);
         assert_eq!(goals[2].value.unwrap().median, 25.0);
         assert_eq!(goals[2].verdict, Verdict::Met);
+        // One run over 30 ms: the median (25) would meet the goal; the promise is per run.
+        let f = failovers(vec![run(0, Some(20)), run(0, Some(25)), run(0, Some(40))]);
+        let goals = failover(Some(&f));
+        assert_eq!(goals[2].value.unwrap().median, 25.0);
+        assert_eq!(goals[2].verdict, Verdict::NotMet);
         // One run that never recovered: the others' median would meet the goal; it is not met.
         let f = failovers(vec![run(0, Some(20)), run(0, None), run(0, Some(21))]);
         let goals = failover(Some(&f));

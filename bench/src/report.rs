@@ -296,7 +296,7 @@ pub fn write(
     let goals = goals_table(&crate::goals::judge(r));
     let _ = writeln!(
         md,
-        "## Goals\n\nEach goal is a figure of this run against its peer in the same run (or a count, a time, a size); it is met when the median over the runs is. A goal whose scenario did not run, or did not reach the size the goal is about, is not measured.\n\n{goals}"
+        "## Goals\n\nEach goal is a figure of this run against its peer in the same run (or a count, a time, a size); it is met when the median over the runs is (recovery from a kill, promised for every run: when its slowest run is). A goal whose scenario did not run, or did not reach the size the goal is about, is not measured.\n\n{goals}"
     );
     let mut readme = format!("{goals}\n");
     let stamp = |p: &str| format!("{date}-{p}.png");
