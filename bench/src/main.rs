@@ -15,6 +15,7 @@ mod rebalance;
 mod report;
 mod scale;
 mod serve;
+mod served;
 mod sessions;
 mod shoppers;
 mod stats;

@@ -10,6 +10,7 @@
 
 use crate::bench::{Bench, measure};
 use crate::pg_alone::{PgBench, Statement};
+use crate::served::Served;
 use crate::shoppers::{cart_of_size, open_sessions};
 use crate::stats::Rounds;
 
@@ -118,14 +119,22 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
         for (s, g) in setups.iter().zip(&mut groups) {
             let mut samples = Vec::new();
             for (u, cookies) in units.iter().zip(&s.cookies) {
-                samples.push(measure(Some(&u.sidecar), || {
+                let before = Served::of(&[u]).await?;
+                let sample = measure(Some(&u.sidecar), || {
                     b.wrk.run(
                         &format!("http://{}/state", u.public),
                         cookies,
                         s.method,
                         s.body.as_deref(),
                     )
-                })?);
+                })?;
+                let served = Served::of(&[u]).await?.since(before);
+                if s.doc.is_some() {
+                    served.check_writes(sample.load.requests)?;
+                } else {
+                    served.check_reads(sample.load.requests)?;
+                }
+                samples.push(sample);
             }
             if let Some(doc) = &s.doc {
                 for (i, (_, statement)) in WRITE_CEILINGS.iter().enumerate() {
