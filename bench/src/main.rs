@@ -125,6 +125,26 @@ async fn stop_signal() -> &'static str {
     }
 }
 
+/// The run's scratch folder: every process's log, the cookie files, the disk tier's file (gigabytes
+/// at a million sessions), the private PostgreSQL. Removed when the run ends, whether it
+/// succeeded, failed or was stopped by a signal, unless `--keep-logs` asked to keep it (a
+/// failure's message already carries the failed process's log tail). It is made before
+/// anything that writes into it, so it is dropped after those are stopped.
+struct Scratch {
+    path: std::path::PathBuf,
+    keep: bool,
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("logs kept: {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     for scenario in &args.only {
         if ![
@@ -149,8 +169,12 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
     let only = args.only.clone();
     let keep_logs = args.keep_logs;
     let wants = |s: &str| only.is_empty() || only.iter().any(|o| o == s);
-    let scratch = std::env::temp_dir().join(format!("stickyfarm-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&scratch)?;
+    let guard = Scratch {
+        path: std::env::temp_dir().join(format!("stickyfarm-bench-{}", std::process::id())),
+        keep: keep_logs,
+    };
+    std::fs::create_dir_all(&guard.path)?;
+    let scratch = &guard.path;
     let out = args
         .out
         .clone()
@@ -184,7 +208,7 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
         .any(|s| wants(s))
     {
         let pg_port = procs::free_port()?;
-        let pg = farmctl::postgres::PrivateCluster::start(&scratch, pg_port)
+        let pg = farmctl::postgres::PrivateCluster::start(scratch, pg_port)
             .context("starting a private PostgreSQL for the benchmarks")?;
         if wants("sessions") {
             let t = Instant::now();
@@ -224,11 +248,6 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
     if let Some(readme) = readme {
         report::update_readme(&readme, &table, &path.display().to_string())?;
         eprintln!("README table updated: {}", readme.display());
-    }
-    if keep_logs {
-        eprintln!("logs kept: {}", scratch.display());
-    } else {
-        let _ = std::fs::remove_dir_all(&scratch);
     }
     Ok(())
 }
