@@ -37,6 +37,16 @@ impl SessionId {
         SessionId(bytes)
     }
 
+    /// The text form (22 characters of base64url), written into `buf`: what `Display` writes,
+    /// for the hot paths that put the id in a header or a snapshot on every read, where the
+    /// formatting machinery and a `String` cost more than the encoding.
+    pub fn encode<'b>(&self, buf: &'b mut [u8; Self::TEXT_LEN]) -> &'b str {
+        let n = URL_SAFE_NO_PAD
+            .encode_slice(self.0, buf)
+            .expect("22 bytes hold 16 bytes of base64");
+        std::str::from_utf8(&buf[..n]).expect("base64 is ASCII")
+    }
+
     /// The raw 128 bits.
     pub fn as_bytes(&self) -> &[u8; 16] {
         &self.0
@@ -77,11 +87,7 @@ impl FromStr for SessionId {
 
 impl fmt::Display for SessionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut buf = [0u8; Self::TEXT_LEN];
-        let n = URL_SAFE_NO_PAD
-            .encode_slice(self.0, &mut buf)
-            .expect("22 bytes hold 16 bytes of base64");
-        f.write_str(std::str::from_utf8(&buf[..n]).expect("base64 is ASCII"))
+        f.write_str(self.encode(&mut [0; Self::TEXT_LEN]))
     }
 }
 

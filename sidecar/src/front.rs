@@ -247,7 +247,10 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         ask_to_switch(&mut parts.headers, protocol);
     }
     let h = &mut parts.headers;
-    h.insert(header_names::SESSION, value(&id.to_string()));
+    h.insert(
+        header_names::SESSION,
+        value(id.encode(&mut [0; SessionId::TEXT_LEN])),
+    );
     h.insert(header_names::UNIT, front.headers.0.clone());
     h.insert(header_names::UNIT_URL, value(unit_url.as_str()));
     h.insert(header_names::INSTANCE, front.headers.1.clone());
@@ -263,7 +266,7 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     };
     h.insert(
         header_names::GENERATION,
-        value(&session.generation.to_string()),
+        value(itoa::Buffer::new().format(session.generation)),
     );
     if front.snapshot_max > 0
         && let Some(snap) = session.snapshot_header(id, front.snapshot_max)
