@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use foyer::{
     BlockEngineConfig, DeviceBuilder, FsDeviceBuilder, HybridCache, HybridCacheBuilder,
     HybridCacheEntry, RecoverMode, Source,
@@ -250,7 +248,7 @@ impl CachedSession {
     /// The whole session as the JSON [`stickyfarm_api::SessionSnapshot`].
     ///
     /// Pieced together with `push_str`, not `write!`: on every cached read, the formatting
-    /// machinery cost more than the rest of the JSON (`bench/results/2026-12-07-snapshot.md`).
+    /// machinery cost more than the rest of the JSON (`bench/results/2026-12-07-read-instructions.md`).
     pub fn snapshot_json(&self, id: SessionId) -> String {
         let mut numbers = itoa::Buffer::new();
         // The documents are already JSON text: splice them in rather than re-parsing them.
@@ -282,7 +280,7 @@ impl CachedSession {
     ///
     /// Encoded for each request, not kept with the copy: a kept header was about 1.4 KiB
     /// beside every 1 KiB cart that had been read once, more than the cart itself, while
-    /// encoding one takes about half a microsecond (`bench/results/2026-12-05-memory.md`).
+    /// encoding one takes well under a microsecond (`bench/results/2026-12-05-memory.md`).
     pub fn snapshot_header(&self, id: SessionId, max_len: usize) -> Option<String> {
         // A snapshot is longer than its documents: most that do not fit are ruled out by that
         // alone, before the JSON is built (for a 64 KiB cart the copy took a tenth of the
@@ -292,8 +290,10 @@ impl CachedSession {
             return None;
         }
         let json = self.snapshot_json(id);
-        // Never encode a snapshot that will not be attached.
-        (base64_len(json.len()) <= max_len).then(|| URL_SAFE_NO_PAD.encode(json))
+        // Never encode a snapshot that will not be attached. Encoded with SIMD: with `base64`'s
+        // scalar engine this was the costliest step of a cached read in instructions.
+        (base64_len(json.len()) <= max_len)
+            .then(|| base64_simd::URL_SAFE_NO_PAD.encode_to_string(json))
     }
 
     /// Bytes of document text and table names.
@@ -464,6 +464,8 @@ impl SessionCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     fn stored() -> StoredId {
         stickyfarm_api::SessionIdKey::new(b"test key").stored(&SessionId::generate())
@@ -494,6 +496,20 @@ mod tests {
                 })
                 .collect(),
         )
+    }
+
+    #[test]
+    fn the_snapshot_encoding_is_base64url_without_padding_at_every_length() {
+        // SIMD encoders take another path for the tail and for each block size: every length
+        // up to a few blocks, against the `base64` crate, and decoded back.
+        let text: Vec<u8> = (0..300u32).map(|i| (i * 37 % 251) as u8).collect();
+        for n in 0..text.len() {
+            let simd = base64_simd::URL_SAFE_NO_PAD.encode_to_string(&text[..n]);
+            assert_eq!(simd, URL_SAFE_NO_PAD.encode(&text[..n]), "{n} bytes");
+            // What the length check before encoding counts on: never longer than that.
+            assert!(simd.len() <= base64_len(n), "{n} bytes");
+            assert_eq!(URL_SAFE_NO_PAD.decode(&simd).unwrap(), &text[..n]);
+        }
     }
 
     #[test]
