@@ -472,11 +472,16 @@ pub struct Unit {
 impl Unit {
     /// The sum of the sidecar's samples of metric `name` whose labels contain `labels`.
     pub async fn metric(&self, name: &str, labels: &str) -> anyhow::Result<f64> {
-        let text = reqwest::get(format!("http://{}/metrics", self.admin))
+        let text = self.metrics().await?;
+        Ok(stickyfarm_api::metrics::sample_sum(&text, name, labels))
+    }
+
+    /// The sidecar's metrics, in the text exposition format.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("http://{}/metrics", self.admin))
             .await?
             .text()
-            .await?;
-        Ok(stickyfarm_api::metrics::sample_sum(&text, name, labels))
+            .await?)
     }
 
     /// Waits until the sidecar's invalidation listener has connected (or it dies, or 30 s

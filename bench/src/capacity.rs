@@ -23,7 +23,7 @@ use stickyfarm_api::{InstanceId, SessionId, SessionIdKey, cookie_names};
 
 use crate::bench::{Bench, Unit, measure};
 use crate::pg_alone::libpq_env;
-use crate::served::Served;
+use crate::served::{Work, checked};
 use crate::shoppers::cart_of_size;
 use crate::stats::{Rounds, Spread};
 
@@ -358,25 +358,16 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Capacity> {
                 round + 1,
                 b.runs
             );
-            let before = (Hits::read(&cached).await?, Served::of(&[&cached]).await?);
-            let mut samples = vec![measure(Some(&cached.sidecar), || {
-                b.wrk
-                    .read_at_random(&format!("http://{}/state", cached.public), &cookies)
-            })?];
-            step.hits.push(Hits::read(&cached).await?.since(before.0));
-            Served::of(&[&cached])
-                .await?
-                .since(before.1)
-                .check_reads(samples[0].load.requests)?;
-            let before = Served::of(&[&uncached]).await?;
-            samples.push(measure(Some(&uncached.sidecar), || {
-                b.wrk
-                    .read_at_random(&format!("http://{}/state", uncached.public), &cookies)
-            })?);
-            Served::of(&[&uncached])
-                .await?
-                .since(before)
-                .check_reads(samples[1].load.requests)?;
+            let before = Hits::read(&cached).await?;
+            let read = |unit: &Unit| {
+                measure(Some(&unit.sidecar), || {
+                    b.wrk
+                        .read_at_random(&format!("http://{}/state", unit.public), &cookies)
+                })
+            };
+            let mut samples = vec![checked(&[&cached], Work::Reads, || read(&cached)).await?];
+            step.hits.push(Hits::read(&cached).await?.since(before));
+            samples.push(checked(&[&uncached], Work::Reads, || read(&uncached)).await?);
             step.rounds.rounds.push(samples);
         }
         let _ = std::fs::remove_file(&cookies);

@@ -8,8 +8,36 @@
 //! timed run is checked against the sidecars' own counters, read before and after it.
 
 use anyhow::bail;
+use stickyfarm_api::metrics::sample_sum;
 
 use crate::bench::Unit;
+use crate::stats::Sample;
+
+/// What a timed run was to do to the sessions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Read them.
+    Reads,
+    /// Write them.
+    Writes,
+}
+
+/// Runs `load` (one timed wrk run against `units`) and refuses its sample unless the units'
+/// counters show its requests did `work`.
+pub async fn checked(
+    units: &[&Unit],
+    work: Work,
+    load: impl FnOnce() -> anyhow::Result<Sample>,
+) -> anyhow::Result<Sample> {
+    let before = Served::of(units).await?;
+    let sample = load()?;
+    let served = Served::of(units).await?.since(before);
+    match work {
+        Work::Reads => served.check_reads(sample.load.requests)?,
+        Work::Writes => served.check_writes(sample.load.requests)?,
+    }
+    Ok(sample)
+}
 
 /// Counters of one or more sidecars, summed.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -28,24 +56,21 @@ const COVERED: f64 = 0.99;
 
 impl Served {
     /// The counters of `units`, summed.
-    pub async fn of(units: &[&Unit]) -> anyhow::Result<Served> {
+    async fn of(units: &[&Unit]) -> anyhow::Result<Served> {
         let mut s = Served::default();
         for u in units {
-            s.reads += u.metric("stickyfarm_sidecar_cache_hits_total", "").await?
-                + u.metric("stickyfarm_sidecar_cache_misses_total", "")
-                    .await?;
-            s.writes += u
-                .metric("stickyfarm_sidecar_writes_total", "outcome=\"committed\"")
-                .await?;
-            s.created += u
-                .metric("stickyfarm_sidecar_sessions_created_total", "")
-                .await?;
+            let text = u.metrics().await?;
+            let sum = |name, labels| sample_sum(&text, name, labels);
+            s.reads += sum("stickyfarm_sidecar_cache_hits_total", "")
+                + sum("stickyfarm_sidecar_cache_misses_total", "");
+            s.writes += sum("stickyfarm_sidecar_writes_total", "outcome=\"committed\"");
+            s.created += sum("stickyfarm_sidecar_sessions_created_total", "");
         }
         Ok(s)
     }
 
     /// What was counted between `before` and `self`.
-    pub fn since(self, before: Served) -> Served {
+    fn since(self, before: Served) -> Served {
         Served {
             reads: self.reads - before.reads,
             writes: self.writes - before.writes,
@@ -56,7 +81,7 @@ impl Served {
     /// Checks that (nearly) every one of the `requests` wrk completed read a session. It is a
     /// lower bound: a request may read its session more than once (an app that asks the
     /// session API after the sidecar attached a snapshot).
-    pub fn check_reads(&self, requests: u64) -> anyhow::Result<()> {
+    fn check_reads(&self, requests: u64) -> anyhow::Result<()> {
         if self.reads < requests as f64 * COVERED {
             bail!(
                 "wrk completed {requests} reads but the units counted {} session reads: the \
@@ -69,7 +94,7 @@ impl Served {
 
     /// Checks that (nearly) every one of the `requests` wrk completed committed a write to a
     /// session that already existed: a write to a session the cookie did not name creates one.
-    pub fn check_writes(&self, requests: u64) -> anyhow::Result<()> {
+    fn check_writes(&self, requests: u64) -> anyhow::Result<()> {
         let updates = self.writes - self.created;
         if updates < requests as f64 * COVERED || self.created > requests as f64 * (1.0 - COVERED) {
             bail!(

@@ -10,7 +10,7 @@
 
 use crate::bench::{Bench, measure};
 use crate::pg_alone::{PgBench, Statement};
-use crate::served::Served;
+use crate::served::{Work, checked};
 use crate::shoppers::{cart_of_size, open_sessions};
 use crate::stats::Rounds;
 
@@ -119,22 +119,24 @@ pub async fn run(b: &Bench, database_url: &str) -> anyhow::Result<Vec<Group>> {
         for (s, g) in setups.iter().zip(&mut groups) {
             let mut samples = Vec::new();
             for (u, cookies) in units.iter().zip(&s.cookies) {
-                let before = Served::of(&[u]).await?;
-                let sample = measure(Some(&u.sidecar), || {
-                    b.wrk.run(
-                        &format!("http://{}/state", u.public),
-                        cookies,
-                        s.method,
-                        s.body.as_deref(),
-                    )
-                })?;
-                let served = Served::of(&[u]).await?.since(before);
-                if s.doc.is_some() {
-                    served.check_writes(sample.load.requests)?;
+                let work = if s.doc.is_some() {
+                    Work::Writes
                 } else {
-                    served.check_reads(sample.load.requests)?;
-                }
-                samples.push(sample);
+                    Work::Reads
+                };
+                samples.push(
+                    checked(&[u], work, || {
+                        measure(Some(&u.sidecar), || {
+                            b.wrk.run(
+                                &format!("http://{}/state", u.public),
+                                cookies,
+                                s.method,
+                                s.body.as_deref(),
+                            )
+                        })
+                    })
+                    .await?,
+                );
             }
             if let Some(doc) = &s.doc {
                 for (i, (_, statement)) in WRITE_CEILINGS.iter().enumerate() {
