@@ -25,6 +25,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use thiserror::Error;
 use tokio::net::TcpStream;
 
+pub mod h1;
+
 /// The gateway's body type sent upstream.
 pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
@@ -58,6 +60,44 @@ impl<B: SendBody> Sender<B> {
     }
 }
 
+/// An upstream's answer body, from whichever client carried it: hyper's, or the
+/// request-driven one ([`h1`]), which hands its connection back by itself.
+pub enum AnswerBody {
+    /// Read by hyper's connection task.
+    Hyper(Incoming),
+    /// Read by the request's own task.
+    Own(h1::H1Body),
+}
+
+impl Body for AnswerBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            AnswerBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            AnswerBody::Own(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            AnswerBody::Hyper(b) => b.is_end_stream(),
+            AnswerBody::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            AnswerBody::Hyper(b) => b.size_hint(),
+            AnswerBody::Own(b) => b.size_hint(),
+        }
+    }
+}
+
 /// Opening a connection failed; nothing was sent.
 #[derive(Debug, Error)]
 pub enum ConnectError {
@@ -78,6 +118,8 @@ pub struct Pool<B = UpstreamBody> {
     max_idle: usize,
     reuse_within: Duration,
     http2: Mutex<Option<http2::SendRequest<B>>>,
+    /// Idle connections of the request-driven client ([`h1`]).
+    own: Arc<h1::Idle>,
 }
 
 /// A connection checked out of the pool (or freshly opened).
@@ -103,7 +145,28 @@ impl<B: SendBody> Pool<B> {
             max_idle,
             reuse_within,
             http2: Mutex::new(None),
+            own: Arc::new(h1::Idle::new(max_idle, reuse_within)),
         }
+    }
+
+    /// A connection for [`h1`]'s client: an idle one (unless `fresh`) or a new one; `true`
+    /// with it when it came from the pool. Its answer's body hands it back.
+    pub async fn checkout_own(
+        &self,
+        address: &str,
+        timeout: Duration,
+        fresh: bool,
+    ) -> Result<(h1::Connection, bool), ConnectError> {
+        if !fresh && let Some(conn) = self.own.take() {
+            return Ok((conn, true));
+        }
+        let stream = Box::pin(open(address, timeout)).await?;
+        Ok((h1::Connection::new(stream), false))
+    }
+
+    /// Where [`h1`]'s answers hand their connections back.
+    pub fn own_idle(&self) -> &Arc<h1::Idle> {
+        &self.own
     }
 
     /// An idle connection that is ready for a request, if any.
@@ -136,6 +199,7 @@ impl<B: SendBody> Pool<B> {
     pub fn clear(&self) {
         self.idle.lock().expect("pool poisoned").clear();
         self.http2.lock().expect("pool poisoned").take();
+        self.own.clear();
     }
 
     /// An idle connection (unless `fresh`), or a new one to `address`; `http2`: the
@@ -241,14 +305,14 @@ pub async fn connect<B: SendBody>(
 /// An upstream's answer body that calls `at_end` once: with `true` when it was read to the end,
 /// or with `false` when it is dropped before (a client that went away). A body the server never
 /// polls (HEAD, 204, 304) counts as read when nothing of it was left.
-pub struct AtEnd<F: FnOnce(bool) + Unpin> {
-    inner: Incoming,
+pub struct AtEnd<F: FnOnce(bool) + Unpin, B: Body + Unpin = Incoming> {
+    inner: B,
     at_end: Option<F>,
 }
 
-impl<F: FnOnce(bool) + Unpin> AtEnd<F> {
+impl<F: FnOnce(bool) + Unpin, B: Body + Unpin> AtEnd<F, B> {
     /// `inner`, with `at_end` called when it ends or is dropped.
-    pub fn new(inner: Incoming, at_end: F) -> AtEnd<F> {
+    pub fn new(inner: B, at_end: F) -> AtEnd<F, B> {
         AtEnd {
             inner,
             at_end: Some(at_end),
@@ -262,14 +326,14 @@ impl<F: FnOnce(bool) + Unpin> AtEnd<F> {
     }
 }
 
-impl<F: FnOnce(bool) + Unpin> Body for AtEnd<F> {
-    type Data = Bytes;
-    type Error = hyper::Error;
+impl<F: FnOnce(bool) + Unpin, B: Body + Unpin> Body for AtEnd<F, B> {
+    type Data = B::Data;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
             self.end(true);
@@ -286,7 +350,7 @@ impl<F: FnOnce(bool) + Unpin> Body for AtEnd<F> {
     }
 }
 
-impl<F: FnOnce(bool) + Unpin> Drop for AtEnd<F> {
+impl<F: FnOnce(bool) + Unpin, B: Body + Unpin> Drop for AtEnd<F, B> {
     fn drop(&mut self) {
         let complete = self.inner.is_end_stream();
         self.end(complete);

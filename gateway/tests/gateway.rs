@@ -236,6 +236,45 @@ async fn posts_after_the_unit_closed_its_idle_connections_are_each_delivered_onc
     assert_eq!(unit.count("POST"), POSTS);
 }
 
+/// A unit's connection carries one request after another, whatever their method and body:
+/// the gateway reads each answer to its end and uses the connection again, rather than
+/// opening one per request (a connect and a unit-side accept each time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unit_connection_carries_request_after_request() {
+    let unit = FakeUnit::start("web-0").await;
+    let gw = GatewayProc::start(&[unit.flag()], &["--check-interval", "1h"]).await;
+    gw.wait_up(1).await;
+    let before = unit.connections_accepted();
+    let client = reqwest::Client::new();
+    const ROUNDS: usize = 5;
+    for i in 0..ROUNDS {
+        for method in [
+            reqwest::Method::GET,
+            reqwest::Method::POST,
+            reqwest::Method::HEAD,
+            reqwest::Method::PUT,
+            reqwest::Method::DELETE,
+        ] {
+            let r = client
+                .request(method.clone(), gw.url("/_unit/web-0/cart"))
+                .body(if method == reqwest::Method::POST {
+                    format!("item-{i}")
+                } else {
+                    String::new()
+                })
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{method} {i}");
+            r.bytes().await.unwrap();
+        }
+    }
+    for method in ["GET", "POST", "HEAD", "PUT", "DELETE"] {
+        assert_eq!(unit.count(method), ROUNDS, "{method}");
+    }
+    assert_eq!(unit.connections_accepted() - before, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_follow_rise_and_fall_thresholds() {
     let fake = FakeUnit::start("web-0").await;

@@ -12,7 +12,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use stickyfarm_api::listener::RequestBody;
 use stickyfarm_api::trace::Traced;
 use stickyfarm_api::{header_names, remove_hop_by_hop, remove_stickyfarm_headers};
@@ -21,7 +20,8 @@ use super::ProxySettings;
 use super::refusal::Refusal;
 use super::route::{Route, declared_length};
 use crate::units::{InFlight, Unit};
-use stickyfarm_api::upstream::{Sender, UpstreamBody};
+use stickyfarm_api::upstream::h1::SendError;
+use stickyfarm_api::upstream::{AnswerBody, ConnectError, Sender, UpstreamBody};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -36,6 +36,10 @@ pub struct Outbound {
     pub replay: Option<Replay>,
     /// RFC 9110's idempotent methods: replaying one that may have reached the app is safe.
     pub idempotent: bool,
+    /// The body held in full, when the request goes by the request-driven HTTP/1.1 client
+    /// (`stickyfarm_api::upstream::h1`): HTTP/1.1 and no upgrade. hyper's client carries the
+    /// rest: streamed bodies, tunnels, h2c.
+    pub own_client: Option<Bytes>,
 }
 
 /// The head and held body of a request, kept to send it again.
@@ -93,6 +97,10 @@ pub async fn outbound(
     }
     let (upstream_body, held) = hold_for_replay(s, body, body_empty, &parts.headers).await?;
     let idempotent = is_idempotent(&parts.method);
+    let own_client = held
+        .as_ref()
+        .filter(|_| version == http::Version::HTTP_11 && route.upgrade.is_none())
+        .cloned();
     let replay = held.map(|body| Replay {
         method: parts.method.clone(),
         version,
@@ -109,6 +117,7 @@ pub async fn outbound(
         request,
         replay,
         idempotent,
+        own_client,
     })
 }
 
@@ -299,9 +308,10 @@ pub enum Attempt {
     /// The unit answered (any status the app chose).
     Answered {
         /// The answer.
-        response: Response<Incoming>,
-        /// Its connection, to return to the pool once the body is read.
-        sender: Sender,
+        response: Response<AnswerBody>,
+        /// hyper's connection, to return to the pool once the body is read (the
+        /// request-driven client's answer returns its own).
+        sender: Option<Sender>,
         /// Counts the request in flight on the unit until the answer is done.
         in_flight: InFlight,
         /// From sending to the answer's head.
@@ -340,8 +350,64 @@ pub enum Failure {
     TimedOut,
 }
 
-/// Sends `request` to `unit` once.
+/// Sends `request` to `unit` once: by the request-driven client when `own_client` holds its
+/// body, else by hyper's.
 pub async fn attempt(
+    s: &ProxySettings,
+    unit: &std::sync::Arc<Unit>,
+    request: Request<UpstreamBody>,
+    fresh: bool,
+    own_client: Option<&Bytes>,
+) -> Attempt {
+    match own_client {
+        Some(body) => attempt_own(s, unit, request, fresh, body).await,
+        None => attempt_hyper(s, unit, request, fresh).await,
+    }
+}
+
+async fn attempt_own(
+    s: &ProxySettings,
+    unit: &std::sync::Arc<Unit>,
+    request: Request<UpstreamBody>,
+    fresh: bool,
+    body: &Bytes,
+) -> Attempt {
+    let in_flight = unit.begin_request();
+    let connecting = Instant::now();
+    let checkout = unit
+        .pool
+        .checkout_own(&unit.spec.address, s.connect_timeout, fresh);
+    let (conn, reused) = match Traced::phase("connect").run(checkout).await {
+        Ok(c) => c,
+        Err(e) => return not_connected(e, request),
+    };
+    if !reused {
+        unit.record_connect(connecting.elapsed());
+    }
+    let (head, unsent) = request.into_parts();
+    let sent_at = Instant::now();
+    let sent = tokio::time::timeout(
+        s.upstream_timeout,
+        conn.send(&head, body, unit.pool.own_idle()),
+    )
+    .await;
+    match sent {
+        Err(_) => timed_out(),
+        Ok(Ok(response)) => answered(response.map(AnswerBody::Own), None, in_flight, sent_at),
+        Ok(Err(SendError::NotSent(e))) => Attempt::Failed {
+            failure: Failure::NotSent { reused },
+            error: e.to_string(),
+            returned: Some(Request::from_parts(head, unsent)),
+        },
+        Ok(Err(SendError::Broken(e))) => Attempt::Failed {
+            failure: Failure::Broken { reused },
+            error: format!("failed during a request: {e}"),
+            returned: None,
+        },
+    }
+}
+
+async fn attempt_hyper(
     s: &ProxySettings,
     unit: &std::sync::Arc<Unit>,
     request: Request<UpstreamBody>,
@@ -356,59 +422,24 @@ pub async fn attempt(
         request.version() == http::Version::HTTP_2,
     );
     let checkout = match Traced::phase("connect").run(checkout).await {
-        Ok(c) => {
-            if !c.reused {
-                unit.record_connect(connecting.elapsed());
-            }
-            c
-        }
-        Err(e) => {
-            return Attempt::Failed {
-                failure: Failure::NotSent { reused: false },
-                error: e.to_string(),
-                returned: Some(request),
-            };
-        }
+        Ok(c) => c,
+        Err(e) => return not_connected(e, request),
     };
+    if !checkout.reused {
+        unit.record_connect(connecting.elapsed());
+    }
     let reused = checkout.reused;
     let mut sender = checkout.sender;
     let sent_at = Instant::now();
     let sent = tokio::time::timeout(s.upstream_timeout, sender.try_send_request(request)).await;
     match sent {
-        Err(_) => Attempt::Failed {
-            failure: Failure::TimedOut,
-            error: "the unit did not answer in time".into(),
-            returned: None,
-        },
-        Ok(Ok(response))
-            if response
-                .headers()
-                .contains_key(&header_names::UNIT_UNAVAILABLE) =>
-        {
-            let released = response
-                .headers()
-                .get(&header_names::UNIT_UNAVAILABLE)
-                .is_some_and(|v| v == stickyfarm_api::RELEASED);
-            Attempt::Failed {
-                failure: if released {
-                    Failure::Released
-                } else {
-                    Failure::Unavailable
-                },
-                error: if released {
-                    "the unit released the session to a less loaded unit".into()
-                } else {
-                    "the unit's app is not accepting connections".into()
-                },
-                returned: None,
-            }
-        }
-        Ok(Ok(response)) => Attempt::Answered {
-            response,
-            sender,
+        Err(_) => timed_out(),
+        Ok(Ok(response)) => answered(
+            response.map(AnswerBody::Hyper),
+            Some(sender),
             in_flight,
-            took: sent_at.elapsed(),
-        },
+            sent_at,
+        ),
         Ok(Err(mut e)) => match e.take_message() {
             Some(request) => Attempt::Failed {
                 failure: Failure::NotSent { reused },
@@ -421,6 +452,55 @@ pub async fn attempt(
                 returned: None,
             },
         },
+    }
+}
+
+fn not_connected(e: ConnectError, request: Request<UpstreamBody>) -> Attempt {
+    Attempt::Failed {
+        failure: Failure::NotSent { reused: false },
+        error: e.to_string(),
+        returned: Some(request),
+    }
+}
+
+fn timed_out() -> Attempt {
+    Attempt::Failed {
+        failure: Failure::TimedOut,
+        error: "the unit did not answer in time".into(),
+        returned: None,
+    }
+}
+
+/// The unit's answer: the app's, or the sidecar's word that nothing reached the app.
+fn answered(
+    response: Response<AnswerBody>,
+    sender: Option<Sender>,
+    in_flight: InFlight,
+    sent_at: Instant,
+) -> Attempt {
+    let Some(signal) = response.headers().get(&header_names::UNIT_UNAVAILABLE) else {
+        return Attempt::Answered {
+            response,
+            sender,
+            in_flight,
+            took: sent_at.elapsed(),
+        };
+    };
+    let (failure, error) = if signal == stickyfarm_api::RELEASED {
+        (
+            Failure::Released,
+            "the unit released the session to a less loaded unit",
+        )
+    } else {
+        (
+            Failure::Unavailable,
+            "the unit's app is not accepting connections",
+        )
+    };
+    Attempt::Failed {
+        failure,
+        error: error.into(),
+        returned: None,
     }
 }
 

@@ -48,13 +48,14 @@ use crate::ratelimit::NewSessionLimit;
 use crate::units::{AdminState, Farm, InFlight, Members, TunnelSlot, Unit, now_ms};
 use hyper::upgrade::OnUpgrade;
 use stickyfarm_api::tunnel::Tunnels;
+use stickyfarm_api::upstream::AnswerBody;
 
 pub use forward::{Attempt, Failure, Outbound, Step};
 pub use refusal::Refusal;
 pub use route::{Addressed, Route, addressed, client_address, request_host, unit_url};
 
 /// The body type of every answer the gateway gives.
-pub type ResponseBody = BoxBody<Bytes, hyper::Error>;
+pub type ResponseBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
 /// How the proxy behaves.
 #[derive(Debug, Clone)]
@@ -528,6 +529,7 @@ impl Proxy {
             mut request,
             replay,
             idempotent,
+            own_client,
         } = outbound;
         let return_mode = self.return_mode();
         // A session on the unit its request named may move (off a draining unit, or to a less
@@ -601,7 +603,13 @@ impl Proxy {
             // The unit (and through it the app) continue the trace under this attempt.
             upstream.inject(request.headers_mut());
             let (failure, error, returned) = match upstream
-                .run(forward::attempt(&self.s, &unit, request, fresh))
+                .run(forward::attempt(
+                    &self.s,
+                    &unit,
+                    request,
+                    fresh,
+                    own_client.as_ref(),
+                ))
                 .await
             {
                 Attempt::Answered {
@@ -721,7 +729,7 @@ impl Proxy {
     fn switch_protocols(
         &self,
         route: &Route,
-        response: Response<hyper::body::Incoming>,
+        response: Response<AnswerBody>,
         client: Option<OnUpgrade>,
         parts: TunnelParts,
         link: &UnitName,
@@ -731,6 +739,11 @@ impl Proxy {
             tracing::warn!("a unit switched protocols for a request that asked for no upgrade");
             return Err(Refusal::UnitFailed);
         };
+        // Only hyper's client carries an upgrade (`Outbound::own_client`).
+        let (head, AnswerBody::Hyper(body)) = response.into_parts() else {
+            return Err(Refusal::UnitFailed);
+        };
+        let response = Response::from_parts(head, body);
         // Standing in for an HTTP/2 client, the gateway checks the unit's answer to the key
         // it made, as RFC 6455 has a client do: anything else is not that WebSocket.
         if let Some(key) = &route.connect_key {
@@ -1028,6 +1041,7 @@ mod tests {
                 .unwrap(),
             replay: None,
             idempotent: true,
+            own_client: None,
         };
         let answer = p
             .forward(

@@ -15,16 +15,16 @@ use super::ResponseBody;
 use crate::metrics::Metrics;
 use crate::units::{InFlight, TunnelSlot, Unit};
 use stickyfarm_api::tunnel::Tunnels;
-use stickyfarm_api::upstream::{AtEnd, Sender};
+use stickyfarm_api::upstream::{AnswerBody, AtEnd, Sender};
 
 /// The unit's answer for the client. `link`: the unit the client's links and cookie name from
 /// now on; `cookie_unit`: the one its routing cookie names today.
 #[allow(clippy::too_many_arguments)]
 pub fn respond(
     cookies: &CookiePolicy,
-    response: Response<Incoming>,
+    response: Response<AnswerBody>,
     unit: Arc<Unit>,
-    sender: Sender,
+    sender: Option<Sender>,
     in_flight: InFlight,
     arrived: Instant,
     link: &UnitName,
@@ -33,10 +33,11 @@ pub fn respond(
     let (mut parts, body) = response.into_parts();
     client_head(cookies, &mut parts.headers, link, cookie_unit);
     // The request counts in flight until its answer ends; then the connection goes back to the
-    // unit's pool (only when the answer was read to the end) and the whole request is recorded.
+    // unit's pool (only when the answer was read to the end; the request-driven client's
+    // answer hands its connection back by itself) and the whole request is recorded.
     let status = parts.status.as_u16();
     let body = AtEnd::new(body, move |complete| {
-        if complete {
+        if let (true, Some(sender)) = (complete, sender) {
             unit.pool.put_back(sender);
         }
         unit.record_request(status, arrived.elapsed());
