@@ -32,34 +32,48 @@ const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 pub struct Outbound {
     /// The request, ready for the first attempt.
     pub request: Request<UpstreamBody>,
-    /// A copy to send to a backup, when the body was small enough to hold.
+    /// How it goes to a backup, when the body was small enough to hold.
     pub replay: Option<Replay>,
     /// RFC 9110's idempotent methods: replaying one that may have reached the app is safe.
     pub idempotent: bool,
-    /// The body held in full, when the request goes by the request-driven HTTP/1.1 client
-    /// (`stickyfarm_api::upstream::h1`): HTTP/1.1 and no upgrade. hyper's client carries the
-    /// rest: streamed bodies, tunnels, h2c.
-    pub own_client: Option<Bytes>,
 }
 
-/// The head and held body of a request, kept to send it again.
-pub struct Replay {
-    method: Method,
-    version: http::Version,
-    uri: Uri,
-    headers: http::HeaderMap,
-    body: Bytes,
+/// What lets a request whose body was held be sent again.
+pub enum Replay {
+    /// The gateway's own HTTP/1.1 client (`stickyfarm_api::upstream::h1`) carries it: HTTP/1.1
+    /// and no upgrade. That client only reads the request's head, so every failed attempt
+    /// hands the request back; the body it sends is this one.
+    Handed(Bytes),
+    /// hyper's client carries it (an upgrade, h2c) and takes the request: a copy of its head,
+    /// and the body.
+    Copied {
+        /// The head as the first attempt had it.
+        head: Box<Parts>,
+        /// The body.
+        body: Bytes,
+    },
 }
 
 impl Replay {
-    /// The request once more.
-    pub fn request(&self) -> Request<UpstreamBody> {
-        let mut r = Request::new(full_body(self.body.clone()));
-        *r.method_mut() = self.method.clone();
-        *r.version_mut() = self.version;
-        *r.uri_mut() = self.uri.clone();
-        *r.headers_mut() = self.headers.clone();
-        r
+    /// The held body, when the gateway's own client carries the request.
+    pub fn own_client(&self) -> Option<&Bytes> {
+        match self {
+            Replay::Handed(body) => Some(body),
+            Replay::Copied { .. } => None,
+        }
+    }
+
+    /// The request once more, from the copy; `None` when each attempt hands it back.
+    pub fn request(&self) -> Option<Request<UpstreamBody>> {
+        let Replay::Copied { head, body } = self else {
+            return None;
+        };
+        let mut r = Request::new(full_body(body.clone()));
+        *r.method_mut() = head.method.clone();
+        *r.version_mut() = head.version;
+        *r.uri_mut() = head.uri.clone();
+        *r.headers_mut() = head.headers.clone();
+        Some(r)
     }
 }
 
@@ -97,28 +111,34 @@ pub async fn outbound(
     }
     let (upstream_body, held) = hold_for_replay(s, body, body_empty, &parts.headers).await?;
     let idempotent = is_idempotent(&parts.method);
-    let own_client = held
-        .as_ref()
-        .filter(|_| version == http::Version::HTTP_11 && route.upgrade.is_none())
-        .cloned();
-    let replay = held.map(|body| Replay {
-        method: parts.method.clone(),
-        version,
-        uri: uri.clone(),
-        headers: parts.headers.clone(),
-        body,
+    parts.version = version;
+    parts.uri = uri;
+    let own_client = version == http::Version::HTTP_11 && route.upgrade.is_none();
+    let replay = held.map(|body| {
+        if own_client {
+            Replay::Handed(body)
+        } else {
+            Replay::Copied {
+                head: Box::new(copy_head(&parts)),
+                body,
+            }
+        }
     });
-    let mut request = Request::new(upstream_body);
-    *request.method_mut() = parts.method;
-    *request.version_mut() = version;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = parts.headers;
     Ok(Outbound {
-        request,
+        request: Request::from_parts(parts, upstream_body),
         replay,
         idempotent,
-        own_client,
     })
+}
+
+/// A request head's copy, without its extensions (hyper's, for the client connection only).
+fn copy_head(parts: &Parts) -> Parts {
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = parts.method.clone();
+    head.version = parts.version;
+    head.uri = parts.uri.clone();
+    head.headers = parts.headers.clone();
+    head
 }
 
 /// The HTTP version towards the unit: HTTP/2 for a request that came over HTTP/2 when the app
@@ -317,13 +337,15 @@ pub enum Attempt {
         /// From sending to the answer's head.
         took: Duration,
     },
-    /// It did not, for this reason; `returned` is the request when it was never sent.
+    /// It did not, for this reason; `returned` is the request when the attempt hands it back:
+    /// it was never sent, or the gateway's own client sent it (which only read its head).
+    /// Whether it may go again is the verdict's to say.
     Failed {
         /// What went wrong.
         failure: Failure,
         /// In words, for the unit's last error.
         error: String,
-        /// The request, when the unit never got it.
+        /// The request, when the attempt hands it back.
         returned: Option<Request<UpstreamBody>>,
     },
 }
@@ -384,27 +406,33 @@ async fn attempt_own(
     if !reused {
         unit.record_connect(connecting.elapsed());
     }
-    let (head, unsent) = request.into_parts();
+    let (head, body_unused) = request.into_parts();
     let sent_at = Instant::now();
     let sent = tokio::time::timeout(
         s.upstream_timeout,
         conn.send(&head, body, unit.pool.own_idle()),
     )
     .await;
-    match sent {
+    let mut attempt = match sent {
         Err(_) => timed_out(),
         Ok(Ok(response)) => answered(response.map(AnswerBody::Own), None, in_flight, sent_at),
         Ok(Err(SendError::NotSent(e))) => Attempt::Failed {
             failure: Failure::NotSent { reused },
             error: e.to_string(),
-            returned: Some(Request::from_parts(head, unsent)),
+            returned: None,
         },
         Ok(Err(SendError::Broken(e))) => Attempt::Failed {
             failure: Failure::Broken { reused },
             error: format!("failed during a request: {e}"),
             returned: None,
         },
+    };
+    // The client only read the head: the request goes back whatever happened to it, and no
+    // copy of it is needed for a backup.
+    if let Attempt::Failed { returned, .. } = &mut attempt {
+        *returned = Some(Request::from_parts(head, body_unused));
     }
+    attempt
 }
 
 async fn attempt_hyper(

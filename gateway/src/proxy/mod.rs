@@ -50,7 +50,7 @@ use hyper::upgrade::OnUpgrade;
 use stickyfarm_api::tunnel::Tunnels;
 use stickyfarm_api::upstream::AnswerBody;
 
-pub use forward::{Attempt, Failure, Outbound, Step};
+pub use forward::{Attempt, Failure, Outbound, Replay, Step};
 pub use refusal::Refusal;
 pub use route::{Addressed, Route, addressed, client_address, request_host, unit_url};
 
@@ -529,7 +529,6 @@ impl Proxy {
             mut request,
             replay,
             idempotent,
-            own_client,
         } = outbound;
         let return_mode = self.return_mode();
         // A session on the unit its request named may move (off a draining unit, or to a less
@@ -608,7 +607,7 @@ impl Proxy {
                     &unit,
                     request,
                     fresh,
-                    own_client.as_ref(),
+                    replay.as_ref().and_then(Replay::own_client),
                 ))
                 .await
             {
@@ -658,7 +657,7 @@ impl Proxy {
                 self.metrics.moved(m.reason);
                 tracing::debug!(from = %unit.name(), to = %m.to.name(), reason = ?m.reason, "moving a session its unit released");
                 unit = m.to;
-                request = match replay.as_ref().map(|r| r.request()) {
+                request = match returned.or_else(|| replay.as_ref().and_then(Replay::request)) {
                     Some(r) => r,
                     None => break,
                 };
@@ -711,7 +710,7 @@ impl Proxy {
                     };
                 }
             }
-            request = match returned.or_else(|| replay.as_ref().map(|r| r.request())) {
+            request = match returned.or_else(|| replay.as_ref().and_then(Replay::request)) {
                 Some(r) => r,
                 // The verdict only sends on what we still hold; nothing left to send.
                 None => break,
@@ -1041,7 +1040,6 @@ mod tests {
                 .unwrap(),
             replay: None,
             idempotent: true,
-            own_client: None,
         };
         let answer = p
             .forward(
