@@ -11,6 +11,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
 use http_body_util::{LengthLimitError, Limited};
 use hyper::body::Body as _;
 use stickyfarm_api::config::{AppProtocol, app_connection_reuse};
@@ -18,7 +19,8 @@ use stickyfarm_api::request_id;
 use stickyfarm_api::token::Token;
 use stickyfarm_api::trace::Traced;
 use stickyfarm_api::tunnel::Tunnels;
-use stickyfarm_api::upstream::{self, Pool, Sender};
+use stickyfarm_api::upstream::h1::SendError;
+use stickyfarm_api::upstream::{self, AnswerBody, Pool, Sender};
 use stickyfarm_api::{
     ClientCookies, CookiePolicy, FarmCookie, Generation, SessionId, StoredId, UnitBaseUrl,
     UnitName, header_names, paths, remove_hop_by_hop, remove_stickyfarm_headers,
@@ -301,7 +303,10 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
     // The app continues the trace under this span (its `traceparent` names it).
     let app = Traced::phase("app");
     app.inject(&mut parts.headers);
-    let (mut response, connection) = match app.run(ask_app(&front, parts, body)).await {
+    let (mut response, connection) = match app
+        .run(ask_app(&front, parts, body, upgrade.is_some()))
+        .await
+    {
         Ok(r) => r,
         Err(refusal) => return refusal,
     };
@@ -350,8 +355,14 @@ async fn forward_request(front: Arc<Front>, mut req: Request) -> Response {
         drop(connection);
         return Response::from_parts(parts, Body::new(body));
     }
-    let body = upstream::returning(body, connection, front.app_connections.clone());
-    Response::from_parts(parts, Body::new(body))
+    match (body, connection) {
+        (AnswerBody::Hyper(body), Some(connection)) => {
+            let body = upstream::returning(body, connection, front.app_connections.clone());
+            Response::from_parts(parts, Body::new(body))
+        }
+        // The sidecar's own client hands its connection back by itself.
+        (body, _) => Response::from_parts(parts, Body::new(body)),
+    }
 }
 
 /// The request target the app gets: origin form over HTTP/1.1 (`/path?query`, as a server
@@ -384,7 +395,7 @@ enum AppFailure {
     /// The client's body passed `--max-body-size`.
     BodyTooLarge,
     /// The connection broke before an answer.
-    Broken(hyper::Error),
+    Broken(Box<dyn std::error::Error + Send + Sync>),
     /// No answer within `--app-timeout`.
     Timeout,
 }
@@ -398,8 +409,9 @@ const APP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// costs a descriptor on each side and nothing else.
 const APP_MAX_IDLE: usize = 1024;
 
-/// The app's answer and the connection it came on (back to the pool once the body is read).
-type AppAnswer = (http::Response<hyper::body::Incoming>, Sender<Body>);
+/// The app's answer, and hyper's connection it came on (back to the pool once the body is
+/// read; the sidecar's own client hands its connection back by itself).
+type AppAnswer = (http::Response<AnswerBody>, Option<Sender<Body>>);
 
 /// Phase "ask the app": sends the request and returns the app's answer, or the answer the
 /// client gets instead. A bodiless safe request (GET, HEAD, OPTIONS) whose connection broke
@@ -410,8 +422,21 @@ async fn ask_app(
     front: &Front,
     parts: http::request::Parts,
     body: Body,
+    upgrade: bool,
 ) -> Result<AppAnswer, Response> {
     let repeatable = is_safe(&parts.method) && body.is_end_stream();
+    if repeatable && !upgrade && parts.version == http::Version::HTTP_11 {
+        // The own HTTP/1.1 client (`upstream::h1`) only reads the head: asking again needs
+        // no copy of it.
+        let outcome = match send_own(front, &parts, false).await {
+            Err(AppFailure::Broken(e)) => {
+                tracing::info!(error = %e, "the connection to the app broke; asking once more on a new one");
+                send_own(front, &parts, true).await
+            }
+            outcome => outcome,
+        };
+        return outcome.map_err(|failure| app_failure_answer(front, failure, repeatable));
+    }
     let replay = repeatable.then(|| {
         let mut again = Request::new(Body::empty());
         *again.method_mut() = parts.method.clone();
@@ -433,6 +458,36 @@ async fn ask_app(
         (outcome, _) => outcome,
     };
     outcome.map_err(|failure| app_failure_answer(front, failure, repeatable))
+}
+
+/// Sends a bodiless request to the app by the own HTTP/1.1 client within `--app-timeout`,
+/// over a pooled connection unless `fresh`. A pooled connection found closed before anything
+/// was sent is replaced once by a new one, as in [`exchange`].
+async fn send_own(
+    front: &Front,
+    head: &http::request::Parts,
+    fresh: bool,
+) -> Result<AppAnswer, AppFailure> {
+    let exchange = async {
+        let mut fresh = fresh;
+        loop {
+            let (conn, reused) = front
+                .app_connections
+                .checkout_own(front.app.as_str(), APP_CONNECT_TIMEOUT, fresh)
+                .await
+                .map_err(|e| AppFailure::Refused(e.to_string()))?;
+            let idle = front.app_connections.own_idle();
+            match conn.send(head, &Bytes::new(), idle).await {
+                Ok(answer) => return Ok((answer.map(AnswerBody::Own), None)),
+                Err(SendError::NotSent(_)) if reused => fresh = true,
+                Err(SendError::NotSent(e)) => return Err(AppFailure::Refused(e.to_string())),
+                Err(SendError::Broken(e)) => return Err(AppFailure::Broken(e.into())),
+            }
+        }
+    };
+    tokio::time::timeout(front.app_timeout, exchange)
+        .await
+        .unwrap_or(Err(AppFailure::Timeout))
 }
 
 /// Sends `req` to the app within `--app-timeout`, over a pooled connection unless `fresh`.
@@ -459,7 +514,7 @@ async fn exchange(
             .map_err(|e| AppFailure::Refused(e.to_string()))?;
         let mut sender = checkout.sender;
         let mut failed = match sender.try_send_request(req).await {
-            Ok(answer) => return Ok((answer, sender)),
+            Ok(answer) => return Ok((answer.map(AnswerBody::Hyper), Some(sender))),
             Err(e) => e,
         };
         match failed.take_message() {
@@ -469,7 +524,7 @@ async fn exchange(
             }
             Some(_) => return Err(AppFailure::Refused(failed.into_error().to_string())),
             None if passed_body_limit(failed.error()) => return Err(AppFailure::BodyTooLarge),
-            None => return Err(AppFailure::Broken(failed.into_error())),
+            None => return Err(AppFailure::Broken(failed.into_error().into())),
         }
     }
 }
