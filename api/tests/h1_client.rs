@@ -395,3 +395,32 @@ async fn a_malformed_answer_is_refused_and_its_connection_dropped() {
     assert!(pool.own_idle().is_empty());
     assert_eq!(server.accepted(), 4, "no connection was used again");
 }
+
+/// An answer framed twice (chunked and a Content-Length, how responses are split): the chunks
+/// frame it, the client never sees the Content-Length, and the connection is not used again.
+#[tokio::test]
+async fn an_answer_with_both_lengths_is_read_by_its_chunks_on_a_connection_not_kept() {
+    let server = Server::start(vec![
+        Reply::Answer(vec![
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 3\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ]),
+        Reply::Answer(vec![HELLO]),
+    ])
+    .await;
+    let pool = pool();
+    let (conn, _) = pool
+        .checkout_own(&server.address, Duration::from_secs(1), false)
+        .await
+        .unwrap();
+    let answer = conn
+        .send(&request("GET", "/"), &Bytes::new(), pool.own_idle())
+        .await
+        .unwrap();
+    assert!(!answer.headers().contains_key("content-length"));
+    let body = answer.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"hello");
+    assert!(pool.own_idle().is_empty());
+    let (_, _, reused) = exchange(&pool, &server, "GET", b"").await.unwrap();
+    assert!(!reused);
+    assert_eq!(server.accepted(), 2);
+}

@@ -148,7 +148,7 @@ impl Connection {
         idle: &std::sync::Arc<Idle>,
     ) -> Result<Response<H1Body>, H1Error> {
         loop {
-            if let Some(parsed) = parse_head(&mut self.read)? {
+            if let Some(mut parsed) = parse_head(&mut self.read)? {
                 if parsed.interim() {
                     continue;
                 }
@@ -233,8 +233,11 @@ impl Parsed {
         self.status.is_informational() && self.status != StatusCode::SWITCHING_PROTOCOLS
     }
 
-    /// How the answer's body is delimited (RFC 9112 §6.3).
-    fn framing(&self, head_only: bool) -> Result<Framing, H1Error> {
+    /// How the answer's body is delimited (RFC 9112 §6.3). A `Transfer-Encoding` overrides a
+    /// `Content-Length`, which is removed, as an intermediary must before it passes the answer
+    /// on (§6.3 item 3); and since that pair is how responses are split, the connection is not
+    /// used again.
+    fn framing(&mut self, head_only: bool) -> Result<Framing, H1Error> {
         if head_only
             || self.status.is_informational()
             || self.status == StatusCode::NO_CONTENT
@@ -242,15 +245,20 @@ impl Parsed {
         {
             return Ok(Framing::Length(0));
         }
-        let h = &self.headers;
+        let h = &mut self.headers;
         if let Some(te) = h.get_all(header::TRANSFER_ENCODING).iter().next_back() {
             let last = te.as_bytes().rsplit(|b| *b == b',').next().unwrap_or(b"");
-            return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+            let chunked = last.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            if h.remove(header::CONTENT_LENGTH).is_some() {
+                self.keep_alive = false;
+            }
+            return Ok(if chunked {
                 Framing::Chunked(Chunk::Size)
             } else {
                 Framing::UntilClose
             });
         }
+        let h = &self.headers;
         let mut lengths = h.get_all(header::CONTENT_LENGTH).iter();
         match lengths.next() {
             None => Ok(Framing::UntilClose),
@@ -683,7 +691,7 @@ mod tests {
         let mut buf = BytesMut::from(
             "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nhello",
         );
-        let p = parse_head(&mut buf).unwrap().unwrap();
+        let mut p = parse_head(&mut buf).unwrap().unwrap();
         assert_eq!(p.status, 200);
         assert_eq!(p.headers.get_all("set-cookie").iter().count(), 2);
         assert_eq!(p.framing(false).unwrap(), Framing::Length(5));
@@ -732,6 +740,14 @@ mod tests {
         for (head, head_only, want) in cases {
             assert_eq!(parse(head).framing(head_only).unwrap(), want, "{head}");
         }
+        // Both lengths: the chunks frame it, the Content-Length is not passed on, and the
+        // connection is not used again.
+        let mut both =
+            parse("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n");
+        assert!(both.keep_alive);
+        both.framing(false).unwrap();
+        assert!(!both.keep_alive);
+        assert!(!both.headers.contains_key(header::CONTENT_LENGTH));
         for bad in [
             "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 8\r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
