@@ -202,12 +202,15 @@ pub fn upstream_head(
     }
     let ip = ip_text(remote.ip());
     let forwarded = forwarded(&ip, remote.is_ipv6(), &route.host, s.scheme);
-    let xff = match (
-        s.trust_forwarded,
-        h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()),
-    ) {
-        (true, Some(prev)) => format!("{prev}, {ip}"),
-        _ => ip,
+    // The client's own `X-Forwarded-For` is looked up only when it is trusted: a lookup of a
+    // name that is not a standard header hashes it.
+    let trusted_chain = s
+        .trust_forwarded
+        .then(|| h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()))
+        .flatten();
+    let xff = match trusted_chain {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
     };
     if let Ok(v) = owned_value(xff) {
         h.insert(X_FORWARDED_FOR, v);
@@ -698,6 +701,30 @@ mod tests {
             assert_eq!(h[header::HOST], wanted_host, "{target}");
             assert_eq!(h[X_FORWARDED_HOST], wanted_host, "{target}");
         }
+    }
+
+    #[test]
+    fn a_clients_forwarded_for_chain_is_kept_only_when_trusted() {
+        let remote: SocketAddr = "10.0.0.7:4000".parse().unwrap();
+        let mut s = super::super::route::tests::settings(&[], Addressing::Path);
+        let forwarded_for = |s: &ProxySettings| {
+            let req = Request::get("/cart")
+                .header(header::HOST, "shop")
+                .header(X_FORWARDED_FOR, "6.6.6.6")
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap();
+            let route = super::super::route::route(s, &req, remote).unwrap();
+            let (mut parts, _) = req.into_parts();
+            upstream_head(s, &mut parts, &route, remote).unwrap();
+            parts.headers[X_FORWARDED_FOR].clone()
+        };
+        assert_eq!(
+            forwarded_for(&s),
+            "10.0.0.7",
+            "a client's own chain is replaced"
+        );
+        s.trust_forwarded = true;
+        assert_eq!(forwarded_for(&s), "6.6.6.6, 10.0.0.7");
     }
 
     #[test]
