@@ -112,11 +112,67 @@ pub enum ConnectError {
     Handshake(#[from] hyper::Error),
 }
 
-/// Idle connections to one upstream.
-pub struct Pool<B = UpstreamBody> {
-    idle: Mutex<Vec<(http1::SendRequest<B>, Instant)>>,
+/// Idle connections of one kind to one upstream, the most recently used taken first, each
+/// only while it has idled less than the reuse window (see [`Pool::new`]).
+pub struct IdleList<T> {
+    conns: Mutex<Vec<(T, Instant)>>,
     max_idle: usize,
     reuse_within: Duration,
+}
+
+impl<T> IdleList<T> {
+    /// At most `max_idle` connections, each reused within `reuse_within` of its last use.
+    pub fn new(max_idle: usize, reuse_within: Duration) -> IdleList<T> {
+        IdleList {
+            conns: Mutex::new(Vec::new()),
+            max_idle,
+            reuse_within,
+        }
+    }
+
+    /// The most recently used connection that is still within the window and `usable`; the
+    /// ones passed over are closed.
+    pub fn take(&self, usable: impl Fn(&T) -> bool) -> Option<T> {
+        let mut conns = self.conns.lock().expect("pool poisoned");
+        while let Some((conn, since)) = conns.pop() {
+            if since.elapsed() < self.reuse_within && usable(&conn) {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps a connection whose answer was read to the end (unless the list is full, or
+    /// connections are never reused).
+    pub fn put_back(&self, conn: T) {
+        if self.reuse_within.is_zero() {
+            return;
+        }
+        let mut conns = self.conns.lock().expect("pool poisoned");
+        if conns.len() < self.max_idle {
+            conns.push((conn, Instant::now()));
+        }
+    }
+
+    /// Closes every idle connection.
+    pub fn clear(&self) {
+        self.conns.lock().expect("pool poisoned").clear();
+    }
+
+    /// How many connections are idle.
+    pub fn len(&self) -> usize {
+        self.conns.lock().expect("pool poisoned").len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Idle connections to one upstream.
+pub struct Pool<B = UpstreamBody> {
+    idle: IdleList<http1::SendRequest<B>>,
     http2: Mutex<Option<http2::SendRequest<B>>>,
     /// Idle connections of the request-driven client ([`h1`]).
     own: Arc<h1::Idle>,
@@ -141,9 +197,7 @@ impl<B: SendBody> Pool<B> {
     /// `Duration::ZERO`: never reused.
     pub fn new(max_idle: usize, reuse_within: Duration) -> Pool<B> {
         Pool {
-            idle: Mutex::new(Vec::new()),
-            max_idle,
-            reuse_within,
+            idle: IdleList::new(max_idle, reuse_within),
             http2: Mutex::new(None),
             own: Arc::new(h1::Idle::new(max_idle, reuse_within)),
         }
@@ -157,7 +211,7 @@ impl<B: SendBody> Pool<B> {
         timeout: Duration,
         fresh: bool,
     ) -> Result<(h1::Connection, bool), ConnectError> {
-        if !fresh && let Some(conn) = self.own.take() {
+        if !fresh && let Some(conn) = self.own.take(h1::Connection::is_open_and_quiet) {
             return Ok((conn, true));
         }
         let stream = Box::pin(open(address, timeout)).await?;
@@ -171,13 +225,7 @@ impl<B: SendBody> Pool<B> {
 
     /// An idle connection that is ready for a request, if any.
     pub fn take_idle(&self) -> Option<http1::SendRequest<B>> {
-        let mut idle = self.idle.lock().expect("pool poisoned");
-        while let Some((s, since)) = idle.pop() {
-            if s.is_ready() && since.elapsed() < self.reuse_within {
-                return Some(s);
-            }
-        }
-        None
+        self.idle.take(http1::SendRequest::is_ready)
     }
 
     /// Returns a connection whose response has been read completely (an HTTP/2 handle is
@@ -186,18 +234,14 @@ impl<B: SendBody> Pool<B> {
         let Sender::Http1(sender) = sender else {
             return;
         };
-        if sender.is_closed() || self.reuse_within.is_zero() {
-            return;
-        }
-        let mut idle = self.idle.lock().expect("pool poisoned");
-        if idle.len() < self.max_idle {
-            idle.push((sender, Instant::now()));
+        if !sender.is_closed() {
+            self.idle.put_back(sender);
         }
     }
 
     /// Drops every idle connection (the upstream went out of service).
     pub fn clear(&self) {
-        self.idle.lock().expect("pool poisoned").clear();
+        self.idle.clear();
         self.http2.lock().expect("pool poisoned").take();
         self.own.clear();
     }

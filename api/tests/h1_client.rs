@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Body;
-use stickyfarm_api::upstream::h1::{H1Error, SendError};
+use stickyfarm_api::upstream::h1::{H1Body, H1Error, SendError};
 use stickyfarm_api::upstream::{Pool, UpstreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -167,6 +167,17 @@ async fn exchange(
     Ok((status, Bytes::from(read), reused))
 }
 
+/// A GET over a pooled connection, its answer's body left to the test to read.
+async fn get(pool: &Pool<UpstreamBody>, server: &Server) -> http::Response<H1Body> {
+    let (conn, _) = pool
+        .checkout_own(&server.address, Duration::from_secs(1), false)
+        .await
+        .unwrap();
+    conn.send(&request("GET", "/"), &Bytes::new(), pool.own_idle())
+        .await
+        .unwrap()
+}
+
 const HELLO: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
 
 #[tokio::test]
@@ -290,14 +301,7 @@ async fn an_answer_dropped_before_its_end_closes_its_connection() {
     ])
     .await;
     let pool = pool();
-    let (conn, _) = pool
-        .checkout_own(&server.address, Duration::from_secs(1), false)
-        .await
-        .unwrap();
-    let mut answer = conn
-        .send(&request("GET", "/"), &Bytes::new(), pool.own_idle())
-        .await
-        .unwrap();
+    let mut answer = get(&pool, &server).await;
     let first = answer.body_mut().frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "half");
     drop(answer);
@@ -369,14 +373,7 @@ async fn a_malformed_answer_is_refused_and_its_connection_dropped() {
         "{lengths_differ:?}"
     );
     // A bad chunk shows in the body, after the head was taken.
-    let (conn, _) = pool
-        .checkout_own(&server.address, Duration::from_secs(1), false)
-        .await
-        .unwrap();
-    let answer = conn
-        .send(&request("GET", "/"), &Bytes::new(), pool.own_idle())
-        .await
-        .unwrap();
+    let answer = get(&pool, &server).await;
     let bad_chunk = answer.into_body().collect().await.err();
     assert!(
         matches!(bad_chunk, Some(H1Error::Framing(_))),
@@ -408,14 +405,7 @@ async fn an_answer_with_both_lengths_is_read_by_its_chunks_on_a_connection_not_k
     ])
     .await;
     let pool = pool();
-    let (conn, _) = pool
-        .checkout_own(&server.address, Duration::from_secs(1), false)
-        .await
-        .unwrap();
-    let answer = conn
-        .send(&request("GET", "/"), &Bytes::new(), pool.own_idle())
-        .await
-        .unwrap();
+    let answer = get(&pool, &server).await;
     assert!(!answer.headers().contains_key("content-length"));
     let body = answer.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"hello");

@@ -20,9 +20,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -95,7 +93,7 @@ impl Connection {
     /// Whether an idle connection can carry another request: the server has neither closed it
     /// nor sent anything since the last answer. Reads only what tokio's I/O driver already
     /// saw, as hyper's connection task would have.
-    fn is_open_and_quiet(&self) -> bool {
+    pub(super) fn is_open_and_quiet(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -621,61 +619,8 @@ impl Body for H1Body {
     }
 }
 
-/// One upstream's idle HTTP/1.1 connections.
-pub struct Idle {
-    conns: Mutex<Vec<(Connection, Instant)>>,
-    max_idle: usize,
-    reuse_within: Duration,
-}
-
-impl Idle {
-    /// At most `max_idle` connections, each reused only while it has idled less than
-    /// `reuse_within` (see [`super::Pool::new`]).
-    pub fn new(max_idle: usize, reuse_within: Duration) -> Idle {
-        Idle {
-            conns: Mutex::new(Vec::new()),
-            max_idle,
-            reuse_within,
-        }
-    }
-
-    /// The most recently used connection that is still open, if any.
-    pub fn take(&self) -> Option<Connection> {
-        let mut conns = self.conns.lock().expect("pool poisoned");
-        while let Some((conn, since)) = conns.pop() {
-            if since.elapsed() < self.reuse_within && conn.is_open_and_quiet() {
-                return Some(conn);
-            }
-        }
-        None
-    }
-
-    /// Keeps a connection whose answer was read to the end.
-    pub fn put_back(&self, conn: Connection) {
-        if self.reuse_within.is_zero() {
-            return;
-        }
-        let mut conns = self.conns.lock().expect("pool poisoned");
-        if conns.len() < self.max_idle {
-            conns.push((conn, Instant::now()));
-        }
-    }
-
-    /// Closes every idle connection.
-    pub fn clear(&self) {
-        self.conns.lock().expect("pool poisoned").clear();
-    }
-
-    /// How many connections are idle.
-    pub fn len(&self) -> usize {
-        self.conns.lock().expect("pool poisoned").len()
-    }
-
-    /// Whether none is.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// One upstream's idle connections of this client.
+pub type Idle = super::IdleList<Connection>;
 
 #[cfg(test)]
 mod tests {
