@@ -3,10 +3,10 @@
 //! hyper's client runs every connection as a task of its own: a request crosses to that task
 //! through a channel and its answer comes back through another, and the connection reads ahead
 //! into a fresh 8 KiB buffer for every message while the last one's bytes are still in use.
-//! Counted in the gateway, that was about 5,000 instructions per request of the 43,000 it
-//! spent (`bench/results/2026-12-07-gateway-instructions.md`). Here the request's own task
-//! writes the request and reads the answer, the connection keeps one read buffer for its life,
-//! and an idle connection is just the socket and that buffer in the pool.
+//! In the gateway, this client and the head copy it made unnecessary took 8,500 of the
+//! 43,000 instructions per request (`bench/results/2026-12-07-own-client.md`). Here the
+//! request's own task writes the request and reads the answer, the connection keeps one read
+//! buffer for its life, and an idle connection is just the socket and that buffer in the pool.
 //!
 //! Its scope is what it is used for: requests whose body is held in full (the gateway holds
 //! every body it can replay), over HTTP/1.1, never an upgrade. Streamed uploads, tunnels and
