@@ -62,6 +62,7 @@ pub struct Metrics {
     replacements: Family<UnitLabel, Counter>,
     pub(crate) ejections_refused: Counter,
     failovers: Counter,
+    last_resort: Counter,
     rebalanced: Counter,
     drained: Counter,
     retries: Counter,
@@ -149,6 +150,7 @@ impl Metrics {
             replacements: Family::default(),
             ejections_refused: Counter::default(),
             failovers: Counter::default(),
+            last_resort: Counter::default(),
             rebalanced: Counter::default(),
             drained: Counter::default(),
             retries: Counter::default(),
@@ -239,6 +241,11 @@ impl Metrics {
             "failovers",
             "Requests sent to a backup because their unit was out of service",
             m.failovers.clone(),
+        );
+        registry.register(
+            "last_resort",
+            "Requests sent to a unit out of service because no unit was in service (every unit failing its checks at once: most likely something they share, such as the database)",
+            m.last_resort.clone(),
         );
         registry.register(
             "rebalanced_sessions",
@@ -351,6 +358,10 @@ impl Metrics {
 
     pub(crate) fn failover(&self) {
         self.failovers.inc();
+    }
+
+    pub(crate) fn last_resort(&self) {
+        self.last_resort.inc();
     }
 
     /// Counts a session its unit released, by why it moved.

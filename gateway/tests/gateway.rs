@@ -128,6 +128,88 @@ async fn killing_a_unit_loses_no_get_and_the_session_continues_on_a_backup() {
     );
 }
 
+/// The database goes away: every sidecar fails its health check at once (it pings
+/// PostgreSQL), so no unit is in service. The gateway does not refuse everything: each session
+/// goes on to its own unit (the last resort), whose cache still answers reads, while writes are
+/// refused by the sidecar with 503 and nothing unstored is acknowledged. With the database
+/// back, the units come back into service and the carts go on where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_gone_every_unit_is_out_yet_carts_are_still_read() {
+    let db = TestDb::new().await;
+    let proxy = PgProxy::start(db.pg_addr()).await;
+    let url = db.url_via(proxy.port);
+    let mut units = Vec::new();
+    for name in ["web-0", "web-1"] {
+        units.push(Unit::start(name, &url, &["--db-acquire-timeout", "500ms"]).await);
+    }
+    let gw = GatewayProc::start(&unit_flags(&units), &["--fall", "2", "--rise", "2"]).await;
+    gw.wait_up(2).await;
+    let mut shoppers = Vec::new();
+    for item in ["apple", "pear", "plum", "fig"] {
+        let (b, home) = gw.shopper(item).await;
+        shoppers.push((b, home, item));
+    }
+
+    proxy.cut();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for unit in ["web-0", "web-1"] {
+        loop {
+            let row = gw.unit_status(unit).await;
+            if row["state"] == "down" {
+                assert!(
+                    row["last_error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("database: not answering"),
+                    "the sidecar says why: {row}"
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "{unit} never went down: {row}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    for (b, home, item) in &mut shoppers {
+        // By the unit's link and by the routing cookie alone: its own unit answers.
+        for path in [format!("/_unit/{home}/cart"), "/cart".to_owned()] {
+            let p = b.get(&gw.url(&path)).await;
+            assert_eq!(p.status, 200, "{path}: {}", p.body);
+            assert_eq!(p.json()["unit"], home.as_str());
+            assert_eq!(p.json()["items"], json!([item]));
+        }
+        let p = b
+            .post(&gw.url(&format!("/_unit/{home}/cart/add?item=unstored")))
+            .await;
+        assert_eq!(p.status, 503, "the write is refused: {}", p.body);
+        assert!(
+            !p.body.contains("no unit available"),
+            "by the sidecar, not the gateway: {}",
+            p.body
+        );
+    }
+    let newcomer = Browser::new().get(&gw.url("/echo")).await;
+    assert_eq!(newcomer.status, 200, "a new client is served too");
+    assert!(
+        gw.metric("stickyfarm_gateway_last_resort_total", "").await >= 13.0,
+        "every request above went by the last resort"
+    );
+
+    proxy.restore();
+    gw.wait_up(2).await;
+    for (b, home, item) in &mut shoppers {
+        let p = b
+            .post(&gw.url(&format!("/_unit/{home}/cart/add?item=more")))
+            .await;
+        assert_eq!(p.status, 200, "{}", p.body);
+        let sid = b.cookie("sf_session").unwrap();
+        assert_eq!(
+            db.table(sid, "cart").await.map(|(_, cart)| cart),
+            Some(json!([item, "more"])),
+            "the refused write was never stored"
+        );
+    }
+}
+
 /// A unit's pod is stopped (SIGTERM: a rolling update, a scale-down) while its shoppers keep
 /// adding to their carts, each a POST the gateway may not replay once it could have reached
 /// the app. Requests that arrive during the stop are refused by the sidecar as "unit
@@ -333,7 +415,6 @@ async fn health_checks_follow_rise_and_fall_thresholds() {
         ],
         "every step of the status table: {steps:?}"
     );
-    // While down, it got no traffic: requests failed over... to nothing, so 503.
     assert!(
         gw.metric("stickyfarm_gateway_unit_state_changes_total", "web-0")
             .await

@@ -231,8 +231,52 @@ impl Proxy {
         text_response(refusal)
     }
 
-    /// A unit for a new session (or a backup), avoiding `exclude`.
+    /// A unit for a new session (or a backup), avoiding `exclude`: one in service, else the
+    /// last resort.
     fn pick_new(
+        &self,
+        members: &Members,
+        exclude: &[UnitName],
+        key: &[u8],
+        deterministic: bool,
+    ) -> Option<Arc<Unit>> {
+        self.pick_in_service(members, exclude, key, deterministic)
+            .or_else(|| self.last_resort(members, exclude, key, None))
+    }
+
+    /// The last resort when no unit (outside `exclude`) is in service: a unit the checks took
+    /// out, instead of a 503. Every unit out at once is most likely something they share
+    /// failing their checks (the database being replaced fails every sidecar's check), not
+    /// every unit broken; refusing would turn an outage of writes into one of everything,
+    /// while a unit can still serve the sessions it caches. This is Envoy's "panic" routing
+    /// at a threshold of zero. A unit an administrator disabled is never used, a draining one
+    /// only for its own sessions (`home`); a unit that really is gone fails its attempt as
+    /// any other, and the forward phase's retry budget bounds the attempts.
+    fn last_resort(
+        &self,
+        members: &Members,
+        exclude: &[UnitName],
+        key: &[u8],
+        home: Option<&Arc<Unit>>,
+    ) -> Option<Arc<Unit>> {
+        let unit = match home.filter(|h| h.admin() != AdminState::Disabled) {
+            Some(h) => h,
+            None => balance::rendezvous(
+                key,
+                members
+                    .units
+                    .values()
+                    .filter(|u| u.admin() == AdminState::Enabled && !exclude.contains(u.name())),
+                |u| u.name().as_str(),
+            )?,
+        };
+        self.metrics.last_resort();
+        tracing::debug!(unit = %unit.name(), "no unit in service: trying one the checks took out");
+        Some(unit.clone())
+    }
+
+    /// A unit in service for a new session (or a backup), avoiding `exclude`.
+    fn pick_in_service(
         &self,
         members: &Members,
         exclude: &[UnitName],
@@ -449,19 +493,28 @@ impl Proxy {
                     tried: Vec::new(),
                 })
             }
-            Some(_) => {
+            Some(u) => {
+                let tried = vec![name.clone()];
+                let moved = self.moved_to(members, route, name);
+                let backup = self.pick_in_service(members, &tried, &route.key, true);
+                if moved.is_none() && backup.is_none() {
+                    // None in service: the session stays where its cache is, if it may.
+                    let unit = self
+                        .last_resort(members, &tried, &route.key, Some(u))
+                        .ok_or(Refusal::NoUnit)?;
+                    let home = (unit.name() == name).then(|| name.clone());
+                    let tried = if home.is_some() { Vec::new() } else { tried };
+                    return Ok(Placement { unit, home, tried });
+                }
                 self.metrics.failover();
                 let _phase = Traced::phase_with("failover", || {
                     vec![KeyValue::new("stickyfarm.from", name.to_string())]
                 })
                 .enter();
-                let tried = vec![name.clone()];
-                if let Some(moved) = self.moved_to(members, route, name) {
+                if let Some(moved) = moved {
                     return Ok(moved);
                 }
-                let backup = self
-                    .pick_new(members, &tried, &route.key, true)
-                    .ok_or(Refusal::NoUnit)?;
+                let backup = backup.ok_or(Refusal::NoUnit)?;
                 tracing::debug!(unit = %name, backup = %backup.name(), "unit out of service: failing over");
                 Ok(Placement {
                     unit: backup,
@@ -1014,6 +1067,73 @@ mod tests {
         ] {
             assert_eq!(p.pick(&members, &route).err(), Some(Refusal::NoUnit));
         }
+    }
+
+    /// The checks take every unit out (as when the database goes away): a session stays on
+    /// its unit rather than getting a 503, a new one goes to an enabled unit, a disabled unit
+    /// is never used, and once any unit is in service again the usual failover applies.
+    #[test]
+    fn with_no_unit_in_service_the_checked_out_units_are_the_last_resort() {
+        let p = proxy(3, Failback::Stay);
+        let members = p.farm.members();
+        let unit = |n: &str| members.units[&n.parse::<UnitName>().unwrap()].clone();
+        for n in ["web-0", "web-1", "web-2"] {
+            unit(n).record_check(
+                Err("status 503: database: not answering".into()),
+                Duration::ZERO,
+                2,
+                1,
+            );
+            assert!(!unit(n).serves_its_sessions());
+        }
+        let home = p
+            .pick(&members, &route_to(Some("web-1"), false, true))
+            .unwrap();
+        assert_eq!(home.unit.name().as_str(), "web-1");
+        assert!(home.tried.is_empty());
+        unit("web-2").set_admin(AdminState::Draining);
+        unit("web-1").set_admin(AdminState::Disabled);
+        for key in 0..20u8 {
+            let route = Route {
+                key: vec![key],
+                ..route_to(None, false, false)
+            };
+            let new = p.pick(&members, &route).unwrap();
+            assert_eq!(new.unit.name().as_str(), "web-0", "only the enabled unit");
+        }
+        let moved = p
+            .pick(&members, &route_to(Some("web-1"), false, true))
+            .unwrap();
+        assert_eq!(
+            moved.unit.name().as_str(),
+            "web-0",
+            "never the disabled unit"
+        );
+        assert_eq!(moved.tried, vec!["web-1".parse::<UnitName>().unwrap()]);
+        let draining = p
+            .pick(&members, &route_to(Some("web-2"), false, true))
+            .unwrap();
+        assert_eq!(draining.unit.name().as_str(), "web-2", "its own sessions");
+        assert!(
+            p.metrics
+                .encode()
+                .contains("stickyfarm_gateway_last_resort_total 23")
+        );
+
+        unit("web-0").record_check(Ok(Default::default()), Duration::ZERO, 1, 1);
+        let failover = p
+            .pick(&members, &route_to(Some("web-2"), false, true))
+            .unwrap();
+        assert_eq!(
+            failover.unit.name().as_str(),
+            "web-0",
+            "a unit in service again"
+        );
+        assert!(
+            p.metrics
+                .encode()
+                .contains("stickyfarm_gateway_last_resort_total 23")
+        );
     }
 
     /// Every exit of the forward phase is counted: a unit that cannot be reached at all
