@@ -723,8 +723,10 @@ async fn scaling_down_and_a_rolling_update_lose_nothing(
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Shoppers, until the units to be removed hold at least 3 of them (the gateway ramps new
-    // units up, so this may take a while). Bounded: 48 shoppers, 120 s.
+    // Shoppers, until the units to be removed hold at least 3 of them. The gateway ramps new
+    // units up over its slow start (30 s, from 5 % of an old unit's share), so shoppers are
+    // added over that time rather than all at once: 48 placed in the first 6 s once left
+    // the new units fewer than 3. Bounded: 96 shoppers, 120 s.
     let removed = [
         format!("{FARM}-3"),
         format!("{FARM}-4"),
@@ -742,12 +744,12 @@ async fn scaling_down_and_a_rolling_update_lose_nothing(
             break;
         }
         ensure!(
-            shoppers.list.len() < 48 && placing.elapsed() < Duration::from_secs(120),
+            shoppers.list.len() < 96 && placing.elapsed() < Duration::from_secs(120),
             "the gateway placed no 3 of {} shoppers on {removed:?}: {:?}",
             shoppers.list.len(),
             shoppers.units()
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let more = Shoppers::start(base, 4).await?;
         shoppers.list.extend(more.list);
         shoppers.requests += more.requests;
