@@ -1137,10 +1137,31 @@ mod tests {
     }
 
     /// Every exit of the forward phase is counted: a unit that cannot be reached at all
-    /// (nothing listens at its address) ends in `no_unit`, after the one retry allowed.
+    /// (nothing listens at its address) ends in `no_unit`, after the one retry allowed. So does
+    /// a farm whose checks took every unit out and that is really gone: the last resort costs
+    /// the same two attempts, no more.
     #[tokio::test]
     async fn an_unreachable_farm_is_counted_as_refused() {
-        let p = Arc::new(proxy(2, Failback::Stay));
+        for checked_out in [false, true] {
+            let p = Arc::new(proxy(2, Failback::Stay));
+            if checked_out {
+                for u in p.farm.members().units.values() {
+                    u.record_check(Err("connecting failed".into()), Duration::ZERO, 2, 1);
+                }
+            }
+            forward_to_an_unreachable_farm(&p).await;
+            let exposition = p.metrics.encode();
+            let last_resort = if checked_out { 2 } else { 0 };
+            assert!(
+                exposition.contains(&format!(
+                    "stickyfarm_gateway_last_resort_total {last_resort}\n"
+                )),
+                "{exposition}"
+            );
+        }
+    }
+
+    async fn forward_to_an_unreachable_farm(p: &Arc<Proxy>) {
         let remote: SocketAddr = "127.0.0.1:5000".parse().unwrap();
         let req = Request::get("/")
             .header(header::HOST, "shop")
