@@ -147,39 +147,56 @@ impl Bench {
         logs: &Path,
     ) -> anyhow::Result<(Proc, SocketAddr)> {
         let addr = free_addr()?;
-        let mut args = vec![
-            "serve".into(),
-            "--listen".into(),
-            addr.to_string(),
-            "--name".into(),
-            name.into(),
-        ];
+        let p = self.serve(
+            &format!("backend-{name}"),
+            &[(name.to_owned(), addr)],
+            session_api,
+            cpus,
+            logs,
+        )?;
+        Ok((p, addr))
+    }
+
+    /// Starts `count` plain backends `b0`, `b1`, … on the load CPU (what every proxy of a
+    /// comparison shares), all in one process (`serve::serve` says why); returns their names
+    /// and addresses, and the process.
+    pub fn backends(&self, count: usize, logs: &Path) -> anyhow::Result<(Vec<Backend>, Proc)> {
+        let backends = (0..count)
+            .map(|i| Ok((format!("b{i}"), free_addr()?)))
+            .collect::<anyhow::Result<Vec<Backend>>>()?;
+        let p = self.serve("backends", &backends, None, self.placement.load, logs)?;
+        Ok((backends, p))
+    }
+
+    /// Starts one `serve` process for `backends`, with one worker thread, and waits until each
+    /// listens.
+    fn serve(
+        &self,
+        label: &str,
+        backends: &[Backend],
+        session_api: Option<SocketAddr>,
+        cpus: Cpus,
+        logs: &Path,
+    ) -> anyhow::Result<Proc> {
+        let mut args = vec!["serve".to_owned()];
+        for (name, addr) in backends {
+            args.extend(["--backend".into(), format!("{name}={addr}")]);
+        }
         if let Some(api) = session_api {
             args.extend(["--session-api".into(), format!("http://{api}")]);
         }
         let mut p = Proc::start(
-            &format!("backend-{name}"),
+            label,
             &self.me,
             &args,
             &[("TOKIO_WORKER_THREADS", "1".into())],
             cpus,
             logs,
         )?;
-        p.wait_listening(addr)?;
-        Ok((p, addr))
-    }
-
-    /// Starts `count` plain backends `b0`, `b1`, … on the load CPU (what every proxy of a
-    /// comparison shares); returns their names and addresses, and the processes.
-    pub fn backends(&self, count: usize, logs: &Path) -> anyhow::Result<(Vec<Backend>, Vec<Proc>)> {
-        let (mut backends, mut procs) = (Vec::new(), Vec::new());
-        for i in 0..count {
-            let name = format!("b{i}");
-            let (p, addr) = self.backend(&name, None, self.placement.load, logs)?;
-            procs.push(p);
-            backends.push((name, addr));
+        for (_, addr) in backends {
+            p.wait_listening(*addr)?;
         }
-        Ok((backends, procs))
+        Ok(p)
     }
 
     /// Starts a unit: the app and its sidecar; returns both and the sidecar's public address,

@@ -50,12 +50,10 @@ enum Cmd {
     /// A backend: `/hello` (a 1 KiB page), `/echo` (a WebSocket echo), the health answer, and
     /// with `--session-api` the app of a unit (`GET`/`PUT /state`).
     Serve {
-        /// Address to listen on.
-        #[arg(long)]
-        listen: SocketAddr,
-        /// Its name (answered in `x-bench-unit`).
-        #[arg(long)]
-        name: String,
+        /// A backend to serve: its name (answered in `x-bench-unit`) and its address, as
+        /// `NAME=ADDRESS`; repeated for several backends in this one process.
+        #[arg(long = "backend", value_parser = parse_backend, required = true)]
+        backends: Vec<(String, SocketAddr)>,
         /// The sidecar's session API, e.g. `http://127.0.0.1:7070`.
         #[arg(long)]
         session_api: Option<String>,
@@ -89,10 +87,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Serve {
-            listen,
-            name,
+            backends,
             session_api,
-        } => runtime(false)?.block_on(serve::serve(listen, name, session_api)),
+        } => runtime(false)?.block_on(serve::serve(backends, session_api)),
         Cmd::Shoppers(args) => runtime(false)?.block_on(shoppers::run_shoppers(args)),
         // One thread, like wrk: the load generator has one CPU.
         Cmd::WsLoad(args) => runtime(true)?.block_on(ws_load::run(args)),
@@ -107,6 +104,17 @@ fn main() -> anyhow::Result<()> {
             }
         }),
     }
+}
+
+/// `NAME=ADDRESS`, as `serve --backend` takes it.
+fn parse_backend(s: &str) -> Result<(String, SocketAddr), String> {
+    let (name, addr) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=ADDRESS, e.g. b0=127.0.0.1:8080"))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| format!("{addr:?} is not an address: {e}"))?;
+    Ok((name.to_owned(), addr))
 }
 
 /// Waits for SIGTERM or SIGINT and names it.

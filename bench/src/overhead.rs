@@ -51,7 +51,7 @@ struct Config {
 /// Runs the scenario.
 pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
     let logs = b.logs("overhead")?;
-    let (backends, procs) = b.backends(BACKENDS, &logs)?;
+    let (backends, served) = b.backends(BACKENDS, &logs)?;
     let cpu = b.placement.proxy;
     let (gateway, gw) = b
         .gateway(
@@ -224,6 +224,6 @@ pub async fn run(b: &Bench) -> anyhow::Result<Overhead> {
         open.rounds.push(samples);
     }
     drop(proxies);
-    drop(procs);
+    drop(served);
     Ok(Overhead { closed, open, rate })
 }

@@ -308,7 +308,7 @@ pub fn write(
         let open = o.open.summarize(Some(1));
         let _ = writeln!(
             md,
-            "## 1. Proxy overhead\n\nFour identical backends (a 1 KiB page). Clients' cookies spread over them (the unit-address case names one unit). Ratios are against the gateway with a unit address.\n\n### Fixed concurrency\n"
+            "## 1. Proxy overhead\n\nFour identical backends (a 1 KiB page), served by one process so that the load CPU does the same work whichever of them answers. Clients' cookies spread over them (the unit-address case names one unit). Ratios are against the gateway with a unit address.\n\n### Fixed concurrency\n"
         );
         load_table(&mut md, &closed, "gateway", "proxy");
         let two = two_workers(&o.closed);
@@ -686,7 +686,7 @@ fn websocket_section(
     let rows = w.rounds.summarize(Some(1));
     let _ = writeln!(
         md,
-        "## 5. WebSocket echo\n\nFour identical echo backends; {} WebSockets, their cookies spread over the backends, each sending a {MESSAGE_SIZE}-byte message and waiting for its echo before the next (`stickyfarm-bench ws-load`, one thread, on the load CPU). Every echo is checked against the message sent; a lost, altered or late (5 s) one counts as failed. A message/s is one round trip through the proxy both ways.\n",
+        "## 5. WebSocket echo\n\nFour identical echo backends in one process; {} WebSockets, their cookies spread over the backends, each sending a {MESSAGE_SIZE}-byte message and waiting for its echo before the next (`stickyfarm-bench ws-load`, one thread, on the load CPU). Every echo is checked against the message sent; a lost, altered or late (5 s) one counts as failed. A message/s is one round trip through the proxy both ways.\n",
         w.connections
     );
     counted_table(md, &rows, "gateway", "proxy", ("messages", "msg"));

@@ -31,29 +31,37 @@ struct App {
     client: reqwest::Client,
 }
 
-/// Serves until the process is stopped.
+/// Serves every `(name, address)` in `listeners` until the process is stopped, each answering
+/// with its own name. One process serves all of a comparison's backends so that the load CPU
+/// does the same work per request whether a proxy sends every request to one backend or spreads
+/// them over all: as four processes, spreading cost that CPU a context switch per backend woken,
+/// and capped the proxies that spread below what they can forward.
 pub async fn serve(
-    listen: SocketAddr,
-    name: String,
+    listeners: Vec<(String, SocketAddr)>,
     session_api: Option<String>,
 ) -> anyhow::Result<()> {
-    let app = Arc::new(App {
-        name: HeaderValue::from_str(&name).context("the backend name must be a header value")?,
-        // A small page, the same for every backend and proxy.
-        page: Bytes::from(format!("hello from {name}\n{}\n", "x".repeat(1000))),
-        session_api,
-        client: reqwest::Client::new(),
-    });
-    let router = Router::new()
-        .route(paths::HEALTH, get(health))
-        .route("/hello", get(hello))
-        .route(ECHO_PATH, get(echo))
-        .route("/state", get(read_state).put(write_state))
-        .with_state(app);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("binding {listen}"))?;
-    axum::serve(listener, router).await?;
+    let mut served = Vec::new();
+    for (name, listen) in listeners {
+        let app = Arc::new(App {
+            name: HeaderValue::from_str(&name)
+                .context("the backend name must be a header value")?,
+            // A small page, the same for every backend and proxy.
+            page: Bytes::from(format!("hello from {name}\n{}\n", "x".repeat(1000))),
+            session_api: session_api.clone(),
+            client: reqwest::Client::new(),
+        });
+        let router = Router::new()
+            .route(paths::HEALTH, get(health))
+            .route("/hello", get(hello))
+            .route(ECHO_PATH, get(echo))
+            .route("/state", get(read_state).put(write_state))
+            .with_state(app);
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        served.push(async move { axum::serve(listener, router).await });
+    }
+    futures::future::try_join_all(served).await?;
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub struct WebSocketEcho {
 /// Runs the scenario.
 pub async fn run(b: &Bench) -> anyhow::Result<WebSocketEcho> {
     let logs = b.logs("websocket")?;
-    let (backends, procs) = b.backends(BACKENDS, &logs)?;
+    let (backends, served) = b.backends(BACKENDS, &logs)?;
     let cpu = b.placement.proxy;
     let (gateway, gw) = b
         .gateway(
@@ -91,7 +91,7 @@ pub async fn run(b: &Bench) -> anyhow::Result<WebSocketEcho> {
         rounds.rounds.push(samples);
     }
     drop(proxies);
-    drop(procs);
+    drop(served);
     Ok(WebSocketEcho {
         rounds,
         connections: load.connections,
