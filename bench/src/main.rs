@@ -259,3 +259,18 @@ async fn run(args: bench::RunArgs, readme: Option<std::path::PathBuf>) -> anyhow
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_backend;
+
+    #[test]
+    fn a_backend_is_a_name_and_an_address() {
+        let (name, addr) = parse_backend("b0=127.0.0.1:8080").unwrap();
+        assert_eq!((name.as_str(), addr.port()), ("b0", 8080));
+        let missing = parse_backend("127.0.0.1:8080").unwrap_err();
+        assert!(missing.contains("expected NAME=ADDRESS"), "{missing}");
+        let bad = parse_backend("b0=localhost").unwrap_err();
+        assert!(bad.contains("is not an address"), "{bad}");
+    }
+}
