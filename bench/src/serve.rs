@@ -52,7 +52,9 @@ pub async fn serve(
         });
         let router = Router::new()
             .route(paths::HEALTH, get(health))
-            .route("/hello", get(hello))
+            // A form post is answered with the page too (the gateway's profile-guided build trains
+            // on both, `scripts/pgo-gateway`).
+            .route("/hello", get(hello).post(hello))
             .route(ECHO_PATH, get(echo))
             .route("/state", get(read_state).put(write_state))
             .with_state(app);
