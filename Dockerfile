@@ -20,6 +20,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && mkdir -p /out \
     && cp target/release/stickyfarm-operator target/release/stickyfarm-gateway \
           target/release/stickyfarm-sidecar target/release/stickyfarm-webstore /out/
+# The gateway the benchmarks measure: built again, profile-guided (scripts/pgo-gateway: an
+# instrumented build, a minute of training load on loopback, a build with its counts), over
+# the plain one. It needs llvm-tools from rustup, oha from crates.io, python3 and curl, and
+# adds about ten minutes to a cold build; `--build-arg GATEWAY_PGO=false` keeps the plain one.
+ARG GATEWAY_PGO=true
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/root/.cache/stickyfarm \
+    if [ "$GATEWAY_PGO" = true ]; then \
+      apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 curl \
+      && rm -rf /var/lib/apt/lists/* \
+      && scripts/pgo-gateway /out; \
+    fi
 
 FROM gcr.io/distroless/cc-debian12:nonroot AS runtime
 USER 65532:65532
